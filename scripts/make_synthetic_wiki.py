@@ -1,0 +1,161 @@
+"""Write a synthetic corpus in the Wikipedia dataset's schema (one article per record: `title`, `text`).
+
+    python scripts/make_synthetic_wiki.py --num_articles 3000 --output data/synthetic_wiki.jsonl
+
+The model hub and Wikipedia are out of reach offline, so the tests, the benchmarks and the demo write
+their own articles. The text is not Wikipedia: it is generated from a small fixed "world" (countries with
+capitals, languages and currencies; cities on rivers; people with professions and fields) so that the
+same facts recur across articles and a small masked LM can learn them. Articles look like the dataset's:
+paragraphs separated by blank lines, section headings on lines of their own, and the abbreviations,
+initials and decimals ("Dr.", "U.S.", "J. R.", "3.5 km") that trip naive sentence splitters.
+
+Writes JSON lines (.jsonl) or parquet (.parquet), chosen by the output's extension.
+"""
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+COUNTRIES = [  # name, demonym, language, currency
+    ("Aldoria", "Aldorian", "Aldorese", "crown"), ("Benmark", "Benmarkish", "Benmarkic", "mark"),
+    ("Corvania", "Corvanian", "Corvan", "florin"), ("Delmora", "Delmoran", "Delmoric", "ducat"),
+    ("Estavia", "Estavian", "Estavic", "lira"), ("Fenwick", "Fenwickian", "Fennic", "pound"),
+    ("Galdor", "Galdorian", "Galdic", "talent"), ("Hespera", "Hesperan", "Hesperic", "dinar"),
+    ("Istria Nova", "Istrian", "Istro", "guilder"), ("Jorvik", "Jorvish", "Norric", "krona"),
+    ("Kalmar", "Kalmarese", "Kalmaric", "rupee"), ("Lorania", "Loranian", "Loranese", "peso"),
+]
+CITY_STEMS = ["north", "river", "stone", "oak", "salt", "iron", "bright", "wolf", "ash", "green", "high",
+              "east", "mill", "bridge", "black", "fair", "gold", "long", "red", "west", "cold", "deep"]
+CITY_ENDS = ["ford", "ham", "ton", "burg", "wick", "port", "field", "vale", "mouth", "stead"]
+RIVERS = ["Avon", "Lethe", "Marrow", "Silvan", "Tamber", "Udra", "Velka", "Wend", "Yarrow", "Zell"]
+FIRST = ["Anna", "Boris", "Clara", "David", "Elena", "Felix", "Grace", "Henry", "Irene", "James", "Karen",
+         "Louis", "Maria", "Nikolai", "Olivia", "Peter", "Rosa", "Samuel", "Teresa", "Victor", "Walter"]
+LAST = ["Abbot", "Bellamy", "Carver", "Dunmore", "Ellery", "Fairbank", "Garrow", "Holloway", "Ingram",
+        "Jessop", "Kettering", "Lindqvist", "Marchetti", "Novak", "Okafor", "Petrov", "Quinlan", "Rourke"]
+JOBS = [  # occupation, field, institution kind
+    ("physicist", "physics", "institute"), ("chemist", "chemistry", "laboratory"),
+    ("historian", "history", "archive"), ("composer", "music", "conservatory"),
+    ("painter", "painting", "academy"), ("botanist", "botany", "garden"),
+    ("economist", "economics", "bank"), ("architect", "architecture", "school"),
+    ("mathematician", "mathematics", "university"), ("novelist", "literature", "library"),
+]
+INDUSTRY = ["shipbuilding", "textiles", "mining", "fishing", "printing", "brewing", "banking", "glassmaking"]
+
+
+def build_world(rng):
+    cities = []
+    names = {s.capitalize() + e for s in CITY_STEMS for e in CITY_ENDS}
+    for name in sorted(rng.sample(sorted(names), 6 * len(COUNTRIES))):
+        cities.append({"name": name, "country": rng.randrange(len(COUNTRIES)), "river": rng.choice(RIVERS),
+                       "founded": rng.randrange(900, 1700), "industry": rng.choice(INDUSTRY),
+                       "population": rng.randrange(20, 900) * 1000})
+    capitals = {}
+    for c in cities:
+        capitals.setdefault(c["country"], c["name"])
+    return cities, capitals
+
+
+def person_article(rng, cities, capitals):
+    name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+    he, his = rng.choice([("He", "his"), ("She", "her")])
+    city = rng.choice(cities)
+    country, demonym, language, _ = COUNTRIES[city["country"]]
+    job, fieldname, place = rng.choice(JOBS)
+    born = rng.randrange(1800, 1990)
+    died = born + rng.randrange(45, 95)
+    mentor = f"Dr. {rng.choice(FIRST)[0]}. {rng.choice(LAST)}"
+    paras = [
+        f"{name} ({born} – {died}) was a {demonym} {job} known for work in {fieldname}. "
+        f"{he} was born in {city['name']}, a city on the {city['river']} river in {country}. "
+        f"{he} spoke {language} and studied {fieldname} under {mentor} in {capitals[city['country']]}.",
+        "Early life",
+        f"{his.capitalize()} father worked in {city['industry']} in {city['name']}. "
+        f"At the age of {rng.randrange(12, 19)}, {his} family moved {rng.randrange(2, 90)}.{rng.randrange(10)} km "
+        f"to the east. {he} left school at 4 p.m. one day in {born + rng.randrange(15, 20)} and never returned.",
+        "Career",
+        f"In {born + rng.randrange(22, 35)}, {name.split()[0]} joined the {fieldname} {place} of "
+        f"{capitals[city['country']]}. {he} later worked for the U.S. Office of {fieldname.capitalize()} "
+        f"for {rng.randrange(2, 12)} years. As a {job}, {he.lower()} published {rng.randrange(3, 60)} works.",
+        f"{he} died in {rng.choice(cities)['name']} in {died}.",
+    ]
+    return name, paras
+
+
+def city_article(rng, city, capitals):
+    country, demonym, language, currency = COUNTRIES[city["country"]]
+    is_capital = capitals[city["country"]] == city["name"]
+    role = f"the capital of {country}" if is_capital else f"a city in {country}"
+    paras = [
+        f"{city['name']} is {role}, on the {city['river']} river. "
+        f"It had a population of {city['population']:,} in the 2011 census. "
+        f"Most people in {city['name']} speak {language} and pay in the {demonym} {currency}.",
+        "History",
+        f"{city['name']} was founded in {city['founded']}. Its economy grew with {city['industry']} "
+        f"in the {city['founded'] // 100 + 2}th century, and the {city['river']} bridge opened in "
+        f"{city['founded'] + rng.randrange(50, 300)}.",
+        "Geography",
+        f"The city covers {rng.randrange(10, 400)}.{rng.randrange(10)} square km at an elevation of "
+        f"{rng.randrange(2, 900)} m. The {city['river']} flows through {city['name']} towards the sea.",
+    ]
+    return city["name"], paras
+
+
+def country_article(rng, index, cities, capitals):
+    country, demonym, language, currency = COUNTRIES[index]
+    towns = [c["name"] for c in cities if c["country"] == index]
+    paras = [
+        f"{country} is a country whose capital is {capitals[index]}. Its people are called {demonym}s, "
+        f"its official language is {language}, and its currency is the {demonym} {currency}.",
+        "Cities",
+        " ".join(f"{t} is a city in {country}." for t in towns[:6]),
+    ]
+    return country, paras
+
+
+def generate(num_articles, seed=0):
+    """Yield `num_articles` dicts with `title` and `text`, deterministically from `seed`."""
+    rng = random.Random(seed)
+    cities, capitals = build_world(random.Random(1234))  # one fixed world, whatever the seed
+    for i in range(num_articles):
+        kind = rng.random()
+        if kind < 0.7:
+            title, paras = person_article(rng, cities, capitals)
+        elif kind < 0.95:
+            title, paras = city_article(rng, rng.choice(cities), capitals)
+        else:
+            title, paras = country_article(rng, rng.randrange(len(COUNTRIES)), cities, capitals)
+        yield {"id": str(i), "title": title, "text": "\n\n".join(paras)}
+
+
+def write(records, output):
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    records = list(records)
+    if output.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), output)
+    else:
+        with open(output, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return len(records)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num_articles", type=int, default=3000, help="articles to write")
+    parser.add_argument("--output", default="data/synthetic_wiki.jsonl", help=".jsonl or .parquet")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.num_articles < 1:
+        sys.exit("error: --num_articles must be at least 1")
+    n = write(generate(args.num_articles, args.seed), args.output)
+    print(f"wrote {n} articles to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

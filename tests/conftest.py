@@ -1,0 +1,54 @@
+"""Shared fixtures: everything is built offline, seeded, and small.
+
+The model hub is unreachable in CI, so the tokenizer is a WordPiece vocab made from the synthetic
+corpus's own words (the real bert-base-uncased vocab is not needed to test the mechanics).
+"""
+
+import collections
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import make_synthetic_wiki  # noqa: E402
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def run_script(script, *args, cwd=None, check=False):
+    """Run a repo script the way a user does (`python scripts/x.py ...`); return the CompletedProcess."""
+    cmd = [sys.executable, str(ROOT / script), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_bert_vocab(folder, words):
+    """A BERT-style tokenizer folder (vocab.txt) that `BertTokenizer.from_pretrained(folder)` loads."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,;:()–-'\"$%"))
+    vocab = SPECIALS + chars + ["##" + c for c in chars if c.isalnum()]
+    vocab += [w for w in words if w not in set(vocab)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def articles():
+    return list(make_synthetic_wiki.generate(200, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, articles):
+    """A lowercase WordPiece tokenizer folder named `tiny-bert`, holding the corpus's 300 commonest words."""
+    counts = collections.Counter(w for a in articles for w in re.findall(r"[a-z]+", a["text"].lower()))
+    words = [w for w, _ in counts.most_common(300)]
+    return write_bert_vocab(tmp_path_factory.mktemp("tok") / "tiny-bert", words)
