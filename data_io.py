@@ -79,7 +79,7 @@ def safe_load_pickle(path, *, remedy):
                 f"{path} is not a plain data file ({msg}, and loading it could run code); "
                 f"only numpy arrays and plain containers are accepted: {remedy}"
             ) from None
-        raise DataFileError(f"{path} is not a readable pickle ({msg}): {remedy}") from None
+        raise DataFileError(f"{path} is truncated or damaged, or not a pickle ({msg}): {remedy}") from None
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as e:
         raise DataFileError(f"{path} is truncated or damaged ({type(e).__name__}: {e}): {remedy}") from None
     return obj

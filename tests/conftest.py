@@ -5,12 +5,16 @@ corpus's own words (the real bert-base-uncased vocab is not needed to test the m
 """
 
 import collections
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# Fail fast instead of retrying an unreachable hub (scripts run by run_script inherit this).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
