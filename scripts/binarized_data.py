@@ -100,8 +100,20 @@ def encode_chunk(backend, lines, bos, sep, dtype):
     return flat, lengths
 
 
-def shuffle_sequences(token_ids, offsets, rng, block=1 << 17):
-    """Permute whole sequences, in blocks so the gather index never exceeds a block's tokens."""
+def concatenate_draining(chunks, dtype):
+    """np.concatenate that frees each chunk once copied: peak memory is one output, not two."""
+    out = np.empty(sum(len(c) for c in chunks), dtype=dtype)
+    pos = 0
+    chunks.reverse()
+    while chunks:
+        chunk = chunks.pop()
+        out[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return out
+
+
+def shuffle_sequences(token_ids, offsets, rng, block=1 << 14):
+    """Permute whole sequences, in blocks of sequences so the int64 gather index stays a few MB."""
     lengths = np.diff(offsets)
     perm = rng.permutation(len(lengths))
     new_offsets = offsets_from_lengths(lengths[perm])
@@ -153,8 +165,7 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, min_tokens=12
             f"no line of {path} has at least {min_tokens} tokens ({stats['lines']} lines, {stats['blank']} blank): "
             "check the file, or lower --min_tokens"
         )
-    token_ids = np.concatenate(id_chunks)
-    del id_chunks
+    token_ids = concatenate_draining(id_chunks, dtype)
     token_ids, offsets = shuffle_sequences(token_ids, offsets_from_lengths(lengths), np.random.default_rng(seed))
 
     meta = {
