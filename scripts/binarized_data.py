@@ -184,10 +184,19 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, min_tokens=12
     return token_ids, offsets, meta
 
 
-def output_path(dump_file, tokenizer_name):
-    """Upstream's `<dump_file>.<tokenizer_name>.pickle`; a folder or org/name contributes its last part."""
+def output_path(dump_file, tokenizer_name, split=""):
+    """Upstream's `<dump_file>.<tokenizer_name>.pickle`; a folder or org/name contributes its last part.
+
+    A held-out split is named `<dump_file>.<tokenizer_name>.<split>.pickle`.
+    """
     label = Path(tokenizer_name.rstrip("/\\")).name or tokenizer_name
-    return Path(f"{dump_file}.{label}.pickle")
+    return Path(f"{dump_file}.{label}{'.' + split if split else ''}.pickle")
+
+
+def split_off(token_ids, offsets, n):
+    """The first `n` sequences, and the rest, each as (token_ids, offsets); views, no copies."""
+    cut = offsets[n]
+    return (token_ids[:cut], offsets[: n + 1]), (token_ids[cut:], offsets[n:] - cut)
 
 
 def main(argv=None):
@@ -199,27 +208,40 @@ def main(argv=None):
     parser.add_argument("--min_tokens", type=int, default=12,
                         help="drop shorter sequences, special tokens included (train.py applies the same cut)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle of sequences (recorded in the file)")
+    parser.add_argument("--valid_size", type=int, default=0,
+                        help="hold out this many random sequences in <dump_file>.<tokenizer>.valid.pickle "
+                             "for evaluation (0: none, as upstream)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     try:
         if args.min_tokens < 1:
             raise BinarizeError(f"--min_tokens must be at least 1, got {args.min_tokens}")
+        if args.valid_size < 0:
+            raise BinarizeError(f"--valid_size must be at least 0, got {args.valid_size}")
         out = output_path(args.dump_file, args.tokenizer_name)
         tokenizer = load_tokenizer(args.tokenizer_type, args.tokenizer_name)
         logger.info("tokenizer %s: %d ids, %s", args.tokenizer_name, len(tokenizer), type(tokenizer).__name__)
         token_ids, offsets, meta = binarize(args.file_path, tokenizer, args.tokenizer_type, args.tokenizer_name,
                                             args.min_tokens, args.seed)
-        save_binarized(out, token_ids, offsets, meta)
+        n, n_tokens = len(offsets) - 1, int(offsets[-1])
+        if args.valid_size:
+            if args.valid_size >= n:
+                raise BinarizeError(f"--valid_size {args.valid_size} leaves no training data ({n} sequences kept): "
+                                    "lower it")
+            (valid_ids, valid_offsets), (token_ids, offsets) = split_off(token_ids, offsets, args.valid_size)
+            valid_out = output_path(args.dump_file, args.tokenizer_name, "valid")
+            save_binarized(valid_out, valid_ids, valid_offsets, dict(meta, split="valid"))
+            logger.info("held out %d sequences in %s", args.valid_size, valid_out)
+        save_binarized(out, token_ids, offsets, dict(meta, split="train"))
     except (BinarizeError, DataFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    n = len(offsets) - 1
     logger.info(
         "%d lines (%d blank) in %.1fs (%.0f lines/s); kept %d sequences, %d tokens (mean %.1f); "
         "dropped %d shorter than %d tokens",
         meta["lines"], meta["blank_lines"], meta["binarize_seconds"], meta["lines"] / max(meta["binarize_seconds"], 1e-9),
-        n, offsets[-1], offsets[-1] / n, meta["dropped_short"], args.min_tokens,
+        n, n_tokens, n_tokens / n, meta["dropped_short"], args.min_tokens,
     )
     logger.info("wrote %s (%.1f MB)", out, out.stat().st_size / 2**20)
     return 0

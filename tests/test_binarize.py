@@ -191,3 +191,22 @@ def test_truncated_file_is_rejected(tmp_path, articles, tokenizer_dir):
     cut.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
     with pytest.raises(DataFileError, match="truncated or damaged"):
         load_binarized(cut)
+
+
+def test_valid_split_holds_out_random_sequences(tmp_path, articles, tokenizer_dir):
+    text = "\n".join(p for a in articles[:60] for p in a["text"].split("\n") if p) + "\n"
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    proc, out = binarize(whole, text, tokenizer_dir)
+    assert proc.returncode == 0, proc.stderr
+    all_seqs = load_binarized(out)
+
+    proc, out = binarize(tmp_path, text, tokenizer_dir, "--valid_size", 25)
+    assert proc.returncode == 0, proc.stderr
+    train, valid = load_binarized(out), load_binarized(tmp_path / f"binarized_text.{tokenizer_dir.name}.valid.pickle")
+    assert len(valid) == 25 and len(train) == len(all_seqs) - 25
+    assert (valid.meta["split"], train.meta["split"]) == ("valid", "train")
+    assert as_multiset(train.sequences()) + as_multiset(valid.sequences()) == as_multiset(all_seqs.sequences())
+
+    proc, _ = binarize(tmp_path / "whole", text, tokenizer_dir, "--valid_size", len(all_seqs))
+    assert proc.returncode != 0 and "leaves no training data" in proc.stderr
