@@ -100,32 +100,27 @@ def encode_chunk(backend, lines, bos, sep, dtype):
     return flat, lengths
 
 
-def concatenate_draining(chunks, dtype):
-    """np.concatenate that frees each chunk once copied: peak memory is one output, not two."""
-    out = np.empty(sum(len(c) for c in chunks), dtype=dtype)
-    pos = 0
+def shuffle_chunks(chunks, rng):
+    """Concatenate the sequences held in `chunks` ((flat ids, lengths) pairs) in a random order.
+
+    Each chunk's tokens are scattered straight to their shuffled places, and the chunk is freed right
+    after: peak memory is the chunks plus the output, with no concatenated copy in between.
+    Output sequence i is input sequence perm[i], perm = rng.permutation(number of sequences).
+    """
+    lengths = np.concatenate([lens for _, lens in chunks])
+    perm = rng.permutation(len(lengths))
+    offsets = offsets_from_lengths(lengths[perm])
+    start = np.empty(len(lengths), dtype=np.int64)  # where input sequence j starts in the output
+    start[perm] = offsets[:-1]
+    out = np.empty(offsets[-1], dtype=chunks[0][0].dtype)
+    seq = 0
     chunks.reverse()
     while chunks:
-        chunk = chunks.pop()
-        out[pos : pos + len(chunk)] = chunk
-        pos += len(chunk)
-    return out
-
-
-def shuffle_sequences(token_ids, offsets, rng, block=1 << 14):
-    """Permute whole sequences, in blocks of sequences so the int64 gather index stays a few MB."""
-    lengths = np.diff(offsets)
-    perm = rng.permutation(len(lengths))
-    new_offsets = offsets_from_lengths(lengths[perm])
-    out = np.empty_like(token_ids)
-    for b in range(0, len(perm), block):
-        seqs = perm[b : b + block]
-        lens = lengths[seqs]
-        dst_start = new_offsets[b]
-        # token k of the block comes from offsets[seq] + (k - start of seq within the block)
-        within = np.arange(lens.sum()) - np.repeat(new_offsets[b : b + len(seqs)] - dst_start, lens)
-        out[dst_start : dst_start + lens.sum()] = token_ids[np.repeat(offsets[seqs], lens) + within]
-    return out, new_offsets
+        flat, lens = chunks.pop()
+        shift = start[seq : seq + len(lens)] - offsets_from_lengths(lens)[:-1]
+        out[np.repeat(shift, lens) + np.arange(len(flat))] = flat
+        seq += len(lens)
+    return out, offsets
 
 
 def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, min_tokens=12, seed=0):
@@ -145,7 +140,7 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, min_tokens=12
     dtype = ids_dtype(vocab_size)
 
     stats = {"lines": 0, "blank": 0, "short": 0}
-    id_chunks, length_chunks = [], []
+    chunks = []
     start = time.time()
     with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="binarize", mininterval=1) as progress:
         for lines in read_chunks(path, CHUNK_LINES, stats, progress):
@@ -155,18 +150,16 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, min_tokens=12
                 stats["short"] += int((~keep).sum())
                 flat = flat[np.repeat(keep, lengths)]
                 lengths = lengths[keep]
-            id_chunks.append(flat)
-            length_chunks.append(lengths)
+            if len(lengths):
+                chunks.append((flat, lengths))
     elapsed = time.time() - start
 
-    lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, dtype=np.int64)
-    if len(lengths) == 0:
+    if not chunks:
         raise BinarizeError(
             f"no line of {path} has at least {min_tokens} tokens ({stats['lines']} lines, {stats['blank']} blank): "
             "check the file, or lower --min_tokens"
         )
-    token_ids = concatenate_draining(id_chunks, dtype)
-    token_ids, offsets = shuffle_sequences(token_ids, offsets_from_lengths(lengths), np.random.default_rng(seed))
+    token_ids, offsets = shuffle_chunks(chunks, np.random.default_rng(seed))
 
     meta = {
         "tokenizer_type": tokenizer_type,

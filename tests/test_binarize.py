@@ -98,16 +98,16 @@ def test_shuffle_is_seeded(tmp_path, articles, tokenizer_dir):
     assert as_multiset(runs["a"].sequences()) == as_multiset(runs["c"].sequences())
 
 
-def test_shuffle_sequences_matches_simple_permutation():
+def test_shuffle_chunks_matches_simple_permutation():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 30, size=1000)
     seqs = [rng.integers(0, 60000, size=n).astype(np.uint16) for n in lengths]
-    offsets = binarized_data.offsets_from_lengths(lengths)
-    out, new_offsets = binarized_data.shuffle_sequences(np.concatenate(seqs), offsets,
-                                                        np.random.default_rng(5), block=97)
+    chunks = [(np.concatenate(seqs[i : i + 97]), lengths[i : i + 97]) for i in range(0, 1000, 97)]
+    out, offsets = binarized_data.shuffle_chunks(chunks, np.random.default_rng(5))
     perm = np.random.default_rng(5).permutation(len(seqs))
     assert np.array_equal(out, np.concatenate([seqs[i] for i in perm]))
-    assert np.array_equal(np.diff(new_offsets), lengths[perm])
+    assert np.array_equal(np.diff(offsets), lengths[perm])
+    assert chunks == []  # consumed as it went
 
 
 @pytest.mark.parametrize("tokenizer_type,cls,bos,sep", [
