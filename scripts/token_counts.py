@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_io import DataFileError, load_binarized, save_token_counts  # noqa: E402
 
 
-def count_tokens(token_ids, vocab_size, block=1 << 24):
-    """Occurrences of each id. In blocks, because bincount casts its input to int64 (8 bytes per token)."""
+def count_tokens(token_ids, vocab_size, block=1 << 18):
+    """Occurrences of each id. bincount casts its input to int64: in cache-sized blocks that cast is ~3x
+    faster than one cast of the whole array, and needs no extra 8 bytes per token."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     for start in range(0, len(token_ids), block):
         counts += np.bincount(token_ids[start : start + block], minlength=vocab_size)

@@ -1,0 +1,645 @@
+"""The Distiller: trains a student to imitate a teacher (knowledge distillation) on masked- or causal-LM data.
+
+Loss, as upstream (Sanh et al., 2019): alpha_ce * KD + alpha_mlm * MLM (or alpha_clm * CLM)
++ alpha_mse * MSE(logits) + alpha_cos * cosine(last hidden states), where KD is the KL divergence between
+the teacher's and the student's distributions at temperature T, times T^2.
+
+How a step stays lean (issue 5's "Where the time goes"):
+- positions are picked by row indices computed from the lengths on the host, never by
+  (batch x length x vocab) boolean masks: the models project to the vocabulary only at the rows a loss
+  needs (non-pad rows for KD; masked rows only with --restrict_ce_to_mask or without a teacher);
+- the KL is one `kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True)` over those rows;
+- losses are summed on the device and read once per log interval: no `.item()` per step;
+- batches are padded to a multiple of 8 and grouped by length (lm_seqs_dataset, grouped_batch_sampler).
+
+The loop in `train()` reads top to bottom: prepare a batch, `step()` returns the losses, backward,
+optimizer step at the end of each accumulation cycle, log, checkpoint. Checkpoints hold everything a
+resumed run needs to repeat the uninterrupted run's losses exactly on CPU.
+"""
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from data_io import atomic_write
+from grouped_batch_sampler import epoch_batches
+from utils import DistInfo, UsageError, logger
+
+CHECKPOINT = "checkpoint.pth"  # the latest resumable state, replaced atomically
+NON_FINITE_EXIT = 3  # exit status of a run stopped by a non-finite loss
+MAX_CONSECUTIVE_SKIPS = 20  # fp16: this many overflow-skipped optimizer steps in a row means the loss is broken
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite (outside fp16 overflow steps, which the grad scaler skips)."""
+
+
+def lm_head(model, hidden):
+    """The model's language-modelling head applied to hidden states of shape (rows, dim)."""
+    if hasattr(model, "vocab_projector"):  # DistilBertForMaskedLM
+        return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(hidden))))
+    if hasattr(model, "cls"):  # BertForMaskedLM
+        return model.cls(hidden)
+    return model.lm_head(hidden)  # RobertaForMaskedLM, GPT2LMHeadModel
+
+
+class RowsLM(nn.Module):
+    """Wraps a HF LM: runs the encoder on the batch and the vocabulary head only at chosen rows.
+
+    forward(input_ids, attention_mask, rows, head_rows) -> (hidden, logits):
+      hidden: last hidden states at `rows` (flat indices into batch x length), shape (len(rows), dim);
+      logits: the LM head at `hidden[head_rows]` (all of `hidden` when head_rows is None).
+    Wrapping (rather than calling the model's parts from outside) keeps DDP's hooks on the forward.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, rows, head_rows=None):
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = out.last_hidden_state.flatten(0, 1).index_select(0, rows)
+        h = hidden if head_rows is None else hidden.index_select(0, head_rows)
+        return hidden, lm_head(self.model, h)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (bs, L) after masking
+    attention_mask: torch.Tensor  # (bs, L) 1 on tokens, 0 on padding
+    rows: torch.Tensor  # (n,) flat indices of the non-pad positions
+    target_rows: torch.Tensor  # (m,) indices into `rows` of the positions to predict
+    targets: torch.Tensor  # (m,) the token ids to predict there
+    n_tokens: int  # non-pad tokens (a host int: counting them needs no device sync)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Losses on selected rows (pure functions: tests pin them to hand computations)
+
+
+def kd_loss(s_logits, t_logits, temperature):
+    """KL(teacher || student) at temperature T, averaged over rows, times T^2 (upstream's batchmean KD)."""
+    s = F.log_softmax(s_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(t_logits.float() / temperature, dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
+
+
+def cosine_loss(s_hidden, t_hidden):
+    """Mean of 1 - cos(student, teacher) over rows (CosineEmbeddingLoss with target 1)."""
+    return (1.0 - F.cosine_similarity(s_hidden.float(), t_hidden.float(), dim=-1)).mean()
+
+
+def mse_loss(s_logits, t_logits):
+    """Summed squared error divided by the number of rows (upstream's batchmean MSE)."""
+    return F.mse_loss(s_logits.float(), t_logits.float(), reduction="sum") / s_logits.size(0)
+
+
+class Distiller:
+    def __init__(self, params, dataset, token_probs, student, teacher, dist=None):
+        """params: train.py's argument namespace; dataset: LmSeqsDataset; token_probs: (vocab,) masking
+        weights (MLM) or None; student, teacher: HF models (teacher None for a plain MLM run)."""
+        self.params = params
+        self.dist = dist or DistInfo()
+        self.device = self.dist.device
+        self.dump_path = Path(params.dump_path)
+        self.dataset = dataset
+        self.mlm = params.mlm
+        self.vocab_size = student.config.vocab_size
+        self.temperature = params.temperature
+        self.alpha = {k: getattr(params, f"alpha_{k}") for k in ("ce", "mlm", "clm", "mse", "cos")}
+        # KD and MSE need the teacher's logits on every non-pad row, unless restricted to the masked rows.
+        self.kd_all_rows = (self.alpha["ce"] > 0 or self.alpha["mse"] > 0) and not params.restrict_ce_to_mask
+        self.needs_teacher = self.alpha["ce"] > 0 or self.alpha["mse"] > 0 or self.alpha["cos"] > 0
+        if self.needs_teacher and teacher is None:
+            raise UsageError("alpha_ce, alpha_mse or alpha_cos > 0 need a teacher (--teacher_name)")
+
+        # Precision: fp16 autocast + GradScaler on CUDA; bf16 autocast anywhere; the teacher is stored in
+        # the half type too (it never trains, and halves its memory and time).
+        self.amp_dtype = torch.float16 if params.fp16 else torch.bfloat16 if params.bf16 else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=params.fp16)
+
+        self.student_model = student.to(self.device)
+        self.student = RowsLM(self.student_model)
+        if self.dist.world_size > 1:
+            # The head is unused only when no loss reads the logits (cosine only).
+            unused = not (self.alpha["ce"] or self.alpha["mlm"] or self.alpha["clm"] or self.alpha["mse"])
+            self.student = nn.parallel.DistributedDataParallel(
+                self.student,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=unused,
+            )
+        self.teacher = None
+        if self.needs_teacher:
+            teacher = teacher.to(self.device, dtype=self.amp_dtype or torch.float32).eval()
+            teacher.requires_grad_(False)
+            self.teacher = RowsLM(teacher)
+
+        if self.mlm:
+            self.token_probs = token_probs.to(self.device, torch.float32)
+            self.mask_id = params.special_tok_ids["mask_token"]
+            self.pred_cumprobs = (params.word_mask, params.word_mask + params.word_keep)
+
+        # Data order: a pure function of (seed, epoch, rank, world size), see epoch_batches().
+        self.batches_per_epoch = len(self.epoch_batches(0))
+        accum = params.gradient_accumulation_steps
+        self.cycles_per_epoch = math.ceil(self.batches_per_epoch / accum)
+        self.total_steps = self.cycles_per_epoch * params.n_epoch
+
+        decay, no_decay = [], []
+        for name, p in self.student_model.named_parameters():
+            if p.requires_grad:
+                (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=params.learning_rate,
+            eps=params.adam_epsilon,
+            betas=(0.9, 0.98),
+        )
+        self.warmup_steps = math.ceil(self.total_steps * params.warmup_prop)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        n_train = sum(p.numel() for p in decay + no_decay)
+        n_all = sum(p.numel() for p in self.student_model.parameters())
+        logger.info(
+            f"student: {n_all / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained); "
+            f"{self.batches_per_epoch:,} batches per epoch per process, {self.total_steps:,} optimizer steps "
+            f"({self.warmup_steps:,} warmup)"
+        )
+
+        # Progress and counters (all part of the checkpoint).
+        self.epoch = 0
+        self.batch_in_epoch = 0  # batches of the current epoch already trained
+        self.n_total_iter = 0  # batches trained in all (upstream's name; log/checkpoint intervals count these)
+        self.n_optimizer_steps = 0
+        self.n_empty_cache = 0
+        self.n_skipped_steps = 0  # fp16 overflow steps the scaler skipped
+        self.consecutive_skips = 0
+        self.first_bad_iter = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._ckpt_bucket = 0  # n_total_iter // checkpoint_interval at the last checkpoint
+        self.tensorboard = None
+
+    # ----------------------------------------------------------------------------------------------------
+    # Schedule and data
+
+    def lr_factor(self, step):
+        """Linear warmup to the peak learning rate, then linear decay to 0 at the last optimizer step."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
+
+    def epoch_batches(self, epoch):
+        """This rank's batches for `epoch` (kept for the latest epoch: grouping 5M indices takes seconds)."""
+        if getattr(self, "_batches", (None,))[0] != epoch:
+            self._batches = (epoch, self._make_epoch_batches(epoch))
+        return self._batches[1]
+
+    def _make_epoch_batches(self, epoch):
+        p = self.params
+        return epoch_batches(
+            self.dataset.lengths,
+            p.batch_size,
+            epoch,
+            p.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            group_by_size=p.group_by_size,
+            max_len=self.dataset.max_len,
+        )
+
+    def data_order(self):
+        """What fixes the sequence of batches: a resumed run must agree on all of it."""
+        p = self.params
+        return {
+            "seed": p.seed,
+            "batch_size": p.batch_size,
+            "world_size": self.dist.world_size,
+            "group_by_size": p.group_by_size,
+            "gradient_accumulation_steps": p.gradient_accumulation_steps,
+            "n_epoch": p.n_epoch,
+            "n_sequences": len(self.dataset),
+            "n_tokens": int(self.dataset.lengths.sum()),
+        }
+
+    def prepare_batch(self, token_ids, lengths):
+        """Move a collated batch to the device and pick the positions to predict (MLM masking or CLM)."""
+        bs, width = token_ids.shape
+        attention_mask = torch.arange(width) < lengths[:, None]
+        rows = attention_mask.flatten().nonzero().squeeze(1)  # host-side: no device sync
+        n_tokens = int(lengths.sum())
+        dev = dict(device=self.device, non_blocking=True)
+        if self.mlm:
+            input_ids, target_rows, targets = self.mask_tokens(token_ids.to(**dev), rows.to(**dev), n_tokens)
+        else:  # CLM: every non-pad position but the last of each sequence predicts the next token
+            starts = torch.cumsum(lengths, 0) - lengths
+            target_rows = torch.repeat_interleave(starts, lengths - 1) + _ranges(lengths - 1)
+            targets = token_ids.flatten()[rows[target_rows] + 1]
+            input_ids, target_rows, targets = token_ids.to(**dev), target_rows.to(**dev), targets.to(**dev)
+        return Batch(input_ids, attention_mask.to(**dev).long(), rows.to(**dev), target_rows, targets, n_tokens)
+
+    def mask_tokens(self, token_ids, rows, n_tokens):
+        """BERT masking: pick ceil(mlm_mask_prop * tokens) non-special positions, drawn without replacement
+        with probability ~ count^-smoothing (rare tokens more often); replace 80% by [MASK], keep 10%,
+        put a random token in 10%. Returns (input ids, indices into `rows` of the picks, original ids)."""
+        flat = token_ids.flatten()
+        real = flat.index_select(0, rows)
+        weights = self.token_probs[real]  # 0 for special tokens: never picked
+        n_pick = math.ceil(self.params.mlm_mask_prop * n_tokens)
+        target_rows = torch.multinomial(weights, n_pick, replacement=False)
+        targets = real[target_rows]
+        u = torch.rand(n_pick, device=self.device)
+        random_ids = torch.randint(self.vocab_size, (n_pick,), device=self.device)
+        new = torch.where(
+            u < self.pred_cumprobs[0],
+            torch.full_like(targets, self.mask_id),
+            torch.where(u < self.pred_cumprobs[1], targets, random_ids),
+        )
+        input_ids = flat.index_copy(0, rows[target_rows], new).view_as(token_ids)
+        return input_ids, target_rows, targets
+
+    # ----------------------------------------------------------------------------------------------------
+    # One step: forward both models, return the losses (0-d tensors on the device)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def step(self, batch):
+        """Forward the student (and the teacher) on `batch`; return {"loss": weighted total, "ce": ..., ...}."""
+        a = self.alpha
+        lm_rows = batch.target_rows
+        # The vocabulary head runs on every non-pad row only when KD/MSE need them all.
+        head_rows = None if self.kd_all_rows else lm_rows
+        with self.autocast():
+            s_hidden, s_logits = self.student(batch.input_ids, batch.attention_mask, batch.rows, head_rows)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_head_rows = head_rows if (a["ce"] or a["mse"]) else lm_rows[:0]
+                    t_hidden, t_logits = self.teacher(batch.input_ids, batch.attention_mask, batch.rows, t_head_rows)
+
+        losses = {}
+        total = 0.0
+        if a["ce"] > 0:
+            losses["ce"] = kd_loss(s_logits, t_logits, self.temperature)
+            total = total + a["ce"] * losses["ce"]
+        lm_logits = s_logits if head_rows is not None else s_logits.index_select(0, lm_rows)
+        lm_name = "mlm" if self.mlm else "clm"
+        if a[lm_name] > 0:
+            losses[lm_name] = F.cross_entropy(lm_logits.float(), batch.targets)
+            total = total + a[lm_name] * losses[lm_name]
+        if a["mse"] > 0:
+            losses["mse"] = mse_loss(s_logits, t_logits)
+            total = total + a["mse"] * losses["mse"]
+        if a["cos"] > 0:
+            losses["cos"] = cosine_loss(s_hidden, t_hidden)
+            total = total + a["cos"] * losses["cos"]
+        losses["loss"] = total
+        return losses
+
+    # ----------------------------------------------------------------------------------------------------
+    # The loop
+
+    def train(self, stop_after_iter=None):
+        """Train to the end (or stop after `stop_after_iter` batches, as if killed: for testing resume).
+
+        Returns True when all epochs are done."""
+        with logging_redirect_tqdm(loggers=[logging.root]):
+            return self._train(stop_after_iter)
+
+    def _train(self, stop_after_iter):
+        p = self.params
+        accum = p.gradient_accumulation_steps
+        if self.dist.is_master:
+            self.open_tensorboard()
+        self.student.train()
+        meter = Meter()
+        log_time = time.perf_counter()
+        while self.epoch < p.n_epoch:
+            batches = self.epoch_batches(self.epoch)
+            first = self.batch_in_epoch
+            logger.info(f"--- epoch {self.epoch}/{p.n_epoch - 1}" + (f", from batch {first}" if first else ""))
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=batches[first:],
+                collate_fn=self.dataset.batch_sequences,
+                num_workers=p.num_workers,
+                pin_memory=self.device.type == "cuda",
+                # its own generator: creating the loader must not draw from the global RNG, or a resumed run
+                # (which creates it mid-epoch) would mask and drop out differently from the uninterrupted one
+                generator=torch.Generator().manual_seed(p.seed + self.epoch),
+            )
+            bar = tqdm(
+                loader, desc=f"epoch {self.epoch}", initial=first, total=len(batches), disable=not self.dist.is_master
+            )
+            for token_ids, lengths in bar:
+                i = self.batch_in_epoch
+                cycle_start = i - i % accum
+                cycle_len = min(accum, len(batches) - cycle_start)  # the epoch's last cycle may be short
+                end_of_cycle = i + 1 == cycle_start + cycle_len
+
+                batch = self.prepare_batch(token_ids, lengths)
+                with self.no_sync(not end_of_cycle):
+                    losses = self.step(batch)
+                    self.scaler.scale(losses["loss"] / cycle_len).backward()
+                self.watch_finite(losses["loss"])
+                meter.add(losses, batch.n_tokens)
+                self.batch_in_epoch += 1
+                self.n_total_iter += 1
+                if end_of_cycle:
+                    meter.add_grad_norm(self.optimizer_step())
+                self.memory_guard()
+
+                if self.n_total_iter % p.log_interval == 0:
+                    now = time.perf_counter()
+                    record = self.log(meter.read(), now - log_time)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}")
+                    meter, log_time = Meter(), now
+                if end_of_cycle and self.n_total_iter // p.checkpoint_interval > self._ckpt_bucket:
+                    self.save_checkpoint()
+                if stop_after_iter is not None and self.n_total_iter >= stop_after_iter:
+                    bar.close()
+                    logger.info(f"stopping after {self.n_total_iter} iterations (--stop_after_iter)")
+                    return False
+            bar.close()
+            self.end_epoch()
+        if meter.n:  # the last, partial log interval
+            self.log(meter.read(), time.perf_counter() - log_time)
+        self.check_finite()
+        if self.dist.world_size > 1:
+            self.verify_replicas()
+        return True
+
+    def verify_replicas(self):
+        """Multi-process runs: check that every rank ends with bit-identical student parameters."""
+        with torch.no_grad():  # per tensor: sum and sum of squares, in float64 (order-aware, cheap)
+            digest = torch.stack(
+                [torch.stack([p.double().sum(), p.double().square().sum()]) for p in self.student_model.parameters()]
+            ).flatten()
+        digests = [torch.zeros_like(digest) for _ in range(self.dist.world_size)]
+        torch.distributed.all_gather(digests, digest)
+        if not all(torch.equal(d, digests[0]) for d in digests):
+            raise RuntimeError(f"student parameters differ across ranks: {[d.tolist() for d in digests]}")
+        logger.info(
+            f"student parameters identical on all {self.dist.world_size} ranks (checksum {digest.sum().item():.6f})"
+        )
+
+    def no_sync(self, skip_sync):
+        """DDP: no gradient all-reduce on the batches before the end of an accumulation cycle."""
+        if skip_sync and isinstance(self.student, nn.parallel.DistributedDataParallel):
+            return self.student.no_sync()
+        return contextlib.nullcontext()
+
+    def optimizer_step(self):
+        """Clip, step (the scaler skips fp16 overflow steps), zero the gradients, advance the schedule."""
+        params = [p for p in self.student_model.parameters() if p.requires_grad]
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(params, self.params.max_grad_norm)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() < scale:  # the scaler found inf/nan gradients and skipped the step
+                self.n_skipped_steps += 1
+                self.consecutive_skips += 1
+                if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                    raise NonFiniteLoss(
+                        f"fp16: {self.consecutive_skips} optimizer steps in a row overflowed (up to iteration "
+                        f"{self.n_total_iter}); try --bf16 or a lower --learning_rate"
+                    )
+            else:
+                self.consecutive_skips = 0
+        else:
+            grad_norm = nn.utils.clip_grad_norm_(params, self.params.max_grad_norm)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.n_optimizer_steps += 1
+        return grad_norm
+
+    def memory_guard(self):
+        """Release cached blocks when the GPU runs low (free < --empty_cache_threshold_gb); count the calls."""
+        if self.device.type != "cuda":
+            return
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if free < self.params.empty_cache_threshold_gb * 2**30:
+            torch.cuda.empty_cache()
+            self.n_empty_cache += 1
+
+    def watch_finite(self, loss):
+        """Remember the first iteration with a non-finite loss, on the device (checked at log/checkpoint)."""
+        if self.params.fp16:  # fp16 overflows are the scaler's business (skipped and counted)
+            return
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_iter < 0)
+        self.first_bad_iter = torch.where(bad, self.n_total_iter + 1, self.first_bad_iter)
+
+    def check_finite(self):
+        first_bad = int(self.first_bad_iter)
+        if first_bad >= 0:
+            raise NonFiniteLoss(f"the loss is not finite at iteration {first_bad} (epoch {self.epoch})")
+
+    def end_epoch(self):
+        logger.info(
+            f"--- end of epoch {self.epoch}: {self.n_total_iter:,} iterations, {self.n_optimizer_steps:,} steps"
+        )
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.save_checkpoint(epoch_weights=self.epoch - 1)
+
+    # ----------------------------------------------------------------------------------------------------
+    # Logging
+
+    def open_tensorboard(self):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tensorboard = SummaryWriter(log_dir=str(self.dump_path / "log" / "train"))
+        self.tensorboard.add_text("config/training", json.dumps(_jsonable(vars(self.params)), indent=2), 0)
+        self.tensorboard.add_text("config/student", self.student_model.config.to_json_string(), 0)
+
+    def log(self, means, seconds):
+        """One line and one metrics record per log interval (rank 0); `means` are the interval's averages."""
+        self.check_finite()
+        record = {
+            "iter": self.n_total_iter,
+            "step": self.n_optimizer_steps,
+            "epoch": self.epoch,
+            **{k: v for k, v in means.items() if k != "tokens"},
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": means["tokens"] * self.dist.world_size / max(seconds, 1e-9),
+            "empty_cache_calls": self.n_empty_cache,
+            "skipped_steps": self.n_skipped_steps,
+            "scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
+            **memory_stats(self.device),
+        }
+        if not self.dist.is_master:
+            return record
+        losses = " ".join(f"{k} {record[k]:.4f}" for k in ("ce", "mlm", "clm", "mse", "cos") if k in record)
+        mem = (
+            f"mem {record['gpu_allocated_gib']:.2f}/{record['gpu_reserved_gib']:.2f}/{record['gpu_peak_gib']:.2f} GiB "
+            f"(alloc/reserved/peak), empty_cache {self.n_empty_cache}"
+            if "gpu_allocated_gib" in record
+            else f"rss {record['rss_gib']:.2f} GiB"
+        )
+        logger.info(
+            f"iter {record['iter']} step {record['step']} | loss {record['loss']:.4f} {losses} | "
+            f"lr {record['lr']:.2e} | {record['tokens_per_s']:,.0f} tok/s | {mem}"
+        )
+        with open(self.dump_path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        tb, it = self.tensorboard, self.n_total_iter
+        for k in ("loss", "ce", "mlm", "clm", "mse", "cos"):
+            if k in record:
+                tb.add_scalar(f"losses/{k}", record[k], it)
+        tb.add_scalar("learning_rate/lr", record["lr"], it)
+        tb.add_scalar("global/tokens_per_s", record["tokens_per_s"], it)
+        if "grad_norm" in record:
+            tb.add_scalar("global/grad_norm", record["grad_norm"], it)
+        for k, v in record.items():
+            if k.startswith(("gpu_", "rss_")):
+                tb.add_scalar(f"memory/{k}", v, it)
+        tb.add_scalar("memory/empty_cache_calls", self.n_empty_cache, it)
+        if self.scaler.is_enabled():
+            tb.add_scalar("fp16/skipped_steps", self.n_skipped_steps, it)
+            tb.add_scalar("fp16/scale", record["scale"], it)
+        return record
+
+    # ----------------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def save_checkpoint(self, epoch_weights=None):
+        """Write the resumable state to dump_path/checkpoint.pth atomically (rank 0; every rank sends its
+        RNG state). With `epoch_weights`, also the student's weights as model_epoch_<n>.pth (upstream)."""
+        self.check_finite()  # never checkpoint a broken model
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        rngs = [rng]
+        if self.dist.world_size > 1:
+            rngs = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(rngs, rng)
+        self._ckpt_bucket = self.n_total_iter // self.params.checkpoint_interval
+        if not self.dist.is_master:
+            return
+        state = {
+            "student": self.student_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "progress": {
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "n_total_iter": self.n_total_iter,
+                "n_optimizer_steps": self.n_optimizer_steps,
+                "n_empty_cache": self.n_empty_cache,
+                "n_skipped_steps": self.n_skipped_steps,
+                "ckpt_bucket": self._ckpt_bucket,
+            },
+            "data_order": self.data_order(),
+            "rng": rngs,
+        }
+        with atomic_write(self.dump_path / CHECKPOINT) as f:
+            torch.save(state, f)
+        if epoch_weights is not None:
+            with atomic_write(self.dump_path / f"model_epoch_{epoch_weights}.pth") as f:
+                torch.save(self.student_model.state_dict(), f)
+        logger.info(f"checkpoint at iteration {self.n_total_iter} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    def load_checkpoint(self, path=None):
+        """Restore a run from its checkpoint (`--resume`); tensors only, no code is executed."""
+        path = Path(path or self.dump_path / CHECKPOINT)
+        if not path.is_file():
+            raise UsageError(f"--resume: {path} does not exist (no checkpoint was written yet); start without --resume")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved, now = state["data_order"], self.data_order()
+        diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+        if diff:
+            changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+            raise UsageError(
+                f"--resume: the run was started with other settings or data ({changes}); resume with the same ones"
+            )
+        self.student_model.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        prog = state["progress"]
+        self.epoch, self.batch_in_epoch = prog["epoch"], prog["batch_in_epoch"]
+        self.n_total_iter, self.n_optimizer_steps = prog["n_total_iter"], prog["n_optimizer_steps"]
+        self.n_empty_cache, self.n_skipped_steps = prog["n_empty_cache"], prog["n_skipped_steps"]
+        self._ckpt_bucket = prog["ckpt_bucket"]
+        rng = state["rng"][self.dist.rank]
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        logger.info(
+            f"resumed from {path}: epoch {self.epoch}, batch {self.batch_in_epoch}, iteration {self.n_total_iter}"
+        )
+
+    def save_final(self, tokenizer):
+        """The trained student in HF format (safetensors) with the teacher's tokenizer beside it (rank 0)."""
+        if not self.dist.is_master:
+            return
+        self.student_model.save_pretrained(self.dump_path)
+        tokenizer.save_pretrained(self.dump_path)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        logger.info(f"final student saved in {self.dump_path} (AutoModelForMaskedLM.from_pretrained works on it)")
+
+
+class Meter:
+    """Sums of the losses on the device over a log interval; read once (one host sync) per interval."""
+
+    def __init__(self):
+        self.sums = {}
+        self.n = 0
+        self.tokens = 0
+        self.grad_norms = []
+
+    def add(self, losses, n_tokens):
+        for k, v in losses.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.n += 1
+        self.tokens += n_tokens
+
+    def add_grad_norm(self, norm):
+        self.grad_norms.append(norm.detach().float())
+
+    def read(self):
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).tolist() if keys else []
+        out = {k: v / max(self.n, 1) for k, v in zip(keys, values)}
+        if self.grad_norms:
+            out["grad_norm"] = torch.stack(self.grad_norms).mean().item()
+        out["tokens"] = self.tokens
+        return out
+
+
+def memory_stats(device):
+    if device.type == "cuda":
+        return {
+            "gpu_allocated_gib": torch.cuda.memory_allocated(device) / 2**30,
+            "gpu_reserved_gib": torch.cuda.memory_reserved(device) / 2**30,
+            "gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        }
+    return {"rss_gib": psutil.Process().memory_info().rss / 2**30}
+
+
+def _ranges(counts):
+    """concatenate(arange(c) for c in counts), vectorised."""
+    total = int(counts.sum())
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(total) - torch.repeat_interleave(starts, counts)
+
+
+def _jsonable(d):
+    return {k: v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else str(v) for k, v in d.items()}

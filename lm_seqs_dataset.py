@@ -1,0 +1,137 @@
+"""The training sequences: binarized text cleaned for distillation, and the collate function that pads them.
+
+Built from `data_io.load_binarized()` (one flat token array + offsets) or upstream's list of arrays, and
+kept flat: 5.4M sequences cost two arrays, not 5.4M Python objects. On construction, as upstream:
+
+1. sequences longer than the model's input size are split into chunks, each wrapped in [CLS] ... [SEP]
+   (BOS/EOS for causal LMs);
+2. sequences shorter than `min_len` (12) tokens are dropped: too short to mask 15% of usefully;
+3. sequences that are half or more unknown tokens are dropped.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data_io import Binarized, offsets_from_lengths
+from utils import logger
+
+MIN_LEN = 12  # upstream drops sequences of 11 tokens or fewer
+MAX_UNK_FRACTION = 0.5  # upstream drops sequences at least half unknown
+
+
+class LmSeqsDataset(Dataset):
+    """Sequences of token ids, item i = (token ids as a numpy view, length).
+
+    params: a namespace with `max_model_input_size`, `special_tok_ids` (dict: cls_token, sep_token, pad_token,
+    unk_token, ... -> id), `mlm` (True: [CLS]/[SEP] and [PAD]; False: BOS/EOS and pad with unk), and
+    optionally `pad_to_multiple_of` (default 8: tensor-core friendly shapes) and `min_len`.
+    data: a `data_io.Binarized` or a list of 1-D integer arrays.
+    """
+
+    def __init__(self, params, data):
+        if not isinstance(data, Binarized):
+            lengths = np.fromiter((len(s) for s in data), dtype=np.int64, count=len(data))
+            data = Binarized(
+                np.concatenate(data) if len(data) else np.zeros(0, np.int64), offsets_from_lengths(lengths)
+            )
+        self.params = params
+        self.max_len = int(params.max_model_input_size)
+        self.mlm = getattr(params, "mlm", True)
+        self.pad_to_multiple_of = getattr(params, "pad_to_multiple_of", 8) or 1
+        ids = params.special_tok_ids
+        if self.mlm:
+            self.bos_id, self.eos_id, self.pad_id = ids["cls_token"], ids["sep_token"], ids["pad_token"]
+        else:
+            self.bos_id, self.eos_id = ids["bos_token"], ids["eos_token"]
+            self.pad_id = ids.get("unk_token", self.eos_id)
+        self.unk_id = ids.get("unk_token")
+
+        self.token_ids = data.token_ids
+        self.lengths = np.diff(data.offsets).astype(np.int64)
+        n0 = len(self.lengths)
+        n_long = self.split_long_sequences()
+        min_len = getattr(params, "min_len", MIN_LEN)
+        n_short = self.remove_short_sequences(min_len)
+        n_unk = self.remove_unknown_sequences()
+        self.offsets = offsets_from_lengths(self.lengths)
+        logger.info(
+            f"{n0:,} sequences read: {n_long:,} longer than {self.max_len} tokens split, {n_short:,} shorter than "
+            f"{min_len} removed, {n_unk:,} mostly unknown removed -> {len(self):,} sequences, "
+            f"{int(self.lengths.sum()):,} tokens"
+        )
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __getitem__(self, i):
+        return self.token_ids[self.offsets[i] : self.offsets[i + 1]], self.lengths[i]
+
+    # -- cleaning (each step keeps the arrays flat) ------------------------------------------------------
+
+    def _keep(self, keep):
+        self.token_ids = self.token_ids[np.repeat(keep, self.lengths)]
+        self.lengths = self.lengths[keep]
+
+    def split_long_sequences(self):
+        """Cut sequences longer than max_len into chunks of at most max_len, each [CLS] body [SEP]."""
+        long = self.lengths > self.max_len
+        n_long = int(long.sum())
+        if not n_long:
+            return 0
+        offsets = offsets_from_lengths(self.lengths)
+        body_len = self.max_len - 2
+        chunks = []
+        for i in np.flatnonzero(long):
+            seq = self.token_ids[offsets[i] : offsets[i + 1]]
+            start, end = int(seq[0] == self.bos_id), len(seq) - int(seq[-1] == self.eos_id)
+            for j in range(start, end, body_len):
+                chunks.append(np.concatenate(([self.bos_id], seq[j : min(j + body_len, end)], [self.eos_id])))
+        self._keep(~long)
+        dtype = self.token_ids.dtype
+        self.token_ids = np.concatenate([self.token_ids] + [c.astype(dtype) for c in chunks])
+        self.lengths = np.concatenate([self.lengths, np.fromiter(map(len, chunks), np.int64, len(chunks))])
+        return n_long
+
+    def remove_short_sequences(self, min_len=MIN_LEN):
+        keep = self.lengths >= min_len
+        self._keep(keep)
+        return int((~keep).sum())
+
+    def remove_unknown_sequences(self):
+        if self.unk_id is None or not len(self.lengths):
+            return 0
+        starts = offsets_from_lengths(self.lengths)[:-1]  # every sequence is non-empty here
+        n_unk = np.add.reduceat((self.token_ids == self.unk_id).astype(np.int64), starts)
+        keep = n_unk < MAX_UNK_FRACTION * self.lengths
+        self._keep(keep)
+        return int((~keep).sum())
+
+    # -- batching ------------------------------------------------------------------------------------------
+
+    def batch_sequences(self, batch):
+        """Collate [(ids, length), ...] into (token_ids (bs, L) int64, lengths (bs,) int64).
+
+        L is the longest length rounded up to a multiple of `pad_to_multiple_of` (never past max_len).
+        """
+        lengths = np.fromiter((n for _, n in batch), dtype=np.int64, count=len(batch))
+        longest = int(lengths.max())
+        m = self.pad_to_multiple_of
+        width = max(longest, min(-(-longest // m) * m, self.max_len))
+        out = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+        for row, (ids, n) in enumerate(batch):
+            out[row, :n] = ids
+        return torch.from_numpy(out), torch.from_numpy(lengths)
+
+
+def dataset_params(special_tok_ids, max_model_input_size, mlm=True, pad_to_multiple_of=8, min_len=MIN_LEN):
+    """The `params` namespace LmSeqsDataset reads, for callers without train.py's argparse namespace."""
+    return SimpleNamespace(
+        special_tok_ids=special_tok_ids,
+        max_model_input_size=max_model_input_size,
+        mlm=mlm,
+        pad_to_multiple_of=pad_to_multiple_of,
+        min_len=min_len,
+    )

@@ -1,0 +1,190 @@
+"""Build a DistilBERT student's initial weights from a BERT teacher (step 4 of the recipe).
+
+    python scripts/extract/distilbert.py
+        # 4-layer student (training_configs/distilbert-small-uncased.json) from bert-base-uncased, layers
+        # 0,4,7,11 -> serialization_dir/distilbert-small-uncased.from-bert-base-uncased.safetensors (~200 MB)
+    python scripts/extract/distilbert.py --student_config training_configs/distilbert-base-uncased.json
+        # 6 layers 0,2,4,7,9,11 (upstream's choice) -> serialization_dir/distilbert-base-uncased.from-...
+    python scripts/extract/distilbert.py --layers 0,3,8,11 --dump_checkpoint my_init.safetensors
+
+Copied: the word and position embeddings and their LayerNorm, the chosen encoder layers (attention, FFN,
+both LayerNorms), and the MLM head (the projector's bias; its weight is tied to the word embeddings) with
+its transform (dense + LayerNorm; `--no_vocab_transform` leaves it at random init, as upstream's default
+did). BERT adds token-type embedding 0 to every single-segment input and DistilBERT has no token types, so
+that vector is folded into the position embeddings: the student's embedding output then equals the
+teacher's (`--no_fold_token_type` drops it instead, as upstream did).
+
+Default layers are spread evenly over the teacher: round(i * (L - 1) / (n - 1)) for i in 0..n-1.
+
+The checkpoint is a safetensors file (a `.pth` name writes a torch state dict instead) whose metadata
+records the teacher, the layers and the config; train.py's `--student_pretrained_weights` loads it and
+checks every key against the student config.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from transformers import BertForMaskedLM, DistilBertConfig  # noqa: E402
+
+from utils import UsageError  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "training_configs" / "distilbert-small-uncased.json"  # the 4-layer student of the seed
+
+
+def spread_layers(n_student, n_teacher):
+    """n_student teacher layer indices spread evenly from the first to the last: 6 of 12 -> 0,2,4,7,9,11."""
+    if not 1 <= n_student <= n_teacher:
+        raise UsageError(f"cannot pick {n_student} layers from a teacher with {n_teacher}")
+    if n_student == 1:
+        return [n_teacher - 1]
+    return [int(i * (n_teacher - 1) / (n_student - 1) + 0.5) for i in range(n_student)]
+
+
+def parse_layers(text, n_student, n_teacher):
+    try:
+        layers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--layers {text!r}: give comma-separated teacher layer indices, e.g. 0,4,7,11") from None
+    if len(layers) != n_student:
+        raise UsageError(f"--layers lists {len(layers)} layers but the student config has n_layers={n_student}")
+    bad = [i for i in layers if not 0 <= i < n_teacher]
+    if bad:
+        raise UsageError(f"--layers {bad} out of range: the teacher has layers 0..{n_teacher - 1}")
+    return layers
+
+
+def extract(teacher, config, layers, vocab_transform=True, fold_token_type=True):
+    """The student state dict: a copy of the teacher's embeddings, `layers` and MLM head, renamed."""
+    t = teacher.state_dict()
+    tc = teacher.config
+    for what, s_val, t_val in (
+        ("hidden size", config.dim, tc.hidden_size),
+        ("vocab size", config.vocab_size, tc.vocab_size),
+        ("attention heads", config.n_heads, tc.num_attention_heads),
+        ("FFN size", config.hidden_dim, tc.intermediate_size),
+        ("max positions", config.max_position_embeddings, tc.max_position_embeddings),
+    ):
+        if s_val != t_val:
+            raise UsageError(f"student {what} {s_val} differs from the teacher's {t_val}: layers cannot be copied")
+    if getattr(config, "sinusoidal_pos_embds", False):
+        raise UsageError("the student config uses sinusoidal position embeddings; these copy learned ones")
+
+    pos = t["bert.embeddings.position_embeddings.weight"]
+    if fold_token_type:
+        pos = pos + t["bert.embeddings.token_type_embeddings.weight"][0]
+    out = {
+        "distilbert.embeddings.word_embeddings.weight": t["bert.embeddings.word_embeddings.weight"],
+        "distilbert.embeddings.position_embeddings.weight": pos,
+        "distilbert.embeddings.LayerNorm.weight": t["bert.embeddings.LayerNorm.weight"],
+        "distilbert.embeddings.LayerNorm.bias": t["bert.embeddings.LayerNorm.bias"],
+    }
+    names = {  # DistilBERT layer part -> BERT layer part
+        "attention.q_lin": "attention.self.query",
+        "attention.k_lin": "attention.self.key",
+        "attention.v_lin": "attention.self.value",
+        "attention.out_lin": "attention.output.dense",
+        "sa_layer_norm": "attention.output.LayerNorm",
+        "ffn.lin1": "intermediate.dense",
+        "ffn.lin2": "output.dense",
+        "output_layer_norm": "output.LayerNorm",
+    }
+    for s_idx, t_idx in enumerate(layers):
+        for s_name, t_name in names.items():
+            for w in ("weight", "bias"):
+                out[f"distilbert.transformer.layer.{s_idx}.{s_name}.{w}"] = t[
+                    f"bert.encoder.layer.{t_idx}.{t_name}.{w}"
+                ]
+    out["vocab_projector.bias"] = t["cls.predictions.bias"]
+    if vocab_transform:
+        for w in ("weight", "bias"):
+            out[f"vocab_transform.{w}"] = t[f"cls.predictions.transform.dense.{w}"]
+            out[f"vocab_layer_norm.{w}"] = t[f"cls.predictions.transform.LayerNorm.{w}"]
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+def save(state, path, metadata):
+    from data_io import atomic_write
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        blob = save(state, metadata={k: str(v) for k, v in metadata.items()})
+        with atomic_write(path) as f:
+            f.write(blob)
+    else:
+        with atomic_write(path) as f:
+            torch.save(state, f)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--model_type", default="bert", choices=["bert"], help="teacher architecture")
+    parser.add_argument("--model_name", default="bert-base-uncased", help="teacher: a hub name or a folder")
+    parser.add_argument("--student_config", default=str(DEFAULT_CONFIG.relative_to(ROOT)), help="student config JSON")
+    parser.add_argument("--layers", default=None, help="teacher layers to copy, e.g. 0,4,7,11 (default: spread evenly)")
+    parser.add_argument(
+        "--dump_checkpoint",
+        default=None,
+        help="output file (default: serialization_dir/<config>.from-<teacher>.safetensors; .pth writes torch format)",
+    )
+    parser.add_argument(
+        "--vocab_transform",
+        action=argparse.BooleanOptionalAction,
+        default=True,  # the projector is tied to the word embeddings and expects the transform's output
+        help="copy the MLM head's transform (dense + LayerNorm); on by default",
+    )
+    parser.add_argument(
+        "--fold_token_type",
+        action=argparse.BooleanOptionalAction,
+        default=True,  # makes the student's embedding output equal the teacher's on single-segment input
+        help="add BERT's token-type embedding 0 into the position embeddings; on by default",
+    )
+    args = parser.parse_args(argv)
+
+    try:
+        config_path = Path(args.student_config)
+        if not config_path.is_file():
+            raise UsageError(f"student config {config_path} does not exist (see training_configs/)")
+        config = DistilBertConfig.from_json_file(str(config_path))
+        try:
+            teacher = BertForMaskedLM.from_pretrained(args.model_name)
+        except OSError as e:
+            raise UsageError(f"cannot load teacher {args.model_name!r}: {str(e).splitlines()[0]}") from None
+        n_teacher = teacher.config.num_hidden_layers
+        layers = (
+            parse_layers(args.layers, config.n_layers, n_teacher)
+            if args.layers
+            else spread_layers(config.n_layers, n_teacher)
+        )
+        state = extract(teacher, config, layers, args.vocab_transform, args.fold_token_type)
+    except UsageError as e:
+        sys.exit(f"extract/distilbert.py: error: {e}")
+
+    dump = args.dump_checkpoint or (
+        ROOT / "serialization_dir" / f"{config_path.stem}.from-{Path(args.model_name.rstrip('/')).name}.safetensors"
+    )
+    metadata = {
+        "teacher": args.model_name,
+        "teacher_layers": ",".join(map(str, layers)),
+        "student_config": json.dumps(config.to_diff_dict()),
+        "vocab_transform": args.vocab_transform,
+        "fold_token_type": args.fold_token_type,
+    }
+    save(state, dump, metadata)
+    n_params = sum(v.numel() for v in state.values())
+    print(f"copied teacher layers {layers} into a {config.n_layers}-layer student")
+    print(f"{len(state)} tensors, {n_params / 1e6:.1f}M parameters -> {dump}")
+    return dump
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""scripts/extract/distilbert.py: which layers are copied, that they are copied exactly, and strict loading."""
+
+import importlib.util
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+import utils
+from conftest import ROOT, run_script
+from train_helpers import make_teacher_dir, write_student_config, single_thread  # noqa: F401 (autouse fixture)
+
+spec = importlib.util.spec_from_file_location("extract_distilbert", ROOT / "scripts" / "extract" / "distilbert.py")
+extract = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(extract)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tokenizer_dir):
+    folder, model, tok = make_teacher_dir(tmp_path_factory.mktemp("teacher") / "tiny-bert", tokenizer_dir, layers=4)
+    return folder, model, tok
+
+
+def test_default_layers_are_spread_evenly():
+    assert extract.spread_layers(6, 12) == [0, 2, 4, 7, 9, 11]  # upstream's DistilBERT choice
+    assert extract.spread_layers(4, 12) == [0, 4, 7, 11]
+    assert extract.spread_layers(12, 12) == list(range(12))
+    assert extract.spread_layers(2, 4) == [0, 3]
+
+
+def test_shipped_configs_match_bert_base():
+    for name, layers in (("distilbert-base-uncased", 6), ("distilbert-small-uncased", 4)):
+        c = DistilBertConfig.from_json_file(str(ROOT / "training_configs" / f"{name}.json"))
+        assert (c.n_layers, c.dim, c.n_heads, c.hidden_dim, c.vocab_size) == (layers, 768, 12, 3072, 30522)
+        assert (c.max_position_embeddings, c.sinusoidal_pos_embds, c.activation) == (512, False, "gelu")
+
+
+def test_script_copies_exactly_the_chosen_layers(tmp_path, teacher):
+    folder, t_model, tok = teacher
+    config = write_student_config(tmp_path / "student.json", len(tok), layers=2)
+    out = tmp_path / "init.safetensors"
+    run_script(
+        "scripts/extract/distilbert.py",
+        "--model_name",
+        folder,
+        "--student_config",
+        config,
+        "--layers",
+        "1,3",
+        "--dump_checkpoint",
+        out,
+        check=True,
+    )
+    student = DistilBertForMaskedLM(DistilBertConfig.from_json_file(str(config)))
+    utils.load_student_weights(student, out)
+    s, t = student.state_dict(), t_model.state_dict()
+    pairs = {
+        "q_lin": "attention.self.query",
+        "out_lin": "attention.output.dense",
+        "lin1": "intermediate.dense",
+        "lin2": "output.dense",
+        "output_layer_norm": "output.LayerNorm",
+    }
+    for s_idx, t_idx in ((0, 1), (1, 3)):
+        for s_name, t_name in pairs.items():
+            s_key = next(
+                k for k in s if k.startswith(f"distilbert.transformer.layer.{s_idx}.") and f".{s_name}.weight" in k
+            )
+            assert torch.equal(s[s_key], t[f"bert.encoder.layer.{t_idx}.{t_name}.weight"]), s_key
+        # and not the neighbouring layer
+        assert not torch.equal(
+            s[f"distilbert.transformer.layer.{s_idx}.ffn.lin1.weight"],
+            t[f"bert.encoder.layer.{t_idx - 1}.intermediate.dense.weight"],
+        )
+    assert torch.equal(s["distilbert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(s["vocab_projector.weight"], t["bert.embeddings.word_embeddings.weight"])  # tied
+    assert torch.equal(s["vocab_projector.bias"], t["cls.predictions.bias"])
+    assert torch.equal(s["vocab_transform.weight"], t["cls.predictions.transform.dense.weight"])
+    folded = t["bert.embeddings.position_embeddings.weight"] + t["bert.embeddings.token_type_embeddings.weight"][0]
+    assert torch.equal(s["distilbert.embeddings.position_embeddings.weight"], folded)
+
+
+def test_copying_every_layer_reproduces_the_teacher(teacher):
+    """With all layers, the head transform and token type 0 folded in, the student *is* the teacher."""
+    _, t_model, tok = teacher
+    config = DistilBertConfig(
+        vocab_size=len(tok), dim=32, n_layers=4, n_heads=2, hidden_dim=64, max_position_embeddings=64
+    )
+    student = DistilBertForMaskedLM(config).eval()
+    student.load_state_dict(extract.extract(t_model, config, [0, 1, 2, 3]), strict=False)
+    ids = torch.tensor([tok("the city is on the river and has a population")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=ids).logits, t_model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+        unfolded = extract.extract(t_model, config, [0, 1, 2, 3], fold_token_type=False)
+        student.load_state_dict(unfolded, strict=False)
+        assert not torch.allclose(student(input_ids=ids).logits, t_model(input_ids=ids).logits, atol=1e-3)
+
+
+def test_loading_rejects_checkpoints_that_do_not_fit(tmp_path, teacher):
+    _, t_model, tok = teacher
+    cfg2 = DistilBertConfig(
+        vocab_size=len(tok), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64
+    )
+    cfg3 = DistilBertConfig(
+        vocab_size=len(tok), dim=32, n_layers=3, n_heads=2, hidden_dim=64, max_position_embeddings=64
+    )
+    three = tmp_path / "three.safetensors"
+    save_file(extract.extract(t_model, cfg3, [0, 1, 3]), str(three))
+    with pytest.raises(utils.UsageError, match="3 transformer layers but the student config has n_layers=2"):
+        utils.load_student_weights(DistilBertForMaskedLM(cfg2), three)
+
+    state = extract.extract(t_model, cfg2, [0, 3])
+    extra = tmp_path / "extra.safetensors"
+    save_file({**state, "distilbert.pooler.weight": torch.zeros(2)}, str(extra))
+    with pytest.raises(utils.UsageError, match="key.*the student does not have.*pooler"):
+        utils.load_student_weights(DistilBertForMaskedLM(cfg2), extra)
+
+    missing = tmp_path / "missing.pth"
+    torch.save({k: v for k, v in state.items() if "layer.1.ffn.lin2.bias" not in k}, missing)
+    with pytest.raises(utils.UsageError, match="lacks 1 key.*layer.1.ffn.lin2.bias"):
+        utils.load_student_weights(DistilBertForMaskedLM(cfg2), missing)
+
+    # upstream's default extraction (no head transform, tied decoder stored twice) still loads
+    upstream = tmp_path / "upstream.pth"
+    up = {k: v for k, v in state.items() if not k.startswith(("vocab_transform", "vocab_layer_norm"))}
+    up["vocab_projector.weight"] = state["distilbert.embeddings.word_embeddings.weight"]
+    torch.save(up, upstream)
+    absent = utils.load_student_weights(DistilBertForMaskedLM(cfg2), upstream)
+    assert set(absent) == set(utils.OPTIONAL_KEYS)
+
+
+def test_script_writes_metadata_and_rejects_bad_layers(tmp_path, teacher):
+    folder, _, tok = teacher
+    config = write_student_config(tmp_path / "student.json", len(tok), layers=2)
+    out = tmp_path / "init.safetensors"
+    bad = run_script(
+        "scripts/extract/distilbert.py",
+        "--model_name",
+        folder,
+        "--student_config",
+        config,
+        "--layers",
+        "0,9",
+        "--dump_checkpoint",
+        out,
+    )
+    assert bad.returncode != 0 and "out of range" in bad.stderr and not out.exists()
+    extract.main(["--model_name", str(folder), "--student_config", str(config), "--dump_checkpoint", str(out)])
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["teacher_layers"] == "0,3" and meta["teacher"] == str(folder)
+    assert len(load_file(str(out))) == 4 + 2 * 16 + 1 + 4

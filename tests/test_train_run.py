@@ -1,0 +1,213 @@
+"""train.py end to end on CPU with tiny models: the loss falls, the run folder is complete, resume is exact."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+from conftest import ROOT
+from train_helpers import read_metrics, tiny_run_files, single_thread  # noqa: F401 (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def base_argv(tmp_path_factory, tokenizer_dir, articles):
+    return tiny_run_files(tmp_path_factory.mktemp("run_files"), tokenizer_dir, articles)
+
+
+def with_args(argv, **kw):
+    """Replace or add `--name value` options (`name=True` adds a bare flag)."""
+    argv = list(argv)
+    for name, value in kw.items():
+        flag = f"--{name}"
+        if value is True:
+            argv.append(flag)
+        elif flag in argv:
+            argv[argv.index(flag) + 1] = str(value)
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def test_short_run_learns_and_writes_a_complete_run_folder(tmp_path, base_argv):
+    dump = tmp_path / "run"
+    train.main(with_args(base_argv, dump_path=dump, n_epoch=3, learning_rate=1e-3))
+
+    metrics = read_metrics(dump)
+    first, last = metrics[min(metrics)], metrics[max(metrics)]
+    assert last["loss"] < 0.95 * first["loss"], (first, last)
+    assert last["cos"] < first["cos"] and last["mlm"] < first["mlm"]
+    assert {"ce", "mlm", "cos", "lr", "tokens_per_s", "rss_gib", "empty_cache_calls"} <= set(last)
+    assert last["step"] == 3 * 23  # 45 batches per epoch, 2 per optimizer step: 23 steps per epoch
+    assert last["lr"] == 0.0  # linear decay reaches 0 at the last step
+
+    params = json.loads((dump / "parameters.json").read_text())
+    assert params["alpha_ce"] == 5.0 and params["special_tok_ids"]["mask_token"] == 4
+    assert "repo_sha" in json.loads((dump / "git_log.json").read_text())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(dump / "log" / "train"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"losses/loss", "losses/ce", "learning_rate/lr", "global/tokens_per_s", "memory/empty_cache_calls"} <= tags
+    assert len(events.Scalars("losses/loss")) == len(metrics)
+    assert (dump / "checkpoint.pth").is_file() and (dump / "model_epoch_2.pth").is_file()
+    assert "training finished" in (dump / "train.log").read_text()
+
+    from transformers import AutoModelForMaskedLM, pipeline
+
+    model = AutoModelForMaskedLM.from_pretrained(dump)
+    assert type(model).__name__ == "DistilBertForMaskedLM" and model.config.n_layers == 2
+    fill = pipeline("fill-mask", model=str(dump))
+    assert len(fill("the city is on the [MASK] river")) == 5
+    final = load_file(str(dump / "model.safetensors"))
+    epoch_weights = torch.load(dump / "model_epoch_2.pth", weights_only=True)
+    assert torch.equal(
+        final["distilbert.transformer.layer.1.ffn.lin1.weight"],
+        epoch_weights["distilbert.transformer.layer.1.ffn.lin1.weight"],
+    )
+
+
+def test_resume_reproduces_the_uninterrupted_losses(tmp_path, base_argv):
+    argv = with_args(base_argv, n_epoch=2, log_interval=1, checkpoint_interval=8)
+    train.main(with_args(argv, dump_path=tmp_path / "full"))
+    # Killed at iteration 60. Checkpoints wait for the end of an accumulation cycle: epoch 1 starts at
+    # iteration 46 and its cycles end at odd iterations, so the last one is at 57 (epoch 1, batch 12).
+    train.main(with_args(argv, dump_path=tmp_path / "cut", stop_after_iter=60))
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    state = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
+    assert (state["progress"]["n_total_iter"], state["progress"]["epoch"]) == (57, 1)
+    train.main(with_args(argv, dump_path=tmp_path / "cut", resume=True))
+
+    full, resumed = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
+    assert sorted(full) == sorted(resumed) == list(range(1, 91))
+    for it in range(58, 91):
+        for k in ("loss", "ce", "mlm", "cos", "lr"):
+            assert resumed[it][k] == full[it][k], (it, k)
+    a, b = (
+        load_file(str(tmp_path / "full" / "model.safetensors")),
+        load_file(str(tmp_path / "cut" / "model.safetensors")),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_settings(tmp_path, base_argv, capsys):
+    argv = with_args(base_argv, dump_path=tmp_path / "run", checkpoint_interval=4, stop_after_iter=6)
+    train.main(argv)
+    with pytest.raises(SystemExit) as e:
+        train.main(with_args(argv, resume=True, batch_size=8))
+    assert e.value.code == 1 and "batch_size 16 -> 8" in capsys.readouterr().err
+
+
+def test_bf16_on_cpu_and_fp16_fallback(tmp_path, base_argv, caplog):
+    train.main(with_args(base_argv, dump_path=tmp_path / "bf16", bf16=True, stop_after_iter=10))
+    m = read_metrics(tmp_path / "bf16")
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in m.values()) and len(m) == 2
+    train.main(with_args(base_argv, dump_path=tmp_path / "fp16", fp16=True, stop_after_iter=5))
+    assert "--fp16 needs a CUDA GPU: training in fp32" in caplog.text
+    assert json.loads((tmp_path / "fp16" / "parameters.json").read_text())["fp16"] is False
+
+
+def test_non_finite_loss_stops_with_the_iteration(tmp_path, base_argv, capsys):
+    argv = with_args(base_argv, dump_path=tmp_path / "nan", learning_rate=1e30, warmup_prop=0, log_interval=4)
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert e.value.code == 3
+    assert err.startswith("train.py: error: the loss is not finite at iteration")
+    first_bad = int(err.split("iteration ")[1].split()[0])
+    assert 2 < first_bad <= 4  # the first optimizer step (after 2 batches) blows the weights up
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_git_log_outside_a_git_clone(tmp_path):
+    shutil.copy(ROOT / "utils.py", tmp_path / "utils.py")
+    code = "import utils, sys; utils.git_log(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tmp_path, check=True, capture_output=True)
+    record = json.loads((tmp_path / "git_log.json").read_text())
+    assert record["repo_sha"] is None and "error" in record
+
+
+def test_steps_4_to_6_on_the_data_pipeline_output(tmp_path, tokenizer_dir, articles):
+    """Text dump -> binarized_data.py -> token_counts.py -> extract -> train.py, as the README runs them."""
+    from conftest import run_script
+    from train_helpers import make_teacher_dir, sentences, write_student_config
+
+    dump_txt = tmp_path / "dump.txt"
+    dump_txt.write_text("\n".join(sentences(articles)) + "\n")
+    run_script(
+        "scripts/binarized_data.py",
+        "--file_path",
+        dump_txt,
+        "--tokenizer_type",
+        "bert",
+        "--tokenizer_name",
+        tokenizer_dir,
+        "--dump_file",
+        tmp_path / "binarized_text",
+        check=True,
+    )
+    data_file = tmp_path / "binarized_text.tiny-bert.pickle"
+    teacher_dir, _, tok = make_teacher_dir(tmp_path / "teacher" / "tiny-bert", tokenizer_dir)
+    counts_file = tmp_path / "token_counts.tiny-bert.pickle"
+    run_script(
+        "scripts/token_counts.py",
+        "--data_file",
+        data_file,
+        "--token_counts_dump",
+        counts_file,
+        "--vocab_size",
+        len(tok),
+        check=True,
+    )
+    config = write_student_config(tmp_path / "student.json", len(tok))
+    init = tmp_path / "init.safetensors"
+    run_script(
+        "scripts/extract/distilbert.py",
+        "--model_name",
+        teacher_dir,
+        "--student_config",
+        config,
+        "--dump_checkpoint",
+        init,
+        check=True,
+    )
+    proc = run_script(
+        "train.py",
+        "--dump_path",
+        tmp_path / "run",
+        "--data_file",
+        data_file,
+        "--token_counts",
+        counts_file,
+        "--student_type",
+        "distilbert",
+        "--student_config",
+        config,
+        "--student_pretrained_weights",
+        init,
+        "--teacher_type",
+        "bert",
+        "--teacher_name",
+        teacher_dir,
+        "--mlm",
+        "--n_epoch",
+        "1",
+        "--batch_size",
+        "16",
+        "--gradient_accumulation_steps",
+        "2",
+        "--log_interval",
+        "10",
+        "--num_workers",
+        "1",
+        check=True,
+    )
+    assert "student initialised from" in proc.stderr and "was made with tokenizer" not in proc.stderr
+    metrics = read_metrics(tmp_path / "run")
+    assert len(metrics) >= 4 and all(r["loss"] > 0 for r in metrics.values())
+    assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The reference run: distil bert-base-uncased into the 4-layer DistilBERT_small on one 24 GB GPU
+# (STUDENT=base: the 6-layer DistilBERT). Extra arguments go to train.py and win over the ones below.
+#
+#   bash train.sh                          # 4-layer student -> serialization_dir/distilbert-small-uncased
+#   STUDENT=base bash train.sh             # 6-layer student -> serialization_dir/distilbert-base-uncased
+#   bash train.sh --resume                 # continue a killed run from its checkpoint
+#   bash train.sh --force --n_epoch 1      # overwrite the run folder, one epoch
+#   NPROC=8 bash train.sh                  # 8 GPUs on this node (torchrun)
+#
+# Reads $DATA_DIR/binarized_text.<teacher>.pickle and token_counts.<teacher>.pickle (steps 2-3 of the
+# recipe). If the student's initial weights are missing, builds them first with
+# scripts/extract/distilbert.py (teacher layers 0,4,7,11 or 0,2,4,7,9,11).
+# Other knobs: TEACHER (hub name or folder), DATA_DIR, DUMP_PATH, INIT, STUDENT_CONFIG, PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+STUDENT=${STUDENT:-small}
+case "$STUDENT" in
+  small|base) ;;
+  *) echo "train.sh: STUDENT must be 'small' (4 layers) or 'base' (6 layers), not '$STUDENT'" >&2; exit 2 ;;
+esac
+TEACHER=${TEACHER:-bert-base-uncased}
+TEACHER_NAME=$(basename "$TEACHER")
+DATA_DIR=${DATA_DIR:-data}
+PYTHON=${PYTHON:-python}
+NPROC=${NPROC:-1}
+STUDENT_CONFIG=${STUDENT_CONFIG:-training_configs/distilbert-$STUDENT-uncased.json}
+INIT=${INIT:-serialization_dir/$(basename "$STUDENT_CONFIG" .json).from-$TEACHER_NAME.safetensors}
+DUMP_PATH=${DUMP_PATH:-serialization_dir/distilbert-$STUDENT-uncased}
+
+if [ ! -f "$INIT" ]; then
+  "$PYTHON" scripts/extract/distilbert.py --model_name "$TEACHER" --student_config "$STUDENT_CONFIG" \
+    --dump_checkpoint "$INIT"
+fi
+
+# Fewer fragmented blocks: the reference run fought memory creep with variable-length batches.
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+launcher=("$PYTHON")
+if [ "$NPROC" -gt 1 ]; then
+  launcher=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC")
+fi
+
+exec "${launcher[@]}" train.py \
+  --dump_path "$DUMP_PATH" \
+  --data_file "$DATA_DIR/binarized_text.$TEACHER_NAME.pickle" \
+  --token_counts "$DATA_DIR/token_counts.$TEACHER_NAME.pickle" \
+  --student_type distilbert \
+  --student_config "$STUDENT_CONFIG" \
+  --student_pretrained_weights "$INIT" \
+  --teacher_type bert \
+  --teacher_name "$TEACHER" \
+  --mlm --alpha_ce 5.0 --alpha_mlm 2.0 --alpha_cos 1.0 --alpha_clm 0.0 \
+  --fp16 \
+  --batch_size 32 \
+  "$@"

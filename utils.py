@@ -1,0 +1,202 @@
+"""Small helpers shared by train.py, distiller.py and scripts/extract/distilbert.py.
+
+- `logger`: one logger for the training code (rank 0 logs at INFO, the other ranks at WARNING).
+- `init_distributed()`: reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE and joins the process group.
+- `set_seed()`, `git_log()`: reproducibility records.
+- `load_student_weights()`: strict loading of a student initialisation checkpoint: a missing or unexpected
+  key, or a layer count that does not match the config, is an error that says which.
+"""
+
+import json
+import logging
+import os
+import random
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logging.basicConfig(
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
+)
+logger = logging.getLogger("distillation")
+logger.setLevel(logging.INFO)  # also when something else configured the root logger first
+
+
+class UsageError(Exception):
+    """Bad input from the user (arguments, files, models that do not fit together).
+
+    train.py prints the message as one line and exits with status 1. The message says what is wrong and,
+    where it can, how to fix it.
+    """
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distributed setup
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0  # global rank
+    local_rank: int = 0  # rank on this node: picks the GPU
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_master(self):
+        return self.rank == 0
+
+    @property
+    def multi_gpu(self):  # upstream's name; true for any multi-process run (GPUs or CPU processes)
+        return self.world_size > 1
+
+
+def init_distributed(n_gpu=1):
+    """Set up this process from torchrun's environment; a plain `python train.py` is a world of one.
+
+    NCCL on GPUs, gloo on CPU. `n_gpu=0` forces the CPU (upstream's `--n_gpu 0`).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = n_gpu > 0 and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    info = DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+    logger.setLevel(logging.INFO if info.is_master else logging.WARNING)
+    if world_size > 1:
+        logger.info(
+            f"distributed: world size {world_size}, backend {torch.distributed.get_backend()}, "
+            f"host {socket.gethostname()}"
+        )
+    elif n_gpu > 0 and not use_cuda:
+        logger.info("no CUDA device: training on the CPU")
+    return info
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def git_log(folder):
+    """Write git_log.json (repo, commit, branch, dirty) into `folder`; outside a git clone, record nulls."""
+    record = {"repo_id": None, "repo_sha": None, "repo_branch": None, "dirty": None}
+    try:
+        import git
+
+        repo = git.Repo(Path(__file__).resolve().parent, search_parent_directories=True)
+        record["repo_id"] = str(repo.working_dir)
+        record["repo_sha"] = repo.head.object.hexsha
+        record["dirty"] = repo.is_dirty()
+        try:
+            record["repo_branch"] = repo.active_branch.name
+        except TypeError:  # detached HEAD, as on CI
+            record["repo_branch"] = None
+    except Exception as e:  # no git binary, not a clone, ...: a record without git info beats a crash
+        record["error"] = f"{type(e).__name__}: {e}"
+    with open(Path(folder) / "git_log.json", "w") as f:
+        json.dump(record, f, indent=4)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Student initialisation checkpoints (written by scripts/extract/distilbert.py)
+
+_LAYER_KEY = re.compile(r"^distilbert\.transformer\.layer\.(\d+)\.")
+# The MLM head's transform is optional in upstream's extraction (`--vocab_transform`): a checkpoint may
+# leave these out, and they then keep the student's random initialisation.
+OPTIONAL_KEYS = ("vocab_transform.weight", "vocab_transform.bias", "vocab_layer_norm.weight", "vocab_layer_norm.bias")
+
+
+def read_weights_file(path):
+    """(state dict, metadata) from a .safetensors file or a torch .pth/.bin state dict. Never runs code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"student weights {path} do not exist: run scripts/extract/distilbert.py first")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{path} is not a readable weights file ({type(e).__name__}: {str(e).splitlines()[0]})")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{path} does not hold a state dict of tensors")
+    return state, {}
+
+
+def tied_keys(model):
+    """Keys of `model.state_dict()` whose tensor is shared with an earlier key (e.g. the tied decoder)."""
+    seen, tied = {}, set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        ptr = tensor.data_ptr()
+        if ptr in seen:
+            tied.add(name)
+        else:
+            seen[ptr] = name
+    return tied
+
+
+def load_student_weights(model, path):
+    """Load a student initialisation into `model`, strictly.
+
+    Errors (UsageError) name what does not fit: a different number of transformer layers than the config,
+    keys the model does not have, keys the checkpoint lacks, or tensors of another shape. Tied weights
+    (the vocab projector shares the word embeddings) may be present or not; the MLM head's transform may be
+    absent (upstream's default extraction leaves it out) and then keeps its random initialisation.
+    Returns the list of optional keys that were absent.
+    """
+    state, meta = read_weights_file(path)
+    model_state = model.state_dict()
+    config = model.config
+
+    n_layers_ckpt = len({int(m.group(1)) for k in state if (m := _LAYER_KEY.match(k))})
+    n_layers_cfg = getattr(config, "n_layers", None)
+    if n_layers_cfg is not None and n_layers_ckpt != n_layers_cfg:
+        raise UsageError(
+            f"{path} holds {n_layers_ckpt} transformer layers but the student config has n_layers={n_layers_cfg}: "
+            f"extract with the same --student_config, or pick the matching config"
+        )
+    tied = tied_keys(model)
+    unexpected = sorted(set(state) - set(model_state))
+    missing = sorted(set(model_state) - set(state) - tied - set(OPTIONAL_KEYS))
+    if unexpected:
+        raise UsageError(
+            f"{path} has {len(unexpected)} key(s) the student does not have, e.g. {unexpected[:3]}: "
+            f"it was not made for this student config"
+        )
+    if missing:
+        raise UsageError(
+            f"{path} lacks {len(missing)} key(s) the student needs, e.g. {missing[:3]}: "
+            f"it was not made for this student config"
+        )
+    for k, v in state.items():
+        if v.shape != model_state[k].shape:
+            raise UsageError(
+                f"{path}: {k} has shape {tuple(v.shape)} but the student config needs {tuple(model_state[k].shape)}"
+            )
+    # Tied keys in the checkpoint must agree with the tensor they are tied to; load only the untied ones.
+    to_load = {k: v for k, v in state.items() if k not in tied}
+    result = model.load_state_dict(to_load, strict=False)
+    absent_optional = [k for k in OPTIONAL_KEYS if k in model_state and k not in state]
+    assert not result.unexpected_keys, result.unexpected_keys
+    if absent_optional:
+        logger.warning(
+            f"{path} has no MLM-head transform ({', '.join(absent_optional)}): kept at random init "
+            f"(scripts/extract/distilbert.py copies it by default)"
+        )
+    origin = f" (teacher {meta['teacher']}, layers {meta.get('teacher_layers')})" if "teacher" in meta else ""
+    logger.info(f"student initialised from {path}{origin}")
+    return absent_optional
