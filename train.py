@@ -9,14 +9,17 @@
     # the same, on 8 GPUs:   torchrun --nproc_per_node 8 train.py ...
     # a plain MLM, no teacher (the no-distillation baseline): --teacher_name none --tokenizer_name bert-base-uncased
     #     --alpha_ce 0 --alpha_cos 0 --alpha_mlm 1
+    # the same with --student_type bert and a BertConfig JSON trains a BERT from scratch (the demo's teacher)
+    # evaluate the student on held-out data every N batches and at the end (scripts/evaluate.py's figures):
+    #     --valid_file data/binarized_text.bert-base-uncased.valid.pickle --eval_interval N
     # continue a killed run:  the same command with --resume
 
 Writes into --dump_path: parameters.json, git_log.json, train.log, metrics.jsonl (one record per log
-interval), log/train/ (tensorboard: losses, lr, tokens/s, memory, empty_cache calls), checkpoint.pth (the
-resumable state, every --checkpoint_interval batches and at each epoch's end), model_epoch_<n>.pth (the
-student's weights after each epoch), and at the end the student in HF format (config.json +
-model.safetensors) with the teacher's tokenizer, so `AutoModelForMaskedLM.from_pretrained(dump_path)` and
-`pipeline("fill-mask", model=dump_path)` work.
+interval, and one with valid_* figures per evaluation), log/train/ (tensorboard: losses, lr, tokens/s,
+memory, empty_cache calls, valid/*), checkpoint.pth (the resumable state, every --checkpoint_interval
+batches and at each epoch's end), model_epoch_<n>.pth (the student's weights after each epoch), and at the
+end the student in HF format (config.json + model.safetensors) with the teacher's tokenizer, so
+`AutoModelForMaskedLM.from_pretrained(dump_path)` and `pipeline("fill-mask", model=dump_path)` work.
 
 Every upstream flag is accepted (examples/research_projects/distillation/train.py). Differences: --fp16
 uses torch.amp (no apex; --fp16_opt_level is ignored); --bf16; the defaults are the DistilBERT recipe
@@ -64,8 +67,14 @@ def build_parser():
     # Data
     a("--data_file", required=True, help="binarized text from scripts/binarized_data.py")
     a("--token_counts", default=None, help="token counts from scripts/token_counts.py (MLM masking weights)")
+    a(
+        "--valid_file",
+        default=None,
+        help="held-out binarized text (binarized_data.py --valid_size): the student is evaluated on it (MLM)",
+    )
     # Student
-    a("--student_type", required=True, choices=["distilbert", "roberta", "gpt2"])
+    # bert: a BertForMaskedLM trained as a plain MLM (--teacher_name none), e.g. a teacher for a small demo
+    a("--student_type", required=True, choices=["distilbert", "roberta", "gpt2", "bert"])
     a("--student_config", required=True, help="student config JSON (training_configs/)")
     a(
         "--student_pretrained_weights",
@@ -130,7 +139,13 @@ def build_parser():
     )
     a("--n_gpu", type=int, default=1, help="0 forces the CPU; multi-GPU runs come from torchrun")
     a("--local_rank", "--local-rank", type=int, default=-1, help="(set by launchers; torchrun's LOCAL_RANK wins)")
-    a("--num_workers", type=int, default=2, help="DataLoader worker processes (collation off the main thread)")
+    a(
+        "--num_workers",
+        type=int,
+        default=0,
+        help="DataLoader worker processes; 0 (collate in the training process) measured faster: 0.09 ms per "
+        "batch of 32 in-process, 1.3 ms through 2 workers",
+    )
     a("--pad_to_multiple_of", type=int, default=8, help="pad batch lengths to a multiple of this (tensor cores)")
     a(
         "--max_model_input_size",
@@ -142,6 +157,7 @@ def build_parser():
     # Records
     a("--log_interval", type=int, default=500, help="batches between log lines / tensorboard points")
     a("--checkpoint_interval", type=int, default=4000, help="batches between checkpoints")
+    a("--eval_interval", type=int, default=4000, help="batches between evaluations on --valid_file (and at the end)")
     a("--stop_after_iter", type=int, default=None, help="stop after this many batches as if killed (tests resume)")
     return p
 
@@ -175,8 +191,8 @@ def sanity_checks(args):
     if args.mlm:
         if args.token_counts is None:
             raise UsageError("--mlm needs --token_counts (from scripts/token_counts.py)")
-        if args.student_type not in ("distilbert", "roberta") or args.teacher_type not in ("bert", "roberta"):
-            raise UsageError("MLM needs a distilbert/roberta student and a bert/roberta teacher")
+        if args.student_type not in ("distilbert", "roberta", "bert") or args.teacher_type not in ("bert", "roberta"):
+            raise UsageError("MLM needs a distilbert/roberta student (or bert) and a bert/roberta teacher")
     elif args.student_type != "gpt2" or args.teacher_type != "gpt2":
         raise UsageError("CLM (no --mlm) needs --student_type gpt2 and --teacher_type gpt2")
     if args.teacher_type != args.student_type and not (
@@ -200,6 +216,13 @@ def sanity_checks(args):
             raise UsageError(f"--{name} must be >= 1")
     if not Path(args.student_config).is_file():
         raise UsageError(f"student config {args.student_config} does not exist (see training_configs/)")
+    if args.valid_file is not None:
+        if not args.mlm:
+            raise UsageError("--valid_file evaluates masked-LM students only (scripts/evaluate.py)")
+        if not Path(args.valid_file).is_file():
+            raise UsageError(f"--valid_file {args.valid_file} does not exist: binarize with --valid_size N")
+    if args.eval_interval < 1:
+        raise UsageError("--eval_interval must be >= 1")
     if args.student_pretrained_weights is not None and not Path(args.student_pretrained_weights).exists():
         raise UsageError(
             f"student weights {args.student_pretrained_weights} do not exist: run scripts/extract/distilbert.py first"
@@ -360,6 +383,15 @@ def setup(args):
     return tokenizer, dataset, token_probs, student, teacher
 
 
+def load_valid(args, tokenizer):
+    """The held-out set, checked and cleaned like the training data."""
+    from lm_seqs_dataset import LmSeqsDataset
+
+    data = data_io.load_binarized(args.valid_file)
+    check_data(argparse.Namespace(data_file=args.valid_file), data, data.meta, tokenizer, args.special_tok_ids)
+    return LmSeqsDataset(args, data)
+
+
 def parse_args(argv=None):
     return resolve_defaults(build_parser().parse_args(argv))
 
@@ -380,7 +412,8 @@ def main(argv=None):
             args.fp16 = False
         tokenizer, dataset, token_probs, student, teacher = setup(args)
         log_file = prepare_dump_path(args, dist)
-        distiller = Distiller(args, dataset, token_probs, student, teacher, dist=dist)
+        valid = load_valid(args, tokenizer) if args.valid_file else None
+        distiller = Distiller(args, dataset, token_probs, student, teacher, dist=dist, valid_dataset=valid)
         if args.resume:
             distiller.load_checkpoint()
         # A different stream per rank for masking and dropout (the models were built identically above).

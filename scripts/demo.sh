@@ -1,36 +1,139 @@
 #!/usr/bin/env bash
-# Offline demo of the recipe on a corpus the project generates itself; every step is the real script.
+# The whole recipe, offline, on CPU, on a corpus the project generates itself; every step is the real script.
 #
 #   bash scripts/demo.sh [RUN_DIR]          # default RUN_DIR: demo_run/
 #
-# For now it runs the data pipeline (steps 1-3) on synthetic Wikipedia-schema articles with a WordPiece
-# vocabulary trained on them (the model hub is not needed). Every file lands in RUN_DIR, so each script
-# can be rerun by hand on it; rerunning the demo overwrites them.
+# 1. synthetic Wikipedia-schema articles -> 2. extraction -> 3. a tokenizer (bert-base-uncased's when it is
+# on disk, else WordPiece trained on the dump) -> 4. binarization with a held-out split, token counts ->
+# 5. a small BERT teacher trained as a plain MLM -> 6. a student with half its layers, initialised from
+# them -> 7. the student distilled (KD + MLM + cosine), and the same student from the same init for the
+# same steps trained without the teacher (MLM only) -> 8. both evaluated with the teacher on the held-out
+# split (table + evaluation.json), a PNG of their curves, and a few fill-mask predictions.
+#
+# Every file lands in RUN_DIR, so each script can be rerun by hand on it. Rerunning is safe: the steps are
+# redone, except the teacher (the longest step), which is kept when its data and settings are unchanged.
+# Sizes (the test suite runs a small one): DEMO_ARTICLES, DEMO_PEOPLE, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS,
+# DEMO_VALID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-demo_run}
-ARTICLES=${DEMO_ARTICLES:-3000}   # a few thousand articles: ~30k sentences, seconds per step
-mkdir -p "$RUN"
+ARTICLES=${DEMO_ARTICLES:-3000}                # a few thousand articles: ~6k lines of ~48 tokens
+PEOPLE=${DEMO_PEOPLE:-250}                     # a fixed population: each person's facts retold in ~8 articles
+TEACHER_EPOCHS=${DEMO_TEACHER_EPOCHS:-10}      # the teacher must learn the facts before it can teach them
+STUDENT_EPOCHS=${DEMO_STUDENT_EPOCHS:-1}       # short and equal for both students
+VALID=${DEMO_VALID:-1000}                      # held-out sequences
 PY=${PYTHON:-python}
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}     # never wait on an unreachable model hub
+mkdir -p "$RUN"
+SECONDS=0
+say() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
-echo "== corpus: $ARTICLES synthetic articles (title, text) -> $RUN/synthetic_wiki.jsonl"
-$PY scripts/make_synthetic_wiki.py --num_articles "$ARTICLES" --output "$RUN/synthetic_wiki.jsonl"
+say "corpus: $ARTICLES synthetic articles (title, text) about $PEOPLE people and 72 cities -> $RUN/synthetic_wiki.jsonl"
+$PY scripts/make_synthetic_wiki.py --num_articles "$ARTICLES" --people "$PEOPLE" --output "$RUN/synthetic_wiki.jsonl"
 
-echo "== step 1: extraction -> $RUN/dump.txt"
+say "step 1: extraction, sentences of an article packed into lines of up to 48 words -> $RUN/dump.txt"
 $PY scripts/extract_wikipedia.py --source "$RUN/synthetic_wiki.jsonl" --num_articles "$ARTICLES" \
-    --output "$RUN/dump.txt"
+    --pack_words 48 --output "$RUN/dump.txt"
 
-echo "== tokenizer: WordPiece trained on the dump -> $RUN/wordpiece-uncased"
-$PY scripts/train_wordpiece.py --file_path "$RUN/dump.txt" --output_dir "$RUN/wordpiece-uncased"
+if $PY -c "import sys; from transformers import BertTokenizer
+sys.exit(len(BertTokenizer.from_pretrained('bert-base-uncased', local_files_only=True)) <= 1000)" 2>/dev/null; then
+    TOKENIZER=bert-base-uncased
+    say "tokenizer: bert-base-uncased, found on disk"
+else  # transformers 5 returns a 5-token tokenizer, rather than an error, when it finds no files
+    TOKENIZER=$RUN/wordpiece-uncased
+    # WordPiece training is not deterministic (ties in its merges): keep the vocabulary of an unchanged dump,
+    # so that the data, and with them the cached teacher, stay valid on a rerun
+    DUMP_SUM=$(cksum < "$RUN/dump.txt")
+    if [[ -f $TOKENIZER/vocab.txt && -f $RUN/wordpiece.stamp && $(cat "$RUN/wordpiece.stamp") == "$DUMP_SUM" ]]; then
+        say "tokenizer: bert-base-uncased is not on disk; kept $TOKENIZER (trained on this same dump)"
+    else
+        say "tokenizer: bert-base-uncased is not on disk; WordPiece trained on the dump -> $TOKENIZER"
+        $PY scripts/train_wordpiece.py --file_path "$RUN/dump.txt" --output_dir "$TOKENIZER"
+        echo "$DUMP_SUM" > "$RUN/wordpiece.stamp"
+    fi
+fi
+NAME=$(basename "$TOKENIZER")
+DATA=$RUN/binarized_text.$NAME.pickle
+HELD_OUT=$RUN/binarized_text.$NAME.valid.pickle
+COUNTS=$RUN/token_counts.$NAME.pickle
 
-echo "== step 2: binarization -> $RUN/binarized_text.wordpiece-uncased.pickle"
-$PY scripts/binarized_data.py --file_path "$RUN/dump.txt" --tokenizer_type bert \
-    --tokenizer_name "$RUN/wordpiece-uncased" --dump_file "$RUN/binarized_text"
+say "step 2: binarization, $VALID sequences held out -> $DATA, $HELD_OUT"
+$PY scripts/binarized_data.py --file_path "$RUN/dump.txt" --tokenizer_type bert --tokenizer_name "$TOKENIZER" \
+    --dump_file "$RUN/binarized_text" --valid_size "$VALID"
 
-echo "== step 3: token counts -> $RUN/token_counts.wordpiece-uncased.pickle"
+say "step 3: token counts -> $COUNTS"
 VOCAB=$($PY -c "import sys; sys.path.insert(0, '.'); import data_io
-print(data_io.load_binarized('$RUN/binarized_text.wordpiece-uncased.pickle').meta['vocab_size'])")
-$PY scripts/token_counts.py --data_file "$RUN/binarized_text.wordpiece-uncased.pickle" \
-    --token_counts_dump "$RUN/token_counts.wordpiece-uncased.pickle" --vocab_size "$VOCAB"
+print(data_io.load_binarized('$DATA').meta['vocab_size'])")
+$PY scripts/token_counts.py --data_file "$DATA" --token_counts_dump "$COUNTS" --vocab_size "$VOCAB"
 
-echo "== done: $(ls "$RUN" | tr '\n' ' ')"
+say "step 4: configs: a 4-layer BERT teacher and a 2-layer DistilBERT student (dim 256) -> $RUN/*_config.json"
+$PY - "$RUN" "$VOCAB" <<'EOF'
+import json, sys
+run, vocab = sys.argv[1], int(sys.argv[2])
+shape = dict(vocab_size=vocab, max_position_embeddings=128, pad_token_id=0)
+teacher = dict(architectures=["BertForMaskedLM"], model_type="bert", hidden_size=256, num_hidden_layers=4,
+               num_attention_heads=4, intermediate_size=1024, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0, type_vocab_size=2, **shape)
+student = dict(architectures=["DistilBertForMaskedLM"], model_type="distilbert", dim=256, n_layers=2, n_heads=4,
+               hidden_dim=1024, dropout=0.0, attention_dropout=0.0, activation="gelu",
+               sinusoidal_pos_embds=False, tie_word_embeddings=True, **shape)
+for name, config in (("teacher_config", teacher), ("student_config", student)):
+    with open(f"{run}/{name}.json", "w") as f:
+        json.dump(config, f, indent=2)
+EOF
+
+COMMON=(--data_file "$DATA" --valid_file "$HELD_OUT" --token_counts "$COUNTS" --teacher_type bert
+        --batch_size 32 --gradient_accumulation_steps 1 --num_workers 0 --n_gpu 0 --checkpoint_interval 100000)
+# What the teacher depends on (not the binarized file's bytes: its metadata records how long binarizing took)
+VOCAB_SUM=$([[ -f $TOKENIZER/vocab.txt ]] && cksum < "$TOKENIZER/vocab.txt" || echo "$TOKENIZER")
+STAMP="dump $(cksum < "$RUN/dump.txt") vocab $VOCAB_SUM valid=$VALID epochs=$TEACHER_EPOCHS $(cksum < "$RUN/teacher_config.json")"
+if [[ -f $RUN/teacher/model.safetensors && -f $RUN/teacher.stamp && $(cat "$RUN/teacher.stamp") == "$STAMP" ]]; then
+    say "step 5: teacher: kept $RUN/teacher (same data and settings; delete it to retrain)"
+else
+    say "step 5: teacher: the 4-layer BERT trained as a plain MLM for $TEACHER_EPOCHS epochs -> $RUN/teacher"
+    rm -f "$RUN/teacher.stamp"
+    $PY train.py --force --dump_path "$RUN/teacher" "${COMMON[@]}" --student_type bert \
+        --student_config "$RUN/teacher_config.json" --teacher_name none --tokenizer_name "$TOKENIZER" \
+        --alpha_ce 0 --alpha_cos 0 --alpha_mlm 1 --learning_rate 1e-3 --n_epoch "$TEACHER_EPOCHS" \
+        --log_interval 50 --eval_interval 250 2>&1 | grep --line-buffered -E "eval iter|error|Error" || true
+    [[ -f $RUN/teacher/model.safetensors ]] || { echo "teacher training failed: see $RUN/teacher/train.log"; exit 1; }
+    echo "$STAMP" > "$RUN/teacher.stamp"
+fi
+
+say "step 6: student init: teacher layers 0 and 3 -> $RUN/student_init.safetensors"
+$PY scripts/extract/distilbert.py --model_name "$RUN/teacher" --student_config "$RUN/student_config.json" \
+    --dump_checkpoint "$RUN/student_init.safetensors"
+
+STUDENT=("${COMMON[@]}" --student_type distilbert --student_config "$RUN/student_config.json"
+         --student_pretrained_weights "$RUN/student_init.safetensors" --learning_rate 1e-3
+         --n_epoch "$STUDENT_EPOCHS" --log_interval 10 --eval_interval 25)
+say "step 7a: distillation (KD + MLM + cosine, the recipe's losses) for $STUDENT_EPOCHS epoch(s) -> $RUN/student_distilled"
+$PY train.py --force --dump_path "$RUN/student_distilled" "${STUDENT[@]}" --teacher_name "$RUN/teacher" \
+    2>&1 | grep --line-buffered -E "eval iter|error|Error" || true
+say "step 7b: the same student, same init and steps, without the teacher (MLM only) -> $RUN/student_mlm_only"
+$PY train.py --force --dump_path "$RUN/student_mlm_only" "${STUDENT[@]}" --teacher_name none \
+    --tokenizer_name "$TOKENIZER" --alpha_ce 0 --alpha_cos 0 --alpha_mlm 1 \
+    2>&1 | grep --line-buffered -E "eval iter|error|Error" || true
+for s in student_distilled student_mlm_only; do
+    [[ -f $RUN/$s/model.safetensors ]] || { echo "$s training failed: see $RUN/$s/train.log"; exit 1; }
+done
+
+say "step 8: evaluation on the $VALID held-out sequences (same masked positions for every model)"
+$PY scripts/evaluate.py --teacher "teacher=$RUN/teacher" --model "distilled=$RUN/student_distilled" \
+    --model "mlm_only=$RUN/student_mlm_only" --data_file "$HELD_OUT" --token_counts "$COUNTS" --n_gpu 0 \
+    --output "$RUN/evaluation.json" 2> "$RUN/evaluate.log" || { cat "$RUN/evaluate.log"; exit 1; }
+$PY scripts/plot_demo.py --run "distilled=$RUN/student_distilled" --run "mlm_only=$RUN/student_mlm_only" \
+    --evaluation "$RUN/evaluation.json" --output "$RUN/students.png"
+echo
+$PY scripts/fill_mask.py --model "teacher=$RUN/teacher" --model "distilled=$RUN/student_distilled" \
+    --model "mlm_only=$RUN/student_mlm_only" --data_file "$HELD_OUT" --token_counts "$COUNTS" --num_sentences 4
+
+$PY - "$RUN/evaluation.json" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))["models"]
+gap = 100 * (m["distilled"]["top1"] - m["mlm_only"]["top1"])
+verdict = "beats" if gap > 0 else "does NOT beat"
+print(f"\nthe distilled student {verdict} the undistilled one on held-out top-1: {gap:+.2f} points "
+      f"({100 * m['distilled']['top1']:.2f}% vs {100 * m['mlm_only']['top1']:.2f}%; teacher {100 * m['teacher']['top1']:.2f}%)")
+EOF
+say "done in ${SECONDS}s: $RUN/evaluation.json, $RUN/students.png; run folders $RUN/teacher, $RUN/student_*"

@@ -1,28 +1,59 @@
-"""The README's first command, at a reduced size: every step runs and the files fit together."""
+"""The README's first command, at a reduced size: every step runs, offline, and the files fit together."""
 
+import json
 import os
 import subprocess
 import sys
 
-from transformers import BertTokenizerFast
+from transformers import AutoModelForMaskedLM, BertTokenizerFast
 
 from conftest import ROOT
 from data_io import load_binarized, load_token_counts
 
 
-def test_demo_runs_the_data_pipeline(tmp_path):
+def test_demo_runs_the_whole_recipe(tmp_path):
     run = tmp_path / "demo_run"
-    env = dict(os.environ, PYTHON=sys.executable, DEMO_ARTICLES="300")
+    env = dict(
+        os.environ, PYTHON=sys.executable, DEMO_ARTICLES="300", DEMO_VALID="100", DEMO_TEACHER_EPOCHS="1",
+        DEMO_STUDENT_EPOCHS="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+    )  # fmt: skip
     proc = subprocess.run(["bash", str(ROOT / "scripts/demo.sh"), str(run)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
 
+    # Steps 1-4: the data pipeline (the tokenizer is WordPiece unless bert-base-uncased is on disk).
     lines = (run / "dump.txt").read_text(encoding="utf-8").splitlines()
     assert lines and all(len(line.split()) >= 3 for line in lines)
-    tokenizer = BertTokenizerFast.from_pretrained(run / "wordpiece-uncased")
-    data = load_binarized(run / "binarized_text.wordpiece-uncased.pickle")
-    counts, _ = load_token_counts(run / "token_counts.wordpiece-uncased.pickle")
+    name = "wordpiece-uncased" if (run / "wordpiece-uncased").is_dir() else "bert-base-uncased"
+    tokenizer = BertTokenizerFast.from_pretrained(run / "teacher")
+    data = load_binarized(run / f"binarized_text.{name}.pickle")
+    held_out = load_binarized(run / f"binarized_text.{name}.valid.pickle")
+    counts, _ = load_token_counts(run / f"token_counts.{name}.pickle")
     assert data.meta["vocab_size"] == len(tokenizer) == len(counts)
-    assert 0 < len(data) <= len(lines) and data.lengths.min() >= 12
+    assert len(held_out) == 100 and len(data) + len(held_out) <= len(lines) and data.lengths.min() >= 12
     assert counts.sum() == data.token_ids.size
-    assert counts[tokenizer.cls_token_id] == counts[tokenizer.sep_token_id] == len(data)
+
+    # Steps 5-7: a teacher and two students with the same number of steps, each evaluated during training.
+    teacher = AutoModelForMaskedLM.from_pretrained(run / "teacher")
+    assert teacher.config.model_type == "bert" and teacher.config.num_hidden_layers == 4
+    steps = {}
+    for student in ("student_distilled", "student_mlm_only"):
+        model = AutoModelForMaskedLM.from_pretrained(run / student)
+        assert model.config.model_type == "distilbert" and model.config.n_layers == 2
+        records = [json.loads(x) for x in (run / student / "metrics.jsonl").read_text().splitlines()]
+        assert any("valid_top1" in r for r in records)
+        steps[student] = max(r["step"] for r in records)
+    assert steps["student_distilled"] == steps["student_mlm_only"] > 0
+    params = json.loads((run / "student_distilled" / "parameters.json").read_text())
+    assert params["alpha_ce"] > 0 and params["alpha_cos"] > 0 and params["alpha_mlm"] > 0
+    assert json.loads((run / "student_mlm_only" / "parameters.json").read_text())["teacher_name"] == "none"
+
+    # Step 8: the table, the JSON, the plot, the fill-mask lines and the verdict.
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert set(ev["models"]) == {"teacher", "distilled", "mlm_only"} and ev["teacher"] == "teacher"
+    assert {"agreement", "kl"} <= set(ev["models"]["distilled"])
+    assert "teacher (teacher)" in out and "agree w/ teacher" in out
+    assert (run / "students.png").stat().st_size > 10_000
+    assert out.count("(answer: ") == 4
+    assert "the distilled student" in out and "the undistilled one on held-out top-1" in out

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import distiller
 from distiller import cosine_loss, kd_loss, mse_loss
 from train_helpers import build_distiller, tiny_run_files, single_thread  # noqa: F401 (autouse fixture)
 
@@ -130,19 +131,36 @@ def reference_losses(d, batch, alphas, T, restrict):
     return losses
 
 
+def random_batch(d, vocab, lengths, seed):
+    """Collated random sequences ([CLS] ids [SEP]) of the given lengths, ids drawn from the non-special vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    cls, sep = d.params.special_tok_ids["cls_token"], d.params.special_tok_ids["sep_token"]
+    first = max(d.params.special_tok_ids.values()) + 1
+    bodies = [torch.randint(first, vocab, (n - 2,), generator=g) for n in lengths]
+    seqs = [torch.cat([torch.tensor([cls]), body, torch.tensor([sep])]) for body in bodies]
+    return d.dataset.batch_sequences([(s.numpy(), len(s)) for s in seqs])
+
+
+@pytest.mark.parametrize("kind", ["padding-heavy", "random"])
+@pytest.mark.parametrize("alpha_mse", ["0", "0.5"])  # 0: the fused KD (FusedKD); > 0: KD on materialised logits
 @pytest.mark.parametrize("restrict", [False, True])
-def test_fast_step_equals_upstream_reference(base_argv, restrict):
-    extra = ["--alpha_mse", "0.5"] + (["--restrict_ce_to_mask"] if restrict else [])
-    args, d, _ = build_distiller(base_argv + extra)
+def test_fast_step_equals_upstream_reference(base_argv, restrict, alpha_mse, kind, monkeypatch):
+    monkeypatch.setattr(distiller, "KD_CHUNK_ROWS", 7)  # several chunks, the last one short
+    extra = ["--alpha_mse", alpha_mse] + (["--restrict_ce_to_mask"] if restrict else [])
+    args, d, tok = build_distiller(base_argv + extra)
+    assert d.fused_kd == (alpha_mse == "0")
     d.student.eval()  # no dropout: both paths must see the same network
     alphas = {"ce": args.alpha_ce, "mlm": args.alpha_mlm, "mse": args.alpha_mse, "cos": args.alpha_cos}
-    # a padding-heavy batch: one long sequence among short ones
-    lens = d.dataset.lengths
-    order = sorted(range(len(lens)), key=lambda i: lens[i])
-    token_ids, lengths = d.dataset.batch_sequences([d.dataset[i] for i in order[:7] + order[-1:]])
+    if kind == "padding-heavy":  # one long sequence among short ones
+        lens = d.dataset.lengths
+        order = sorted(range(len(lens)), key=lambda i: lens[i])
+        token_ids, lengths = d.dataset.batch_sequences([d.dataset[i] for i in order[:7] + order[-1:]])
+        assert (lengths.sum() / token_ids.numel()).item() < 0.6
+    else:  # random ids and lengths, 12 to 60 tokens
+        lengths = torch.randint(12, 61, (10,), generator=torch.Generator().manual_seed(4)).tolist()
+        token_ids, lengths = random_batch(d, len(tok), lengths, seed=5)
     torch.manual_seed(3)
     batch = d.prepare_batch(token_ids, lengths)
-    assert (lengths.sum() / token_ids.numel()).item() < 0.6
 
     ref = reference_losses(d, batch, alphas, args.temperature, restrict)
     ref["loss"].backward()
@@ -150,9 +168,12 @@ def test_fast_step_equals_upstream_reference(base_argv, restrict):
     d.optimizer.zero_grad()
 
     fast = d.step(batch)
-    fast["loss"].backward()
-    for k in ("ce", "mlm", "mse", "cos", "loss"):
+    (fast["loss"] * 3.0).backward()  # a scaled loss (grad scaler, accumulation) scales every gradient
+    assert set(fast) == {"ce", "mlm", "cos", "loss"} | ({"mse"} if alpha_mse != "0" else set())
+    for k in fast:
         torch.testing.assert_close(fast[k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
+    for p in d.student_model.parameters():
+        p.grad /= 3.0
     for (name, p), g in zip(d.student_model.named_parameters(), ref_grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6, msg=name)
 

@@ -1,0 +1,438 @@
+"""Training step: our Distiller against upstream's step, on the same batches and the same models.
+
+    python benchmarks/bench_train.py                        # both CPU sizes, ~7 minutes on 2 cores
+    python benchmarks/bench_train.py --sizes tiny --steps 3 --rounds 1   # a quick look (~1 minute)
+    python benchmarks/bench_train.py --impls ref,ours,ours-unfused,ours-pad1,ours-adamw-loop   # ablations
+
+Sizes (models built from configs, random weights: speed does not depend on what the weights know):
+- tiny: teacher BERT 4 x 128 (2 heads, FFN 512), student DistilBERT 2 x 128, batches of 32 lines of
+  ~50 tokens (12 + Gamma(2, 19) tokens, grouped by length as in training);
+- base: teacher bert-base (12 x 768), student DistilBERT 4 x 768, batches of 8 lines of 128 tokens.
+Both use the bert-base-uncased vocabulary size (30,522) and its special ids; no tokenizer is needed.
+
+Each timed step is the whole per-batch work: masking, forward of both models, losses, backward, clip,
+optimizer step. The reference is upstream's step as written (examples/research_projects/distillation):
+(bs x len) masking, full-vocab logits for every position, (bs x len x vocab) masks and masked_select,
+separate softmax / log_softmax, KLDivLoss(batchmean) * T^2, cross-entropy over every position (-100
+ignored), CosineEmbeddingLoss on masked-selected hidden states, fp32, `.item()` on each loss. Ours is
+distiller.Distiller: prepare_batch + step + backward + optimizer_step, losses left on the device.
+
+Before any timing, the losses of both (KD, MLM, cosine, total; dropout off; the same masked batch) are
+checked to agree to a relative 1e-5 in fp32. Then each implementation runs in its own fresh process
+(so peak RSS is its own), all of them interleaved, `--rounds` times; the table gives medians over
+rounds, and each ratio is the median of the per-round ratios.
+By default our step is also timed under bf16 autocast (`--bf16`: teacher in bf16, student in fp32
+under autocast; its losses are not held to the fp32 check). Tokens are non-pad tokens; one torch thread
+per run by default (see --threads). Compare ratios from the same run.
+"""
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VOCAB = 30522  # bert-base-uncased
+SPECIAL = {"pad_token": 0, "unk_token": 100, "cls_token": 101, "sep_token": 102, "mask_token": 103}
+SIZES = {
+    # teacher (BertConfig), student (DistilBertConfig), batch size, line lengths
+    "tiny": dict(teacher=(4, 128, 2, 512), student=(2, 128, 2, 512), batch_size=32, lengths="gamma"),
+    "base": dict(teacher=(12, 768, 12, 3072), student=(4, 768, 12, 3072), batch_size=8, lengths=128),
+}
+T, ALPHA = 2.0, {"ce": 5.0, "mlm": 2.0, "cos": 1.0}  # the DistilBERT recipe
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models and data (seeded: every process builds the same ones)
+
+
+def build_models(size):
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+
+    tl, th, ta, tf = SIZES[size]["teacher"]
+    sl, sh, sa, sf = SIZES[size]["student"]
+    torch.manual_seed(0)
+    teacher = BertForMaskedLM(
+        BertConfig(vocab_size=VOCAB, num_hidden_layers=tl, hidden_size=th, num_attention_heads=ta, intermediate_size=tf)
+    )
+    student = DistilBertForMaskedLM(
+        DistilBertConfig(vocab_size=VOCAB, n_layers=sl, dim=sh, n_heads=sa, hidden_dim=sf, pad_token_id=0)
+    )
+    return student, teacher.eval()
+
+
+def make_batches(size, n_batches, seed=0):
+    """`n_batches` lists of sequences (numpy int64: [CLS] random ids [SEP]), grouped by length as train.py does."""
+    from grouped_batch_sampler import epoch_batches
+
+    cfg = SIZES[size]
+    bs = cfg["batch_size"]
+    rng = np.random.default_rng(seed)
+    n_pool = bs * max(200, 4 * n_batches)
+    if cfg["lengths"] == "gamma":
+        lengths = np.minimum(12 + rng.gamma(2.0, 19.0, n_pool).astype(np.int64), 512)
+    else:
+        lengths = np.full(n_pool, cfg["lengths"], dtype=np.int64)
+    seqs = [
+        np.concatenate(([SPECIAL["cls_token"]], rng.integers(999, VOCAB, n - 2), [SPECIAL["sep_token"]]))
+        for n in lengths
+    ]
+    batches = [b for b in epoch_batches(lengths, bs, 0, seed, max_len=512) if len(b) == bs][:n_batches]
+    return [[seqs[i] for i in b] for b in batches]
+
+
+def token_probs(seed=0):
+    """Masking weights ~ count^-0.7 on Zipf-like counts, 0 on special tokens (as train.py builds them)."""
+    import torch
+
+    counts = np.random.default_rng(seed).zipf(1.3, VOCAB).clip(1, 10**7).astype(np.float64)
+    probs = counts**-0.7
+    probs[list(SPECIAL.values())] = 0.0
+    return torch.from_numpy(probs).float()
+
+
+def make_distiller(student, teacher, extra=()):
+    import train
+    from distiller import Distiller
+    from lm_seqs_dataset import LmSeqsDataset, dataset_params
+
+    argv = ["--dump_path", "-", "--data_file", "-", "--token_counts", "-", "--student_type", "distilbert"]
+    argv += ["--student_config", "-", "--teacher_type", "bert", "--teacher_name", "-", "--mlm"]
+    argv += ["--gradient_accumulation_steps", "1", "--n_gpu", "0", "--num_workers", "0", *extra]
+    args = train.parse_args(argv)
+    args.special_tok_ids = SPECIAL
+    one_line = [np.array([101] + [2000] * 20 + [102])]  # the Distiller wants a dataset; batches come from outside
+    dataset = LmSeqsDataset(dataset_params(SPECIAL, 512, pad_to_multiple_of=args.pad_to_multiple_of), one_line)
+    return Distiller(args, dataset, token_probs(), student, teacher), dataset
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The reference: upstream's step semantics
+
+
+class Reference:
+    """Upstream's collate, masking and step (MLM, fp32), with its optimizer settings."""
+
+    def __init__(self, student, teacher, probs):
+        import torch
+
+        self.student, self.teacher, self.token_probs = student, teacher, probs
+        self.pred_probs = torch.tensor([0.8, 0.1, 0.1])
+        self.optimizer = torch.optim.AdamW(student.parameters(), lr=5e-4, eps=1e-6, betas=(0.9, 0.98))
+
+    @staticmethod
+    def collate(seqs):
+        """Pad to the longest sequence (upstream pads to a multiple of 8 only under fp16)."""
+        import torch
+
+        lengths = torch.tensor([len(s) for s in seqs])
+        token_ids = torch.full((len(seqs), int(lengths.max())), SPECIAL["pad_token"], dtype=torch.long)
+        for row, s in enumerate(seqs):
+            token_ids[row, : len(s)] = torch.from_numpy(s)
+        return token_ids, lengths
+
+    def prepare(self, token_ids, lengths):
+        """(bs x len) masking: 15% of the non-pad tokens drawn by weight, 80/10/10 -> (ids, attention, labels)."""
+        import torch
+
+        bs, width = token_ids.shape
+        attention = torch.arange(width) < lengths[:, None]
+        labels = token_ids.clone()
+        weights = self.token_probs[token_ids.flatten()]
+        n_pick = math.ceil(0.15 * lengths.sum().item())
+        picks = torch.multinomial(weights / weights.sum(), n_pick, replacement=False)
+        pred_mask = torch.zeros(bs * width, dtype=torch.bool)
+        pred_mask[picks] = True
+        pred_mask = pred_mask.view(bs, width)
+        pred_mask[token_ids == SPECIAL["pad_token"]] = False
+        real = token_ids[pred_mask]
+        kind = torch.multinomial(self.pred_probs, len(real), replacement=True)
+        new = torch.where(kind == 0, SPECIAL["mask_token"], torch.where(kind == 1, real, real.clone().random_(VOCAB)))
+        token_ids = token_ids.masked_scatter(pred_mask, new)
+        labels[~pred_mask] = -100
+        return token_ids, attention.long(), labels
+
+    def losses(self, input_ids, attention, labels):
+        import torch
+        from torch import nn
+
+        s_out = self.student(input_ids=input_ids, attention_mask=attention, output_hidden_states=True)
+        with torch.no_grad():
+            t_out = self.teacher(input_ids=input_ids, attention_mask=attention, output_hidden_states=True)
+        s_logits, t_logits = s_out.logits, t_out.logits
+        vocab = s_logits.size(-1)
+        mask = attention.bool().unsqueeze(-1).expand_as(s_logits)
+        s_sel = torch.masked_select(s_logits, mask).view(-1, vocab)
+        t_sel = torch.masked_select(t_logits, mask).view(-1, vocab)
+        ce = nn.KLDivLoss(reduction="batchmean")(
+            nn.functional.log_softmax(s_sel / T, dim=-1), nn.functional.softmax(t_sel / T, dim=-1)
+        ) * (T**2)
+        mlm = nn.CrossEntropyLoss(ignore_index=-100)(s_logits.view(-1, vocab), labels.view(-1))
+        s_h, t_h = s_out.hidden_states[-1], t_out.hidden_states[-1]
+        dim = s_h.size(-1)
+        hmask = attention.bool().unsqueeze(-1).expand_as(s_h)
+        s_hs = torch.masked_select(s_h, hmask).view(-1, dim)
+        t_hs = torch.masked_select(t_h, hmask).view(-1, dim)
+        cos = nn.CosineEmbeddingLoss(reduction="mean")(s_hs, t_hs, s_hs.new_ones(s_hs.size(0)))
+        loss = ALPHA["ce"] * ce + ALPHA["mlm"] * mlm + ALPHA["cos"] * cos
+        return {"ce": ce, "mlm": mlm, "cos": cos, "loss": loss}
+
+    def train_step(self, seqs):
+        import torch
+
+        token_ids, lengths = self.collate(seqs)
+        losses = self.losses(*self.prepare(token_ids, lengths))
+        record = {k: v.item() for k, v in losses.items()}  # upstream reads every loss on the host each step
+        record["loss_again"] = losses["loss"].item()  # (total_loss_epoch and last_loss: two reads)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 5.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return int(lengths.sum())
+
+
+class Ours:
+    """distiller.Distiller's per-batch work, as its training loop does it (gradient accumulation of 1)."""
+
+    def __init__(self, student, teacher, extra=()):
+        from distiller import Meter
+
+        self.distiller, self.dataset = make_distiller(student, teacher, extra)
+        self.distiller.student.train()
+        self.meter = Meter()
+
+    def train_step(self, seqs):
+        d = self.distiller
+        token_ids, lengths = self.dataset.batch_sequences([(s, len(s)) for s in seqs])
+        batch = d.prepare_batch(token_ids, lengths)
+        losses = d.step(batch)
+        d.scaler.scale(losses["loss"]).backward()
+        d.watch_finite(losses["loss"])
+        self.meter.add(losses, batch.n_tokens)
+        self.meter.add_grad_norm(d.optimizer_step())
+        return batch.n_tokens
+
+    def finish(self):
+        return self.meter.read()  # the one host read of a log interval
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The check: same masked batch, dropout off, fp32
+
+
+def check_agreement(size, n_batches=2, rtol=1e-5):
+    import torch
+
+    student, teacher = build_models(size)
+    student.eval()  # both implementations must see the same (dropout-free) network
+    ours = Ours(student, teacher)
+    ours.distiller.student.eval()
+    ref = Reference(student, teacher, token_probs())
+    worst = 0.0
+    for i, seqs in enumerate(make_batches(size, n_batches, seed=1)):
+        d = ours.distiller
+        token_ids, lengths = ours.dataset.batch_sequences([(s, len(s)) for s in seqs])
+        torch.manual_seed(i)
+        batch = d.prepare_batch(token_ids, lengths)
+        labels = torch.full_like(batch.input_ids, -100)
+        labels.view(-1)[batch.rows[batch.target_rows]] = batch.targets
+        with torch.no_grad():
+            fast = d.step(batch)
+            slow = ref.losses(batch.input_ids, batch.attention_mask, labels)
+        for k in ("ce", "mlm", "cos", "loss"):
+            a, b = float(fast[k]), float(slow[k])
+            rel = abs(a - b) / max(abs(b), 1e-12)
+            worst = max(worst, rel)
+            if rel > rtol:
+                raise SystemExit(f"{size}: loss {k} differs: ours {a:.8g}, reference {b:.8g} (relative {rel:.2g})")
+    return worst
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One timed run (in its own process)
+
+
+def peak_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss():
+    """Linux: make the process's peak RSS (VmHWM) restart from its current RSS; False where not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def vm_hwm_bytes():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return peak_rss_bytes()
+
+
+def worker(impl, size, steps, warmup, threads):
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    student, teacher = build_models(size)
+    batches = make_batches(size, warmup + steps)
+    if impl == "ref":
+        runner = Reference(student, teacher, token_probs())
+        student.train()
+    else:
+        extra = {"ours-bf16": ["--bf16"], "ours-pad1": ["--pad_to_multiple_of", "1"]}.get(impl, [])
+        runner = Ours(student, teacher, extra)
+        runner.distiller.fused_kd &= impl != "ours-unfused"  # KD through autograd on materialised logits
+        for group in runner.distiller.optimizer.param_groups:  # (no step taken yet: no optimizer state)
+            group["fused"] = impl != "ours-adamw-loop"  # torch's default AdamW on CPU: a loop over tensors
+    torch.manual_seed(0)
+    for seqs in batches[:warmup]:  # optimizer state, allocator pools, compilation
+        runner.train_step(seqs)
+    if hasattr(runner, "finish"):
+        runner.finish()
+        runner.meter = type(runner.meter)()
+    rss_before = psutil_rss()
+    reset_peak_rss()
+    tokens = 0
+    t0 = time.perf_counter()
+    for seqs in batches[warmup:]:
+        tokens += runner.train_step(seqs)
+    if hasattr(runner, "finish"):
+        runner.finish()
+    seconds = time.perf_counter() - t0
+    return {
+        "impl": impl,
+        "size": size,
+        "steps": steps,
+        "tokens": tokens,
+        "seconds": seconds,
+        "ms_per_step": 1000 * seconds / steps,
+        "tokens_per_s": tokens / seconds,
+        "peak_rss_gib": vm_hwm_bytes() / 2**30,  # peak over the timed steps (models and optimizer included)
+        "rss_before_gib": rss_before / 2**30,  # after warmup: models, optimizer state, libraries
+        "threads": torch.get_num_threads(),
+    }
+
+
+def psutil_rss():
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def run_worker(impl, size, args):
+    cmd = [sys.executable, __file__, "--_worker", impl, "--sizes", size, "--steps", str(args.steps[size])]
+    cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{impl} on {size} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="tiny,base", help="comma-separated: tiny, base")
+    parser.add_argument("--steps", default="tiny=6,base=3", help="timed steps per run, per size (or one number)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (optimizer state, allocator)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved runs of each implementation (a load spike moves no median)"
+    )
+    parser.add_argument(
+        "--impls",
+        default="ref,ours,ours-bf16",
+        help="what to time: ref, ours, ours-bf16 (bf16 autocast, teacher in bf16), ours-unfused (KD through "
+        "autograd on (rows x vocab) logits instead of FusedKD), ours-pad1 (no padding to a multiple of 8), "
+        "ours-adamw-loop (torch's default AdamW on CPU instead of the fused one)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per run; 1 by default: on a small machine shared with other work, a second "
+        "OpenMP thread waits on the busy core and timings swing several-fold (0: torch's default)",
+    )
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--_worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sizes = args.sizes.split(",")
+    if "=" in args.steps:
+        args.steps = {k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(","))}
+    else:
+        args.steps = dict.fromkeys(SIZES, int(args.steps))
+
+    if args._worker:
+        print(json.dumps(worker(args._worker, sizes[0], args.steps[sizes[0]], args.warmup, args.threads)))
+        return
+
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    impls = args.impls.split(",")
+    if impls[0] != "ref":
+        raise SystemExit("--impls must start with ref (the ratios are against it)")
+    results = []
+    for size in sizes:
+        t0 = time.perf_counter()
+        worst = check_agreement(size)
+        took = time.perf_counter() - t0
+        print(f"{size}: losses agree (fp32, largest relative difference {worst:.1e}) [{took:.0f} s]")
+        for r in range(args.rounds):
+            order = impls if r % 2 == 0 else impls[::-1]  # interleaved: drifts in machine load hit both
+            for impl in order:
+                res = run_worker(impl, size, args)
+                res["round"] = r
+                results.append(res)
+                print(
+                    f"  round {r} {impl:13s} {res['ms_per_step']:9.0f} ms/step {res['tokens_per_s']:9.0f} tok/s "
+                    f"peak {res['peak_rss_gib']:.2f} GiB",
+                    flush=True,
+                )
+    print_table(results, sizes, impls)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def print_table(results, sizes, impls):
+    """Medians over rounds; each ratio is the median of the per-round ratios (same round, same load)."""
+    print()
+    print("| setting | step | tokens/s | ms/step | peak RSS (GiB) | speed vs reference | peak vs reference |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for size in sizes:
+        runs = {(r["impl"], r["round"]): r for r in results if r["size"] == size}
+        rounds = sorted({k[1] for k in runs})
+        for impl in impls:
+            mine = [runs[impl, r] for r in rounds]
+            ref = [runs["ref", r] for r in rounds]
+
+            def med(key, rows=mine):
+                return statistics.median(row[key] for row in rows)
+
+            speed = statistics.median(a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(mine, ref))
+            peak = statistics.median(a["peak_rss_gib"] / b["peak_rss_gib"] for a, b in zip(mine, ref))
+            print(
+                f"| {size} | {impl} | {med('tokens_per_s'):,.0f} | {med('ms_per_step'):,.0f} "
+                f"| {med('peak_rss_gib'):.2f} | {speed:.2f}x | {peak:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

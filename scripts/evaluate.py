@@ -1,0 +1,179 @@
+"""Evaluate masked-LM models on held-out binarized data: loss, perplexity, top-1/top-5 accuracy on masked tokens.
+
+    python scripts/evaluate.py --teacher bert-base-uncased \\
+        --model serialization_dir/distilbert_small --model serialization_dir/distilbert_base \\
+        --data_file data/binarized_text.bert-base-uncased.valid.pickle \\
+        --token_counts data/token_counts.bert-base-uncased.pickle --output eval.json
+
+The held-out file comes from `scripts/binarized_data.py --valid_size N`. Every model sees exactly the same
+masked positions: the sequences are masked once, by the Distiller's own masking (15% of the tokens, rarer
+ones more often as in training, 80/10/10 [MASK]/keep/random) with a fixed --seed. Each model (a run
+folder of train.py, or any hub name or folder `AutoModelForMaskedLM` loads) gets its MLM loss (nats),
+perplexity, and top-1 / top-5 accuracy on the masked tokens; with --teacher, the teacher is evaluated too
+and every other model also gets its top-1 agreement with the teacher and KL(teacher || model). Prints a
+table and writes the figures as JSON (--output). `--model NAME=PATH` names a row.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import data_io  # noqa: E402
+import evaluation  # noqa: E402
+from utils import UsageError, init_distributed, logger  # noqa: E402
+
+COLUMNS = [  # (figure, header, format)
+    ("loss", "MLM loss", "{:.3f}"),
+    ("perplexity", "ppl", "{:.2f}"),
+    ("top1", "top-1", "{:.2%}"),
+    ("top5", "top-5", "{:.2%}"),
+    ("agreement", "agree w/ teacher", "{:.2%}"),
+    ("kl", "KL to teacher", "{:.3f}"),
+]
+
+
+def named(spec):
+    """'NAME=PATH' -> (NAME, PATH); 'PATH' -> (its last component, PATH)."""
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        return name, path
+    return Path(spec.rstrip("/")).name or spec, spec
+
+
+def load_model(path, device):
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load the masked LM {path!r}: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load a tokenizer from {path!r}: {str(e).splitlines()[0]}") from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):  # transformers 5: nothing found, specials only
+        raise UsageError(f"no tokenizer in {path!r}: give --tokenizer_name")
+    return tokenizer
+
+
+def masking_distiller(args, tokenizer, data, model, device):
+    """A Distiller set up only to mask held-out data exactly as train.py would (its prepare_batch), with
+    the held-out set as its dataset. Nothing is trained or written."""
+    import train
+    from distiller import Distiller
+    from lm_seqs_dataset import LmSeqsDataset
+    from utils import DistInfo
+
+    params = train.parse_args([
+        "--dump_path", "unused", "--data_file", args.data_file, "--token_counts", args.token_counts,
+        "--student_type", "distilbert", "--student_config", "unused", "--teacher_type", "bert",
+        "--teacher_name", "none", "--alpha_ce", "0", "--alpha_cos", "0", "--alpha_mlm", "1",
+        "--mlm_mask_prop", str(args.mlm_mask_prop), "--word_mask", str(args.word_mask),
+        "--word_keep", str(args.word_keep), "--word_rand", str(args.word_rand),
+        "--mlm_smoothing", str(args.mlm_smoothing), "--batch_size", str(args.batch_size),
+        "--n_epoch", "1", "--gradient_accumulation_steps", "1",
+    ])  # fmt: skip
+    special = train.special_token_ids(tokenizer)
+    params.special_tok_ids = special
+    train.check_data(params, data, data.meta, tokenizer, special)
+    token_probs = train.load_token_probs(params, len(tokenizer), special)
+    limits = [model.config.max_position_embeddings]
+    if tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    params.max_model_input_size = min(limits)
+    dataset = LmSeqsDataset(params, data)
+    if len(dataset) == 0:
+        raise UsageError(f"{args.data_file} has no sequence of 12 tokens or more")
+    return Distiller(params, dataset, token_probs, model, None, dist=DistInfo(device=device)), dataset
+
+
+def table(results, teacher=None):
+    cols = [c for c in COLUMNS if any(c[0] in r for r in results.values())]
+    rows = [["model", *(h for _, h, _ in cols)]]
+    for name, r in results.items():
+        label = f"{name} (teacher)" if name == teacher else name
+        rows.append([label, *(fmt.format(r[k]) if k in r else "-" for k, _, fmt in cols)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", action="append", default=[], help="[NAME=]PATH of a masked LM; repeat for several")
+    p.add_argument("--teacher", default=None, help="[NAME=]PATH: evaluated too; the others are compared with it")
+    p.add_argument("--data_file", required=True, help="held-out binarized text (binarized_data.py --valid_size)")
+    p.add_argument("--token_counts", required=True, help="token counts of the training data (masking weights)")
+    p.add_argument("--tokenizer_name", default=None, help="tokenizer (default: the first model's folder)")
+    p.add_argument("--output", default="evaluation.json", help="JSON file for the figures")
+    p.add_argument("--batch_size", type=int, default=evaluation.EVAL_BATCH_SIZE, help="sequences per batch")
+    p.add_argument("--seed", type=int, default=evaluation.EVAL_SEED, help="fixes the masked positions")
+    p.add_argument("--max_sequences", type=int, default=None, help="evaluate on the first N sequences only")
+    p.add_argument("--mlm_mask_prop", type=float, default=0.15, help="as in training")
+    p.add_argument("--word_mask", type=float, default=0.8, help="as in training")
+    p.add_argument("--word_keep", type=float, default=0.1, help="as in training")
+    p.add_argument("--word_rand", type=float, default=0.1, help="as in training")
+    p.add_argument("--mlm_smoothing", type=float, default=0.7, help="as in training")
+    p.add_argument("--n_gpu", type=int, default=1, help="0 forces the CPU")
+    args = p.parse_args(argv)
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        specs = ([args.teacher] if args.teacher else []) + args.model
+        if not specs:
+            raise UsageError("give at least one --model (or --teacher)")
+        models = dict(named(s) for s in specs)
+        if len(models) != len(specs):
+            raise UsageError("two models have the same name: name them with --model NAME=PATH")
+        teacher = named(args.teacher)[0] if args.teacher else None
+        for f in (args.data_file, args.token_counts):
+            if not Path(f).is_file():
+                raise UsageError(f"{f} does not exist")
+        device = init_distributed(args.n_gpu).device
+        data = data_io.load_binarized(args.data_file)
+        if args.max_sequences is not None:
+            data = data_io.Binarized(data.token_ids, data.offsets[: args.max_sequences + 1], data.meta)
+        loaded = {name: load_model(path, device) for name, path in models.items()}
+        tokenizer = load_tokenizer(args.tokenizer_name or next(iter(models.values())))
+        vocab = {name: m.config.vocab_size for name, m in loaded.items()}
+        if len(set(vocab.values())) != 1 or len(tokenizer) > min(vocab.values()):
+            raise UsageError(f"the models and the tokenizer ({len(tokenizer)} ids) disagree on the vocabulary: {vocab}")
+        first = next(iter(loaded.values()))
+        distiller, dataset = masking_distiller(args, tokenizer, data, first, device)
+        batches = evaluation.masked_batches(distiller, dataset, args.batch_size, args.seed)
+        results = evaluation.evaluate(loaded, batches, reference=teacher, progress=True)
+    except (UsageError, data_io.DataFileError) as e:
+        sys.exit(f"evaluate.py: error: {e}")
+
+    n = next(iter(results.values()))["masked_tokens"]
+    print(f"{len(dataset):,} held-out sequences of {args.data_file}, {n:,} masked tokens (seed {args.seed})")
+    print(table(results, teacher))
+    out = {
+        "data_file": str(args.data_file),
+        "sequences": len(dataset),
+        "seed": args.seed,
+        "teacher": teacher,
+        "models": {name: {"path": str(models[name]), **r} for name, r in results.items()},
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+    logger.info(f"wrote {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

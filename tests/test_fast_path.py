@@ -1,0 +1,95 @@
+"""The fast path's parts pinned to plain autograd: the fused KD, the split LM heads, bf16 autocast on CPU.
+
+(The whole step against upstream's semantics is in test_distiller_losses.py.)"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers as T
+
+from distiller import FusedKD, kd_loss, lm_head, lm_head_parts
+from train_helpers import build_distiller, tiny_run_files, single_thread  # noqa: F401 (autouse fixture)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("chunk_rows", [1, 7, 37, 512])  # one row, a short last chunk, exact, one chunk
+def test_fused_kd_equals_autograd_kd(bias, chunk_rows):
+    g = torch.Generator().manual_seed(chunk_rows)
+    n, d, vocab, temperature = 37, 16, 300, 2.0
+    x = torch.randn(n, d, generator=g, requires_grad=True)
+    w = torch.randn(vocab, d, generator=g).mul_(0.3).requires_grad_()
+    b = torch.randn(vocab, generator=g).requires_grad_() if bias else None
+    tx, tb = torch.randn(n, d, generator=g), torch.randn(vocab, generator=g)
+    tw = torch.randn(vocab, d, generator=g) * 0.3
+    params = [x, w] + ([b] if bias else [])
+
+    ref = kd_loss(F.linear(x, w, b), F.linear(tx, tw, tb), temperature)
+    ref_grads = torch.autograd.grad(ref * 2.5, params)
+    fused = FusedKD.apply(x, w, b, tx, tw, tb, temperature, chunk_rows)
+    fused_grads = torch.autograd.grad(fused * 2.5, params)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-7)
+    for a, r in zip(fused_grads, ref_grads):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-7)
+
+
+def test_fused_kd_is_zero_for_identical_models():
+    x, w = torch.randn(9, 4), torch.randn(20, 4)
+    loss = FusedKD.apply(x.requires_grad_(), w, None, x.detach(), w, None, 2.0, 4)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    (gx,) = torch.autograd.grad(loss, [x])
+    assert gx.abs().max().item() < 1e-6
+
+
+BERTLIKE = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+TINY_LMS = {
+    "distilbert": lambda: T.DistilBertForMaskedLM(
+        T.DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32)
+    ),
+    "bert": lambda: T.BertForMaskedLM(T.BertConfig(**BERTLIKE)),
+    "roberta": lambda: T.RobertaForMaskedLM(T.RobertaConfig(**BERTLIKE)),
+    "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, bos_token_id=1)),
+}
+
+
+@pytest.mark.parametrize("kind", list(TINY_LMS))
+def test_split_lm_head_equals_the_models_own(kind):
+    torch.manual_seed(0)
+    m = TINY_LMS[kind]().eval()
+    ids = torch.randint(5, 50, (2, 7))
+    with torch.no_grad():
+        logits = m(input_ids=ids).logits
+        hidden = m.base_model(input_ids=ids).last_hidden_state
+        features, projection = lm_head_parts(m)
+        assert isinstance(projection, torch.nn.Linear) and projection.out_features == 50
+        torch.testing.assert_close(projection(features(hidden)), logits)
+        torch.testing.assert_close(lm_head(m, hidden), logits)
+
+
+@pytest.fixture(scope="module")
+def base_argv(tmp_path_factory, tokenizer_dir, articles):
+    return tiny_run_files(tmp_path_factory.mktemp("run_files"), tokenizer_dir, articles)
+
+
+def test_bf16_autocast_step_on_cpu_is_close_to_fp32(base_argv):
+    """--bf16 on CPU: the teacher is stored in bf16, the step runs under autocast, losses and gradients are
+    those of fp32 to bf16's precision."""
+    _, d32, _ = build_distiller(base_argv)
+    _, d16, _ = build_distiller(base_argv + ["--bf16"])
+    assert next(d16.teacher.parameters()).dtype == torch.bfloat16
+    assert next(d16.student_model.parameters()).dtype == torch.float32  # the student trains in fp32
+    d16.student_model.load_state_dict(d32.student_model.state_dict())
+    for d in (d32, d16):
+        d.student.eval()
+    token_ids, lengths = d32.dataset.batch_sequences([d32.dataset[i] for i in range(16)])
+    out = {}
+    for name, d in (("fp32", d32), ("bf16", d16)):
+        torch.manual_seed(0)
+        losses = d.step(d.prepare_batch(token_ids, lengths))
+        losses["loss"].backward()
+        out[name] = (losses, torch.cat([p.grad.flatten() for p in d.student_model.parameters()]))
+    (l32, g32), (l16, g16) = out["fp32"], out["bf16"]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in l16.values())
+    for k in l32:
+        assert l16[k].item() == pytest.approx(l32[k].item(), rel=3e-2, abs=1e-3), k
+    assert torch.isfinite(g16).all()
+    assert F.cosine_similarity(g16, g32, dim=0).item() > 0.99
