@@ -106,6 +106,15 @@ def atomic_write(path, mode="wb"):
         raise
 
 
+SPECIAL_TOKEN_NAMES = ("cls_token", "sep_token", "pad_token", "mask_token", "unk_token", "bos_token", "eos_token")
+
+
+def special_token_ids(tokenizer):
+    """{name: id} of the tokenizer's special tokens: written into binarized files, checked by train.py."""
+    return {name: getattr(tokenizer, f"{name}_id") for name in SPECIAL_TOKEN_NAMES
+            if getattr(tokenizer, name, None) is not None and getattr(tokenizer, f"{name}_id", None) is not None}
+
+
 def ids_dtype(vocab_size):
     """uint16 while every id fits (half the bytes), int32 beyond: upstream silently wrapped ids > 65,535."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)

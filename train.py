@@ -42,7 +42,6 @@ import data_io
 from distiller import NON_FINITE_EXIT, Distiller, NonFiniteLoss
 from utils import UsageError, git_log, init_distributed, load_student_weights, logger, set_seed
 
-SPECIAL_TOKENS = ("cls_token", "sep_token", "pad_token", "mask_token", "unk_token", "bos_token", "eos_token")
 
 
 def model_classes(kind):
@@ -235,10 +234,6 @@ def sanity_checks(args):
         raise UsageError(f"{dump} already exists: use --force to overwrite it, or --resume to continue the run in it")
 
 
-def special_token_ids(tokenizer):
-    return {n: getattr(tokenizer, f"{n}_id") for n in SPECIAL_TOKENS if getattr(tokenizer, n, None) is not None}
-
-
 def load_tokenizer(args, data_meta):
     name = args.tokenizer_name or (None if args.no_teacher else args.teacher_name) or data_meta.get("tokenizer_name")
     if name is None:
@@ -369,7 +364,7 @@ def setup(args):
     set_seed(args.seed)
     data = data_io.load_binarized(args.data_file)
     tokenizer = load_tokenizer(args, data.meta)
-    special = special_token_ids(tokenizer)
+    special = data_io.special_token_ids(tokenizer)
     args.special_tok_ids = special
     check_data(args, data, data.meta, tokenizer, special)
     token_probs = load_token_probs(args, len(tokenizer), special) if args.mlm else None

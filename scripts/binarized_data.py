@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_io import DataFileError, ids_dtype, offsets_from_lengths, save_binarized  # noqa: E402
+from data_io import DataFileError, ids_dtype, offsets_from_lengths, save_binarized, special_token_ids  # noqa: E402
 
 logger = logging.getLogger("binarized_data")
 
@@ -58,11 +58,6 @@ def load_tokenizer(tokenizer_type, tokenizer_name):
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
         raise BinarizeError(hint)
     return tokenizer
-
-
-def special_token_ids(tokenizer):
-    return {name: getattr(tokenizer, name + "_id") for name in tokenizer.SPECIAL_TOKENS_ATTRIBUTES
-            if name != "additional_special_tokens" and getattr(tokenizer, name + "_id", None) is not None}
 
 
 def read_chunks(path, chunk_lines, stats, progress):

@@ -83,7 +83,7 @@ def masking_distiller(args, tokenizer, data, model, device):
         "--mlm_smoothing", str(args.mlm_smoothing), "--batch_size", str(args.batch_size),
         "--n_epoch", "1", "--gradient_accumulation_steps", "1",
     ])  # fmt: skip
-    special = train.special_token_ids(tokenizer)
+    special = data_io.special_token_ids(tokenizer)
     params.special_tok_ids = special
     train.check_data(params, data, data.meta, tokenizer, special)
     token_probs = train.load_token_probs(params, len(tokenizer), special)
