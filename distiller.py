@@ -4,16 +4,17 @@ Loss, as upstream (Sanh et al., 2019): alpha_ce * KD + alpha_mlm * MLM (or alpha
 + alpha_mse * MSE(logits) + alpha_cos * cosine(last hidden states), where KD is the KL divergence between
 the teacher's and the student's distributions at temperature T, times T^2.
 
-How a step stays lean (issue 5's "Where the time goes"):
+How a step stays lean (issue 5's "Where the time goes"; benchmarks/bench_train.py measures it):
 - positions are picked by row indices computed from the lengths on the host, never by
   (batch x length x vocab) boolean masks: the models project to the vocabulary only at the rows a loss
-  needs (non-pad rows for KD; masked rows only with --restrict_ce_to_mask or without a teacher);
-- the KL is fused with both vocabulary projections (FusedKD): chunks of rows are projected, compared and
-  differentiated in one pass, so no (rows x vocab) logits of either model are kept; only with
-  --alpha_mse > 0 is it `kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True)` on full logits;
+  needs (non-pad rows for KD; masked rows only with --restrict_ce_to_mask or without a teacher), and the
+  rows to predict come first, so they are a slice for every model;
+- KD and the MLM/CLM cross-entropy are fused with both vocabulary projections (FusedKD): chunks of rows
+  are projected once, compared and differentiated in one pass, so no (rows x vocab) logits of either
+  model are kept and the predicted rows are not projected a second time; only with --alpha_mse > 0 are
+  the logits materialised (`kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True)`);
 - losses are summed on the device and read once per log interval: no `.item()` per step;
-- AdamW is torch's fused one (a single pass over the parameters).
-See benchmarks/bench_train.py for what each of these is worth against upstream's step.
+- AdamW is torch's fused one (a single pass over the parameters);
 - batches are padded to a multiple of 8 and grouped by length (lm_seqs_dataset, grouped_batch_sampler).
 
 The loop in `train()` reads top to bottom: prepare a batch, `step()` returns the losses, backward,
@@ -75,10 +76,10 @@ def lm_head(model, hidden):
 class RowsLM(nn.Module):
     """Wraps a HF LM: runs the encoder on the batch and the vocabulary head only at chosen rows.
 
-    forward(input_ids, attention_mask, rows, head_rows, features=False) -> (hidden, logits):
+    forward(input_ids, attention_mask, rows, n_head=None, features=False) -> (hidden, logits):
       hidden: last hidden states at `rows` (flat indices into batch x length), shape (len(rows), dim);
-      logits: the LM head at `hidden[head_rows]` (all of `hidden` when head_rows is None); with
-      features=True, the head's input to its vocabulary projection instead (see lm_head_parts; fused KD).
+      logits: the LM head at the first `n_head` of those rows (all of them when n_head is None); with
+      features=True, the head's input to its vocabulary projection instead (see lm_head_parts; FusedKD).
     Wrapping (rather than calling the model's parts from outside) keeps DDP's hooks on the forward.
     """
 
@@ -86,10 +87,10 @@ class RowsLM(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, rows, head_rows=None, features=False):
+    def forward(self, input_ids, attention_mask, rows, n_head=None, features=False):
         out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state.flatten(0, 1).index_select(0, rows)
-        h = hidden if head_rows is None else hidden.index_select(0, head_rows)
+        h = hidden if n_head is None else hidden[:n_head]
         to_features, projection = lm_head_parts(self.model)
         return hidden, to_features(h) if features else projection(to_features(h))
 
@@ -98,10 +99,14 @@ class RowsLM(nn.Module):
 class Batch:
     input_ids: torch.Tensor  # (bs, L) after masking
     attention_mask: torch.Tensor  # (bs, L) 1 on tokens, 0 on padding
-    rows: torch.Tensor  # (n,) flat indices of the non-pad positions
-    target_rows: torch.Tensor  # (m,) indices into `rows` of the positions to predict
-    targets: torch.Tensor  # (m,) the token ids to predict there
-    n_tokens: int  # non-pad tokens (a host int: counting them needs no device sync)
+    rows: torch.Tensor  # (n,) flat indices of the non-pad positions, the m positions to predict first
+    targets: torch.Tensor  # (m,) the token ids to predict at rows[:m]
+    n_tokens: int  # n, non-pad tokens (host ints: counting them needs no device sync)
+    n_targets: int  # m
+
+    # Putting the predicted positions first makes them a slice (rows[:m], hidden[:m]) for every model and
+    # lets FusedKD find them chunk by chunk without asking the device; KD and cosine are means over rows,
+    # so the order changes nothing else.
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -125,77 +130,127 @@ def mse_loss(s_logits, t_logits):
     return F.mse_loss(s_logits.float(), t_logits.float(), reduction="sum") / s_logits.size(0)
 
 
-# Rows per FusedKD chunk (each chunk holds ~4 (rows x vocab) float32 tensors). On CPU, 128 rows ran ~1.5x
+# Rows per FusedKD chunk (each chunk holds four (rows x vocab) float32 tensors). On CPU, 128 rows ran ~1.5x
 # slower than 512 (thin matmuls), 1024 ~10% faster with twice the memory.
 KD_CHUNK_ROWS = 512
 
+_SCRATCH = {}  # (name, dtype) -> a flat CPU tensor reused by every FusedKD call (see scratch())
+
+
+def scratch(name, shape, dtype, device):
+    """An uninitialised tensor of `shape` for FusedKD's per-chunk work. On CPU it is carved from a buffer kept
+    between calls: a fresh 512 x 30,522 float32 tensor costs ~15-20 ms of page faults each time (the
+    allocator returns blocks that large to the OS), about 5% of a bert-base step. CUDA's caching allocator
+    already reuses its blocks, so there it is a plain torch.empty."""
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    numel = math.prod(shape)
+    buf = _SCRATCH.get((name, dtype))
+    if buf is None or buf.numel() < numel:
+        buf = _SCRATCH[(name, dtype)] = torch.empty(numel, dtype=dtype)
+    return buf[:numel].view(shape)
+
+
+def _project(x, weight, bias, out):
+    """out = x @ weight.T (+ bias): F.linear into a given tensor."""
+    if bias is None:
+        return torch.mm(x, weight.t(), out=out)
+    return torch.addmm(bias, x, weight.t(), out=out)
+
 
 class FusedKD(torch.autograd.Function):
-    """kd_loss(F.linear(s_feat, weight, bias), F.linear(t_feat, t_weight, t_bias), T) without (rows x vocab)
-    tensors for all rows: logits, log-probabilities and the gradient exist for one chunk of rows at a time.
+    """The losses on the student's vocabulary head, computed straight from both models' features:
 
-    d KD / d student logits = T / rows * (p_student - p_teacher), so each chunk's gradient is folded into
-    the gradients of the features, weight and bias during the forward; backward only scales them. Fewer
-    elementwise passes than autograd's version (no separate division, KL tensor or softmax backward), and
-    memory bounded by the chunk instead of the batch.
-    apply(s_feat, weight, bias, t_feat, t_weight, t_bias, temperature, chunk_rows) -> 0-d float32 loss.
+        total = alpha_kd * kd_loss(s, t, T) + alpha_lm * cross_entropy(s[:m], targets)
+        with s = F.linear(s_feat, weight, bias), t = F.linear(t_feat, t_weight, t_bias), m = len(targets)
+
+    (the LM rows come first: Batch.rows lists the positions to predict first). No (rows x vocab) tensor
+    exists for all rows: logits, log-probabilities and gradients live for one chunk of rows at a time.
+
+    Gradients are formed during the forward, chunk by chunk, and backward only scales them:
+      d total / d s = alpha_kd * T / n * (softmax(s / T) - softmax(t / T))       on every row,
+                    + alpha_lm / m * (softmax(s) - onehot(target))             on the m LM rows,
+    so the LM rows are projected once for both losses (not a second time for the cross-entropy), and the
+    cross-entropy's log-probabilities come from the KD's: log_softmax(s) = log_softmax(T * log_softmax(s / T))
+    (log_softmax ignores a per-row shift). Fewer elementwise passes than autograd's version, memory bounded
+    by the chunk, and reusable per-chunk buffers on CPU (scratch()).
+
+    apply(s_feat, weight, bias, t_feat, t_weight, t_bias, targets, temperature, alpha_kd, alpha_lm, chunk_rows)
+      -> (total, kd, lm): 0-d float32; only `total` carries gradients (kd and lm are for logging; lm is 0
+      when there are no targets). alpha_kd must be > 0. Backward may run once (it scales in place).
     """
 
     @staticmethod
-    def forward(ctx, s_feat, weight, bias, t_feat, t_weight, t_bias, temperature, chunk_rows):
+    def forward(
+        ctx, s_feat, weight, bias, t_feat, t_weight, t_bias, targets, temperature, alpha_kd, alpha_lm, chunk_rows
+    ):
+        if not alpha_kd > 0:
+            raise ValueError("FusedKD needs alpha_kd > 0")
         dev = s_feat.device.type
         # Matmuls in autocast's type (if on), the softmax maths in float32.
         mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
-        n = s_feat.size(0)
+        f32 = torch.float32
+        n, m, vocab = s_feat.size(0), targets.numel(), weight.size(0)
         need_grad = any(ctx.needs_input_grad[:3])
+        # The LM rows' gradient relative to the KD one (both are folded into one (rows x vocab) tensor g).
+        kd_scale = alpha_kd * temperature / n
+        lm_scale = alpha_lm / max(m, 1) / kd_scale
         with torch.autocast(dev, enabled=False):
             # 1/T folded into the features (rows x dim, small) and biases: the matmuls give logits / T.
             x, w = (s_feat / temperature).to(mm_dtype), weight.to(mm_dtype)
             b = None if bias is None else (bias / temperature).to(mm_dtype)
             tx, tw = (t_feat / temperature).to(t_weight.dtype), t_weight
             tb = None if t_bias is None else t_bias / temperature
-            grad_x = torch.empty(n, x.size(1), dtype=torch.float32, device=x.device) if need_grad else None
-            grad_w = torch.zeros(w.shape, dtype=torch.float32, device=x.device) if need_grad else None
-            grad_b = torch.zeros(w.size(0), dtype=torch.float32, device=x.device) if need_grad else None
-            total = torch.zeros((), dtype=torch.float32, device=x.device)
+            grad_x = torch.empty(n, x.size(1), dtype=f32, device=x.device) if need_grad else None
+            grad_w = torch.zeros(w.shape, dtype=f32, device=x.device) if need_grad else None
+            grad_b = torch.zeros(vocab, dtype=f32, device=x.device) if need_grad else None
+            kd_sum = torch.zeros((), dtype=f32, device=x.device)
+            lm_sum = torch.zeros((), dtype=f32, device=x.device)
             for i in range(0, n, chunk_rows):
-                xs = x[i : i + chunk_rows]
-                log_ps = F.log_softmax(F.linear(xs, w, b).float(), dim=-1)
-                log_pt = F.log_softmax(F.linear(tx[i : i + chunk_rows], tw, tb).float(), dim=-1)
-                pt = log_pt.exp()
-                total += torch.vdot(pt.flatten(), log_pt.sub_(log_ps).flatten())  # sum of p_t (log p_t - log p_s)
-                del log_pt
+                j = min(i + chunk_rows, n)
+                k = max(0, min(m, j) - i)  # LM rows in this chunk: its first k
+                shape = (j - i, vocab)
+                log_pt, pt, log_ps = (scratch(name, shape, f32, x.device) for name in ("log_pt", "pt", "log_ps"))
+                z = _project(tx[i:j], tw, tb, out=scratch("logits", shape, tw.dtype, x.device))
+                torch.log_softmax(z, -1, dtype=f32, out=log_pt)
+                torch.exp(log_pt, out=pt)
+                z = _project(x[i:j], w, b, out=scratch("logits", shape, mm_dtype, x.device))
+                torch.log_softmax(z, -1, dtype=f32, out=log_ps)
+                kd_sum += torch.vdot(pt.flatten(), log_pt.sub_(log_ps).flatten())  # sum of p_t (log p_t - log p_s)
+                if k:
+                    tgt = targets[i : i + k, None]
+                    log_p1 = F.log_softmax(log_ps[:k] * temperature, dim=-1)  # = log_softmax(s): see above
+                    lm_sum -= log_p1.gather(1, tgt).sum()
                 if need_grad:
                     g = log_ps.exp_().sub_(pt)  # p_s - p_t, in [-1, 1]: safe to cast to fp16/bf16 for the matmuls
-                    del pt
-                    grad_x[i : i + chunk_rows] = torch.mm(g.to(mm_dtype), w)
-                    if mm_dtype == torch.float32:  # accumulate in place: no (vocab x dim) temporary
-                        grad_w.addmm_(g.t(), xs)
+                    if k:
+                        g_lm = log_p1.exp_().scatter_add_(1, tgt, torch.full(tgt.shape, -1.0, device=x.device))
+                        g[:k].add_(g_lm, alpha=lm_scale)
+                    grad_x[i:j] = torch.mm(g.to(mm_dtype), w)
+                    if mm_dtype == f32:  # accumulate in place: no (vocab x dim) temporary
+                        grad_w.addmm_(g.t(), x[i:j])
                     else:
-                        grad_w += torch.mm(g.t().to(mm_dtype), xs)
+                        grad_w += torch.mm(g.t().to(mm_dtype), x[i:j])
                     grad_b += g.sum(0)
-                    del g
-            if need_grad:
-                # T^2 (the loss's factor) / T (the softmax's) / n (the row mean); x holds another 1/T
-                ctx.save_for_backward(
-                    grad_x.mul_(temperature / n), grad_w.mul_(temperature**2 / n), grad_b.mul_(temperature / n)
-                )
+            if need_grad:  # x holds a 1/T, hence grad_w's extra T
+                ctx.grads = (grad_x.mul_(kd_scale), grad_w.mul_(kd_scale * temperature), grad_b.mul_(kd_scale))
         ctx.dtypes = (s_feat.dtype, weight.dtype, None if bias is None else bias.dtype)
-        return total * (temperature**2 / n)
+        kd = kd_sum * (temperature**2 / n)
+        lm = lm_sum / max(m, 1)
+        ctx.mark_non_differentiable(kd, lm)
+        return alpha_kd * kd + alpha_lm * lm, kd, lm
 
     @staticmethod
-    def backward(ctx, grad_out):
-        grad_x, grad_w, grad_b = ctx.saved_tensors
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total, _grad_kd, _grad_lm):
+        grad_x, grad_w, grad_b = ctx.grads
+        del ctx.grads  # scaled in place below: a second backward must not reuse them
         x_dtype, w_dtype, b_dtype = ctx.dtypes
         return (
-            (grad_x * grad_out).to(x_dtype),
-            (grad_w * grad_out).to(w_dtype),
-            None if b_dtype is None else (grad_b * grad_out).to(b_dtype),
-            None,
-            None,
-            None,
-            None,
-            None,
+            grad_x.mul_(grad_total).to(x_dtype),
+            grad_w.mul_(grad_total).to(w_dtype),
+            None if b_dtype is None else grad_b.mul_(grad_total).to(b_dtype),
+            *[None] * 8,
         )
 
 
@@ -339,18 +394,19 @@ class Distiller:
         n_tokens = int(lengths.sum())
         dev = dict(device=self.device, non_blocking=True)
         if self.mlm:
-            input_ids, target_rows, targets = self.mask_tokens(token_ids.to(**dev), rows.to(**dev), n_tokens)
+            input_ids, rows, targets = self.mask_tokens(token_ids.to(**dev), rows.to(**dev), n_tokens)
         else:  # CLM: every non-pad position but the last of each sequence predicts the next token
             starts = torch.cumsum(lengths, 0) - lengths
             target_rows = torch.repeat_interleave(starts, lengths - 1) + _ranges(lengths - 1)
             targets = token_ids.flatten()[rows[target_rows] + 1]
-            input_ids, target_rows, targets = token_ids.to(**dev), target_rows.to(**dev), targets.to(**dev)
-        return Batch(input_ids, attention_mask.to(**dev).long(), rows.to(**dev), target_rows, targets, n_tokens)
+            rows = torch.cat([rows[target_rows], rows[starts + lengths - 1]])  # the last positions at the end
+            input_ids, rows, targets = token_ids.to(**dev), rows.to(**dev), targets.to(**dev)
+        return Batch(input_ids, attention_mask.to(**dev).long(), rows, targets, n_tokens, len(targets))
 
     def mask_tokens(self, token_ids, rows, n_tokens):
         """BERT masking: pick ceil(mlm_mask_prop * tokens) non-special positions, drawn without replacement
         with probability ~ count^-smoothing (rare tokens more often); replace 80% by [MASK], keep 10%,
-        put a random token in 10%. Returns (input ids, indices into `rows` of the picks, original ids)."""
+        put a random token in 10%. Returns (input ids, `rows` with the picks first, their original ids)."""
         flat = token_ids.flatten()
         real = flat.index_select(0, rows)
         weights = self.token_probs[real]  # 0 for special tokens: never picked
@@ -365,7 +421,10 @@ class Distiller:
             torch.where(u < self.pred_cumprobs[1], targets, random_ids),
         )
         input_ids = flat.index_copy(0, rows[target_rows], new).view_as(token_ids)
-        return input_ids, target_rows, targets
+        # The other rows, in order, after the picks (a stable sort of the picked flags: no device sync).
+        picked = torch.zeros(n_tokens, dtype=torch.uint8, device=self.device).index_fill_(0, target_rows, 1)
+        others = torch.argsort(picked, stable=True)[: n_tokens - n_pick]
+        return input_ids, torch.cat([rows[target_rows], rows[others]]), targets
 
     # ----------------------------------------------------------------------------------------------------
     # One step: forward both models, return the losses (0-d tensors on the device)
@@ -378,37 +437,38 @@ class Distiller:
     def step(self, batch):
         """Forward the student (and the teacher) on `batch`; return {"loss": weighted total, "ce": ..., ...}."""
         a = self.alpha
-        lm_rows = batch.target_rows
+        m = batch.n_targets  # the LM rows are the first m of batch.rows
         # The vocabulary head runs on every non-pad row only when KD/MSE need them all.
-        head_rows = None if self.kd_all_rows else lm_rows
+        n_head = None if self.kd_all_rows else m
         lm_name = "mlm" if self.mlm else "clm"
         fused = self.fused_kd  # the models stop before their vocabulary projection; FusedKD applies it
         losses = {}
         total = 0.0
         with self.autocast():
-            s_hidden, s_logits = self.student(batch.input_ids, batch.attention_mask, batch.rows, head_rows, fused)
+            s_hidden, s_logits = self.student(batch.input_ids, batch.attention_mask, batch.rows, n_head, fused)
             if self.teacher is not None:
                 with torch.no_grad():
-                    t_head_rows = head_rows if (a["ce"] or a["mse"]) else lm_rows[:0]
+                    t_n_head = n_head if (a["ce"] or a["mse"]) else 0
                     t_hidden, t_logits = self.teacher(
-                        batch.input_ids, batch.attention_mask, batch.rows, t_head_rows, fused
+                        batch.input_ids, batch.attention_mask, batch.rows, t_n_head, fused
                     )
-            if fused:  # s_logits and t_logits hold features here: project them only where needed
+            if fused:  # s_logits and t_logits hold features here: KD (and the LM loss) from one projection
                 s_proj, t_proj = lm_head_parts(self.student_model)[1], lm_head_parts(self.teacher.model)[1]
-                s_w, s_b, t_w, t_b = s_proj.weight, s_proj.bias, t_proj.weight, t_proj.bias
-                losses["ce"] = FusedKD.apply(s_logits, s_w, s_b, t_logits, t_w, t_b, self.temperature, KD_CHUNK_ROWS)
-                lm_feat = s_logits if head_rows is not None else s_logits.index_select(0, lm_rows)
-                lm_logits = s_proj(lm_feat) if a[lm_name] > 0 else None
+                targets = batch.targets if a[lm_name] > 0 else batch.targets[:0]
+                total, losses["ce"], lm = FusedKD.apply(
+                    s_logits, s_proj.weight, s_proj.bias, t_logits, t_proj.weight, t_proj.bias,
+                    targets, self.temperature, a["ce"], a[lm_name], KD_CHUNK_ROWS,
+                )  # fmt: skip
+                if a[lm_name] > 0:
+                    losses[lm_name] = lm
 
-        if a["ce"] > 0 and not fused:
-            losses["ce"] = kd_loss(s_logits, t_logits, self.temperature)
-        if "ce" in losses:
-            total = total + a["ce"] * losses["ce"]
         if not fused:
-            lm_logits = s_logits if head_rows is not None else s_logits.index_select(0, lm_rows)
-        if a[lm_name] > 0:
-            losses[lm_name] = F.cross_entropy(lm_logits.float(), batch.targets)
-            total = total + a[lm_name] * losses[lm_name]
+            if a["ce"] > 0:
+                losses["ce"] = kd_loss(s_logits, t_logits, self.temperature)
+                total = total + a["ce"] * losses["ce"]
+            if a[lm_name] > 0:
+                losses[lm_name] = F.cross_entropy(s_logits[:m].float(), batch.targets)
+                total = total + a[lm_name] * losses[lm_name]
         if a["mse"] > 0:
             losses["mse"] = mse_loss(s_logits, t_logits)
             total = total + a["mse"] * losses["mse"]

@@ -245,7 +245,7 @@ def check_agreement(size, n_batches=2, rtol=1e-5):
         torch.manual_seed(i)
         batch = d.prepare_batch(token_ids, lengths)
         labels = torch.full_like(batch.input_ids, -100)
-        labels.view(-1)[batch.rows[batch.target_rows]] = batch.targets
+        labels.view(-1)[batch.rows[: batch.n_targets]] = batch.targets
         with torch.no_grad():
             fast = d.step(batch)
             slow = ref.losses(batch.input_ids, batch.attention_mask, labels)

@@ -54,7 +54,7 @@ def _mask_many(distiller, token_ids, lengths, draws):
     out = []
     for _ in range(draws):
         b = distiller.prepare_batch(token_ids, lengths)
-        out.append((b.input_ids.flatten(), b.rows[b.target_rows], b.targets))
+        out.append((b.input_ids.flatten(), b.rows[: b.n_targets], b.targets))
     return out
 
 
@@ -108,7 +108,7 @@ def reference_losses(d, batch, alphas, T, restrict):
         t_out = teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
     s_logits, t_logits = s_out.logits, t_out.logits
     labels = torch.full_like(batch.input_ids, -100)
-    labels.view(-1)[batch.rows[batch.target_rows]] = batch.targets
+    labels.view(-1)[batch.rows[: batch.n_targets]] = batch.targets
     mask = (labels > -1) if restrict else batch.attention_mask.bool()
     mask = mask.unsqueeze(-1).expand_as(s_logits)
     s_sel = torch.masked_select(s_logits, mask).view(-1, s_logits.size(-1))
@@ -191,7 +191,7 @@ def test_teacher_free_step_is_plain_mlm(base_argv):
     losses = d.step(batch)
     assert set(losses) == {"mlm", "loss"}
     labels = torch.full_like(batch.input_ids, -100)
-    labels.view(-1)[batch.rows[batch.target_rows]] = batch.targets
+    labels.view(-1)[batch.rows[: batch.n_targets]] = batch.targets
     logits = d.student_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     ref = nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1))
     torch.testing.assert_close(losses["mlm"], ref, rtol=1e-5, atol=1e-6)

@@ -73,7 +73,7 @@ def test_same_figures_twice_and_the_same_masked_positions_for_every_model(files,
     assert torch.equal(rng, torch.get_rng_state())  # masking under a fixed seed leaves the global RNG alone
     assert len(t_batches) == len(s_batches) > 1
     for a, b in zip(t_batches, s_batches):
-        for field in ("input_ids", "attention_mask", "rows", "target_rows", "targets"):
+        for field in ("input_ids", "attention_mask", "rows", "targets"):
             assert torch.equal(getattr(a, field), getattr(b, field)), field
     n_masked = sum(len(b.targets) for b in t_batches)
     assert n_masked == first["student"]["masked_tokens"]
@@ -93,7 +93,7 @@ def test_figures_equal_a_direct_computation(files, tmp_path):
     with torch.no_grad():
         for b in batches:  # the whole model on the whole batch, then the masked positions picked out
             logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.flatten(0, 1)
-            picked = logits[b.rows[b.target_rows]]
+            picked = logits[b.rows[: b.n_targets]]
             ce += F.cross_entropy(picked, b.targets, reduction="sum").item()
             ranked = picked.argsort(dim=-1, descending=True)
             top1 += (ranked[:, 0] == b.targets).sum().item()

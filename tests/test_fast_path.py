@@ -11,31 +11,62 @@ from distiller import FusedKD, kd_loss, lm_head, lm_head_parts
 from train_helpers import build_distiller, tiny_run_files, single_thread  # noqa: F401 (autouse fixture)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("chunk_rows", [1, 7, 37, 512])  # one row, a short last chunk, exact, one chunk
-def test_fused_kd_equals_autograd_kd(bias, chunk_rows):
-    g = torch.Generator().manual_seed(chunk_rows)
-    n, d, vocab, temperature = 37, 16, 300, 2.0
+def _head_problem(seed, n=37, d=16, vocab=300, n_lm=10, bias=True):
+    """Random student features / head (trainable) and teacher features / head, plus LM targets for the first n_lm rows."""
+    g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, requires_grad=True)
     w = torch.randn(vocab, d, generator=g).mul_(0.3).requires_grad_()
     b = torch.randn(vocab, generator=g).requires_grad_() if bias else None
     tx, tb = torch.randn(n, d, generator=g), torch.randn(vocab, generator=g)
     tw = torch.randn(vocab, d, generator=g) * 0.3
-    params = [x, w] + ([b] if bias else [])
+    targets = torch.randint(vocab, (n_lm,), generator=g)
+    return x, w, b, tx, tw, tb, targets
 
-    ref = kd_loss(F.linear(x, w, b), F.linear(tx, tw, tb), temperature)
+
+def _autograd_losses(x, w, b, tx, tw, tb, targets, temperature, alpha_kd, alpha_lm):
+    s = F.linear(x, w, b)
+    kd = kd_loss(s, F.linear(tx, tw, tb), temperature)
+    lm = F.cross_entropy(s[: len(targets)], targets) if len(targets) else torch.zeros(())
+    return alpha_kd * kd + alpha_lm * lm, kd, lm
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n_lm", [0, 10, 37])  # no LM rows, some (spread over chunks), every row
+@pytest.mark.parametrize("chunk_rows", [1, 7, 37, 512])  # one row, a short last chunk, exact, one chunk
+def test_fused_kd_equals_autograd_kd_and_cross_entropy(bias, n_lm, chunk_rows):
+    problem = _head_problem(chunk_rows + n_lm, n_lm=n_lm, bias=bias)
+    x, w, b = problem[:3]
+    params = [x, w] + ([b] if bias else [])
+    temperature, alpha_kd, alpha_lm = 2.0, 5.0, 2.0
+
+    ref, ref_kd, ref_lm = _autograd_losses(*problem, temperature, alpha_kd, alpha_lm)
     ref_grads = torch.autograd.grad(ref * 2.5, params)
-    fused = FusedKD.apply(x, w, b, tx, tw, tb, temperature, chunk_rows)
+    fused, kd, lm = FusedKD.apply(*problem, temperature, alpha_kd, alpha_lm, chunk_rows)
     fused_grads = torch.autograd.grad(fused * 2.5, params)
-    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-7)
+    for got, want in ((fused, ref), (kd, ref_kd), (lm, ref_lm)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for a, r in zip(fused_grads, ref_grads):
-        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6)
+    assert not kd.requires_grad and not lm.requires_grad  # for logging only: `fused` carries the gradients
+
+
+def test_fused_kd_calls_do_not_share_results_through_their_scratch_buffers():
+    """Two losses formed before either backward (CPU scratch buffers are reused between calls)."""
+    first, second = _head_problem(1), _head_problem(2, n=20, n_lm=5)
+    want = [torch.autograd.grad(_autograd_losses(*p, 2.0, 1.0, 1.0)[0], p[:3]) for p in (first, second)]
+    losses = [FusedKD.apply(*p, 2.0, 1.0, 1.0, 8)[0] for p in (first, second)]
+    got = [torch.autograd.grad(loss, p[:3]) for loss, p in zip(losses, (first, second))]
+    for g_got, g_want in zip(got, want):
+        for a, r in zip(g_got, g_want):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-6)
 
 
 def test_fused_kd_is_zero_for_identical_models():
     x, w = torch.randn(9, 4), torch.randn(20, 4)
-    loss = FusedKD.apply(x.requires_grad_(), w, None, x.detach(), w, None, 2.0, 4)
-    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    loss, kd, _ = FusedKD.apply(
+        x.requires_grad_(), w, None, x.detach(), w, None, torch.zeros(0, dtype=torch.long), 2.0, 1.0, 0.0, 4
+    )
+    assert kd.item() == pytest.approx(0.0, abs=1e-6)
     (gx,) = torch.autograd.grad(loss, [x])
     assert gx.abs().max().item() < 1e-6
 
