@@ -388,7 +388,7 @@ class Distiller:
 
     def prepare_batch(self, token_ids, lengths):
         """Move a collated batch to the device and pick the positions to predict (MLM masking or CLM)."""
-        bs, width = token_ids.shape
+        width = token_ids.size(1)
         attention_mask = torch.arange(width) < lengths[:, None]
         rows = attention_mask.flatten().nonzero().squeeze(1)  # host-side: no device sync
         n_tokens = int(lengths.sum())
