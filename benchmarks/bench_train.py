@@ -3,11 +3,13 @@
     python benchmarks/bench_train.py                        # both CPU sizes, ~7 minutes on 2 cores
     python benchmarks/bench_train.py --sizes tiny --steps 3 --rounds 1   # a quick look (~1 minute)
     python benchmarks/bench_train.py --impls ref,ours,ours-unfused,ours-pad1,ours-adamw-loop   # ablations
+    python benchmarks/bench_train.py --device cuda --fp16   # on a GPU: 1,000 fp16 steps at batch 32, memory, MFU
 
 Sizes (models built from configs, random weights: speed does not depend on what the weights know):
 - tiny: teacher BERT 4 x 128 (2 heads, FFN 512), student DistilBERT 2 x 128, batches of 32 lines of
   ~50 tokens (12 + Gamma(2, 19) tokens, grouped by length as in training);
-- base: teacher bert-base (12 x 768), student DistilBERT 4 x 768, batches of 8 lines of 128 tokens.
+- base: teacher bert-base (12 x 768), student DistilBERT 4 x 768, batches of 8 lines of 128 tokens;
+- gpu: the base models on batches of 32 lines of ~50 tokens, as train.sh runs them on a GPU.
 Both use the bert-base-uncased vocabulary size (30,522) and its special ids; no tokenizer is needed.
 
 Each timed step is the whole per-batch work: masking, forward of both models, losses, backward, clip,
@@ -24,6 +26,13 @@ rounds, and each ratio is the median of the per-round ratios.
 By default our step is also timed under bf16 autocast (`--bf16`: teacher in bf16, student in fp32
 under autocast; its losses are not held to the fp32 check). Tokens are non-pad tokens; one torch thread
 per run by default (see --threads). Compare ratios from the same run.
+
+On a GPU (--device cuda; the defaults become --sizes gpu --steps 1000 --rounds 1 --impls ref,ours):
+with --fp16 both steps run under fp16 autocast with a GradScaler (ours also keeps its teacher in fp16).
+Both get the memory guard (torch.cuda.empty_cache() when less than 2 GiB is free) and count its calls;
+allocated / reserved / peak memory is sampled every --trace_every steps. Model FLOPs (model_flops():
+the teacher's forward and the student's forward + backward on the non-pad tokens, 2 per multiply-add)
+over the time give FLOP/s, and over the card's dense fp16 peak (PEAK_TFLOPS, or --peak_tflops) the MFU.
 """
 
 import argparse
@@ -47,7 +56,25 @@ SIZES = {
     # teacher (BertConfig), student (DistilBertConfig), batch size, line lengths
     "tiny": dict(teacher=(4, 128, 2, 512), student=(2, 128, 2, 512), batch_size=32, lengths="gamma"),
     "base": dict(teacher=(12, 768, 12, 3072), student=(4, 768, 12, 3072), batch_size=8, lengths=128),
+    "gpu": dict(teacher=(12, 768, 12, 3072), student=(4, 768, 12, 3072), batch_size=32, lengths="gamma"),
 }
+# Dense fp16/bf16 tensor-core peaks (TFLOP/s, fp32 accumulation, no sparsity), matched in this order
+# against torch.cuda.get_device_name(); --peak_tflops for anything else.
+PEAK_TFLOPS = [
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("RTX 4090", 165.2),
+    ("RTX 3090", 71.0),
+    ("A10G", 70.0),
+    ("L4", 121.0),
+    ("V100", 125.0),
+    ("T4", 65.0),
+]
+EMPTY_CACHE_BELOW_GIB = 2.0  # the memory guard of train.sh (--empty_cache_threshold_gb)
 T, ALPHA = 2.0, {"ce": 5.0, "mlm": 2.0, "cos": 1.0}  # the DistilBERT recipe
 
 
@@ -101,7 +128,31 @@ def token_probs(seed=0):
     return torch.from_numpy(probs).float()
 
 
-def make_distiller(student, teacher, extra=()):
+def model_flops(lengths, size):
+    """Model FLOPs of one distillation step on sequences of these lengths (matmuls, 2 per multiply-add):
+    the teacher's forward (x1) and the student's forward and backward (x3). A forward is, per layer,
+    4 d^2 + 2 d ffn multiply-adds per token (attention projections, FFN) plus 2 n d per token for QK^T and
+    AV over its sequence of n tokens, then the LM head (d^2 transform, d x vocab projection) on every token,
+    as KD needs. Padding is not counted: it is waste, not model work."""
+    tokens = sum(lengths)
+    squares = sum(n * n for n in lengths)
+
+    def forward(layers, d, heads, ffn):
+        per_layer = (4 * d * d + 2 * d * ffn) * tokens + 2 * d * squares
+        return 2 * (layers * per_layer + (d * d + d * VOCAB) * tokens)
+
+    return forward(*SIZES[size]["teacher"]) + 3 * forward(*SIZES[size]["student"])
+
+
+def peak_tflops_for(device_name):
+    for key, tflops in PEAK_TFLOPS:
+        if key in device_name:
+            return tflops
+    return None
+
+
+def make_distiller(student, teacher, extra=(), device="cpu"):
+    import torch
     import train
     from distiller import Distiller
     from lm_seqs_dataset import LmSeqsDataset, dataset_params
@@ -113,7 +164,10 @@ def make_distiller(student, teacher, extra=()):
     args.special_tok_ids = SPECIAL
     one_line = [np.array([101] + [2000] * 20 + [102])]  # the Distiller wants a dataset; batches come from outside
     dataset = LmSeqsDataset(dataset_params(SPECIAL, 512, pad_to_multiple_of=args.pad_to_multiple_of), one_line)
-    return Distiller(args, dataset, token_probs(), student, teacher), dataset
+    from utils import DistInfo
+
+    dist = DistInfo(device=torch.device(device))
+    return Distiller(args, dataset, token_probs(), student, teacher, dist=dist), dataset
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,14 +175,20 @@ def make_distiller(student, teacher, extra=()):
 
 
 class Reference:
-    """Upstream's collate, masking and step (MLM, fp32), with its optimizer settings."""
+    """Upstream's collate, masking and step (MLM), with its optimizer settings; fp32, or with `fp16` its
+    --fp16 (apex O1 there; here torch's fp16 autocast and a GradScaler, apex's successors)."""
 
-    def __init__(self, student, teacher, probs):
+    def __init__(self, student, teacher, probs, device="cpu", fp16=False):
         import torch
 
-        self.student, self.teacher, self.token_probs = student, teacher, probs
-        self.pred_probs = torch.tensor([0.8, 0.1, 0.1])
+        self.device = torch.device(device)
+        self.student, self.teacher = student.to(self.device), teacher.to(self.device)
+        self.token_probs = probs.to(self.device)
+        self.pred_probs = torch.tensor([0.8, 0.1, 0.1], device=self.device)
         self.optimizer = torch.optim.AdamW(student.parameters(), lr=5e-4, eps=1e-6, betas=(0.9, 0.98))
+        self.fp16 = fp16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.n_empty_cache = 0
 
     @staticmethod
     def collate(seqs):
@@ -141,17 +201,20 @@ class Reference:
             token_ids[row, : len(s)] = torch.from_numpy(s)
         return token_ids, lengths
 
+    def to_device(self, token_ids, lengths):
+        return token_ids.to(self.device), lengths.to(self.device)
+
     def prepare(self, token_ids, lengths):
         """(bs x len) masking: 15% of the non-pad tokens drawn by weight, 80/10/10 -> (ids, attention, labels)."""
         import torch
 
         bs, width = token_ids.shape
-        attention = torch.arange(width) < lengths[:, None]
+        attention = torch.arange(width, device=token_ids.device) < lengths[:, None]
         labels = token_ids.clone()
         weights = self.token_probs[token_ids.flatten()]
         n_pick = math.ceil(0.15 * lengths.sum().item())
         picks = torch.multinomial(weights / weights.sum(), n_pick, replacement=False)
-        pred_mask = torch.zeros(bs * width, dtype=torch.bool)
+        pred_mask = torch.zeros(bs * width, dtype=torch.bool, device=token_ids.device)
         pred_mask[picks] = True
         pred_mask = pred_mask.view(bs, width)
         pred_mask[token_ids == SPECIAL["pad_token"]] = False
@@ -191,23 +254,28 @@ class Reference:
         import torch
 
         token_ids, lengths = self.collate(seqs)
-        losses = self.losses(*self.prepare(token_ids, lengths))
+        n_tokens = int(lengths.sum())
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
+            losses = self.losses(*self.prepare(*self.to_device(token_ids, lengths)))
         record = {k: v.item() for k, v in losses.items()}  # upstream reads every loss on the host each step
         record["loss_again"] = losses["loss"].item()  # (total_loss_epoch and last_loss: two reads)
-        losses["loss"].backward()
+        self.scaler.scale(losses["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), 5.0)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad()
-        return int(lengths.sum())
+        self.n_empty_cache += memory_guard(self.device)
+        return n_tokens
 
 
 class Ours:
     """distiller.Distiller's per-batch work, as its training loop does it (gradient accumulation of 1)."""
 
-    def __init__(self, student, teacher, extra=()):
+    def __init__(self, student, teacher, extra=(), device="cpu"):
         from distiller import Meter
 
-        self.distiller, self.dataset = make_distiller(student, teacher, extra)
+        self.distiller, self.dataset = make_distiller(student, teacher, extra, device)
         self.distiller.student.train()
         self.meter = Meter()
 
@@ -220,7 +288,12 @@ class Ours:
         d.watch_finite(losses["loss"])
         self.meter.add(losses, batch.n_tokens)
         self.meter.add_grad_norm(d.optimizer_step())
+        d.memory_guard()
         return batch.n_tokens
+
+    @property
+    def n_empty_cache(self):
+        return self.distiller.n_empty_cache
 
     def finish(self):
         return self.meter.read()  # the one host read of a log interval
@@ -230,14 +303,14 @@ class Ours:
 # The check: same masked batch, dropout off, fp32
 
 
-def check_agreement(size, n_batches=2, rtol=1e-5):
+def check_agreement(size, n_batches=2, rtol=1e-5, device="cpu"):
     import torch
 
     student, teacher = build_models(size)
     student.eval()  # both implementations must see the same (dropout-free) network
-    ours = Ours(student, teacher)
+    ours = Ours(student, teacher, device=device)
     ours.distiller.student.eval()
-    ref = Reference(student, teacher, token_probs())
+    ref = Reference(student, teacher, token_probs(), device=device)
     worst = 0.0
     for i, seqs in enumerate(make_batches(size, n_batches, seed=1)):
         d = ours.distiller
@@ -262,6 +335,31 @@ def check_agreement(size, n_batches=2, rtol=1e-5):
 # One timed run (in its own process)
 
 
+def memory_guard(device):
+    """train.sh's guard: empty the CUDA cache when less than EMPTY_CACHE_BELOW_GIB is free; 1 if it fired."""
+    import torch
+
+    if device.type != "cuda":
+        return 0
+    free, _ = torch.cuda.mem_get_info(device)
+    if free < EMPTY_CACHE_BELOW_GIB * 2**30:
+        torch.cuda.empty_cache()
+        return 1
+    return 0
+
+
+def memory_now(device):
+    import torch
+
+    if device.type == "cuda":
+        return {
+            "allocated_gib": torch.cuda.memory_allocated(device) / 2**30,
+            "reserved_gib": torch.cuda.memory_reserved(device) / 2**30,
+            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        }
+    return {"rss_gib": psutil_rss() / 2**30}
+
+
 def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -282,49 +380,66 @@ def vm_hwm_bytes():
     return peak_rss_bytes()
 
 
-def worker(impl, size, steps, warmup, threads):
+def worker(impl, size, steps, warmup, threads, device="cpu", fp16=False, trace_every=0):
     import torch
 
     if threads:
         torch.set_num_threads(threads)
+    device = torch.device(device)
     student, teacher = build_models(size)
     batches = make_batches(size, warmup + steps)
     if impl == "ref":
-        runner = Reference(student, teacher, token_probs())
+        runner = Reference(student, teacher, token_probs(), device, fp16)
         student.train()
     else:
         extra = {"ours-bf16": ["--bf16"], "ours-pad1": ["--pad_to_multiple_of", "1"]}.get(impl, [])
-        runner = Ours(student, teacher, extra)
+        runner = Ours(student, teacher, extra + (["--fp16"] if fp16 else []), device)
         runner.distiller.fused_kd &= impl != "ours-unfused"  # KD through autograd on materialised logits
         for group in runner.distiller.optimizer.param_groups:  # (no step taken yet: no optimizer state)
             group["fused"] = impl != "ours-adamw-loop"  # torch's default AdamW on CPU: a loop over tensors
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     torch.manual_seed(0)
     for seqs in batches[:warmup]:  # optimizer state, allocator pools, compilation
         runner.train_step(seqs)
     if hasattr(runner, "finish"):
         runner.finish()
         runner.meter = type(runner.meter)()
+    sync()
     rss_before = psutil_rss()
     reset_peak_rss()
-    tokens = 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    tokens, flops, trace = 0, 0, []
     t0 = time.perf_counter()
-    for seqs in batches[warmup:]:
+    for i, seqs in enumerate(batches[warmup:], 1):
         tokens += runner.train_step(seqs)
+        flops += model_flops([len(s) for s in seqs], size)
+        if trace_every and (i % trace_every == 0 or i == steps):  # no device sync: allocator counters only
+            trace.append({"step": i, **memory_now(device), "empty_cache_calls": runner.n_empty_cache})
     if hasattr(runner, "finish"):
         runner.finish()
+    sync()
     seconds = time.perf_counter() - t0
-    return {
+    result = {
         "impl": impl,
         "size": size,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "fp16": fp16,
         "steps": steps,
         "tokens": tokens,
         "seconds": seconds,
         "ms_per_step": 1000 * seconds / steps,
         "tokens_per_s": tokens / seconds,
+        "model_tflop_per_s": flops / seconds / 1e12,
         "peak_rss_gib": vm_hwm_bytes() / 2**30,  # peak over the timed steps (models and optimizer included)
         "rss_before_gib": rss_before / 2**30,  # after warmup: models, optimizer state, libraries
+        "empty_cache_calls": runner.n_empty_cache,
         "threads": torch.get_num_threads(),
+        "trace": trace,
     }
+    if device.type == "cuda":
+        result.update(memory_now(device))
+    return result
 
 
 def psutil_rss():
@@ -335,7 +450,8 @@ def psutil_rss():
 
 def run_worker(impl, size, args):
     cmd = [sys.executable, __file__, "--_worker", impl, "--sizes", size, "--steps", str(args.steps[size])]
-    cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads)]
+    cmd += ["--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
+    cmd += ["--trace_every", str(args.trace_every)] + (["--fp16"] if args.fp16 else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{impl} on {size} failed:\n{proc.stderr[-3000:]}")
@@ -347,19 +463,29 @@ def run_worker(impl, size, args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="tiny,base", help="comma-separated: tiny, base")
-    parser.add_argument("--steps", default="tiny=6,base=3", help="timed steps per run, per size (or one number)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (optimizer state, allocator)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both steps run")
+    parser.add_argument("--sizes", help="comma-separated: tiny, base, gpu (default: tiny,base on cpu; gpu on cuda)")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved runs of each implementation (a load spike moves no median)"
+        "--steps", help="timed steps per run, per size, or one number (default: tiny=6,base=3 on cpu; 1000 on cuda)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, help="untimed steps first (optimizer state, allocator; 1 on cpu, 20 on cuda)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="interleaved runs of each implementation (a load spike moves no median; 3 on cpu, 1 on cuda)",
     )
     parser.add_argument(
         "--impls",
-        default="ref,ours,ours-bf16",
         help="what to time: ref, ours, ours-bf16 (bf16 autocast, teacher in bf16), ours-unfused (KD through "
         "autograd on (rows x vocab) logits instead of FusedKD), ours-pad1 (no padding to a multiple of 8), "
-        "ours-adamw-loop (torch's default AdamW on CPU instead of the fused one)",
+        "ours-adamw-loop (torch's default AdamW on CPU instead of the fused one) (default: ref,ours,ours-bf16 "
+        "on cpu; ref,ours on cuda)",
     )
+    parser.add_argument("--fp16", action="store_true", help="both steps under fp16 autocast with a GradScaler (GPU)")
+    parser.add_argument("--trace_every", type=int, help="sample memory every this many steps (default 50 on cuda)")
+    parser.add_argument("--peak_tflops", type=float, help="the card's dense fp16 peak, if not in PEAK_TFLOPS")
     parser.add_argument(
         "--threads",
         type=int,
@@ -370,6 +496,18 @@ def main():
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--_worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    gpu = args.device == "cuda"
+    defaults = {
+        "sizes": "gpu" if gpu else "tiny,base",
+        "steps": "1000" if gpu else "tiny=6,base=3",
+        "warmup": 20 if gpu else 1,
+        "rounds": 1 if gpu else 3,
+        "impls": "ref,ours" if gpu else "ref,ours,ours-bf16",
+        "trace_every": 50 if gpu else 0,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     sizes = args.sizes.split(",")
     if "=" in args.steps:
         args.steps = {k: int(v) for k, v in (kv.split("=") for kv in args.steps.split(","))}
@@ -377,13 +515,19 @@ def main():
         args.steps = dict.fromkeys(SIZES, int(args.steps))
 
     if args._worker:
-        print(json.dumps(worker(args._worker, sizes[0], args.steps[sizes[0]], args.warmup, args.threads)))
+        res = worker(
+            args._worker, sizes[0], args.steps[sizes[0]], args.warmup, args.threads, args.device, args.fp16,
+            args.trace_every,
+        )  # fmt: skip
+        print(json.dumps(res))
         return
 
     import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
+    if gpu and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no GPU here")
     if args.threads:
         torch.set_num_threads(args.threads)
     impls = args.impls.split(",")
@@ -392,7 +536,7 @@ def main():
     results = []
     for size in sizes:
         t0 = time.perf_counter()
-        worst = check_agreement(size)
+        worst = check_agreement(size, device=args.device)
         took = time.perf_counter() - t0
         print(f"{size}: losses agree (fp32, largest relative difference {worst:.1e}) [{took:.0f} s]")
         for r in range(args.rounds):
@@ -401,12 +545,15 @@ def main():
                 res = run_worker(impl, size, args)
                 res["round"] = r
                 results.append(res)
+                peak = f"GPU peak {res['peak_gib']:.2f} GiB" if gpu else f"peak {res['peak_rss_gib']:.2f} GiB"
                 print(
                     f"  round {r} {impl:13s} {res['ms_per_step']:9.0f} ms/step {res['tokens_per_s']:9.0f} tok/s "
-                    f"peak {res['peak_rss_gib']:.2f} GiB",
+                    f"{1000 * res['model_tflop_per_s']:9.1f} GFLOP/s {peak}",
                     flush=True,
                 )
     print_table(results, sizes, impls)
+    if gpu:
+        print_gpu_table(results, impls, args.peak_tflops)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
@@ -432,6 +579,31 @@ def print_table(results, sizes, impls):
                 f"| {size} | {impl} | {med('tokens_per_s'):,.0f} | {med('ms_per_step'):,.0f} "
                 f"| {med('peak_rss_gib'):.2f} | {speed:.2f}x | {peak:.2f} |"
             )
+
+
+def print_gpu_table(results, impls, peak_tflops=None):
+    """GPU memory over the steps (the first round): allocated / reserved at the first sample at or after
+    step 100 and at the last step, reserved growth between them (creep), peak, guard calls; and MFU."""
+    print()
+    print(
+        "| step | model TFLOP/s | MFU | allocated (GiB) | reserved @100 -> last (GiB) | reserved growth | "
+        "peak (GiB) | empty_cache calls |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for impl in impls:
+        r = next(x for x in results if x["impl"] == impl)
+        peak = peak_tflops or peak_tflops_for(r["device"])
+        mfu = f"{r['model_tflop_per_s'] / peak:.1%}" if peak else "(--peak_tflops)"
+        trace = r["trace"]
+        at100 = next((t for t in trace if t["step"] >= 100), trace[0])
+        last = trace[-1]
+        growth = last["reserved_gib"] / at100["reserved_gib"] - 1
+        print(
+            f"| {impl} | {r['model_tflop_per_s']:.1f} | {mfu} | {last['allocated_gib']:.2f} "
+            f"| {at100['reserved_gib']:.2f} (step {at100['step']}) -> {last['reserved_gib']:.2f} (step {last['step']}) "
+            f"| {growth:+.1%} | {r['peak_gib']:.2f} | {r['empty_cache_calls']} |"
+        )
+    print(f"\ndevice: {results[0]['device']}; FLOPs: model_flops() (teacher forward + 3 x student forward)")
 
 
 if __name__ == "__main__":
