@@ -192,9 +192,12 @@ class FusedKD(torch.autograd.Function):
         f32 = torch.float32
         n, m, vocab = s_feat.size(0), targets.numel(), weight.size(0)
         need_grad = any(ctx.needs_input_grad[:3])
-        # The LM rows' gradient relative to the KD one (both are folded into one (rows x vocab) tensor g).
-        kd_scale = alpha_kd * temperature / n
-        lm_scale = alpha_lm / max(m, 1) / kd_scale
+        # Both gradients go into one (rows x vocab) tensor g, with weights relative to `scale` (applied to
+        # the (rows x dim) and (vocab x dim) results at the end). In fp16/bf16 the larger coefficient is the
+        # scale, so |g| <= 2 and its matmuls cannot overflow; in fp32, KD's (no extra pass over g).
+        kd_coef, lm_coef = alpha_kd * temperature / n, alpha_lm / max(m, 1)
+        scale = kd_coef if mm_dtype == torch.float32 else max(kd_coef, lm_coef)
+        kd_w, lm_w = kd_coef / scale, lm_coef / scale
         with torch.autocast(dev, enabled=False):
             # 1/T folded into the features (rows x dim, small) and biases: the matmuls give logits / T.
             x, w = (s_feat / temperature).to(mm_dtype), weight.to(mm_dtype)
@@ -222,10 +225,12 @@ class FusedKD(torch.autograd.Function):
                     log_p1 = F.log_softmax(log_ps[:k] * temperature, dim=-1)  # = log_softmax(s): see above
                     lm_sum -= log_p1.gather(1, tgt).sum()
                 if need_grad:
-                    g = log_ps.exp_().sub_(pt)  # p_s - p_t, in [-1, 1]: safe to cast to fp16/bf16 for the matmuls
-                    if k:
+                    g = log_ps.exp_().sub_(pt)  # p_s - p_t, in [-1, 1]
+                    if kd_w != 1:
+                        g.mul_(kd_w)
+                    if k:  # p - onehot(target), in [-1, 1]
                         g_lm = log_p1.exp_().scatter_add_(1, tgt, torch.full(tgt.shape, -1.0, device=x.device))
-                        g[:k].add_(g_lm, alpha=lm_scale)
+                        g[:k].add_(g_lm, alpha=lm_w)
                     grad_x[i:j] = torch.mm(g.to(mm_dtype), w)
                     if mm_dtype == f32:  # accumulate in place: no (vocab x dim) temporary
                         grad_w.addmm_(g.t(), x[i:j])
@@ -233,7 +238,7 @@ class FusedKD(torch.autograd.Function):
                         grad_w += torch.mm(g.t().to(mm_dtype), x[i:j])
                     grad_b += g.sum(0)
             if need_grad:  # x holds a 1/T, hence grad_w's extra T
-                ctx.grads = (grad_x.mul_(kd_scale), grad_w.mul_(kd_scale * temperature), grad_b.mul_(kd_scale))
+                ctx.grads = (grad_x.mul_(scale), grad_w.mul_(scale * temperature), grad_b.mul_(scale))
         ctx.dtypes = (s_feat.dtype, weight.dtype, None if bias is None else bias.dtype)
         kd = kd_sum * (temperature**2 / n)
         lm = lm_sum / max(m, 1)

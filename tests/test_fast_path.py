@@ -50,6 +50,22 @@ def test_fused_kd_equals_autograd_kd_and_cross_entropy(bias, n_lm, chunk_rows):
     assert not kd.requires_grad and not lm.requires_grad  # for logging only: `fused` carries the gradients
 
 
+@pytest.mark.parametrize("alphas", [(5.0, 2.0), (0.01, 2.0)])  # the recipe; a cross-entropy-dominated mix
+def test_fused_kd_under_bf16_autocast_is_close_to_fp32(alphas):
+    """The low-precision path (matmuls in bf16, g rescaled so that its entries stay within [-2, 2])."""
+    problem = _head_problem(3, n=40, n_lm=12)
+    x, w, b = problem[:3]
+    ref, _, _ = _autograd_losses(*problem, 2.0, *alphas)
+    ref_grads = torch.autograd.grad(ref, [x, w, b])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused, _, _ = FusedKD.apply(*problem, 2.0, *alphas, 16)
+    grads = torch.autograd.grad(fused, [x, w, b])
+    assert fused.item() == pytest.approx(ref.item(), rel=2e-2)
+    for a, r in zip(grads, ref_grads):
+        assert a.dtype == r.dtype
+        assert ((a - r).norm() / r.norm()).item() < 2e-2
+
+
 def test_fused_kd_calls_do_not_share_results_through_their_scratch_buffers():
     """Two losses formed before either backward (CPU scratch buffers are reused between calls)."""
     first, second = _head_problem(1), _head_problem(2, n=20, n_lm=5)
