@@ -609,12 +609,7 @@ class Distiller:
 
     def memory_guard(self):
         """Release cached blocks when the GPU runs low (free < --empty_cache_threshold_gb); count the calls."""
-        if self.device.type != "cuda":
-            return
-        free, _ = torch.cuda.mem_get_info(self.device)
-        if free < self.params.empty_cache_threshold_gb * 2**30:
-            torch.cuda.empty_cache()
-            self.n_empty_cache += 1
+        self.n_empty_cache += empty_cache_if_low(self.device, self.params.empty_cache_threshold_gb)
 
     def watch_finite(self, loss):
         """Remember the first iteration with a non-finite loss, on the device (checked at log/checkpoint)."""
@@ -828,6 +823,17 @@ class Meter:
             out["grad_norm"] = torch.stack(self.grad_norms).mean().item()
         out["tokens"] = self.tokens
         return out
+
+
+def empty_cache_if_low(device, threshold_gb):
+    """torch.cuda.empty_cache() when less than `threshold_gb` GiB of the GPU is free; 1 if it ran, else 0."""
+    if device.type != "cuda":
+        return 0
+    free, _ = torch.cuda.mem_get_info(device)
+    if free < threshold_gb * 2**30:
+        torch.cuda.empty_cache()
+        return 1
+    return 0
 
 
 def memory_stats(device):

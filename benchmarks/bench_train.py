@@ -253,6 +253,8 @@ class Reference:
     def train_step(self, seqs):
         import torch
 
+        from distiller import empty_cache_if_low
+
         token_ids, lengths = self.collate(seqs)
         n_tokens = int(lengths.sum())
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
@@ -265,7 +267,7 @@ class Reference:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
-        self.n_empty_cache += memory_guard(self.device)
+        self.n_empty_cache += empty_cache_if_low(self.device, EMPTY_CACHE_BELOW_GIB)
         return n_tokens
 
 
@@ -335,31 +337,6 @@ def check_agreement(size, n_batches=2, rtol=1e-5, device="cpu"):
 # One timed run (in its own process)
 
 
-def memory_guard(device):
-    """train.sh's guard: empty the CUDA cache when less than EMPTY_CACHE_BELOW_GIB is free; 1 if it fired."""
-    import torch
-
-    if device.type != "cuda":
-        return 0
-    free, _ = torch.cuda.mem_get_info(device)
-    if free < EMPTY_CACHE_BELOW_GIB * 2**30:
-        torch.cuda.empty_cache()
-        return 1
-    return 0
-
-
-def memory_now(device):
-    import torch
-
-    if device.type == "cuda":
-        return {
-            "allocated_gib": torch.cuda.memory_allocated(device) / 2**30,
-            "reserved_gib": torch.cuda.memory_reserved(device) / 2**30,
-            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-        }
-    return {"rss_gib": psutil_rss() / 2**30}
-
-
 def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -382,6 +359,8 @@ def vm_hwm_bytes():
 
 def worker(impl, size, steps, warmup, threads, device="cpu", fp16=False, trace_every=0):
     import torch
+
+    from distiller import memory_stats
 
     if threads:
         torch.set_num_threads(threads)
@@ -415,7 +394,7 @@ def worker(impl, size, steps, warmup, threads, device="cpu", fp16=False, trace_e
         tokens += runner.train_step(seqs)
         flops += model_flops([len(s) for s in seqs], size)
         if trace_every and (i % trace_every == 0 or i == steps):  # no device sync: allocator counters only
-            trace.append({"step": i, **memory_now(device), "empty_cache_calls": runner.n_empty_cache})
+            trace.append({"step": i, **memory_stats(device), "empty_cache_calls": runner.n_empty_cache})
     if hasattr(runner, "finish"):
         runner.finish()
     sync()
@@ -438,7 +417,7 @@ def worker(impl, size, steps, warmup, threads, device="cpu", fp16=False, trace_e
         "trace": trace,
     }
     if device.type == "cuda":
-        result.update(memory_now(device))
+        result.update(memory_stats(device))
     return result
 
 
@@ -545,7 +524,7 @@ def main():
                 res = run_worker(impl, size, args)
                 res["round"] = r
                 results.append(res)
-                peak = f"GPU peak {res['peak_gib']:.2f} GiB" if gpu else f"peak {res['peak_rss_gib']:.2f} GiB"
+                peak = f"GPU peak {res['gpu_peak_gib']:.2f} GiB" if gpu else f"peak {res['peak_rss_gib']:.2f} GiB"
                 print(
                     f"  round {r} {impl:13s} {res['ms_per_step']:9.0f} ms/step {res['tokens_per_s']:9.0f} tok/s "
                     f"{1000 * res['model_tflop_per_s']:9.1f} GFLOP/s {peak}",
@@ -597,11 +576,11 @@ def print_gpu_table(results, impls, peak_tflops=None):
         trace = r["trace"]
         at100 = next((t for t in trace if t["step"] >= 100), trace[0])
         last = trace[-1]
-        growth = last["reserved_gib"] / at100["reserved_gib"] - 1
+        growth = last["gpu_reserved_gib"] / at100["gpu_reserved_gib"] - 1
         print(
-            f"| {impl} | {r['model_tflop_per_s']:.1f} | {mfu} | {last['allocated_gib']:.2f} "
-            f"| {at100['reserved_gib']:.2f} (step {at100['step']}) -> {last['reserved_gib']:.2f} (step {last['step']}) "
-            f"| {growth:+.1%} | {r['peak_gib']:.2f} | {r['empty_cache_calls']} |"
+            f"| {impl} | {r['model_tflop_per_s']:.1f} | {mfu} | {last['gpu_allocated_gib']:.2f} "
+            f"| {at100['gpu_reserved_gib']:.2f} (step {at100['step']}) -> {last['gpu_reserved_gib']:.2f} (step {last['step']}) "
+            f"| {growth:+.1%} | {r['gpu_peak_gib']:.2f} | {r['empty_cache_calls']} |"
         )
     print(f"\ndevice: {results[0]['device']}; FLOPs: model_flops() (teacher forward + 3 x student forward)")
 
