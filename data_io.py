@@ -19,6 +19,9 @@ Nothing here imports torch or transformers: the data scripts stay light.
 """
 
 import contextlib
+import glob
+import hashlib
+import json
 import os
 import pickle
 import tempfile
@@ -85,16 +88,33 @@ def safe_load_pickle(path, *, remedy):
     return obj
 
 
+def _umask():
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_tmp(path):
+    """Delete temporary files that an interrupted `atomic_write(path)` left beside `path`."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Open a temporary file next to `path`; it replaces `path` only if the block finishes.
 
-    A crash or an error leaves no half-written output behind.
+    A crash or an error leaves no half-written output behind. The file gets the mode a plain open()
+    would give it (0666 less the umask), not mkstemp's owner-only 0600: others on a shared machine read it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -104,6 +124,56 @@ def atomic_write(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(path, what="output", *, folder=False):
+    """Raise DataFileError unless `path` (a file, or with `folder` a folder) can be created or replaced.
+
+    Run before the long work: a typo in an output path must not cost an hour of tokenizing. Creates
+    nothing: it probes the nearest existing ancestor with a temporary file and removes it.
+    """
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise DataFileError(f"{what} {path} exists and is not a folder: pick another path")
+        if not folder and not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file"
+            raise DataFileError(f"{what} {path} is {kind}: give a file path")
+    ancestor = path if folder and path.is_dir() else path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DataFileError(f"cannot write {what} {path}: {ancestor} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".write-probe.", suffix=".tmp")
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise DataFileError(f"cannot write {what} {path}: {ancestor} is not writable ({reason})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def missing_local_path(name):
+    """True when `name` is meant as a local path but nothing is there.
+
+    A hub id is `name` or `namespace/name`. Anything absolute, starting with ./ ../ ~, with more than one
+    slash, or whose first part is an existing folder (`demo_run/teacher`) is a path: transformers would
+    answer a missing one with a confusing "Repo id must be in the form ..." or a network error.
+    """
+    text = str(name)
+    path = Path(text).expanduser()
+    if path.exists():
+        return False
+    if path.is_absolute() or text.startswith(("./", "../", "~", ".\\", "..\\")):
+        return True
+    parts = Path(text).parts
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def vocab_digest(tokenizer):
+    """A short hash of the tokenizer's token -> id map: two folders holding the same vocabulary agree."""
+    items = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
 
 
 SPECIAL_TOKEN_NAMES = ("cls_token", "sep_token", "pad_token", "mask_token", "unk_token", "bos_token", "eos_token")

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,6 +349,9 @@ class Distiller:
         self.valid_dataset = valid_dataset
         self.valid_batches = None  # masked once, on the first evaluation
         self.last_eval_iter = None
+        self.meter = Meter()  # the current log interval's sums (checkpointed: a resumed interval averages right)
+        self.metrics_bytes = None  # on resume: metrics.jsonl's length when the checkpoint was written
+        self.replaced_run = None  # train.py --force: the old run folder, deleted at the first checkpoint
 
     # ----------------------------------------------------------------------------------------------------
     # Schedule and data
@@ -499,7 +503,7 @@ class Distiller:
         if self.dist.is_master:
             self.open_tensorboard()
         self.student.train()
-        meter = Meter()
+        self.truncate_metrics()
         log_time = time.perf_counter()
         while self.epoch < p.n_epoch:
             batches = self.epoch_batches(self.epoch)
@@ -529,18 +533,18 @@ class Distiller:
                     losses = self.step(batch)
                     self.scaler.scale(losses["loss"] / cycle_len).backward()
                 self.watch_finite(losses["loss"])
-                meter.add(losses, batch.n_tokens)
+                self.meter.add(losses, batch.n_tokens)
                 self.batch_in_epoch += 1
                 self.n_total_iter += 1
                 if end_of_cycle:
-                    meter.add_grad_norm(self.optimizer_step())
+                    self.meter.add_grad_norm(self.optimizer_step())
                 self.memory_guard()
 
                 if self.n_total_iter % p.log_interval == 0:
                     now = time.perf_counter()
-                    record = self.log(meter.read(), now - log_time)
+                    record = self.log(self.meter.read(), now - log_time)
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
-                    meter, log_time = Meter(), now
+                    self.meter, log_time = Meter(), now
                 if getattr(p, "eval_interval", 0) and self.n_total_iter % p.eval_interval == 0:
                     log_time += self.evaluate()  # evaluation time is not training time (tokens/s)
                 if end_of_cycle and self.n_total_iter // p.checkpoint_interval > self._ckpt_bucket:
@@ -551,8 +555,9 @@ class Distiller:
                     return False
             bar.close()
             self.end_epoch()
-        if meter.n:  # the last, partial log interval
-            self.log(meter.read(), time.perf_counter() - log_time)
+        if self.meter.n:  # the last, partial log interval
+            self.log(self.meter.read(), time.perf_counter() - log_time)
+            self.meter = Meter()
         if self.last_eval_iter != self.n_total_iter:
             self.evaluate()
         self.check_finite()
@@ -637,7 +642,9 @@ class Distiller:
     def open_tensorboard(self):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tensorboard = SummaryWriter(log_dir=str(self.dump_path / "log" / "train"))
+        # On resume, drop the events a killed run logged after its checkpoint (metrics.jsonl is cut likewise).
+        purge = self.n_total_iter + 1 if self.metrics_bytes is not None else None
+        self.tensorboard = SummaryWriter(log_dir=str(self.dump_path / "log" / "train"), purge_step=purge)
         self.tensorboard.add_text("config/training", json.dumps(_jsonable(vars(self.params)), indent=2), 0)
         self.tensorboard.add_text("config/student", self.student_model.config.to_json_string(), 0)
 
@@ -731,6 +738,7 @@ class Distiller:
         self._ckpt_bucket = self.n_total_iter // self.params.checkpoint_interval
         if not self.dist.is_master:
             return
+        metrics = self.dump_path / "metrics.jsonl"
         state = {
             "student": self.student_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -744,23 +752,45 @@ class Distiller:
                 "n_empty_cache": self.n_empty_cache,
                 "n_skipped_steps": self.n_skipped_steps,
                 "ckpt_bucket": self._ckpt_bucket,
+                "last_eval_iter": -1 if self.last_eval_iter is None else self.last_eval_iter,
+                "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
             },
+            "meter": self.meter.state_dict(),
             "data_order": self.data_order(),
             "rng": rngs,
         }
-        with atomic_write(self.dump_path / CHECKPOINT) as f:
-            torch.save(state, f)
         if epoch_weights is not None:
             with atomic_write(self.dump_path / f"model_epoch_{epoch_weights}.pth") as f:
                 torch.save(self.student_model.state_dict(), f)
+        with atomic_write(self.dump_path / CHECKPOINT) as f:
+            torch.save(state, f)
         logger.info(f"checkpoint at iteration {self.n_total_iter} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+        if self.replaced_run is not None:  # the new run can now resume on its own: the old one may go
+            shutil.rmtree(self.replaced_run, ignore_errors=True)
+            logger.info(f"--force: deleted the previous run (kept in {self.replaced_run} until now)")
+            self.replaced_run = None
 
     def load_checkpoint(self, path=None):
-        """Restore a run from its checkpoint (`--resume`); tensors only, no code is executed."""
+        """Restore a run from its checkpoint (`--resume`); tensors only, no code is executed. A damaged or
+        foreign file is a UsageError, and nothing is written here."""
+        import pickle
+        import zipfile
+
         path = Path(path or self.dump_path / CHECKPOINT)
         if not path.is_file():
             raise UsageError(f"--resume: {path} does not exist (no checkpoint was written yet); start without --resume")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        fix = "start the run again with --force, or resume from a copy of a good checkpoint"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(f"--resume: {path} is not a train.py checkpoint (it holds more than tensors: {first}); {fix}") from None
+        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(f"--resume: {path} is damaged or truncated ({type(e).__name__}: {first}); {fix}") from None
+        needed = ("student", "optimizer", "scheduler", "scaler", "progress", "data_order", "rng")
+        if not isinstance(state, dict) or any(k not in state for k in needed):
+            raise UsageError(f"--resume: {path} is not a train.py checkpoint (it lacks the training state); {fix}")
         saved, now = state["data_order"], self.data_order()
         diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
         if diff:
@@ -768,8 +798,14 @@ class Distiller:
             raise UsageError(
                 f"--resume: the run was started with other settings or data ({changes}); resume with the same ones"
             )
-        self.student_model.load_state_dict(state["student"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.student_model.load_state_dict(state["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UsageError(
+                f"--resume: {path} was written for another student ({str(e).strip().splitlines()[0]}); "
+                f"resume with the same --student_config"
+            ) from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         prog = state["progress"]
@@ -777,6 +813,11 @@ class Distiller:
         self.n_total_iter, self.n_optimizer_steps = prog["n_total_iter"], prog["n_optimizer_steps"]
         self.n_empty_cache, self.n_skipped_steps = prog["n_empty_cache"], prog["n_skipped_steps"]
         self._ckpt_bucket = prog["ckpt_bucket"]
+        last_eval = prog.get("last_eval_iter", -1)
+        self.last_eval_iter = None if last_eval < 0 else last_eval
+        self.metrics_bytes = prog.get("metrics_bytes")
+        if "meter" in state:
+            self.meter = Meter.from_state_dict(state["meter"], self.device)
         rng = state["rng"][self.dist.rank]
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and self.device.type == "cuda":
@@ -784,6 +825,16 @@ class Distiller:
         logger.info(
             f"resumed from {path}: epoch {self.epoch}, batch {self.batch_in_epoch}, iteration {self.n_total_iter}"
         )
+
+    def truncate_metrics(self):
+        """On resume, cut metrics.jsonl back to what it held at the checkpoint, so that the records a killed
+        run wrote after it are not there twice: the file reads as if the run had never stopped."""
+        path = self.dump_path / "metrics.jsonl"
+        if self.metrics_bytes is None or not self.dist.is_master or not path.exists():
+            return
+        if path.stat().st_size > self.metrics_bytes:
+            with open(path, "r+b") as f:
+                f.truncate(self.metrics_bytes)
 
     def save_final(self, tokenizer):
         """The trained student in HF format (safetensors) with the teacher's tokenizer beside it (rank 0)."""
@@ -814,6 +865,22 @@ class Meter:
 
     def add_grad_norm(self, norm):
         self.grad_norms.append(norm.detach().float())
+
+    def state_dict(self):
+        return {
+            "sums": {k: v.cpu() for k, v in self.sums.items()},
+            "n": self.n,
+            "tokens": self.tokens,
+            "grad_norms": [g.cpu() for g in self.grad_norms],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state, device):
+        meter = cls()
+        meter.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        meter.n, meter.tokens = state["n"], state["tokens"]
+        meter.grad_norms = [g.to(device) for g in state["grad_norms"]]
+        return meter
 
     def read(self):
         keys = list(self.sums)

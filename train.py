@@ -40,7 +40,18 @@ import torch
 
 import data_io
 from distiller import NON_FINITE_EXIT, Distiller, NonFiniteLoss
-from utils import UsageError, git_log, init_distributed, load_student_weights, logger, set_seed
+from distiller import CHECKPOINT
+from utils import (
+    UsageError,
+    git_log,
+    init_distributed,
+    load_config,
+    load_pretrained,
+    load_student_weights,
+    load_tokenizer as load_tokenizer_or_fail,
+    logger,
+    set_seed,
+)
 
 
 
@@ -228,10 +239,15 @@ def sanity_checks(args):
         )
     dump = Path(args.dump_path)
     if args.resume:
-        if not (dump / "checkpoint.pth").is_file():
-            raise UsageError(f"--resume: no checkpoint in {dump}; start the run without --resume")
+        if not (dump / CHECKPOINT).is_file():
+            aside = replaced_path(dump)
+            hint = (
+                f" (the run that was there before --force is in {aside})" if aside.exists() else ""
+            )
+            raise UsageError(f"--resume: no checkpoint in {dump}{hint}; start the run without --resume")
     elif dump.exists() and not args.force:
         raise UsageError(f"{dump} already exists: use --force to overwrite it, or --resume to continue the run in it")
+    data_io.check_writable(dump, "run folder --dump_path", folder=True)
 
 
 def load_tokenizer(args, data_meta):
@@ -239,10 +255,7 @@ def load_tokenizer(args, data_meta):
     if name is None:
         raise UsageError("--teacher_name none: give --tokenizer_name (the data file does not name its tokenizer)")
     _, _, tokenizer_class = model_classes(args.teacher_type)
-    try:
-        return tokenizer_class.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load the tokenizer {name!r}: {str(e).splitlines()[0]}") from None
+    return load_tokenizer_or_fail(tokenizer_class, name, "the tokenizer")
 
 
 def check_data(args, data, data_meta, tokenizer, special):
@@ -259,10 +272,17 @@ def check_data(args, data, data_meta, tokenizer, special):
             raise UsageError(f"{args.data_file} has {name} id {idx} but the tokenizer's is {special[name]}: {remedy}")
     if len(data.token_ids) and int(data.token_ids.max()) >= vocab:
         raise UsageError(f"{args.data_file} holds token ids >= the vocabulary size {vocab}: {remedy}")
-    data_tok = data_meta.get("tokenizer_name")
-    if data_tok and Path(str(data_tok)).name != Path(str(tokenizer.name_or_path)).name:
+    # Compare vocabularies, not names: the same vocabulary often sits in folders of different names.
+    data_tok, digest = data_meta.get("tokenizer_name"), data_meta.get("vocab_digest")
+    if digest is not None:
+        if digest != data_io.vocab_digest(tokenizer):
+            raise UsageError(
+                f"{args.data_file} was binarized with another vocabulary of the same size ({data_tok}): {remedy}"
+            )
+    elif data_tok and Path(str(data_tok)).name != Path(str(tokenizer.name_or_path)).name:
         logger.warning(
-            f"{args.data_file} was made with tokenizer {data_tok!r}, training uses {tokenizer.name_or_path!r}"
+            f"{args.data_file} was made with tokenizer {data_tok!r}, training uses {tokenizer.name_or_path!r}; "
+            f"the file does not record its vocabulary, so they could not be compared"
         )
 
 
@@ -280,10 +300,10 @@ def load_token_probs(args, vocab, special):
 
 def load_student(args, vocab):
     config_class, model_class, _ = model_classes(args.student_type)
-    config = config_class.from_json_file(args.student_config)
+    config = load_config(config_class, args.student_config)
     weights = args.student_pretrained_weights
     if weights is not None and Path(weights).is_dir():
-        student = model_class.from_pretrained(weights, config=config)
+        student = load_pretrained(model_class, weights, "the student weights", config=config)
     else:
         student = model_class(config)
         if weights is not None:
@@ -306,10 +326,7 @@ def load_student(args, vocab):
 
 def load_teacher(args, student):
     _, model_class, _ = model_classes(args.teacher_type)
-    try:
-        teacher = model_class.from_pretrained(args.teacher_name)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load the teacher {args.teacher_name!r}: {str(e).splitlines()[0]}") from None
+    teacher = load_pretrained(model_class, args.teacher_name, "the teacher")
     s, t = student.config, teacher.config
     s_dim = getattr(s, "dim", None) or s.hidden_size
     if s.vocab_size != t.vocab_size:
@@ -337,28 +354,60 @@ def max_input_size(args, tokenizer, student, teacher):
     return min(limits)
 
 
+def replaced_path(dump):
+    """Where --force keeps the previous contents of `dump` until the new run's first checkpoint."""
+    dump = Path(dump)
+    return dump.parent / f".{dump.name}.replaced-by-force"
+
+
 def prepare_dump_path(args, dist):
-    """Create the run folder (rank 0) once every input has been checked, and record the run."""
+    """Create the run folder (rank 0) once every input has been checked, and record the run.
+
+    --force never deletes first: the old folder is moved aside (replaced_path) and deleted only when the
+    new run has written its first checkpoint; a run that fails before that puts it back (restore_replaced).
+    Returns (log file handler, the folder moved aside or None)."""
     dump = Path(args.dump_path)
+    aside = None
     if dist.is_master:
         if dump.exists() and args.force and not args.resume:
-            shutil.rmtree(dump)
+            aside = replaced_path(dump)
+            if aside.exists() and not (dump / CHECKPOINT).exists():
+                # An earlier --force run was stopped before its first checkpoint: `aside` still holds the
+                # run it replaced, `dump` only that attempt.
+                shutil.rmtree(dump)
+            else:
+                if aside.exists():  # left over from a cleanup that was interrupted: the new run had a checkpoint
+                    shutil.rmtree(aside)
+                dump.rename(aside)
         dump.mkdir(parents=True, exist_ok=True)
+        for stale in dump.glob(".*.tmp"):  # temporary files of a checkpoint write that was killed
+            stale.unlink()
         handler = logging.FileHandler(dump / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
         logger.addHandler(handler)
+        if aside is not None:
+            logger.info(f"--force: the previous {dump} is kept in {aside} until this run's first checkpoint")
         if not args.resume:
             with open(dump / "parameters.json", "w") as f:
                 json.dump({k: v for k, v in vars(args).items()}, f, indent=4, default=str)
             git_log(dump)
     if dist.world_size > 1:
         torch.distributed.barrier()
-    return handler if dist.is_master else None
+    return (handler if dist.is_master else None), aside
+
+
+def restore_replaced(dump, aside):
+    """Put back the run that --force moved aside, when the new run failed before its first checkpoint."""
+    if aside is None or not aside.exists():
+        return
+    shutil.rmtree(dump, ignore_errors=True)
+    aside.rename(dump)
+    sys.stderr.write(f"train.py: the previous run in {dump} was left as it was\n")
 
 
 def setup(args):
-    """Load and check everything a run needs; write nothing. Returns (tokenizer, dataset, token_probs,
-    student, teacher); raises UsageError / DataFileError on bad input."""
+    """Load and check the data and models a run needs; write nothing. Returns (tokenizer, dataset,
+    token_probs, student, teacher); raises UsageError / DataFileError on bad input."""
     from lm_seqs_dataset import LmSeqsDataset
 
     set_seed(args.seed)
@@ -397,8 +446,10 @@ def main(argv=None):
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     args = parse_args(argv)
-    dist = log_file = None
+    dist = log_file = distiller = None
+    aside = None
     try:
+        # Every check that can fail runs before the run folder is touched.
         sanity_checks(args)
         dist = init_distributed(args.n_gpu)
         args.world_size, args.device = dist.world_size, str(dist.device)
@@ -406,11 +457,13 @@ def main(argv=None):
             logger.warning("--fp16 needs a CUDA GPU: training in fp32 on the CPU (--bf16 gives mixed precision on CPU)")
             args.fp16 = False
         tokenizer, dataset, token_probs, student, teacher = setup(args)
-        log_file = prepare_dump_path(args, dist)
         valid = load_valid(args, tokenizer) if args.valid_file else None
         distiller = Distiller(args, dataset, token_probs, student, teacher, dist=dist, valid_dataset=valid)
         if args.resume:
             distiller.load_checkpoint()
+        # Only now is anything written.
+        log_file, aside = prepare_dump_path(args, dist)
+        distiller.replaced_run = aside
         # A different stream per rank for masking and dropout (the models were built identically above).
         if not args.resume:
             torch.manual_seed(args.seed + dist.rank)
@@ -418,12 +471,16 @@ def main(argv=None):
         if finished:
             distiller.save_final(tokenizer)
             logger.info("training finished")
-    except (UsageError, data_io.DataFileError) as e:
-        sys.stderr.write(f"train.py: error: {e}\n")
-        sys.exit(1)
-    except NonFiniteLoss as e:
-        sys.stderr.write(f"train.py: error: {e}\n")
-        sys.exit(NON_FINITE_EXIT)
+    except BaseException as e:
+        if aside is not None and distiller is not None and distiller.replaced_run is not None:
+            restore_replaced(Path(args.dump_path), aside)
+        if isinstance(e, (UsageError, data_io.DataFileError)):
+            sys.stderr.write(f"train.py: error: {e}\n")
+            sys.exit(1)
+        if isinstance(e, NonFiniteLoss):
+            sys.stderr.write(f"train.py: error: {e}\n")
+            sys.exit(NON_FINITE_EXIT)
+        raise
     finally:
         if log_file is not None:
             logger.removeHandler(log_file)

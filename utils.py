@@ -3,6 +3,8 @@
 - `logger`: one logger for the training code (rank 0 logs at INFO, the other ranks at WARNING).
 - `init_distributed()`: reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE and joins the process group.
 - `set_seed()`, `git_log()`: reproducibility records.
+- `load_pretrained()`, `load_tokenizer()`: transformers' loaders with one-line errors (a missing folder, a
+  damaged .safetensors file, an unreachable hub name).
 - `load_student_weights()`: strict loading of a student initialisation checkpoint: a missing or unexpected
   key, or a layer count that does not match the config, is an error that says which.
 """
@@ -110,6 +112,64 @@ def git_log(folder):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Loading models and tokenizers with errors a user can act on
+
+
+def _load_failure(what, name, e):
+    """One line for a failed from_pretrained: what was being loaded, from where, and why."""
+    from safetensors import SafetensorError
+
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if isinstance(e, SafetensorError):
+        return UsageError(f"cannot load {what} {name}: a .safetensors file in it is damaged or truncated ({first})")
+    return UsageError(f"cannot load {what} {name!r}: {first}")
+
+
+def _check_local(what, name):
+    import data_io
+
+    if data_io.missing_local_path(name):
+        raise UsageError(f"{what} {name} does not exist: check the path (or give a hub name)")
+
+
+def load_pretrained(model_class, name, what, **kwargs):
+    """`model_class.from_pretrained(name)`; UsageError with one line when the folder is missing, a weights
+    file is damaged, or the hub cannot give it."""
+    from safetensors import SafetensorError
+
+    _check_local(what, name)
+    try:
+        return model_class.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
+        raise _load_failure(what, name, e) from None
+
+
+def load_config(config_class, path):
+    """A model config from a JSON file; UsageError with one line when it is missing or not such a config."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config {path} does not exist (see training_configs/)")
+    try:
+        return config_class.from_json_file(str(path))
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"{path} is not a readable {config_class.__name__} JSON file ({first})") from None
+
+
+def load_tokenizer(tokenizer_class, name, what="tokenizer"):
+    """`tokenizer_class.from_pretrained(name)`, refusing what transformers 5 returns for a folder without
+    tokenizer files: an empty tokenizer that knows only its special tokens."""
+    _check_local(what, name)
+    try:
+        tokenizer = tokenizer_class.from_pretrained(name)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise _load_failure(what, name, e) from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise UsageError(f"no {what} in {name!r} (no vocab.txt or tokenizer.json there): give --tokenizer_name")
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Student initialisation checkpoints (written by scripts/extract/distilbert.py)
 
 _LAYER_KEY = re.compile(r"^distilbert\.transformer\.layer\.(\d+)\.")
@@ -124,10 +184,15 @@ def read_weights_file(path):
     if not path.is_file():
         raise UsageError(f"student weights {path} do not exist: run scripts/extract/distilbert.py first")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except SafetensorError as e:
+            raise UsageError(
+                f"{path} is damaged or truncated ({e}): re-create it with scripts/extract/distilbert.py"
+            ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -25,7 +25,16 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_io import DataFileError, ids_dtype, offsets_from_lengths, save_binarized, special_token_ids  # noqa: E402
+from data_io import (  # noqa: E402
+    DataFileError,
+    check_writable,
+    ids_dtype,
+    missing_local_path,
+    offsets_from_lengths,
+    save_binarized,
+    special_token_ids,
+    vocab_digest,
+)
 
 logger = logging.getLogger("binarized_data")
 
@@ -47,6 +56,8 @@ def load_tokenizer(tokenizer_type, tokenizer_name):
 
     cls = {"bert": transformers.BertTokenizerFast, "roberta": transformers.RobertaTokenizerFast,
            "gpt2": transformers.GPT2TokenizerFast}[tokenizer_type]
+    if missing_local_path(tokenizer_name):
+        raise BinarizeError(f"tokenizer folder {tokenizer_name} does not exist: check the path (or give a hub name)")
     hint = (f"cannot load tokenizer {tokenizer_name!r}: it is not a local tokenizer folder, and the model hub "
             "does not have it or cannot be reached; check the spelling and your network, or pass a local "
             "folder holding vocab.txt or tokenizer.json")
@@ -161,6 +172,7 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, min_tokens=12
         "tokenizer_name": tokenizer_name,
         "vocab_size": vocab_size,
         "special_token_ids": special_token_ids(tokenizer),
+        "vocab_digest": vocab_digest(tokenizer),  # train.py compares vocabularies by this, not by folder names
         "min_tokens": min_tokens,
         "seed": seed,
         "source_file": str(path),
@@ -208,6 +220,9 @@ def main(argv=None):
         if args.valid_size < 0:
             raise BinarizeError(f"--valid_size must be at least 0, got {args.valid_size}")
         out = output_path(args.dump_file, args.tokenizer_name)
+        valid_out = output_path(args.dump_file, args.tokenizer_name, "valid")
+        for path in [out] + ([valid_out] if args.valid_size else []):  # before the long work, not after it
+            check_writable(path, "output")
         tokenizer = load_tokenizer(args.tokenizer_type, args.tokenizer_name)
         logger.info("tokenizer %s: %d ids, %s", args.tokenizer_name, len(tokenizer), type(tokenizer).__name__)
         token_ids, offsets, meta = binarize(args.file_path, tokenizer, args.tokenizer_type, args.tokenizer_name,
@@ -218,10 +233,13 @@ def main(argv=None):
                 raise BinarizeError(f"--valid_size {args.valid_size} leaves no training data ({n} sequences kept): "
                                     "lower it")
             (valid_ids, valid_offsets), (token_ids, offsets) = split_off(token_ids, offsets, args.valid_size)
-            valid_out = output_path(args.dump_file, args.tokenizer_name, "valid")
             save_binarized(valid_out, valid_ids, valid_offsets, dict(meta, split="valid"))
             logger.info("held out %d sequences in %s", args.valid_size, valid_out)
         save_binarized(out, token_ids, offsets, dict(meta, split="train"))
+    except OSError as e:  # a full disk, a folder that vanished during the run
+        print(f"error: could not write {out} ({e.strerror or e}): free space or pick another --dump_file",
+              file=sys.stderr)
+        return 1
     except (BinarizeError, DataFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 import data_io  # noqa: E402
 import evaluation  # noqa: E402
-from utils import UsageError, init_distributed, logger  # noqa: E402
+import utils  # noqa: E402
+from utils import UsageError, init_distributed, load_pretrained, logger  # noqa: E402
 
 COLUMNS = [  # (figure, header, format)
     ("loss", "MLM loss", "{:.3f}"),
@@ -47,23 +48,13 @@ def named(spec):
 def load_model(path, device):
     from transformers import AutoModelForMaskedLM
 
-    try:
-        model = AutoModelForMaskedLM.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load the masked LM {path!r}: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval()
+    return load_pretrained(AutoModelForMaskedLM, path, "the masked LM").to(device).eval()
 
 
 def load_tokenizer(path):
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load a tokenizer from {path!r}: {str(e).splitlines()[0]}") from None
-    if len(tokenizer) <= len(tokenizer.all_special_tokens):  # transformers 5: nothing found, specials only
-        raise UsageError(f"no tokenizer in {path!r}: give --tokenizer_name")
-    return tokenizer
+    return utils.load_tokenizer(AutoTokenizer, path)
 
 
 def masking_distiller(args, tokenizer, data, model, device):
@@ -143,6 +134,7 @@ def main(argv=None):
         for f in (args.data_file, args.token_counts):
             if not Path(f).is_file():
                 raise UsageError(f"{f} does not exist")
+        data_io.check_writable(args.output, "--output")  # before the models run, not after
         device = init_distributed(args.n_gpu).device
         data = data_io.load_binarized(args.data_file)
         if args.max_sequences is not None:
@@ -169,8 +161,11 @@ def main(argv=None):
         "teacher": teacher,
         "models": {name: {"path": str(models[name]), **r} for name, r in results.items()},
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
+    try:
+        with data_io.atomic_write(args.output, "w") as f:
+            f.write(json.dumps(out, indent=2) + "\n")
+    except OSError as e:  # a full disk, a folder that vanished during the run
+        sys.exit(f"evaluate.py: error: could not write {args.output} ({e.strerror or e})")
     logger.info(f"wrote {args.output}")
     return results
 

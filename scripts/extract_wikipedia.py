@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 # Run as `python scripts/extract_wikipedia.py`, the repo root (home of data_io) is not on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_io import DataFileError, atomic_write  # noqa: E402
+from data_io import DataFileError, atomic_write, check_writable  # noqa: E402
 
 LANGUAGE = "en"  # sentencex's rules for English, to match the 20231101.en config
 HEADING_MAX_WORDS = 10  # headings are short ("Early life and career"); longer unpunctuated lines are kept
@@ -281,6 +281,8 @@ def main(argv=None):
             sys.exit(f"error: --{flag} must be at least {least}, got {value}")
 
     try:
+        for path, what in ((args.output, "--output"), (stats_path(args.output), "the stats file")):
+            check_writable(path, what)  # before the download and the splitting, not after them
         articles = load_articles(args.source, args.config)
     except DataFileError as e:
         sys.exit("error: " + " ".join(str(e).split()))  # one line, even when a library's message has several

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_io import DataFileError, load_binarized, save_token_counts  # noqa: E402
+from data_io import DataFileError, check_writable, load_binarized, save_token_counts  # noqa: E402
 
 
 def count_tokens(token_ids, vocab_size, block=1 << 18):
@@ -52,6 +52,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     try:
+        check_writable(args.token_counts_dump, "--token_counts_dump")
         data = load_binarized(args.data_file)
         if data.token_ids.size == 0:
             raise DataFileError(f"{args.data_file} holds no tokens: re-create it with scripts/binarized_data.py")
@@ -61,6 +62,9 @@ def main(argv=None):
         meta = {"data_file": str(args.data_file), "tokenizer_name": data.meta.get("tokenizer_name"),
                 "n_sequences": len(data)}
         save_token_counts(args.token_counts_dump, counts, meta)
+    except OSError as e:  # a full disk, a folder that vanished during the run
+        print(f"error: could not write {args.token_counts_dump} ({e.strerror or e})", file=sys.stderr)
+        return 1
     except DataFileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -135,4 +135,4 @@ def test_bad_input_is_one_line_error(files, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     with pytest.raises(SystemExit) as e:
         run_evaluate(files, tmp_path, str(tmp_path / "missing_model"))
-    assert "cannot load the masked LM" in str(e.value)
+    assert "missing_model does not exist" in str(e.value)

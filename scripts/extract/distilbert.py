@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformers import BertForMaskedLM, DistilBertConfig  # noqa: E402
 
-from utils import UsageError  # noqa: E402
+from data_io import DataFileError, check_writable  # noqa: E402
+from utils import UsageError, load_config, load_pretrained  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "training_configs" / "distilbert-small-uncased.json"  # the 4-layer student of the seed
 
@@ -152,13 +153,12 @@ def main(argv=None):
 
     try:
         config_path = Path(args.student_config)
-        if not config_path.is_file():
-            raise UsageError(f"student config {config_path} does not exist (see training_configs/)")
-        config = DistilBertConfig.from_json_file(str(config_path))
-        try:
-            teacher = BertForMaskedLM.from_pretrained(args.model_name)
-        except OSError as e:
-            raise UsageError(f"cannot load teacher {args.model_name!r}: {str(e).splitlines()[0]}") from None
+        config = load_config(DistilBertConfig, config_path)
+        dump = args.dump_checkpoint or (
+            ROOT / "serialization_dir" / f"{config_path.stem}.from-{Path(args.model_name.rstrip('/')).name}.safetensors"
+        )
+        check_writable(dump, "--dump_checkpoint")  # before the teacher is loaded, not after
+        teacher = load_pretrained(BertForMaskedLM, args.model_name, "the teacher")
         n_teacher = teacher.config.num_hidden_layers
         layers = (
             parse_layers(args.layers, config.n_layers, n_teacher)
@@ -166,20 +166,18 @@ def main(argv=None):
             else spread_layers(config.n_layers, n_teacher)
         )
         state = extract(teacher, config, layers, args.vocab_transform, args.fold_token_type)
-    except UsageError as e:
+        metadata = {
+            "teacher": args.model_name,
+            "teacher_layers": ",".join(map(str, layers)),
+            "student_config": json.dumps(config.to_diff_dict()),
+            "vocab_transform": args.vocab_transform,
+            "fold_token_type": args.fold_token_type,
+        }
+        save(state, dump, metadata)
+    except (UsageError, DataFileError) as e:
         sys.exit(f"extract/distilbert.py: error: {e}")
-
-    dump = args.dump_checkpoint or (
-        ROOT / "serialization_dir" / f"{config_path.stem}.from-{Path(args.model_name.rstrip('/')).name}.safetensors"
-    )
-    metadata = {
-        "teacher": args.model_name,
-        "teacher_layers": ",".join(map(str, layers)),
-        "student_config": json.dumps(config.to_diff_dict()),
-        "vocab_transform": args.vocab_transform,
-        "fold_token_type": args.fold_token_type,
-    }
-    save(state, dump, metadata)
+    except OSError as e:  # a full disk, a folder that vanished during the run
+        sys.exit(f"extract/distilbert.py: error: could not write {dump} ({e.strerror or e})")
     n_params = sum(v.numel() for v in state.values())
     print(f"copied teacher layers {layers} into a {config.n_layers}-layer student")
     print(f"{len(state)} tensors, {n_params / 1e6:.1f}M parameters -> {dump}")
