@@ -71,7 +71,7 @@ def build_parser():
     p = argparse.ArgumentParser(description="Distil a teacher LM into a student.")
     a = p.add_argument
     # Run folder
-    a("--force", action="store_true", help="overwrite dump_path if it exists")
+    a("--force", action="store_true", help="replace dump_path; the old one is kept aside until the first checkpoint")
     a("--dump_path", required=True, help="run folder: logs, checkpoints, parameters, the final student")
     a("--resume", action="store_true", help="continue the run in dump_path from its checkpoint.pth")
     # Data
@@ -255,7 +255,8 @@ def load_tokenizer(args, data_meta):
     if name is None:
         raise UsageError("--teacher_name none: give --tokenizer_name (the data file does not name its tokenizer)")
     _, _, tokenizer_class = model_classes(args.teacher_type)
-    return load_tokenizer_or_fail(tokenizer_class, name, "the tokenizer")
+    what = "the tokenizer" if args.tokenizer_name or args.no_teacher else "the teacher"
+    return load_tokenizer_or_fail(tokenizer_class, name, what)
 
 
 def check_data(args, data, data_meta, tokenizer, special):
