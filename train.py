@@ -43,6 +43,8 @@ from distiller import NON_FINITE_EXIT, Distiller, NonFiniteLoss
 from distiller import CHECKPOINT
 from utils import (
     UsageError,
+    cpu_bf16_is_fast,
+    cpu_description,
     git_log,
     init_distributed,
     load_config,
@@ -457,6 +459,12 @@ def main(argv=None):
         if args.fp16 and dist.device.type != "cuda":
             logger.warning("--fp16 needs a CUDA GPU: training in fp32 on the CPU (--bf16 gives mixed precision on CPU)")
             args.fp16 = False
+        if args.bf16 and dist.device.type == "cpu" and not cpu_bf16_is_fast():
+            logger.warning(
+                f"--bf16: this CPU, {cpu_description()}, has no native bf16 (no AVX-512): bf16 would run ~10x "
+                f"slower than fp32 here, so training runs in fp32"
+            )
+            args.bf16 = False
         tokenizer, dataset, token_probs, student, teacher = setup(args)
         valid = load_valid(args, tokenizer) if args.valid_file else None
         distiller = Distiller(args, dataset, token_probs, student, teacher, dist=dist, valid_dataset=valid)

@@ -84,6 +84,27 @@ def init_distributed(n_gpu=1):
     return info
 
 
+def cpu_description():
+    """The CPU's model name and the instruction set PyTorch runs on it, e.g. 'Intel Xeon ... (AVX512)'."""
+    name = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    import platform
+
+    return f"{name or platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def cpu_bf16_is_fast():
+    """Whether bf16 autocast pays on this CPU. Without AVX-512 (or AMX) there are no bf16 kernels worth the
+    name: on an AVX2-only EPYC our training step ran 11x slower in bf16 than in fp32. ATEN_CPU_CAPABILITY=avx2
+    makes a fast machine answer as a slow one would."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability not in ("DEFAULT", "NO AVX", "AVX2") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)

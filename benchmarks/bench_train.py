@@ -510,6 +510,14 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     impls = args.impls.split(",")
+    from utils import cpu_bf16_is_fast, cpu_description
+
+    if not gpu:
+        print(f"CPU: {cpu_description()}, {torch.get_num_threads()} thread(s)")
+        if "ours-bf16" in impls and not cpu_bf16_is_fast():
+            print("  no native bf16 on this CPU (no AVX-512): ours-bf16 would measure emulation, ~10x slower "
+                  "than fp32; left out (train.py --bf16 falls back to fp32 here too)")
+            impls.remove("ours-bf16")
     if impls[0] != "ref":
         raise SystemExit("--impls must start with ref (the ratios are against it)")
     results = []

@@ -27,6 +27,17 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}     # never wait on an unreachable mo
 mkdir -p "$RUN"
 SECONDS=0
 say() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+# Time per stage, printed at the end under the plan's estimates.
+STAGES=(); STAGE_START=0; STAGE_NAME=
+stage() {
+    [[ -n $STAGE_NAME ]] && STAGES+=("$(printf '  %-44s %dm%02ds' "$STAGE_NAME" $(((SECONDS - STAGE_START) / 60)) $(((SECONDS - STAGE_START) % 60)))")
+    STAGE_NAME=$1; STAGE_START=$SECONDS
+}
+
+echo "The demo: the whole recipe on a generated corpus, offline, on this CPU. Estimated from a few timed steps:"
+$PY scripts/demo_plan.py estimate --articles "$ARTICLES" --teacher_epochs "$TEACHER_EPOCHS" \
+    --student_epochs "$STUDENT_EPOCHS" --valid "$VALID"
+stage "data: corpus, extraction, tokenizer, counts"
 
 say "corpus: $ARTICLES synthetic articles (title, text) about $PEOPLE people and 72 cities -> $RUN/synthetic_wiki.jsonl"
 $PY scripts/make_synthetic_wiki.py --num_articles "$ARTICLES" --people "$PEOPLE" --output "$RUN/synthetic_wiki.jsonl"
@@ -67,26 +78,14 @@ print(data_io.load_binarized('$DATA').meta['vocab_size'])")
 $PY scripts/token_counts.py --data_file "$DATA" --token_counts_dump "$COUNTS" --vocab_size "$VOCAB"
 
 say "step 4: configs: a 4-layer BERT teacher and a 2-layer DistilBERT student (dim 256) -> $RUN/*_config.json"
-$PY - "$RUN" "$VOCAB" <<'EOF'
-import json, sys
-run, vocab = sys.argv[1], int(sys.argv[2])
-shape = dict(vocab_size=vocab, max_position_embeddings=128, pad_token_id=0)
-teacher = dict(architectures=["BertForMaskedLM"], model_type="bert", hidden_size=256, num_hidden_layers=4,
-               num_attention_heads=4, intermediate_size=1024, hidden_dropout_prob=0.0,
-               attention_probs_dropout_prob=0.0, type_vocab_size=2, **shape)
-student = dict(architectures=["DistilBertForMaskedLM"], model_type="distilbert", dim=256, n_layers=2, n_heads=4,
-               hidden_dim=1024, dropout=0.0, attention_dropout=0.0, activation="gelu",
-               sinusoidal_pos_embds=False, tie_word_embeddings=True, **shape)
-for name, config in (("teacher_config", teacher), ("student_config", student)):
-    with open(f"{run}/{name}.json", "w") as f:
-        json.dump(config, f, indent=2)
-EOF
+$PY scripts/demo_plan.py configs "$RUN" "$VOCAB"
 
 COMMON=(--data_file "$DATA" --valid_file "$HELD_OUT" --token_counts "$COUNTS" --teacher_type bert
         --batch_size 32 --gradient_accumulation_steps 1 --num_workers 0 --n_gpu 0 --checkpoint_interval 100000)
 # What the teacher depends on (not the binarized file's bytes: its metadata records how long binarizing took)
 VOCAB_SUM=$([[ -f $TOKENIZER/vocab.txt ]] && cksum < "$TOKENIZER/vocab.txt" || echo "$TOKENIZER")
 STAMP="dump $(cksum < "$RUN/dump.txt") vocab $VOCAB_SUM valid=$VALID epochs=$TEACHER_EPOCHS $(cksum < "$RUN/teacher_config.json")"
+stage "teacher"
 if [[ -f $RUN/teacher/model.safetensors && -f $RUN/teacher.stamp && $(cat "$RUN/teacher.stamp") == "$STAMP" ]]; then
     say "step 5: teacher: kept $RUN/teacher (same data and settings; delete it to retrain)"
 else
@@ -100,6 +99,7 @@ else
     echo "$STAMP" > "$RUN/teacher.stamp"
 fi
 
+stage "student init from teacher layers"
 say "step 6: student init: teacher layers 0 and 3 -> $RUN/student_init.safetensors"
 $PY scripts/extract/distilbert.py --model_name "$RUN/teacher" --student_config "$RUN/student_config.json" \
     --dump_checkpoint "$RUN/student_init.safetensors"
@@ -107,9 +107,11 @@ $PY scripts/extract/distilbert.py --model_name "$RUN/teacher" --student_config "
 STUDENT=("${COMMON[@]}" --student_type distilbert --student_config "$RUN/student_config.json"
          --student_pretrained_weights "$RUN/student_init.safetensors" --learning_rate 1e-3
          --n_epoch "$STUDENT_EPOCHS" --log_interval 10 --eval_interval 25)
+stage "distilled student"
 say "step 7a: distillation (KD + MLM + cosine, the recipe's losses) for $STUDENT_EPOCHS epoch(s) -> $RUN/student_distilled"
 $PY train.py --force --dump_path "$RUN/student_distilled" "${STUDENT[@]}" --teacher_name "$RUN/teacher" \
     2>&1 | grep --line-buffered -E "eval iter|error|Error" || true
+stage "MLM-only student"
 say "step 7b: the same student, same init and steps, without the teacher (MLM only) -> $RUN/student_mlm_only"
 $PY train.py --force --dump_path "$RUN/student_mlm_only" "${STUDENT[@]}" --teacher_name none \
     --tokenizer_name "$TOKENIZER" --alpha_ce 0 --alpha_cos 0 --alpha_mlm 1 \
@@ -118,6 +120,7 @@ for s in student_distilled student_mlm_only; do
     [[ -f $RUN/$s/model.safetensors ]] || { echo "$s training failed: see $RUN/$s/train.log"; exit 1; }
 done
 
+stage "evaluation, plot, fill-mask"
 say "step 8: evaluation on the $VALID held-out sequences (same masked positions for every model)"
 $PY scripts/evaluate.py --teacher "teacher=$RUN/teacher" --model "distilled=$RUN/student_distilled" \
     --model "mlm_only=$RUN/student_mlm_only" --data_file "$HELD_OUT" --token_counts "$COUNTS" --n_gpu 0 \
@@ -136,4 +139,6 @@ verdict = "beats" if gap > 0 else "does NOT beat"
 print(f"\nthe distilled student {verdict} the undistilled one on held-out top-1: {gap:+.2f} points "
       f"({100 * m['distilled']['top1']:.2f}% vs {100 * m['mlm_only']['top1']:.2f}%; teacher {100 * m['teacher']['top1']:.2f}%)")
 EOF
+stage ""
+echo; echo "time per stage on this CPU:"; printf '%s\n' "${STAGES[@]}"
 say "done in ${SECONDS}s: $RUN/evaluation.json, $RUN/students.png; run folders $RUN/teacher, $RUN/student_*"

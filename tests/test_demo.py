@@ -57,3 +57,22 @@ def test_demo_runs_the_whole_recipe(tmp_path):
     assert (run / "students.png").stat().st_size > 10_000
     assert out.count("(answer: ") == 4
     assert "the distilled student" in out and "the undistilled one on held-out top-1" in out
+
+    # The plan at the start (estimates from timed steps) and the time each stage took, at the end.
+    plan, _, after = out.partition("time per stage on this CPU:")
+    assert "Estimated from a few timed steps" in plan and "teacher (4 x 256 BERT, plain MLM)" in plan
+    assert [line.split()[0] for line in after.strip().splitlines()[:6]] == [
+        "data:", "teacher", "student", "distilled", "MLM-only", "evaluation,"
+    ]
+
+
+def test_demo_configs_are_the_models_the_plan_times(tmp_path):
+    from transformers import BertConfig, DistilBertConfig
+
+    import demo_plan
+
+    demo_plan.write_configs(tmp_path, 1234)
+    t = BertConfig.from_json_file(str(tmp_path / "teacher_config.json"))
+    s = DistilBertConfig.from_json_file(str(tmp_path / "student_config.json"))
+    assert (t.num_hidden_layers, t.hidden_size, t.vocab_size) == (4, 256, 1234)
+    assert (s.n_layers, s.dim, s.vocab_size, s.sinusoidal_pos_embds) == (2, 256, 1234, False)

@@ -1,6 +1,7 @@
 """train.py end to end on CPU with tiny models: the loss falls, the run folder is complete, resume is exact."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,22 @@ def test_bf16_on_cpu_and_fp16_fallback(tmp_path, base_argv, caplog):
     train.main(with_args(base_argv, dump_path=tmp_path / "fp16", fp16=True, stop_after_iter=5))
     assert "--fp16 needs a CUDA GPU: training in fp32" in caplog.text
     assert json.loads((tmp_path / "fp16" / "parameters.json").read_text())["fp16"] is False
+
+
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(tmp_path, base_argv, caplog, monkeypatch):
+    monkeypatch.setattr(train, "cpu_bf16_is_fast", lambda: False)
+    train.main(with_args(base_argv, dump_path=tmp_path / "run", bf16=True, stop_after_iter=2))
+    assert "has no native bf16 (no AVX-512)" in caplog.text and "training runs in fp32" in caplog.text
+    assert json.loads((tmp_path / "run" / "parameters.json").read_text())["bf16"] is False
+
+
+def test_avx2_kernels_have_no_fast_bf16():
+    """ATEN_CPU_CAPABILITY=avx2 runs PyTorch as on a CPU without AVX-512: bf16 must be reported slow there."""
+    code = "import utils; print(utils.cpu_bf16_is_fast()); print(utils.cpu_description())"
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    fast, description = proc.stdout.strip().splitlines()
+    assert fast == "False" and description.endswith("(AVX2)")
 
 
 def test_non_finite_loss_stops_with_the_iteration(tmp_path, base_argv, capsys):

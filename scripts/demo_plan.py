@@ -1,0 +1,160 @@
+"""The demo's model shapes, and its plan: what each stage will do and how long it should take on this CPU.
+
+    python scripts/demo_plan.py configs RUN_DIR VOCAB       # writes RUN_DIR/teacher_config.json, student_config.json
+    python scripts/demo_plan.py estimate --articles 3000 --teacher_epochs 6 --student_epochs 1 --valid 1000
+
+`estimate` times a few real training steps (train.py's Distiller, on random batches of the demo's shape)
+of the teacher, the distilled student and the MLM-only student, and a held-out evaluation, then scales them
+by the number of steps each stage runs. It takes ~10 s; the figures are a guide, within ~20%.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Lines per article after extraction with --pack_words 48, and tokens per line, measured on the demo corpus.
+LINES_PER_ARTICLE = 2.1
+TOKENS_PER_LINE = 46
+VOCAB_GUESS = 1500  # the WordPiece vocabulary the demo trains on its dump (~1,450-1,550 ids)
+BATCH = 32
+STUDENT_EVALS_EVERY = 25  # the students' curves in students.png
+TEACHER_EVALS_EVERY = 500
+PROCESS_START = 4.0  # seconds to start a python process that loads a model (torch + transformers' model code)
+DATA_STEPS = 7.0  # the five data steps (corpus, extraction, tokenizer, binarization, counts): mostly process starts
+
+SHAPE = dict(max_position_embeddings=128, pad_token_id=0)
+TEACHER = dict(
+    architectures=["BertForMaskedLM"], model_type="bert", hidden_size=256, num_hidden_layers=4,
+    num_attention_heads=4, intermediate_size=1024, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    type_vocab_size=2,
+)  # fmt: skip
+STUDENT = dict(
+    architectures=["DistilBertForMaskedLM"], model_type="distilbert", dim=256, n_layers=2, n_heads=4,
+    hidden_dim=1024, dropout=0.0, attention_dropout=0.0, activation="gelu", sinusoidal_pos_embds=False,
+    tie_word_embeddings=True,
+)  # fmt: skip
+
+
+def configs(vocab):
+    """(teacher, student) config dicts for a vocabulary of `vocab` ids."""
+    return dict(TEACHER, vocab_size=vocab, **SHAPE), dict(STUDENT, vocab_size=vocab, **SHAPE)
+
+
+def write_configs(run, vocab):
+    teacher, student = configs(vocab)
+    for name, config in (("teacher_config", teacher), ("student_config", student)):
+        (Path(run) / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def time_steps(n_steps=3):
+    """Seconds per step of the three trainings and per held-out sequence of evaluation, measured here."""
+    import numpy as np
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+
+    import train
+    from distiller import Distiller
+    from lm_seqs_dataset import LmSeqsDataset, dataset_params
+    from utils import DistInfo, logger
+
+    logger.setLevel("WARNING")  # the Distillers built here to time steps are not news
+    special = {"pad_token": 0, "unk_token": 1, "cls_token": 2, "sep_token": 3, "mask_token": 4}
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.normal(TOKENS_PER_LINE, 6, BATCH), 14, 64).astype(int)
+    seqs = [np.concatenate(([2], rng.integers(5, VOCAB_GUESS, n - 2), [3])) for n in lengths]
+    t_cfg, s_cfg = configs(VOCAB_GUESS)
+    torch.manual_seed(0)
+    teacher = BertForMaskedLM(BertConfig(**t_cfg))
+    probs = torch.ones(VOCAB_GUESS)
+    probs[list(special.values())] = 0
+
+    def step_time(student, teacher, student_type, alphas):
+        argv = ["--dump_path", "-", "--data_file", "-", "--token_counts", "-", "--student_type", student_type,
+                "--student_config", "-", "--teacher_type", "bert", "--teacher_name", "-", "--mlm",
+                "--gradient_accumulation_steps", "1", "--n_gpu", "0", *alphas]  # fmt: skip
+        args = train.parse_args(argv)
+        args.special_tok_ids = special
+        dataset = LmSeqsDataset(dataset_params(special, 128, pad_to_multiple_of=8), seqs)
+        distiller = Distiller(args, dataset, probs, student, teacher, dist=DistInfo())
+        token_ids, lens = dataset.batch_sequences([dataset[i] for i in range(len(dataset))])
+        times = []
+        for _ in range(n_steps + 1):  # the first step warms up the optimizer state and the allocator
+            start = time.perf_counter()
+            batch = distiller.prepare_batch(token_ids, lens)
+            distiller.step(batch)["loss"].backward()
+            distiller.optimizer_step()
+            times.append(time.perf_counter() - start)
+        return min(times[1:])
+
+    mlm_only = ["--alpha_ce", "0", "--alpha_cos", "0", "--alpha_mlm", "1"]
+    out = {"teacher": step_time(teacher, None, "bert", mlm_only)}
+    out["distilled"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), teacher, "distilbert", [])
+    out["mlm_only"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), None, "distilbert", mlm_only)
+    # evaluation is a forward pass: about a third of a training step, per sequence
+    out["eval_per_seq"] = (out["teacher"] + out["distilled"] + out["mlm_only"]) / 3 / 3 / BATCH
+    return out
+
+
+def fmt(seconds):
+    return f"{int(seconds // 60)}m{int(round(seconds % 60)):02d}s"
+
+
+def estimate(articles, teacher_epochs, student_epochs, valid):
+    from utils import cpu_description
+
+    start = time.perf_counter()
+    t = time_steps()
+    lines = LINES_PER_ARTICLE * articles
+    batches = math.ceil(max(lines - valid, BATCH) / BATCH)
+    t_steps, s_steps = teacher_epochs * batches, student_epochs * batches
+    eval_s = valid * t["eval_per_seq"]
+    stages = [
+        ("data: corpus, extraction, tokenizer, binarization, counts", f"~{int(lines):,} lines", DATA_STEPS),
+        ("teacher (4 x 256 BERT, plain MLM)", f"{t_steps:,} steps",
+         t_steps * t["teacher"] + (t_steps // TEACHER_EVALS_EVERY + 1) * eval_s + PROCESS_START),
+        ("student init from teacher layers 0 and 3", "", PROCESS_START),
+        ("distilled student (KD + MLM + cosine)", f"{s_steps:,} steps",
+         s_steps * t["distilled"] + (s_steps // STUDENT_EVALS_EVERY + 1) * eval_s + PROCESS_START),
+        ("MLM-only student", f"{s_steps:,} steps",
+         s_steps * t["mlm_only"] + (s_steps // STUDENT_EVALS_EVERY + 1) * eval_s + PROCESS_START),
+        ("evaluation, plot, fill-mask", f"{valid:,} held-out lines", 3 * eval_s + 3 * PROCESS_START),
+    ]  # fmt: skip
+    total = sum(s for _, _, s in stages)
+    print(f"CPU: {cpu_description()}; measured per step: teacher {1000 * t['teacher']:.0f} ms, distilled "
+          f"student {1000 * t['distilled']:.0f} ms, MLM-only student {1000 * t['mlm_only']:.0f} ms "
+          f"({time.perf_counter() - start:.0f} s to measure)")  # fmt: skip
+    width = max(len(name) for name, _, _ in stages)
+    for name, work, seconds in stages:
+        print(f"  {name:<{width}}  {work:>18}  ~{fmt(seconds)}")
+    print(f"  {'total':<{width}}  {'':>18}  ~{fmt(total)}")
+    return total
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("configs", help="write the teacher and student configs")
+    c.add_argument("run")
+    c.add_argument("vocab", type=int)
+    e = sub.add_parser("estimate", help="time a few steps and print the plan")
+    e.add_argument("--articles", type=int, required=True)
+    e.add_argument("--teacher_epochs", type=int, required=True)
+    e.add_argument("--student_epochs", type=int, required=True)
+    e.add_argument("--valid", type=int, required=True)
+    args = p.parse_args(argv)
+    if args.command == "configs":
+        write_configs(args.run, args.vocab)
+    else:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        estimate(args.articles, args.teacher_epochs, args.student_epochs, args.valid)
+
+
+if __name__ == "__main__":
+    main()
