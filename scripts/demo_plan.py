@@ -101,19 +101,17 @@ def time_steps(n_steps=3):
 
 
 def fmt(seconds):
-    return f"{int(seconds // 60)}m{int(round(seconds % 60)):02d}s"
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def estimate(articles, teacher_epochs, student_epochs, valid):
-    from utils import cpu_description
-
-    start = time.perf_counter()
-    t = time_steps()
+def plan(articles, teacher_epochs, student_epochs, valid, t):
+    """[(stage, work, estimated seconds)] for the demo's sizes, from the step times `t` (time_steps())."""
     lines = LINES_PER_ARTICLE * articles
     batches = math.ceil(max(lines - valid, BATCH) / BATCH)
     t_steps, s_steps = teacher_epochs * batches, student_epochs * batches
     eval_s = valid * t["eval_per_seq"]
-    stages = [
+    return [
         ("data: corpus, extraction, tokenizer, binarization, counts", f"~{int(lines):,} lines", DATA_STEPS),
         ("teacher (4 x 256 BERT, plain MLM)", f"{t_steps:,} steps",
          t_steps * t["teacher"] + (t_steps // TEACHER_EVALS_EVERY + 1) * eval_s + PROCESS_START),
@@ -124,6 +122,15 @@ def estimate(articles, teacher_epochs, student_epochs, valid):
          s_steps * t["mlm_only"] + (s_steps // STUDENT_EVALS_EVERY + 1) * eval_s + PROCESS_START),
         ("evaluation, plot, fill-mask", f"{valid:,} held-out lines", 3 * eval_s + 3 * PROCESS_START),
     ]  # fmt: skip
+
+
+def estimate(articles, teacher_epochs, student_epochs, valid, t=None):
+    """Time the steps (unless `t` is given), print the plan, return its total in seconds."""
+    from utils import cpu_description
+
+    start = time.perf_counter()
+    t = t or time_steps()
+    stages = plan(articles, teacher_epochs, student_epochs, valid, t)
     total = sum(s for _, _, s in stages)
     print(f"CPU: {cpu_description()}; measured per step: teacher {1000 * t['teacher']:.0f} ms, distilled "
           f"student {1000 * t['distilled']:.0f} ms, MLM-only student {1000 * t['mlm_only']:.0f} ms "

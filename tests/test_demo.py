@@ -15,7 +15,7 @@ def test_demo_runs_the_whole_recipe(tmp_path):
     run = tmp_path / "demo_run"
     env = dict(
         os.environ, PYTHON=sys.executable, DEMO_ARTICLES="300", DEMO_VALID="100", DEMO_TEACHER_EPOCHS="1",
-        DEMO_STUDENT_EPOCHS="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+        DEMO_STUDENT_EPOCHS="1", DEMO_ESTIMATE="0", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
     )  # fmt: skip
     proc = subprocess.run(["bash", str(ROOT / "scripts/demo.sh"), str(run)], env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
@@ -58,9 +58,8 @@ def test_demo_runs_the_whole_recipe(tmp_path):
     assert out.count("(answer: ") == 4
     assert "the distilled student" in out and "the undistilled one on held-out top-1" in out
 
-    # The plan at the start (estimates from timed steps) and the time each stage took, at the end.
-    plan, _, after = out.partition("time per stage on this CPU:")
-    assert "Estimated from a few timed steps" in plan and "teacher (4 x 256 BERT, plain MLM)" in plan
+    # The time each stage took, at the end.
+    after = out.partition("time per stage on this CPU:")[2]
     assert [line.split()[0] for line in after.strip().splitlines()[:6]] == [
         "data:", "teacher", "student", "distilled", "MLM-only", "evaluation,"
     ]
@@ -76,3 +75,19 @@ def test_demo_configs_are_the_models_the_plan_times(tmp_path):
     s = DistilBertConfig.from_json_file(str(tmp_path / "student_config.json"))
     assert (t.num_hidden_layers, t.hidden_size, t.vocab_size) == (4, 256, 1234)
     assert (s.n_layers, s.dim, s.vocab_size, s.sinusoidal_pos_embds) == (2, 256, 1234, False)
+
+
+def test_the_plan_times_real_steps_and_scales_them_by_the_demo_sizes(capsys):
+    import demo_plan
+
+    t = demo_plan.time_steps(n_steps=1)
+    assert 0 < t["mlm_only"] < t["distilled"]  # the distilled student's step also runs the teacher's forward
+    total = demo_plan.estimate(articles=300, teacher_epochs=1, student_epochs=1, valid=100, t=t)
+    out = capsys.readouterr().out
+    assert "measured per step: teacher" in out and out.splitlines()[-1].split()[-1] == f"~{demo_plan.fmt(total)}"
+    one, ten = (dict((name, (work, s)) for name, work, s in demo_plan.plan(300, e, 1, 100, t)) for e in (1, 10))
+    teacher = "teacher (4 x 256 BERT, plain MLM)"
+    assert one[teacher][0] == "17 steps" and ten[teacher][0] == "170 steps"  # ceil((2.1 x 300 - 100) / 32) a epoch
+    steps_time = lambda stages: stages[teacher][1] - demo_plan.PROCESS_START  # noqa: E731
+    evals = 100 * t["eval_per_seq"]
+    assert abs(steps_time(ten) - 170 * t["teacher"] - evals) < 1e-9 and abs(steps_time(one) - 17 * t["teacher"] - evals) < 1e-9
