@@ -39,8 +39,7 @@ import numpy as np
 import torch
 
 import data_io
-from distiller import NON_FINITE_EXIT, Distiller, NonFiniteLoss
-from distiller import CHECKPOINT
+from distiller import CHECKPOINT, NON_FINITE_EXIT, Distiller, NonFiniteLoss
 from utils import (
     UsageError,
     cpu_bf16_is_fast,
@@ -243,9 +242,7 @@ def sanity_checks(args):
     if args.resume:
         if not (dump / CHECKPOINT).is_file():
             aside = replaced_path(dump)
-            hint = (
-                f" (the run that was there before --force is in {aside})" if aside.exists() else ""
-            )
+            hint = f" (the run that was there before --force is in {aside})" if aside.exists() else ""
             raise UsageError(f"--resume: no checkpoint in {dump}{hint}; start the run without --resume")
     elif dump.exists() and not args.force:
         raise UsageError(f"{dump} already exists: use --force to overwrite it, or --resume to continue the run in it")

@@ -109,7 +109,7 @@ $PY scripts/extract/distilbert.py --model_name "$RUN/teacher" --student_config "
 
 STUDENT=("${COMMON[@]}" --student_type distilbert --student_config "$RUN/student_config.json"
          --student_pretrained_weights "$RUN/student_init.safetensors" --learning_rate 1e-3
-         --n_epoch "$STUDENT_EPOCHS" --log_interval 10 --eval_interval 25)
+         --n_epoch "$STUDENT_EPOCHS" --log_interval 10 --eval_interval 15)
 stage "distilled student"
 say "step 7a: distillation (KD + MLM + cosine, the recipe's losses) for $STUDENT_EPOCHS epoch(s) -> $RUN/student_distilled"
 $PY train.py --force --dump_path "$RUN/student_distilled" "${STUDENT[@]}" --teacher_name "$RUN/teacher" \

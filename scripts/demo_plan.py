@@ -18,11 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Lines per article after extraction with --pack_words 48, and tokens per line, measured on the demo corpus.
-LINES_PER_ARTICLE = 2.1
+LINES_PER_ARTICLE = 2.0
 TOKENS_PER_LINE = 46
 VOCAB_GUESS = 1500  # the WordPiece vocabulary the demo trains on its dump (~1,450-1,550 ids)
 BATCH = 32
-STUDENT_EVALS_EVERY = 25  # the students' curves in students.png
+STUDENT_EVALS_EVERY = 15  # the students' curves in students.png
 TEACHER_EVALS_EVERY = 500
 PROCESS_START = 4.0  # seconds to start a python process that loads a model (torch + transformers' model code)
 DATA_STEPS = 7.0  # the five data steps (corpus, extraction, tokenizer, binarization, counts): mostly process starts

@@ -21,6 +21,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import data_io  # noqa: E402
+from data_io import DataFileError  # noqa: E402
+from utils import UsageError, load_pretrained, load_tokenizer  # noqa: E402
 
 
 def held_out_examples(tokenizer, data_file, counts_file, n):
@@ -75,14 +77,16 @@ def main(argv=None):
     for spec in args.model:
         name, _, path = spec.rpartition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
         names.append((name or Path(path.rstrip("/")).name, path))
-    tokenizer = AutoTokenizer.from_pretrained(names[0][1])
-    models = {name: AutoModelForMaskedLM.from_pretrained(path).eval() for name, path in names}
-
-    examples = [(tokenizer(t)["input_ids"], None) for t in args.text]
-    if args.data_file:
-        if not args.token_counts:
-            sys.exit("fill_mask.py: error: --data_file needs --token_counts")
-        examples += held_out_examples(tokenizer, args.data_file, args.token_counts, args.num_sentences)
+    try:
+        tokenizer = load_tokenizer(AutoTokenizer, names[0][1])
+        models = {name: load_pretrained(AutoModelForMaskedLM, path, "the masked LM").eval() for name, path in names}
+        examples = [(tokenizer(t)["input_ids"], None) for t in args.text]
+        if args.data_file:
+            if not args.token_counts:
+                raise UsageError("--data_file needs --token_counts")
+            examples += held_out_examples(tokenizer, args.data_file, args.token_counts, args.num_sentences)
+    except (UsageError, DataFileError) as e:
+        sys.exit(f"fill_mask.py: error: {e}")
     if not examples:
         sys.exit("fill_mask.py: error: give --text or --data_file")
     width = max(len(n) for n in models)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from transformers import AutoModelForMaskedLM, BertTokenizerFast
 
 from conftest import ROOT
@@ -87,7 +89,8 @@ def test_the_plan_times_real_steps_and_scales_them_by_the_demo_sizes(capsys):
     assert "measured per step: teacher" in out and out.splitlines()[-1].split()[-1] == f"~{demo_plan.fmt(total)}"
     one, ten = (dict((name, (work, s)) for name, work, s in demo_plan.plan(300, e, 1, 100, t)) for e in (1, 10))
     teacher = "teacher (4 x 256 BERT, plain MLM)"
-    assert one[teacher][0] == "17 steps" and ten[teacher][0] == "170 steps"  # ceil((2.1 x 300 - 100) / 32) a epoch
+    assert one[teacher][0] == "16 steps" and ten[teacher][0] == "160 steps"  # ceil((2.0 x 300 - 100) / 32) an epoch
     steps_time = lambda stages: stages[teacher][1] - demo_plan.PROCESS_START  # noqa: E731
     evals = 100 * t["eval_per_seq"]
-    assert abs(steps_time(ten) - 170 * t["teacher"] - evals) < 1e-9 and abs(steps_time(one) - 17 * t["teacher"] - evals) < 1e-9
+    assert steps_time(ten) == pytest.approx(160 * t["teacher"] + evals)
+    assert steps_time(one) == pytest.approx(16 * t["teacher"] + evals)

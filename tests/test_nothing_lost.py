@@ -191,6 +191,12 @@ def test_damaged_safetensors_everywhere(files, tmp_path, capsys):
     assert str(e.value).startswith("evaluate.py: error: cannot load the masked LM") and "damaged" in str(e.value)
     assert not (tmp_path / "eval.json").exists()
 
+    import fill_mask
+
+    with pytest.raises(SystemExit) as e:
+        fill_mask.main(["--model", str(teacher), "--model", str(bad_teacher), "--text", "the [MASK] river"])
+    assert str(e.value).startswith("fill_mask.py: error: cannot load the masked LM") and "damaged" in str(e.value)
+
     # student initial weights cut short
     init = tmp_path / "good_init.safetensors"
     extract_student.main(["--model_name", teacher, "--student_config", arg(argv, "student_config"),
