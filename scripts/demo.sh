@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 RUN=${1:-demo_run}
 ARTICLES=${DEMO_ARTICLES:-1600}                # ~3,400 lines of ~46 tokens: sized for < 10 min on a slow 2-core CPU
 PEOPLE=${DEMO_PEOPLE:-130}                     # a fixed population: each person's facts retold in ~12 articles
-TEACHER_EPOCHS=${DEMO_TEACHER_EPOCHS:-10}      # the teacher must learn the facts before it can teach them
+TEACHER_EPOCHS=${DEMO_TEACHER_EPOCHS:-9}       # the teacher must learn the facts before it can teach them
 STUDENT_EPOCHS=${DEMO_STUDENT_EPOCHS:-1}       # short and equal for both students
 VALID=${DEMO_VALID:-1000}                      # held-out sequences
 PY=${PYTHON:-python}
@@ -125,14 +125,19 @@ done
 
 stage "evaluation, plot, fill-mask"
 say "step 8: evaluation on the $VALID held-out sequences (same masked positions for every model)"
+# fill-mask needs nothing from the evaluation: it runs beside it, on the other core (mostly process start)
+OMP_NUM_THREADS=1 $PY scripts/fill_mask.py --model "teacher=$RUN/teacher" --model "distilled=$RUN/student_distilled" \
+    --model "mlm_only=$RUN/student_mlm_only" --data_file "$HELD_OUT" --token_counts "$COUNTS" --num_sentences 4 \
+    > "$RUN/fill_mask.txt" 2>&1 &
+FILL_MASK=$!
 $PY scripts/evaluate.py --teacher "teacher=$RUN/teacher" --model "distilled=$RUN/student_distilled" \
     --model "mlm_only=$RUN/student_mlm_only" --data_file "$HELD_OUT" --token_counts "$COUNTS" --n_gpu 0 \
     --output "$RUN/evaluation.json" 2> "$RUN/evaluate.log" || { cat "$RUN/evaluate.log"; exit 1; }
 $PY scripts/plot_demo.py --run "distilled=$RUN/student_distilled" --run "mlm_only=$RUN/student_mlm_only" \
     --evaluation "$RUN/evaluation.json" --output "$RUN/students.png"
+wait "$FILL_MASK" || { cat "$RUN/fill_mask.txt"; echo "fill_mask.py failed"; exit 1; }
 echo
-$PY scripts/fill_mask.py --model "teacher=$RUN/teacher" --model "distilled=$RUN/student_distilled" \
-    --model "mlm_only=$RUN/student_mlm_only" --data_file "$HELD_OUT" --token_counts "$COUNTS" --num_sentences 4
+cat "$RUN/fill_mask.txt"
 
 $PY - "$RUN/evaluation.json" <<'EOF'
 import json, sys
