@@ -41,7 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data_io import atomic_write
 from grouped_batch_sampler import epoch_batches
-from utils import DistInfo, UsageError, logger
+from utils import DistInfo, UsageError, first_line, logger
 
 CHECKPOINT = "checkpoint.pth"  # the latest resumable state, replaced atomically
 NON_FINITE_EXIT = 3  # exit status of a run stopped by a non-finite loss
@@ -783,11 +783,13 @@ class Distiller:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UsageError(f"--resume: {path} is not a train.py checkpoint (it holds more than tensors: {first}); {fix}") from None
+            raise UsageError(
+                f"--resume: {path} is not a train.py checkpoint (it holds more than tensors: {first_line(e)}); {fix}"
+            ) from None
         except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UsageError(f"--resume: {path} is damaged or truncated ({type(e).__name__}: {first}); {fix}") from None
+            raise UsageError(
+                f"--resume: {path} is damaged or truncated ({type(e).__name__}: {first_line(e)}); {fix}"
+            ) from None
         needed = ("student", "optimizer", "scheduler", "scaler", "progress", "data_order", "rng")
         if not isinstance(state, dict) or any(k not in state for k in needed):
             raise UsageError(f"--resume: {path} is not a train.py checkpoint (it lacks the training state); {fix}")
@@ -803,7 +805,7 @@ class Distiller:
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise UsageError(
-                f"--resume: {path} was written for another student ({str(e).strip().splitlines()[0]}); "
+                f"--resume: {path} was written for another student ({first_line(e)}); "
                 f"resume with the same --student_config"
             ) from None
         self.scheduler.load_state_dict(state["scheduler"])

@@ -136,11 +136,16 @@ def git_log(folder):
 # Loading models and tokenizers with errors a user can act on
 
 
+def first_line(e):
+    """The first line of an exception's message (libraries' messages run to several), or its class name."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _load_failure(what, name, e):
     """One line for a failed from_pretrained: what was being loaded, from where, and why."""
     from safetensors import SafetensorError
 
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    first = first_line(e)
     if isinstance(e, SafetensorError):
         return UsageError(f"cannot load {what} {name}: a .safetensors file in it is damaged or truncated ({first})")
     return UsageError(f"cannot load {what} {name!r}: {first}")
@@ -173,8 +178,7 @@ def load_config(config_class, path):
     try:
         return config_class.from_json_file(str(path))
     except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"{path} is not a readable {config_class.__name__} JSON file ({first})") from None
+        raise UsageError(f"{path} is not a readable {config_class.__name__} JSON file ({first_line(e)})") from None
 
 
 def load_tokenizer(tokenizer_class, name, what="tokenizer"):
@@ -217,7 +221,7 @@ def read_weights_file(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UsageError(f"{path} is not a readable weights file ({type(e).__name__}: {str(e).splitlines()[0]})")
+        raise UsageError(f"{path} is not a readable weights file ({type(e).__name__}: {first_line(e)})")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"{path} does not hold a state dict of tensors")
     return state, {}

@@ -20,7 +20,7 @@ import evaluate  # scripts/evaluate.py
 import token_counts
 import train
 from conftest import ROOT, write_bert_vocab
-from train_helpers import tiny_run_files, write_data, single_thread  # noqa: F401 (autouse fixture)
+from train_helpers import tiny_run_files, with_args, write_data, single_thread  # noqa: F401 (autouse fixture)
 
 spec = importlib.util.spec_from_file_location("extract_distilbert", ROOT / "scripts" / "extract" / "distilbert.py")
 extract_student = importlib.util.module_from_spec(spec)
@@ -40,17 +40,6 @@ def arg(argv, name):
     return argv[argv.index(f"--{name}") + 1]
 
 
-def with_args(argv, **kw):
-    argv = list(argv)
-    for name, value in kw.items():
-        flag = f"--{name}"
-        if value is True:
-            argv.append(flag)
-        elif flag in argv:
-            argv[argv.index(flag) + 1] = str(value)
-        else:
-            argv += [flag, str(value)]
-    return argv
 
 
 def snapshot(folder):

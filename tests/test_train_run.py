@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import train
 from conftest import ROOT
-from train_helpers import read_metrics, tiny_run_files, single_thread  # noqa: F401 (autouse fixture)
+from train_helpers import read_metrics, tiny_run_files, with_args, single_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -20,18 +20,6 @@ def base_argv(tmp_path_factory, tokenizer_dir, articles):
     return tiny_run_files(tmp_path_factory.mktemp("run_files"), tokenizer_dir, articles)
 
 
-def with_args(argv, **kw):
-    """Replace or add `--name value` options (`name=True` adds a bare flag)."""
-    argv = list(argv)
-    for name, value in kw.items():
-        flag = f"--{name}"
-        if value is True:
-            argv.append(flag)
-        elif flag in argv:
-            argv[argv.index(flag) + 1] = str(value)
-        else:
-            argv += [flag, str(value)]
-    return argv
 
 
 def test_short_run_learns_and_writes_a_complete_run_folder(tmp_path, base_argv):

@@ -164,3 +164,17 @@ def read_metrics(dump_path):
         r = json.loads(line)
         records[r["iter"]] = r
     return records
+
+
+def with_args(argv, **kw):
+    """Replace or add `--name value` options (`name=True` adds a bare flag)."""
+    argv = list(argv)
+    for name, value in kw.items():
+        flag = f"--{name}"
+        if value is True:
+            argv.append(flag)
+        elif flag in argv:
+            argv[argv.index(flag) + 1] = str(value)
+        else:
+            argv += [flag, str(value)]
+    return argv
