@@ -40,8 +40,6 @@ def arg(argv, name):
     return argv[argv.index(f"--{name}") + 1]
 
 
-
-
 def snapshot(folder):
     """{relative path: bytes} of everything under `folder`."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

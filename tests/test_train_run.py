@@ -20,8 +20,6 @@ def base_argv(tmp_path_factory, tokenizer_dir, articles):
     return tiny_run_files(tmp_path_factory.mktemp("run_files"), tokenizer_dir, articles)
 
 
-
-
 def test_short_run_learns_and_writes_a_complete_run_folder(tmp_path, base_argv):
     dump = tmp_path / "run"
     train.main(with_args(base_argv, dump_path=dump, n_epoch=3, learning_rate=1e-3))
