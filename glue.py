@@ -1,0 +1,490 @@
+"""GLUE tasks for downstream evaluation: what each task is, where its data comes from, how it is scored.
+
+Used by scripts/run_glue.py (fine-tuning) and scripts/glue_table.py (the results table); no training here.
+
+- `TASKS`: the nine GLUE tasks, in the benchmark's order, with their columns, label names and metrics.
+- `load_task()`: a task's train and dev splits from GLUE's own TSV files, the model hub's parquet files, the
+  hub itself (`nyu-mll/glue`), or the user's csv/tsv/json files, as `Split`s of texts and label ids.
+  Every label is checked against the task's label set here, before any training starts.
+- `compute_metrics()`: GLUE's metrics, with scikit-learn and scipy (HF `evaluate` downloads its metric code at
+  run time, so it fails offline).
+"""
+
+import csv
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from utils import UsageError, first_line
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # the hub's config name: sst2, mnli, ...
+    title: str  # as the GLUE papers write it: SST-2, MNLI, ...
+    columns: tuple  # the hub's text column(s)
+    labels: tuple | None  # label names in the hub's id order; None: regression (a float score)
+    metrics: tuple  # computed by compute_metrics; the task's GLUE score is their mean
+    folder: str  # GLUE's download folder name
+    tsv_columns: tuple  # text column(s) in GLUE's TSV: header names, or positions when the file has no header
+    tsv_label: str | int
+    dev: tuple = ("validation",)  # the hub's dev split(s); MNLI has two
+    dev_tsv: tuple = ("dev.tsv",)
+
+
+# The hub's label names and ids (nyu-mll/glue); GLUE's TSV files use either these names or the same ids.
+TASKS = {
+    t.name: t
+    for t in (
+        Task("cola", "CoLA", ("sentence",), ("unacceptable", "acceptable"), ("matthews_correlation",), "CoLA",
+             (3,), 1),  # GLUE's CoLA TSV has no header: source, label, original mark, sentence
+        Task("sst2", "SST-2", ("sentence",), ("negative", "positive"), ("accuracy",), "SST-2",
+             ("sentence",), "label"),
+        Task("mrpc", "MRPC", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), ("f1", "accuracy"),
+             "MRPC", ("#1 String", "#2 String"), "Quality"),
+        Task("stsb", "STS-B", ("sentence1", "sentence2"), None, ("pearson", "spearmanr"), "STS-B",
+             ("sentence1", "sentence2"), "score"),
+        Task("qqp", "QQP", ("question1", "question2"), ("not_duplicate", "duplicate"), ("f1", "accuracy"), "QQP",
+             ("question1", "question2"), "is_duplicate"),
+        Task("mnli", "MNLI", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), ("accuracy",),
+             "MNLI", ("sentence1", "sentence2"), "gold_label", dev=("validation_matched", "validation_mismatched"),
+             dev_tsv=("dev_matched.tsv", "dev_mismatched.tsv")),
+        Task("qnli", "QNLI", ("question", "sentence"), ("entailment", "not_entailment"), ("accuracy",), "QNLI",
+             ("question", "sentence"), "label"),
+        Task("rte", "RTE", ("sentence1", "sentence2"), ("entailment", "not_entailment"), ("accuracy",), "RTE",
+             ("sentence1", "sentence2"), "label"),
+        Task("wnli", "WNLI", ("sentence1", "sentence2"), ("not_entailment", "entailment"), ("accuracy",), "WNLI",
+             ("sentence1", "sentence2"), "label"),
+    )
+}  # fmt: skip
+
+# The dev sets' names in results: MNLI's two are the columns MNLI-m and MNLI-mm of every GLUE table.
+DEV_NAMES = {"validation_matched": "mnli-m", "validation_mismatched": "mnli-mm"}
+
+
+def dev_name(task, split):
+    return DEV_NAMES.get(split, task.name)
+
+
+def custom_task(labels, columns):
+    """The task a user's own files define: accuracy for classes, correlations for a float score."""
+    metrics = ("pearson", "spearmanr") if labels is None else ("accuracy",)
+    return Task("custom", "custom", tuple(columns), labels, metrics, "", (), "")
+
+
+@dataclass
+class Split:
+    """One split, ready to tokenize: one or two lists of texts and their label ids (floats for a score)."""
+
+    name: str
+    texts: list  # [first texts] or [first texts, second texts]
+    labels: list
+    source: str = ""  # the file it came from, for messages
+    skipped: int = 0  # malformed lines left out (GLUE's QQP and MNLI TSV files have a few)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def head(self, n):
+        if n is None or n >= len(self):
+            return self
+        return Split(self.name, [t[:n] for t in self.texts], self.labels[:n], self.source, self.skipped)
+
+
+@dataclass
+class TaskData:
+    task: Task
+    train: Split
+    dev: dict = field(default_factory=dict)  # result name ("sst2", "mnli-m", ...) -> Split
+    source: str = ""  # "GLUE TSV in ...", "parquet in ...", "the hub", "your files"
+
+    @property
+    def num_labels(self):
+        return 1 if self.task.labels is None else len(self.task.labels)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Labels
+
+
+def label_ids(task, values, source):
+    """The label ids of raw label values (names or ids; floats for a score), or a one-line UsageError."""
+    if task.labels is None:
+        try:
+            out = [float(v) for v in values]
+        except (TypeError, ValueError):
+            bad = next(v for v in values if not _is_float(v))
+            raise UsageError(f"{source}: label {bad!r} is not a number, and {task.title} is scored by a number") from None
+        if any(math.isnan(v) for v in out):
+            raise UsageError(f"{source}: a label is missing (NaN)")
+        return out
+    # GLUE's files hold names (entailment) or ids (0, 1); a user's labels are names only
+    index = {} if task.name == "custom" else {str(i): i for i in range(len(task.labels))}
+    index.update({name: i for i, name in enumerate(task.labels)})
+    out, bad = [], {}
+    for v in values:
+        key = _label_key(v)
+        i = index.get(key)
+        if i is None:
+            bad[key] = bad.get(key, 0) + 1
+        out.append(i)
+    if bad:
+        shown = ", ".join(f"{k!r} ({n}x)" for k, n in list(bad.items())[:3])
+        allowed = ", ".join(f"{i}={n}" for i, n in enumerate(task.labels))
+        raise UsageError(f"{source}: labels outside {task.title}'s set: {shown}; expected {allowed}")
+    return out
+
+
+def _label_key(v):
+    """A label value as text: 1, 1.0 and "1" are the same label."""
+    if isinstance(v, (bool, np.bool_)):
+        return str(int(v))
+    if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
+        return str(int(v))
+    return str(v).strip()
+
+
+def _is_float(v):
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+
+
+def read_tsv(path, header=True):
+    """(column names, rows, malformed rows left out) of a tab-separated file without quoting (GLUE's form:
+    its sentences hold unbalanced quotes, so csv's quote handling would merge lines)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows:
+        raise UsageError(f"{path} is empty")
+    names = rows.pop(0) if header else [str(i) for i in range(len(rows[0]))]
+    good = [r for r in rows if len(r) == len(names)]
+    return names, good, len(rows) - len(good)
+
+
+def read_table(path):
+    """A csv, tsv, json or jsonl file (or parquet) as {column: list}."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist")
+    try:
+        if suffix == ".tsv":
+            names, rows, _ = read_tsv(path)
+            return {n: [r[i] for r in rows] for i, n in enumerate(names)}
+        import pandas as pd
+
+        if suffix == ".csv":
+            frame = pd.read_csv(path, keep_default_na=False)
+        elif suffix in (".json", ".jsonl"):
+            with open(path, encoding="utf-8") as f:
+                first = f.read(1)
+            frame = pd.read_json(path, lines=suffix == ".jsonl" or first != "[")
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            raise UsageError(f"{path}: give a .csv, .tsv, .json, .jsonl or .parquet file")
+    except UsageError:
+        raise
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {path}: {first_line(e)}") from None
+    return {str(c): frame[c].tolist() for c in frame.columns}
+
+
+def _columns(table, wanted, source):
+    missing = [c for c in wanted if c not in table]
+    if missing:
+        raise UsageError(f"{source} has no column {missing[0]!r} (its columns: {', '.join(map(str, table))})")
+    return [[str(x) for x in table[c]] for c in wanted]
+
+
+def _split_from_table(task, name, table, columns, label_column, source, skipped=0):
+    texts = _columns(table, columns, source)
+    if label_column not in table:
+        raise UsageError(f"{source} has no label column {label_column!r} (its columns: {', '.join(map(str, table))})")
+    return Split(name, texts, label_ids(task, table[label_column], source), str(source), skipped)
+
+
+def task_folder(data_dir, task):
+    """The folder holding `task`'s files: `data_dir` itself, or its subfolder named as GLUE or the hub names
+    it (SST-2 or sst2, any case)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UsageError(f"--data_dir {data_dir} is not a folder")
+    if _has_task_files(data_dir):
+        return data_dir
+    wanted = {task.folder.lower(), task.name}
+    for sub in sorted(data_dir.iterdir()):
+        if sub.is_dir() and sub.name.lower() in wanted:
+            return sub
+    raise UsageError(
+        f"no {task.title} data in {data_dir}: expected train.tsv/dev.tsv or train-*.parquet there, "
+        f"or in a subfolder {task.folder}/ or {task.name}/"
+    )
+
+
+def _has_task_files(folder):
+    return (folder / "train.tsv").is_file() or any(folder.glob("train-*.parquet"))
+
+
+def _parquet(folder, split, task):
+    files = sorted(folder.glob(f"{split}-*.parquet"))
+    if not files:
+        raise UsageError(f"no {split} split for {task.title} in {folder}: expected {split}-*.parquet")
+    import pyarrow.parquet as pq
+
+    table = {}
+    for path in files:
+        try:
+            part = pq.read_table(path).to_pydict()
+        except Exception as e:  # pyarrow's errors share no base class beyond Exception
+            raise UsageError(f"cannot read {path}: {first_line(e)}") from None
+        for k, v in part.items():
+            table.setdefault(k, []).extend(v)
+    return table, files[0] if len(files) == 1 else f"{folder}/{split}-*.parquet"
+
+
+def load_local(task, data_dir):
+    """A GLUE task from a folder in either of its two real forms (GLUE's TSV, or the hub's parquet)."""
+    folder = task_folder(data_dir, task)
+    if any(folder.glob("train-*.parquet")):
+        splits = {}
+        for split in ("train", *task.dev):
+            table, source = _parquet(folder, split, task)
+            label = "label"
+            splits[split] = _split_from_table(task, split, table, task.columns, label, source)
+        dev = {dev_name(task, s): splits[s] for s in task.dev}
+        return TaskData(task, splits["train"], dev, f"parquet files in {folder}")
+    header = not isinstance(task.tsv_label, int)
+    splits = {}
+    for split, filename in (("train", "train.tsv"), *zip(task.dev, task.dev_tsv)):
+        path = folder / filename
+        if not path.is_file():
+            raise UsageError(f"no {split} split for {task.title} in {folder}: expected {filename}")
+        names, rows, skipped = read_tsv(path, header=header)
+        table = {n: [r[i] for r in rows] for i, n in enumerate(names)}
+        columns = [str(c) for c in task.tsv_columns]
+        if not header and len(names) <= max(task.tsv_columns):
+            raise UsageError(f"{path} has {len(names)} columns: {task.title}'s TSV has {task.tsv_columns[0] + 1}, no header")
+        if len(rows) == 0:
+            raise UsageError(f"{path} holds no rows with {len(names)} fields")
+        splits[split] = _split_from_table(task, split, table, columns, str(task.tsv_label), path, skipped)
+    dev = {dev_name(task, s): splits[s] for s in task.dev}
+    return TaskData(task, splits["train"], dev, f"GLUE TSV files in {folder}")
+
+
+def load_hub(task):
+    """A GLUE task from the model hub (`nyu-mll/glue`), through datasets."""
+    try:
+        import datasets
+
+        data = datasets.load_dataset("nyu-mll/glue", task.name)
+    except Exception as e:  # offline, datasets raises ConnectionError, OSError or its own errors
+        raise UsageError(
+            f"cannot fetch {task.title} from the hub (nyu-mll/glue): {first_line(e)}; "
+            "offline, give --data_dir with GLUE's TSV files or the hub's parquet files"
+        ) from None
+    splits = {s: _split_from_table(task, s, data[s].to_dict(), task.columns, "label", f"nyu-mll/glue {task.name} {s}")
+              for s in ("train", *task.dev)}  # fmt: skip
+    return TaskData(task, splits["train"], {dev_name(task, s): splits[s] for s in task.dev}, "the hub (nyu-mll/glue)")
+
+
+def infer_text_columns(table, label_column):
+    """The text columns of a user's file, as transformers' run_glue example picks them: sentence1 and
+    sentence2 when both are there, else the first two other columns, else the only one. Columns named
+    idx, id or index are row numbers, not text, and are passed over."""
+    if "sentence1" in table and "sentence2" in table:
+        return ["sentence1", "sentence2"]
+    others = [c for c in table if c != label_column and c.lower() not in ("idx", "id", "index")]
+    if not others:
+        raise UsageError(f"no text column beside the label column {label_column!r}")
+    return others[:2]
+
+
+def load_files(train_file, validation_file, task=None, text_columns=None, label_column="label"):
+    """A task from the user's own files. With a GLUE `task`, its columns and label set apply; otherwise the
+    labels are whatever the training file holds (strings or integers, sorted), or a float score."""
+    train, valid = read_table(train_file), read_table(validation_file)
+    for table, path in ((train, train_file), (valid, validation_file)):
+        if label_column not in table:
+            raise UsageError(f"{path} has no label column {label_column!r} (its columns: {', '.join(table)}); "
+                             "name it with --label_column")  # fmt: skip
+    if text_columns:
+        columns = list(text_columns)
+    elif task is not None and all(c in train for c in task.columns):
+        columns = list(task.columns)
+    else:
+        columns = infer_text_columns(train, label_column)
+    if not 1 <= len(columns) <= 2:
+        raise UsageError(f"--text_columns takes one or two columns, not {len(columns)}")
+    if task is None:
+        values = train[label_column]
+        if all(_is_float(v) for v in values) and not all(float(v).is_integer() for v in values):
+            labels = None
+        else:
+            labels = tuple(sorted({_label_key(v) for v in values}, key=_label_order))
+            if len(labels) < 2:
+                raise UsageError(f"{train_file}: the label column {label_column!r} holds one value only ({labels[0]!r})")
+        task = custom_task(labels, columns)
+    splits = [_split_from_table(task, name, table, columns, label_column, path)
+              for name, table, path in (("train", train, train_file), ("validation", valid, validation_file))]  # fmt: skip
+    name = task.name
+    return TaskData(task, splits[0], {name: splits[1]}, f"{train_file} and {validation_file}")
+
+
+def _label_order(v):
+    """Integers in numeric order (2 before 10), then strings."""
+    return (0, int(v), "") if re.fullmatch(r"-?\d+", v) else (1, 0, v)
+
+
+def load_task(name, data_dir=None, train_file=None, validation_file=None, text_columns=None, label_column="label"):
+    """TaskData for a GLUE task name (from `data_dir` or the hub) or for the user's files."""
+    task = TASKS.get(name) if name else None
+    if name and task is None:
+        raise UsageError(f"unknown task {name!r}: one of {', '.join(TASKS)}, or all")
+    if train_file or validation_file:
+        if not (train_file and validation_file):
+            raise UsageError("give both --train_file and --validation_file")
+        return load_files(train_file, validation_file, task, text_columns, label_column)
+    if task is None:
+        raise UsageError("give --task_name (a GLUE task, or all) or --train_file and --validation_file")
+    return load_local(task, data_dir) if data_dir else load_hub(task)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def compute_metrics(task, predictions, labels):
+    """The task's metrics on the dev set: class ids (or scores for STS-B) against the gold labels."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    out = {}
+    for metric in task.metrics:
+        if metric == "accuracy":
+            out[metric] = float(accuracy_score(labels, predictions))
+        elif metric == "f1":  # of the positive class (1: equivalent / duplicate), as GLUE scores MRPC and QQP
+            out[metric] = float(f1_score(labels, predictions))
+        elif metric == "matthews_correlation":
+            out[metric] = float(matthews_corrcoef(labels, predictions))
+        elif metric == "pearson":
+            out[metric] = _correlation(pearsonr, predictions, labels)
+        elif metric == "spearmanr":
+            out[metric] = _correlation(spearmanr, predictions, labels)
+    return out
+
+
+def _correlation(fn, x, y):
+    """0 for a constant prediction (scipy returns NaN and warns): it carries no information."""
+    if np.all(x == x.flat[0]) or np.all(y == y.flat[0]):
+        return 0.0
+    return float(fn(x, y)[0])
+
+
+def task_score(metrics):
+    """A dev set's GLUE score in points: the mean of its metrics (F1 and accuracy for MRPC, ...)."""
+    return 100 * float(np.mean(list(metrics.values())))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tables
+
+def _cell(task, metrics):
+    """A task's cell: its metrics in points, joined by / (MRPC: F1/acc, STS-B: Pearson/Spearman, MNLI: m/mm)."""
+    if task.name == "mnli":
+        return "/".join(f"{glue_points(metrics[d])}" for d in ("mnli-m", "mnli-mm") if d in metrics)
+    (values,) = metrics.values()
+    return "/".join(f"{100 * v:.1f}" for v in values.values())
+
+
+def glue_points(values):
+    return f"{100 * next(iter(values.values())):.1f}"
+
+
+def markdown_table(summaries, published=True, names=None):
+    """One markdown table: a row per model (run_glue.py's results.json contents), a column per task any of
+    them has, and the average of the task scores over those columns (for rows that have them all)."""
+    order = [t for t in TASKS if any(t in s["tasks"] for s in summaries)] or list(TASKS)
+    header = ["model"] + [_header(TASKS[t]) for t in order] + [f"average ({len(order)} task{'s' * (len(order) > 1)})"]
+    rows = []
+    for i, s in enumerate(summaries):
+        name = (names[i] if names else None) or s["model"]
+        cells, scores = [], []
+        for t in order:
+            done = s["tasks"].get(t)
+            cells.append(_cell(TASKS[t], done["metrics"]) if done else "")
+            if done:
+                scores.append(done["score"])
+        avg = f"{sum(scores) / len(scores):.1f}" if len(scores) == len(order) else ""
+        rows.append([name] + cells + [avg])
+    notes = []
+    if published:
+        for k, p in enumerate(PUBLISHED, 1):
+            have = [t for t in order if t in p["scores"]]
+            if not have:
+                continue
+            cells = [_published_cell(p["scores"].get(t)) for t in order]
+            scores = [_published_score(p["scores"][t]) for t in have]
+            avg = f"{sum(scores) / len(scores):.1f}" if len(have) == len(order) else ""
+            rows.append([f"{p['name']} (published [{k}])"] + cells + [avg])
+            notes.append(f"[{k}] {p['source']}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _header(task):
+    return {"cola": "CoLA (MCC)", "mrpc": "MRPC (F1/acc)", "stsb": "STS-B (P/S)", "qqp": "QQP (F1/acc)",
+            "mnli": "MNLI (m/mm)"}.get(task.name, task.title)  # fmt: skip
+
+
+def _published_cell(value):
+    if value is None:
+        return ""
+    return "/".join(f"{v:.1f}" for v in value) if isinstance(value, (tuple, list)) else f"{value:.1f}"
+
+
+def _published_score(value):
+    return sum(value) / len(value) if isinstance(value, (tuple, list)) else value
+
+
+# Published rows beside ours, as their papers print them: one number per task in points (MNLI: matched and
+# mismatched where the paper gives both), the split, and the paper's own average over its columns. The
+# papers do not all use the same metric for a task (see each source); treat a gap of a point as noise.
+PUBLISHED = [
+    dict(name="BERT-base, dev", average=79.5, scores=dict(
+        cola=56.3, mnli=86.7, mrpc=88.6, qnli=91.8, qqp=89.6, rte=69.3, sst2=92.7, stsb=89.0, wnli=53.5),
+        source="Sanh et al. 2019, DistilBERT (arXiv 1910.01108), Table 1: GLUE dev, median of 5 seeds; average "
+               "79.5 over the 9 tasks. MNLI 86.7 is as printed (upstream's README re-ran it: 84.7)."),
+    dict(name="DistilBERT 6L, dev", average=77.0, scores=dict(
+        cola=51.3, mnli=82.2, mrpc=87.5, qnli=89.2, qqp=88.5, rte=59.9, sst2=91.3, stsb=86.9, wnli=56.3),
+        source="Sanh et al. 2019, DistilBERT (arXiv 1910.01108), Table 1: GLUE dev, median of 5 seeds; "
+               "macro-score 77.0 over the 9 tasks."),
+    dict(name="MiniLM 6Lx768, dev", average=80.4, scores=dict(
+        mnli=84.0, sst2=92.0, qnli=91.0, cola=49.2, rte=71.5, mrpc=88.4, qqp=91.0),
+        source="Wang et al. 2020, MiniLM (arXiv 2002.10957), Table 2: GLUE dev, accuracy for every task "
+               "(MRPC and QQP too); average 80.4 over these 7 tasks and SQuAD 2.0 (76.4 F1)."),
+    dict(name="BERT-base, dev (MiniLM's)", average=81.5, scores=dict(
+        mnli=84.5, sst2=93.2, qnli=91.7, cola=58.9, rte=68.6, mrpc=87.3, qqp=91.3),
+        source="Wang et al. 2020, MiniLM (arXiv 2002.10957), Table 2: the teacher, same conventions as its "
+               "MiniLM row; average 81.5 with SQuAD 2.0 (76.8 F1)."),
+    dict(name="DistilBERT 4L, test", average=71.9, scores=dict(
+        mnli=(78.9, 78.0), qqp=68.5, qnli=85.2, sst2=91.4, cola=32.8, stsb=76.1, mrpc=82.4, rte=54.1),
+        source="Jiao et al. 2020, TinyBERT (arXiv 1909.10351, v5), Table 1: GLUE test (not dev), 8 tasks; "
+               "average 71.9 counts MNLI-m and -mm separately. Same table: BERT-PKD 4L 72.6, BERT-Small 72.1."),
+    dict(name="TinyBERT 4Lx312 general distillation only, dev", average=61.1, scores=dict(
+        mnli=(76.6, 77.2), mrpc=82.0, cola=8.7),
+        source="Jiao et al. 2020, TinyBERT (arXiv 1909.10351, v5), Appendix C, Table 7: 'TinyBERT (GD)', "
+               "GLUE dev, 3 tasks; average 61.1 counts MNLI-m and -mm separately."),
+]  # fmt: skip
