@@ -13,11 +13,22 @@ from conftest import ROOT
 from data_io import load_binarized, load_token_counts
 
 
+def write_small_sst2(folder):
+    """An SST-2 folder in GLUE's TSV form: short phrases whose label is their sentiment word."""
+    folder.mkdir(parents=True)
+    words = {1: ["good", "fine", "great", "warm"], 0: ["bad", "dull", "flat", "cold"]}
+    rows = [(f"a {words[i % 2][i % 4]} film about the city", i % 2) for i in range(48)]
+    for name, part in (("train.tsv", rows[:40]), ("dev.tsv", rows[40:])):
+        (folder / name).write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in part))
+
+
 def test_demo_runs_the_whole_recipe(tmp_path):
     run = tmp_path / "demo_run"
+    write_small_sst2(tmp_path / "glue" / "SST-2")
     env = dict(
         os.environ, PYTHON=sys.executable, DEMO_ARTICLES="300", DEMO_VALID="100", DEMO_TEACHER_EPOCHS="1",
         DEMO_STUDENT_EPOCHS="1", DEMO_ESTIMATE="0", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+        DEMO_GLUE_DIR=str(tmp_path / "glue"), DEMO_GLUE_TRAIN="32", DEMO_GLUE_SEEDS="1",
     )  # fmt: skip
     proc = subprocess.run(["bash", str(ROOT / "scripts/demo.sh"), str(run)], env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
@@ -60,10 +71,18 @@ def test_demo_runs_the_whole_recipe(tmp_path):
     assert out.count("(answer: ") == 4
     assert "the distilled student" in out and "the undistilled one on held-out top-1" in out
 
+    # Step 9 (DEMO_GLUE_DIR): the three models fine-tuned on SST-2, and their table beside the published rows.
+    for model in ("teacher", "student_distilled", "student_mlm_only"):
+        results = json.loads((run / "glue" / model / "results.json").read_text())
+        assert results["tasks"]["sst2"]["seeds"] == [42] and len(results["tasks"]["sst2"]["runs"]) == 1
+    table = (run / "glue.md").read_text().splitlines()
+    assert [line.split(" | ")[0] for line in table[2:5]] == ["| teacher", "| student_distilled", "| student_mlm_only"]
+    assert any(line.startswith("| DistilBERT 6L, dev (published") for line in table)
+
     # The time each stage took, at the end.
     after = out.partition("time per stage on this CPU:")[2]
-    assert [line.split()[0] for line in after.strip().splitlines()[:6]] == [
-        "data:", "teacher", "student", "distilled", "MLM-only", "evaluation,"
+    assert [line.split()[0] for line in after.strip().splitlines()[:7]] == [
+        "data:", "teacher", "student", "distilled", "MLM-only", "evaluation,", "SST-2"
     ]
 
 

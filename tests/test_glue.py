@@ -226,6 +226,13 @@ def test_seeds_and_grid_report_the_best_median_and_a_rerun_keeps_finished_runs(t
     glue_main(*args)
     assert capsys.readouterr().out.count(": kept ") == 6
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("custom/*/results.json")} == stamps
+    # a run made with other settings is not passed off as this one
+    longer = list(args)
+    longer[longer.index("--max_steps") + 1] = 5
+    with pytest.raises(SystemExit) as e:
+        glue_main(*longer)
+    assert "was run with other settings (max_steps 3 there, 5 now)" in str(e.value.code)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("custom/*/results.json")} == stamps
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, teacher, custom_task, capsys, monkeypatch):
