@@ -26,6 +26,7 @@ run from its last checkpoint. Every other TrainingArguments flag works as in tra
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -100,6 +101,12 @@ class SweepArguments:
     save_model: bool = field(default=False, metadata={"help": "keep each run's fine-tuned model (TASK/RUN/model)"})
 
 
+def say(*args):
+    """Print on the first process only (under torchrun every process runs this script)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, flush=True)
+
+
 def parse_args(argv=None):
     from transformers import HfArgumentParser, TrainingArguments
 
@@ -109,6 +116,11 @@ def parse_args(argv=None):
     versioned = {"warmup_ratio": WARMUP} if "warmup_ratio" in fields else {"warmup_steps": WARMUP}  # 4.x / 5.x
     if "train_sampling_strategy" not in fields:  # transformers 4.x
         versioned["group_by_length"] = True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        if not torch.cuda.is_available():  # torchrun on CPUs: without gloo the Trainer runs N separate copies
+            versioned["ddp_backend"] = "gloo"
     parser.set_defaults(**{k: v for k, v in DEFAULTS.items() if k in fields}, **versioned)
     try:
         model, data, sweep, training = parser.parse_args_into_dataclasses(args=argv)
@@ -152,7 +164,7 @@ def load_data(data):
         skipped = task.train.skipped + sum(s.skipped for s in task.dev.values())
         note = f", {skipped} malformed lines left out" if skipped else ""
         dev = ", ".join(f"{k} {len(v):,}" for k, v in task.dev.items())
-        print(f"{task.task.title}: train {len(task.train):,}, dev {dev} ({task.source}{note})")
+        say(f"{task.task.title}: train {len(task.train):,}, dev {dev} ({task.source}{note})")
         out.append(task)
     return out
 
@@ -189,7 +201,7 @@ def tokenize(task_data, tokenizer, max_length, pad):
     special = set(tokenizer.all_special_ids)
     ids = [i for row in next(iter(dev.values()))["input_ids"] for i in row if i not in special or i == tokenizer.unk_token_id]
     fit = {"pieces_per_word": len(ids) / max(words, 1), "unk_fraction": ids.count(tokenizer.unk_token_id) / max(len(ids), 1)}
-    print(f"{task_data.task.title}: {fit['pieces_per_word']:.2f} word pieces per word, {fit['unk_fraction']:.1%} "
+    say(f"{task_data.task.title}: {fit['pieces_per_word']:.2f} word pieces per word, {fit['unk_fraction']:.1%} "
           f"{tokenizer.unk_token} (dev; bert-base-uncased's vocabulary: 1.2-1.3, none)")  # fmt: skip
     return encode(task_data.train), dev, fit
 
@@ -225,7 +237,7 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
     trainer = Trainer(model=model, args=args, train_dataset=model_inputs(train_set, model), data_collator=collator)
     resume = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
     if resume:
-        print(f"  resuming from {resume}")
+        say(f"  resuming from {resume}")
     start = time.time()
     train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     train_time = time.time() - start
@@ -344,7 +356,7 @@ def main(argv=None):
         limits.append(tokenizer.model_max_length)
     max_length = min(limits)
     if max_length < data_args.max_seq_length:
-        print(f"--max_seq_length {data_args.max_seq_length} is more than the model takes: {max_length}")
+        say(f"--max_seq_length {data_args.max_seq_length} is more than the model takes: {max_length}")
 
     results_path = out_dir / "results.json"
     summary = {"model": margs.model_label, "model_path": margs.model_name_or_path, "tasks": {}}
@@ -369,17 +381,17 @@ def main(argv=None):
         for lr, seed, run_dir in plan:
             if run_dir in kept:
                 runs.append(kept[run_dir])
-                print(f"{task.title} lr {lr:g} seed {seed}: kept {run_dir / 'results.json'} ({runs[-1]['score']:.2f})")
+                say(f"{task.title} lr {lr:g} seed {seed}: kept {run_dir / 'results.json'} ({runs[-1]['score']:.2f})")
                 continue
             if data_args.overwrite_output_dir and run_dir.is_dir():
                 shutil.rmtree(run_dir)
-            print(f"{task.title} lr {lr:g} seed {seed}: fine-tuning {margs.model_label} -> {run_dir}")
+            say(f"{task.title} lr {lr:g} seed {seed}: fine-tuning {margs.model_label} -> {run_dir}")
             try:
                 run = fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, lr, seed, run_dir)
             except UsageError as e:
                 sys.exit(f"run_glue.py: error: {e}")
             shown = ", ".join(f"{d} {m} {100 * v:.2f}" for d, ms in run["metrics"].items() for m, v in ms.items())
-            print(f"{task.title} lr {lr:g} seed {seed}: {shown} ({run['train_seconds']:.0f} s of training)")
+            say(f"{task.title} lr {lr:g} seed {seed}: {shown} ({run['train_seconds']:.0f} s of training)")
             runs.append(run)
         summary["tasks"][task.name] = summarize(task, runs)
         scores = [t["score"] for t in summary["tasks"].values()]
@@ -389,9 +401,9 @@ def main(argv=None):
             with atomic_write(results_path, "w") as f:
                 json.dump(summary, f, indent=2)
     if targs.process_index == 0 and any(n in glue.TASKS for n in summary["tasks"]):
-        print()
-        print(glue.markdown_table([summary], published=False))
-    print(f"results: {results_path}")
+        say()
+        say(glue.markdown_table([summary], published=False))
+    say(f"results: {results_path}")
     return 0
 
 

@@ -5,7 +5,10 @@ import collections
 import csv
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +203,8 @@ def test_tiny_model_fine_tuned_on_real_sst2_beats_chance_on_real_dev(tmp_path):
     vocab = sst2_vocab(tmp_path / "sst2-bert")
     make_teacher_dir(vocab, vocab, layers=2, hidden=64, heads=2, ffn=128, max_pos=128)  # random weights
     glue_main("--model_name_or_path", vocab, "--task_name", "sst2", "--data_dir", GLUE_DATA, "--output_dir",
-              tmp_path / "out", "--max_train_samples", 3000, "--num_train_epochs", 2, "--learning_rate", 1e-3, *FAST)  # fmt: skip
+              tmp_path / "out", "--max_train_samples", 3000, "--num_train_epochs", 3, "--learning_rate", 1e-3,
+              "--per_device_train_batch_size", 16, *FAST)  # fmt: skip
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     accuracy = results["tasks"]["sst2"]["metrics"]["sst2"]["accuracy"]
     majority = 444 / 872
@@ -250,6 +254,21 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path, teacher, custo
     glue_main(*args, "--output_dir", tmp_path / "cut", "--max_steps", 4)
     assert f"resuming from {run / 'checkpoint-2'}" in capsys.readouterr().out
     assert json.loads((run / "results.json").read_text())["steps"] == 4
+
+
+def test_torchrun_two_processes_share_the_data_and_write_once(tmp_path, teacher, custom_task):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "scripts/run_glue.py"), "--model_name_or_path", str(teacher), "--train_file",
+           str(custom_task / "train.csv"), "--validation_file", str(custom_task / "dev.csv"), "--output_dir",
+           str(out), "--per_device_train_batch_size", "25", "--num_train_epochs", "1", *FAST]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((out / "custom" / "lr2e-05_seed42" / "results.json").read_text())
+    # 200 examples, 25 a process, 2 processes (gloo): 4 steps an epoch, not 8
+    assert run["hyper_parameters"]["world_size"] == 2 and run["steps"] == 4
+    assert run["hyper_parameters"]["eval_examples"] == {"custom": 40}
+    assert proc.stdout.count("custom accuracy") == 1  # one process reports
 
 
 # ----------------------------------------------------------------------------------------------------------
