@@ -162,8 +162,11 @@ def _is_float(v):
 def read_tsv(path, header=True):
     """(column names, rows, malformed rows left out) of a tab-separated file without quoting (GLUE's form:
     its sentences hold unbalanced quotes, so csv's quote handling would merge lines)."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 text ({first_line(e)})") from None
     if not rows:
         raise UsageError(f"{path} is empty")
     names = rows.pop(0) if header else [str(i) for i in range(len(rows[0]))]
@@ -395,96 +398,3 @@ def _correlation(fn, x, y):
 def task_score(metrics):
     """A dev set's GLUE score in points: the mean of its metrics (F1 and accuracy for MRPC, ...)."""
     return 100 * float(np.mean(list(metrics.values())))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Tables
-
-def _cell(task, metrics):
-    """A task's cell: its metrics in points, joined by / (MRPC: F1/acc, STS-B: Pearson/Spearman, MNLI: m/mm)."""
-    if task.name == "mnli":
-        return "/".join(f"{glue_points(metrics[d])}" for d in ("mnli-m", "mnli-mm") if d in metrics)
-    (values,) = metrics.values()
-    return "/".join(f"{100 * v:.1f}" for v in values.values())
-
-
-def glue_points(values):
-    return f"{100 * next(iter(values.values())):.1f}"
-
-
-def markdown_table(summaries, published=True, names=None):
-    """One markdown table: a row per model (run_glue.py's results.json contents), a column per task any of
-    them has, and the average of the task scores over those columns (for rows that have them all)."""
-    order = [t for t in TASKS if any(t in s["tasks"] for s in summaries)] or list(TASKS)
-    header = ["model"] + [_header(TASKS[t]) for t in order] + [f"average ({len(order)} task{'s' * (len(order) > 1)})"]
-    rows = []
-    for i, s in enumerate(summaries):
-        name = (names[i] if names else None) or s["model"]
-        cells, scores = [], []
-        for t in order:
-            done = s["tasks"].get(t)
-            cells.append(_cell(TASKS[t], done["metrics"]) if done else "")
-            if done:
-                scores.append(done["score"])
-        avg = f"{sum(scores) / len(scores):.1f}" if len(scores) == len(order) else ""
-        rows.append([name] + cells + [avg])
-    notes = []
-    if published:
-        for k, p in enumerate(PUBLISHED, 1):
-            have = [t for t in order if t in p["scores"]]
-            if not have:
-                continue
-            cells = [_published_cell(p["scores"].get(t)) for t in order]
-            scores = [_published_score(p["scores"][t]) for t in have]
-            avg = f"{sum(scores) / len(scores):.1f}" if len(have) == len(order) else ""
-            rows.append([f"{p['name']} (published [{k}])"] + cells + [avg])
-            notes.append(f"[{k}] {p['source']}")
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines + ([""] + notes if notes else []))
-
-
-def _header(task):
-    return {"cola": "CoLA (MCC)", "mrpc": "MRPC (F1/acc)", "stsb": "STS-B (P/S)", "qqp": "QQP (F1/acc)",
-            "mnli": "MNLI (m/mm)"}.get(task.name, task.title)  # fmt: skip
-
-
-def _published_cell(value):
-    if value is None:
-        return ""
-    return "/".join(f"{v:.1f}" for v in value) if isinstance(value, (tuple, list)) else f"{value:.1f}"
-
-
-def _published_score(value):
-    return sum(value) / len(value) if isinstance(value, (tuple, list)) else value
-
-
-# Published rows beside ours, as their papers print them: one number per task in points (MNLI: matched and
-# mismatched where the paper gives both), the split, and the paper's own average over its columns. The
-# papers do not all use the same metric for a task (see each source); treat a gap of a point as noise.
-PUBLISHED = [
-    dict(name="BERT-base, dev", average=79.5, scores=dict(
-        cola=56.3, mnli=86.7, mrpc=88.6, qnli=91.8, qqp=89.6, rte=69.3, sst2=92.7, stsb=89.0, wnli=53.5),
-        source="Sanh et al. 2019, DistilBERT (arXiv 1910.01108), Table 1: GLUE dev, median of 5 seeds; average "
-               "79.5 over the 9 tasks. MNLI 86.7 is as printed (upstream's README re-ran it: 84.7)."),
-    dict(name="DistilBERT 6L, dev", average=77.0, scores=dict(
-        cola=51.3, mnli=82.2, mrpc=87.5, qnli=89.2, qqp=88.5, rte=59.9, sst2=91.3, stsb=86.9, wnli=56.3),
-        source="Sanh et al. 2019, DistilBERT (arXiv 1910.01108), Table 1: GLUE dev, median of 5 seeds; "
-               "macro-score 77.0 over the 9 tasks."),
-    dict(name="MiniLM 6Lx768, dev", average=80.4, scores=dict(
-        mnli=84.0, sst2=92.0, qnli=91.0, cola=49.2, rte=71.5, mrpc=88.4, qqp=91.0),
-        source="Wang et al. 2020, MiniLM (arXiv 2002.10957), Table 2: GLUE dev, accuracy for every task "
-               "(MRPC and QQP too); average 80.4 over these 7 tasks and SQuAD 2.0 (76.4 F1)."),
-    dict(name="BERT-base, dev (MiniLM's)", average=81.5, scores=dict(
-        mnli=84.5, sst2=93.2, qnli=91.7, cola=58.9, rte=68.6, mrpc=87.3, qqp=91.3),
-        source="Wang et al. 2020, MiniLM (arXiv 2002.10957), Table 2: the teacher, same conventions as its "
-               "MiniLM row; average 81.5 with SQuAD 2.0 (76.8 F1)."),
-    dict(name="DistilBERT 4L, test", average=71.9, scores=dict(
-        mnli=(78.9, 78.0), qqp=68.5, qnli=85.2, sst2=91.4, cola=32.8, stsb=76.1, mrpc=82.4, rte=54.1),
-        source="Jiao et al. 2020, TinyBERT (arXiv 1909.10351, v5), Table 1: GLUE test (not dev), 8 tasks; "
-               "average 71.9 counts MNLI-m and -mm separately. Same table: BERT-PKD 4L 72.6, BERT-Small 72.1."),
-    dict(name="TinyBERT 4Lx312 general distillation only, dev", average=61.1, scores=dict(
-        mnli=(76.6, 77.2), mrpc=82.0, cola=8.7),
-        source="Jiao et al. 2020, TinyBERT (arXiv 1909.10351, v5), Appendix C, Table 7: 'TinyBERT (GD)', "
-               "GLUE dev, 3 tasks; average 61.1 counts MNLI-m and -mm separately."),
-]  # fmt: skip

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import glue  # noqa: E402
 from data_io import DataFileError, atomic_write, check_writable  # noqa: E402
+from glue_table import markdown_table  # noqa: E402
 from utils import UsageError, first_line, load_pretrained, load_tokenizer  # noqa: E402
 
 # The published fine-tuning setup of BERT and DistilBERT, where transformers' defaults differ.
@@ -402,7 +403,7 @@ def main(argv=None):
                 json.dump(summary, f, indent=2)
     if targs.process_index == 0 and any(n in glue.TASKS for n in summary["tasks"]):
         say()
-        say(glue.markdown_table([summary], published=False))
+        say(markdown_table([summary], published=False))
     say(f"results: {results_path}")
     return 0
 

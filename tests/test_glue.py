@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import glue
+import glue_table
 import run_glue
 import train
 from conftest import ROOT, run_script, write_bert_vocab
@@ -285,6 +286,7 @@ def test_torchrun_two_processes_share_the_data_and_write_once(tmp_path, teacher,
         ("dev label unseen in training", "labels outside custom's set: 'maybe'"),
         ("unfinished train.py run", "a train.py run that has not finished"),
         ("grid", "--learning_rate_grid 'fast'"),
+        ("hub out of reach", "cannot fetch RTE from the hub (nyu-mll/glue)"),
     ],
 )
 def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, teacher, case, expected):
@@ -311,6 +313,8 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, teacher, cas
         (model / "checkpoint.pth").write_bytes(b"")
     elif case == "grid":
         data += ["--learning_rate_grid", "fast"]
+    elif case == "hub out of reach":  # offline (HF_HUB_OFFLINE, set by conftest): no --data_dir
+        data = ["--task_name", "rte"]
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
         glue_main("--model_name_or_path", model, *data, "--output_dir", out, *FAST)
@@ -343,7 +347,7 @@ def summary(model, **scores):
 def test_table_rows_columns_averages_and_published_rows(tmp_path):
     ours = summary("ours", sst2={"accuracy": 0.8}, rte={"accuracy": 0.6})
     partial = summary("partial", sst2={"accuracy": 0.9})
-    table = glue.markdown_table([ours, partial])
+    table = glue_table.markdown_table([ours, partial])
     lines = table.splitlines()
     assert lines[0] == "| model | SST-2 | RTE | average (2 tasks) |"
     assert "| ours | 80.0 | 60.0 | 70.0 |" in lines
@@ -353,10 +357,10 @@ def test_table_rows_columns_averages_and_published_rows(tmp_path):
     assert row.endswith("| 91.3 | 59.9 | 75.6 |")
     assert any(line.startswith("[2] Sanh et al. 2019, DistilBERT (arXiv 1910.01108), Table 1") for line in lines)
     assert "general distillation only" not in table  # TinyBERT GD has neither task
-    assert glue.markdown_table([ours], published=False).count("\n") == 2
+    assert glue_table.markdown_table([ours], published=False).count("\n") == 2
 
     mnli = summary("m", mnli={"mnli-m": {"accuracy": 0.7}, "mnli-mm": {"accuracy": 0.72}}, mrpc={"f1": 0.8, "accuracy": 0.7})
-    lines = glue.markdown_table([mnli]).splitlines()
+    lines = glue_table.markdown_table([mnli]).splitlines()
     assert lines[0] == "| model | MRPC (F1/acc) | MNLI (m/mm) | average (2 tasks) |"
     assert "| m | 80.0/70.0 | 70.0/72.0 | 73.0 |" in lines
     assert any(line.startswith("| DistilBERT 4L, test (published") and "| 82.4 | 78.9/78.0 |" in line for line in lines)
