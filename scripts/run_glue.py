@@ -218,13 +218,12 @@ def model_inputs(dataset, model):
 def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, lr, seed, run_dir):
     """One run: fine-tune from the pretrained weights, evaluate every dev set; the run's results dict."""
     import numpy as np
+    import torch
     import transformers
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
     task = task_data.task
-    import torch
-
     pin = targs.dataloader_pin_memory and torch.cuda.is_available()  # pinning without a GPU only warns
     args = dataclasses.replace(targs, output_dir=str(run_dir), learning_rate=lr, seed=seed, dataloader_pin_memory=pin)
     transformers.set_seed(seed)  # the new head's initialisation
@@ -264,7 +263,7 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         "device": str(args.device),
         "data": task_data.source,
         "tokenizer_fit": fit,
-        "versions": {"torch": __import__("torch").__version__, "transformers": transformers.__version__},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     if trainer.is_world_process_zero():
