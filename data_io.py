@@ -298,3 +298,33 @@ def _check_record(path, obj, kind, arrays, remedy):
         if not isinstance(a, np.ndarray) or a.dtype.kind not in "iu":
             raise DataFileError(f"{path} lacks an integer array {name!r}: {remedy}")
 
+
+def check_data_fits(data_file, data, data_meta, tokenizer, special):
+    """The data must have been binarized with the tokenizer in use (the teacher's): same vocabulary, same
+    special ids. UsageError otherwise; a warning when an old file does not record its vocabulary."""
+    from utils import UsageError, logger
+
+    vocab = len(tokenizer)
+    remedy = f"re-binarize it with --tokenizer_name {tokenizer.name_or_path}"
+    if "vocab_size" in data_meta and data_meta["vocab_size"] != vocab:
+        raise UsageError(
+            f"{data_file} was binarized with a vocabulary of {data_meta['vocab_size']} "
+            f"({data_meta.get('tokenizer_name')}) but the tokenizer has {vocab}: {remedy}"
+        )
+    for name, idx in (data_meta.get("special_token_ids") or {}).items():
+        if name in special and special[name] != idx:
+            raise UsageError(f"{data_file} has {name} id {idx} but the tokenizer's is {special[name]}: {remedy}")
+    if len(data.token_ids) and int(data.token_ids.max()) >= vocab:
+        raise UsageError(f"{data_file} holds token ids >= the vocabulary size {vocab}: {remedy}")
+    # Compare vocabularies, not names: the same vocabulary often sits in folders of different names.
+    data_tok, digest = data_meta.get("tokenizer_name"), data_meta.get("vocab_digest")
+    if digest is not None:
+        if digest != vocab_digest(tokenizer):
+            raise UsageError(
+                f"{data_file} was binarized with another vocabulary of the same size ({data_tok}): {remedy}"
+            )
+    elif data_tok and Path(str(data_tok)).name != Path(str(tokenizer.name_or_path)).name:
+        logger.warning(
+            f"{data_file} was made with tokenizer {data_tok!r}, training uses {tokenizer.name_or_path!r}; "
+            f"the file does not record its vocabulary, so they could not be compared"
+        )

@@ -1,6 +1,6 @@
 """Masked-LM evaluation on held-out data, shared by scripts/evaluate.py and train.py's --valid_file.
 
-The held-out sequences are masked once by the Distiller's own `prepare_batch` (the training masking: 15%
+The held-out sequences are masked once by training's own `Masking` (masking.py: 15%
 of the tokens, rarer ones more often, 80/10/10 [MASK]/keep/random) under a fixed seed, so every model, and
 every evaluation during a run, is scored on exactly the same masked positions. The global RNG is restored
 afterwards: evaluating mid-run changes nothing in the training that follows.
@@ -17,24 +17,24 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distiller import RowsLM
+from losses import RowsLM
 
 EVAL_SEED = 0  # fixes the masked positions: the same for every model and every evaluation
 EVAL_BATCH_SIZE = 64  # sequences per batch (the masking draws per batch, so this is part of the recipe)
 
 
-def masked_batches(distiller, dataset, batch_size=EVAL_BATCH_SIZE, seed=EVAL_SEED):
-    """All of `dataset`, shortest sequences first (little padding), as masked `Batch`es on the distiller's
-    device, masked by `distiller.prepare_batch` with the global RNG seeded to `seed` and then restored."""
+def masked_batches(masking, dataset, batch_size=EVAL_BATCH_SIZE, seed=EVAL_SEED):
+    """All of `dataset`, shortest sequences first (little padding), as masked `Batch`es on the masking's
+    device, masked by `masking.prepare_batch_mlm` with the global RNG seeded to `seed` and then restored."""
     order = np.argsort(dataset.lengths, kind="stable")
-    device = distiller.device
+    device = masking.device
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     batches = []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         for start in range(0, len(order), batch_size):
             token_ids, lengths = dataset.batch_sequences([dataset[i] for i in order[start : start + batch_size]])
-            batches.append(distiller.prepare_batch(token_ids, lengths))
+            batches.append(masking.prepare_batch_mlm(token_ids, lengths))
     return batches
 
 

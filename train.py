@@ -35,10 +35,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import data_io
+import masking
 from distiller import CHECKPOINT, NON_FINITE_EXIT, Distiller, NonFiniteLoss
 from utils import (
     UsageError,
@@ -259,43 +259,11 @@ def load_tokenizer(args, data_meta):
 
 
 def check_data(args, data, data_meta, tokenizer, special):
-    """The data must have been binarized with the teacher's tokenizer: same vocab, same special ids."""
-    vocab = len(tokenizer)
-    remedy = f"re-binarize it with --tokenizer_name {tokenizer.name_or_path}"
-    if "vocab_size" in data_meta and data_meta["vocab_size"] != vocab:
-        raise UsageError(
-            f"{args.data_file} was binarized with a vocabulary of {data_meta['vocab_size']} "
-            f"({data_meta.get('tokenizer_name')}) but the tokenizer has {vocab}: {remedy}"
-        )
-    for name, idx in (data_meta.get("special_token_ids") or {}).items():
-        if name in special and special[name] != idx:
-            raise UsageError(f"{args.data_file} has {name} id {idx} but the tokenizer's is {special[name]}: {remedy}")
-    if len(data.token_ids) and int(data.token_ids.max()) >= vocab:
-        raise UsageError(f"{args.data_file} holds token ids >= the vocabulary size {vocab}: {remedy}")
-    # Compare vocabularies, not names: the same vocabulary often sits in folders of different names.
-    data_tok, digest = data_meta.get("tokenizer_name"), data_meta.get("vocab_digest")
-    if digest is not None:
-        if digest != data_io.vocab_digest(tokenizer):
-            raise UsageError(
-                f"{args.data_file} was binarized with another vocabulary of the same size ({data_tok}): {remedy}"
-            )
-    elif data_tok and Path(str(data_tok)).name != Path(str(tokenizer.name_or_path)).name:
-        logger.warning(
-            f"{args.data_file} was made with tokenizer {data_tok!r}, training uses {tokenizer.name_or_path!r}; "
-            f"the file does not record its vocabulary, so they could not be compared"
-        )
+    data_io.check_data_fits(args.data_file, data, data_meta, tokenizer, special)
 
 
 def load_token_probs(args, vocab, special):
-    counts, meta = data_io.load_token_counts(args.token_counts)
-    if len(counts) != vocab:
-        raise UsageError(
-            f"{args.token_counts} counts {len(counts)} token ids but the vocabulary has {vocab}: "
-            f"re-run scripts/token_counts.py with --vocab_size {vocab}"
-        )
-    probs = np.maximum(counts, 1).astype(np.float64) ** -args.mlm_smoothing
-    probs[list(special.values())] = 0.0  # special tokens are never predicted
-    return torch.from_numpy(probs).float()
+    return masking.load_token_probs(args.token_counts, vocab, special.values(), args.mlm_smoothing)
 
 
 def load_student(args, vocab):

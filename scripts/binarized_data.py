@@ -16,7 +16,6 @@ stays close to the size of the output. benchmarks/bench_binarize.py measures bot
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path

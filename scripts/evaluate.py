@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import data_io  # noqa: E402
 import evaluation  # noqa: E402
+import masking  # noqa: E402
 import utils  # noqa: E402
 from utils import UsageError, init_distributed, load_pretrained, logger  # noqa: E402
 
@@ -57,35 +58,25 @@ def load_tokenizer(path):
     return utils.load_tokenizer(AutoTokenizer, path)
 
 
-def masking_distiller(args, tokenizer, data, model, device):
-    """A Distiller set up only to mask held-out data exactly as train.py would (its prepare_batch), with
-    the held-out set as its dataset. Nothing is trained or written."""
-    import train
-    from distiller import Distiller
-    from lm_seqs_dataset import LmSeqsDataset
-    from utils import DistInfo
+def held_out(args, tokenizer, data, model, device):
+    """(Masking, dataset): the held-out sequences as train.py reads them, and training's masking (its
+    token probabilities, [MASK] id and rates) on `device`. Nothing is trained or written."""
+    from argparse import Namespace
 
-    params = train.parse_args([
-        "--dump_path", "unused", "--data_file", args.data_file, "--token_counts", args.token_counts,
-        "--student_type", "distilbert", "--student_config", "unused", "--teacher_type", "bert",
-        "--teacher_name", "none", "--alpha_ce", "0", "--alpha_cos", "0", "--alpha_mlm", "1",
-        "--mlm_mask_prop", str(args.mlm_mask_prop), "--word_mask", str(args.word_mask),
-        "--word_keep", str(args.word_keep), "--word_rand", str(args.word_rand),
-        "--mlm_smoothing", str(args.mlm_smoothing), "--batch_size", str(args.batch_size),
-        "--n_epoch", "1", "--gradient_accumulation_steps", "1",
-    ])  # fmt: skip
+    from lm_seqs_dataset import LmSeqsDataset
+
     special = data_io.special_token_ids(tokenizer)
-    params.special_tok_ids = special
-    train.check_data(params, data, data.meta, tokenizer, special)
-    token_probs = train.load_token_probs(params, len(tokenizer), special)
+    data_io.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
+    probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing)
     limits = [model.config.max_position_embeddings]
     if tokenizer.model_max_length < 1_000_000:
         limits.append(tokenizer.model_max_length)
-    params.max_model_input_size = min(limits)
-    dataset = LmSeqsDataset(params, data)
+    dataset = LmSeqsDataset(Namespace(max_model_input_size=min(limits), special_tok_ids=special, mlm=True), data)
     if len(dataset) == 0:
         raise UsageError(f"{args.data_file} has no sequence of 12 tokens or more")
-    return Distiller(params, dataset, token_probs, model, None, dist=DistInfo(device=device)), dataset
+    mask = masking.Masking(probs, special["mask_token"], model.config.vocab_size, args.mlm_mask_prop,
+                           args.word_mask, args.word_keep, device)  # fmt: skip
+    return mask, dataset
 
 
 def table(results, teacher=None):
@@ -145,8 +136,8 @@ def main(argv=None):
         if len(set(vocab.values())) != 1 or len(tokenizer) > min(vocab.values()):
             raise UsageError(f"the models and the tokenizer ({len(tokenizer)} ids) disagree on the vocabulary: {vocab}")
         first = next(iter(loaded.values()))
-        distiller, dataset = masking_distiller(args, tokenizer, data, first, device)
-        batches = evaluation.masked_batches(distiller, dataset, args.batch_size, args.seed)
+        mask, dataset = held_out(args, tokenizer, data, first, device)
+        batches = evaluation.masked_batches(mask, dataset, args.batch_size, args.seed)
         results = evaluation.evaluate(loaded, batches, reference=teacher, progress=True)
     except (UsageError, data_io.DataFileError) as e:
         sys.exit(f"evaluate.py: error: {e}")

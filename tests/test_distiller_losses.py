@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import distiller
-from distiller import cosine_loss, kd_loss, mse_loss
+from losses import cosine_loss, kd_loss, mse_loss
 from train_helpers import build_distiller, tiny_run_files, single_thread  # noqa: F401 (autouse fixture)
 
 
@@ -88,8 +88,8 @@ def test_masking_prefers_rare_tokens_by_smoothed_counts(base_argv):
     rare, common = 50, 60
     counts = torch.ones(len(tok))
     counts[rare], counts[common] = 100.0, 400.0
-    d.token_probs = counts**-args.mlm_smoothing
-    d.token_probs[[tok.cls_token_id, tok.sep_token_id, tok.pad_token_id]] = 0
+    d.masking.token_probs = counts**-args.mlm_smoothing
+    d.masking.token_probs[[tok.cls_token_id, tok.sep_token_id, tok.pad_token_id]] = 0
     body = torch.tensor([rare, common] * 31)
     token_ids = torch.cat([torch.tensor([tok.cls_token_id]), body, torch.tensor([tok.sep_token_id])]).repeat(400, 1)
     lengths = torch.full((400,), 64)

@@ -52,9 +52,8 @@ def masked(files, model_dir):
     )  # fmt: skip
     tok = BertTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir)
-    distiller, dataset = evaluate.masking_distiller(args, tok, data_io.load_binarized(files["valid"]), model,
-                                                    torch.device("cpu"))  # fmt: skip
-    return evaluation.masked_batches(distiller, dataset), model
+    mask, dataset = evaluate.held_out(args, tok, data_io.load_binarized(files["valid"]), model, torch.device("cpu"))
+    return evaluation.masked_batches(mask, dataset), model
 
 
 def test_same_figures_twice_and_the_same_masked_positions_for_every_model(files, tmp_path):

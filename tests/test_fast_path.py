@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 
-from distiller import FusedKD, kd_loss, lm_head, lm_head_parts
+from losses import FusedKD, kd_loss, lm_head, lm_head_parts
 from train_helpers import build_distiller, tiny_run_files, single_thread  # noqa: F401 (autouse fixture)
 
 

@@ -6,7 +6,6 @@ Each class of bad input gets one line on stderr, a non-zero exit, and leaves wha
 import importlib.util
 import json
 import os
-import pickle
 import shutil
 import stat
 

@@ -1,0 +1,117 @@
+"""Which positions a batch predicts: BERT's masking for MLM, the next token for CLM.
+
+`Masking` is built from the token probabilities (token counts ** -smoothing, 0 for special tokens), the
+[MASK] id and the rates; training, the held-out evaluation, the benchmark and the tests all mask through
+it. `prepare_batch_mlm` / `prepare_batch_clm` (upstream's names) turn a collated batch into a `Batch`.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import data_io
+from utils import UsageError
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (bs, L) after masking
+    attention_mask: torch.Tensor  # (bs, L) 1 on tokens, 0 on padding
+    rows: torch.Tensor  # (n,) flat indices of the non-pad positions, the m positions to predict first
+    targets: torch.Tensor  # (m,) the token ids to predict at rows[:m]
+    n_tokens: int  # n, non-pad tokens (host ints: counting them needs no device sync)
+    n_targets: int  # m
+
+    # Putting the predicted positions first makes them a slice (rows[:m], hidden[:m]) for every model and
+    # lets FusedKD find them chunk by chunk without asking the device; KD and cosine are means over rows,
+    # so the order changes nothing else.
+
+
+def load_token_probs(counts_file, vocab, special_ids, smoothing):
+    """Masking weights from a token counts file: count ** -smoothing (rare tokens are masked more often, as
+    upstream's --mlm_smoothing), 0 for the special tokens, which are never predicted."""
+    counts, _ = data_io.load_token_counts(counts_file)
+    if len(counts) != vocab:
+        raise UsageError(
+            f"{counts_file} counts {len(counts)} token ids but the vocabulary has {vocab}: "
+            f"re-run scripts/token_counts.py with --vocab_size {vocab}"
+        )
+    probs = np.maximum(counts, 1).astype(np.float64) ** -smoothing
+    probs[list(special_ids)] = 0.0
+    return torch.from_numpy(probs).float()
+
+
+class Masking:
+    """BERT's masking: ceil(mask_prop * tokens) non-special positions a batch, drawn without replacement with
+    probability ~ token_probs; 80% become [MASK] (word_mask), 10% stay (word_keep), 10% a random token."""
+
+    def __init__(self, token_probs, mask_id, vocab_size, mask_prop=0.15, word_mask=0.8, word_keep=0.1, device=None):
+        self.device = torch.device(device or "cpu")
+        self.token_probs = token_probs.to(self.device, torch.float32)
+        self.mask_id = mask_id
+        self.vocab_size = vocab_size
+        self.mask_prop = mask_prop
+        self.cumprobs = (word_mask, word_mask + word_keep)
+
+    @classmethod
+    def from_params(cls, params, token_probs, vocab_size, device):
+        """From train.py's arguments (--mlm_mask_prop, --word_mask, --word_keep) and special ids."""
+        mask_id = params.special_tok_ids["mask_token"]
+        return cls(token_probs, mask_id, vocab_size, params.mlm_mask_prop, params.word_mask, params.word_keep, device)
+
+    def prepare_batch_mlm(self, token_ids, lengths):
+        """A collated batch on the device, masked; the masked positions are its rows to predict."""
+        attention_mask, rows, n_tokens = _non_pad(token_ids, lengths)
+        dev = dict(device=self.device, non_blocking=True)
+        input_ids, rows, targets = self.mask_tokens(token_ids.to(**dev), rows.to(**dev), n_tokens)
+        return Batch(input_ids, attention_mask.to(**dev).long(), rows, targets, n_tokens, len(targets))
+
+    def mask_tokens(self, token_ids, rows, n_tokens):
+        """(input ids, `rows` with the picked ones first, the picked positions' original ids)."""
+        flat = token_ids.flatten()
+        real = flat.index_select(0, rows)
+        weights = self.token_probs[real]  # 0 for special tokens: never picked
+        n_pick = math.ceil(self.mask_prop * n_tokens)
+        target_rows = torch.multinomial(weights, n_pick, replacement=False)
+        targets = real[target_rows]
+        u = torch.rand(n_pick, device=self.device)
+        random_ids = torch.randint(self.vocab_size, (n_pick,), device=self.device)
+        new = torch.where(
+            u < self.cumprobs[0],
+            torch.full_like(targets, self.mask_id),
+            torch.where(u < self.cumprobs[1], targets, random_ids),
+        )
+        input_ids = flat.index_copy(0, rows[target_rows], new).view_as(token_ids)
+        # The other rows, in order, after the picks (a stable sort of the picked flags: no device sync).
+        picked = torch.zeros(n_tokens, dtype=torch.uint8, device=self.device).index_fill_(0, target_rows, 1)
+        others = torch.argsort(picked, stable=True)[: n_tokens - n_pick]
+        return input_ids, torch.cat([rows[target_rows], rows[others]]), targets
+
+
+def prepare_batch_clm(token_ids, lengths, device):
+    """A collated batch on the device for causal LM: every non-pad position but the last of each sequence
+    predicts the next token (those rows first, the last positions at the end)."""
+    attention_mask, rows, _ = _non_pad(token_ids, lengths)
+    starts = torch.cumsum(lengths, 0) - lengths
+    target_rows = torch.repeat_interleave(starts, lengths - 1) + _ranges(lengths - 1)
+    targets = token_ids.flatten()[rows[target_rows] + 1]
+    rows = torch.cat([rows[target_rows], rows[starts + lengths - 1]])
+    dev = dict(device=device, non_blocking=True)
+    n_tokens = int(lengths.sum())
+    return Batch(token_ids.to(**dev), attention_mask.to(**dev).long(), rows.to(**dev), targets.to(**dev),
+                 n_tokens, len(targets))  # fmt: skip
+
+
+def _non_pad(token_ids, lengths):
+    """(attention mask, flat indices of the non-pad positions, their count), computed on the host: no sync."""
+    attention_mask = torch.arange(token_ids.size(1)) < lengths[:, None]
+    return attention_mask, attention_mask.flatten().nonzero().squeeze(1), int(lengths.sum())
+
+
+def _ranges(counts):
+    """concatenate(arange(c) for c in counts), vectorised."""
+    total = int(counts.sum())
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.arange(total) - torch.repeat_interleave(starts, counts)
