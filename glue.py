@@ -117,7 +117,7 @@ def label_ids(task, values, source):
             out = [float(v) for v in values]
         except (TypeError, ValueError):
             bad = next(v for v in values if not _is_float(v))
-            raise UsageError(f"{source}: label {bad!r} is not a number, and {task.title} is scored by a number") from None
+            raise UsageError(f"{source}: label {bad!r} is not a number ({task.title} is scored by a number)") from None
         if any(math.isnan(v) for v in out):
             raise UsageError(f"{source}: a label is missing (NaN)")
         return out
@@ -277,7 +277,8 @@ def load_local(task, data_dir):
         table = {n: [r[i] for r in rows] for i, n in enumerate(names)}
         columns = [str(c) for c in task.tsv_columns]
         if not header and len(names) <= max(task.tsv_columns):
-            raise UsageError(f"{path} has {len(names)} columns: {task.title}'s TSV has {task.tsv_columns[0] + 1}, no header")
+            expected = f"{task.title}'s TSV has {task.tsv_columns[0] + 1}, no header"
+            raise UsageError(f"{path} has {len(names)} columns: {expected}")
         if len(rows) == 0:
             raise UsageError(f"{path} holds no rows with {len(names)} fields")
         splits[split] = _split_from_table(task, split, table, columns, str(task.tsv_label), path, skipped)
@@ -336,10 +337,10 @@ def load_files(train_file, validation_file, task=None, text_columns=None, label_
         else:
             labels = tuple(sorted({_label_key(v) for v in values}, key=_label_order))
             if len(labels) < 2:
-                raise UsageError(f"{train_file}: the label column {label_column!r} holds one value only ({labels[0]!r})")
+                raise UsageError(f"{train_file}: label column {label_column!r} holds one value only ({labels[0]!r})")
         task = custom_task(labels, columns)
-    splits = [_split_from_table(task, name, table, columns, label_column, path)
-              for name, table, path in (("train", train, train_file), ("validation", valid, validation_file))]  # fmt: skip
+    parts = (("train", train, train_file), ("validation", valid, validation_file))
+    splits = [_split_from_table(task, name, table, columns, label_column, path) for name, table, path in parts]
     name = task.name
     return TaskData(task, splits[0], {name: splits[1]}, f"{train_file} and {validation_file}")
 

@@ -60,7 +60,8 @@ def markdown_table(summaries, published=True, names=None):
     """One markdown table: a row per model (run_glue.py's results.json contents), a column per task any of
     them has, and the average of the task scores over those columns (for rows that have them all)."""
     order = [t for t in glue.TASKS if any(t in s["tasks"] for s in summaries)] or list(glue.TASKS)
-    header = ["model"] + [_header(glue.TASKS[t]) for t in order] + [f"average ({len(order)} task{'s' * (len(order) > 1)})"]
+    average = f"average ({len(order)} task{'s' * (len(order) > 1)})"
+    header = ["model"] + [_header(glue.TASKS[t]) for t in order] + [average]
     rows = []
     for i, s in enumerate(summaries):
         name = (names[i] if names else None) or s["model"]

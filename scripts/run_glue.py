@@ -8,7 +8,7 @@ transformers' own run_glue.py example.
     python scripts/run_glue.py --model_name_or_path bert-base-uncased --task_name all --seeds 5 --fp16 \\
         --output_dir glue/bert-base-uncased
     # your own task: csv, tsv, json or jsonl with a `label` column
-    python scripts/run_glue.py --model_name_or_path ... --train_file train.csv --validation_file dev.csv --output_dir ...
+    python scripts/run_glue.py --model_name_or_path M --train_file train.csv --validation_file dev.csv --output_dir O
 
 The model is a train.py run folder (a DistilBERT student: it has no token types, and none are given to it),
 the teacher, or any hub name or folder AutoModelForSequenceClassification loads; the classification head
@@ -64,7 +64,7 @@ class ModelArguments:
         default=None, metadata={"help": "a train.py run folder, a model folder, or a hub name (required)"}
     )
     tokenizer_name: str = field(default=None, metadata={"help": "default: the model's own tokenizer"})
-    model_label: str = field(default=None, metadata={"help": "the model's name in results (default: its folder's name)"})
+    model_label: str = field(default=None, metadata={"help": "the model's name in results (default: its folder)"})
 
 
 @dataclass
@@ -93,7 +93,7 @@ class DataArguments:
 
 @dataclass
 class SweepArguments:
-    seeds: int = field(default=1, metadata={"help": "runs per task, seeds --seed, --seed+1, ...; the median is reported"})
+    seeds: int = field(default=1, metadata={"help": "runs per task (seeds --seed, --seed+1, ...), median reported"})
     learning_rate_grid: str = field(
         default=None,
         metadata={"help": "comma-separated learning rates to try, or 'bert' for BERT's 2e-5,3e-5,4e-5,5e-5; "
@@ -200,8 +200,9 @@ def tokenize(task_data, tokenizer, max_length, pad):
     first = next(iter(task_data.dev.values()))
     words = sum(len(t.split()) for texts in first.texts for t in texts)
     special = set(tokenizer.all_special_ids)
-    ids = [i for row in next(iter(dev.values()))["input_ids"] for i in row if i not in special or i == tokenizer.unk_token_id]
-    fit = {"pieces_per_word": len(ids) / max(words, 1), "unk_fraction": ids.count(tokenizer.unk_token_id) / max(len(ids), 1)}
+    unk = tokenizer.unk_token_id
+    ids = [i for row in next(iter(dev.values()))["input_ids"] for i in row if i not in special or i == unk]
+    fit = {"pieces_per_word": len(ids) / max(words, 1), "unk_fraction": ids.count(unk) / max(len(ids), 1)}
     say(f"{task_data.task.title}: {fit['pieces_per_word']:.2f} word pieces per word, {fit['unk_fraction']:.1%} "
           f"{tokenizer.unk_token} (dev; bert-base-uncased's vocabulary: 1.2-1.3, none)")  # fmt: skip
     return encode(task_data.train), dev, fit
@@ -387,7 +388,8 @@ def main(argv=None):
                 shutil.rmtree(run_dir)
             say(f"{task.title} lr {lr:g} seed {seed}: fine-tuning {margs.model_label} -> {run_dir}")
             try:
-                run = fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, lr, seed, run_dir)
+                run = fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, lr, seed,
+                                run_dir)  # fmt: skip
             except UsageError as e:
                 sys.exit(f"run_glue.py: error: {e}")
             shown = ", ".join(f"{d} {m} {100 * v:.2f}" for d, ms in run["metrics"].items() for m, v in ms.items())

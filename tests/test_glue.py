@@ -119,7 +119,8 @@ def test_mnli_has_both_dev_sets_in_both_forms(tmp_path):
     }
 
     def split(premises, labels):
-        return {"premise": premises, "hypothesis": [p + "?" for p in premises], "label": labels, "idx": list(range(len(labels)))}
+        hypotheses = [p + "?" for p in premises]
+        return {"premise": premises, "hypothesis": hypotheses, "label": labels, "idx": list(range(len(labels)))}
 
     write_parquet(tmp_path / "pq/train-00000-of-00001.parquet", split(["p1", "p2"], [1, 2]))
     write_parquet(tmp_path / "pq/validation_matched-00000-of-00001.parquet", split(["pm"], [0]))
@@ -359,7 +360,8 @@ def test_table_rows_columns_averages_and_published_rows(tmp_path):
     assert "general distillation only" not in table  # TinyBERT GD has neither task
     assert glue_table.markdown_table([ours], published=False).count("\n") == 2
 
-    mnli = summary("m", mnli={"mnli-m": {"accuracy": 0.7}, "mnli-mm": {"accuracy": 0.72}}, mrpc={"f1": 0.8, "accuracy": 0.7})
+    both = {"mnli-m": {"accuracy": 0.7}, "mnli-mm": {"accuracy": 0.72}}
+    mnli = summary("m", mnli=both, mrpc={"f1": 0.8, "accuracy": 0.7})
     lines = glue_table.markdown_table([mnli]).splitlines()
     assert lines[0] == "| model | MRPC (F1/acc) | MNLI (m/mm) | average (2 tasks) |"
     assert "| m | 80.0/70.0 | 70.0/72.0 | 73.0 |" in lines
