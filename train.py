@@ -51,6 +51,7 @@ from utils import (
     load_student_weights,
     load_tokenizer as load_tokenizer_or_fail,
     logger,
+    model_input_limit,
     set_seed,
 )
 
@@ -308,18 +309,12 @@ def load_teacher(args, student):
 
 
 def max_input_size(args, tokenizer, student, teacher):
-    limits = [student.config.max_position_embeddings]
-    if teacher is not None:
-        limits.append(teacher.config.max_position_embeddings)
-    if tokenizer.model_max_length < 1_000_000:  # tokenizers without a limit report ~1e30
-        limits.append(tokenizer.model_max_length)
+    limit = model_input_limit(tokenizer, student.config, *([teacher.config] if teacher is not None else []))
     if args.max_model_input_size is not None:
-        if args.max_model_input_size > min(limits):
-            raise UsageError(
-                f"--max_model_input_size {args.max_model_input_size} exceeds the models' limit {min(limits)}"
-            )
+        if args.max_model_input_size > limit:
+            raise UsageError(f"--max_model_input_size {args.max_model_input_size} exceeds the models' limit {limit}")
         return args.max_model_input_size
-    return min(limits)
+    return limit
 
 
 def replaced_path(dump):

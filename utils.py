@@ -51,9 +51,6 @@ class DistInfo:
     def is_master(self):
         return self.rank == 0
 
-    @property
-    def multi_gpu(self):  # upstream's name; true for any multi-process run (GPUs or CPU processes)
-        return self.world_size > 1
 
 
 def init_distributed(n_gpu=1):
@@ -134,6 +131,15 @@ def git_log(folder):
 
 # ----------------------------------------------------------------------------------------------------------
 # Loading models and tokenizers with errors a user can act on
+
+
+def model_input_limit(tokenizer, *configs):
+    """The longest input every model and the tokenizer accept: the smallest max_position_embeddings and the
+    tokenizer's model_max_length (tokenizers without a limit report ~1e30)."""
+    limits = [c.max_position_embeddings for c in configs if getattr(c, "max_position_embeddings", None)]
+    if tokenizer.model_max_length < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    return min(limits)
 
 
 def first_line(e):

@@ -68,10 +68,8 @@ def held_out(args, tokenizer, data, model, device):
     special = data_io.special_token_ids(tokenizer)
     data_io.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
     probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing)
-    limits = [model.config.max_position_embeddings]
-    if tokenizer.model_max_length < 1_000_000:
-        limits.append(tokenizer.model_max_length)
-    dataset = LmSeqsDataset(Namespace(max_model_input_size=min(limits), special_tok_ids=special, mlm=True), data)
+    limit = utils.model_input_limit(tokenizer, model.config)
+    dataset = LmSeqsDataset(Namespace(max_model_input_size=limit, special_tok_ids=special, mlm=True), data)
     if len(dataset) == 0:
         raise UsageError(f"{args.data_file} has no sequence of 12 tokens or more")
     mask = masking.Masking(probs, special["mask_token"], model.config.vocab_size, args.mlm_mask_prop,
@@ -86,7 +84,10 @@ def table(results, teacher=None):
         label = f"{name} (teacher)" if name == teacher else name
         rows.append([label, *(fmt.format(r[k]) if k in r else "-" for k, _, fmt in cols)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    def line(row):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    lines = [line(row) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

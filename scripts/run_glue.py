@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import glue  # noqa: E402
 from data_io import DataFileError, atomic_write, check_writable  # noqa: E402
 from glue_table import markdown_table  # noqa: E402
-from utils import UsageError, first_line, load_pretrained, load_tokenizer  # noqa: E402
+from utils import UsageError, first_line, load_pretrained, load_tokenizer, model_input_limit  # noqa: E402
 
 # The published fine-tuning setup of BERT and DistilBERT, where transformers' defaults differ.
 DEFAULTS = dict(
@@ -352,10 +352,7 @@ def main(argv=None):
     except (UsageError, DataFileError) as e:
         sys.exit(f"run_glue.py: error: {e}")
     margs.model_label = margs.model_label or Path(margs.model_name_or_path.rstrip("/")).name
-    limits = [data_args.max_seq_length, getattr(config, "max_position_embeddings", None) or 10**9]
-    if tokenizer.model_max_length < 10**6:
-        limits.append(tokenizer.model_max_length)
-    max_length = min(limits)
+    max_length = min(data_args.max_seq_length, model_input_limit(tokenizer, config))
     if max_length < data_args.max_seq_length:
         say(f"--max_seq_length {data_args.max_seq_length} is more than the model takes: {max_length}")
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # Fail fast instead of retrying an unreachable hub (scripts run by run_script inherit this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,3 +57,14 @@ def tokenizer_dir(tmp_path_factory, articles):
     counts = collections.Counter(w for a in articles for w in re.findall(r"[a-z]+", a["text"].lower()))
     words = [w for w, _ in counts.most_common(300)]
     return write_bert_vocab(tmp_path_factory.mktemp("tok") / "tiny-bert", words)
+
+
+@pytest.fixture(autouse=True)
+def single_thread(monkeypatch):
+    """Tiny models gain nothing from a second thread and lose several-fold when another process holds a
+    core (OpenMP threads spin on each other). One thread here and in the scripts the tests start."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,7 +8,7 @@ from torch import nn
 
 import distiller
 from losses import cosine_loss, kd_loss, mse_loss
-from train_helpers import build_distiller, tiny_run_files, single_thread  # noqa: F401 (autouse fixture)
+from train_helpers import build_distiller, tiny_run_files
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import evaluate  # scripts/evaluate.py (conftest puts scripts/ on the path)
 import evaluation
 import make_synthetic_wiki
 import train
-from train_helpers import make_teacher_dir, read_metrics, tiny_run_files, tiny_student_config, write_data, single_thread  # noqa: F401 (autouse fixture)
+from train_helpers import read_metrics, tiny_run_files, tiny_student_config, write_data
 
 
 @pytest.fixture(scope="module")

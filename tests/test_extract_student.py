@@ -9,7 +9,7 @@ from transformers import DistilBertConfig, DistilBertForMaskedLM
 
 import utils
 from conftest import ROOT, run_script
-from train_helpers import make_teacher_dir, write_student_config, single_thread  # noqa: F401 (autouse fixture)
+from train_helpers import make_teacher_dir, write_student_config
 
 spec = importlib.util.spec_from_file_location("extract_distilbert", ROOT / "scripts" / "extract" / "distilbert.py")
 extract = importlib.util.module_from_spec(spec)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import transformers as T
 
 from losses import FusedKD, kd_loss, lm_head, lm_head_parts
-from train_helpers import build_distiller, tiny_run_files, single_thread  # noqa: F401 (autouse fixture)
+from train_helpers import build_distiller, tiny_run_files
 
 
 def _head_problem(seed, n=37, d=16, vocab=300, n_lm=10, bias=True):

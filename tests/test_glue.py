@@ -21,7 +21,7 @@ import glue_table
 import run_glue
 import train
 from conftest import ROOT, run_script, write_bert_vocab
-from train_helpers import make_teacher_dir, sentences, single_thread, tiny_run_files, with_args  # noqa: F401
+from train_helpers import make_teacher_dir, sentences, tiny_run_files, with_args
 
 GLUE_DATA = ROOT.parent / "shared" / "data" / "glue"
 needs_real_glue = pytest.mark.skipif(

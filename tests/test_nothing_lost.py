@@ -19,7 +19,7 @@ import evaluate  # scripts/evaluate.py
 import token_counts
 import train
 from conftest import ROOT, write_bert_vocab
-from train_helpers import tiny_run_files, with_args, write_data, single_thread  # noqa: F401 (autouse fixture)
+from train_helpers import tiny_run_files, with_args, write_data
 
 spec = importlib.util.spec_from_file_location("extract_distilbert", ROOT / "scripts" / "extract" / "distilbert.py")
 extract_student = importlib.util.module_from_spec(spec)

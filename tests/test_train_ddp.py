@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from train_helpers import tiny_run_files, single_thread  # noqa: F401 (autouse fixture)
+from train_helpers import tiny_run_files
 
 
 @pytest.fixture(scope="module")

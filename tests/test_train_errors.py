@@ -9,7 +9,7 @@ import torch
 import data_io
 import train
 from conftest import run_script, write_bert_vocab
-from train_helpers import tiny_run_files, tiny_student_config, write_data, write_student_config, single_thread  # noqa: F401 (autouse fixture)
+from train_helpers import tiny_run_files, tiny_student_config, write_data, write_student_config
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import train
 from conftest import ROOT
-from train_helpers import read_metrics, tiny_run_files, with_args, single_thread  # noqa: F401 (autouse fixture)
+from train_helpers import read_metrics, tiny_run_files, with_args
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertTokenizer, DistilBertConfig
 
 import data_io
-
-
-@pytest.fixture(autouse=True)
-def single_thread(monkeypatch):
-    """Tiny models gain nothing from a second thread and lose several-fold when another process holds a
-    core (OpenMP threads spin on each other). One thread here and in the scripts the tests start.
-    Test modules pick this fixture up by importing it."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_bert_config(vocab_size, layers=4, hidden=32, heads=2, ffn=64, max_pos=64):
