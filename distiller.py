@@ -4,7 +4,8 @@ Loss, as upstream (Sanh et al., 2019): alpha_ce * KD + alpha_mlm * MLM (or alpha
 + alpha_mse * MSE(logits) + alpha_cos * cosine(last hidden states), where KD is the KL divergence between
 the teacher's and the student's distributions at temperature T, times T^2.
 
-How a step stays lean (issue 5's "Where the time goes"; benchmarks/bench_train.py measures it):
+The losses and the vocabulary head live in losses.py, the masking in masking.py. How a step stays lean
+(benchmarks/bench_train.py measures it):
 - positions are picked by row indices computed from the lengths on the host, never by
   (batch x length x vocab) boolean masks: the models project to the vocabulary only at the rows a loss
   needs (non-pad rows for KD; masked rows only with --restrict_ce_to_mask or without a teacher), and the
