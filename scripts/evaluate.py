@@ -1,7 +1,7 @@
 """Evaluate masked-LM models on held-out binarized data: loss, perplexity, top-1/top-5 accuracy on masked tokens.
 
     python scripts/evaluate.py --teacher bert-base-uncased \\
-        --model serialization_dir/distilbert_small --model serialization_dir/distilbert_base \\
+        --model serialization_dir/distilbert-small-uncased --model serialization_dir/distilbert-base-uncased \\
         --data_file data/binarized_text.bert-base-uncased.valid.pickle \\
         --token_counts data/token_counts.bert-base-uncased.pickle --output eval.json
 

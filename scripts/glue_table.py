@@ -1,7 +1,7 @@
 """Gather run_glue.py results into one markdown table: a row per model, a column per task, the average of the
 task scores, and published rows beside them for the same tasks (with their sources).
 
-    python scripts/glue_table.py glue/bert-base-uncased glue/distilbert_small teacher=glue/teacher
+    python scripts/glue_table.py glue/bert-base-uncased glue/distilbert-small-uncased teacher=glue/teacher
     python scripts/glue_table.py demo_run/glue/* --output demo_run/glue.md
 
 Each argument is a run_glue.py --output_dir (or its results.json), as NAME=PATH to name the row. A cell is

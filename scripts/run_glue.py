@@ -2,8 +2,8 @@
 transformers' own run_glue.py example.
 
     # one task, offline, from GLUE's TSV files or the hub's parquet files
-    python scripts/run_glue.py --model_name_or_path serialization_dir/distilbert_small --task_name sst2 \\
-        --data_dir ../shared/data/glue/SST-2 --output_dir glue/distilbert_small
+    python scripts/run_glue.py --model_name_or_path serialization_dir/distilbert-small-uncased --task_name sst2 \\
+        --data_dir ../shared/data/glue/SST-2 --output_dir glue/distilbert-small-uncased
     # every task from the hub, 5 seeds each (the median is reported), mixed precision
     python scripts/run_glue.py --model_name_or_path bert-base-uncased --task_name all --seeds 5 --fp16 \\
         --output_dir glue/bert-base-uncased
