@@ -587,7 +587,8 @@ def print_gpu_table(results, impls, peak_tflops=None):
         growth = last["gpu_reserved_gib"] / at100["gpu_reserved_gib"] - 1
         print(
             f"| {impl} | {r['model_tflop_per_s']:.1f} | {mfu} | {last['gpu_allocated_gib']:.2f} "
-            f"| {at100['gpu_reserved_gib']:.2f} (step {at100['step']}) -> {last['gpu_reserved_gib']:.2f} (step {last['step']}) "
+            f"| {at100['gpu_reserved_gib']:.2f} (step {at100['step']}) "
+            f"-> {last['gpu_reserved_gib']:.2f} (step {last['step']}) "
             f"| {growth:+.1%} | {r['gpu_peak_gib']:.2f} | {r['empty_cache_calls']} |"
         )
     print(f"\ndevice: {results[0]['device']}; FLOPs: model_flops() (teacher forward + 3 x student forward)")

@@ -245,7 +245,8 @@ def main(argv=None):
     logger.info(
         "%d lines (%d blank) in %.1fs (%.0f lines/s); kept %d sequences, %d tokens (mean %.1f); "
         "dropped %d shorter than %d tokens",
-        meta["lines"], meta["blank_lines"], meta["binarize_seconds"], meta["lines"] / max(meta["binarize_seconds"], 1e-9),
+        meta["lines"], meta["blank_lines"], meta["binarize_seconds"],
+        meta["lines"] / max(meta["binarize_seconds"], 1e-9),
         n, n_tokens, n_tokens / n, meta["dropped_short"], args.min_tokens,
     )
     logger.info("wrote %s (%.1f MB)", out, out.stat().st_size / 2**20)

@@ -5,8 +5,8 @@
 
 `estimate` times a few real training steps (train.py's Distiller, on random batches of the demo's shape)
 of the teacher, the distilled student and the MLM-only student, and a held-out evaluation, then scales them
-by the number of steps each stage runs. It takes ~10 s; the figures are a guide (within 6% of the whole demo in most runs, 30% over when the
-machine sped up after the timed steps).
+by the number of steps each stage runs. It takes ~10 s; the figures are a guide (the machine's speed can
+change after the timed steps; the README's demo section gives how close they came).
 """
 
 import argparse

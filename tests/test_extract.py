@@ -271,7 +271,8 @@ def test_unwritable_output_fails_with_one_line(corpus, tmp_path):
     output = tmp_path / "a_file" / "dump.txt"  # its folder would have to be a file
     proc = run_script(SCRIPT, "--source", corpus / "wiki.jsonl", "--num_articles", 5, "--output", output)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1] == f"error: cannot write --output {output}: {output.parent} is a file, not a folder"
+    expected = f"error: cannot write --output {output}: {output.parent} is a file, not a folder"
+    assert proc.stderr.strip().splitlines()[-1] == expected
     assert "Traceback" not in proc.stderr
 
 

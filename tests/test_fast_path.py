@@ -12,7 +12,8 @@ from train_helpers import build_distiller, tiny_run_files
 
 
 def _head_problem(seed, n=37, d=16, vocab=300, n_lm=10, bias=True):
-    """Random student features / head (trainable) and teacher features / head, plus LM targets for the first n_lm rows."""
+    """Random student features / head (trainable) and teacher features / head, plus LM targets for the first
+    n_lm rows."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, requires_grad=True)
     w = torch.randn(vocab, d, generator=g).mul_(0.3).requires_grad_()

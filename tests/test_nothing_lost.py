@@ -119,7 +119,8 @@ def test_force_keeps_the_old_run_aside_until_the_first_checkpoint(finished_run):
 def test_resume_without_a_checkpoint_names_the_run_moved_aside(finished_run, capsys):
     dump, argv = finished_run
     train.main(with_args(argv, force=True, stop_after_iter=2))
-    train_fails(with_args(argv, resume=True), capsys, f"the run that was there before --force is in {train.replaced_path(dump)}")
+    where = train.replaced_path(dump)
+    train_fails(with_args(argv, resume=True), capsys, f"the run that was there before --force is in {where}")
 
 
 # ---- damaged and foreign files ----------------------------------------------------------------------
@@ -160,7 +161,8 @@ def test_damaged_safetensors_everywhere(files, tmp_path, capsys):
     shutil.copytree(teacher, bad_teacher)
     truncate(bad_teacher / "model.safetensors")
 
-    train_fails(with_args(argv, dump_path=tmp_path / "run", teacher_name=bad_teacher), capsys, "is damaged or truncated")
+    bad_run = with_args(argv, dump_path=tmp_path / "run", teacher_name=bad_teacher)
+    train_fails(bad_run, capsys, "is damaged or truncated")
     assert not (tmp_path / "run").exists()
 
     out = tmp_path / "init.safetensors"
@@ -245,7 +247,8 @@ def test_unwritable_outputs_fail_before_any_work(files, tmp_path, capsys, tokeni
 
     with pytest.raises(SystemExit) as e:
         extract_student.main(["--model_name", arg(argv, "teacher_name"), "--student_config",
-                              arg(argv, "student_config"), "--dump_checkpoint", str(where / "i.safetensors")])  # fmt: skip
+                              arg(argv, "student_config"), "--dump_checkpoint",
+                              str(where / "i.safetensors")])  # fmt: skip
     assert line in str(e.value)
 
     train_fails(with_args(argv, dump_path=where / "run"), capsys, line)
@@ -335,8 +338,9 @@ def test_vocabularies_are_compared_not_folder_names(tmp_path, tokenizer_dir, cap
     assert binarized_data.main(["--file_path", str(dump_txt), "--tokenizer_name", str(tokenizer_dir),
                                 "--dump_file", str(tmp_path / "bin")]) == 0  # fmt: skip
     data = tmp_path / f"bin.{tokenizer_dir.name}.pickle"
+    vocab = len((tokenizer_dir / "vocab.txt").read_text().split())
     assert token_counts.main(["--data_file", str(data), "--token_counts_dump", str(tmp_path / "counts.pickle"),
-                              "--vocab_size", str(len((tokenizer_dir / "vocab.txt").read_text().split()))]) == 0  # fmt: skip
+                              "--vocab_size", str(vocab)]) == 0  # fmt: skip
     config = tmp_path / "student.json"
     from train_helpers import write_student_config
 
