@@ -263,8 +263,7 @@ def load_local(task, data_dir):
         splits = {}
         for split in ("train", *task.dev):
             table, source = _parquet(folder, split, task)
-            label = "label"
-            splits[split] = _split_from_table(task, split, table, task.columns, label, source)
+            splits[split] = _split_from_table(task, split, table, task.columns, "label", source)
         dev = {dev_name(task, s): splits[s] for s in task.dev}
         return TaskData(task, splits["train"], dev, f"parquet files in {folder}")
     header = not isinstance(task.tsv_label, int)

@@ -142,6 +142,15 @@ def model_input_limit(tokenizer, *configs):
     return min(limits)
 
 
+def split_name(spec):
+    """'NAME=PATH' -> (NAME, PATH); 'PATH' (or a path that itself holds '=') -> ("", PATH): how the scripts'
+    --model / --run / results arguments name their rows."""
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        return name, path
+    return "", spec
+
+
 def first_line(e):
     """The first line of an exception's message (libraries' messages run to several), or its class name."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]

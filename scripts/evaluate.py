@@ -40,10 +40,8 @@ COLUMNS = [  # (figure, header, format)
 
 def named(spec):
     """'NAME=PATH' -> (NAME, PATH); 'PATH' -> (its last component, PATH)."""
-    if "=" in spec and not Path(spec).exists():
-        name, path = spec.split("=", 1)
-        return name, path
-    return Path(spec.rstrip("/")).name or spec, spec
+    name, path = utils.split_name(spec)
+    return name or Path(path.rstrip("/")).name or path, path
 
 
 def load_model(path, device):

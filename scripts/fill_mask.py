@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 import data_io  # noqa: E402
 from data_io import DataFileError  # noqa: E402
-from utils import UsageError, load_pretrained, load_tokenizer  # noqa: E402
+from utils import UsageError, load_pretrained, load_tokenizer, split_name  # noqa: E402
 
 
 def held_out_examples(tokenizer, data_file, counts_file, n):
@@ -75,7 +75,7 @@ def main(argv=None):
     transformers.utils.logging.disable_progress_bar()
     names = []
     for spec in args.model:
-        name, _, path = spec.rpartition("=") if "=" in spec and not Path(spec).exists() else ("", "", spec)
+        name, path = split_name(spec)
         names.append((name or Path(path.rstrip("/")).name, path))
     try:
         tokenizer = load_tokenizer(AutoTokenizer, names[0][1])

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import glue  # noqa: E402
 from data_io import DataFileError, atomic_write, check_writable  # noqa: E402
+from utils import split_name  # noqa: E402
 
 # Published rows beside ours, as their papers print them: one number per task in points (MNLI: matched and
 # mismatched where the paper gives both), the split, and the paper's own average over its columns. The
@@ -105,8 +106,8 @@ def _published_score(value):
 
 
 def read_results(spec):
-    """(row name or None, results dict) for 'PATH' or 'NAME=PATH'."""
-    name, path = (spec.split("=", 1) if "=" in spec and not Path(spec).exists() else (None, spec))
+    """(row name, or "" for the model's own, results dict) for 'PATH' or 'NAME=PATH'."""
+    name, path = split_name(spec)
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
