@@ -31,7 +31,6 @@ import shutil
 import time
 from pathlib import Path
 
-import psutil
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,9 +38,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+import evaluation
 from data_io import atomic_write
 from masking import Masking, prepare_batch_clm
-from losses import KD_CHUNK_ROWS, FusedKD, RowsLM, cosine_loss, kd_loss, lm_head_parts, mse_loss
+from losses import LOSS_NAMES, KD_CHUNK_ROWS, FusedKD, RowsLM, cosine_loss, kd_loss, lm_head_parts, mse_loss
+from monitor import Meter, MetricsLog, empty_cache_if_low, memory_stats, metrics_size
 from grouped_batch_sampler import epoch_batches
 from utils import DistInfo, UsageError, first_line, logger
 
@@ -67,7 +68,7 @@ class Distiller:
         self.mlm = params.mlm
         self.vocab_size = student.config.vocab_size
         self.temperature = params.temperature
-        self.alpha = {k: getattr(params, f"alpha_{k}") for k in ("ce", "mlm", "clm", "mse", "cos")}
+        self.alpha = {k: getattr(params, f"alpha_{k}") for k in LOSS_NAMES}
         # KD and MSE need the teacher's logits on every non-pad row, unless restricted to the masked rows.
         self.kd_all_rows = (self.alpha["ce"] > 0 or self.alpha["mse"] > 0) and not params.restrict_ce_to_mask
         self.needs_teacher = self.alpha["ce"] > 0 or self.alpha["mse"] > 0 or self.alpha["cos"] > 0
@@ -136,7 +137,7 @@ class Distiller:
         self.consecutive_skips = 0
         self.first_bad_iter = torch.full((), -1, dtype=torch.long, device=self.device)
         self._ckpt_bucket = 0  # n_total_iter // checkpoint_interval at the last checkpoint
-        self.tensorboard = None
+        self.metrics_log = None  # metrics.jsonl and tensorboard (rank 0, opened by train())
         self.valid_dataset = valid_dataset
         self.valid_batches = None  # masked once, on the first evaluation
         self.last_eval_iter = None
@@ -258,9 +259,11 @@ class Distiller:
         p = self.params
         accum = p.gradient_accumulation_steps
         if self.dist.is_master:
-            self.open_tensorboard()
+            # On resume, the records and events a killed run wrote after its checkpoint are cut.
+            self.metrics_log = MetricsLog(self.dump_path, self.metrics_bytes, self.n_total_iter)
+            self.metrics_log.add_text("config/training", json.dumps(vars(p), indent=2, default=str))
+            self.metrics_log.add_text("config/student", self.student_model.config.to_json_string())
         self.student.train()
-        self.truncate_metrics()
         log_time = time.perf_counter()
         while self.epoch < p.n_epoch:
             batches = self.epoch_batches(self.epoch)
@@ -396,15 +399,6 @@ class Distiller:
     # ----------------------------------------------------------------------------------------------------
     # Logging
 
-    def open_tensorboard(self):
-        from torch.utils.tensorboard import SummaryWriter
-
-        # On resume, drop the events a killed run logged after its checkpoint (metrics.jsonl is cut likewise).
-        purge = self.n_total_iter + 1 if self.metrics_bytes is not None else None
-        self.tensorboard = SummaryWriter(log_dir=str(self.dump_path / "log" / "train"), purge_step=purge)
-        self.tensorboard.add_text("config/training", json.dumps(_jsonable(vars(self.params)), indent=2), 0)
-        self.tensorboard.add_text("config/student", self.student_model.config.to_json_string(), 0)
-
     def log(self, means, seconds):
         """One line and one metrics record per log interval (rank 0); `means` are the interval's averages."""
         self.check_finite()
@@ -422,7 +416,7 @@ class Distiller:
         }
         if not self.dist.is_master:
             return record
-        losses = " ".join(f"{k} {record[k]:.4f}" for k in ("ce", "mlm", "clm", "mse", "cos") if k in record)
+        losses = " ".join(f"{k} {record[k]:.4f}" for k in LOSS_NAMES if k in record)
         mem = (
             f"mem {record['gpu_allocated_gib']:.2f}/{record['gpu_reserved_gib']:.2f}/{record['gpu_peak_gib']:.2f} GiB "
             f"(alloc/reserved/peak), empty_cache {self.n_empty_cache}"
@@ -433,23 +427,7 @@ class Distiller:
             f"iter {record['iter']} step {record['step']} | loss {record['loss']:.4f} {losses} | "
             f"lr {record['lr']:.2e} | {record['tokens_per_s']:,.0f} tok/s | {mem}"
         )
-        with open(self.dump_path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        tb, it = self.tensorboard, self.n_total_iter
-        for k in ("loss", "ce", "mlm", "clm", "mse", "cos"):
-            if k in record:
-                tb.add_scalar(f"losses/{k}", record[k], it)
-        tb.add_scalar("learning_rate/lr", record["lr"], it)
-        tb.add_scalar("global/tokens_per_s", record["tokens_per_s"], it)
-        if "grad_norm" in record:
-            tb.add_scalar("global/grad_norm", record["grad_norm"], it)
-        for k, v in record.items():
-            if k.startswith(("gpu_", "rss_")):
-                tb.add_scalar(f"memory/{k}", v, it)
-        tb.add_scalar("memory/empty_cache_calls", self.n_empty_cache, it)
-        if self.scaler.is_enabled():
-            tb.add_scalar("fp16/skipped_steps", self.n_skipped_steps, it)
-            tb.add_scalar("fp16/scale", record["scale"], it)
+        self.metrics_log.write(record)
         return record
 
     def evaluate(self):
@@ -458,8 +436,6 @@ class Distiller:
         with `valid_*` keys, tensorboard `valid/*`. Returns the seconds it took."""
         if self.valid_dataset is None or not self.dist.is_master:
             return 0.0
-        import evaluation  # here, not at the top: evaluation.py imports this module
-
         start = time.perf_counter()
         if self.valid_batches is None:
             self.valid_batches = evaluation.masked_batches(self.masking, self.valid_dataset)
@@ -471,11 +447,7 @@ class Distiller:
             f"eval iter {it} step {self.n_optimizer_steps} | valid loss {r['loss']:.4f} ppl {r['perplexity']:.2f} "
             f"top1 {r['top1']:.4f} top5 {r['top5']:.4f} | {r['masked_tokens']:,} masked tokens"
         )
-        with open(self.dump_path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tensorboard is not None:
-            for k in ("loss", "perplexity", "top1", "top5"):
-                self.tensorboard.add_scalar(f"valid/{k}", r[k], it)
+        self.metrics_log.write(record)
         return time.perf_counter() - start
 
     # ----------------------------------------------------------------------------------------------------
@@ -495,7 +467,6 @@ class Distiller:
         self._ckpt_bucket = self.n_total_iter // self.params.checkpoint_interval
         if not self.dist.is_master:
             return
-        metrics = self.dump_path / "metrics.jsonl"
         state = {
             "student": self.student_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -510,7 +481,7 @@ class Distiller:
                 "n_skipped_steps": self.n_skipped_steps,
                 "ckpt_bucket": self._ckpt_bucket,
                 "last_eval_iter": -1 if self.last_eval_iter is None else self.last_eval_iter,
-                "metrics_bytes": metrics.stat().st_size if metrics.exists() else 0,
+                "metrics_bytes": metrics_size(self.dump_path),
             },
             "meter": self.meter.state_dict(),
             "data_order": self.data_order(),
@@ -585,92 +556,13 @@ class Distiller:
             f"resumed from {path}: epoch {self.epoch}, batch {self.batch_in_epoch}, iteration {self.n_total_iter}"
         )
 
-    def truncate_metrics(self):
-        """On resume, cut metrics.jsonl back to what it held at the checkpoint, so that the records a killed
-        run wrote after it are not there twice: the file reads as if the run had never stopped."""
-        path = self.dump_path / "metrics.jsonl"
-        if self.metrics_bytes is None or not self.dist.is_master or not path.exists():
-            return
-        if path.stat().st_size > self.metrics_bytes:
-            with open(path, "r+b") as f:
-                f.truncate(self.metrics_bytes)
-
     def save_final(self, tokenizer):
         """The trained student in HF format (safetensors) with the teacher's tokenizer beside it (rank 0)."""
         if not self.dist.is_master:
             return
         self.student_model.save_pretrained(self.dump_path)
         tokenizer.save_pretrained(self.dump_path)
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        if self.metrics_log is not None:
+            self.metrics_log.close()
         logger.info(f"final student saved in {self.dump_path} (AutoModelForMaskedLM.from_pretrained works on it)")
 
-
-class Meter:
-    """Sums of the losses on the device over a log interval; read once (one host sync) per interval."""
-
-    def __init__(self):
-        self.sums = {}
-        self.n = 0
-        self.tokens = 0
-        self.grad_norms = []
-
-    def add(self, losses, n_tokens):
-        for k, v in losses.items():
-            v = v.detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.n += 1
-        self.tokens += n_tokens
-
-    def add_grad_norm(self, norm):
-        self.grad_norms.append(norm.detach().float())
-
-    def state_dict(self):
-        return {
-            "sums": {k: v.cpu() for k, v in self.sums.items()},
-            "n": self.n,
-            "tokens": self.tokens,
-            "grad_norms": [g.cpu() for g in self.grad_norms],
-        }
-
-    @classmethod
-    def from_state_dict(cls, state, device):
-        meter = cls()
-        meter.sums = {k: v.to(device) for k, v in state["sums"].items()}
-        meter.n, meter.tokens = state["n"], state["tokens"]
-        meter.grad_norms = [g.to(device) for g in state["grad_norms"]]
-        return meter
-
-    def read(self):
-        keys = list(self.sums)
-        values = torch.stack([self.sums[k] for k in keys]).tolist() if keys else []
-        out = {k: v / max(self.n, 1) for k, v in zip(keys, values)}
-        if self.grad_norms:
-            out["grad_norm"] = torch.stack(self.grad_norms).mean().item()
-        out["tokens"] = self.tokens
-        return out
-
-
-def empty_cache_if_low(device, threshold_gb):
-    """torch.cuda.empty_cache() when less than `threshold_gb` GiB of the GPU is free; 1 if it ran, else 0."""
-    if device.type != "cuda":
-        return 0
-    free, _ = torch.cuda.mem_get_info(device)
-    if free < threshold_gb * 2**30:
-        torch.cuda.empty_cache()
-        return 1
-    return 0
-
-
-def memory_stats(device):
-    if device.type == "cuda":
-        return {
-            "gpu_allocated_gib": torch.cuda.memory_allocated(device) / 2**30,
-            "gpu_reserved_gib": torch.cuda.memory_reserved(device) / 2**30,
-            "gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-        }
-    return {"rss_gib": psutil.Process().memory_info().rss / 2**30}
-
-
-def _jsonable(d):
-    return {k: v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else str(v) for k, v in d.items()}

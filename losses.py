@@ -13,6 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The losses a run can weigh, by their --alpha_<name> flag: KD (cross-entropy against the teacher), masked /
+# causal LM, MSE between logits, cosine between last hidden states.
+LOSS_NAMES = ("ce", "mlm", "clm", "mse", "cos")
+
 
 def lm_head_parts(model):
     """The model's language-modelling head as (features, projection): logits = projection(features(hidden)),

@@ -253,7 +253,7 @@ class Reference:
     def train_step(self, seqs):
         import torch
 
-        from distiller import empty_cache_if_low
+        from monitor import empty_cache_if_low
 
         token_ids, lengths = self.collate(seqs)
         n_tokens = int(lengths.sum())
@@ -275,7 +275,7 @@ class Ours:
     """distiller.Distiller's per-batch work, as its training loop does it (gradient accumulation of 1)."""
 
     def __init__(self, student, teacher, extra=(), device="cpu"):
-        from distiller import Meter
+        from monitor import Meter
 
         self.distiller, self.dataset = make_distiller(student, teacher, extra, device)
         self.distiller.student.train()
@@ -360,7 +360,7 @@ def vm_hwm_bytes():
 def worker(impl, size, steps, warmup, threads, device="cpu", fp16=False, trace_every=0):
     import torch
 
-    from distiller import memory_stats
+    from monitor import memory_stats
 
     if threads:
         torch.set_num_threads(threads)
