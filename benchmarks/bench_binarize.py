@@ -23,8 +23,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def reference(file_path, tokenizer_name, out):
@@ -46,7 +44,7 @@ def reference(file_path, tokenizer_name, out):
 
 
 def ours(file_path, tokenizer_name, out_prefix):
-    import binarized_data
+    from scripts import binarized_data
 
     rc = binarized_data.main(["--file_path", str(file_path), "--tokenizer_type", "bert",
                               "--tokenizer_name", tokenizer_name, "--dump_file", str(out_prefix)])
@@ -87,7 +85,7 @@ def main():
     if args.child:
         return child(args)
 
-    from corpus import write_lines
+    from benchmarks.corpus import write_lines
     from data_io import load_binarized
 
     work = Path(args.workdir)

@@ -10,16 +10,12 @@ checked equal before the timings are printed; each time is the best of 3 runs.
 
 import argparse
 import collections
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from data_io import Binarized, load_binarized, offsets_from_lengths  # noqa: E402
-from token_counts import count_tokens  # noqa: E402
+from data_io import Binarized, load_binarized, offsets_from_lengths
+from scripts.token_counts import count_tokens
 
 
 def reference(sequences, vocab_size):

@@ -8,13 +8,11 @@ line are what matter for throughput.
 """
 
 import random
-import sys
 from pathlib import Path
 
 from sentencex import segment
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import make_synthetic_wiki  # noqa: E402
+from scripts import make_synthetic_wiki
 
 
 def write_lines(path, n_lines, seed=0):

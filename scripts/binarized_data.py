@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_io import (  # noqa: E402
+from data_io import (
     DataFileError,
     check_writable,
     ids_dtype,

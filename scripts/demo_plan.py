@@ -12,11 +12,9 @@ change after the timed steps; the README's demo section gives how close they cam
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Lines per article after extraction with --pack_words 48, and tokens per line, measured on the demo corpus.
 LINES_PER_ARTICLE = 2.0

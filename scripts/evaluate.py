@@ -19,14 +19,13 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import data_io
+import evaluation
+import masking
+import utils
+from utils import UsageError, init_distributed, load_pretrained, logger
 
-import data_io  # noqa: E402
-import evaluation  # noqa: E402
-import masking  # noqa: E402
-import utils  # noqa: E402
-from utils import UsageError, init_distributed, load_pretrained, logger  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 COLUMNS = [  # (figure, header, format)
     ("loss", "MLM loss", "{:.3f}"),

@@ -40,9 +40,7 @@ import numpy as np
 import sentencex
 from tqdm import tqdm
 
-# Run as `python scripts/extract_wikipedia.py`, the repo root (home of data_io) is not on sys.path.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_io import DataFileError, atomic_write, check_writable  # noqa: E402
+from data_io import DataFileError, atomic_write, check_writable
 
 LANGUAGE = "en"  # sentencex's rules for English, to match the 20231101.en config
 HEADING_MAX_WORDS = 10  # headings are short ("Early life and career"); longer unpunctuated lines are kept

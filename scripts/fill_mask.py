@@ -15,14 +15,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
+import data_io
+from data_io import DataFileError
+from utils import UsageError, load_pretrained, load_tokenizer, split_name
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-import data_io  # noqa: E402
-from data_io import DataFileError  # noqa: E402
-from utils import UsageError, load_pretrained, load_tokenizer, split_name  # noqa: E402
 
 
 def held_out_examples(tokenizer, data_file, counts_file, n):

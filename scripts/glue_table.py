@@ -15,11 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import glue  # noqa: E402
-from data_io import DataFileError, atomic_write, check_writable  # noqa: E402
-from utils import split_name  # noqa: E402
+import glue
+from data_io import DataFileError, atomic_write, check_writable
+from utils import split_name
 
 # Published rows beside ours, as their papers print them: one number per task in points (MNLI: matched and
 # mismatched where the paper gives both), the split, and the paper's own average over its columns. The

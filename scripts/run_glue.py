@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import glue  # noqa: E402
-from data_io import DataFileError, atomic_write, check_writable  # noqa: E402
-from glue_table import markdown_table  # noqa: E402
-from utils import UsageError, first_line, load_pretrained, load_tokenizer, model_input_limit  # noqa: E402
+import glue
+from data_io import DataFileError, atomic_write, check_writable
+from scripts.glue_table import markdown_table
+from utils import UsageError, first_line, load_pretrained, load_tokenizer, model_input_limit
 
 # The published fine-tuning setup of BERT and DistilBERT, where transformers' defaults differ.
 DEFAULTS = dict(

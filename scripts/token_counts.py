@@ -11,12 +11,10 @@ One np.bincount over the flat id array replaces upstream's Counter loop (benchma
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data_io import DataFileError, check_writable, load_binarized, save_token_counts  # noqa: E402
+from data_io import DataFileError, check_writable, load_binarized, save_token_counts
 
 
 def count_tokens(token_ids, vocab_size, block=1 << 18):

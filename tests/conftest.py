@@ -17,11 +17,9 @@ import torch
 # Fail fast instead of retrying an unreachable hub (scripts run by run_script inherit this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts import make_synthetic_wiki
 
-import make_synthetic_wiki  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

@@ -1,18 +1,16 @@
 """benchmarks/bench_train.py: its FLOP count is the matmul work both steps really do, and it runs end to end."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 from torch.utils import flop_counter
 
-from conftest import ROOT, run_script
+from conftest import run_script
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench_train  # noqa: E402
+from benchmarks import bench_train
 
 
 def _addmm_inplace_flops(_self, a, b, *args, out_shape=None, **kwargs):

@@ -8,7 +8,7 @@ import pytest
 from conftest import run_script, write_bert_vocab
 from transformers import BertTokenizerFast, GPT2TokenizerFast, RobertaTokenizerFast
 
-import binarized_data
+from scripts import binarized_data
 from data_io import DataFileError, load_binarized
 
 SCRIPT = "scripts/binarized_data.py"

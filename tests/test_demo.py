@@ -89,7 +89,7 @@ def test_demo_runs_the_whole_recipe(tmp_path):
 def test_demo_configs_are_the_models_the_plan_times(tmp_path):
     from transformers import BertConfig, DistilBertConfig
 
-    import demo_plan
+    from scripts import demo_plan
 
     demo_plan.write_configs(tmp_path, 1234)
     t = BertConfig.from_json_file(str(tmp_path / "teacher_config.json"))
@@ -99,7 +99,7 @@ def test_demo_configs_are_the_models_the_plan_times(tmp_path):
 
 
 def test_the_plan_times_real_steps_and_scales_them_by_the_demo_sizes(capsys):
-    import demo_plan
+    from scripts import demo_plan
 
     t = demo_plan.time_steps(n_steps=1)
     assert 0 < t["mlm_only"] < t["distilled"]  # the distilled student's step also runs the teacher's forward

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from transformers import BertTokenizer, DistilBertForMaskedLM
 
 import data_io
-import evaluate  # scripts/evaluate.py (conftest puts scripts/ on the path)
+from scripts import evaluate
 import evaluation
-import make_synthetic_wiki
+from scripts import make_synthetic_wiki
 import train
 from train_helpers import read_metrics, tiny_run_files, tiny_student_config, write_data
 

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import glue
-import glue_table
-import run_glue
+from scripts import glue_table
+from scripts import run_glue
 import train
 from conftest import ROOT, run_script, write_bert_vocab
 from train_helpers import make_teacher_dir, sentences, tiny_run_files, with_args

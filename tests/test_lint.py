@@ -1,7 +1,11 @@
-"""The code passes ruff (ruff.toml: pyflakes and pycodestyle at 120 columns)."""
+"""The code passes ruff (ruff.toml: pyflakes and pycodestyle at 120 columns), and every module is importable
+the one way the project imports them (pyproject.toml, installed by requirements.txt)."""
 
+import importlib.util
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -10,3 +14,15 @@ def test_ruff_finds_nothing():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_every_module_is_installed_and_no_file_edits_sys_path():
+    listed = re.search(r"py-modules = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.S).group(1)
+    modules = sorted(p.stem for p in ROOT.glob("*.py"))
+    # a new module: list it in pyproject.toml's py-modules, then `pip install -e .` again
+    assert sorted(re.findall(r'"(\w+)"', listed)) == modules
+    for name in ["train", "scripts.binarized_data", "scripts.extract.distilbert", "benchmarks.bench_train"]:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and ROOT in Path(spec.origin).parents, name
+    code = [p for d in ("", "scripts", "scripts/extract", "benchmarks", "tests") for p in (ROOT / d).glob("*.py")]
+    assert [p.name for p in code if "sys.path.insert" in p.read_text() and p.name != "test_lint.py"] == []

@@ -14,8 +14,8 @@ import pytest
 from conftest import ROOT
 from nbclient import NotebookClient
 
-import extract_wikipedia as ew
-import make_synthetic_wiki
+from scripts import extract_wikipedia as ew
+from scripts import make_synthetic_wiki
 
 NOTEBOOK = ROOT / "extract_wikipedia_data.ipynb"
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import binarized_data
+from scripts import binarized_data
 import data_io
-import evaluate  # scripts/evaluate.py
-import token_counts
+from scripts import evaluate
+from scripts import token_counts
 import train
 from conftest import ROOT, write_bert_vocab
 from train_helpers import tiny_run_files, with_args, write_data
@@ -179,7 +179,7 @@ def test_damaged_safetensors_everywhere(files, tmp_path, capsys):
     assert str(e.value).startswith("evaluate.py: error: cannot load the masked LM") and "damaged" in str(e.value)
     assert not (tmp_path / "eval.json").exists()
 
-    import fill_mask
+    from scripts import fill_mask
 
     with pytest.raises(SystemExit) as e:
         fill_mask.main(["--model", str(teacher), "--model", str(bad_teacher), "--text", "the [MASK] river"])
@@ -294,7 +294,7 @@ def test_a_place_no_one_can_write(tmp_path):
 
 
 def test_metrics_after_resume_read_as_if_never_interrupted(files, tmp_path, tokenizer_dir, articles):
-    from make_synthetic_wiki import generate
+    from scripts.make_synthetic_wiki import generate
 
     _, argv = files
     valid, _ = write_data(tmp_path / "valid", tokenizer_dir, list(generate(20, seed=3)))
@@ -332,7 +332,7 @@ def test_written_files_respect_the_umask(files, tmp_path):
 def test_vocabularies_are_compared_not_folder_names(tmp_path, tokenizer_dir, caplog, capsys):
     dump_txt = tmp_path / "dump.txt"
     from train_helpers import sentences
-    from make_synthetic_wiki import generate
+    from scripts.make_synthetic_wiki import generate
 
     dump_txt.write_text("\n".join(sentences(generate(60, seed=0))) + "\n")
     assert binarized_data.main(["--file_path", str(dump_txt), "--tokenizer_name", str(tokenizer_dir),

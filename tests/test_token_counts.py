@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import run_script
 
-import token_counts
+from scripts import token_counts
 from data_io import load_token_counts, offsets_from_lengths, save_binarized
 
 SCRIPT = "scripts/token_counts.py"

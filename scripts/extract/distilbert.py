@@ -26,14 +26,13 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+from transformers import BertForMaskedLM, DistilBertConfig
+
+from data_io import DataFileError, check_writable
+from utils import UsageError, load_config, load_pretrained
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from transformers import BertForMaskedLM, DistilBertConfig  # noqa: E402
-
-from data_io import DataFileError, check_writable  # noqa: E402
-from utils import UsageError, load_config, load_pretrained  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "training_configs" / "distilbert-small-uncased.json"  # the 4-layer student of the seed
 

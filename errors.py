@@ -1,0 +1,37 @@
+"""One error type for bad input, and one way every script reports it.
+
+A script raises InputError with a message that says what is wrong and, where it can, how to fix it; its
+main() is wrapped in `reports_errors`, which prints `<script>: error: <message>` as one line on stderr and
+exits with status 2 (argparse's own status for bad arguments, so usage and data errors read alike).
+"""
+
+import functools
+import sys
+from pathlib import Path
+
+BAD_INPUT = 2  # exit status for usage and data errors
+FAILED = 1  # exit status when the environment failed the run (a full disk), not its input
+
+
+class InputError(Exception):
+    """Bad input from the user: arguments, data files, models that do not fit together."""
+
+
+def fail(prog, message, status=BAD_INPUT):
+    """Print `prog: error: message` on one line of stderr and exit with `status`."""
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
+
+
+def reports_errors(main):
+    """Decorate a script's main(): an InputError becomes one line on stderr and exit status 2."""
+    prog = Path(sys.modules[main.__module__].__file__).name
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except InputError as e:
+            fail(prog, e)
+
+    return wrapper
