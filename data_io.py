@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from errors import InputError
+
 FORMAT_VERSION = 1
 BINARIZED_KIND = "binarized_text"
 TOKEN_COUNTS_KIND = "token_counts"
@@ -48,13 +50,6 @@ _ALLOWED_GLOBALS = {
 } | {("numpy", "ndarray"), ("numpy", "dtype")}
 
 
-class DataFileError(Exception):
-    """A data file is missing, damaged, unsafe, or does not match what the caller needs.
-
-    The message is one line meant for the user: what is wrong and how to fix it.
-    """
-
-
 class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in _ALLOWED_GLOBALS:
@@ -69,22 +64,22 @@ def safe_load_pickle(path, *, remedy):
     """
     path = Path(path)
     if not path.is_file():
-        raise DataFileError(f"{path} does not exist: {remedy}")
+        raise InputError(f"{path} does not exist: {remedy}")
     if path.stat().st_size == 0:
-        raise DataFileError(f"{path} is empty: {remedy}")
+        raise InputError(f"{path} is empty: {remedy}")
     try:
         with open(path, "rb") as f:
             obj = _SafeUnpickler(f).load()
     except pickle.UnpicklingError as e:
         msg = str(e)
         if msg.startswith("it references"):
-            raise DataFileError(
+            raise InputError(
                 f"{path} is not a plain data file ({msg}, and loading it could run code); "
                 f"only numpy arrays and plain containers are accepted: {remedy}"
             ) from None
-        raise DataFileError(f"{path} is truncated or damaged, or not a pickle ({msg}): {remedy}") from None
+        raise InputError(f"{path} is truncated or damaged, or not a pickle ({msg}): {remedy}") from None
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as e:
-        raise DataFileError(f"{path} is truncated or damaged ({type(e).__name__}: {e}): {remedy}") from None
+        raise InputError(f"{path} is truncated or damaged ({type(e).__name__}: {e}): {remedy}") from None
     return obj
 
 
@@ -127,7 +122,7 @@ def atomic_write(path, mode="wb"):
 
 
 def check_writable(path, what="output", *, folder=False):
-    """Raise DataFileError unless `path` (a file, or with `folder` a folder) can be created or replaced.
+    """Raise InputError unless `path` (a file, or with `folder` a folder) can be created or replaced.
 
     Run before the long work: a typo in an output path must not cost an hour of tokenizing. Creates
     nothing: it probes the nearest existing ancestor with a temporary file and removes it.
@@ -135,20 +130,20 @@ def check_writable(path, what="output", *, folder=False):
     path = Path(path)
     if path.exists():
         if folder and not path.is_dir():
-            raise DataFileError(f"{what} {path} exists and is not a folder: pick another path")
+            raise InputError(f"{what} {path} exists and is not a folder: pick another path")
         if not folder and not path.is_file():
             kind = "a folder" if path.is_dir() else "not a regular file"
-            raise DataFileError(f"{what} {path} is {kind}: give a file path")
+            raise InputError(f"{what} {path} is {kind}: give a file path")
     ancestor = path if folder and path.is_dir() else path.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise DataFileError(f"cannot write {what} {path}: {ancestor} is a file, not a folder")
+        raise InputError(f"cannot write {what} {path}: {ancestor} is a file, not a folder")
     try:
         fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".write-probe.", suffix=".tmp")
     except OSError as e:
         reason = e.strerror or type(e).__name__
-        raise DataFileError(f"cannot write {what} {path}: {ancestor} is not writable ({reason})") from None
+        raise InputError(f"cannot write {what} {path}: {ancestor} is not writable ({reason})") from None
     os.close(fd)
     os.unlink(probe)
 
@@ -240,7 +235,7 @@ def load_binarized(path):
     obj = safe_load_pickle(path, remedy=BINARIZE_REMEDY)
     if isinstance(obj, list):  # upstream: a shuffled list of per-sequence uint16/int32 arrays
         if not all(isinstance(s, np.ndarray) and s.ndim == 1 and s.dtype.kind in "iu" for s in obj):
-            raise DataFileError(f"{path} is a list but not of 1-D integer arrays: {BINARIZE_REMEDY}")
+            raise InputError(f"{path} is a list but not of 1-D integer arrays: {BINARIZE_REMEDY}")
         lengths = np.fromiter((len(s) for s in obj), dtype=np.int64, count=len(obj))
         token_ids = np.concatenate(obj) if obj else np.zeros(0, dtype=np.uint16)
         meta = {"format_version": 0, "source": "upstream list of arrays", "n_sequences": len(obj)}
@@ -255,7 +250,7 @@ def load_binarized(path):
         or offsets[-1] != len(token_ids)
         or np.any(np.diff(offsets) < 0)
     ):
-        raise DataFileError(f"{path} has offsets that do not match its token array: {BINARIZE_REMEDY}")
+        raise InputError(f"{path} has offsets that do not match its token array: {BINARIZE_REMEDY}")
     return Binarized(token_ids, offsets, dict(obj["meta"]))
 
 
@@ -278,7 +273,7 @@ def load_token_counts(path):
     obj = safe_load_pickle(path, remedy=TOKEN_COUNTS_REMEDY)
     if isinstance(obj, list):
         if not all(isinstance(c, (int, np.integer)) for c in obj):
-            raise DataFileError(f"{path} is a list but not of integer counts: {TOKEN_COUNTS_REMEDY}")
+            raise InputError(f"{path} is a list but not of integer counts: {TOKEN_COUNTS_REMEDY}")
         return np.asarray(obj, dtype=np.int64), {"format_version": 0, "source": "upstream list of counts"}
     _check_record(path, obj, TOKEN_COUNTS_KIND, ("counts",), TOKEN_COUNTS_REMEDY)
     return obj["counts"], dict(obj["meta"])
@@ -286,41 +281,41 @@ def load_token_counts(path):
 
 def _check_record(path, obj, kind, arrays, remedy):
     if not isinstance(obj, dict) or "kind" not in obj:
-        raise DataFileError(f"{path} holds a {type(obj).__name__}, not a {kind} record: {remedy}")
+        raise InputError(f"{path} holds a {type(obj).__name__}, not a {kind} record: {remedy}")
     if obj["kind"] != kind:
-        raise DataFileError(f"{path} holds {obj['kind']!r} data, but {kind!r} was expected: {remedy}")
+        raise InputError(f"{path} holds {obj['kind']!r} data, but {kind!r} was expected: {remedy}")
     if obj.get("format_version") != FORMAT_VERSION:
-        raise DataFileError(
+        raise InputError(
             f"{path} has format version {obj.get('format_version')!r}; this code reads {FORMAT_VERSION}: {remedy}"
         )
     for name in arrays:
         a = obj.get(name)
         if not isinstance(a, np.ndarray) or a.dtype.kind not in "iu":
-            raise DataFileError(f"{path} lacks an integer array {name!r}: {remedy}")
+            raise InputError(f"{path} lacks an integer array {name!r}: {remedy}")
 
 
 def check_data_fits(data_file, data, data_meta, tokenizer, special):
     """The data must have been binarized with the tokenizer in use (the teacher's): same vocabulary, same
-    special ids. UsageError otherwise; a warning when an old file does not record its vocabulary."""
-    from utils import UsageError, logger
+    special ids. InputError otherwise; a warning when an old file does not record its vocabulary."""
+    from utils import logger
 
     vocab = len(tokenizer)
     remedy = f"re-binarize it with --tokenizer_name {tokenizer.name_or_path}"
     if "vocab_size" in data_meta and data_meta["vocab_size"] != vocab:
-        raise UsageError(
+        raise InputError(
             f"{data_file} was binarized with a vocabulary of {data_meta['vocab_size']} "
             f"({data_meta.get('tokenizer_name')}) but the tokenizer has {vocab}: {remedy}"
         )
     for name, idx in (data_meta.get("special_token_ids") or {}).items():
         if name in special and special[name] != idx:
-            raise UsageError(f"{data_file} has {name} id {idx} but the tokenizer's is {special[name]}: {remedy}")
+            raise InputError(f"{data_file} has {name} id {idx} but the tokenizer's is {special[name]}: {remedy}")
     if len(data.token_ids) and int(data.token_ids.max()) >= vocab:
-        raise UsageError(f"{data_file} holds token ids >= the vocabulary size {vocab}: {remedy}")
+        raise InputError(f"{data_file} holds token ids >= the vocabulary size {vocab}: {remedy}")
     # Compare vocabularies, not names: the same vocabulary often sits in folders of different names.
     data_tok, digest = data_meta.get("tokenizer_name"), data_meta.get("vocab_digest")
     if digest is not None:
         if digest != vocab_digest(tokenizer):
-            raise UsageError(
+            raise InputError(
                 f"{data_file} was binarized with another vocabulary of the same size ({data_tok}): {remedy}"
             )
     elif data_tok and Path(str(data_tok)).name != Path(str(tokenizer.name_or_path)).name:

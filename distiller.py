@@ -40,11 +40,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import evaluation
 from data_io import atomic_write
-from masking import Masking, prepare_batch_clm
-from losses import LOSS_NAMES, KD_CHUNK_ROWS, FusedKD, RowsLM, cosine_loss, kd_loss, lm_head_parts, mse_loss
-from monitor import Meter, MetricsLog, empty_cache_if_low, memory_stats, metrics_size
+from errors import InputError
 from grouped_batch_sampler import epoch_batches
-from utils import DistInfo, UsageError, first_line, logger
+from losses import KD_CHUNK_ROWS, LOSS_NAMES, FusedKD, RowsLM, cosine_loss, kd_loss, lm_head_parts, mse_loss
+from masking import Masking, prepare_batch_clm
+from monitor import Meter, MetricsLog, empty_cache_if_low, memory_stats, metrics_size
+from utils import DistInfo, first_line, logger
 
 CHECKPOINT = "checkpoint.pth"  # the latest resumable state, replaced atomically
 NON_FINITE_EXIT = 3  # exit status of a run stopped by a non-finite loss
@@ -75,7 +76,7 @@ class Distiller:
         # KD straight from both models' features (FusedKD) unless MSE needs the logits themselves.
         self.fused_kd = self.alpha["ce"] > 0 and self.alpha["mse"] == 0
         if self.needs_teacher and teacher is None:
-            raise UsageError("alpha_ce, alpha_mse or alpha_cos > 0 need a teacher (--teacher_name)")
+            raise InputError("alpha_ce, alpha_mse or alpha_cos > 0 need a teacher (--teacher_name)")
 
         # Precision: fp16 autocast + GradScaler on CUDA; bf16 autocast anywhere; the teacher is stored in
         # the half type too (it never trains, and halves its memory and time).
@@ -500,39 +501,39 @@ class Distiller:
 
     def load_checkpoint(self, path=None):
         """Restore a run from its checkpoint (`--resume`); tensors only, no code is executed. A damaged or
-        foreign file is a UsageError, and nothing is written here."""
+        foreign file is an InputError, and nothing is written here."""
         import pickle
         import zipfile
 
         path = Path(path or self.dump_path / CHECKPOINT)
         if not path.is_file():
-            raise UsageError(f"--resume: {path} does not exist (no checkpoint was written yet); start without --resume")
+            raise InputError(f"--resume: {path} does not exist (no checkpoint was written yet); start without --resume")
         fix = "start the run again with --force, or resume from a copy of a good checkpoint"
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise UsageError(
+            raise InputError(
                 f"--resume: {path} is not a train.py checkpoint (it holds more than tensors: {first_line(e)}); {fix}"
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-            raise UsageError(
+            raise InputError(
                 f"--resume: {path} is damaged or truncated ({type(e).__name__}: {first_line(e)}); {fix}"
             ) from None
         needed = ("student", "optimizer", "scheduler", "scaler", "progress", "data_order", "rng")
         if not isinstance(state, dict) or any(k not in state for k in needed):
-            raise UsageError(f"--resume: {path} is not a train.py checkpoint (it lacks the training state); {fix}")
+            raise InputError(f"--resume: {path} is not a train.py checkpoint (it lacks the training state); {fix}")
         saved, now = state["data_order"], self.data_order()
         diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
         if diff:
             changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
-            raise UsageError(
+            raise InputError(
                 f"--resume: the run was started with other settings or data ({changes}); resume with the same ones"
             )
         try:
             self.student_model.load_state_dict(state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise UsageError(
+            raise InputError(
                 f"--resume: {path} was written for another student ({first_line(e)}); "
                 f"resume with the same --student_config"
             ) from None

@@ -6,6 +6,7 @@ exits with status 2 (argparse's own status for bad arguments, so usage and data 
 """
 
 import functools
+import inspect
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def fail(prog, message, status=BAD_INPUT):
 
 def reports_errors(main):
     """Decorate a script's main(): an InputError becomes one line on stderr and exit status 2."""
-    prog = Path(sys.modules[main.__module__].__file__).name
+    prog = Path(inspect.getfile(main)).name
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import UsageError, first_line
+from errors import InputError
+from utils import first_line
 
 
 @dataclass(frozen=True)
@@ -111,15 +112,15 @@ class TaskData:
 
 
 def label_ids(task, values, source):
-    """The label ids of raw label values (names or ids; floats for a score), or a one-line UsageError."""
+    """The label ids of raw label values (names or ids; floats for a score), or a one-line InputError."""
     if task.labels is None:
         try:
             out = [float(v) for v in values]
         except (TypeError, ValueError):
             bad = next(v for v in values if not _is_float(v))
-            raise UsageError(f"{source}: label {bad!r} is not a number ({task.title} is scored by a number)") from None
+            raise InputError(f"{source}: label {bad!r} is not a number ({task.title} is scored by a number)") from None
         if any(math.isnan(v) for v in out):
-            raise UsageError(f"{source}: a label is missing (NaN)")
+            raise InputError(f"{source}: a label is missing (NaN)")
         return out
     # GLUE's files hold names (entailment) or ids (0, 1); a user's labels are names only
     index = {} if task.name == "custom" else {str(i): i for i in range(len(task.labels))}
@@ -134,7 +135,7 @@ def label_ids(task, values, source):
     if bad:
         shown = ", ".join(f"{k!r} ({n}x)" for k, n in list(bad.items())[:3])
         allowed = ", ".join(f"{i}={n}" for i, n in enumerate(task.labels))
-        raise UsageError(f"{source}: labels outside {task.title}'s set: {shown}; expected {allowed}")
+        raise InputError(f"{source}: labels outside {task.title}'s set: {shown}; expected {allowed}")
     return out
 
 
@@ -166,9 +167,9 @@ def read_tsv(path, header=True):
         with open(path, encoding="utf-8", newline="") as f:
             rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     except UnicodeDecodeError as e:
-        raise UsageError(f"{path} is not UTF-8 text ({first_line(e)})") from None
+        raise InputError(f"{path} is not UTF-8 text ({first_line(e)})") from None
     if not rows:
-        raise UsageError(f"{path} is empty")
+        raise InputError(f"{path} is empty")
     names = rows.pop(0) if header else [str(i) for i in range(len(rows[0]))]
     good = [r for r in rows if len(r) == len(names)]
     return names, good, len(rows) - len(good)
@@ -179,7 +180,7 @@ def read_table(path):
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
-        raise UsageError(f"{path} does not exist")
+        raise InputError(f"{path} does not exist")
     try:
         if suffix == ".tsv":
             names, rows, _ = read_tsv(path)
@@ -195,25 +196,25 @@ def read_table(path):
         elif suffix == ".parquet":
             frame = pd.read_parquet(path)
         else:
-            raise UsageError(f"{path}: give a .csv, .tsv, .json, .jsonl or .parquet file")
-    except UsageError:
+            raise InputError(f"{path}: give a .csv, .tsv, .json, .jsonl or .parquet file")
+    except InputError:
         raise
     except (ValueError, OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {path}: {first_line(e)}") from None
+        raise InputError(f"cannot read {path}: {first_line(e)}") from None
     return {str(c): frame[c].tolist() for c in frame.columns}
 
 
 def _columns(table, wanted, source):
     missing = [c for c in wanted if c not in table]
     if missing:
-        raise UsageError(f"{source} has no column {missing[0]!r} (its columns: {', '.join(map(str, table))})")
+        raise InputError(f"{source} has no column {missing[0]!r} (its columns: {', '.join(map(str, table))})")
     return [[str(x) for x in table[c]] for c in wanted]
 
 
 def _split_from_table(task, name, table, columns, label_column, source, skipped=0):
     texts = _columns(table, columns, source)
     if label_column not in table:
-        raise UsageError(f"{source} has no label column {label_column!r} (its columns: {', '.join(map(str, table))})")
+        raise InputError(f"{source} has no label column {label_column!r} (its columns: {', '.join(map(str, table))})")
     return Split(name, texts, label_ids(task, table[label_column], source), str(source), skipped)
 
 
@@ -222,14 +223,14 @@ def task_folder(data_dir, task):
     it (SST-2 or sst2, any case)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UsageError(f"--data_dir {data_dir} is not a folder")
+        raise InputError(f"--data_dir {data_dir} is not a folder")
     if _has_task_files(data_dir):
         return data_dir
     wanted = {task.folder.lower(), task.name}
     for sub in sorted(data_dir.iterdir()):
         if sub.is_dir() and sub.name.lower() in wanted:
             return sub
-    raise UsageError(
+    raise InputError(
         f"no {task.title} data in {data_dir}: expected train.tsv/dev.tsv or train-*.parquet there, "
         f"or in a subfolder {task.folder}/ or {task.name}/"
     )
@@ -242,7 +243,7 @@ def _has_task_files(folder):
 def _parquet(folder, split, task):
     files = sorted(folder.glob(f"{split}-*.parquet"))
     if not files:
-        raise UsageError(f"no {split} split for {task.title} in {folder}: expected {split}-*.parquet")
+        raise InputError(f"no {split} split for {task.title} in {folder}: expected {split}-*.parquet")
     import pyarrow.parquet as pq
 
     table = {}
@@ -250,7 +251,7 @@ def _parquet(folder, split, task):
         try:
             part = pq.read_table(path).to_pydict()
         except Exception as e:  # pyarrow's errors share no base class beyond Exception
-            raise UsageError(f"cannot read {path}: {first_line(e)}") from None
+            raise InputError(f"cannot read {path}: {first_line(e)}") from None
         for k, v in part.items():
             table.setdefault(k, []).extend(v)
     return table, files[0] if len(files) == 1 else f"{folder}/{split}-*.parquet"
@@ -271,15 +272,15 @@ def load_local(task, data_dir):
     for split, filename in (("train", "train.tsv"), *zip(task.dev, task.dev_tsv)):
         path = folder / filename
         if not path.is_file():
-            raise UsageError(f"no {split} split for {task.title} in {folder}: expected {filename}")
+            raise InputError(f"no {split} split for {task.title} in {folder}: expected {filename}")
         names, rows, skipped = read_tsv(path, header=header)
         table = {n: [r[i] for r in rows] for i, n in enumerate(names)}
         columns = [str(c) for c in task.tsv_columns]
         if not header and len(names) <= max(task.tsv_columns):
             expected = f"{task.title}'s TSV has {task.tsv_columns[0] + 1}, no header"
-            raise UsageError(f"{path} has {len(names)} columns: {expected}")
+            raise InputError(f"{path} has {len(names)} columns: {expected}")
         if len(rows) == 0:
-            raise UsageError(f"{path} holds no rows with {len(names)} fields")
+            raise InputError(f"{path} holds no rows with {len(names)} fields")
         splits[split] = _split_from_table(task, split, table, columns, str(task.tsv_label), path, skipped)
     dev = {dev_name(task, s): splits[s] for s in task.dev}
     return TaskData(task, splits["train"], dev, f"GLUE TSV files in {folder}")
@@ -292,7 +293,7 @@ def load_hub(task):
 
         data = datasets.load_dataset("nyu-mll/glue", task.name)
     except Exception as e:  # offline, datasets raises ConnectionError, OSError or its own errors
-        raise UsageError(
+        raise InputError(
             f"cannot fetch {task.title} from the hub (nyu-mll/glue): {first_line(e)}; "
             "offline, give --data_dir with GLUE's TSV files or the hub's parquet files"
         ) from None
@@ -309,7 +310,7 @@ def infer_text_columns(table, label_column):
         return ["sentence1", "sentence2"]
     others = [c for c in table if c != label_column and c.lower() not in ("idx", "id", "index")]
     if not others:
-        raise UsageError(f"no text column beside the label column {label_column!r}")
+        raise InputError(f"no text column beside the label column {label_column!r}")
     return others[:2]
 
 
@@ -319,7 +320,7 @@ def load_files(train_file, validation_file, task=None, text_columns=None, label_
     train, valid = read_table(train_file), read_table(validation_file)
     for table, path in ((train, train_file), (valid, validation_file)):
         if label_column not in table:
-            raise UsageError(f"{path} has no label column {label_column!r} (its columns: {', '.join(table)}); "
+            raise InputError(f"{path} has no label column {label_column!r} (its columns: {', '.join(table)}); "
                              "name it with --label_column")  # fmt: skip
     if text_columns:
         columns = list(text_columns)
@@ -328,7 +329,7 @@ def load_files(train_file, validation_file, task=None, text_columns=None, label_
     else:
         columns = infer_text_columns(train, label_column)
     if not 1 <= len(columns) <= 2:
-        raise UsageError(f"--text_columns takes one or two columns, not {len(columns)}")
+        raise InputError(f"--text_columns takes one or two columns, not {len(columns)}")
     if task is None:
         values = train[label_column]
         if all(_is_float(v) for v in values) and not all(float(v).is_integer() for v in values):
@@ -336,7 +337,7 @@ def load_files(train_file, validation_file, task=None, text_columns=None, label_
         else:
             labels = tuple(sorted({_label_key(v) for v in values}, key=_label_order))
             if len(labels) < 2:
-                raise UsageError(f"{train_file}: label column {label_column!r} holds one value only ({labels[0]!r})")
+                raise InputError(f"{train_file}: label column {label_column!r} holds one value only ({labels[0]!r})")
         task = custom_task(labels, columns)
     parts = (("train", train, train_file), ("validation", valid, validation_file))
     splits = [_split_from_table(task, name, table, columns, label_column, path) for name, table, path in parts]
@@ -353,13 +354,13 @@ def load_task(name, data_dir=None, train_file=None, validation_file=None, text_c
     """TaskData for a GLUE task name (from `data_dir` or the hub) or for the user's files."""
     task = TASKS.get(name) if name else None
     if name and task is None:
-        raise UsageError(f"unknown task {name!r}: one of {', '.join(TASKS)}, or all")
+        raise InputError(f"unknown task {name!r}: one of {', '.join(TASKS)}, or all")
     if train_file or validation_file:
         if not (train_file and validation_file):
-            raise UsageError("give both --train_file and --validation_file")
+            raise InputError("give both --train_file and --validation_file")
         return load_files(train_file, validation_file, task, text_columns, label_column)
     if task is None:
-        raise UsageError("give --task_name (a GLUE task, or all) or --train_file and --validation_file")
+        raise InputError("give --task_name (a GLUE task, or all) or --train_file and --validation_file")
     return load_local(task, data_dir) if data_dir else load_hub(task)
 
 

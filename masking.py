@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import data_io
-from utils import UsageError
+from errors import InputError
 
 
 @dataclass
@@ -34,7 +34,7 @@ def load_token_probs(counts_file, vocab, special_ids, smoothing):
     upstream's --mlm_smoothing), 0 for the special tokens, which are never predicted."""
     counts, _ = data_io.load_token_counts(counts_file)
     if len(counts) != vocab:
-        raise UsageError(
+        raise InputError(
             f"{counts_file} counts {len(counts)} token ids but the vocabulary has {vocab}: "
             f"re-run scripts/token_counts.py with --vocab_size {vocab}"
         )

@@ -24,7 +24,7 @@ end the student in HF format (config.json + model.safetensors) with the teacher'
 Every upstream flag is accepted (examples/research_projects/distillation/train.py). Differences: --fp16
 uses torch.amp (no apex; --fp16_opt_level is ignored); --bf16; the defaults are the DistilBERT recipe
 (alpha_ce 5, alpha_mlm 2, alpha_cos 1, MLM for distilbert/roberta students); bad input stops with a
-one-line error and exit status 1 before anything is written; a non-finite loss stops with exit status 3.
+one-line error and exit status 2 before anything is written; a non-finite loss stops with exit status 3.
 """
 
 import argparse
@@ -40,8 +40,8 @@ import torch
 import data_io
 import masking
 from distiller import CHECKPOINT, NON_FINITE_EXIT, Distiller, NonFiniteLoss
+from errors import InputError, fail, reports_errors
 from utils import (
-    UsageError,
     cpu_bf16_is_fast,
     cpu_description,
     git_log,
@@ -49,12 +49,13 @@ from utils import (
     load_config,
     load_pretrained,
     load_student_weights,
-    load_tokenizer as load_tokenizer_or_fail,
     logger,
     model_input_limit,
     set_seed,
 )
-
+from utils import (
+    load_tokenizer as load_tokenizer_or_fail,
+)
 
 
 def model_classes(kind):
@@ -189,54 +190,54 @@ def sanity_checks(args):
     """The argument combinations upstream rejects with bare asserts, as one-line errors."""
     alphas = {k: getattr(args, f"alpha_{k}") for k in ("ce", "mlm", "clm", "mse", "cos")}
     if any(v < 0 for v in alphas.values()):
-        raise UsageError(f"loss weights must be >= 0, got {alphas}")
+        raise InputError(f"loss weights must be >= 0, got {alphas}")
     if sum(alphas.values()) <= 0:
-        raise UsageError("all loss weights are 0: set at least one of --alpha_ce/mlm/clm/mse/cos")
+        raise InputError("all loss weights are 0: set at least one of --alpha_ce/mlm/clm/mse/cos")
     if args.mlm and args.alpha_mlm <= 0:
-        raise UsageError("--mlm needs --alpha_mlm > 0")
+        raise InputError("--mlm needs --alpha_mlm > 0")
     if not args.mlm and args.alpha_mlm > 0:
-        raise UsageError("--alpha_mlm > 0 needs --mlm (a masked-LM student)")
+        raise InputError("--alpha_mlm > 0 needs --mlm (a masked-LM student)")
     if args.alpha_mlm > 0 and args.alpha_clm > 0:
-        raise UsageError("--alpha_mlm and --alpha_clm are exclusive: an MLM or a CLM objective, not both")
+        raise InputError("--alpha_mlm and --alpha_clm are exclusive: an MLM or a CLM objective, not both")
     if not args.mlm and args.alpha_clm <= 0:
-        raise UsageError("a causal-LM run (no --mlm) needs --alpha_clm > 0")
+        raise InputError("a causal-LM run (no --mlm) needs --alpha_clm > 0")
     if args.mlm:
         if args.token_counts is None:
-            raise UsageError("--mlm needs --token_counts (from scripts/token_counts.py)")
+            raise InputError("--mlm needs --token_counts (from scripts/token_counts.py)")
         if args.student_type not in ("distilbert", "roberta", "bert") or args.teacher_type not in ("bert", "roberta"):
-            raise UsageError("MLM needs a distilbert/roberta student (or bert) and a bert/roberta teacher")
+            raise InputError("MLM needs a distilbert/roberta student (or bert) and a bert/roberta teacher")
     elif args.student_type != "gpt2" or args.teacher_type != "gpt2":
-        raise UsageError("CLM (no --mlm) needs --student_type gpt2 and --teacher_type gpt2")
+        raise InputError("CLM (no --mlm) needs --student_type gpt2 and --teacher_type gpt2")
     if args.teacher_type != args.student_type and not (
         args.student_type == "distilbert" and args.teacher_type == "bert"
     ):
-        raise UsageError(f"a {args.student_type} student cannot learn from a {args.teacher_type} teacher")
+        raise InputError(f"a {args.student_type} student cannot learn from a {args.teacher_type} teacher")
     if args.no_teacher and (args.alpha_ce > 0 or args.alpha_cos > 0 or args.alpha_mse > 0):
-        raise UsageError("--teacher_name none trains without a teacher: set --alpha_ce 0 --alpha_cos 0 --alpha_mse 0")
+        raise InputError("--teacher_name none trains without a teacher: set --alpha_ce 0 --alpha_cos 0 --alpha_mse 0")
     if args.freeze_token_type_embds and args.student_type != "roberta":
-        raise UsageError("--freeze_token_type_embds is for roberta students only")
+        raise InputError("--freeze_token_type_embds is for roberta students only")
     if args.temperature <= 0:
-        raise UsageError(f"--temperature must be > 0, got {args.temperature}")
+        raise InputError(f"--temperature must be > 0, got {args.temperature}")
     if not 0.0 <= args.mlm_mask_prop <= 1.0:
-        raise UsageError(f"--mlm_mask_prop must be in [0, 1], got {args.mlm_mask_prop}")
+        raise InputError(f"--mlm_mask_prop must be in [0, 1], got {args.mlm_mask_prop}")
     if not math.isclose(args.word_mask + args.word_keep + args.word_rand, 1.0, abs_tol=1e-6):
-        raise UsageError("--word_mask + --word_keep + --word_rand must sum to 1")
+        raise InputError("--word_mask + --word_keep + --word_rand must sum to 1")
     if args.fp16 and args.bf16:
-        raise UsageError("--fp16 and --bf16 are exclusive")
+        raise InputError("--fp16 and --bf16 are exclusive")
     for name in ("batch_size", "gradient_accumulation_steps", "n_epoch", "log_interval", "checkpoint_interval"):
         if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be >= 1")
+            raise InputError(f"--{name} must be >= 1")
     if not Path(args.student_config).is_file():
-        raise UsageError(f"student config {args.student_config} does not exist (see training_configs/)")
+        raise InputError(f"student config {args.student_config} does not exist (see training_configs/)")
     if args.valid_file is not None:
         if not args.mlm:
-            raise UsageError("--valid_file evaluates masked-LM students only (scripts/evaluate.py)")
+            raise InputError("--valid_file evaluates masked-LM students only (scripts/evaluate.py)")
         if not Path(args.valid_file).is_file():
-            raise UsageError(f"--valid_file {args.valid_file} does not exist: binarize with --valid_size N")
+            raise InputError(f"--valid_file {args.valid_file} does not exist: binarize with --valid_size N")
     if args.eval_interval < 1:
-        raise UsageError("--eval_interval must be >= 1")
+        raise InputError("--eval_interval must be >= 1")
     if args.student_pretrained_weights is not None and not Path(args.student_pretrained_weights).exists():
-        raise UsageError(
+        raise InputError(
             f"student weights {args.student_pretrained_weights} do not exist: run scripts/extract/distilbert.py first"
         )
     dump = Path(args.dump_path)
@@ -244,16 +245,16 @@ def sanity_checks(args):
         if not (dump / CHECKPOINT).is_file():
             aside = replaced_path(dump)
             hint = f" (the run that was there before --force is in {aside})" if aside.exists() else ""
-            raise UsageError(f"--resume: no checkpoint in {dump}{hint}; start the run without --resume")
+            raise InputError(f"--resume: no checkpoint in {dump}{hint}; start the run without --resume")
     elif dump.exists() and not args.force:
-        raise UsageError(f"{dump} already exists: use --force to overwrite it, or --resume to continue the run in it")
+        raise InputError(f"{dump} already exists: use --force to overwrite it, or --resume to continue the run in it")
     data_io.check_writable(dump, "run folder --dump_path", folder=True)
 
 
 def load_tokenizer(args, data_meta):
     name = args.tokenizer_name or (None if args.no_teacher else args.teacher_name) or data_meta.get("tokenizer_name")
     if name is None:
-        raise UsageError("--teacher_name none: give --tokenizer_name (the data file does not name its tokenizer)")
+        raise InputError("--teacher_name none: give --tokenizer_name (the data file does not name its tokenizer)")
     _, _, tokenizer_class = model_classes(args.teacher_type)
     what = "the tokenizer" if args.tokenizer_name or args.no_teacher else "the teacher"
     return load_tokenizer_or_fail(tokenizer_class, name, what)
@@ -278,7 +279,7 @@ def load_student(args, vocab):
         if weights is not None:
             load_student_weights(student, weights)
     if config.vocab_size != vocab:
-        raise UsageError(f"the student config has vocab_size {config.vocab_size}, the tokenizer {vocab}")
+        raise InputError(f"the student config has vocab_size {config.vocab_size}, the tokenizer {vocab}")
     if args.freeze_pos_embs and args.student_type == "distilbert":
         logger.warning("--freeze_pos_embs applies to roberta/gpt2 students (as upstream): ignored")
     if args.freeze_pos_embs and args.student_type in ("roberta", "gpt2"):
@@ -299,9 +300,9 @@ def load_teacher(args, student):
     s, t = student.config, teacher.config
     s_dim = getattr(s, "dim", None) or s.hidden_size
     if s.vocab_size != t.vocab_size:
-        raise UsageError(f"student vocab_size {s.vocab_size} differs from the teacher's {t.vocab_size}")
+        raise InputError(f"student vocab_size {s.vocab_size} differs from the teacher's {t.vocab_size}")
     if (args.alpha_cos > 0 or args.alpha_mse > 0) and s_dim != t.hidden_size:
-        raise UsageError(
+        raise InputError(
             f"student hidden size {s_dim} differs from the teacher's {t.hidden_size}: the cosine loss compares "
             f"hidden states (set --alpha_cos 0, or match the sizes)"
         )
@@ -312,7 +313,7 @@ def max_input_size(args, tokenizer, student, teacher):
     limit = model_input_limit(tokenizer, student.config, *([teacher.config] if teacher is not None else []))
     if args.max_model_input_size is not None:
         if args.max_model_input_size > limit:
-            raise UsageError(f"--max_model_input_size {args.max_model_input_size} exceeds the models' limit {limit}")
+            raise InputError(f"--max_model_input_size {args.max_model_input_size} exceeds the models' limit {limit}")
         return args.max_model_input_size
     return limit
 
@@ -370,7 +371,7 @@ def restore_replaced(dump, aside):
 
 def setup(args):
     """Load and check the data and models a run needs; write nothing. Returns (tokenizer, dataset,
-    token_probs, student, teacher); raises UsageError / DataFileError on bad input."""
+    token_probs, student, teacher); raises InputError / InputError on bad input."""
     from lm_seqs_dataset import LmSeqsDataset
 
     set_seed(args.seed)
@@ -386,7 +387,7 @@ def setup(args):
     args.max_model_input_size = max_input_size(args, tokenizer, student, teacher)
     dataset = LmSeqsDataset(args, data)
     if len(dataset) == 0:
-        raise UsageError(f"{args.data_file} has no sequence of 12 tokens or more left to train on")
+        raise InputError(f"{args.data_file} has no sequence of 12 tokens or more left to train on")
     return tokenizer, dataset, token_probs, student, teacher
 
 
@@ -403,6 +404,7 @@ def parse_args(argv=None):
     return resolve_defaults(build_parser().parse_args(argv))
 
 
+@reports_errors
 def main(argv=None):
     import transformers
 
@@ -443,13 +445,9 @@ def main(argv=None):
     except BaseException as e:
         if aside is not None and distiller is not None and distiller.replaced_run is not None:
             restore_replaced(Path(args.dump_path), aside)
-        if isinstance(e, (UsageError, data_io.DataFileError)):
-            sys.stderr.write(f"train.py: error: {e}\n")
-            sys.exit(1)
         if isinstance(e, NonFiniteLoss):
-            sys.stderr.write(f"train.py: error: {e}\n")
-            sys.exit(NON_FINITE_EXIT)
-        raise
+            fail("train.py", e, NON_FINITE_EXIT)
+        raise  # an InputError becomes one line and exit status 2 (reports_errors)
     finally:
         if log_file is not None:
             logger.removeHandler(log_file)

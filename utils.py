@@ -21,19 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from errors import InputError
+
 logging.basicConfig(
     format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
 )
 logger = logging.getLogger("distillation")
 logger.setLevel(logging.INFO)  # also when something else configured the root logger first
-
-
-class UsageError(Exception):
-    """Bad input from the user (arguments, files, models that do not fit together).
-
-    train.py prints the message as one line and exits with status 1. The message says what is wrong and,
-    where it can, how to fix it.
-    """
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -162,19 +156,19 @@ def _load_failure(what, name, e):
 
     first = first_line(e)
     if isinstance(e, SafetensorError):
-        return UsageError(f"cannot load {what} {name}: a .safetensors file in it is damaged or truncated ({first})")
-    return UsageError(f"cannot load {what} {name!r}: {first}")
+        return InputError(f"cannot load {what} {name}: a .safetensors file in it is damaged or truncated ({first})")
+    return InputError(f"cannot load {what} {name!r}: {first}")
 
 
 def _check_local(what, name):
     import data_io
 
     if data_io.missing_local_path(name):
-        raise UsageError(f"{what} {name} does not exist: check the path (or give a hub name)")
+        raise InputError(f"{what} {name} does not exist: check the path (or give a hub name)")
 
 
 def load_pretrained(model_class, name, what, **kwargs):
-    """`model_class.from_pretrained(name)`; UsageError with one line when the folder is missing, a weights
+    """`model_class.from_pretrained(name)`; InputError with one line when the folder is missing, a weights
     file is damaged, or the hub cannot give it."""
     from safetensors import SafetensorError
 
@@ -186,14 +180,14 @@ def load_pretrained(model_class, name, what, **kwargs):
 
 
 def load_config(config_class, path):
-    """A model config from a JSON file; UsageError with one line when it is missing or not such a config."""
+    """A model config from a JSON file; InputError with one line when it is missing or not such a config."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config {path} does not exist (see training_configs/)")
+        raise InputError(f"config {path} does not exist (see training_configs/)")
     try:
         return config_class.from_json_file(str(path))
     except (OSError, ValueError, TypeError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        raise UsageError(f"{path} is not a readable {config_class.__name__} JSON file ({first_line(e)})") from None
+        raise InputError(f"{path} is not a readable {config_class.__name__} JSON file ({first_line(e)})") from None
 
 
 def load_tokenizer(tokenizer_class, name, what="tokenizer"):
@@ -205,7 +199,7 @@ def load_tokenizer(tokenizer_class, name, what="tokenizer"):
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise _load_failure(what, name, e) from None
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
-        raise UsageError(f"no {what} in {name!r} (no vocab.txt or tokenizer.json there): give --tokenizer_name")
+        raise InputError(f"no {what} in {name!r} (no vocab.txt or tokenizer.json there): give --tokenizer_name")
     return tokenizer
 
 
@@ -222,7 +216,7 @@ def read_weights_file(path):
     """(state dict, metadata) from a .safetensors file or a torch .pth/.bin state dict. Never runs code."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"student weights {path} do not exist: run scripts/extract/distilbert.py first")
+        raise InputError(f"student weights {path} do not exist: run scripts/extract/distilbert.py first")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -230,15 +224,15 @@ def read_weights_file(path):
             with safe_open(str(path), framework="pt") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except SafetensorError as e:
-            raise UsageError(
+            raise InputError(
                 f"{path} is damaged or truncated ({e}): re-create it with scripts/extract/distilbert.py"
             ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UsageError(f"{path} is not a readable weights file ({type(e).__name__}: {first_line(e)})")
+        raise InputError(f"{path} is not a readable weights file ({type(e).__name__}: {first_line(e)})")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UsageError(f"{path} does not hold a state dict of tensors")
+        raise InputError(f"{path} does not hold a state dict of tensors")
     return state, {}
 
 
@@ -257,7 +251,7 @@ def tied_keys(model):
 def load_student_weights(model, path):
     """Load a student initialisation into `model`, strictly.
 
-    Errors (UsageError) name what does not fit: a different number of transformer layers than the config,
+    Errors (InputError) name what does not fit: a different number of transformer layers than the config,
     keys the model does not have, keys the checkpoint lacks, or tensors of another shape. Tied weights
     (the vocab projector shares the word embeddings) may be present or not; the MLM head's transform may be
     absent (upstream's default extraction leaves it out) and then keeps its random initialisation.
@@ -270,7 +264,7 @@ def load_student_weights(model, path):
     n_layers_ckpt = len({int(m.group(1)) for k in state if (m := _LAYER_KEY.match(k))})
     n_layers_cfg = getattr(config, "n_layers", None)
     if n_layers_cfg is not None and n_layers_ckpt != n_layers_cfg:
-        raise UsageError(
+        raise InputError(
             f"{path} holds {n_layers_ckpt} transformer layers but the student config has n_layers={n_layers_cfg}: "
             f"extract with the same --student_config, or pick the matching config"
         )
@@ -278,18 +272,18 @@ def load_student_weights(model, path):
     unexpected = sorted(set(state) - set(model_state))
     missing = sorted(set(model_state) - set(state) - tied - set(OPTIONAL_KEYS))
     if unexpected:
-        raise UsageError(
+        raise InputError(
             f"{path} has {len(unexpected)} key(s) the student does not have, e.g. {unexpected[:3]}: "
             f"it was not made for this student config"
         )
     if missing:
-        raise UsageError(
+        raise InputError(
             f"{path} lacks {len(missing)} key(s) the student needs, e.g. {missing[:3]}: "
             f"it was not made for this student config"
         )
     for k, v in state.items():
         if v.shape != model_state[k].shape:
-            raise UsageError(
+            raise InputError(
                 f"{path}: {k} has shape {tuple(v.shape)} but the student config needs {tuple(model_state[k].shape)}"
             )
     # Tied keys in the checkpoint must agree with the tensor they are tied to; load only the untied ones.

@@ -152,6 +152,7 @@ def peak_tflops_for(device_name):
 
 def make_distiller(student, teacher, extra=(), device="cpu"):
     import torch
+
     import train
     from distiller import Distiller
     from lm_seqs_dataset import LmSeqsDataset, dataset_params

@@ -24,7 +24,6 @@ import numpy as np
 from tqdm import tqdm
 
 from data_io import (
-    DataFileError,
     check_writable,
     ids_dtype,
     missing_local_path,
@@ -33,6 +32,7 @@ from data_io import (
     special_token_ids,
     vocab_digest,
 )
+from errors import InputError, reports_errors
 
 logger = logging.getLogger("binarized_data")
 
@@ -42,30 +42,26 @@ SPECIAL_TOKENS = {"bert": ("cls_token", "sep_token"), "roberta": ("cls_token", "
 CHUNK_LINES = 1_000  # lines per encode_batch call: keeps every core busy; 10k lines of Encodings cost ~150 MB
 
 
-class BinarizeError(Exception):
-    """A user error: the message is one line that says what is wrong and how to fix it."""
-
-
 def load_tokenizer(tokenizer_type, tokenizer_name):
     if tokenizer_type not in SPECIAL_TOKENS:
-        raise BinarizeError(f"unknown --tokenizer_type {tokenizer_type!r}: use one of {', '.join(SPECIAL_TOKENS)}")
+        raise InputError(f"unknown --tokenizer_type {tokenizer_type!r}: use one of {', '.join(SPECIAL_TOKENS)}")
     # The *Fast classes are the Rust tokenizers under both transformers 4 and 5 (in 5, BertTokenizer is too).
     import transformers
 
     cls = {"bert": transformers.BertTokenizerFast, "roberta": transformers.RobertaTokenizerFast,
            "gpt2": transformers.GPT2TokenizerFast}[tokenizer_type]
     if missing_local_path(tokenizer_name):
-        raise BinarizeError(f"tokenizer folder {tokenizer_name} does not exist: check the path (or give a hub name)")
+        raise InputError(f"tokenizer folder {tokenizer_name} does not exist: check the path (or give a hub name)")
     hint = (f"cannot load tokenizer {tokenizer_name!r}: it is not a local tokenizer folder, and the model hub "
             "does not have it or cannot be reached; check the spelling and your network, or pass a local "
             "folder holding vocab.txt or tokenizer.json")
     try:
         tokenizer = cls.from_pretrained(tokenizer_name)
     except (OSError, ValueError) as e:
-        raise BinarizeError(f"{hint} ({type(e).__name__})") from None
+        raise InputError(f"{hint} ({type(e).__name__})") from None
     # transformers 5 returns an empty tokenizer (special tokens only) when it finds no files at all.
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
-        raise BinarizeError(hint)
+        raise InputError(hint)
     return tokenizer
 
 
@@ -78,7 +74,7 @@ def read_chunks(path, chunk_lines, stats, progress):
             try:
                 line = raw.decode("utf-8").strip()
             except UnicodeDecodeError as e:
-                raise BinarizeError(
+                raise InputError(
                     f"{path} line {lineno} is not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
                     "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
                 ) from None
@@ -131,9 +127,9 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, min_tokens=12
     """Tokenize `file_path`; return (token_ids, offsets, meta) of the kept sequences, shuffled."""
     path = Path(file_path)
     if not path.is_file():
-        raise BinarizeError(f"{path} does not exist: write it with scripts/extract_wikipedia.py (step 1)")
+        raise InputError(f"{path} does not exist: write it with scripts/extract_wikipedia.py (step 1)")
     if path.stat().st_size == 0:
-        raise BinarizeError(f"{path} is empty: re-run scripts/extract_wikipedia.py (step 1)")
+        raise InputError(f"{path} is empty: re-run scripts/extract_wikipedia.py (step 1)")
 
     backend = tokenizer.backend_tokenizer
     backend.no_truncation()  # some tokenizer.json files truncate by default; long lines are split in training
@@ -159,7 +155,7 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, min_tokens=12
     elapsed = time.time() - start
 
     if not chunks:
-        raise BinarizeError(
+        raise InputError(
             f"no line of {path} has at least {min_tokens} tokens ({stats['lines']} lines, {stats['blank']} blank): "
             "check the file, or lower --min_tokens"
         )
@@ -197,6 +193,7 @@ def split_off(token_ids, offsets, n):
     return (token_ids[:cut], offsets[: n + 1]), (token_ids[cut:], offsets[n:] - cut)
 
 
+@reports_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Tokenize a one-sequence-per-line dump once, before distillation.")
     parser.add_argument("--file_path", default="data/dump.txt", help="text dump, one sequence per line (step 1)")
@@ -214,9 +211,9 @@ def main(argv=None):
 
     try:
         if args.min_tokens < 1:
-            raise BinarizeError(f"--min_tokens must be at least 1, got {args.min_tokens}")
+            raise InputError(f"--min_tokens must be at least 1, got {args.min_tokens}")
         if args.valid_size < 0:
-            raise BinarizeError(f"--valid_size must be at least 0, got {args.valid_size}")
+            raise InputError(f"--valid_size must be at least 0, got {args.valid_size}")
         out = output_path(args.dump_file, args.tokenizer_name)
         valid_out = output_path(args.dump_file, args.tokenizer_name, "valid")
         for path in [out] + ([valid_out] if args.valid_size else []):  # before the long work, not after it
@@ -228,19 +225,14 @@ def main(argv=None):
         n, n_tokens = len(offsets) - 1, int(offsets[-1])
         if args.valid_size:
             if args.valid_size >= n:
-                raise BinarizeError(f"--valid_size {args.valid_size} leaves no training data ({n} sequences kept): "
-                                    "lower it")
+                raise InputError(f"--valid_size {args.valid_size} leaves no training data ({n} sequences kept): "
+                                 "lower it")
             (valid_ids, valid_offsets), (token_ids, offsets) = split_off(token_ids, offsets, args.valid_size)
             save_binarized(valid_out, valid_ids, valid_offsets, dict(meta, split="valid"))
             logger.info("held out %d sequences in %s", args.valid_size, valid_out)
         save_binarized(out, token_ids, offsets, dict(meta, split="train"))
     except OSError as e:  # a full disk, a folder that vanished during the run
-        print(f"error: could not write {out} ({e.strerror or e}): free space or pick another --dump_file",
-              file=sys.stderr)
-        return 1
-    except (BinarizeError, DataFileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise InputError(f"could not write {out} ({e.strerror or e}): free space or pick another --dump_file") from e
     logger.info(
         "%d lines (%d blank) in %.1fs (%.0f lines/s); kept %d sequences, %d tokens (mean %.1f); "
         "dropped %d shorter than %d tokens",

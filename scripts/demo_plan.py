@@ -15,7 +15,6 @@ import math
 import time
 from pathlib import Path
 
-
 # Lines per article after extraction with --pack_words 48, and tokens per line, measured on the demo corpus.
 LINES_PER_ARTICLE = 2.0
 TOKENS_PER_LINE = 46

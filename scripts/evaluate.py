@@ -16,14 +16,14 @@ table and writes the figures as JSON (--output). `--model NAME=PATH` names a row
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import data_io
 import evaluation
 import masking
 import utils
-from utils import UsageError, init_distributed, load_pretrained, logger
+from errors import InputError, reports_errors
+from utils import init_distributed, load_pretrained, logger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def held_out(args, tokenizer, data, model, device):
     limit = utils.model_input_limit(tokenizer, model.config)
     dataset = LmSeqsDataset(Namespace(max_model_input_size=limit, special_tok_ids=special, mlm=True), data)
     if len(dataset) == 0:
-        raise UsageError(f"{args.data_file} has no sequence of 12 tokens or more")
+        raise InputError(f"{args.data_file} has no sequence of 12 tokens or more")
     mask = masking.Masking(probs, special["mask_token"], model.config.vocab_size, args.mlm_mask_prop,
                            args.word_mask, args.word_keep, device)  # fmt: skip
     return mask, dataset
@@ -89,6 +89,7 @@ def table(results, teacher=None):
     return "\n".join(lines)
 
 
+@reports_errors
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", action="append", default=[], help="[NAME=]PATH of a masked LM; repeat for several")
@@ -112,33 +113,30 @@ def main(argv=None):
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    try:
-        specs = ([args.teacher] if args.teacher else []) + args.model
-        if not specs:
-            raise UsageError("give at least one --model (or --teacher)")
-        models = dict(named(s) for s in specs)
-        if len(models) != len(specs):
-            raise UsageError("two models have the same name: name them with --model NAME=PATH")
-        teacher = named(args.teacher)[0] if args.teacher else None
-        for f in (args.data_file, args.token_counts):
-            if not Path(f).is_file():
-                raise UsageError(f"{f} does not exist")
-        data_io.check_writable(args.output, "--output")  # before the models run, not after
-        device = init_distributed(args.n_gpu).device
-        data = data_io.load_binarized(args.data_file)
-        if args.max_sequences is not None:
-            data = data_io.Binarized(data.token_ids, data.offsets[: args.max_sequences + 1], data.meta)
-        loaded = {name: load_model(path, device) for name, path in models.items()}
-        tokenizer = load_tokenizer(args.tokenizer_name or next(iter(models.values())))
-        vocab = {name: m.config.vocab_size for name, m in loaded.items()}
-        if len(set(vocab.values())) != 1 or len(tokenizer) > min(vocab.values()):
-            raise UsageError(f"the models and the tokenizer ({len(tokenizer)} ids) disagree on the vocabulary: {vocab}")
-        first = next(iter(loaded.values()))
-        mask, dataset = held_out(args, tokenizer, data, first, device)
-        batches = evaluation.masked_batches(mask, dataset, args.batch_size, args.seed)
-        results = evaluation.evaluate(loaded, batches, reference=teacher, progress=True)
-    except (UsageError, data_io.DataFileError) as e:
-        sys.exit(f"evaluate.py: error: {e}")
+    specs = ([args.teacher] if args.teacher else []) + args.model
+    if not specs:
+        raise InputError("give at least one --model (or --teacher)")
+    models = dict(named(s) for s in specs)
+    if len(models) != len(specs):
+        raise InputError("two models have the same name: name them with --model NAME=PATH")
+    teacher = named(args.teacher)[0] if args.teacher else None
+    for f in (args.data_file, args.token_counts):
+        if not Path(f).is_file():
+            raise InputError(f"{f} does not exist")
+    data_io.check_writable(args.output, "--output")  # before the models run, not after
+    device = init_distributed(args.n_gpu).device
+    data = data_io.load_binarized(args.data_file)
+    if args.max_sequences is not None:
+        data = data_io.Binarized(data.token_ids, data.offsets[: args.max_sequences + 1], data.meta)
+    loaded = {name: load_model(path, device) for name, path in models.items()}
+    tokenizer = load_tokenizer(args.tokenizer_name or next(iter(models.values())))
+    vocab = {name: m.config.vocab_size for name, m in loaded.items()}
+    if len(set(vocab.values())) != 1 or len(tokenizer) > min(vocab.values()):
+        raise InputError(f"the models and the tokenizer ({len(tokenizer)} ids) disagree on the vocabulary: {vocab}")
+    first = next(iter(loaded.values()))
+    mask, dataset = held_out(args, tokenizer, data, first, device)
+    batches = evaluation.masked_batches(mask, dataset, args.batch_size, args.seed)
+    results = evaluation.evaluate(loaded, batches, reference=teacher, progress=True)
 
     n = next(iter(results.values()))["masked_tokens"]
     print(f"{len(dataset):,} held-out sequences of {args.data_file}, {n:,} masked tokens (seed {args.seed})")
@@ -154,7 +152,7 @@ def main(argv=None):
         with data_io.atomic_write(args.output, "w") as f:
             f.write(json.dumps(out, indent=2) + "\n")
     except OSError as e:  # a full disk, a folder that vanished during the run
-        sys.exit(f"evaluate.py: error: could not write {args.output} ({e.strerror or e})")
+        raise InputError(f"could not write {args.output} ({e.strerror or e})") from e
     logger.info(f"wrote {args.output}")
     return results
 

@@ -40,7 +40,8 @@ import numpy as np
 import sentencex
 from tqdm import tqdm
 
-from data_io import DataFileError, atomic_write, check_writable
+from data_io import atomic_write, check_writable
+from errors import InputError, reports_errors
 
 LANGUAGE = "en"  # sentencex's rules for English, to match the 20231101.en config
 HEADING_MAX_WORDS = 10  # headings are short ("Early life and career"); longer unpunctuated lines are kept
@@ -60,7 +61,7 @@ def load_articles(source, config=None):
     """A memory-mapped `datasets.Dataset` with columns title and text, from one source or a list of them.
 
     A source is a local .parquet/.jsonl/.json file or a Hugging Face dataset name (with `config`).
-    Raises DataFileError, with a one-line message, for a source that is missing, empty, of an unknown
+    Raises InputError, with a one-line message, for a source that is missing, empty, of an unknown
     type, or lacks the title/text fields.
     """
     import datasets  # imported here: it is slow to import, and pool workers never need it
@@ -71,12 +72,12 @@ def load_articles(source, config=None):
         ds = _load_local(src) if _is_local(src) else _load_hub(src, config)
         missing = [field for field in ("title", "text") if field not in ds.column_names]
         if missing:
-            raise DataFileError(
+            raise InputError(
                 f"{src} has no {' or '.join(missing)} field (its fields: {', '.join(ds.column_names)}): "
                 f"{SOURCE_HINT}"
             )
         if len(ds) == 0:
-            raise DataFileError(f"{src} holds no articles: {SOURCE_HINT}")
+            raise InputError(f"{src} holds no articles: {SOURCE_HINT}")
         parts.append(ds.select_columns(["title", "text"]))
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
@@ -91,19 +92,19 @@ def _load_local(path):
 
     path = Path(path)
     if path.is_dir():
-        raise DataFileError(f"{path} is a folder: name its files instead, e.g. --source {path}/*.parquet")
+        raise InputError(f"{path} is a folder: name its files instead, e.g. --source {path}/*.parquet")
     if path.suffix not in LOCAL_FORMATS:
-        raise DataFileError(f"{path}: unsupported file type {path.suffix!r}; {SOURCE_HINT}")
+        raise InputError(f"{path}: unsupported file type {path.suffix!r}; {SOURCE_HINT}")
     if not path.is_file():
-        raise DataFileError(f"{path} does not exist: check the path, or {SOURCE_HINT}")
+        raise InputError(f"{path} does not exist: check the path, or {SOURCE_HINT}")
     if path.stat().st_size == 0:
-        raise DataFileError(f"{path} is empty: {SOURCE_HINT}")
+        raise InputError(f"{path} is empty: {SOURCE_HINT}")
     try:
         return datasets.load_dataset(LOCAL_FORMATS[path.suffix], data_files=[str(path)], split="train")
     except datasets.exceptions.DatasetGenerationError as e:
-        raise DataFileError(f"{path} is not readable as {path.suffix} ({e.__cause__ or e}): {SOURCE_HINT}") from None
+        raise InputError(f"{path} is not readable as {path.suffix} ({e.__cause__ or e}): {SOURCE_HINT}") from None
     except ValueError:  # a file of blank lines: datasets finds no records in it
-        raise DataFileError(f"{path} holds no articles: {SOURCE_HINT}") from None
+        raise InputError(f"{path} holds no articles: {SOURCE_HINT}") from None
 
 
 def _load_hub(name, config):
@@ -112,7 +113,7 @@ def _load_hub(name, config):
     try:
         return datasets.load_dataset(name, config, split="train")
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:  # offline, no such name or config
-        raise DataFileError(
+        raise InputError(
             f"could not load dataset {name!r} (config {config!r}) from the Hugging Face hub "
             f"({type(e).__name__}: {e}): check the name, --config and your network, or {SOURCE_HINT}"
         ) from None
@@ -258,6 +259,7 @@ def write_stats(stats, path):
         f.write("\n")
 
 
+@reports_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", nargs="+", default=["wikimedia/wikipedia"],
@@ -276,14 +278,11 @@ def main(argv=None):
     for flag, value, least in (("num_articles", args.num_articles, 1), ("min_words", args.min_words, 1),
                                ("pack_words", args.pack_words, 0), ("num_proc", args.num_proc, 1)):
         if value < least:
-            sys.exit(f"error: --{flag} must be at least {least}, got {value}")
+            raise InputError(f"--{flag} must be at least {least}, got {value}")
 
-    try:
-        for path, what in ((args.output, "--output"), (stats_path(args.output), "the stats file")):
-            check_writable(path, what)  # before the download and the splitting, not after them
-        articles = load_articles(args.source, args.config)
-    except DataFileError as e:
-        sys.exit("error: " + " ".join(str(e).split()))  # one line, even when a library's message has several
+    for path, what in ((args.output, "--output"), (stats_path(args.output), "the stats file")):
+        check_writable(path, what)  # before the download and the splitting, not after them
+    articles = load_articles(args.source, args.config)
     indices = sample_indices(len(articles), args.num_articles, args.seed)
     if len(indices) < args.num_articles:
         print(f"note: the source has {len(articles):,} articles, fewer than --num_articles {args.num_articles:,}: "
@@ -294,7 +293,7 @@ def main(argv=None):
         stats = dict(stats, articles_available=len(articles), args=vars(args))
         write_stats(stats, stats_path(args.output))
     except OSError as e:  # a folder that cannot be made, no permission, a full disk
-        sys.exit(f"error: could not write {args.output} ({e}): pick another --output")
+        raise InputError(f"could not write {args.output} ({e}): pick another --output") from e
     if stats["lines"] == 0:
         print(f"warning: no sentence had --min_words {args.min_words} words; the dump is empty", file=sys.stderr)
     print(f"wrote {stats['lines']:,} lines ({stats['sentences_kept']:,} of {stats['sentences_seen']:,} sentences, "

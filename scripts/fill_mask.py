@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 import data_io
-from data_io import DataFileError
-from utils import UsageError, load_pretrained, load_tokenizer, split_name
+from errors import InputError, reports_errors
+from utils import load_pretrained, load_tokenizer, split_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +57,7 @@ def predictions(model, ids, mask_id, top_k):
     return list(zip(idx.tolist(), p.tolist()))
 
 
+@reports_errors
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", action="append", required=True, help="[NAME=]PATH of a masked LM; repeat")
@@ -76,18 +77,15 @@ def main(argv=None):
     for spec in args.model:
         name, path = split_name(spec)
         names.append((name or Path(path.rstrip("/")).name, path))
-    try:
-        tokenizer = load_tokenizer(AutoTokenizer, names[0][1])
-        models = {name: load_pretrained(AutoModelForMaskedLM, path, "the masked LM").eval() for name, path in names}
-        examples = [(tokenizer(t)["input_ids"], None) for t in args.text]
-        if args.data_file:
-            if not args.token_counts:
-                raise UsageError("--data_file needs --token_counts")
-            examples += held_out_examples(tokenizer, args.data_file, args.token_counts, args.num_sentences)
-    except (UsageError, DataFileError) as e:
-        sys.exit(f"fill_mask.py: error: {e}")
+    tokenizer = load_tokenizer(AutoTokenizer, names[0][1])
+    models = {name: load_pretrained(AutoModelForMaskedLM, path, "the masked LM").eval() for name, path in names}
+    examples = [(tokenizer(t)["input_ids"], None) for t in args.text]
+    if args.data_file:
+        if not args.token_counts:
+            raise InputError("--data_file needs --token_counts")
+        examples += held_out_examples(tokenizer, args.data_file, args.token_counts, args.num_sentences)
     if not examples:
-        sys.exit("fill_mask.py: error: give --text or --data_file")
+        raise InputError("give --text or --data_file")
     width = max(len(n) for n in models)
     for ids, answer in examples:
         if ids.count(tokenizer.mask_token_id) != 1:

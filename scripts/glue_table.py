@@ -15,9 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-
 import glue
-from data_io import DataFileError, atomic_write, check_writable
+from data_io import atomic_write, check_writable
+from errors import InputError, reports_errors
 from utils import split_name
 
 # Published rows beside ours, as their papers print them: one number per task in points (MNLI: matched and
@@ -111,15 +111,16 @@ def read_results(spec):
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
-        raise SystemExit(f"glue_table.py: error: {path} does not exist: give run_glue.py's --output_dir")
+        raise InputError(f"{path} does not exist: give run_glue.py's --output_dir")
     try:
         results = json.loads(path.read_text())
         results["tasks"], results["model"]  # noqa: B018 (a KeyError for a file run_glue.py did not write)
     except (ValueError, KeyError, TypeError):
-        raise SystemExit(f"glue_table.py: error: {path} is not a run_glue.py results.json") from None
+        raise InputError(f"{path} is not a run_glue.py results.json") from None
     return name, results
 
 
+@reports_errors
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", help="[NAME=]run_glue.py --output_dir or its results.json")
@@ -127,10 +128,7 @@ def main(argv=None):
     p.add_argument("--output", default=None, help="also write the table to this markdown file")
     args = p.parse_args(argv)
     if args.output:
-        try:
-            check_writable(args.output, "--output")
-        except DataFileError as e:
-            sys.exit(f"glue_table.py: error: {e}")
+        check_writable(args.output, "--output")
     rows = [read_results(spec) for spec in args.results]
     table = markdown_table([r for _, r in rows], published=not args.no_published, names=[n for n, _ in rows])
     print(table)

@@ -16,8 +16,9 @@ Writes JSON lines (.jsonl) or parquet (.parquet), chosen by the output's extensi
 import argparse
 import json
 import random
-import sys
 from pathlib import Path
+
+from errors import InputError, reports_errors
 
 COUNTRIES = [  # name, demonym, language, currency
     ("Aldoria", "Aldorian", "Aldorese", "crown"), ("Benmark", "Benmarkish", "Benmarkic", "mark"),
@@ -205,6 +206,7 @@ def write(records, output):
     return len(records)
 
 
+@reports_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num_articles", type=int, default=3000, help="articles to write")
@@ -219,7 +221,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     if args.num_articles < 1:
-        sys.exit("error: --num_articles must be at least 1")
+        raise InputError("--num_articles must be at least 1")
     n = write(generate(args.num_articles, args.seed, people=args.people or None), args.output)
     print(f"wrote {n} articles to {args.output}")
 

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from errors import InputError, reports_errors
+
 
 def read_metrics(run_dir):
     """(training records, evaluation records) of a run folder, in file order; a resumed run's later
@@ -20,13 +22,14 @@ def read_metrics(run_dir):
     train, valid = {}, {}
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise SystemExit(f"plot_demo.py: error: {path} does not exist (train.py writes it)")
+        raise InputError(f"{path} does not exist (train.py writes it)")
     for line in path.read_text().splitlines():
         r = json.loads(line)
         (valid if "valid_top1" in r else train)[r["iter"]] = r
     return [train[k] for k in sorted(train)], [valid[k] for k in sorted(valid)]
 
 
+@reports_errors
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", action="append", required=True, help="NAME=RUN_DIR of a train.py run; repeat")

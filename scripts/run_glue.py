@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-
 import glue
-from data_io import DataFileError, atomic_write, check_writable
+from data_io import atomic_write, check_writable
+from errors import InputError, fail, reports_errors
 from scripts.glue_table import markdown_table
-from utils import UsageError, first_line, load_pretrained, load_tokenizer, model_input_limit
+from utils import first_line, load_pretrained, load_tokenizer, model_input_limit
 
 # The published fine-tuning setup of BERT and DistilBERT, where transformers' defaults differ.
 DEFAULTS = dict(
@@ -141,9 +141,9 @@ def learning_rates(sweep, training):
     try:
         rates = [float(x) for x in sweep.learning_rate_grid.split(",") if x.strip()]
     except ValueError:
-        raise UsageError(f"--learning_rate_grid {sweep.learning_rate_grid!r}: give numbers such as 2e-5,3e-5") from None
+        raise InputError(f"--learning_rate_grid {sweep.learning_rate_grid!r}: give numbers such as 2e-5,3e-5") from None
     if not rates or any(r <= 0 for r in rates):
-        raise UsageError(f"--learning_rate_grid {sweep.learning_rate_grid!r}: give positive learning rates")
+        raise InputError(f"--learning_rate_grid {sweep.learning_rate_grid!r}: give positive learning rates")
     return rates
 
 
@@ -151,7 +151,7 @@ def load_data(data):
     """Every task's TaskData, checked, before any training."""
     if data.task_name == "all":
         if data.train_file or data.validation_file:
-            raise UsageError("--task_name all reads GLUE's tasks: leave out --train_file/--validation_file")
+            raise InputError("--task_name all reads GLUE's tasks: leave out --train_file/--validation_file")
         names = list(glue.TASKS)
     else:
         names = [data.task_name]
@@ -178,7 +178,7 @@ def check_model(path):
             if (folder / "checkpoint.pth").is_file()
             else "no config.json there"
         )
-        raise UsageError(f"cannot load the model {path}: {hint}")
+        raise InputError(f"cannot load the model {path}: {hint}")
 
 
 def tokenize(task_data, tokenizer, max_length, pad):
@@ -301,7 +301,7 @@ def check_kept(path, run, hyper):
     old = run.get("hyper_parameters", {})
     differ = [f"{k} {old.get(k)!r} there, {v!r} now" for k, v in hyper.items() if old.get(k) != v]
     if differ:
-        raise UsageError(f"{path} was run with other settings ({'; '.join(differ[:3])}): "
+        raise InputError(f"{path} was run with other settings ({'; '.join(differ[:3])}): "
                          "give --overwrite_output_dir to redo it, or another --output_dir")  # fmt: skip
 
 
@@ -332,6 +332,7 @@ def summarize(task, runs):
     }
 
 
+@reports_errors
 def main(argv=None):
     margs, data_args, sweep, targs = parse_args(argv)
     import transformers
@@ -339,17 +340,14 @@ def main(argv=None):
 
     transformers.logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected
     out_dir = Path(targs.output_dir)
-    try:
-        if sweep.seeds < 1:
-            raise UsageError("--seeds must be at least 1")
-        rates = learning_rates(sweep, targs)
-        check_writable(out_dir, "--output_dir", folder=True)
-        check_model(margs.model_name_or_path)
-        config = load_pretrained(transformers.AutoConfig, margs.model_name_or_path, "the model")
-        tokenizer = load_tokenizer(AutoTokenizer, margs.tokenizer_name or margs.model_name_or_path)
-        tasks = load_data(data_args)
-    except (UsageError, DataFileError) as e:
-        sys.exit(f"run_glue.py: error: {e}")
+    if sweep.seeds < 1:
+        raise InputError("--seeds must be at least 1")
+    rates = learning_rates(sweep, targs)
+    check_writable(out_dir, "--output_dir", folder=True)
+    check_model(margs.model_name_or_path)
+    config = load_pretrained(transformers.AutoConfig, margs.model_name_or_path, "the model")
+    tokenizer = load_tokenizer(AutoTokenizer, margs.tokenizer_name or margs.model_name_or_path)
+    tasks = load_data(data_args)
     margs.model_label = margs.model_label or Path(margs.model_name_or_path.rstrip("/")).name
     max_length = min(data_args.max_seq_length, model_input_limit(tokenizer, config))
     if max_length < data_args.max_seq_length:
@@ -372,8 +370,8 @@ def main(argv=None):
                     if (run_dir / "results.json").is_file():
                         kept[run_dir] = json.loads((run_dir / "results.json").read_text())
                         check_kept(run_dir / "results.json", kept[run_dir], hyper)
-            except (UsageError, ValueError) as e:
-                sys.exit(f"run_glue.py: error: {e}")
+            except ValueError as e:  # a damaged results.json
+                raise InputError(e) from e
         runs = []
         for lr, seed, run_dir in plan:
             if run_dir in kept:
@@ -383,11 +381,8 @@ def main(argv=None):
             if data_args.overwrite_output_dir and run_dir.is_dir():
                 shutil.rmtree(run_dir)
             say(f"{task.title} lr {lr:g} seed {seed}: fine-tuning {margs.model_label} -> {run_dir}")
-            try:
-                run = fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, lr, seed,
-                                run_dir)  # fmt: skip
-            except UsageError as e:
-                sys.exit(f"run_glue.py: error: {e}")
+            run = fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, lr, seed,
+                            run_dir)  # fmt: skip
             shown = ", ".join(f"{d} {m} {100 * v:.2f}" for d, ms in run["metrics"].items() for m, v in ms.items())
             say(f"{task.title} lr {lr:g} seed {seed}: {shown} ({run['train_seconds']:.0f} s of training)")
             runs.append(run)
@@ -411,4 +406,4 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         sys.exit("run_glue.py: interrupted; rerun the same command to resume")
     except OSError as e:  # a full disk while writing a checkpoint, ...
-        sys.exit(f"run_glue.py: error: {first_line(e)}")
+        fail("run_glue.py", first_line(e))

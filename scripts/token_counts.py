@@ -14,7 +14,8 @@ import sys
 
 import numpy as np
 
-from data_io import DataFileError, check_writable, load_binarized, save_token_counts
+from data_io import check_writable, load_binarized, save_token_counts
+from errors import InputError, reports_errors
 
 
 def count_tokens(token_ids, vocab_size, block=1 << 18):
@@ -30,17 +31,18 @@ def check_vocab_size(data_file, meta, max_id, vocab_size):
     """--vocab_size must agree with the tokenizer recorded in the data and cover every id in it."""
     recorded = meta.get("vocab_size")
     if recorded is not None and recorded != vocab_size:
-        raise DataFileError(
+        raise InputError(
             f"--vocab_size {vocab_size} does not match {data_file}, binarized with {meta.get('tokenizer_name')!r} "
             f"({recorded} ids): pass --vocab_size {recorded}"
         )
     if max_id >= vocab_size:
-        raise DataFileError(
+        raise InputError(
             f"{data_file} holds token id {max_id}, outside --vocab_size {vocab_size}: pass the vocabulary size "
             f"of the tokenizer the data was binarized with (at least {max_id + 1})"
         )
 
 
+@reports_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Token counts for smoothing the MLM masking probabilities.")
     parser.add_argument("--data_file", default="data/dump.bert-base-uncased.pickle", help="binarized data (step 2)")
@@ -53,7 +55,7 @@ def main(argv=None):
         check_writable(args.token_counts_dump, "--token_counts_dump")
         data = load_binarized(args.data_file)
         if data.token_ids.size == 0:
-            raise DataFileError(f"{args.data_file} holds no tokens: re-create it with scripts/binarized_data.py")
+            raise InputError(f"{args.data_file} holds no tokens: re-create it with scripts/binarized_data.py")
         max_id = int(data.token_ids.max())
         check_vocab_size(args.data_file, data.meta, max_id, args.vocab_size)
         counts = count_tokens(data.token_ids, args.vocab_size)
@@ -61,11 +63,7 @@ def main(argv=None):
                 "n_sequences": len(data)}
         save_token_counts(args.token_counts_dump, counts, meta)
     except OSError as e:  # a full disk, a folder that vanished during the run
-        print(f"error: could not write {args.token_counts_dump} ({e.strerror or e})", file=sys.stderr)
-        return 1
-    except DataFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        raise InputError(f"could not write {args.token_counts_dump} ({e.strerror or e})") from e
     seen = int((counts > 0).sum())
     print(f"counted {counts.sum():,} tokens of {len(data):,} sequences; {seen:,} of {args.vocab_size:,} ids occur; "
           f"wrote {args.token_counts_dump}")

@@ -5,6 +5,7 @@ corpus's own words (the real bert-base-uncased vocab is not needed to test the m
 """
 
 import collections
+import inspect
 import os
 import re
 import subprocess
@@ -31,6 +32,19 @@ def run_script(script, *args, cwd=None, check=False):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def input_error(capsys, main, argv):
+    """Call a script's main(argv) on bad input: it must exit with status 2 and end stderr with one line
+    `<script>: error: ...`, no traceback. Returns that line."""
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    prog = Path(inspect.getfile(inspect.unwrap(main))).name
+    assert e.value.code == 2, (e.value.code, err)
+    assert err and err[-1].startswith(f"{prog}: error: "), err
+    assert not any("Traceback" in line for line in err), err
+    return err[-1]
 
 
 def write_bert_vocab(folder, words):

@@ -7,10 +7,8 @@ import pytest
 import torch
 from torch.utils import flop_counter
 
-from conftest import run_script
-
-
 from benchmarks import bench_train
+from conftest import run_script
 
 
 def _addmm_inplace_flops(_self, a, b, *args, out_shape=None, **kwargs):

@@ -5,11 +5,12 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import run_script, write_bert_vocab
 from transformers import BertTokenizerFast, GPT2TokenizerFast, RobertaTokenizerFast
 
+from conftest import run_script, write_bert_vocab
+from data_io import load_binarized
+from errors import InputError
 from scripts import binarized_data
-from data_io import DataFileError, load_binarized
 
 SCRIPT = "scripts/binarized_data.py"
 
@@ -155,7 +156,7 @@ def test_bad_input_fails_cleanly(tmp_path, tokenizer_dir, case, needle):
         tok_type = "xlnet"
     proc = run_script(SCRIPT, "--file_path", dump, "--tokenizer_type", tok_type, "--tokenizer_name", tok,
                       "--dump_file", tmp_path / "out")
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("out*")), "no output (not even a temporary file) after an error"
 
@@ -179,7 +180,7 @@ class Exploit:
 def test_pickles_with_code_are_rejected(tmp_path, payload):
     path = tmp_path / "evil.pickle"
     path.write_bytes(pickle.dumps(payload))
-    with pytest.raises(DataFileError, match="not a plain data file"):
+    with pytest.raises(InputError, match="not a plain data file"):
         load_binarized(path)
 
 
@@ -189,7 +190,7 @@ def test_truncated_file_is_rejected(tmp_path, articles, tokenizer_dir):
     assert proc.returncode == 0, proc.stderr
     cut = tmp_path / "cut.pickle"
     cut.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
-    with pytest.raises(DataFileError, match="truncated or damaged"):
+    with pytest.raises(InputError, match="truncated or damaged"):
         load_binarized(cut)
 
 
@@ -209,4 +210,4 @@ def test_valid_split_holds_out_random_sequences(tmp_path, articles, tokenizer_di
     assert as_multiset(train.sequences()) + as_multiset(valid.sequences()) == as_multiset(all_seqs.sequences())
 
     proc, _ = binarize(tmp_path / "whole", text, tokenizer_dir, "--valid_size", len(all_seqs))
-    assert proc.returncode != 0 and "leaves no training data" in proc.stderr
+    assert proc.returncode == 2 and "leaves no training data" in proc.stderr

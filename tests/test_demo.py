@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from transformers import AutoModelForMaskedLM, BertTokenizerFast
 
 from conftest import ROOT

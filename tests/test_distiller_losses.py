@@ -199,10 +199,11 @@ def test_teacher_free_step_is_plain_mlm(base_argv):
 
 def test_clm_step_equals_upstream_reference(tmp_path):
     """GPT-2 -> GPT-2 with the causal-LM loss: next-token targets from the lengths, KD and cosine on non-pad rows."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     import train
     from distiller import Distiller
     from lm_seqs_dataset import LmSeqsDataset, dataset_params
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     vocab, bos, eos, unk = 64, 1, 2, 0
     g = torch.Generator().manual_seed(0)

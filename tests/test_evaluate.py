@@ -1,5 +1,6 @@
 """MLM evaluation: scripts/evaluate.py and train.py's --valid_file, on tiny models built offline."""
 
+import argparse
 import json
 
 import pytest
@@ -8,10 +9,9 @@ import torch.nn.functional as F
 from transformers import BertTokenizer, DistilBertForMaskedLM
 
 import data_io
-from scripts import evaluate
 import evaluation
-from scripts import make_synthetic_wiki
 import train
+from scripts import evaluate, make_synthetic_wiki
 from train_helpers import read_metrics, tiny_run_files, tiny_student_config, write_data
 
 
@@ -46,7 +46,7 @@ def masked(files, model_dir):
     """The masked batches scripts/evaluate.py scores `model_dir` on."""
     from transformers import AutoModelForMaskedLM
 
-    args = evaluate.main.__globals__["argparse"].Namespace(
+    args = argparse.Namespace(
         data_file=files["valid"], token_counts=files["counts"], mlm_mask_prop=0.15, word_mask=0.8, word_keep=0.1,
         word_rand=0.1, mlm_smoothing=0.7, batch_size=evaluation.EVAL_BATCH_SIZE,
     )  # fmt: skip
@@ -130,8 +130,9 @@ def test_train_evaluates_on_the_held_out_file_without_changing_the_training(file
 def test_bad_input_is_one_line_error(files, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train.main([*files["argv"], "--dump_path", str(tmp_path / "run"), "--valid_file", str(tmp_path / "no.pickle")])
-    assert e.value.code == 1 and "binarize with --valid_size" in capsys.readouterr().err
+    assert e.value.code == 2 and "binarize with --valid_size" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
     with pytest.raises(SystemExit) as e:
         run_evaluate(files, tmp_path, str(tmp_path / "missing_model"))
-    assert "missing_model does not exist" in str(e.value)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and line.startswith("evaluate.py: error: ") and "missing_model does not exist" in line

@@ -8,8 +8,8 @@ import json
 
 import datasets
 import pytest
-from conftest import run_script
 
+from conftest import run_script
 from scripts import extract_wikipedia as ew
 from scripts import make_synthetic_wiki
 
@@ -233,7 +233,7 @@ def test_a_failure_while_writing_leaves_no_output(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-# ---- bad input: one line on stderr, non-zero exit, no output ----
+# ---- bad input: one line on stderr, exit status 2, no output ----
 
 
 def test_hub_names_and_paths_are_told_apart():
@@ -259,9 +259,9 @@ def test_bad_input_fails_with_one_line_and_no_output(tmp_path, name, content, ex
         source.write_text(content)
     output = tmp_path / "out" / "dump.txt"
     proc = run_script(SCRIPT, "--source", source, "--output", output, *extra)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last, proc.stderr
+    assert last.startswith("extract_wikipedia.py: error: ") and message in last, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not output.parent.exists() or list(output.parent.iterdir()) == []
 
@@ -270,8 +270,8 @@ def test_unwritable_output_fails_with_one_line(corpus, tmp_path):
     (tmp_path / "a_file").write_text("")
     output = tmp_path / "a_file" / "dump.txt"  # its folder would have to be a file
     proc = run_script(SCRIPT, "--source", corpus / "wiki.jsonl", "--num_articles", 5, "--output", output)
-    assert proc.returncode != 0
-    expected = f"error: cannot write --output {output}: {output.parent} is a file, not a folder"
+    assert proc.returncode == 2
+    expected = f"extract_wikipedia.py: error: cannot write --output {output}: {output.parent} is a file, not a folder"
     assert proc.stderr.strip().splitlines()[-1] == expected
     assert "Traceback" not in proc.stderr
 
@@ -279,7 +279,8 @@ def test_unwritable_output_fails_with_one_line(corpus, tmp_path):
 def test_unreachable_hub_dataset_fails_with_a_hint(tmp_path):
     output = tmp_path / "dump.txt"
     proc = run_script(SCRIPT, "--source", "someone/no-such-dataset", "--output", output)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: could not load dataset 'someone/no-such-dataset'") and "network" in last
+    assert last.startswith("extract_wikipedia.py: error: could not load dataset 'someone/no-such-dataset'")
+    assert "network" in last
     assert "Traceback" not in proc.stderr and not output.exists()

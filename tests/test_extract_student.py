@@ -1,6 +1,5 @@
 """scripts/extract/distilbert.py: which layers are copied, that they are copied exactly, and strict loading."""
 
-import importlib.util
 
 import pytest
 import torch
@@ -9,11 +8,9 @@ from transformers import DistilBertConfig, DistilBertForMaskedLM
 
 import utils
 from conftest import ROOT, run_script
+from errors import InputError
+from scripts.extract import distilbert as extract
 from train_helpers import make_teacher_dir, write_student_config
-
-spec = importlib.util.spec_from_file_location("extract_distilbert", ROOT / "scripts" / "extract" / "distilbert.py")
-extract = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(extract)
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +104,18 @@ def test_loading_rejects_checkpoints_that_do_not_fit(tmp_path, teacher):
     )
     three = tmp_path / "three.safetensors"
     save_file(extract.extract(t_model, cfg3, [0, 1, 3]), str(three))
-    with pytest.raises(utils.UsageError, match="3 transformer layers but the student config has n_layers=2"):
+    with pytest.raises(InputError, match="3 transformer layers but the student config has n_layers=2"):
         utils.load_student_weights(DistilBertForMaskedLM(cfg2), three)
 
     state = extract.extract(t_model, cfg2, [0, 3])
     extra = tmp_path / "extra.safetensors"
     save_file({**state, "distilbert.pooler.weight": torch.zeros(2)}, str(extra))
-    with pytest.raises(utils.UsageError, match="key.*the student does not have.*pooler"):
+    with pytest.raises(InputError, match="key.*the student does not have.*pooler"):
         utils.load_student_weights(DistilBertForMaskedLM(cfg2), extra)
 
     missing = tmp_path / "missing.pth"
     torch.save({k: v for k, v in state.items() if "layer.1.ffn.lin2.bias" not in k}, missing)
-    with pytest.raises(utils.UsageError, match="lacks 1 key.*layer.1.ffn.lin2.bias"):
+    with pytest.raises(InputError, match="lacks 1 key.*layer.1.ffn.lin2.bias"):
         utils.load_student_weights(DistilBertForMaskedLM(cfg2), missing)
 
     # upstream's default extraction (no head transform, tied decoder stored twice) still loads
@@ -145,7 +142,7 @@ def test_script_writes_metadata_and_rejects_bad_layers(tmp_path, teacher):
         "--dump_checkpoint",
         out,
     )
-    assert bad.returncode != 0 and "out of range" in bad.stderr and not out.exists()
+    assert bad.returncode == 2 and "out of range" in bad.stderr and not out.exists()
     extract.main(["--model_name", str(folder), "--student_config", str(config), "--dump_checkpoint", str(out)])
     from safetensors import safe_open
 

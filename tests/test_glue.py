@@ -17,10 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import glue
-from scripts import glue_table
-from scripts import run_glue
 import train
 from conftest import ROOT, run_script, write_bert_vocab
+from scripts import glue_table, run_glue
 from train_helpers import make_teacher_dir, sentences, tiny_run_files, with_args
 
 GLUE_DATA = ROOT.parent / "shared" / "data" / "glue"
@@ -237,7 +236,8 @@ def test_seeds_and_grid_report_the_best_median_and_a_rerun_keeps_finished_runs(t
     longer[longer.index("--max_steps") + 1] = 5
     with pytest.raises(SystemExit) as e:
         glue_main(*longer)
-    assert "was run with other settings (max_steps 3 there, 5 now)" in str(e.value.code)
+    assert e.value.code == 2
+    assert "was run with other settings (max_steps 3 there, 5 now)" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("custom/*/results.json")} == stamps
 
 
@@ -274,7 +274,7 @@ def test_torchrun_two_processes_share_the_data_and_write_once(tmp_path, teacher,
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Bad input: one line, non-zero exit, nothing written
+# Bad input: one line, exit status 2, nothing written
 
 
 @pytest.mark.parametrize(
@@ -290,7 +290,7 @@ def test_torchrun_two_processes_share_the_data_and_write_once(tmp_path, teacher,
         ("hub out of reach", "cannot fetch RTE from the hub (nyu-mll/glue)"),
     ],
 )
-def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, teacher, case, expected):
+def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, teacher, case, expected, capsys):
     sst2 = tmp_path / "SST-2"
     write_tsv(sst2 / "train.tsv", ["sentence", "label"], [["good", 1], ["bad", 0]])
     write_tsv(sst2 / "dev.tsv", ["sentence", "label"], [["fine", 1]])
@@ -319,15 +319,16 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, teacher, cas
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
         glue_main("--model_name_or_path", model, *data, "--output_dir", out, *FAST)
-    message = str(e.value.code)
-    assert message.startswith("run_glue.py: error: ") and expected in message and "\n" not in message
+    message = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and message.startswith("run_glue.py: error: ") and expected in message
+    assert "\n" not in message
     assert not out.exists()
 
 
 def test_bad_input_from_the_command_line(tmp_path, teacher):
     proc = run_script("scripts/run_glue.py", "--model_name_or_path", tmp_path / "missing", "--task_name", "sst2",
                       "--output_dir", tmp_path / "out")  # fmt: skip
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"run_glue.py: error: the model {tmp_path / 'missing'} does not exist: check the path (or give a hub name)"
     ]
     assert not (tmp_path / "out").exists()
@@ -377,4 +378,4 @@ def test_glue_table_script_names_rows_and_writes_markdown(tmp_path):
     assert proc.stdout.splitlines()[2:] == ["| a | 80.0 | 80.0 |", "| student | 70.0 | 70.0 |"]
     assert (tmp_path / "table.md").read_text() == proc.stdout
     proc = run_script("scripts/glue_table.py", tmp_path / "missing")
-    assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -11,9 +11,9 @@ import sys
 
 import nbformat
 import pytest
-from conftest import ROOT
 from nbclient import NotebookClient
 
+from conftest import ROOT
 from scripts import extract_wikipedia as ew
 from scripts import make_synthetic_wiki
 

@@ -1,9 +1,8 @@
 """Nothing lost, never a traceback: --force, damaged files, unwritable outputs, resumed logs, file modes.
 
-Each class of bad input gets one line on stderr, a non-zero exit, and leaves what was there as it was.
+Each class of bad input gets one line on stderr, exit status 2, and leaves what was there as it was.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,17 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from scripts import binarized_data
 import data_io
-from scripts import evaluate
-from scripts import token_counts
 import train
-from conftest import ROOT, write_bert_vocab
+from conftest import input_error, write_bert_vocab
+from errors import InputError
+from scripts import binarized_data, evaluate, token_counts
+from scripts.extract import distilbert as extract_student
 from train_helpers import tiny_run_files, with_args, write_data
-
-spec = importlib.util.spec_from_file_location("extract_distilbert", ROOT / "scripts" / "extract" / "distilbert.py")
-extract_student = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(extract_student)
 
 TIMING = ("tokens_per_s", "rss_gib", "gpu_allocated_gib", "gpu_reserved_gib", "gpu_peak_gib")
 
@@ -52,7 +47,7 @@ def one_line_error(capsys, prefix):
     return err[-1]
 
 
-def train_fails(argv, capsys, match, code=1):
+def train_fails(argv, capsys, match, code=2):
     with pytest.raises(SystemExit) as e:
         train.main(argv)
     assert e.value.code == code
@@ -166,24 +161,22 @@ def test_damaged_safetensors_everywhere(files, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
     out = tmp_path / "init.safetensors"
-    with pytest.raises(SystemExit) as e:
-        extract_student.main(["--model_name", str(bad_teacher), "--student_config", arg(argv, "student_config"),
-                              "--dump_checkpoint", str(out)])  # fmt: skip
-    assert "extract/distilbert.py: error: cannot load the teacher" in str(e.value)
-    assert "damaged or truncated" in str(e.value) and not out.exists()
+    line = input_error(capsys, extract_student.main, ["--model_name", bad_teacher, "--student_config",
+                                                      arg(argv, "student_config"), "--dump_checkpoint", out])
+    assert "distilbert.py: error: cannot load the teacher" in line and "damaged or truncated" in line
+    assert not out.exists()
 
-    with pytest.raises(SystemExit) as e:
-        evaluate.main(["--model", str(bad_teacher), "--data_file", arg(argv, "data_file"),
-                       "--token_counts", arg(argv, "token_counts"), "--output", str(tmp_path / "eval.json"),
-                       "--n_gpu", "0"])  # fmt: skip
-    assert str(e.value).startswith("evaluate.py: error: cannot load the masked LM") and "damaged" in str(e.value)
+    line = input_error(capsys, evaluate.main, ["--model", bad_teacher, "--data_file", arg(argv, "data_file"),
+                                               "--token_counts", arg(argv, "token_counts"),
+                                               "--output", tmp_path / "eval.json", "--n_gpu", "0"])  # fmt: skip
+    assert line.startswith("evaluate.py: error: cannot load the masked LM") and "damaged" in line
     assert not (tmp_path / "eval.json").exists()
 
     from scripts import fill_mask
 
-    with pytest.raises(SystemExit) as e:
-        fill_mask.main(["--model", str(teacher), "--model", str(bad_teacher), "--text", "the [MASK] river"])
-    assert str(e.value).startswith("fill_mask.py: error: cannot load the masked LM") and "damaged" in str(e.value)
+    two_models = ["--model", teacher, "--model", bad_teacher, "--text", "the [MASK] river"]
+    line = input_error(capsys, fill_mask.main, two_models)
+    assert line.startswith("fill_mask.py: error: cannot load the masked LM") and "damaged" in line
 
     # student initial weights cut short
     init = tmp_path / "good_init.safetensors"
@@ -200,10 +193,9 @@ def test_damaged_student_config(files, tmp_path, capsys):
     config = tmp_path / "student.json"
     config.write_text('{"dim": 32, "n_layers": ')
     train_fails(with_args(argv, dump_path=tmp_path / "run", student_config=config), capsys, "is not a readable")
-    with pytest.raises(SystemExit) as e:
-        extract_student.main(["--model_name", arg(argv, "teacher_name"), "--student_config", str(config),
-                              "--dump_checkpoint", str(tmp_path / "init.safetensors")])  # fmt: skip
-    assert "is not a readable DistilBertConfig JSON file" in str(e.value)
+    line = input_error(capsys, extract_student.main, ["--model_name", arg(argv, "teacher_name"), "--student_config",
+                                                      config, "--dump_checkpoint", tmp_path / "init.safetensors"])
+    assert "is not a readable DistilBertConfig JSON file" in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "init.safetensors").exists()
 
 
@@ -212,14 +204,14 @@ def test_missing_folders_are_named(files, tmp_path, capsys):
     missing = tmp_path / "no_such_teacher"
     train_fails(with_args(argv, dump_path=tmp_path / "run", teacher_name=missing), capsys,
                 f"the teacher {missing} does not exist")  # fmt: skip
-    with pytest.raises(SystemExit) as e:
-        extract_student.main(["--model_name", str(missing), "--dump_checkpoint", str(tmp_path / "x.safetensors")])
-    assert f"the teacher {missing} does not exist" in str(e.value)
+    line = input_error(capsys, extract_student.main, ["--model_name", missing, "--dump_checkpoint",
+                                                      tmp_path / "x.safetensors"])
+    assert f"the teacher {missing} does not exist" in line
     dump_txt = tmp_path / "dump.txt"
     dump_txt.write_text("a line of text with enough words to keep\n")
-    assert binarized_data.main(["--file_path", str(dump_txt), "--tokenizer_name", str(missing),
-                                "--dump_file", str(tmp_path / "bin")]) == 1  # fmt: skip
-    assert f"tokenizer folder {missing} does not exist" in one_line_error(capsys, "error: ")
+    line = input_error(capsys, binarized_data.main, ["--file_path", dump_txt, "--tokenizer_name", missing,
+                                                     "--dump_file", tmp_path / "bin"])
+    assert f"tokenizer folder {missing} does not exist" in line
     assert not list(tmp_path.glob("bin*"))
 
 
@@ -235,40 +227,38 @@ def test_unwritable_outputs_fail_before_any_work(files, tmp_path, capsys, tokeni
 
     dump_txt = tmp_path / "dump.txt"
     dump_txt.write_text("a line with quite a few words in it for the tokenizer to chew on\n" * 50)
-    assert binarized_data.main(["--file_path", str(dump_txt), "--tokenizer_name", str(tokenizer_dir),
-                                "--dump_file", str(where / "bin")]) == 1  # fmt: skip
-    captured = capsys.readouterr()
-    assert line in captured.err.strip().splitlines()[-1]
-    assert "binarize" not in captured.err  # refused before the tokenizing started: no progress bar
-
-    assert token_counts.main(["--data_file", arg(argv, "data_file"), "--token_counts_dump", str(where / "c.pickle"),
-                              "--vocab_size", "1"]) == 1  # fmt: skip
-    assert line in one_line_error(capsys, "error: cannot write --token_counts_dump")  # before the vocab check
-
     with pytest.raises(SystemExit) as e:
-        extract_student.main(["--model_name", arg(argv, "teacher_name"), "--student_config",
-                              arg(argv, "student_config"), "--dump_checkpoint",
-                              str(where / "i.safetensors")])  # fmt: skip
-    assert line in str(e.value)
+        binarized_data.main(["--file_path", str(dump_txt), "--tokenizer_name", str(tokenizer_dir),
+                             "--dump_file", str(where / "bin")])  # fmt: skip
+    captured = capsys.readouterr()
+    assert e.value.code == 2 and line in captured.err.strip().splitlines()[-1]
+    assert "binarize:" not in captured.err  # refused before the tokenizing started: no progress bar
+
+    last = input_error(capsys, token_counts.main, ["--data_file", arg(argv, "data_file"),
+                                                   "--token_counts_dump", where / "c.pickle", "--vocab_size", "1"])
+    assert last.startswith("token_counts.py: error: cannot write --token_counts_dump")  # before the vocab check
+    assert line in last
+
+    assert line in input_error(capsys, extract_student.main, ["--model_name", arg(argv, "teacher_name"),
+                                                              "--student_config", arg(argv, "student_config"),
+                                                              "--dump_checkpoint", where / "i.safetensors"])
 
     train_fails(with_args(argv, dump_path=where / "run"), capsys, line)
 
-    with pytest.raises(SystemExit) as e:
-        evaluate.main(["--model", arg(argv, "teacher_name"), "--data_file", arg(argv, "data_file"),
-                       "--token_counts", arg(argv, "token_counts"), "--output", str(where / "eval.json"),
-                       "--n_gpu", "0"])  # fmt: skip
-    assert line in str(e.value)
+    assert line in input_error(capsys, evaluate.main, ["--model", arg(argv, "teacher_name"), "--data_file",
+                                                       arg(argv, "data_file"), "--token_counts",
+                                                       arg(argv, "token_counts"), "--output", where / "eval.json",
+                                                       "--n_gpu", "0"])  # fmt: skip
     assert blocker.read_text() == "" and not any(p != blocker for p in tmp_path.glob("a_file*"))
 
 
 def test_an_output_path_that_is_a_folder_or_a_device(files, tmp_path, capsys):
     _, argv = files
     (tmp_path / "counts").mkdir()
-    assert token_counts.main(["--data_file", arg(argv, "data_file"),
-                              "--token_counts_dump", str(tmp_path / "counts")]) == 1  # fmt: skip
-    assert "is a folder: give a file path" in one_line_error(capsys, "error: ")
+    assert "is a folder: give a file path" in input_error(capsys, token_counts.main, [
+        "--data_file", arg(argv, "data_file"), "--token_counts_dump", tmp_path / "counts"])
     # atomic_write renames over its target: it must never replace a device node
-    with pytest.raises(data_io.DataFileError, match="not a regular file"):
+    with pytest.raises(InputError, match="not a regular file"):
         data_io.check_writable("/dev/null")
 
 
@@ -278,7 +268,7 @@ def test_a_read_only_folder(tmp_path):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        with pytest.raises(data_io.DataFileError, match="is not writable"):
+        with pytest.raises(InputError, match="is not writable"):
             data_io.check_writable(ro / "x.pickle")
     finally:
         ro.chmod(0o755)
@@ -286,7 +276,7 @@ def test_a_read_only_folder(tmp_path):
 
 def test_a_place_no_one_can_write(tmp_path):
     # /proc refuses new files even to root: the stand-in for a read-only or missing mount
-    with pytest.raises(data_io.DataFileError, match="is not writable"):
+    with pytest.raises(InputError, match="is not writable"):
         data_io.check_writable("/proc/distil-test/out.pickle")
 
 
@@ -331,8 +321,8 @@ def test_written_files_respect_the_umask(files, tmp_path):
 
 def test_vocabularies_are_compared_not_folder_names(tmp_path, tokenizer_dir, caplog, capsys):
     dump_txt = tmp_path / "dump.txt"
-    from train_helpers import sentences
     from scripts.make_synthetic_wiki import generate
+    from train_helpers import sentences
 
     dump_txt.write_text("\n".join(sentences(generate(60, seed=0))) + "\n")
     assert binarized_data.main(["--file_path", str(dump_txt), "--tokenizer_name", str(tokenizer_dir),

@@ -5,10 +5,10 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import run_script
 
-from scripts import token_counts
+from conftest import run_script
 from data_io import load_token_counts, offsets_from_lengths, save_binarized
+from scripts import token_counts
 
 SCRIPT = "scripts/token_counts.py"
 
@@ -91,6 +91,6 @@ def test_bad_input_fails_cleanly(tmp_path, seqs, case, needle):
         data.write_bytes(pickle.dumps("not data"))
     out = tmp_path / "counts.pickle"
     proc = run_script(SCRIPT, "--data_file", data, "--token_counts_dump", out, "--vocab_size", vocab_size)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()

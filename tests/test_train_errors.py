@@ -1,4 +1,4 @@
-"""Bad input: one-line errors, non-zero exit, nothing written."""
+"""Bad input: one-line errors, exit status 2, nothing written."""
 
 import json
 
@@ -31,12 +31,12 @@ def opt(argv, name, value=None):
 
 
 def fails(argv, tmp_path, capsys, match):
-    """train.main exits with status 1, prints one matching error line, and creates no run folder."""
+    """train.main exits with status 2, prints one matching error line, and creates no run folder."""
     dump = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
         train.main(opt(argv, "dump_path", dump))
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert e.value.code == 1
+    assert e.value.code == 2
     assert err.startswith("train.py: error: ")
     assert match in err, err
     assert not dump.exists()
@@ -99,7 +99,7 @@ def test_existing_dump_path_needs_force(files, tmp_path, capsys):
     (dump / "keep.txt").write_text("precious")
     with pytest.raises(SystemExit) as e:
         train.main(opt(argv, "dump_path", dump))
-    assert e.value.code == 1 and "--force" in capsys.readouterr().err
+    assert e.value.code == 2 and "--force" in capsys.readouterr().err
     assert (dump / "keep.txt").read_text() == "precious"
 
 
@@ -126,6 +126,6 @@ def test_rejected_argument_combinations(files, tmp_path, capsys, extra, match):
 def test_cli_error_is_one_line_with_status_1(files, tmp_path):
     _, argv = files
     proc = run_script("train.py", *opt(argv, "dump_path", tmp_path / "run"), "--alpha_mlm", "0")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["train.py: error: --mlm needs --alpha_mlm > 0"]
     assert not (tmp_path / "run").exists()

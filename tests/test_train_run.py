@@ -87,7 +87,7 @@ def test_resume_refuses_other_settings(tmp_path, base_argv, capsys):
     train.main(argv)
     with pytest.raises(SystemExit) as e:
         train.main(with_args(argv, resume=True, batch_size=8))
-    assert e.value.code == 1 and "batch_size 16 -> 8" in capsys.readouterr().err
+    assert e.value.code == 2 and "batch_size 16 -> 8" in capsys.readouterr().err
 
 
 def test_bf16_on_cpu_and_fp16_fallback(tmp_path, base_argv, caplog):

@@ -23,14 +23,14 @@ checks every key against the student config.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from transformers import BertForMaskedLM, DistilBertConfig
 
-from data_io import DataFileError, check_writable
-from utils import UsageError, load_config, load_pretrained
+from data_io import check_writable
+from errors import InputError, reports_errors
+from utils import load_config, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ DEFAULT_CONFIG = ROOT / "training_configs" / "distilbert-small-uncased.json"  # 
 def spread_layers(n_student, n_teacher):
     """n_student teacher layer indices spread evenly from the first to the last: 6 of 12 -> 0,2,4,7,9,11."""
     if not 1 <= n_student <= n_teacher:
-        raise UsageError(f"cannot pick {n_student} layers from a teacher with {n_teacher}")
+        raise InputError(f"cannot pick {n_student} layers from a teacher with {n_teacher}")
     if n_student == 1:
         return [n_teacher - 1]
     return [int(i * (n_teacher - 1) / (n_student - 1) + 0.5) for i in range(n_student)]
@@ -50,12 +50,12 @@ def parse_layers(text, n_student, n_teacher):
     try:
         layers = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UsageError(f"--layers {text!r}: give comma-separated teacher layer indices, e.g. 0,4,7,11") from None
+        raise InputError(f"--layers {text!r}: give comma-separated teacher layer indices, e.g. 0,4,7,11") from None
     if len(layers) != n_student:
-        raise UsageError(f"--layers lists {len(layers)} layers but the student config has n_layers={n_student}")
+        raise InputError(f"--layers lists {len(layers)} layers but the student config has n_layers={n_student}")
     bad = [i for i in layers if not 0 <= i < n_teacher]
     if bad:
-        raise UsageError(f"--layers {bad} out of range: the teacher has layers 0..{n_teacher - 1}")
+        raise InputError(f"--layers {bad} out of range: the teacher has layers 0..{n_teacher - 1}")
     return layers
 
 
@@ -71,9 +71,9 @@ def extract(teacher, config, layers, vocab_transform=True, fold_token_type=True)
         ("max positions", config.max_position_embeddings, tc.max_position_embeddings),
     ):
         if s_val != t_val:
-            raise UsageError(f"student {what} {s_val} differs from the teacher's {t_val}: layers cannot be copied")
+            raise InputError(f"student {what} {s_val} differs from the teacher's {t_val}: layers cannot be copied")
     if getattr(config, "sinusoidal_pos_embds", False):
-        raise UsageError("the student config uses sinusoidal position embeddings; these copy learned ones")
+        raise InputError("the student config uses sinusoidal position embeddings; these copy learned ones")
 
     pos = t["bert.embeddings.position_embeddings.weight"]
     if fold_token_type:
@@ -123,6 +123,7 @@ def save(state, path, metadata):
             torch.save(state, f)
 
 
+@reports_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -173,10 +174,8 @@ def main(argv=None):
             "fold_token_type": args.fold_token_type,
         }
         save(state, dump, metadata)
-    except (UsageError, DataFileError) as e:
-        sys.exit(f"extract/distilbert.py: error: {e}")
     except OSError as e:  # a full disk, a folder that vanished during the run
-        sys.exit(f"extract/distilbert.py: error: could not write {dump} ({e.strerror or e})")
+        raise InputError(f"could not write {dump} ({e.strerror or e})") from e
     n_params = sum(v.numel() for v in state.values())
     print(f"copied teacher layers {layers} into a {config.n_layers}-layer student")
     print(f"{len(state)} tensors, {n_params / 1e6:.1f}M parameters -> {dump}")
