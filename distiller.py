@@ -64,7 +64,7 @@ class Distiller:
         self.params = params
         self.dist = dist or DistInfo()
         self.device = self.dist.device
-        self.dump_path = Path(params.dump_path)
+        self.dump_path = Path(params.dump_path) if params.dump_path else None  # None: steps only, never writes
         self.dataset = dataset
         self.mlm = params.mlm
         self.vocab_size = student.config.vocab_size

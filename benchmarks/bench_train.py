@@ -150,17 +150,16 @@ def peak_tflops_for(device_name):
     return None
 
 
-def make_distiller(student, teacher, extra=(), device="cpu"):
+def make_distiller(student, teacher, flags=None, device="cpu"):
+    """A Distiller with train.py's defaults and `flags` ({"bf16": True, ...}) around the given models."""
     import torch
 
-    import train
+    import train_args
     from distiller import Distiller
     from lm_seqs_dataset import LmSeqsDataset, dataset_params
 
-    argv = ["--dump_path", "-", "--data_file", "-", "--token_counts", "-", "--student_type", "distilbert"]
-    argv += ["--student_config", "-", "--teacher_type", "bert", "--teacher_name", "-", "--mlm"]
-    argv += ["--gradient_accumulation_steps", "1", "--n_gpu", "0", "--num_workers", "0", *extra]
-    args = train.parse_args(argv)
+    args = train_args.defaults(student_type="distilbert", teacher_type="bert", gradient_accumulation_steps=1,
+                               num_workers=0, **(flags or {}))  # fmt: skip
     args.special_tok_ids = SPECIAL
     one_line = [np.array([101] + [2000] * 20 + [102])]  # the Distiller wants a dataset; batches come from outside
     dataset = LmSeqsDataset(dataset_params(SPECIAL, 512, pad_to_multiple_of=args.pad_to_multiple_of), one_line)
@@ -274,10 +273,10 @@ class Reference:
 class Ours:
     """distiller.Distiller's per-batch work, as its training loop does it (gradient accumulation of 1)."""
 
-    def __init__(self, student, teacher, extra=(), device="cpu"):
+    def __init__(self, student, teacher, flags=None, device="cpu"):
         from monitor import Meter
 
-        self.distiller, self.dataset = make_distiller(student, teacher, extra, device)
+        self.distiller, self.dataset = make_distiller(student, teacher, flags, device)
         self.distiller.student.train()
         self.meter = Meter()
 
@@ -371,8 +370,8 @@ def worker(impl, size, steps, warmup, threads, device="cpu", fp16=False, trace_e
         runner = Reference(student, teacher, token_probs(), device, fp16)
         student.train()
     else:
-        extra = {"ours-bf16": ["--bf16"], "ours-pad1": ["--pad_to_multiple_of", "1"]}.get(impl, [])
-        runner = Ours(student, teacher, extra + (["--fp16"] if fp16 else []), device)
+        flags = {"ours-bf16": {"bf16": True}, "ours-pad1": {"pad_to_multiple_of": 1}}.get(impl, {})
+        runner = Ours(student, teacher, {**flags, "fp16": fp16}, device)
         runner.distiller.fused_kd &= impl != "ours-unfused"  # KD through autograd on materialised logits
         for group in runner.distiller.optimizer.param_groups:  # (no step taken yet: no optimizer state)
             group["fused"] = impl != "ours-adamw-loop"  # torch's default AdamW on CPU: a loop over tensors

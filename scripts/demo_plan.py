@@ -55,7 +55,7 @@ def time_steps(n_steps=3):
     import torch
     from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
-    import train
+    import train_args
     from distiller import Distiller
     from lm_seqs_dataset import LmSeqsDataset, dataset_params
     from utils import DistInfo, logger
@@ -72,10 +72,8 @@ def time_steps(n_steps=3):
     probs[list(special.values())] = 0
 
     def step_time(student, teacher, student_type, alphas):
-        argv = ["--dump_path", "-", "--data_file", "-", "--token_counts", "-", "--student_type", student_type,
-                "--student_config", "-", "--teacher_type", "bert", "--teacher_name", "-", "--mlm",
-                "--gradient_accumulation_steps", "1", "--n_gpu", "0", *alphas]  # fmt: skip
-        args = train.parse_args(argv)
+        args = train_args.defaults(student_type=student_type, teacher_type="bert", gradient_accumulation_steps=1,
+                                   **alphas)  # fmt: skip
         args.special_tok_ids = special
         dataset = LmSeqsDataset(dataset_params(special, 128, pad_to_multiple_of=8), seqs)
         distiller = Distiller(args, dataset, probs, student, teacher, dist=DistInfo())
@@ -89,9 +87,9 @@ def time_steps(n_steps=3):
             times.append(time.perf_counter() - start)
         return min(times[1:])
 
-    mlm_only = ["--alpha_ce", "0", "--alpha_cos", "0", "--alpha_mlm", "1"]
+    mlm_only = {"alpha_ce": 0.0, "alpha_cos": 0.0, "alpha_mlm": 1.0}
     out = {"teacher": step_time(teacher, None, "bert", mlm_only)}
-    out["distilled"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), teacher, "distilbert", [])
+    out["distilled"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), teacher, "distilbert", {})
     out["mlm_only"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), None, "distilbert", mlm_only)
     # evaluation is a forward pass: about a third of a training step, per sequence
     out["eval_per_seq"] = (out["teacher"] + out["distilled"] + out["mlm_only"]) / 3 / 3 / BATCH

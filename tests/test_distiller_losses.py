@@ -201,7 +201,7 @@ def test_clm_step_equals_upstream_reference(tmp_path):
     """GPT-2 -> GPT-2 with the causal-LM loss: next-token targets from the lengths, KD and cosine on non-pad rows."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    import train
+    import train_args
     from distiller import Distiller
     from lm_seqs_dataset import LmSeqsDataset, dataset_params
 
@@ -213,22 +213,7 @@ def test_clm_step_equals_upstream_reference(tmp_path):
     ]
     special = {"bos_token": bos, "eos_token": eos, "unk_token": unk}
     dataset = LmSeqsDataset(dataset_params(special, 64, mlm=False), seqs)
-    args = train.parse_args(
-        [
-            "--dump_path",
-            str(tmp_path / "x"),
-            "--data_file",
-            "-",
-            "--student_type",
-            "gpt2",
-            "--student_config",
-            "-",
-            "--teacher_type",
-            "gpt2",
-            "--teacher_name",
-            "-",
-        ]
-    )
+    args = train_args.defaults(dump_path=str(tmp_path / "x"), student_type="gpt2", teacher_type="gpt2")
     args.special_tok_ids = special
     assert not args.mlm and args.alpha_clm == 0.5
     torch.manual_seed(0)

@@ -10,8 +10,7 @@ import datasets
 import pytest
 
 from conftest import run_script
-from scripts import extract_wikipedia as ew
-from scripts import make_synthetic_wiki
+from scripts import extract_wikipedia as ew, make_synthetic_wiki
 
 SCRIPT = "scripts/extract_wikipedia.py"
 

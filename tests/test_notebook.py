@@ -14,8 +14,7 @@ import pytest
 from nbclient import NotebookClient
 
 from conftest import ROOT
-from scripts import extract_wikipedia as ew
-from scripts import make_synthetic_wiki
+from scripts import extract_wikipedia as ew, make_synthetic_wiki
 
 NOTEBOOK = ROOT / "extract_wikipedia_data.ipynb"
 

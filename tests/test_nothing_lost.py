@@ -14,6 +14,7 @@ import torch
 
 import data_io
 import train
+import train_args
 from conftest import input_error, write_bert_vocab
 from errors import InputError
 from scripts import binarized_data, evaluate, token_counts
@@ -344,8 +345,8 @@ def test_vocabularies_are_compared_not_folder_names(tmp_path, tokenizer_dir, cap
 
     same = tmp_path / "same-vocab-other-name"
     shutil.copytree(tokenizer_dir, same)
-    args = train.parse_args([*base, "--tokenizer_name", str(same), "--dump_path", str(tmp_path / "r1")])
-    train.sanity_checks(args)
+    args = train_args.parse_args([*base, "--tokenizer_name", str(same), "--dump_path", str(tmp_path / "r1")])
+    train_args.sanity_checks(args)
     with caplog.at_level("WARNING"):
         train.setup(args)
     assert "was made with tokenizer" not in caplog.text

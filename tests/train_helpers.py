@@ -134,12 +134,13 @@ def tiny_run_files(folder, tokenizer_dir, articles, student_layers=2):
 def build_distiller(argv):
     """train.py's setup, in-process, without writing anything: (args, distiller, tokenizer)."""
     import train
+    import train_args
     from distiller import Distiller
 
     if "--dump_path" not in argv:
         argv = [*argv, "--dump_path", str(Path(argv[argv.index("--student_config") + 1]).parent / "not-written")]
-    args = train.parse_args(argv)
-    train.sanity_checks(args)
+    args = train_args.parse_args(argv)
+    train_args.sanity_checks(args)
     tokenizer, dataset, token_probs, student, teacher = train.setup(args)
     return args, Distiller(args, dataset, token_probs, student, teacher), tokenizer
 
