@@ -83,6 +83,39 @@ def safe_load_pickle(path, *, remedy):
     return obj
 
 
+def read_checkpoint(path, data_order):
+    """A train.py checkpoint: tensors and plain containers only (torch's weights_only load: no code runs).
+    A missing, damaged or foreign file, or one written with another `data_order` (the settings and data that
+    fix the sequence of batches), is an InputError."""
+    import zipfile
+
+    import torch
+
+    from utils import first_line
+
+    fix = "start the run again with --force, or resume from a copy of a good checkpoint"
+    if not path.is_file():
+        raise InputError(f"--resume: {path} does not exist (no checkpoint was written yet); start without --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InputError(
+            f"--resume: {path} is not a train.py checkpoint (it holds more than tensors: {first_line(e)}); {fix}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        why = f"{type(e).__name__}: {first_line(e)}"
+        raise InputError(f"--resume: {path} is damaged or truncated ({why}); {fix}") from None
+    needed = ("student", "optimizer", "scheduler", "scaler", "progress", "data_order", "rng")
+    if not isinstance(state, dict) or any(k not in state for k in needed):
+        raise InputError(f"--resume: {path} is not a train.py checkpoint (it lacks the training state); {fix}")
+    saved = state["data_order"]
+    changes = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in data_order.items() if saved.get(k) != v)
+    if changes:
+        raise InputError(f"--resume: the run was started with other settings or data ({changes}); resume with the "
+                         "same ones")
+    return state
+
+
 def _umask():
     mask = os.umask(0)  # the only portable way to read it is to set it
     os.umask(mask)

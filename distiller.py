@@ -2,30 +2,17 @@
 
 Loss, as upstream (Sanh et al., 2019): alpha_ce * KD + alpha_mlm * MLM (or alpha_clm * CLM)
 + alpha_mse * MSE(logits) + alpha_cos * cosine(last hidden states), where KD is the KL divergence between
-the teacher's and the student's distributions at temperature T, times T^2.
+the teacher's and the student's distributions at temperature T, times T^2. The loss functions and the
+vocabulary head are in losses.py, the masking in masking.py, the logging in monitor.py.
 
-The losses and the vocabulary head live in losses.py, the masking in masking.py. How a step stays lean
-(benchmarks/bench_train.py measures it):
-- positions are picked by row indices computed from the lengths on the host, never by
-  (batch x length x vocab) boolean masks: the models project to the vocabulary only at the rows a loss
-  needs (non-pad rows for KD; masked rows only with --restrict_ce_to_mask or without a teacher), and the
-  rows to predict come first, so they are a slice for every model;
-- KD and the MLM/CLM cross-entropy are fused with both vocabulary projections (FusedKD): chunks of rows
-  are projected once, compared and differentiated in one pass, so no (rows x vocab) logits of either
-  model are kept and the predicted rows are not projected a second time; only with --alpha_mse > 0 are
-  the logits materialised (`kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True)`);
-- losses are summed on the device and read once per log interval: no `.item()` per step;
-- AdamW is torch's fused one (a single pass over the parameters);
-- batches are padded to a multiple of 8 and grouped by length (lm_seqs_dataset, grouped_batch_sampler).
-
-The loop in `train()` reads top to bottom: prepare a batch, `step()` returns the losses, backward,
-optimizer step at the end of each accumulation cycle, log, checkpoint. Checkpoints hold everything a
-resumed run needs to repeat the uninterrupted run's losses exactly on CPU.
+Read `step()` (one batch: both forwards, the losses) and then `train()` (the loop: prepare a batch, step,
+backward, optimizer step at the end of each accumulation cycle, log, evaluate, checkpoint). Checkpoints hold
+everything a resumed run needs to repeat the uninterrupted run's losses exactly on CPU. Why the step is
+fast (rows picked by index, KD fused with the projections, no per-step host sync): README, "Benchmarks".
 """
 
 import contextlib
 import json
-import logging
 import math
 import shutil
 import time
@@ -36,18 +23,28 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 import evaluation
-from data_io import atomic_write
+from data_io import atomic_write, read_checkpoint
 from errors import InputError
 from grouped_batch_sampler import epoch_batches
 from losses import KD_CHUNK_ROWS, LOSS_NAMES, FusedKD, RowsLM, cosine_loss, kd_loss, lm_head_parts, mse_loss
 from masking import Masking, prepare_batch_clm
-from monitor import Meter, MetricsLog, empty_cache_if_low, memory_stats, metrics_size
-from utils import DistInfo, first_line, logger
+from monitor import Meter, MetricsLog, empty_cache_if_low, log_line, memory_stats, metrics_size
+from utils import (
+    DistInfo,
+    check_same_on_all_ranks,
+    first_line,
+    logger,
+    rng_state,
+    set_rng_state,
+    weight_decay_groups,
+)
 
 CHECKPOINT = "checkpoint.pth"  # the latest resumable state, replaced atomically
+# The counters a checkpoint saves and a resumed run restores, by attribute name.
+PROGRESS = ("epoch", "batch_in_epoch", "n_total_iter", "n_optimizer_steps", "n_empty_cache", "n_skipped_steps",
+            "ckpt_bucket")
 NON_FINITE_EXIT = 3  # exit status of a run stopped by a non-finite loss
 MAX_CONSECUTIVE_SKIPS = 20  # fp16: this many overflow-skipped optimizer steps in a row means the loss is broken
 
@@ -85,14 +82,9 @@ class Distiller:
 
         self.student_model = student.to(self.device)
         self.student = RowsLM(self.student_model)
-        if self.dist.world_size > 1:
-            # The head is unused only when no loss reads the logits (cosine only).
+        if self.dist.world_size > 1:  # the head is unused only when no loss reads the logits (cosine only)
             unused = not (self.alpha["ce"] or self.alpha["mlm"] or self.alpha["clm"] or self.alpha["mse"])
-            self.student = nn.parallel.DistributedDataParallel(
-                self.student,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=unused,
-            )
+            self.student = self.dist.wrap(self.student, find_unused_parameters=unused)
         self.teacher = None
         if self.needs_teacher:
             teacher = teacher.to(self.device, dtype=self.amp_dtype or torch.float32).eval()
@@ -107,20 +99,12 @@ class Distiller:
         self.cycles_per_epoch = math.ceil(self.batches_per_epoch / accum)
         self.total_steps = self.cycles_per_epoch * params.n_epoch
 
-        decay, no_decay = [], []
-        for name, p in self.student_model.named_parameters():
-            if p.requires_grad:
-                (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=params.learning_rate,
-            eps=params.adam_epsilon,
-            betas=(0.9, 0.98),
-            fused=True,  # one pass over the parameters: 63 instead of 318 ms a step for a 4 x 768 student (CPU)
-        )
+        groups = weight_decay_groups(self.student_model, params.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=params.learning_rate, eps=params.adam_epsilon, betas=(0.9, 0.98),
+                                           fused=True)  # one pass over all parameters, not a Python loop  # fmt: skip
         self.warmup_steps = math.ceil(self.total_steps * params.warmup_prop)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
-        n_train = sum(p.numel() for p in decay + no_decay)
+        n_train = sum(p.numel() for g in groups for p in g["params"])
         n_all = sum(p.numel() for p in self.student_model.parameters())
         logger.info(
             f"student: {n_all / 1e6:.2f}M parameters ({n_train / 1e6:.2f}M trained); "
@@ -137,7 +121,7 @@ class Distiller:
         self.n_skipped_steps = 0  # fp16 overflow steps the scaler skipped
         self.consecutive_skips = 0
         self.first_bad_iter = torch.full((), -1, dtype=torch.long, device=self.device)
-        self._ckpt_bucket = 0  # n_total_iter // checkpoint_interval at the last checkpoint
+        self.ckpt_bucket = 0  # n_total_iter // checkpoint_interval at the last checkpoint
         self.metrics_log = None  # metrics.jsonl and tensorboard (rank 0, opened by train())
         self.valid_dataset = valid_dataset
         self.valid_batches = None  # masked once, on the first evaluation
@@ -158,35 +142,17 @@ class Distiller:
     def epoch_batches(self, epoch):
         """This rank's batches for `epoch` (kept for the latest epoch: grouping 5M indices takes seconds)."""
         if getattr(self, "_batches", (None,))[0] != epoch:
-            self._batches = (epoch, self._make_epoch_batches(epoch))
+            p, d, data = self.params, self.dist, self.dataset
+            batches = epoch_batches(data.lengths, p.batch_size, epoch, p.seed, rank=d.rank, world_size=d.world_size,
+                                    group_by_size=p.group_by_size, max_len=data.max_len)
+            self._batches = (epoch, batches)
         return self._batches[1]
-
-    def _make_epoch_batches(self, epoch):
-        p = self.params
-        return epoch_batches(
-            self.dataset.lengths,
-            p.batch_size,
-            epoch,
-            p.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            group_by_size=p.group_by_size,
-            max_len=self.dataset.max_len,
-        )
 
     def data_order(self):
         """What fixes the sequence of batches: a resumed run must agree on all of it."""
-        p = self.params
-        return {
-            "seed": p.seed,
-            "batch_size": p.batch_size,
-            "world_size": self.dist.world_size,
-            "group_by_size": p.group_by_size,
-            "gradient_accumulation_steps": p.gradient_accumulation_steps,
-            "n_epoch": p.n_epoch,
-            "n_sequences": len(self.dataset),
-            "n_tokens": int(self.dataset.lengths.sum()),
-        }
+        names = ("seed", "batch_size", "group_by_size", "gradient_accumulation_steps", "n_epoch")
+        return {**{k: getattr(self.params, k) for k in names}, "world_size": self.dist.world_size,
+                "n_sequences": len(self.dataset), "n_tokens": int(self.dataset.lengths.sum())}  # fmt: skip
 
     def prepare_batch(self, token_ids, lengths):
         """Move a collated batch to the device and pick the positions to predict (MLM masking or CLM)."""
@@ -251,19 +217,14 @@ class Distiller:
 
     def train(self, stop_after_iter=None):
         """Train to the end (or stop after `stop_after_iter` batches, as if killed: for testing resume).
-
         Returns True when all epochs are done."""
-        with logging_redirect_tqdm(loggers=[logging.root]):
-            return self._train(stop_after_iter)
-
-    def _train(self, stop_after_iter):
         p = self.params
         accum = p.gradient_accumulation_steps
         if self.dist.is_master:
             # On resume, the records and events a killed run wrote after its checkpoint are cut.
-            self.metrics_log = MetricsLog(self.dump_path, self.metrics_bytes, self.n_total_iter)
-            self.metrics_log.add_text("config/training", json.dumps(vars(p), indent=2, default=str))
-            self.metrics_log.add_text("config/student", self.student_model.config.to_json_string())
+            self.metrics_log = MetricsLog(self.dump_path, self.metrics_bytes, self.n_total_iter, texts={
+                "config/training": json.dumps(vars(p), indent=2, default=str),
+                "config/student": self.student_model.config.to_json_string()})  # fmt: skip
         self.student.train()
         log_time = time.perf_counter()
         while self.epoch < p.n_epoch:
@@ -308,7 +269,7 @@ class Distiller:
                     self.meter, log_time = Meter(), now
                 if getattr(p, "eval_interval", 0) and self.n_total_iter % p.eval_interval == 0:
                     log_time += self.evaluate()  # evaluation time is not training time (tokens/s)
-                if end_of_cycle and self.n_total_iter // p.checkpoint_interval > self._ckpt_bucket:
+                if end_of_cycle and self.n_total_iter // p.checkpoint_interval > self.ckpt_bucket:
                     self.save_checkpoint()
                 if stop_after_iter is not None and self.n_total_iter >= stop_after_iter:
                     bar.close()
@@ -323,22 +284,8 @@ class Distiller:
             self.evaluate()
         self.check_finite()
         if self.dist.world_size > 1:
-            self.verify_replicas()
+            check_same_on_all_ranks(self.student_model, self.dist)
         return True
-
-    def verify_replicas(self):
-        """Multi-process runs: check that every rank ends with bit-identical student parameters."""
-        with torch.no_grad():  # per tensor: sum and sum of squares, in float64 (order-aware, cheap)
-            digest = torch.stack(
-                [torch.stack([p.double().sum(), p.double().square().sum()]) for p in self.student_model.parameters()]
-            ).flatten()
-        digests = [torch.zeros_like(digest) for _ in range(self.dist.world_size)]
-        torch.distributed.all_gather(digests, digest)
-        if not all(torch.equal(d, digests[0]) for d in digests):
-            raise RuntimeError(f"student parameters differ across ranks: {[d.tolist() for d in digests]}")
-        logger.info(
-            f"student parameters identical on all {self.dist.world_size} ranks (checksum {digest.sum().item():.6f})"
-        )
 
     def no_sync(self, skip_sync):
         """DDP: no gradient all-reduce on the batches before the end of an accumulation cycle."""
@@ -374,7 +321,8 @@ class Distiller:
         return grad_norm
 
     def memory_guard(self):
-        """Release cached blocks when the GPU runs low (free < --empty_cache_threshold_gb); count the calls."""
+        """The reference run's GPU memory crept up until it ran out: release the allocator's cache when less
+        than --empty_cache_threshold_gb is free, and count the calls."""
         self.n_empty_cache += empty_cache_if_low(self.device, self.params.empty_cache_threshold_gb)
 
     def watch_finite(self, loss):
@@ -415,20 +363,9 @@ class Distiller:
             "scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
             **memory_stats(self.device),
         }
-        if not self.dist.is_master:
-            return record
-        losses = " ".join(f"{k} {record[k]:.4f}" for k in LOSS_NAMES if k in record)
-        mem = (
-            f"mem {record['gpu_allocated_gib']:.2f}/{record['gpu_reserved_gib']:.2f}/{record['gpu_peak_gib']:.2f} GiB "
-            f"(alloc/reserved/peak), empty_cache {self.n_empty_cache}"
-            if "gpu_allocated_gib" in record
-            else f"rss {record['rss_gib']:.2f} GiB"
-        )
-        logger.info(
-            f"iter {record['iter']} step {record['step']} | loss {record['loss']:.4f} {losses} | "
-            f"lr {record['lr']:.2e} | {record['tokens_per_s']:,.0f} tok/s | {mem}"
-        )
-        self.metrics_log.write(record)
+        if self.dist.is_master:
+            logger.info(log_line(record))
+            self.metrics_log.write(record)
         return record
 
     def evaluate(self):
@@ -441,13 +378,10 @@ class Distiller:
         if self.valid_batches is None:
             self.valid_batches = evaluation.masked_batches(self.masking, self.valid_dataset)
         r = evaluation.evaluate({"student": self.student_model}, self.valid_batches)["student"]
-        self.last_eval_iter = it = self.n_total_iter
-        record = {"iter": it, "step": self.n_optimizer_steps, "epoch": self.epoch}
+        self.last_eval_iter = self.n_total_iter
+        record = {"iter": self.n_total_iter, "step": self.n_optimizer_steps, "epoch": self.epoch}
         record.update({f"valid_{k}": r[k] for k in ("loss", "perplexity", "top1", "top5", "masked_tokens")})
-        logger.info(
-            f"eval iter {it} step {self.n_optimizer_steps} | valid loss {r['loss']:.4f} ppl {r['perplexity']:.2f} "
-            f"top1 {r['top1']:.4f} top5 {r['top5']:.4f} | {r['masked_tokens']:,} masked tokens"
-        )
+        logger.info(log_line(record))
         self.metrics_log.write(record)
         return time.perf_counter() - start
 
@@ -458,14 +392,11 @@ class Distiller:
         """Write the resumable state to dump_path/checkpoint.pth atomically (rank 0; every rank sends its
         RNG state). With `epoch_weights`, also the student's weights as model_epoch_<n>.pth (upstream)."""
         self.check_finite()  # never checkpoint a broken model
-        rng = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        rngs = [rng]
+        rngs = [rng_state(self.device)]
         if self.dist.world_size > 1:
             rngs = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(rngs, rng)
-        self._ckpt_bucket = self.n_total_iter // self.params.checkpoint_interval
+            torch.distributed.all_gather_object(rngs, rngs[0])
+        self.ckpt_bucket = self.n_total_iter // self.params.checkpoint_interval
         if not self.dist.is_master:
             return
         state = {
@@ -474,13 +405,7 @@ class Distiller:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "progress": {
-                "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch,
-                "n_total_iter": self.n_total_iter,
-                "n_optimizer_steps": self.n_optimizer_steps,
-                "n_empty_cache": self.n_empty_cache,
-                "n_skipped_steps": self.n_skipped_steps,
-                "ckpt_bucket": self._ckpt_bucket,
+                **{k: getattr(self, k) for k in PROGRESS},
                 "last_eval_iter": -1 if self.last_eval_iter is None else self.last_eval_iter,
                 "metrics_bytes": metrics_size(self.dump_path),
             },
@@ -502,33 +427,8 @@ class Distiller:
     def load_checkpoint(self, path=None):
         """Restore a run from its checkpoint (`--resume`); tensors only, no code is executed. A damaged or
         foreign file is an InputError, and nothing is written here."""
-        import pickle
-        import zipfile
-
         path = Path(path or self.dump_path / CHECKPOINT)
-        if not path.is_file():
-            raise InputError(f"--resume: {path} does not exist (no checkpoint was written yet); start without --resume")
-        fix = "start the run again with --force, or resume from a copy of a good checkpoint"
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise InputError(
-                f"--resume: {path} is not a train.py checkpoint (it holds more than tensors: {first_line(e)}); {fix}"
-            ) from None
-        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-            raise InputError(
-                f"--resume: {path} is damaged or truncated ({type(e).__name__}: {first_line(e)}); {fix}"
-            ) from None
-        needed = ("student", "optimizer", "scheduler", "scaler", "progress", "data_order", "rng")
-        if not isinstance(state, dict) or any(k not in state for k in needed):
-            raise InputError(f"--resume: {path} is not a train.py checkpoint (it lacks the training state); {fix}")
-        saved, now = state["data_order"], self.data_order()
-        diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
-        if diff:
-            changes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
-            raise InputError(
-                f"--resume: the run was started with other settings or data ({changes}); resume with the same ones"
-            )
+        state = read_checkpoint(path, self.data_order())
         try:
             self.student_model.load_state_dict(state["student"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -540,19 +440,14 @@ class Distiller:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         prog = state["progress"]
-        self.epoch, self.batch_in_epoch = prog["epoch"], prog["batch_in_epoch"]
-        self.n_total_iter, self.n_optimizer_steps = prog["n_total_iter"], prog["n_optimizer_steps"]
-        self.n_empty_cache, self.n_skipped_steps = prog["n_empty_cache"], prog["n_skipped_steps"]
-        self._ckpt_bucket = prog["ckpt_bucket"]
+        for k in PROGRESS:
+            setattr(self, k, prog[k])
         last_eval = prog.get("last_eval_iter", -1)
         self.last_eval_iter = None if last_eval < 0 else last_eval
         self.metrics_bytes = prog.get("metrics_bytes")
         if "meter" in state:
             self.meter = Meter.from_state_dict(state["meter"], self.device)
-        rng = state["rng"][self.dist.rank]
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        set_rng_state(state["rng"][self.dist.rank], self.device)
         logger.info(
             f"resumed from {path}: epoch {self.epoch}, batch {self.batch_in_epoch}, iteration {self.n_total_iter}"
         )

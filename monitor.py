@@ -77,6 +77,25 @@ def memory_stats(device):
     return {"rss_gib": psutil.Process().memory_info().rss / 2**30}
 
 
+def log_line(record):
+    """The train.log line of a metrics record: a training interval's, or an evaluation's (valid_* keys)."""
+    r = record
+    where = f"iter {r['iter']} step {r['step']}"
+    if "valid_loss" in r:
+        return (
+            f"eval {where} | valid loss {r['valid_loss']:.4f} ppl {r['valid_perplexity']:.2f} "
+            f"top1 {r['valid_top1']:.4f} top5 {r['valid_top5']:.4f} | {r['valid_masked_tokens']:,} masked tokens"
+        )
+    losses = " ".join(f"{k} {r[k]:.4f}" for k in LOSS_NAMES if k in r)
+    mem = (
+        f"mem {r['gpu_allocated_gib']:.2f}/{r['gpu_reserved_gib']:.2f}/{r['gpu_peak_gib']:.2f} GiB "
+        f"(alloc/reserved/peak), empty_cache {r['empty_cache_calls']}"
+        if "gpu_allocated_gib" in r
+        else f"rss {r['rss_gib']:.2f} GiB"
+    )
+    return f"{where} | loss {r['loss']:.4f} {losses} | lr {r['lr']:.2e} | {r['tokens_per_s']:,.0f} tok/s | {mem}"
+
+
 def tensorboard_tag(key, record):
     """The tensorboard tag of a metrics record's key, or None for keys that are not plotted."""
     if key == "loss" or key in LOSS_NAMES:
@@ -93,10 +112,11 @@ def tensorboard_tag(key, record):
 class MetricsLog:
     """metrics.jsonl (one JSON record per line) and tensorboard (dump_path/log/train), written together.
 
-    `resume_bytes` is metrics.jsonl's length at the checkpoint a run resumes from: the records (and events) a
-    killed run wrote after it are cut, so that both read as if the run had never stopped."""
+    `texts`: {tag: text} shown once (the run's settings). `resume_bytes` is metrics.jsonl's length at the
+    checkpoint a run resumes from: the records (and events) a killed run wrote after it are cut, so that both
+    read as if the run had never stopped."""
 
-    def __init__(self, dump_path, resume_bytes=None, resume_iter=None):
+    def __init__(self, dump_path, resume_bytes=None, resume_iter=None, texts=None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = Path(dump_path) / "metrics.jsonl"
@@ -105,9 +125,8 @@ class MetricsLog:
                 f.truncate(resume_bytes)
         purge = resume_iter + 1 if resume_bytes is not None else None
         self.tensorboard = SummaryWriter(log_dir=str(Path(dump_path) / "log" / "train"), purge_step=purge)
-
-    def add_text(self, tag, text):
-        self.tensorboard.add_text(tag, text, 0)
+        for tag, text in (texts or {}).items():  # the run's settings, on tensorboard's text tab
+            self.tensorboard.add_text(tag, text, 0)
 
     def write(self, record):
         """Append `record` (it holds its "iter") to metrics.jsonl and plot its figures at that iteration."""

@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import data_io
 import masking
@@ -266,7 +267,8 @@ def main(argv=None):
         # A different stream per rank for masking and dropout (the models were built identically above).
         if not args.resume:
             torch.manual_seed(args.seed + dist.rank)
-        finished = distiller.train(stop_after_iter=args.stop_after_iter)
+        with logging_redirect_tqdm(loggers=[logging.root]):  # log lines above the progress bar
+            finished = distiller.train(stop_after_iter=args.stop_after_iter)
         if finished:
             distiller.save_final(tokenizer)
             logger.info("training finished")

@@ -45,6 +45,47 @@ class DistInfo:
     def is_master(self):
         return self.rank == 0
 
+    def wrap(self, module, find_unused_parameters=False):
+        """`module` in DistributedDataParallel, on this process's GPU (or on the CPU with gloo)."""
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids,
+                                                         find_unused_parameters=find_unused_parameters)
+
+
+
+def weight_decay_groups(model, weight_decay):
+    """The optimizer's parameter groups: weight decay on the trained weights, none on biases and LayerNorms."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def rng_state(device):
+    """The random generators' states a resumed run needs (CPU, and the GPU's when training on one)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def check_same_on_all_ranks(model, dist):
+    """Multi-process runs: check that every rank ends with bit-identical parameters of `model`."""
+    with torch.no_grad():  # per tensor: sum and sum of squares, in float64 (order-aware, cheap)
+        digest = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()]) for p in model.parameters()])
+    digest = digest.flatten()
+    digests = [torch.zeros_like(digest) for _ in range(dist.world_size)]
+    torch.distributed.all_gather(digests, digest)
+    if not all(torch.equal(d, digests[0]) for d in digests):
+        raise RuntimeError(f"parameters differ across ranks: {[d.tolist() for d in digests]}")
+    logger.info(f"student parameters identical on all {dist.world_size} ranks (checksum {digest.sum().item():.6f})")
 
 
 def init_distributed(n_gpu=1):
