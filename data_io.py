@@ -7,9 +7,8 @@ but hold a self-describing record instead of a bare list:
                    "token_ids": flat uint16|int32 array, "offsets": int64 array of n_sequences + 1}
     token counts: {"format_version", "kind": "token_counts", "meta": {...}, "counts": int64 array}
 
-Sequence i is token_ids[offsets[i]:offsets[i + 1]]. One flat array loads in a fraction of a second at
-the reference scale (5.4M sequences, ~200M tokens), where upstream's list of 5.4M small arrays takes
-minutes and gigabytes.
+Sequence i is token_ids[offsets[i]:offsets[i + 1]]. One flat array loads at the speed of the disk, where
+upstream's pickled list of millions of small arrays costs a Python object per sequence.
 
 Unpickling can run arbitrary code, and these files get passed between people, so every load goes
 through a restricted unpickler that admits only numpy arrays, dtypes, numpy scalars and plain

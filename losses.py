@@ -83,8 +83,8 @@ def mse_loss(s_logits, t_logits):
     return F.mse_loss(s_logits.float(), t_logits.float(), reduction="sum") / s_logits.size(0)
 
 
-# Rows per FusedKD chunk (each chunk holds four (rows x vocab) float32 tensors). On CPU, 128 rows ran ~1.5x
-# slower than 512 (thin matmuls), 1024 ~10% faster with twice the memory.
+# Rows per FusedKD chunk (each chunk holds four (rows x vocab) float32 tensors): fewer rows make thin, slow
+# matmuls; more rows cost memory for little speed (README, "Benchmarks").
 KD_CHUNK_ROWS = 512
 
 _SCRATCH = {}  # (name, dtype) -> a flat CPU tensor reused by every FusedKD call (see scratch())
@@ -92,9 +92,9 @@ _SCRATCH = {}  # (name, dtype) -> a flat CPU tensor reused by every FusedKD call
 
 def scratch(name, shape, dtype, device):
     """An uninitialised tensor of `shape` for FusedKD's per-chunk work. On CPU it is carved from a buffer kept
-    between calls: a fresh 512 x 30,522 float32 tensor costs ~15-20 ms of page faults each time (the
-    allocator returns blocks that large to the OS), about 5% of a bert-base step. CUDA's caching allocator
-    already reuses its blocks, so there it is a plain torch.empty."""
+    between calls: the allocator returns blocks that large to the OS, so a fresh one pays its page faults
+    again on every call (README, "Benchmarks"). CUDA's caching allocator already reuses its blocks, so there
+    it is a plain torch.empty."""
     if device.type != "cpu":
         return torch.empty(shape, dtype=dtype, device=device)
     numel = math.prod(shape)

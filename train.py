@@ -1,4 +1,4 @@
-"""Distil a teacher into a student (steps 5-6 of the recipe): BERT -> DistilBERT by default.
+"""Distil a teacher into a student (step 6 of the recipe): BERT -> DistilBERT by default.
 
     python train.py --dump_path serialization_dir/distilbert_small \\
         --data_file data/binarized_text.bert-base-uncased.pickle \\

@@ -99,8 +99,8 @@ def build_parser():
         "--num_workers",
         type=int,
         default=0,
-        help="DataLoader worker processes; 0 (collate in the training process) measured faster: 0.09 ms per "
-        "batch of 32 in-process, 1.3 ms through 2 workers",
+        help="DataLoader worker processes; 0: collating in the training process is faster than shipping "
+        "batches from workers (README, Benchmarks)",
     )
     a("--pad_to_multiple_of", type=int, default=8, help="pad batch lengths to a multiple of this (tensor cores)")
     a(

@@ -131,8 +131,8 @@ def cpu_description():
 
 def cpu_bf16_is_fast():
     """Whether bf16 autocast pays on this CPU. Without AVX-512 (or AMX) there are no bf16 kernels worth the
-    name: on an AVX2-only EPYC our training step ran 11x slower in bf16 than in fp32. ATEN_CPU_CAPABILITY=avx2
-    makes a fast machine answer as a slow one would."""
+    name, and bf16 runs many times slower than fp32 (README, "Benchmarks"). ATEN_CPU_CAPABILITY=avx2 makes a
+    fast machine answer as a slow one would."""
     capability = torch.backends.cpu.get_cpu_capability()
     return capability not in ("DEFAULT", "NO AVX", "AVX2") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 

@@ -39,7 +39,7 @@ logger = logging.getLogger("binarized_data")
 # bos / sep wrapped around each line, as upstream does it: attribute names on the tokenizer.
 SPECIAL_TOKENS = {"bert": ("cls_token", "sep_token"), "roberta": ("cls_token", "sep_token"),
                   "gpt2": ("bos_token", "eos_token")}
-CHUNK_LINES = 1_000  # lines per encode_batch call: keeps every core busy; 10k lines of Encodings cost ~150 MB
+CHUNK_LINES = 1_000  # lines per encode_batch call: enough to keep every core busy, few enough to bound memory
 
 
 def load_tokenizer(tokenizer_type, tokenizer_name):

@@ -3,14 +3,15 @@
 #
 #   bash scripts/demo.sh [RUN_DIR]          # default RUN_DIR: demo_run/
 #
-# 1. synthetic Wikipedia-schema articles -> 2. extraction -> 3. a tokenizer (bert-base-uncased's when it is
-# on disk, else WordPiece trained on the dump) -> 4. binarization with a held-out split, token counts ->
-# 5. a small BERT teacher trained as a plain MLM -> 6. a student with half its layers, initialised from
-# them -> 7. the student distilled (KD + MLM + cosine), and the same student from the same init for the
-# same steps trained without the teacher (MLM only) -> 8. both evaluated with the teacher on the held-out
-# split (table + evaluation.json), a PNG of their curves, and a few fill-mask predictions. With
-# DEMO_GLUE_DIR (a folder holding GLUE's SST-2, e.g. ../shared/data/glue), 9. all three fine-tuned on a slice
-# of real SST-2, DEMO_GLUE_SEEDS seeds each, and scored on its dev set (~12 min more on 2 cores).
+# Numbered as the recipe's steps (README, "The recipe"); "demo" marks what only the demo needs.
+# demo: synthetic Wikipedia-schema articles -> 1. extraction -> demo: a tokenizer (bert-base-uncased's when
+# it is on disk, else WordPiece trained on the dump) -> 2-3. binarization with a held-out split, token
+# counts -> 4. configs -> demo: a small BERT teacher trained as a plain MLM -> 5. a student with half its
+# layers, initialised from them -> 6. the student distilled (KD + MLM + cosine), and the same student from
+# the same init for the same steps trained without the teacher (MLM only) -> 7. both evaluated with the
+# teacher on the held-out split (table + evaluation.json), a PNG of their curves, and a few fill-mask
+# predictions. With DEMO_GLUE_DIR (a folder holding GLUE's SST-2, e.g. ../shared/data/glue), 8. all three
+# fine-tuned on a slice of real SST-2, DEMO_GLUE_SEEDS seeds each, and scored on its dev set.
 #
 # Every file lands in RUN_DIR, so each script can be rerun by hand on it. Rerunning is safe: the steps are
 # redone, except the teacher (the longest step), which is kept when its data and settings are unchanged.
@@ -44,7 +45,7 @@ if [[ ${DEMO_ESTIMATE:-1} != 0 ]]; then  # ~10 s; the test suite's small demo sk
 fi
 stage "data: corpus, extraction, tokenizer, counts"
 
-say "corpus: $ARTICLES synthetic articles (title, text) about $PEOPLE people and 72 cities -> $RUN/synthetic_wiki.jsonl"
+say "demo: corpus, $ARTICLES synthetic articles (title, text) about $PEOPLE people and 72 cities -> $RUN/synthetic_wiki.jsonl"
 $PY scripts/make_synthetic_wiki.py --num_articles "$ARTICLES" --people "$PEOPLE" --output "$RUN/synthetic_wiki.jsonl"
 
 say "step 1: extraction, sentences of an article packed into lines of up to 48 words -> $RUN/dump.txt"
@@ -54,16 +55,16 @@ $PY scripts/extract_wikipedia.py --source "$RUN/synthetic_wiki.jsonl" --num_arti
 if $PY -c "import sys; from transformers import BertTokenizer
 sys.exit(len(BertTokenizer.from_pretrained('bert-base-uncased', local_files_only=True)) <= 1000)" 2>/dev/null; then
     TOKENIZER=bert-base-uncased
-    say "tokenizer: bert-base-uncased, found on disk"
+    say "demo: tokenizer: bert-base-uncased, found on disk"
 else  # transformers 5 returns a 5-token tokenizer, rather than an error, when it finds no files
     TOKENIZER=$RUN/wordpiece-uncased
     # WordPiece training is not deterministic (ties in its merges): keep the vocabulary of an unchanged dump,
     # so that the data, and with them the cached teacher, stay valid on a rerun
     DUMP_SUM=$(cksum < "$RUN/dump.txt")
     if [[ -f $TOKENIZER/vocab.txt && -f $RUN/wordpiece.stamp && $(cat "$RUN/wordpiece.stamp") == "$DUMP_SUM" ]]; then
-        say "tokenizer: bert-base-uncased is not on disk; kept $TOKENIZER (trained on this same dump)"
+        say "demo: tokenizer: bert-base-uncased is not on disk; kept $TOKENIZER (trained on this same dump)"
     else
-        say "tokenizer: bert-base-uncased is not on disk; WordPiece trained on the dump -> $TOKENIZER"
+        say "demo: tokenizer: bert-base-uncased is not on disk; WordPiece trained on the dump -> $TOKENIZER"
         $PY scripts/train_wordpiece.py --file_path "$RUN/dump.txt" --output_dir "$TOKENIZER"
         echo "$DUMP_SUM" > "$RUN/wordpiece.stamp"
     fi
@@ -92,9 +93,9 @@ VOCAB_SUM=$([[ -f $TOKENIZER/vocab.txt ]] && cksum < "$TOKENIZER/vocab.txt" || e
 STAMP="dump $(cksum < "$RUN/dump.txt") vocab $VOCAB_SUM valid=$VALID epochs=$TEACHER_EPOCHS $(cksum < "$RUN/teacher_config.json")"
 stage "teacher"
 if [[ -f $RUN/teacher/model.safetensors && -f $RUN/teacher.stamp && $(cat "$RUN/teacher.stamp") == "$STAMP" ]]; then
-    say "step 5: teacher: kept $RUN/teacher (same data and settings; delete it to retrain)"
+    say "demo: teacher: kept $RUN/teacher (same data and settings; delete it to retrain)"
 else
-    say "step 5: teacher: the 4-layer BERT trained as a plain MLM for $TEACHER_EPOCHS epochs -> $RUN/teacher"
+    say "demo: teacher: the 4-layer BERT trained as a plain MLM for $TEACHER_EPOCHS epochs -> $RUN/teacher"
     rm -f "$RUN/teacher.stamp"
     $PY train.py --force --dump_path "$RUN/teacher" "${COMMON[@]}" --student_type bert \
         --student_config "$RUN/teacher_config.json" --teacher_name none --tokenizer_name "$TOKENIZER" \
@@ -105,7 +106,7 @@ else
 fi
 
 stage "student init from teacher layers"
-say "step 6: student init: teacher layers 0 and 3 -> $RUN/student_init.safetensors"
+say "step 5: student init: teacher layers 0 and 3 -> $RUN/student_init.safetensors"
 $PY scripts/extract/distilbert.py --model_name "$RUN/teacher" --student_config "$RUN/student_config.json" \
     --dump_checkpoint "$RUN/student_init.safetensors"
 
@@ -113,11 +114,11 @@ STUDENT=("${COMMON[@]}" --student_type distilbert --student_config "$RUN/student
          --student_pretrained_weights "$RUN/student_init.safetensors" --learning_rate 1e-3
          --n_epoch "$STUDENT_EPOCHS" --log_interval 10 --eval_interval 15)
 stage "distilled student"
-say "step 7a: distillation (KD + MLM + cosine, the recipe's losses) for $STUDENT_EPOCHS epoch(s) -> $RUN/student_distilled"
+say "step 6: distillation (KD + MLM + cosine, the recipe's losses) for $STUDENT_EPOCHS epoch(s) -> $RUN/student_distilled"
 $PY train.py --force --dump_path "$RUN/student_distilled" "${STUDENT[@]}" --teacher_name "$RUN/teacher" \
     2>&1 | grep --line-buffered -E "eval iter|error|Error" || true
 stage "MLM-only student"
-say "step 7b: the same student, same init and steps, without the teacher (MLM only) -> $RUN/student_mlm_only"
+say "step 6, the baseline: the same student, same init and steps, without the teacher (MLM only) -> $RUN/student_mlm_only"
 $PY train.py --force --dump_path "$RUN/student_mlm_only" "${STUDENT[@]}" --teacher_name none \
     --tokenizer_name "$TOKENIZER" --alpha_ce 0 --alpha_cos 0 --alpha_mlm 1 \
     2>&1 | grep --line-buffered -E "eval iter|error|Error" || true
@@ -126,7 +127,7 @@ for s in student_distilled student_mlm_only; do
 done
 
 stage "evaluation, plot, fill-mask"
-say "step 8: evaluation on the $VALID held-out sequences (same masked positions for every model)"
+say "step 7: evaluation on the $VALID held-out sequences (same masked positions for every model)"
 # fill-mask needs nothing from the evaluation: it runs beside it, on the other core (mostly process start)
 OMP_NUM_THREADS=1 $PY scripts/fill_mask.py --model "teacher=$RUN/teacher" --model "distilled=$RUN/student_distilled" \
     --model "mlm_only=$RUN/student_mlm_only" --data_file "$HELD_OUT" --token_counts "$COUNTS" --num_sentences 4 \
@@ -154,7 +155,7 @@ if [[ -n ${DEMO_GLUE_DIR:-} ]]; then
     stage "SST-2 fine-tuning"
     GLUE_TRAIN=${DEMO_GLUE_TRAIN:-16000}   # sentences of SST-2's train set (of 67,349): ~1 min per student run
     GLUE_SEEDS=${DEMO_GLUE_SEEDS:-3}
-    say "step 9: SST-2: the teacher and both students fine-tuned on $GLUE_TRAIN real sentences, $GLUE_SEEDS seeds each -> $RUN/glue/"
+    say "step 8: SST-2: the teacher and both students fine-tuned on $GLUE_TRAIN real sentences, $GLUE_SEEDS seeds each -> $RUN/glue/"
     mkdir -p "$RUN/glue"
     for m in teacher student_distilled student_mlm_only; do
         # lr 3e-4: these small models barely move at BERT's 2e-5 in one epoch, and diverge at 1e-3

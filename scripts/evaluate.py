@@ -1,4 +1,4 @@
-"""Evaluate masked-LM models on held-out binarized data: loss, perplexity, top-1/top-5 accuracy on masked tokens.
+"""Step 7: evaluate masked-LM models on held-out binarized data: loss, perplexity, top-1/top-5 on masked tokens.
 
     python scripts/evaluate.py --teacher bert-base-uncased \\
         --model serialization_dir/distilbert-small-uncased --model serialization_dir/distilbert-base-uncased \\

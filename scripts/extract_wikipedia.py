@@ -273,7 +273,7 @@ def main(argv=None):
                         help="join an article's sentences into lines of up to this many words; 0: one per line")
     parser.add_argument("--output", default="data/dump.txt", help="the dump; stats go next to it as .stats.json")
     parser.add_argument("--num_proc", type=int, default=os.cpu_count() or 1,
-                        help="processes splitting sentences: all cores (2 split long articles ~1.4x faster than 1)")
+                        help="processes splitting sentences (default: all cores)")
     args = parser.parse_args(argv)
     for flag, value, least in (("num_articles", args.num_articles, 1), ("min_words", args.min_words, 1),
                                ("pack_words", args.pack_words, 0), ("num_proc", args.num_proc, 1)):

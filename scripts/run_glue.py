@@ -1,5 +1,5 @@
-"""Fine-tune a model on GLUE tasks and report its dev scores, with transformers' Trainer and the flags of
-transformers' own run_glue.py example.
+"""Step 8: fine-tune a model on GLUE tasks and report its dev scores, with transformers' Trainer and the flags
+of transformers' own run_glue.py example.
 
     # one task, offline, from GLUE's TSV files or the hub's parquet files
     python scripts/run_glue.py --model_name_or_path serialization_dir/distilbert-small-uncased --task_name sst2 \\
@@ -50,7 +50,7 @@ DEFAULTS = dict(
     save_strategy="epoch",  # a checkpoint to resume from; removed when the run has its results
     save_total_limit=1,
     logging_steps=50,
-    train_sampling_strategy="group_by_length",  # batches of similar lengths, less padding: 2.6x faster on SST-2
+    train_sampling_strategy="group_by_length",  # batches of similar lengths pad less
     report_to="tensorboard",
 )
 WARMUP = 0.1  # warmup over the first 10% of steps: BERT's run_classifier.py (warmup_proportion 0.1)

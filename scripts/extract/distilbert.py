@@ -1,4 +1,4 @@
-"""Build a DistilBERT student's initial weights from a BERT teacher (step 4 of the recipe).
+"""Build a DistilBERT student's initial weights from a BERT teacher (step 5 of the recipe).
 
     python scripts/extract/distilbert.py
         # 4-layer student (training_configs/distilbert-small-uncased.json) from bert-base-uncased, layers
