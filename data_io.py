@@ -32,6 +32,7 @@ import numpy as np
 from errors import InputError
 
 FORMAT_VERSION = 1
+CHECKPOINT = "checkpoint.pth"  # train.py's resumable state in its run folder, replaced atomically
 BINARIZED_KIND = "binarized_text"
 TOKEN_COUNTS_KIND = "token_counts"
 
@@ -239,6 +240,13 @@ class Binarized:
         """A list of per-sequence views (no copy), the shape upstream's readers expect."""
         return np.split(self.token_ids, self.offsets[1:-1])
 
+    @classmethod
+    def from_sequences(cls, seqs, meta=None):
+        """From upstream's form, a list of 1-D integer arrays (one per sequence)."""
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        token_ids = np.concatenate(seqs) if len(seqs) else np.zeros(0, dtype=np.uint16)
+        return cls(token_ids, offsets_from_lengths(lengths), meta or {})
+
 
 def offsets_from_lengths(lengths):
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -268,10 +276,8 @@ def load_binarized(path):
     if isinstance(obj, list):  # upstream: a shuffled list of per-sequence uint16/int32 arrays
         if not all(isinstance(s, np.ndarray) and s.ndim == 1 and s.dtype.kind in "iu" for s in obj):
             raise InputError(f"{path} is a list but not of 1-D integer arrays: {BINARIZE_REMEDY}")
-        lengths = np.fromiter((len(s) for s in obj), dtype=np.int64, count=len(obj))
-        token_ids = np.concatenate(obj) if obj else np.zeros(0, dtype=np.uint16)
         meta = {"format_version": 0, "source": "upstream list of arrays", "n_sequences": len(obj)}
-        return Binarized(token_ids, offsets_from_lengths(lengths), meta)
+        return Binarized.from_sequences(obj, meta)
     _check_record(path, obj, BINARIZED_KIND, ("token_ids", "offsets"), BINARIZE_REMEDY)
     token_ids, offsets = obj["token_ids"], obj["offsets"]
     if (

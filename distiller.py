@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import evaluation
-from data_io import atomic_write, read_checkpoint
+from data_io import CHECKPOINT, atomic_write, read_checkpoint
 from errors import InputError
 from grouped_batch_sampler import epoch_batches
 from losses import KD_CHUNK_ROWS, LOSS_NAMES, FusedKD, RowsLM, cosine_loss, kd_loss, lm_head_parts, mse_loss
@@ -41,7 +41,6 @@ from utils import (
     weight_decay_groups,
 )
 
-CHECKPOINT = "checkpoint.pth"  # the latest resumable state, replaced atomically
 # The counters a checkpoint saves and a resumed run restores, by attribute name.
 PROGRESS = ("epoch", "batch_in_epoch", "n_total_iter", "n_optimizer_steps", "n_empty_cache", "n_skipped_steps",
             "ckpt_bucket")

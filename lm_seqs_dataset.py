@@ -33,10 +33,7 @@ class LmSeqsDataset(Dataset):
 
     def __init__(self, params, data):
         if not isinstance(data, Binarized):
-            lengths = np.fromiter((len(s) for s in data), dtype=np.int64, count=len(data))
-            data = Binarized(
-                np.concatenate(data) if len(data) else np.zeros(0, np.int64), offsets_from_lengths(lengths)
-            )
+            data = Binarized.from_sequences(data)
         self.params = params
         self.max_len = int(params.max_model_input_size)
         self.mlm = getattr(params, "mlm", True)

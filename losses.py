@@ -34,12 +34,6 @@ def lm_head_parts(model):
     return (lambda h: h), head  # GPT2LMHeadModel
 
 
-def lm_head(model, hidden):
-    """The model's language-modelling head applied to hidden states of shape (rows, dim)."""
-    features, projection = lm_head_parts(model)
-    return projection(features(hidden))
-
-
 class RowsLM(nn.Module):
     """Wraps a HF LM: runs the encoder on the batch and the vocabulary head only at chosen rows.
 

@@ -41,7 +41,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import data_io
 import masking
 import train_args
-from distiller import CHECKPOINT, NON_FINITE_EXIT, Distiller, NonFiniteLoss
+from data_io import CHECKPOINT
+from distiller import NON_FINITE_EXIT, Distiller, NonFiniteLoss
 from errors import InputError, fail, reports_errors
 from utils import (
     cpu_bf16_is_fast,

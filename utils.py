@@ -235,12 +235,17 @@ def load_tokenizer(tokenizer_class, name, what="tokenizer"):
     """`tokenizer_class.from_pretrained(name)`, refusing what transformers 5 returns for a folder without
     tokenizer files: an empty tokenizer that knows only its special tokens."""
     _check_local(what, name)
+    local = Path(name).exists()
+    remedy = "give a folder with vocab.txt or tokenizer.json" if local else (
+        "it is not a local folder, and the model hub does not have it or cannot be reached: check the spelling "
+        "and your network, or give a local folder with vocab.txt or tokenizer.json")  # fmt: skip
     try:
         tokenizer = tokenizer_class.from_pretrained(name)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise _load_failure(what, name, e) from None
-    if len(tokenizer) <= len(tokenizer.all_special_tokens):
-        raise InputError(f"no {what} in {name!r} (no vocab.txt or tokenizer.json there): give --tokenizer_name")
+        raise InputError(f"cannot load {what} {name!r} ({first_line(e)}): {remedy}") from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):  # transformers 5's answer when it finds no files
+        why = " (no vocab.txt or tokenizer.json there)" if local else ""
+        raise InputError(f"cannot load {what} {name!r}{why}: {remedy}")
     return tokenizer
 
 

@@ -317,7 +317,7 @@ def check_agreement(size, n_batches=2, rtol=1e-5, device="cpu"):
         d = ours.distiller
         token_ids, lengths = ours.dataset.batch_sequences([(s, len(s)) for s in seqs])
         torch.manual_seed(i)
-        batch = d.prepare_batch(token_ids, lengths)
+        batch = d.masking.prepare_batch_mlm(token_ids, lengths)  # one masked batch for both implementations
         labels = torch.full_like(batch.input_ids, -100)
         labels.view(-1)[batch.rows[: batch.n_targets]] = batch.targets
         with torch.no_grad():

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import utils
 from data_io import (
     check_writable,
     ids_dtype,
-    missing_local_path,
     offsets_from_lengths,
     save_binarized,
     special_token_ids,
@@ -50,19 +50,7 @@ def load_tokenizer(tokenizer_type, tokenizer_name):
 
     cls = {"bert": transformers.BertTokenizerFast, "roberta": transformers.RobertaTokenizerFast,
            "gpt2": transformers.GPT2TokenizerFast}[tokenizer_type]
-    if missing_local_path(tokenizer_name):
-        raise InputError(f"tokenizer folder {tokenizer_name} does not exist: check the path (or give a hub name)")
-    hint = (f"cannot load tokenizer {tokenizer_name!r}: it is not a local tokenizer folder, and the model hub "
-            "does not have it or cannot be reached; check the spelling and your network, or pass a local "
-            "folder holding vocab.txt or tokenizer.json")
-    try:
-        tokenizer = cls.from_pretrained(tokenizer_name)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{hint} ({type(e).__name__})") from None
-    # transformers 5 returns an empty tokenizer (special tokens only) when it finds no files at all.
-    if len(tokenizer) <= len(tokenizer.all_special_tokens):
-        raise InputError(hint)
-    return tokenizer
+    return utils.load_tokenizer(cls, tokenizer_name, "tokenizer")
 
 
 def read_chunks(path, chunk_lines, stats, progress):

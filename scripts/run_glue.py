@@ -35,7 +35,7 @@ from pathlib import Path
 from statistics import median
 
 import glue
-from data_io import atomic_write, check_writable
+from data_io import CHECKPOINT, atomic_write, check_writable
 from errors import InputError, fail, reports_errors
 from scripts.glue_table import markdown_table
 from utils import first_line, load_pretrained, load_tokenizer, model_input_limit
@@ -175,7 +175,7 @@ def check_model(path):
     if folder.is_dir() and not (folder / "config.json").is_file():
         hint = (
             "it is a train.py run that has not finished: the model is written at its end (or --resume it)"
-            if (folder / "checkpoint.pth").is_file()
+            if (folder / CHECKPOINT).is_file()
             else "no config.json there"
         )
         raise InputError(f"cannot load the model {path}: {hint}")

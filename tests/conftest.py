@@ -80,3 +80,19 @@ def single_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def run_files(tmp_path_factory, tokenizer_dir, articles):
+    """(folder, train.py argv) of a tiny run, built once per test module: binarized data, token counts, a
+    tiny teacher and a student config (train_helpers.tiny_run_files)."""
+    from train_helpers import tiny_run_files
+
+    folder = tmp_path_factory.mktemp("run_files")
+    return folder, tiny_run_files(folder, tokenizer_dir, articles)
+
+
+@pytest.fixture(scope="module")
+def base_argv(run_files):
+    """train.py's arguments for the tiny run of `run_files` (no --dump_path)."""
+    return run_files[1]

@@ -5,15 +5,14 @@ import math
 import pytest
 import torch
 from torch import nn
+from transformers import BertTokenizer
 
+import data_io
 import distiller
+from lm_seqs_dataset import LmSeqsDataset, dataset_params
 from losses import cosine_loss, kd_loss, mse_loss
-from train_helpers import build_distiller, tiny_run_files
-
-
-@pytest.fixture(scope="module")
-def base_argv(tmp_path_factory, tokenizer_dir, articles):
-    return tiny_run_files(tmp_path_factory.mktemp("run_files"), tokenizer_dir, articles)
+from masking import Masking, load_token_probs
+from train_helpers import build_distiller
 
 
 def test_kd_loss_is_kl_times_t_squared_by_hand():
@@ -42,26 +41,29 @@ def test_cosine_and_mse_losses_by_hand():
     assert mse_loss(s, t).item() == pytest.approx((1 + 9 + 1 + 1 + 0 + 9) / 3)
 
 
-def test_mlm_loss_by_hand(base_argv):
-    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
-    targets = torch.tensor([0, 1])
-    expected = (-math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(math.e / (1 + math.e + math.exp(3)))) / 2
-    assert nn.functional.cross_entropy(logits, targets).item() == pytest.approx(expected, rel=1e-6)
-
-
-def _mask_many(distiller, token_ids, lengths, draws):
+def _mask_many(masking, token_ids, lengths, draws):
     """Run the masking `draws` times; return (input ids, picked flat positions, targets) per draw."""
     out = []
     for _ in range(draws):
-        b = distiller.prepare_batch(token_ids, lengths)
+        b = masking.prepare_batch_mlm(token_ids, lengths)
         out.append((b.input_ids.flatten(), b.rows[: b.n_targets], b.targets))
     return out
 
 
-def test_masking_rates_and_special_tokens(base_argv):
-    _, d, tok = build_distiller(base_argv)
+def _masking(base_argv, tokenizer_dir, mask_prop=0.15):
+    """The tiny run's tokenizer, training data and Masking (train.py's default rates and smoothing)."""
+    tok = BertTokenizer.from_pretrained(tokenizer_dir)
+    special = data_io.special_token_ids(tok)
+    arg = {k: base_argv[base_argv.index(f"--{k}") + 1] for k in ("data_file", "token_counts")}
+    dataset = LmSeqsDataset(dataset_params(special, 512), data_io.load_binarized(arg["data_file"]))
+    probs = load_token_probs(arg["token_counts"], len(tok), special.values(), smoothing=0.7)
+    return tok, dataset, Masking(probs, tok.mask_token_id, len(tok), mask_prop=mask_prop)
+
+
+def test_masking_rates_and_special_tokens(base_argv, tokenizer_dir):
+    tok, dataset, d = _masking(base_argv, tokenizer_dir)
     torch.manual_seed(0)
-    token_ids, lengths = d.dataset.batch_sequences([d.dataset[i] for i in range(64)])
+    token_ids, lengths = dataset.batch_sequences([dataset[i] for i in range(64)])
     n_tokens = int(lengths.sum())
     special = torch.tensor([tok.cls_token_id, tok.sep_token_id, tok.pad_token_id])
     kinds = torch.zeros(3)
@@ -83,13 +85,13 @@ def test_masking_rates_and_special_tokens(base_argv):
     assert shares[2].item() == pytest.approx(0.1, abs=0.015)
 
 
-def test_masking_prefers_rare_tokens_by_smoothed_counts(base_argv):
-    args, d, tok = build_distiller(base_argv + ["--mlm_mask_prop", "0.01"])
+def test_masking_prefers_rare_tokens_by_smoothed_counts(base_argv, tokenizer_dir):
+    tok, _, d = _masking(base_argv, tokenizer_dir, mask_prop=0.01)
     rare, common = 50, 60
     counts = torch.ones(len(tok))
     counts[rare], counts[common] = 100.0, 400.0
-    d.masking.token_probs = counts**-args.mlm_smoothing
-    d.masking.token_probs[[tok.cls_token_id, tok.sep_token_id, tok.pad_token_id]] = 0
+    d.token_probs = counts**-0.7
+    d.token_probs[[tok.cls_token_id, tok.sep_token_id, tok.pad_token_id]] = 0
     body = torch.tensor([rare, common] * 31)
     token_ids = torch.cat([torch.tensor([tok.cls_token_id]), body, torch.tensor([tok.sep_token_id])]).repeat(400, 1)
     lengths = torch.full((400,), 64)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 
-from losses import FusedKD, kd_loss, lm_head, lm_head_parts
-from train_helpers import build_distiller, tiny_run_files
+from losses import FusedKD, kd_loss, lm_head_parts
+from train_helpers import build_distiller
 
 
 def _head_problem(seed, n=37, d=16, vocab=300, n_lm=10, bias=True):
@@ -110,12 +110,6 @@ def test_split_lm_head_equals_the_models_own(kind):
         features, projection = lm_head_parts(m)
         assert isinstance(projection, torch.nn.Linear) and projection.out_features == 50
         torch.testing.assert_close(projection(features(hidden)), logits)
-        torch.testing.assert_close(lm_head(m, hidden), logits)
-
-
-@pytest.fixture(scope="module")
-def base_argv(tmp_path_factory, tokenizer_dir, articles):
-    return tiny_run_files(tmp_path_factory.mktemp("run_files"), tokenizer_dir, articles)
 
 
 def test_bf16_autocast_step_on_cpu_is_close_to_fp32(base_argv):

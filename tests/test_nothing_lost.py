@@ -1,4 +1,4 @@
-"""Nothing lost, never a traceback: --force, damaged files, unwritable outputs, resumed logs, file modes.
+"""Nothing lost, never a traceback: --force, damaged run_files, unwritable outputs, resumed logs, file modes.
 
 Each class of bad input gets one line on stderr, exit status 2, and leaves what was there as it was.
 """
@@ -19,16 +19,9 @@ from conftest import input_error, write_bert_vocab
 from errors import InputError
 from scripts import binarized_data, evaluate, token_counts
 from scripts.extract import distilbert as extract_student
-from train_helpers import tiny_run_files, with_args, write_data
+from train_helpers import with_args, write_data
 
 TIMING = ("tokens_per_s", "rss_gib", "gpu_allocated_gib", "gpu_reserved_gib", "gpu_peak_gib")
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory, tokenizer_dir, articles):
-    folder = tmp_path_factory.mktemp("nothing_lost")
-    argv = tiny_run_files(folder, tokenizer_dir, articles)
-    return folder, argv
 
 
 def arg(argv, name):
@@ -69,8 +62,8 @@ def metrics_lines(dump):
 
 
 @pytest.fixture
-def finished_run(files, tmp_path):
-    _, argv = files
+def finished_run(run_files, tmp_path):
+    _, argv = run_files
     dump = tmp_path / "run"
     train.main(with_args(argv, dump_path=dump, checkpoint_interval=4))
     assert (dump / "model.safetensors").is_file()
@@ -119,7 +112,7 @@ def test_resume_without_a_checkpoint_names_the_run_moved_aside(finished_run, cap
     train_fails(with_args(argv, resume=True), capsys, f"the run that was there before --force is in {where}")
 
 
-# ---- damaged and foreign files ----------------------------------------------------------------------
+# ---- damaged and foreign run_files ----------------------------------------------------------------------
 
 
 def _foreign_pickle(path):
@@ -138,8 +131,8 @@ def _foreign_pickle(path):
     ],
     ids=["truncated", "empty", "foreign-pickle", "foreign-tensors"],
 )
-def test_resume_from_a_damaged_or_foreign_checkpoint(files, tmp_path, capsys, damage, match):
-    _, argv = files
+def test_resume_from_a_damaged_or_foreign_checkpoint(run_files, tmp_path, capsys, damage, match):
+    _, argv = run_files
     dump = tmp_path / "run"
     argv = with_args(argv, dump_path=dump, checkpoint_interval=4)
     train.main(with_args(argv, stop_after_iter=6))
@@ -149,8 +142,8 @@ def test_resume_from_a_damaged_or_foreign_checkpoint(files, tmp_path, capsys, da
     assert snapshot(dump) == before  # not even a line in train.log
 
 
-def test_damaged_safetensors_everywhere(files, tmp_path, capsys):
-    folder, argv = files
+def test_damaged_safetensors_everywhere(run_files, tmp_path, capsys):
+    folder, argv = run_files
     teacher = arg(argv, "teacher_name")
     # a teacher folder with a cut-short model.safetensors: train.py, extract/distilbert.py, evaluate.py
     bad_teacher = tmp_path / "bad_teacher" / "tiny-bert"
@@ -189,8 +182,8 @@ def test_damaged_safetensors_everywhere(files, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_damaged_student_config(files, tmp_path, capsys):
-    _, argv = files
+def test_damaged_student_config(run_files, tmp_path, capsys):
+    _, argv = run_files
     config = tmp_path / "student.json"
     config.write_text('{"dim": 32, "n_layers": ')
     train_fails(with_args(argv, dump_path=tmp_path / "run", student_config=config), capsys, "is not a readable")
@@ -200,8 +193,8 @@ def test_damaged_student_config(files, tmp_path, capsys):
     assert not (tmp_path / "run").exists() and not (tmp_path / "init.safetensors").exists()
 
 
-def test_missing_folders_are_named(files, tmp_path, capsys):
-    _, argv = files
+def test_missing_folders_are_named(run_files, tmp_path, capsys):
+    _, argv = run_files
     missing = tmp_path / "no_such_teacher"
     train_fails(with_args(argv, dump_path=tmp_path / "run", teacher_name=missing), capsys,
                 f"the teacher {missing} does not exist")  # fmt: skip
@@ -212,15 +205,15 @@ def test_missing_folders_are_named(files, tmp_path, capsys):
     dump_txt.write_text("a line of text with enough words to keep\n")
     line = input_error(capsys, binarized_data.main, ["--file_path", dump_txt, "--tokenizer_name", missing,
                                                      "--dump_file", tmp_path / "bin"])
-    assert f"tokenizer folder {missing} does not exist" in line
+    assert f"tokenizer {missing} does not exist" in line
     assert not list(tmp_path.glob("bin*"))
 
 
 # ---- unwritable outputs: refused before the long work ----------------------------------------------
 
 
-def test_unwritable_outputs_fail_before_any_work(files, tmp_path, capsys, tokenizer_dir):
-    _, argv = files
+def test_unwritable_outputs_fail_before_any_work(run_files, tmp_path, capsys, tokenizer_dir):
+    _, argv = run_files
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     where = blocker / "sub"  # its parent would have to be a folder
@@ -253,8 +246,8 @@ def test_unwritable_outputs_fail_before_any_work(files, tmp_path, capsys, tokeni
     assert blocker.read_text() == "" and not any(p != blocker for p in tmp_path.glob("a_file*"))
 
 
-def test_an_output_path_that_is_a_folder_or_a_device(files, tmp_path, capsys):
-    _, argv = files
+def test_an_output_path_that_is_a_folder_or_a_device(run_files, tmp_path, capsys):
+    _, argv = run_files
     (tmp_path / "counts").mkdir()
     assert "is a folder: give a file path" in input_error(capsys, token_counts.main, [
         "--data_file", arg(argv, "data_file"), "--token_counts_dump", tmp_path / "counts"])
@@ -276,18 +269,18 @@ def test_a_read_only_folder(tmp_path):
 
 
 def test_a_place_no_one_can_write(tmp_path):
-    # /proc refuses new files even to root: the stand-in for a read-only or missing mount
+    # /proc refuses new run_files even to root: the stand-in for a read-only or missing mount
     with pytest.raises(InputError, match="is not writable"):
         data_io.check_writable("/proc/distil-test/out.pickle")
 
 
-# ---- resumed logs, stale temporary files, file modes, vocabularies ------------------------------------
+# ---- resumed logs, stale temporary run_files, file modes, vocabularies ------------------------------------
 
 
-def test_metrics_after_resume_read_as_if_never_interrupted(files, tmp_path, tokenizer_dir, articles):
+def test_metrics_after_resume_read_as_if_never_interrupted(run_files, tmp_path, tokenizer_dir, articles):
     from scripts.make_synthetic_wiki import generate
 
-    _, argv = files
+    _, argv = run_files
     valid, _ = write_data(tmp_path / "valid", tokenizer_dir, list(generate(20, seed=3)))
     argv = with_args(argv, n_epoch=2, log_interval=3, checkpoint_interval=8, valid_file=valid, eval_interval=10)
     train.main(with_args(argv, dump_path=tmp_path / "full"))
@@ -304,11 +297,11 @@ def test_metrics_after_resume_read_as_if_never_interrupted(files, tmp_path, toke
     assert metrics_lines(cut) == full
 
 
-def test_written_files_respect_the_umask(files, tmp_path):
+def test_written_files_respect_the_umask(run_files, tmp_path):
     old = os.umask(0o022)
     try:
         data_io.save_token_counts(tmp_path / "c.pickle", np.ones(4, dtype=np.int64), {})
-        _, argv = files
+        _, argv = run_files
         train.main(with_args(argv, dump_path=tmp_path / "run", stop_after_iter=4, checkpoint_interval=2))
         os.umask(0o077)
         data_io.save_token_counts(tmp_path / "private.pickle", np.ones(4, dtype=np.int64), {})

@@ -5,20 +5,11 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from conftest import ROOT
-from train_helpers import tiny_run_files
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory, tokenizer_dir, articles):
-    folder = tmp_path_factory.mktemp("run_files")
-    return folder, tiny_run_files(folder, tokenizer_dir, articles)
-
-
-def test_torchrun_two_processes_end_with_identical_parameters(files, tmp_path):
-    _, argv = files
+def test_torchrun_two_processes_end_with_identical_parameters(run_files, tmp_path):
+    _, argv = run_files
     dump = tmp_path / "ddp"
     cmd = [
         sys.executable,
@@ -51,13 +42,13 @@ def test_torchrun_two_processes_end_with_identical_parameters(files, tmp_path):
     AutoModelForMaskedLM.from_pretrained(dump)
 
 
-def test_train_sh_runs_the_reference_setup(files, tmp_path):
-    folder, argv = files
+def test_train_sh_runs_the_reference_setup(run_files, tmp_path):
+    folder, argv = run_files
     config = argv[argv.index("--student_config") + 1]
     env = dict(
         os.environ,
         PYTHON=sys.executable,
-        TEACHER=argv[argv.index("--teacher_name") + 1],  # a folder named tiny-bert, like the data files
+        TEACHER=argv[argv.index("--teacher_name") + 1],  # a folder named tiny-bert, like the data run_files
         DATA_DIR=str(folder / "data"),
         STUDENT_CONFIG=config,
         INIT=str(tmp_path / "init.safetensors"),

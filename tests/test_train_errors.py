@@ -9,32 +9,14 @@ import torch
 import data_io
 import train
 from conftest import run_script, write_bert_vocab
-from train_helpers import tiny_run_files, tiny_student_config, write_data, write_student_config
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory, tokenizer_dir, articles):
-    folder = tmp_path_factory.mktemp("run_files")
-    return folder, tiny_run_files(folder, tokenizer_dir, articles)
-
-
-def opt(argv, name, value=None):
-    argv = list(argv)
-    flag = f"--{name}"
-    if value is None:
-        return argv + [flag]
-    if flag in argv:
-        argv[argv.index(flag) + 1] = str(value)
-    else:
-        argv += [flag, str(value)]
-    return argv
+from train_helpers import tiny_student_config, with_args, write_data, write_student_config
 
 
 def fails(argv, tmp_path, capsys, match):
     """train.main exits with status 2, prints one matching error line, and creates no run folder."""
     dump = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
-        train.main(opt(argv, "dump_path", dump))
+        train.main(with_args(argv, dump_path=dump))
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2
     assert err.startswith("train.py: error: ")
@@ -43,44 +25,44 @@ def fails(argv, tmp_path, capsys, match):
     return err
 
 
-def test_missing_data_and_token_count_files(files, tmp_path, capsys):
-    _, argv = files
-    fails(opt(argv, "data_file", tmp_path / "nope.pickle"), tmp_path, capsys, "nope.pickle does not exist")
-    fails(opt(argv, "token_counts", tmp_path / "nope.pickle"), tmp_path, capsys, "scripts/token_counts.py")
+def test_missing_data_and_token_count_files(run_files, tmp_path, capsys):
+    _, argv = run_files
+    fails(with_args(argv, data_file=tmp_path / "nope.pickle"), tmp_path, capsys, "nope.pickle does not exist")
+    fails(with_args(argv, token_counts=tmp_path / "nope.pickle"), tmp_path, capsys, "scripts/token_counts.py")
 
 
-def test_data_from_another_tokenizer(files, tmp_path, capsys, articles):
-    _, argv = files
+def test_data_from_another_tokenizer(run_files, tmp_path, capsys, articles):
+    _, argv = run_files
     other_tok = write_bert_vocab(tmp_path / "tok" / "tiny-bert", ["the", "city", "river"])
     data_file, _ = write_data(tmp_path / "other", other_tok, articles[:20])
-    fails(opt(argv, "data_file", data_file), tmp_path, capsys, "binarized with a vocabulary of")
+    fails(with_args(argv, data_file=data_file), tmp_path, capsys, "binarized with a vocabulary of")
 
     # same vocabulary size, but another [MASK] id: the metadata tells
     b = data_io.load_binarized(argv[argv.index("--data_file") + 1])
     meta = dict(b.meta, special_token_ids=dict(b.meta["special_token_ids"], mask_token=7))
     swapped = tmp_path / "swapped.pickle"
     data_io.save_binarized(swapped, b.token_ids, b.offsets, meta)
-    fails(opt(argv, "data_file", swapped), tmp_path, capsys, "mask_token id 7")
+    fails(with_args(argv, data_file=swapped), tmp_path, capsys, "mask_token id 7")
 
     # upstream's list of arrays has no metadata: ids past the vocabulary are still caught
     import pickle
 
     upstream = tmp_path / "upstream.pickle"
     upstream.write_bytes(pickle.dumps([np.array([2, 5, 99999, 3], dtype=np.int32)] * 3))
-    fails(opt(argv, "data_file", upstream), tmp_path, capsys, "token ids >= the vocabulary size")
+    fails(with_args(argv, data_file=upstream), tmp_path, capsys, "token ids >= the vocabulary size")
 
     counts = tmp_path / "counts.pickle"
     data_io.save_token_counts(counts, np.ones(50, dtype=np.int64), {})
-    fails(opt(argv, "token_counts", counts), tmp_path, capsys, "counts 50 token ids but the vocabulary has")
+    fails(with_args(argv, token_counts=counts), tmp_path, capsys, "counts 50 token ids but the vocabulary has")
 
 
-def test_student_that_does_not_fit_the_teacher(files, tmp_path, capsys, tokenizer_dir):
-    folder, argv = files
+def test_student_that_does_not_fit_the_teacher(run_files, tmp_path, capsys, tokenizer_dir):
+    folder, argv = run_files
     n_vocab = json.loads((folder / "student.json").read_text())["vocab_size"]
     wide = write_student_config(tmp_path / "wide.json", n_vocab, hidden=64)
-    fails(opt(argv, "student_config", wide), tmp_path, capsys, "hidden size 64 differs from the teacher's 32")
+    fails(with_args(argv, student_config=wide), tmp_path, capsys, "hidden size 64 differs from the teacher's 32")
     big_vocab = write_student_config(tmp_path / "vocab.json", n_vocab + 10)
-    fails(opt(argv, "student_config", big_vocab), tmp_path, capsys, f"vocab_size {n_vocab + 10}")
+    fails(with_args(argv, student_config=big_vocab), tmp_path, capsys, f"vocab_size {n_vocab + 10}")
 
     # a student checkpoint made for 3 layers, with a 2-layer config
     from transformers import DistilBertForMaskedLM
@@ -88,17 +70,17 @@ def test_student_that_does_not_fit_the_teacher(files, tmp_path, capsys, tokenize
     three = DistilBertForMaskedLM(tiny_student_config(n_vocab, layers=3))
     ckpt = tmp_path / "three.pth"
     torch.save(three.state_dict(), ckpt)
-    fails(opt(argv, "student_pretrained_weights", ckpt), tmp_path, capsys, "holds 3 transformer layers")
-    fails(opt(argv, "student_pretrained_weights", tmp_path / "none.pth"), tmp_path, capsys, "run scripts/extract")
+    fails(with_args(argv, student_pretrained_weights=ckpt), tmp_path, capsys, "holds 3 transformer layers")
+    fails(with_args(argv, student_pretrained_weights=tmp_path / "none.pth"), tmp_path, capsys, "run scripts/extract")
 
 
-def test_existing_dump_path_needs_force(files, tmp_path, capsys):
-    _, argv = files
+def test_existing_dump_path_needs_force(run_files, tmp_path, capsys):
+    _, argv = run_files
     dump = tmp_path / "run"
     dump.mkdir()
     (dump / "keep.txt").write_text("precious")
     with pytest.raises(SystemExit) as e:
-        train.main(opt(argv, "dump_path", dump))
+        train.main(with_args(argv, dump_path=dump))
     assert e.value.code == 2 and "--force" in capsys.readouterr().err
     assert (dump / "keep.txt").read_text() == "precious"
 
@@ -118,14 +100,14 @@ def test_existing_dump_path_needs_force(files, tmp_path, capsys):
         (["--fp16", "--bf16"], "exclusive"),
     ],
 )
-def test_rejected_argument_combinations(files, tmp_path, capsys, extra, match):
-    _, argv = files
+def test_rejected_argument_combinations(run_files, tmp_path, capsys, extra, match):
+    _, argv = run_files
     fails(argv + extra, tmp_path, capsys, match)  # argparse: a repeated option's last value wins
 
 
-def test_cli_error_is_one_line_with_status_1(files, tmp_path):
-    _, argv = files
-    proc = run_script("train.py", *opt(argv, "dump_path", tmp_path / "run"), "--alpha_mlm", "0")
+def test_cli_error_is_one_line_with_status_2(run_files, tmp_path):
+    _, argv = run_files
+    proc = run_script("train.py", *with_args(argv, dump_path=tmp_path / "run"), "--alpha_mlm", "0")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["train.py: error: --mlm needs --alpha_mlm > 0"]
     assert not (tmp_path / "run").exists()

@@ -12,12 +12,7 @@ from safetensors.torch import load_file
 
 import train
 from conftest import ROOT
-from train_helpers import read_metrics, tiny_run_files, with_args
-
-
-@pytest.fixture(scope="module")
-def base_argv(tmp_path_factory, tokenizer_dir, articles):
-    return tiny_run_files(tmp_path_factory.mktemp("run_files"), tokenizer_dir, articles)
+from train_helpers import read_metrics, with_args
 
 
 def test_short_run_learns_and_writes_a_complete_run_folder(tmp_path, base_argv):
