@@ -32,12 +32,12 @@ with --fp16 both steps run under fp16 autocast with a GradScaler (ours also keep
 Both get the memory guard (torch.cuda.empty_cache() when less than 2 GiB is free) and count its calls;
 allocated / reserved / peak memory is sampled every --trace_every steps. Model FLOPs (model_flops():
 the teacher's forward and the student's forward + backward on the non-pad tokens, 2 per multiply-add)
-over the time give FLOP/s, and over the card's dense fp16 peak (PEAK_TFLOPS, or --peak_tflops) the MFU.
+over the time give FLOP/s, and over the card's dense fp16 peak (workload.PEAK_TFLOPS, or --peak_tflops) the MFU.
+The models, batches and FLOP count are in workload.py, upstream's step in upstream_step.py.
 """
 
 import argparse
 import json
-import math
 import resource
 import statistics
 import subprocess
@@ -47,109 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
-VOCAB = 30522  # bert-base-uncased
-SPECIAL = {"pad_token": 0, "unk_token": 100, "cls_token": 101, "sep_token": 102, "mask_token": 103}
-SIZES = {
-    # teacher (BertConfig), student (DistilBertConfig), batch size, line lengths
-    "tiny": dict(teacher=(4, 128, 2, 512), student=(2, 128, 2, 512), batch_size=32, lengths="gamma"),
-    "base": dict(teacher=(12, 768, 12, 3072), student=(4, 768, 12, 3072), batch_size=8, lengths=128),
-    "gpu": dict(teacher=(12, 768, 12, 3072), student=(4, 768, 12, 3072), batch_size=32, lengths="gamma"),
-}
-# Dense fp16/bf16 tensor-core peaks (TFLOP/s, fp32 accumulation, no sparsity), matched in this order
-# against torch.cuda.get_device_name(); --peak_tflops for anything else.
-PEAK_TFLOPS = [
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),
-    ("H200", 989.4),
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("RTX 4090", 165.2),
-    ("RTX 3090", 71.0),
-    ("A10G", 70.0),
-    ("L4", 121.0),
-    ("V100", 125.0),
-    ("T4", 65.0),
-]
-EMPTY_CACHE_BELOW_GIB = 2.0  # the memory guard of train.sh (--empty_cache_threshold_gb)
-T, ALPHA = 2.0, {"ce": 5.0, "mlm": 2.0, "cos": 1.0}  # the DistilBERT recipe
-
+from benchmarks.upstream_step import Reference
+from benchmarks.workload import SIZES, SPECIAL, build_models, make_batches, model_flops, peak_tflops_for, token_probs
 
 # ----------------------------------------------------------------------------------------------------------
-# Models and data (seeded: every process builds the same ones)
-
-
-def build_models(size):
-    import torch
-    from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
-
-    tl, th, ta, tf = SIZES[size]["teacher"]
-    sl, sh, sa, sf = SIZES[size]["student"]
-    torch.manual_seed(0)
-    teacher = BertForMaskedLM(
-        BertConfig(vocab_size=VOCAB, num_hidden_layers=tl, hidden_size=th, num_attention_heads=ta, intermediate_size=tf)
-    )
-    student = DistilBertForMaskedLM(
-        DistilBertConfig(vocab_size=VOCAB, n_layers=sl, dim=sh, n_heads=sa, hidden_dim=sf, pad_token_id=0)
-    )
-    return student, teacher.eval()
-
-
-def make_batches(size, n_batches, seed=0):
-    """`n_batches` lists of sequences (numpy int64: [CLS] random ids [SEP]), grouped by length as train.py does."""
-    from grouped_batch_sampler import epoch_batches
-
-    cfg = SIZES[size]
-    bs = cfg["batch_size"]
-    rng = np.random.default_rng(seed)
-    n_pool = bs * max(200, 4 * n_batches)
-    if cfg["lengths"] == "gamma":
-        lengths = np.minimum(12 + rng.gamma(2.0, 19.0, n_pool).astype(np.int64), 512)
-    else:
-        lengths = np.full(n_pool, cfg["lengths"], dtype=np.int64)
-    seqs = [
-        np.concatenate(([SPECIAL["cls_token"]], rng.integers(999, VOCAB, n - 2), [SPECIAL["sep_token"]]))
-        for n in lengths
-    ]
-    batches = [b for b in epoch_batches(lengths, bs, 0, seed, max_len=512) if len(b) == bs][:n_batches]
-    return [[seqs[i] for i in b] for b in batches]
-
-
-def token_probs(seed=0):
-    """Masking weights ~ count^-0.7 on Zipf-like counts, 0 on special tokens (as train.py builds them)."""
-    import torch
-
-    counts = np.random.default_rng(seed).zipf(1.3, VOCAB).clip(1, 10**7).astype(np.float64)
-    probs = counts**-0.7
-    probs[list(SPECIAL.values())] = 0.0
-    return torch.from_numpy(probs).float()
-
-
-def model_flops(lengths, size):
-    """Model FLOPs of one distillation step on sequences of these lengths (matmuls, 2 per multiply-add):
-    the teacher's forward (x1) and the student's forward and backward (x3). A forward is, per layer,
-    4 d^2 + 2 d ffn multiply-adds per token (attention projections, FFN) plus 2 n d per token for QK^T and
-    AV over its sequence of n tokens, then the LM head (d^2 transform, d x vocab projection) on every token,
-    as KD needs. Padding is not counted: it is waste, not model work."""
-    tokens = sum(lengths)
-    squares = sum(n * n for n in lengths)
-
-    def forward(layers, d, heads, ffn):
-        per_layer = (4 * d * d + 2 * d * ffn) * tokens + 2 * d * squares
-        return 2 * (layers * per_layer + (d * d + d * VOCAB) * tokens)
-
-    return forward(*SIZES[size]["teacher"]) + 3 * forward(*SIZES[size]["student"])
-
-
-def peak_tflops_for(device_name):
-    for key, tflops in PEAK_TFLOPS:
-        if key in device_name:
-            return tflops
-    return None
-
-
+# Our step
 def make_distiller(student, teacher, flags=None, device="cpu"):
     """A Distiller with train.py's defaults and `flags` ({"bf16": True, ...}) around the given models."""
     import torch
@@ -167,107 +69,6 @@ def make_distiller(student, teacher, flags=None, device="cpu"):
 
     dist = DistInfo(device=torch.device(device))
     return Distiller(args, dataset, token_probs(), student, teacher, dist=dist), dataset
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The reference: upstream's step semantics
-
-
-class Reference:
-    """Upstream's collate, masking and step (MLM), with its optimizer settings; fp32, or with `fp16` its
-    --fp16 (apex O1 there; here torch's fp16 autocast and a GradScaler, apex's successors)."""
-
-    def __init__(self, student, teacher, probs, device="cpu", fp16=False):
-        import torch
-
-        self.device = torch.device(device)
-        self.student, self.teacher = student.to(self.device), teacher.to(self.device)
-        self.token_probs = probs.to(self.device)
-        self.pred_probs = torch.tensor([0.8, 0.1, 0.1], device=self.device)
-        self.optimizer = torch.optim.AdamW(student.parameters(), lr=5e-4, eps=1e-6, betas=(0.9, 0.98))
-        self.fp16 = fp16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
-        self.n_empty_cache = 0
-
-    @staticmethod
-    def collate(seqs):
-        """Pad to the longest sequence (upstream pads to a multiple of 8 only under fp16)."""
-        import torch
-
-        lengths = torch.tensor([len(s) for s in seqs])
-        token_ids = torch.full((len(seqs), int(lengths.max())), SPECIAL["pad_token"], dtype=torch.long)
-        for row, s in enumerate(seqs):
-            token_ids[row, : len(s)] = torch.from_numpy(s)
-        return token_ids, lengths
-
-    def to_device(self, token_ids, lengths):
-        return token_ids.to(self.device), lengths.to(self.device)
-
-    def prepare(self, token_ids, lengths):
-        """(bs x len) masking: 15% of the non-pad tokens drawn by weight, 80/10/10 -> (ids, attention, labels)."""
-        import torch
-
-        bs, width = token_ids.shape
-        attention = torch.arange(width, device=token_ids.device) < lengths[:, None]
-        labels = token_ids.clone()
-        weights = self.token_probs[token_ids.flatten()]
-        n_pick = math.ceil(0.15 * lengths.sum().item())
-        picks = torch.multinomial(weights / weights.sum(), n_pick, replacement=False)
-        pred_mask = torch.zeros(bs * width, dtype=torch.bool, device=token_ids.device)
-        pred_mask[picks] = True
-        pred_mask = pred_mask.view(bs, width)
-        pred_mask[token_ids == SPECIAL["pad_token"]] = False
-        real = token_ids[pred_mask]
-        kind = torch.multinomial(self.pred_probs, len(real), replacement=True)
-        new = torch.where(kind == 0, SPECIAL["mask_token"], torch.where(kind == 1, real, real.clone().random_(VOCAB)))
-        token_ids = token_ids.masked_scatter(pred_mask, new)
-        labels[~pred_mask] = -100
-        return token_ids, attention.long(), labels
-
-    def losses(self, input_ids, attention, labels):
-        import torch
-        from torch import nn
-
-        s_out = self.student(input_ids=input_ids, attention_mask=attention, output_hidden_states=True)
-        with torch.no_grad():
-            t_out = self.teacher(input_ids=input_ids, attention_mask=attention, output_hidden_states=True)
-        s_logits, t_logits = s_out.logits, t_out.logits
-        vocab = s_logits.size(-1)
-        mask = attention.bool().unsqueeze(-1).expand_as(s_logits)
-        s_sel = torch.masked_select(s_logits, mask).view(-1, vocab)
-        t_sel = torch.masked_select(t_logits, mask).view(-1, vocab)
-        ce = nn.KLDivLoss(reduction="batchmean")(
-            nn.functional.log_softmax(s_sel / T, dim=-1), nn.functional.softmax(t_sel / T, dim=-1)
-        ) * (T**2)
-        mlm = nn.CrossEntropyLoss(ignore_index=-100)(s_logits.view(-1, vocab), labels.view(-1))
-        s_h, t_h = s_out.hidden_states[-1], t_out.hidden_states[-1]
-        dim = s_h.size(-1)
-        hmask = attention.bool().unsqueeze(-1).expand_as(s_h)
-        s_hs = torch.masked_select(s_h, hmask).view(-1, dim)
-        t_hs = torch.masked_select(t_h, hmask).view(-1, dim)
-        cos = nn.CosineEmbeddingLoss(reduction="mean")(s_hs, t_hs, s_hs.new_ones(s_hs.size(0)))
-        loss = ALPHA["ce"] * ce + ALPHA["mlm"] * mlm + ALPHA["cos"] * cos
-        return {"ce": ce, "mlm": mlm, "cos": cos, "loss": loss}
-
-    def train_step(self, seqs):
-        import torch
-
-        from monitor import empty_cache_if_low
-
-        token_ids, lengths = self.collate(seqs)
-        n_tokens = int(lengths.sum())
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
-            losses = self.losses(*self.prepare(*self.to_device(token_ids, lengths)))
-        record = {k: v.item() for k, v in losses.items()}  # upstream reads every loss on the host each step
-        record["loss_again"] = losses["loss"].item()  # (total_loss_epoch and last_loss: two reads)
-        self.scaler.scale(losses["loss"]).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 5.0)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad()
-        self.n_empty_cache += empty_cache_if_low(self.device, EMPTY_CACHE_BELOW_GIB)
-        return n_tokens
 
 
 class Ours:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.utils import flop_counter
 
-from benchmarks import bench_train
+from benchmarks import bench_train, workload
+from benchmarks.upstream_step import Reference
 from conftest import run_script
 
 
@@ -21,19 +22,19 @@ def test_model_flops_equal_the_matmuls_a_step_runs(impl):
     """Counted on a real step (eager attention, so QK^T and AV are visible bmm; no padding): the same FLOPs
     as model_flops(). For our step this also pins that no row is projected to the vocabulary twice."""
     torch.manual_seed(0)
-    student, teacher = bench_train.build_models("tiny")
+    student, teacher = workload.build_models("tiny")
     for model in (student, teacher):
         model.set_attn_implementation("eager")
     rng = np.random.default_rng(0)
-    seqs = [np.concatenate(([101], rng.integers(999, bench_train.VOCAB, 38), [102])) for _ in range(4)]
+    seqs = [np.concatenate(([101], rng.integers(999, workload.VOCAB, 38), [102])) for _ in range(4)]
     if impl == "ours":
         runner = bench_train.Ours(student, teacher)
     else:
-        runner = bench_train.Reference(student, teacher, bench_train.token_probs())
+        runner = Reference(student, teacher, workload.token_probs())
     counter = flop_counter.FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: _addmm_inplace_flops})
     with counter:
         runner.train_step(seqs)
-    assert counter.get_total_flops() == bench_train.model_flops([40] * 4, "tiny")
+    assert counter.get_total_flops() == workload.model_flops([40] * 4, "tiny")
 
 
 def test_model_flops_by_hand():
@@ -41,14 +42,14 @@ def test_model_flops_by_hand():
     def forward(layers, d, ffn, n=10):
         return 2 * (layers * ((4 * d * d + 2 * d * ffn) * n + 2 * d * n * n) + (d * d + d * 30522) * n)
 
-    assert bench_train.model_flops([10], "tiny") == forward(4, 128, 512) + 3 * forward(2, 128, 512)
+    assert workload.model_flops([10], "tiny") == forward(4, 128, 512) + 3 * forward(2, 128, 512)
 
 
 def test_peak_table_picks_the_card_variant():
-    assert bench_train.peak_tflops_for("NVIDIA H100 PCIe") == 756.0
-    assert bench_train.peak_tflops_for("NVIDIA H100 80GB HBM3") == 989.4
-    assert bench_train.peak_tflops_for("NVIDIA GeForce RTX 4090") == 165.2
-    assert bench_train.peak_tflops_for("Some Future GPU") is None
+    assert workload.peak_tflops_for("NVIDIA H100 PCIe") == 756.0
+    assert workload.peak_tflops_for("NVIDIA H100 80GB HBM3") == 989.4
+    assert workload.peak_tflops_for("NVIDIA GeForce RTX 4090") == 165.2
+    assert workload.peak_tflops_for("Some Future GPU") is None
 
 
 def test_benchmark_runs_from_the_command_line_and_prints_the_ratios(tmp_path):
