@@ -50,6 +50,7 @@ import numpy as np
 from benchmarks.upstream_step import Reference
 from benchmarks.workload import SIZES, SPECIAL, build_models, make_batches, model_flops, peak_tflops_for, token_probs
 
+
 # ----------------------------------------------------------------------------------------------------------
 # Our step
 def make_distiller(student, teacher, flags=None, device="cpu"):
