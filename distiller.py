@@ -28,7 +28,19 @@ import evaluation
 from data_io import CHECKPOINT, atomic_write, read_checkpoint
 from errors import InputError
 from grouped_batch_sampler import epoch_batches
-from losses import KD_CHUNK_ROWS, LOSS_NAMES, FusedKD, RowsLM, cosine_loss, kd_loss, lm_head_parts, mse_loss
+from losses import (
+    KD_CHUNK_ROWS,
+    LOSS_NAMES,
+    RELATION_LOSSES,
+    FusedKD,
+    RowsLM,
+    cosine_loss,
+    kd_loss,
+    lm_head_parts,
+    mse_loss,
+    relation_layers,
+    relation_losses,
+)
 from masking import Masking, prepare_batch_clm
 from monitor import Meter, MetricsLog, empty_cache_if_low, log_line, memory_stats, metrics_size
 from utils import (
@@ -68,11 +80,15 @@ class Distiller:
         self.alpha = {k: getattr(params, f"alpha_{k}") for k in LOSS_NAMES}
         # KD and MSE need the teacher's logits on every non-pad row, unless restricted to the masked rows.
         self.kd_all_rows = (self.alpha["ce"] > 0 or self.alpha["mse"] > 0) and not params.restrict_ce_to_mask
-        self.needs_teacher = self.alpha["ce"] > 0 or self.alpha["mse"] > 0 or self.alpha["cos"] > 0
+        self.relations = [k for k in RELATION_LOSSES if self.alpha[k] > 0]  # MiniLM's losses that are on
+        self.needs_teacher = self.alpha["ce"] > 0 or self.alpha["mse"] > 0 or self.alpha["cos"] > 0 or self.relations
         # KD straight from both models' features (FusedKD) unless MSE needs the logits themselves.
         self.fused_kd = self.alpha["ce"] > 0 and self.alpha["mse"] == 0
         if self.needs_teacher and teacher is None:
-            raise InputError("alpha_ce, alpha_mse or alpha_cos > 0 need a teacher (--teacher_name)")
+            raise InputError("alpha_ce, alpha_mse, alpha_cos and the relation losses need a teacher (--teacher_name)")
+        s_layer = t_layer = None
+        if self.relations:  # the layers they read, and their heads
+            s_layer, t_layer, self.heads = relation_layers(student, teacher, self.relations, params)
 
         # Precision: fp16 autocast + GradScaler on CUDA; bf16 autocast anywhere; the teacher is stored in
         # the half type too (it never trains, and halves its memory and time).
@@ -80,15 +96,16 @@ class Distiller:
         self.scaler = torch.amp.GradScaler("cuda", enabled=params.fp16)
 
         self.student_model = student.to(self.device)
-        self.student = RowsLM(self.student_model)
-        if self.dist.world_size > 1:  # the head is unused only when no loss reads the logits (cosine only)
-            unused = not (self.alpha["ce"] or self.alpha["mlm"] or self.alpha["clm"] or self.alpha["mse"])
-            self.student = self.dist.wrap(self.student, find_unused_parameters=unused)
+        self.student = RowsLM(self.student_model, s_layer)
+        # The vocabulary head is used only when a loss reads the logits (not with cosine or relations alone).
+        self.head_used = any(self.alpha[k] > 0 for k in ("ce", "mlm", "clm", "mse"))
+        if self.dist.world_size > 1:
+            self.student = self.dist.wrap(self.student, find_unused_parameters=not self.head_used)
         self.teacher = None
         if self.needs_teacher:
             teacher = teacher.to(self.device, dtype=self.amp_dtype or torch.float32).eval()
             teacher.requires_grad_(False)
-            self.teacher = RowsLM(teacher)
+            self.teacher = RowsLM(teacher, t_layer)
 
         self.masking = Masking.from_params(params, token_probs, self.vocab_size, self.device) if self.mlm else None
 
@@ -171,18 +188,19 @@ class Distiller:
         """Forward the student (and the teacher) on `batch`; return {"loss": weighted total, "ce": ..., ...}."""
         a = self.alpha
         m = batch.n_targets  # the LM rows are the first m of batch.rows
-        # The vocabulary head runs on every non-pad row only when KD/MSE need them all.
-        n_head = None if self.kd_all_rows else m
+        # The vocabulary head runs on every non-pad row only when KD/MSE need them all, on none when no loss
+        # reads the logits.
+        n_head = 0 if not self.head_used else None if self.kd_all_rows else m
         lm_name = "mlm" if self.mlm else "clm"
         fused = self.fused_kd  # the models stop before their vocabulary projection; FusedKD applies it
         losses = {}
         total = 0.0
         with self.autocast():
-            s_hidden, s_logits = self.student(batch.input_ids, batch.attention_mask, batch.rows, n_head, fused)
+            s_hidden, s_logits, s_qkv = self.student(batch.input_ids, batch.attention_mask, batch.rows, n_head, fused)
             if self.teacher is not None:
                 with torch.no_grad():
                     t_n_head = n_head if (a["ce"] or a["mse"]) else 0
-                    t_hidden, t_logits = self.teacher(
+                    t_hidden, t_logits, t_qkv = self.teacher(
                         batch.input_ids, batch.attention_mask, batch.rows, t_n_head, fused
                     )
             if fused:  # s_logits and t_logits hold features here: KD (and the LM loss) from one projection
@@ -195,19 +213,19 @@ class Distiller:
                 if a[lm_name] > 0:
                     losses[lm_name] = lm
 
-        if not fused:
-            if a["ce"] > 0:
-                losses["ce"] = kd_loss(s_logits, t_logits, self.temperature)
-                total = total + a["ce"] * losses["ce"]
-            if a[lm_name] > 0:
-                losses[lm_name] = F.cross_entropy(s_logits[:m].float(), batch.targets)
-                total = total + a[lm_name] * losses[lm_name]
+        in_total = set(losses)  # FusedKD's total already holds its losses
+        if not fused and a["ce"] > 0:
+            losses["ce"] = kd_loss(s_logits, t_logits, self.temperature)
+        if not fused and a[lm_name] > 0:
+            losses[lm_name] = F.cross_entropy(s_logits[:m].float(), batch.targets)
         if a["mse"] > 0:
             losses["mse"] = mse_loss(s_logits, t_logits)
-            total = total + a["mse"] * losses["mse"]
         if a["cos"] > 0:
             losses["cos"] = cosine_loss(s_hidden, t_hidden)
-            total = total + a["cos"] * losses["cos"]
+        if self.relations:  # outside autocast: the maps and their softmaxes in float32
+            losses.update(relation_losses(s_qkv, t_qkv, batch.attention_mask, self.relations, *self.heads))
+        for k in [k for k in losses if k not in in_total]:  # in the order above: the same sum every run
+            total = total + a[k] * losses[k]
         losses["loss"] = total
         return losses
 

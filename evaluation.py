@@ -53,7 +53,7 @@ def evaluate(models, batches, reference=None, progress=False):
         targets = batch.targets
         logprobs = {}
         for name, model in wrapped.items():
-            _, logits = model(batch.input_ids, batch.attention_mask, batch.rows, batch.n_targets)
+            _, logits, _ = model(batch.input_ids, batch.attention_mask, batch.rows, batch.n_targets)
             logp = F.log_softmax(logits.float(), dim=-1)
             logprobs[name] = logp
             top5 = logp.topk(5, dim=-1).indices

@@ -5,6 +5,8 @@
   computations).
 - `FusedKD`: KD and the MLM/CLM cross-entropy computed straight from both models' features, chunk by chunk,
   so no (rows x vocab) logits are kept.
+- `relation_losses`: self-attention relation transfer (MiniLM, MiniLMv2): KL between the teacher's and the
+  student's attention distributions and Q-Q / K-K / V-V relations, from one layer's query/key/value.
 """
 
 import math
@@ -13,9 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from errors import InputError
+
 # The losses a run can weigh, by their --alpha_<name> flag: KD (cross-entropy against the teacher), masked /
 # causal LM, MSE between logits, cosine between last hidden states.
-LOSS_NAMES = ("ce", "mlm", "clm", "mse", "cos")
+# The MiniLM relation losses (att, qq, kk, vv) are at the end of this file.
+LOSS_NAMES = ("ce", "mlm", "clm", "mse", "cos", "att", "qq", "kk", "vv")
 
 
 def lm_head_parts(model):
@@ -37,23 +42,32 @@ def lm_head_parts(model):
 class RowsLM(nn.Module):
     """Wraps a HF LM: runs the encoder on the batch and the vocabulary head only at chosen rows.
 
-    forward(input_ids, attention_mask, rows, n_head=None, features=False) -> (hidden, logits):
+    forward(input_ids, attention_mask, rows, n_head=None, features=False) -> (hidden, logits, qkv):
       hidden: last hidden states at `rows` (flat indices into batch x length), shape (len(rows), dim);
       logits: the LM head at the first `n_head` of those rows (all of them when n_head is None); with
-      features=True, the head's input to its vocabulary projection instead (see lm_head_parts; FusedKD).
+      features=True, the head's input to its vocabulary projection instead (see lm_head_parts; FusedKD);
+      qkv: with `qkv_layer` (0-based), that layer's (query, key, value), each (batch, length, heads x d),
+      from its own projections applied to its input: the relation losses' material. None otherwise.
     Wrapping (rather than calling the model's parts from outside) keeps DDP's hooks on the forward.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, qkv_layer=None):
         super().__init__()
         self.model = model
+        self.qkv_layer = qkv_layer
 
     def forward(self, input_ids, attention_mask, rows, n_head=None, features=False):
-        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)
+        want_qkv = self.qkv_layer is not None
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_qkv)
         hidden = out.last_hidden_state.flatten(0, 1).index_select(0, rows)
         h = hidden if n_head is None else hidden[:n_head]
         to_features, projection = lm_head_parts(self.model)
-        return hidden, to_features(h) if features else projection(to_features(h))
+        logits = to_features(h) if features else projection(to_features(h))
+        qkv = None
+        if want_qkv:  # the layer's input is hidden_states[layer] (hidden_states[0]: the embeddings' output)
+            x = out.hidden_states[self.qkv_layer]
+            qkv = tuple(p(x) for p in attention_projections(self.model, self.qkv_layer)[0])
+        return hidden, logits, qkv
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -204,3 +218,87 @@ class FusedKD(torch.autograd.Function):
             None if b_dtype is None else grad_b.mul_(grad_total).to(b_dtype),
             *[None] * 8,
         )
+
+# --------------------------------------------------------------------------------------------------------
+# Self-attention relation transfer (MiniLM, Wang et al. 2020; MiniLMv2, Wang et al. 2021)
+
+# --alpha_<name> of each relation loss: attention distributions (queries x keys, per attention head) and the
+# query-query, key-key and value-value relations (per relation head). MiniLM is att + vv with as many relation
+# heads as attention heads; MiniLMv2 is qq + kk + vv with --relation_heads.
+RELATION_LOSSES = ("att", "qq", "kk", "vv")
+
+
+def attention_projections(model, layer):
+    """(query, key, value) nn.Linear layers and the head count of encoder layer `layer` (0-based) of a HF
+    BERT, RoBERTa or DistilBERT model."""
+    base = model.base_model
+    if hasattr(base, "transformer"):  # DistilBERT
+        att = base.transformer.layer[layer].attention
+        return (att.q_lin, att.k_lin, att.v_lin), att.n_heads
+    att = base.encoder.layer[layer].attention.self  # BERT, RoBERTa
+    return (att.query, att.key, att.value), att.num_attention_heads
+
+
+def num_layers(model):
+    base = model.base_model
+    return len(base.transformer.layer if hasattr(base, "transformer") else base.encoder.layer)
+
+
+def relation_layers(student, teacher, names, params):
+    """(student layer, teacher layer, (attention heads, relation heads)) for the relation losses in `names`:
+    the student's last layer and the teacher's --teacher_layer (1-based; default its last), as 0-based
+    indices, after checking that the two models' heads fit those losses."""
+    n_teacher, n_student = num_layers(teacher), num_layers(student)
+    t_layer = params.teacher_layer or n_teacher
+    if not 1 <= t_layer <= n_teacher:
+        raise InputError(f"--teacher_layer {t_layer}: the teacher has layers 1 to {n_teacher}")
+    (s_query, _, _), s_heads = attention_projections(student, n_student - 1)
+    (t_query, _, _), t_heads = attention_projections(teacher, t_layer - 1)
+    if "att" in names and s_heads != t_heads:
+        raise InputError(
+            f"--alpha_att compares attention heads one to one, but the student has {s_heads} and the teacher "
+            f"{t_heads}: use --alpha_qq/--alpha_kk/--alpha_vv, whose --relation_heads need not match"
+        )
+    relation_heads = params.relation_heads or s_heads
+    for who, query in (("student", s_query), ("teacher", t_query)):
+        if query.out_features % relation_heads:
+            raise InputError(
+                f"--relation_heads {relation_heads} does not divide the {who}'s attention width {query.out_features}"
+            )
+    return n_student - 1, t_layer - 1, (s_heads, relation_heads)
+
+
+def scaled_dot(a, b, heads):
+    """(batch, heads, len, len) scaled dot products a_i . b_j / sqrt(d) of `heads` equal slices of the last
+    dimension of a and b (batch, len, heads * d), in float32."""
+    n, length, dim = a.shape
+    d = dim // heads
+    a = a.float().view(n, length, heads, d).transpose(1, 2)
+    b = b.float().view(n, length, heads, d).transpose(1, 2)
+    return a @ b.transpose(-1, -2) / math.sqrt(d)
+
+
+def relation_kl(t_scores, s_scores, attention_mask):
+    """KL(teacher || student) between the softmaxes over keys of two (batch, heads, len, len) score maps,
+    averaged over heads and non-pad query positions. Padding is excluded as keys (no probability) and as
+    queries (not averaged)."""
+    keys = attention_mask[:, None, None, :].bool()
+    t = t_scores.masked_fill(~keys, -1e30).log_softmax(-1)
+    s = s_scores.masked_fill(~keys, -1e30).log_softmax(-1)
+    kl = (t.exp() * (t - s)).masked_fill(~keys, 0.0).sum(-1)  # (batch, heads, len)
+    queries = attention_mask[:, None, :].bool().expand_as(kl)
+    return kl[queries].mean()
+
+
+def relation_losses(s_qkv, t_qkv, attention_mask, names, attention_heads, relation_heads):
+    """{name: loss} for the relation losses in `names`, between the student's and the teacher's (query, key,
+    value) of their chosen layers (each (batch, len, dim); the two models' dims may differ). att: queries
+    against keys, per attention head (the same count in both models); qq, kk, vv: per relation head."""
+    pairs = {"att": (0, 1), "qq": (0, 0), "kk": (1, 1), "vv": (2, 2)}  # indices into (query, key, value)
+    out = {}
+    for name in names:
+        i, j = pairs[name]
+        heads = attention_heads if name == "att" else relation_heads
+        t_scores, s_scores = scaled_dot(t_qkv[i], t_qkv[j], heads), scaled_dot(s_qkv[i], s_qkv[j], heads)
+        out[name] = relation_kl(t_scores, s_scores, attention_mask)
+    return out

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 
 from errors import InputError
-from losses import LOSS_NAMES
+from losses import LOSS_NAMES, RELATION_LOSSES
 
 
 def build_parser():
@@ -48,6 +48,17 @@ def build_parser():
     a("--alpha_clm", default=None, type=float, help="weight of the CLM loss (default: 0 for MLM, 0.5 for CLM)")
     a("--alpha_mse", default=0.0, type=float, help="weight of the MSE loss on logits (unused in the recipe)")
     a("--alpha_cos", default=1.0, type=float, help="weight of the cosine loss on last hidden states (recipe: 1)")
+    # Self-attention relation transfer (MiniLM): off by default, so the recipe above is unchanged
+    a("--alpha_att", default=0.0, type=float,
+      help="weight of the KL between teacher and student attention distributions, per head (MiniLM: 1)")
+    a("--alpha_qq", default=0.0, type=float, help="weight of the query-query relation loss (MiniLMv2: 1)")
+    a("--alpha_kk", default=0.0, type=float, help="weight of the key-key relation loss (MiniLMv2: 1)")
+    a("--alpha_vv", default=0.0, type=float, help="weight of the value-value relation loss (MiniLM, MiniLMv2: 1)")
+    a("--relation_heads", default=None, type=int,
+      help="heads the qq/kk/vv relations split Q, K, V into (default: the student's attention heads, MiniLM's "
+           "value relation; MiniLMv2 used 48 for base-size models)")
+    a("--teacher_layer", default=None, type=int,
+      help="teacher layer (1-based) whose self-attention the relation losses transfer (default: the last)")
     a(
         "--mlm",
         action="store_true",
@@ -135,9 +146,14 @@ def sanity_checks(args):
     if any(v < 0 for v in alphas.values()):
         raise InputError(f"loss weights must be >= 0, got {alphas}")
     if sum(alphas.values()) <= 0:
-        raise InputError("all loss weights are 0: set at least one of --alpha_ce/mlm/clm/mse/cos")
-    if args.mlm and args.alpha_mlm <= 0:
-        raise InputError("--mlm needs --alpha_mlm > 0")
+        raise InputError("all loss weights are 0: set at least one of --alpha_ce/mlm/clm/mse/cos/att/qq/kk/vv")
+    relations = any(alphas[k] > 0 for k in RELATION_LOSSES)
+    if args.mlm and args.alpha_mlm <= 0 and not relations:  # MiniLM's recipe has no LM loss
+        raise InputError("--mlm needs --alpha_mlm > 0 (or a relation loss: --alpha_att/qq/kk/vv)")
+    if relations and not args.mlm:
+        raise InputError("the relation losses (--alpha_att/qq/kk/vv) are for BERT-style students (--mlm)")
+    if args.relation_heads is not None and args.relation_heads < 1:
+        raise InputError(f"--relation_heads must be >= 1, got {args.relation_heads}")
     if not args.mlm and args.alpha_mlm > 0:
         raise InputError("--alpha_mlm > 0 needs --mlm (a masked-LM student)")
     if args.alpha_mlm > 0 and args.alpha_clm > 0:
@@ -155,8 +171,9 @@ def sanity_checks(args):
         args.student_type == "distilbert" and args.teacher_type == "bert"
     ):
         raise InputError(f"a {args.student_type} student cannot learn from a {args.teacher_type} teacher")
-    if args.no_teacher and (args.alpha_ce > 0 or args.alpha_cos > 0 or args.alpha_mse > 0):
-        raise InputError("--teacher_name none trains without a teacher: set --alpha_ce 0 --alpha_cos 0 --alpha_mse 0")
+    if args.no_teacher and (args.alpha_ce > 0 or args.alpha_cos > 0 or args.alpha_mse > 0 or relations):
+        raise InputError("--teacher_name none trains without a teacher: set --alpha_ce 0 --alpha_cos 0 --alpha_mse 0 "
+                         "(and no relation loss)")
     if args.freeze_token_type_embds and args.student_type != "roberta":
         raise InputError("--freeze_token_type_embds is for roberta students only")
     if args.temperature <= 0:

@@ -109,5 +109,7 @@ def test_cli_error_is_one_line_with_status_2(run_files, tmp_path):
     _, argv = run_files
     proc = run_script("train.py", *with_args(argv, dump_path=tmp_path / "run"), "--alpha_mlm", "0")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["train.py: error: --mlm needs --alpha_mlm > 0"]
+    assert proc.stderr.strip().splitlines() == [
+        "train.py: error: --mlm needs --alpha_mlm > 0 (or a relation loss: --alpha_att/qq/kk/vv)"
+    ]
     assert not (tmp_path / "run").exists()
