@@ -26,6 +26,7 @@ def test_torchrun_two_processes_end_with_identical_parameters(run_files, tmp_pat
         "2",
         "--checkpoint_interval",
         "10",
+        *["--alpha_att", "1", "--alpha_vv", "1", "--teacher_layer", "3"],  # the relation losses under DDP too
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -37,6 +38,7 @@ def test_torchrun_two_processes_end_with_identical_parameters(run_files, tmp_pat
     # each rank sees half of the 719 sequences: 23 batches of 16 per epoch, 12 optimizer steps
     last = [json.loads(line) for line in (dump / "metrics.jsonl").read_text().splitlines()][-1]
     assert (last["iter"], last["step"]) == (46, 24)
+    assert last["att"] > 0 and last["vv"] > 0 and "vv" in log
     from transformers import AutoModelForMaskedLM
 
     AutoModelForMaskedLM.from_pretrained(dump)
