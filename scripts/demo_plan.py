@@ -91,6 +91,8 @@ def time_steps(n_steps=3):
     out = {"teacher": step_time(teacher, None, "bert", mlm_only)}
     out["distilled"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), teacher, "distilbert", {})
     out["mlm_only"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), None, "distilbert", mlm_only)
+    minilm = {"alpha_ce": 0.0, "alpha_mlm": 0.0, "alpha_cos": 0.0, "alpha_att": 1.0, "alpha_vv": 1.0}
+    out["minilm"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), teacher, "distilbert", minilm)
     # evaluation is a forward pass: about a third of a training step, per sequence
     out["eval_per_seq"] = (out["teacher"] + out["distilled"] + out["mlm_only"]) / 3 / 3 / BATCH
     return out
@@ -116,7 +118,9 @@ def plan(articles, teacher_epochs, student_epochs, valid, t):
          s_steps * t["distilled"] + (s_steps // STUDENT_EVALS_EVERY + 1) * eval_s + PROCESS_START),
         ("MLM-only student", f"{s_steps:,} steps",
          s_steps * t["mlm_only"] + (s_steps // STUDENT_EVALS_EVERY + 1) * eval_s + PROCESS_START),
-        ("evaluation, plot, fill-mask", f"{valid:,} held-out lines", 3 * eval_s + 3 * PROCESS_START),
+        ("MiniLM student (attention + value relations)", f"{s_steps:,} steps",
+         s_steps * t["minilm"] + (s_steps // STUDENT_EVALS_EVERY + 1) * eval_s + PROCESS_START),
+        ("evaluation, plot, fill-mask", f"{valid:,} held-out lines", 4 * eval_s + 3 * PROCESS_START),
     ]  # fmt: skip
 
 
@@ -129,7 +133,8 @@ def estimate(articles, teacher_epochs, student_epochs, valid, t=None):
     stages = plan(articles, teacher_epochs, student_epochs, valid, t)
     total = sum(s for _, _, s in stages)
     print(f"CPU: {cpu_description()}; measured per step: teacher {1000 * t['teacher']:.0f} ms, distilled "
-          f"student {1000 * t['distilled']:.0f} ms, MLM-only student {1000 * t['mlm_only']:.0f} ms "
+          f"student {1000 * t['distilled']:.0f} ms, MLM-only student {1000 * t['mlm_only']:.0f} ms, MiniLM "
+          f"student {1000 * t['minilm']:.0f} ms "
           f"({time.perf_counter() - start:.0f} s to measure)")  # fmt: skip
     width = max(len(name) for name, _, _ in stages)
     for name, work, seconds in stages:

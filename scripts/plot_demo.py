@@ -47,7 +47,8 @@ def main(argv=None):
         name, _, run_dir = spec.rpartition("=")
         name = name or Path(run_dir).name
         train, valid = read_metrics(run_dir)
-        ax_loss.plot([r["iter"] for r in train], [r["mlm"] for r in train], label=name)
+        if train and "mlm" in train[0]:  # a MiniLM student has no MLM loss to show
+            ax_loss.plot([r["iter"] for r in train], [r["mlm"] for r in train], label=name)
         ax_top1.plot([r["iter"] for r in valid], [100 * r["valid_top1"] for r in valid], marker=".", label=name)
     if args.evaluation:
         ev = json.loads(Path(args.evaluation).read_text())

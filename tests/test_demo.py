@@ -46,42 +46,46 @@ def test_demo_runs_the_whole_recipe(tmp_path):
     assert len(held_out) == 100 and len(data) + len(held_out) <= len(lines) and data.lengths.min() >= 12
     assert counts.sum() == data.token_ids.size
 
-    # Steps 5-7: a teacher and two students with the same number of steps, each evaluated during training.
+    # Steps 5-6: a teacher and three students with the same number of steps, each evaluated during training.
     teacher = AutoModelForMaskedLM.from_pretrained(run / "teacher")
     assert teacher.config.model_type == "bert" and teacher.config.num_hidden_layers == 4
     steps = {}
-    for student in ("student_distilled", "student_mlm_only"):
+    for student in ("student_distilled", "student_mlm_only", "student_minilm"):
         model = AutoModelForMaskedLM.from_pretrained(run / student)
         assert model.config.model_type == "distilbert" and model.config.n_layers == 2
         records = [json.loads(x) for x in (run / student / "metrics.jsonl").read_text().splitlines()]
         assert any("valid_top1" in r for r in records)
         steps[student] = max(r["step"] for r in records)
-    assert steps["student_distilled"] == steps["student_mlm_only"] > 0
+    assert steps["student_distilled"] == steps["student_mlm_only"] == steps["student_minilm"] > 0
     params = json.loads((run / "student_distilled" / "parameters.json").read_text())
     assert params["alpha_ce"] > 0 and params["alpha_cos"] > 0 and params["alpha_mlm"] > 0
     assert json.loads((run / "student_mlm_only" / "parameters.json").read_text())["teacher_name"] == "none"
+    minilm = [json.loads(x) for x in (run / "student_minilm" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["att"] > 0 and r["vv"] > 0 and "mlm" not in r and "ce" not in r for r in minilm if "loss" in r)
 
-    # Step 8: the table, the JSON, the plot, the fill-mask lines and the verdict.
+    # Step 7: the table, the JSON, the plot, the fill-mask lines and the verdict.
     ev = json.loads((run / "evaluation.json").read_text())
-    assert set(ev["models"]) == {"teacher", "distilled", "mlm_only"} and ev["teacher"] == "teacher"
+    assert set(ev["models"]) == {"teacher", "distilled", "mlm_only", "minilm"} and ev["teacher"] == "teacher"
     assert {"agreement", "kl"} <= set(ev["models"]["distilled"])
     assert "teacher (teacher)" in out and "agree w/ teacher" in out
     assert (run / "students.png").stat().st_size > 10_000
     assert out.count("(answer: ") == 4
     assert "the distilled student" in out and "the undistilled one on held-out top-1" in out
+    assert "the MiniLM student" in out
 
-    # Step 9 (DEMO_GLUE_DIR): the three models fine-tuned on SST-2, and their table beside the published rows.
-    for model in ("teacher", "student_distilled", "student_mlm_only"):
+    # Step 8 (DEMO_GLUE_DIR): the four models fine-tuned on SST-2, and their table beside the published rows.
+    for model in ("teacher", "student_distilled", "student_mlm_only", "student_minilm"):
         results = json.loads((run / "glue" / model / "results.json").read_text())
         assert results["tasks"]["sst2"]["seeds"] == [42] and len(results["tasks"]["sst2"]["runs"]) == 1
     table = (run / "glue.md").read_text().splitlines()
-    assert [line.split(" | ")[0] for line in table[2:5]] == ["| teacher", "| student_distilled", "| student_mlm_only"]
+    assert [line.split(" | ")[0] for line in table[2:6]] == ["| teacher", "| student_distilled", "| student_mlm_only",
+                                                             "| student_minilm"]
     assert any(line.startswith("| DistilBERT 6L, dev (published") for line in table)
 
     # The time each stage took, at the end.
     after = out.partition("time per stage on this CPU:")[2]
-    assert [line.split()[0] for line in after.strip().splitlines()[:7]] == [
-        "data:", "teacher", "student", "distilled", "MLM-only", "evaluation,", "SST-2"
+    assert [line.split()[0] for line in after.strip().splitlines()[:8]] == [
+        "data:", "teacher", "student", "distilled", "MLM-only", "MiniLM", "evaluation,", "SST-2"
     ]
 
 
@@ -102,6 +106,7 @@ def test_the_plan_times_real_steps_and_scales_them_by_the_demo_sizes(capsys):
 
     t = demo_plan.time_steps(n_steps=1)
     assert 0 < t["mlm_only"] < t["distilled"]  # the distilled student's step also runs the teacher's forward
+    assert 0 < t["mlm_only"] < t["minilm"]
     total = demo_plan.estimate(articles=300, teacher_epochs=1, student_epochs=1, valid=100, t=t)
     out = capsys.readouterr().out
     assert "measured per step: teacher" in out and out.splitlines()[-1].split()[-1] == f"~{demo_plan.fmt(total)}"
