@@ -7,10 +7,15 @@
 #   bash train.sh --resume                 # continue a killed run from its checkpoint
 #   bash train.sh --force --n_epoch 1      # overwrite the run folder, one epoch
 #   NPROC=8 bash train.sh                  # 8 GPUs on this node (torchrun)
+#   OBJECTIVE=minilm bash train.sh         # the MiniLM objective instead of DistilBERT's (see below)
 #
 # Reads $DATA_DIR/binarized_text.<teacher>.pickle and token_counts.<teacher>.pickle (steps 2-3 of the
 # recipe). If the student's initial weights are missing, builds them first with
 # scripts/extract/distilbert.py (teacher layers 0,4,7,11 or 0,2,4,7,9,11).
+# OBJECTIVE picks the losses (each a train.py flag set; the run folder gets its name):
+#   distilbert  KD 5 + MLM 2 + cosine 1 (Sanh et al. 2019), the default;
+#   minilm      KL of the last layer's attention distributions + value relation, 1 each (Wang et al. 2020);
+#   minilmv2    Q-Q, K-K and V-V relations of the last layer with 48 relation heads, 1 each (Wang et al. 2021).
 # Other knobs: TEACHER (hub name or folder), DATA_DIR, DUMP_PATH, INIT, STUDENT_CONFIG, PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,6 +25,14 @@ case "$STUDENT" in
   small|base) ;;
   *) echo "train.sh: STUDENT must be 'small' (4 layers) or 'base' (6 layers), not '$STUDENT'" >&2; exit 2 ;;
 esac
+OBJECTIVE=${OBJECTIVE:-distilbert}
+case "$OBJECTIVE" in
+  distilbert) LOSSES=(--alpha_ce 5.0 --alpha_mlm 2.0 --alpha_cos 1.0); SUFFIX= ;;
+  minilm) LOSSES=(--alpha_ce 0 --alpha_mlm 0 --alpha_cos 0 --alpha_att 1.0 --alpha_vv 1.0); SUFFIX=-minilm ;;
+  minilmv2) LOSSES=(--alpha_ce 0 --alpha_mlm 0 --alpha_cos 0 --alpha_qq 1.0 --alpha_kk 1.0 --alpha_vv 1.0
+                    --relation_heads 48); SUFFIX=-minilmv2 ;;
+  *) echo "train.sh: OBJECTIVE must be distilbert, minilm or minilmv2, not '$OBJECTIVE'" >&2; exit 2 ;;
+esac
 TEACHER=${TEACHER:-bert-base-uncased}
 TEACHER_NAME=$(basename "$TEACHER")
 DATA_DIR=${DATA_DIR:-data}
@@ -27,7 +40,7 @@ PYTHON=${PYTHON:-python}
 NPROC=${NPROC:-1}
 STUDENT_CONFIG=${STUDENT_CONFIG:-training_configs/distilbert-$STUDENT-uncased.json}
 INIT=${INIT:-serialization_dir/$(basename "$STUDENT_CONFIG" .json).from-$TEACHER_NAME.safetensors}
-DUMP_PATH=${DUMP_PATH:-serialization_dir/distilbert-$STUDENT-uncased}
+DUMP_PATH=${DUMP_PATH:-serialization_dir/distilbert-$STUDENT-uncased$SUFFIX}
 
 if [ ! -f "$INIT" ]; then
   "$PYTHON" scripts/extract/distilbert.py --model_name "$TEACHER" --student_config "$STUDENT_CONFIG" \
@@ -50,7 +63,7 @@ exec "${launcher[@]}" train.py \
   --student_pretrained_weights "$INIT" \
   --teacher_type bert \
   --teacher_name "$TEACHER" \
-  --mlm --alpha_ce 5.0 --alpha_mlm 2.0 --alpha_cos 1.0 --alpha_clm 0.0 \
+  --mlm "${LOSSES[@]}" --alpha_clm 0.0 \
   --fp16 \
   --batch_size 32 \
   "$@"

@@ -83,3 +83,17 @@ def test_train_sh_runs_the_reference_setup(run_files, tmp_path):
         ["bash", str(ROOT / "train.sh")], capture_output=True, text=True, env=dict(env, STUDENT="huge")
     )
     assert bad.returncode == 2 and "STUDENT must be 'small' (4 layers) or 'base' (6 layers)" in bad.stderr
+
+    # OBJECTIVE picks the losses: MiniLM's flag set, and MiniLMv2's 48 relation heads, too many for this student
+    run = lambda objective, *args: subprocess.run(  # noqa: E731
+        ["bash", str(ROOT / "train.sh"), "--force", *extra, *args], capture_output=True, text=True, timeout=300,
+        env=dict(env, OBJECTIVE=objective))  # fmt: skip
+    proc = run("minilm", "--stop_after_iter", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    params = json.loads((tmp_path / "run" / "parameters.json").read_text())
+    assert [params[f"alpha_{k}"] for k in ("ce", "mlm", "cos", "att", "vv", "qq")] == [0, 0, 0, 1.0, 1.0, 0]
+    proc = run("minilmv2")
+    assert proc.returncode == 2
+    assert "--relation_heads 48 does not divide the student's attention width 32" in proc.stderr
+    proc = run("tinybert")
+    assert proc.returncode == 2 and "OBJECTIVE must be distilbert, minilm or minilmv2" in proc.stderr
