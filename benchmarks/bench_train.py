@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                        # both CPU sizes, ~7 minutes on 2 cores
     python benchmarks/bench_train.py --sizes tiny --steps 3 --rounds 1   # a quick look (~1 minute)
     python benchmarks/bench_train.py --impls ref,ours,ours-unfused,ours-pad1,ours-adamw-loop   # ablations
+    python benchmarks/bench_train.py --impls ref,ours,ours-minilm   # what the MiniLM losses cost
     python benchmarks/bench_train.py --device cuda --fp16   # on a GPU: 1,000 fp16 steps at batch 32, memory, MFU
 
 Sizes (models built from configs, random weights: speed does not depend on what the weights know):
@@ -172,7 +173,8 @@ def worker(impl, size, steps, warmup, threads, device="cpu", fp16=False, trace_e
         runner = Reference(student, teacher, token_probs(), device, fp16)
         student.train()
     else:
-        flags = {"ours-bf16": {"bf16": True}, "ours-pad1": {"pad_to_multiple_of": 1}}.get(impl, {})
+        flags = {"ours-bf16": {"bf16": True}, "ours-pad1": {"pad_to_multiple_of": 1},
+                 "ours-minilm": {"alpha_att": 1.0, "alpha_vv": 1.0}}.get(impl, {})  # fmt: skip
         runner = Ours(student, teacher, {**flags, "fp16": fp16}, device)
         runner.distiller.fused_kd &= impl != "ours-unfused"  # KD through autograd on materialised logits
         for group in runner.distiller.optimizer.param_groups:  # (no step taken yet: no optimizer state)
@@ -260,8 +262,9 @@ def main():
         "--impls",
         help="what to time: ref, ours, ours-bf16 (bf16 autocast, teacher in bf16), ours-unfused (KD through "
         "autograd on (rows x vocab) logits instead of FusedKD), ours-pad1 (no padding to a multiple of 8), "
-        "ours-adamw-loop (torch's default AdamW on CPU instead of the fused one) (default: ref,ours,ours-bf16 "
-        "on cpu; ref,ours on cuda)",
+        "ours-adamw-loop (torch's default AdamW on CPU instead of the fused one), ours-minilm (ours plus MiniLM's "
+        "attention and value-relation losses) (default: ref,ours,ours-bf16,ours-minilm "
+        "on cpu; ref,ours,ours-minilm on cuda)",
     )
     parser.add_argument("--fp16", action="store_true", help="both steps under fp16 autocast with a GradScaler (GPU)")
     parser.add_argument("--trace_every", type=int, help="sample memory every this many steps (default 50 on cuda)")
@@ -282,7 +285,7 @@ def main():
         "steps": "1000" if gpu else "tiny=6,base=3",
         "warmup": 20 if gpu else 1,
         "rounds": 1 if gpu else 3,
-        "impls": "ref,ours" if gpu else "ref,ours,ours-bf16",
+        "impls": "ref,ours,ours-minilm" if gpu else "ref,ours,ours-bf16,ours-minilm",
         "trace_every": 50 if gpu else 0,
     }
     for key, value in defaults.items():
@@ -367,6 +370,13 @@ def print_table(results, sizes, impls):
                 f"| {size} | {impl} | {med('tokens_per_s'):,.0f} | {med('ms_per_step'):,.0f} "
                 f"| {med('peak_rss_gib'):.2f} | {speed:.2f}x | {peak:.2f} |"
             )
+    for size in sizes:  # what the relation losses add to our step, from the same rounds
+        runs = {(r["impl"], r["round"]): r for r in results if r["size"] == size}
+        rounds = sorted({r for _, r in runs})
+        pairs = [(runs["ours-minilm", r], runs["ours", r]) for r in rounds if ("ours-minilm", r) in runs]
+        if pairs:
+            cost = statistics.median(a["ms_per_step"] / b["ms_per_step"] for a, b in pairs)
+            print(f"{size}: the MiniLM losses (attention + value relation) make our step {cost:.2f}x as long")
 
 
 def print_gpu_table(results, impls, peak_tflops=None):
