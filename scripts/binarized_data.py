@@ -111,11 +111,15 @@ def shuffle_chunks(chunks, rng):
     return out, offsets
 
 
+def check_input(path):
+    if not Path(path).is_file():
+        raise InputError(f"{path} does not exist: write it with scripts/extract_wikipedia.py (step 1)")
+
+
 def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, min_tokens=12, seed=0):
     """Tokenize `file_path`; return (token_ids, offsets, meta) of the kept sequences, shuffled."""
     path = Path(file_path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist: write it with scripts/extract_wikipedia.py (step 1)")
+    check_input(path)
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty: re-run scripts/extract_wikipedia.py (step 1)")
 
@@ -206,6 +210,7 @@ def main(argv=None):
         valid_out = output_path(args.dump_file, args.tokenizer_name, "valid")
         for path in [out] + ([valid_out] if args.valid_size else []):  # before the long work, not after it
             check_writable(path, "output")
+        check_input(args.file_path)  # before the tokenizer, which may wait on an unreachable hub
         tokenizer = load_tokenizer(args.tokenizer_type, args.tokenizer_name)
         logger.info("tokenizer %s: %d ids, %s", args.tokenizer_name, len(tokenizer), type(tokenizer).__name__)
         token_ids, offsets, meta = binarize(args.file_path, tokenizer, args.tokenizer_type, args.tokenizer_name,

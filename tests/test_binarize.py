@@ -134,6 +134,7 @@ def test_byte_level_tokenizers_match_reference(tmp_path, articles, tokenizer_typ
 
 @pytest.mark.parametrize("case,needle", [
     ("missing", "does not exist"),
+    ("missing_and_unknown_tokenizer", "dump.txt does not exist"),  # the file first: a hub may keep us waiting
     ("empty", "is empty"),
     ("latin1", "line 2 is not valid UTF-8"),
     ("bad_tokenizer", "cannot load tokenizer"),
@@ -148,9 +149,9 @@ def test_bad_input_fails_cleanly(tmp_path, tokenizer_dir, case, needle):
         dump.write_bytes(b"")
     elif case == "latin1":
         dump.write_bytes(body.encode() + "caf\u00e9 on the river\n".encode("latin-1"))
-    elif case != "missing":
+    elif not case.startswith("missing"):
         dump.write_text(body if case != "all_short" else "the river\n\n")
-    if case == "bad_tokenizer":
+    if case in ("bad_tokenizer", "missing_and_unknown_tokenizer"):
         tok = "bert-base-uncasde"
     if case == "bad_type":
         tok_type = "xlnet"
