@@ -131,18 +131,20 @@ def tiny_run_files(folder, tokenizer_dir, articles, student_layers=2):
     ]
 
 
-def build_distiller(argv):
+def build_distiller(argv, device="cpu"):
     """train.py's setup, in-process, without writing anything: (args, distiller, tokenizer)."""
     import train
     import train_args
     from distiller import Distiller
+    from utils import DistInfo
 
     if "--dump_path" not in argv:
         argv = [*argv, "--dump_path", str(Path(argv[argv.index("--student_config") + 1]).parent / "not-written")]
     args = train_args.parse_args(argv)
     train_args.sanity_checks(args)
     tokenizer, dataset, token_probs, student, teacher = train.setup(args)
-    return args, Distiller(args, dataset, token_probs, student, teacher), tokenizer
+    dist = DistInfo(device=torch.device(device))
+    return args, Distiller(args, dataset, token_probs, student, teacher, dist=dist), tokenizer
 
 
 def read_metrics(dump_path):
