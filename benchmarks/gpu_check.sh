@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The recipe on a CUDA machine, in one command that needs only a clean checkout (and benchmarks/wheels/ from
+# benchmarks/gpu_wheels.sh: the GPU machine reaches no network). Writes every figure, log and a summary into
+# $OUT (default gpu_check_out/): steps.jsonl (each step's exit status and seconds), summary.md, env.json,
+# cuda_tests.xml, bench.json and one .log per step. Meant to finish in under 8 minutes on one H100.
+#
+#   OUT=/some/folder bash benchmarks/gpu_check.sh
+#   bash benchmarks/gpu_check.sh --dry-run    # on CPU: the same steps, small, the CUDA-only ones skipped
+#
+# Steps: packages (installed from benchmarks/wheels/; --dry-run checks that gpu_wheels.sh covers the
+# requirements) -> the CUDA tests (pytest -m cuda) -> a generated corpus, a 30,522-id tokenizer and a
+# random-weight bert-base teacher (benchmarks/gpu_setup.py; no hub) -> binarization, token counts -> train.sh
+# (fp16, batch 32, expandable segments; a few hundred batches) -> the output loaded with
+# AutoModelForMaskedLM and a fill-mask pipeline -> benchmarks/bench_train.py --device cuda --fp16 (ours,
+# MiniLM's losses and upstream's step) -> the GPU, driver, torch and CUDA versions. A failing step is
+# recorded and the next one runs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+[[ ${1:-} == --dry-run ]] && DRY=1
+OUT=${OUT:-gpu_check_out}
+PY=${PYTHON:-python3}
+BENCH_STEPS=${BENCH_STEPS:-1000}
+mkdir -p "$OUT"
+: > "$OUT/steps.jsonl"
+SUMMARY=$OUT/summary.md
+echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M') UTC$([[ $DRY == 1 ]] && echo ', dry run on CPU')" > "$SUMMARY"
+FAILED=0
+
+step() {  # step NAME COMMAND...: run it, log to $OUT/NAME.log, record its exit status and seconds
+    local name=$1 start=$SECONDS rc
+    shift
+    "$@" > "$OUT/$name.log" 2>&1
+    rc=$?
+    printf '{"step": "%s", "rc": %d, "seconds": %d}\n' "$name" "$rc" $((SECONDS - start)) >> "$OUT/steps.jsonl"
+    printf -- '- %s: %s, %d s (%s.log)\n' "$name" "$([[ $rc == 0 ]] && echo ok || echo "FAILED, exit $rc")" \
+        $((SECONDS - start)) "$name" | tee -a "$SUMMARY"
+    [[ $rc == 0 ]] || FAILED=$((FAILED + 1))
+    return "$rc"
+}
+
+if [[ $DRY == 1 ]]; then
+    step packages "$PY" benchmarks/gpu_wheels_check.py
+    ARTICLES=300; SMALL=--small
+else
+    step packages "$PY" -m pip install --no-index --find-links benchmarks/wheels -r requirements-dev.txt
+    ARTICLES=${GPU_CHECK_ARTICLES:-2000}; SMALL=
+fi
+step cuda_tests "$PY" -m pytest -q -m cuda -rs tests/test_cuda.py --junitxml "$OUT/cuda_tests.xml"
+
+DATA=$OUT/data
+step data "$PY" benchmarks/gpu_setup.py --out "$DATA" --articles "$ARTICLES" $SMALL
+step binarize "$PY" scripts/binarized_data.py --file_path "$DATA/dump.txt" --tokenizer_type bert \
+    --tokenizer_name "$DATA/bert-base-random" --dump_file "$DATA/binarized_text"
+step token_counts "$PY" scripts/token_counts.py --data_file "$DATA/binarized_text.bert-base-random.pickle" \
+    --token_counts_dump "$DATA/token_counts.bert-base-random.pickle" --vocab_size 30522
+step train_sh env TEACHER="$DATA/bert-base-random" DATA_DIR="$DATA" STUDENT_CONFIG="$DATA/student.json" \
+    INIT="$OUT/init.safetensors" DUMP_PATH="$OUT/run" PYTHON="$PY" \
+    bash train.sh --force --n_epoch 1 --log_interval 20 --gradient_accumulation_steps 1
+tr '\r' '\n' < "$OUT/train_sh.log" | grep -E "iter [0-9]+ step" | tail -3 | sed 's/^.*INFO distillation: /    /' \
+    | tee -a "$SUMMARY"
+step load "$PY" - "$OUT/run" <<'PYEOF'
+import sys
+import torch
+from transformers import AutoModelForMaskedLM, pipeline
+
+run = sys.argv[1]
+model = AutoModelForMaskedLM.from_pretrained(run)
+fill = pipeline("fill-mask", model=run, device=0 if torch.cuda.is_available() else -1)
+print(type(model).__name__, sum(p.numel() for p in model.parameters()), "parameters")
+print(fill("the city lies on the [MASK] river.")[:3])
+PYEOF
+
+if [[ $DRY == 1 ]]; then
+    echo "- bench: skipped (needs CUDA)" | tee -a "$SUMMARY"
+else
+    step bench "$PY" benchmarks/bench_train.py --device cuda --fp16 --steps "$BENCH_STEPS" --json "$OUT/bench.json"
+    sed -n '/^| step/,$p' "$OUT/bench.log" >> "$SUMMARY"
+fi
+
+step env "$PY" - "$OUT/env.json" <<'PYEOF'
+import json
+import subprocess
+import sys
+
+import torch
+import transformers
+
+env = {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
+       "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+try:
+    env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,memory.total", "--format=csv,noheader"],
+                                   capture_output=True, text=True, timeout=30).stdout.strip()
+except OSError:
+    env["driver"] = None
+json.dump(env, open(sys.argv[1], "w"), indent=2)
+print(json.dumps(env))
+PYEOF
+cat "$OUT/env.log" >> "$SUMMARY"
+echo "$FAILED step(s) failed; everything is in $OUT" | tee -a "$SUMMARY"
+exit $((FAILED > 0))
