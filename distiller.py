@@ -81,7 +81,7 @@ class Distiller:
         # KD and MSE need the teacher's logits on every non-pad row, unless restricted to the masked rows.
         self.kd_all_rows = (self.alpha["ce"] > 0 or self.alpha["mse"] > 0) and not params.restrict_ce_to_mask
         self.relations = [k for k in RELATION_LOSSES if self.alpha[k] > 0]  # MiniLM's losses that are on
-        self.needs_teacher = self.alpha["ce"] > 0 or self.alpha["mse"] > 0 or self.alpha["cos"] > 0 or self.relations
+        self.needs_teacher = any(self.alpha[k] > 0 for k in ("ce", "mse", "cos")) or bool(self.relations)
         # KD straight from both models' features (FusedKD) unless MSE needs the logits themselves.
         self.fused_kd = self.alpha["ce"] > 0 and self.alpha["mse"] == 0
         if self.needs_teacher and teacher is None:
@@ -116,8 +116,9 @@ class Distiller:
         self.total_steps = self.cycles_per_epoch * params.n_epoch
 
         groups = weight_decay_groups(self.student_model, params.weight_decay)
+        # fused: one pass over all parameters, not a Python loop over them
         self.optimizer = torch.optim.AdamW(groups, lr=params.learning_rate, eps=params.adam_epsilon, betas=(0.9, 0.98),
-                                           fused=True)  # one pass over all parameters, not a Python loop  # fmt: skip
+                                           fused=True)
         self.warmup_steps = math.ceil(self.total_steps * params.warmup_prop)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         n_train = sum(p.numel() for g in groups for p in g["params"])

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 BAD_INPUT = 2  # exit status for usage and data errors
-FAILED = 1  # exit status when the environment failed the run (a full disk), not its input
 
 
 class InputError(Exception):

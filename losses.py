@@ -239,16 +239,11 @@ def attention_projections(model, layer):
     return (att.query, att.key, att.value), att.num_attention_heads
 
 
-def num_layers(model):
-    base = model.base_model
-    return len(base.transformer.layer if hasattr(base, "transformer") else base.encoder.layer)
-
-
 def relation_layers(student, teacher, names, params):
     """(student layer, teacher layer, (attention heads, relation heads)) for the relation losses in `names`:
     the student's last layer and the teacher's --teacher_layer (1-based; default its last), as 0-based
     indices, after checking that the two models' heads fit those losses."""
-    n_teacher, n_student = num_layers(teacher), num_layers(student)
+    n_teacher, n_student = teacher.config.num_hidden_layers, student.config.num_hidden_layers
     t_layer = params.teacher_layer or n_teacher
     if not 1 <= t_layer <= n_teacher:
         raise InputError(f"--teacher_layer {t_layer}: the teacher has layers 1 to {n_teacher}")
