@@ -9,10 +9,11 @@
 # counts -> 4. configs -> demo: a small BERT teacher trained as a plain MLM -> 5. a student with half its
 # layers, initialised from them -> 6. the student distilled (KD + MLM + cosine), and the same student from
 # the same init for the same steps trained without the teacher (MLM only), and trained on the teacher's
-# last-layer attention and value relations only (MiniLM) -> 7. both evaluated with the
+# last-layer attention and value relations only (MiniLM) -> 7. the three evaluated with the
 # teacher on the held-out split (table + evaluation.json), a PNG of their curves, and a few fill-mask
-# predictions. With DEMO_GLUE_DIR (a folder holding GLUE's SST-2, e.g. ../shared/data/glue), 8. all three
-# fine-tuned on a slice of real SST-2, DEMO_GLUE_SEEDS seeds each, and scored on its dev set.
+# predictions. With DEMO_GLUE_DIR (a folder holding GLUE's SST-2, e.g. ../shared/data/glue), 8. the teacher
+# and the three students fine-tuned on a slice of real SST-2, DEMO_GLUE_SEEDS seeds each, and scored on its
+# dev set.
 #
 # Every file lands in RUN_DIR, so each script can be rerun by hand on it. Rerunning is safe: the steps are
 # redone, except the teacher (the longest step), which is kept when its data and settings are unchanged.
