@@ -56,7 +56,6 @@ from utils import (
 # The counters a checkpoint saves and a resumed run restores, by attribute name.
 PROGRESS = ("epoch", "batch_in_epoch", "n_total_iter", "n_optimizer_steps", "n_empty_cache", "n_skipped_steps",
             "ckpt_bucket")
-NON_FINITE_EXIT = 3  # exit status of a run stopped by a non-finite loss
 MAX_CONSECUTIVE_SKIPS = 20  # fp16: this many overflow-skipped optimizer steps in a row means the loss is broken
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 BAD_INPUT = 2  # exit status for usage and data errors
+NON_FINITE_EXIT = 3  # exit status of a training run stopped by a non-finite loss (train.py, run_glue.py)
 
 
 class InputError(Exception):

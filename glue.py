@@ -11,6 +11,9 @@ Used by scripts/run_glue.py (fine-tuning) and scripts/glue_table.py (the results
 """
 
 import csv
+import hashlib
+import io
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -94,6 +97,13 @@ class Split:
             return self
         return Split(self.name, [t[:n] for t in self.texts], self.labels[:n], self.source, self.skipped)
 
+    def digest(self):
+        """A digest of the texts and labels: a kept result is reused only for the same data."""
+        h = hashlib.sha256()
+        for column in (*self.texts, self.labels):
+            h.update(json.dumps(column, ensure_ascii=False).encode())
+        return h.hexdigest()[:16]
+
 
 @dataclass
 class TaskData:
@@ -106,37 +116,81 @@ class TaskData:
     def num_labels(self):
         return 1 if self.task.labels is None else len(self.task.labels)
 
+    def check_classes(self):
+        """A classifier trained on one class learns nothing: refuse it (a file sorted by label, cut by
+        --max_train_samples, is the usual cause)."""
+        if self.task.labels is None or len(set(self.train.labels)) > 1:
+            return
+        only = self.task.labels[self.train.labels[0]]
+        raise InputError(f"{self.train.source}: all {len(self.train):,} training examples have the label {only!r}: "
+                         "a classifier needs at least two classes (is the file sorted by label, and cut by "
+                         "--max_train_samples?)")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tables: a file's columns, with each row's line number for messages
+
+
+@dataclass
+class Table:
+    columns: dict  # name -> values, in file order
+    source: str
+    lines: list | None = None  # each row's line number in its file; None: rows numbered from 1 (parquet, hub)
+
+    def where(self, rows):
+        """'line 4' / 'lines 4, 9, 12 and 3 more' for row indexes (0-based), as the user finds them."""
+        rows = list(rows)
+        names = [str(self.lines[i] if self.lines else i + 1) for i in rows[:3]]
+        more = f" and {len(rows) - 3:,} more" if len(rows) > 3 else ""
+        kind = "line" if self.lines else "row"
+        return f"{kind}{'s' * (len(rows) > 1)} {', '.join(names)}{more}"
+
+    def names(self):
+        return ", ".join(map(str, self.columns))
+
+
+def is_missing(v):
+    """A JSON null, a pandas/pyarrow None or NaN: no value, never the text "None" or a class of its own."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Labels
 
 
-def label_ids(task, values, source):
-    """The label ids of raw label values (names or ids; floats for a score), or a one-line InputError."""
+def label_ids(task, table, column):
+    """The label ids of a table's label column (names or ids; floats for a score), or a one-line InputError
+    that names the values and the lines."""
+    values, source = table.columns[column], table.source
+    check_no_empty_labels(table, column)
     if task.labels is None:
-        try:
-            out = [float(v) for v in values]
-        except (TypeError, ValueError):
-            bad = next(v for v in values if not _is_float(v))
-            raise InputError(f"{source}: label {bad!r} is not a number ({task.title} is scored by a number)") from None
-        if any(math.isnan(v) for v in out):
-            raise InputError(f"{source}: a label is missing (NaN)")
-        return out
+        bad = [i for i, v in enumerate(values) if not _is_float(v) or not math.isfinite(float(v))]
+        if bad:
+            raise InputError(f"{source}: label {values[bad[0]]!r} at {table.where(bad)} is not a finite number "
+                             f"({task.title} is scored by a number)")  # fmt: skip
+        return [float(v) for v in values]
     # GLUE's files hold names (entailment) or ids (0, 1); a user's labels are names only
     index = {} if task.name == "custom" else {str(i): i for i in range(len(task.labels))}
     index.update({name: i for i, name in enumerate(task.labels)})
     out, bad = [], {}
-    for v in values:
+    for row, v in enumerate(values):
         key = _label_key(v)
         i = index.get(key)
         if i is None:
-            bad[key] = bad.get(key, 0) + 1
+            bad.setdefault(key, []).append(row)
         out.append(i)
     if bad:
-        shown = ", ".join(f"{k!r} ({n}x)" for k, n in list(bad.items())[:3])
+        shown = "; ".join(f"{k!r} at {table.where(rows)}" for k, rows in list(bad.items())[:3])
         allowed = ", ".join(f"{i}={n}" for i, n in enumerate(task.labels))
         raise InputError(f"{source}: labels outside {task.title}'s set: {shown}; expected {allowed}")
     return out
+
+
+def check_no_empty_labels(table, column):
+    """An empty label cell is a missing label, not a class of its own."""
+    empty = [i for i, v in enumerate(table.columns[column]) if is_missing(v) or str(v).strip() == ""]
+    if empty:
+        raise InputError(f"{table.source}: no label at {table.where(empty)} (column {column!r})")
 
 
 def _label_key(v):
@@ -145,7 +199,10 @@ def _label_key(v):
         return str(int(v))
     if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()):
         return str(int(v))
-    return str(v).strip()
+    text = str(v).strip()
+    if re.fullmatch(r"-?\d+\.0*", text):  # "1.0" in a csv is the label 1
+        return str(int(float(text)))
+    return text
 
 
 def _is_float(v):
@@ -156,66 +213,133 @@ def _is_float(v):
         return False
 
 
+def custom_labels(table, column):
+    """The classes of a user's training file (sorted: integers in numeric order, then names), or None for a
+    float score. One spelling a class: 0/1 and negative/positive in one file would make four classes."""
+    check_no_empty_labels(table, column)
+    values = table.columns[column]
+    if values and all(_is_float(v) for v in values) and not all(float(v).is_integer() for v in values):
+        return None
+    keys = {_label_key(v) for v in values}
+    numbers = sorted(k for k in keys if re.fullmatch(r"-?\d+", k))
+    names = sorted(keys - set(numbers))
+    if numbers and names:
+        raise InputError(f"{table.source}: the label column {column!r} mixes numbers ({', '.join(numbers[:4])}) and "
+                         f"names ({', '.join(map(repr, names[:4]))}): each spelling would be a class of its own; "
+                         "write every label one way")  # fmt: skip
+    if len(keys) == 1:
+        raise InputError(f"{table.source}: label column {column!r} holds one value only ({next(iter(keys))!r}): "
+                         "a classifier needs at least two classes")  # fmt: skip
+    return tuple(sorted(numbers, key=int)) + tuple(names)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Files
 
 
-def read_tsv(path, header=True):
-    """(column names, rows, malformed rows left out) of a tab-separated file without quoting (GLUE's form:
-    its sentences hold unbalanced quotes, so csv's quote handling would merge lines)."""
+def read_text(path):
+    """A file's text; not UTF-8 is an InputError with the line of the first bad byte (not its offset)."""
+    data = Path(path).read_bytes()
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"{path} is not UTF-8 text ({first_line(e)})") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(f"{path} is not UTF-8 text: line {line} holds the byte {data[e.start]:#04x} "
+                         "(save the file as UTF-8)") from None  # fmt: skip
+
+
+def read_tsv(path, header=True):
+    """(Table, malformed rows left out) of a tab-separated file without quoting (GLUE's form: its sentences
+    hold unbalanced quotes, so csv's quote handling would merge lines)."""
+    rows = list(csv.reader(io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     if not rows:
         raise InputError(f"{path} is empty")
     names = rows.pop(0) if header else [str(i) for i in range(len(rows[0]))]
-    good = [r for r in rows if len(r) == len(names)]
-    return names, good, len(rows) - len(good)
+    first = 2 if header else 1
+    good = [(n, r) for n, r in enumerate(rows, first) if len(r) == len(names)]
+    columns = {name: [r[i] for _, r in good] for i, name in enumerate(names)}
+    return Table(columns, str(path), [n for n, _ in good]), len(rows) - len(good)
+
+
+def _read_csv(path):
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    names = next(reader, None)
+    if not names:
+        raise InputError(f"{path} is empty")
+    columns, lines = {n: [] for n in names}, []
+    for row in reader:
+        if not row:  # a blank line
+            continue
+        if len(row) != len(names):
+            raise InputError(f"{path}: line {reader.line_num} has {len(row)} fields, the header {len(names)}")
+        lines.append(reader.line_num)
+        for name, value in zip(names, row):
+            columns[name].append(value)
+    return Table(columns, str(path), lines)
+
+
+def _read_json(path, lines):
+    """JSON lines (one object a line) or a JSON array of objects, with json's own line numbers in errors."""
+    text = read_text(path)
+    records, numbers = [], []
+    try:
+        if lines:
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    records.append(json.loads(line))
+                    numbers.append(n)
+        else:
+            records = json.loads(text)
+            numbers = None
+    except json.JSONDecodeError as e:
+        line = n if lines else e.lineno
+        raise InputError(f"{path}: line {line} is not valid JSON ({e.msg})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise InputError(f"{path}: expected one JSON object per line, or a JSON array of objects")
+    names = list(dict.fromkeys(k for r in records for k in r))
+    return Table({k: [r.get(k) for r in records] for k in names}, str(path), numbers)
 
 
 def read_table(path):
-    """A csv, tsv, json or jsonl file (or parquet) as {column: list}."""
+    """A csv, tsv, json or jsonl file (or parquet) as a Table."""
     path = Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
         raise InputError(f"{path} does not exist")
-    try:
-        if suffix == ".tsv":
-            names, rows, _ = read_tsv(path)
-            return {n: [r[i] for r in rows] for i, n in enumerate(names)}
-        import pandas as pd
-
-        if suffix == ".csv":
-            frame = pd.read_csv(path, keep_default_na=False)
-        elif suffix in (".json", ".jsonl"):
-            with open(path, encoding="utf-8") as f:
-                first = f.read(1)
-            frame = pd.read_json(path, lines=suffix == ".jsonl" or first != "[")
-        elif suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        else:
-            raise InputError(f"{path}: give a .csv, .tsv, .json, .jsonl or .parquet file")
-    except InputError:
-        raise
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read {path}: {first_line(e)}") from None
-    return {str(c): frame[c].tolist() for c in frame.columns}
+    if suffix == ".tsv":
+        table = read_tsv(path)[0]
+    elif suffix == ".csv":
+        table = _read_csv(path)
+    elif suffix in (".json", ".jsonl"):
+        table = _read_json(path, lines=suffix == ".jsonl" or not read_text(path).lstrip().startswith("["))
+    elif suffix == ".parquet":
+        table = _read_parquet([path], str(path))
+    else:
+        raise InputError(f"{path}: give a .csv, .tsv, .json, .jsonl or .parquet file")
+    if not table.columns or not next(iter(table.columns.values())):
+        raise InputError(f"{path} holds no rows (only a header?)")
+    return table
 
 
-def _columns(table, wanted, source):
-    missing = [c for c in wanted if c not in table]
-    if missing:
-        raise InputError(f"{source} has no column {missing[0]!r} (its columns: {', '.join(map(str, table))})")
-    return [[str(x) for x in table[c]] for c in wanted]
+def _texts(table, wanted):
+    """The text columns, as strings; a missing value (JSON null, NaN) is an error, never the text "None"."""
+    out = []
+    for c in wanted:
+        if c not in table.columns:
+            raise InputError(f"{table.source} has no column {c!r} (its columns: {table.names()})")
+        values = table.columns[c]
+        missing = [i for i, v in enumerate(values) if is_missing(v)]
+        if missing:
+            raise InputError(f"{table.source}: no text (null) in column {c!r} at {table.where(missing)}")
+        out.append([str(v) for v in values])
+    return out
 
 
-def _split_from_table(task, name, table, columns, label_column, source, skipped=0):
-    texts = _columns(table, columns, source)
-    if label_column not in table:
-        raise InputError(f"{source} has no label column {label_column!r} (its columns: {', '.join(map(str, table))})")
-    return Split(name, texts, label_ids(task, table[label_column], source), str(source), skipped)
+def _split_from_table(task, name, table, columns, label_column, skipped=0):
+    texts = _texts(table, columns)
+    if label_column not in table.columns:
+        raise InputError(f"{table.source} has no label column {label_column!r} (its columns: {table.names()})")
+    return Split(name, texts, label_ids(task, table, label_column), table.source, skipped)
 
 
 def task_folder(data_dir, task):
@@ -240,21 +364,25 @@ def _has_task_files(folder):
     return (folder / "train.tsv").is_file() or any(folder.glob("train-*.parquet"))
 
 
-def _parquet(folder, split, task):
-    files = sorted(folder.glob(f"{split}-*.parquet"))
-    if not files:
-        raise InputError(f"no {split} split for {task.title} in {folder}: expected {split}-*.parquet")
+def _read_parquet(files, source):
     import pyarrow.parquet as pq
 
-    table = {}
+    columns = {}
     for path in files:
         try:
             part = pq.read_table(path).to_pydict()
         except Exception as e:  # pyarrow's errors share no base class beyond Exception
             raise InputError(f"cannot read {path}: {first_line(e)}") from None
         for k, v in part.items():
-            table.setdefault(k, []).extend(v)
-    return table, files[0] if len(files) == 1 else f"{folder}/{split}-*.parquet"
+            columns.setdefault(k, []).extend(v)
+    return Table(columns, source)
+
+
+def _parquet(folder, split, task):
+    files = sorted(folder.glob(f"{split}-*.parquet"))
+    if not files:
+        raise InputError(f"no {split} split for {task.title} in {folder}: expected {split}-*.parquet")
+    return _read_parquet(files, str(files[0]) if len(files) == 1 else f"{folder}/{split}-*.parquet")
 
 
 def load_local(task, data_dir):
@@ -263,8 +391,7 @@ def load_local(task, data_dir):
     if any(folder.glob("train-*.parquet")):
         splits = {}
         for split in ("train", *task.dev):
-            table, source = _parquet(folder, split, task)
-            splits[split] = _split_from_table(task, split, table, task.columns, "label", source)
+            splits[split] = _split_from_table(task, split, _parquet(folder, split, task), task.columns, "label")
         dev = {dev_name(task, s): splits[s] for s in task.dev}
         return TaskData(task, splits["train"], dev, f"parquet files in {folder}")
     header = not isinstance(task.tsv_label, int)
@@ -273,15 +400,14 @@ def load_local(task, data_dir):
         path = folder / filename
         if not path.is_file():
             raise InputError(f"no {split} split for {task.title} in {folder}: expected {filename}")
-        names, rows, skipped = read_tsv(path, header=header)
-        table = {n: [r[i] for r in rows] for i, n in enumerate(names)}
+        table, skipped = read_tsv(path, header=header)
         columns = [str(c) for c in task.tsv_columns]
-        if not header and len(names) <= max(task.tsv_columns):
+        if not header and len(table.columns) <= max(task.tsv_columns):
             expected = f"{task.title}'s TSV has {task.tsv_columns[0] + 1}, no header"
-            raise InputError(f"{path} has {len(names)} columns: {expected}")
-        if len(rows) == 0:
-            raise InputError(f"{path} holds no rows with {len(names)} fields")
-        splits[split] = _split_from_table(task, split, table, columns, str(task.tsv_label), path, skipped)
+            raise InputError(f"{path} has {len(table.columns)} columns: {expected}")
+        if not table.lines:
+            raise InputError(f"{path} holds no rows with {len(table.columns)} fields")
+        splits[split] = _split_from_table(task, split, table, columns, str(task.tsv_label), skipped)
     dev = {dev_name(task, s): splits[s] for s in task.dev}
     return TaskData(task, splits["train"], dev, f"GLUE TSV files in {folder}")
 
@@ -297,8 +423,8 @@ def load_hub(task):
             f"cannot fetch {task.title} from the hub (nyu-mll/glue): {first_line(e)}; "
             "offline, give --data_dir with GLUE's TSV files or the hub's parquet files"
         ) from None
-    splits = {s: _split_from_table(task, s, data[s].to_dict(), task.columns, "label", f"nyu-mll/glue {task.name} {s}")
-              for s in ("train", *task.dev)}  # fmt: skip
+    splits = {s: _split_from_table(task, s, Table(data[s].to_dict(), f"nyu-mll/glue {task.name} {s}"), task.columns,
+                                   "label") for s in ("train", *task.dev)}  # fmt: skip
     return TaskData(task, splits["train"], {dev_name(task, s): splits[s] for s in task.dev}, "the hub (nyu-mll/glue)")
 
 
@@ -306,11 +432,11 @@ def infer_text_columns(table, label_column):
     """The text columns of a user's file, as transformers' run_glue example picks them: sentence1 and
     sentence2 when both are there, else the first two other columns, else the only one. Columns named
     idx, id or index are row numbers, not text, and are passed over."""
-    if "sentence1" in table and "sentence2" in table:
+    if "sentence1" in table.columns and "sentence2" in table.columns:
         return ["sentence1", "sentence2"]
-    others = [c for c in table if c != label_column and c.lower() not in ("idx", "id", "index")]
+    others = [c for c in table.columns if c != label_column and c.lower() not in ("idx", "id", "index")]
     if not others:
-        raise InputError(f"no text column beside the label column {label_column!r}")
+        raise InputError(f"{table.source}: no text column beside the label column {label_column!r}")
     return others[:2]
 
 
@@ -318,36 +444,28 @@ def load_files(train_file, validation_file, task=None, text_columns=None, label_
     """A task from the user's own files. With a GLUE `task`, its columns and label set apply; otherwise the
     labels are whatever the training file holds (strings or integers, sorted), or a float score."""
     train, valid = read_table(train_file), read_table(validation_file)
-    for table, path in ((train, train_file), (valid, validation_file)):
-        if label_column not in table:
-            raise InputError(f"{path} has no label column {label_column!r} (its columns: {', '.join(table)}); "
+    for table in (train, valid):
+        if label_column not in table.columns:
+            raise InputError(f"{table.source} has no label column {label_column!r} (its columns: {table.names()}); "
                              "name it with --label_column")  # fmt: skip
     if text_columns:
         columns = list(text_columns)
-    elif task is not None and all(c in train for c in task.columns):
+        if label_column in columns:
+            raise InputError(f"--text_columns names the label column {label_column!r}: the model would read the "
+                             "answer; give the text columns only")  # fmt: skip
+        if len(set(columns)) < len(columns):
+            raise InputError(f"--text_columns names a column twice ({','.join(columns)})")
+    elif task is not None and all(c in train.columns for c in task.columns):
         columns = list(task.columns)
     else:
         columns = infer_text_columns(train, label_column)
     if not 1 <= len(columns) <= 2:
         raise InputError(f"--text_columns takes one or two columns, not {len(columns)}")
     if task is None:
-        values = train[label_column]
-        if all(_is_float(v) for v in values) and not all(float(v).is_integer() for v in values):
-            labels = None
-        else:
-            labels = tuple(sorted({_label_key(v) for v in values}, key=_label_order))
-            if len(labels) < 2:
-                raise InputError(f"{train_file}: label column {label_column!r} holds one value only ({labels[0]!r})")
-        task = custom_task(labels, columns)
-    parts = (("train", train, train_file), ("validation", valid, validation_file))
-    splits = [_split_from_table(task, name, table, columns, label_column, path) for name, table, path in parts]
-    name = task.name
-    return TaskData(task, splits[0], {name: splits[1]}, f"{train_file} and {validation_file}")
-
-
-def _label_order(v):
-    """Integers in numeric order (2 before 10), then strings."""
-    return (0, int(v), "") if re.fullmatch(r"-?\d+", v) else (1, 0, v)
+        task = custom_task(custom_labels(train, label_column), columns)
+    splits = [_split_from_table(task, name, table, columns, label_column)
+              for name, table in (("train", train), ("validation", valid))]  # fmt: skip
+    return TaskData(task, splits[0], {task.name: splits[1]}, f"{train_file} and {validation_file}")
 
 
 def load_task(name, data_dir=None, train_file=None, validation_file=None, text_columns=None, label_column="label"):
@@ -361,6 +479,9 @@ def load_task(name, data_dir=None, train_file=None, validation_file=None, text_c
         return load_files(train_file, validation_file, task, text_columns, label_column)
     if task is None:
         raise InputError("give --task_name (a GLUE task, or all) or --train_file and --validation_file")
+    if text_columns:
+        raise InputError(f"--text_columns is for your own --train_file/--validation_file: {task.title} from "
+                         "GLUE's files or the hub has its own columns")  # fmt: skip
     return load_local(task, data_dir) if data_dir else load_hub(task)
 
 

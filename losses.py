@@ -244,7 +244,7 @@ def relation_layers(student, teacher, names, params):
     the student's last layer and the teacher's --teacher_layer (1-based; default its last), as 0-based
     indices, after checking that the two models' heads fit those losses."""
     n_teacher, n_student = teacher.config.num_hidden_layers, student.config.num_hidden_layers
-    t_layer = params.teacher_layer or n_teacher
+    t_layer = n_teacher if params.teacher_layer is None else params.teacher_layer  # 0 is out of range, not the last
     if not 1 <= t_layer <= n_teacher:
         raise InputError(f"--teacher_layer {t_layer}: the teacher has layers 1 to {n_teacher}")
     (s_query, _, _), s_heads = attention_projections(student, n_student - 1)

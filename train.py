@@ -42,14 +42,15 @@ import data_io
 import masking
 import train_args
 from data_io import CHECKPOINT
-from distiller import NON_FINITE_EXIT, Distiller, NonFiniteLoss
-from errors import InputError, fail, reports_errors
+from distiller import Distiller, NonFiniteLoss
+from errors import NON_FINITE_EXIT, InputError, fail, reports_errors
 from utils import (
     cpu_bf16_is_fast,
     cpu_description,
     git_log,
     init_distributed,
     load_config,
+    load_lm,
     load_pretrained,
     load_student_weights,
     load_tokenizer as load_tokenizer_or_fail,
@@ -129,7 +130,17 @@ def load_student(args, vocab):
 
 def load_teacher(args, student):
     _, model_class, _ = model_classes(args.teacher_type)
-    teacher = load_pretrained(model_class, args.teacher_name, "the teacher")
+    teacher, no_head = load_lm(model_class, args.teacher_name, "the teacher")
+    if no_head:  # an encoder-only checkpoint: from_pretrained filled the vocabulary head with random weights
+        head = "masked-LM" if args.mlm else "LM"
+        if args.alpha_ce > 0 or args.alpha_mse > 0:
+            raise InputError(
+                f"the teacher {args.teacher_name} has no {head} head (its checkpoint lacks {', '.join(no_head[:3])}"
+                f"{', ...' if len(no_head) > 3 else ''}): --alpha_ce and --alpha_mse would learn from a random head; "
+                f"set them to 0 and use the losses that need no head: the cosine loss --alpha_cos and the MiniLM "
+                f"relation losses --alpha_att/qq/kk/vv"
+            )
+        logger.info(f"the teacher has no {head} head: only its hidden states and attention are used")
     s, t = student.config, teacher.config
     s_dim = getattr(s, "dim", None) or s.hidden_size
     if s.vocab_size != t.vocab_size:

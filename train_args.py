@@ -11,6 +11,7 @@ from pathlib import Path
 
 from errors import InputError
 from losses import LOSS_NAMES, RELATION_LOSSES
+from utils import logger
 
 
 def build_parser():
@@ -141,10 +142,14 @@ def resolve_defaults(args):
 
 
 def sanity_checks(args):
-    """The argument combinations upstream rejects with bare asserts, as one-line errors."""
+    """The argument combinations upstream rejects with bare asserts, as one-line errors; a warning for flags
+    that would be ignored."""
     alphas = {k: getattr(args, f"alpha_{k}") for k in LOSS_NAMES}
-    if any(v < 0 for v in alphas.values()):
-        raise InputError(f"loss weights must be >= 0, got {alphas}")
+    for k, v in alphas.items():
+        if not math.isfinite(v):  # NaN > 0 is False: a NaN weight would turn its loss off without a word
+            raise InputError(f"--alpha_{k} must be a finite number, got {v}")
+        if v < 0:
+            raise InputError(f"loss weights must be >= 0, got --alpha_{k} {v}")
     if sum(alphas.values()) <= 0:
         raise InputError("all loss weights are 0: set at least one of --alpha_ce/mlm/clm/mse/cos/att/qq/kk/vv")
     relations = any(alphas[k] > 0 for k in RELATION_LOSSES)
@@ -154,6 +159,11 @@ def sanity_checks(args):
         raise InputError("the relation losses (--alpha_att/qq/kk/vv) are for BERT-style students (--mlm)")
     if args.relation_heads is not None and args.relation_heads < 1:
         raise InputError(f"--relation_heads must be >= 1, got {args.relation_heads}")
+    if args.teacher_layer is not None and args.teacher_layer < 1:  # 0 used to mean the last layer, silently
+        raise InputError(
+            f"--teacher_layer counts the teacher's layers from 1 (the first) to its number of layers (the last, "
+            f"the default), got {args.teacher_layer}"
+        )
     if not args.mlm and args.alpha_mlm > 0:
         raise InputError("--alpha_mlm > 0 needs --mlm (a masked-LM student)")
     if args.alpha_mlm > 0 and args.alpha_clm > 0:
@@ -176,8 +186,8 @@ def sanity_checks(args):
                          "(and no relation loss)")
     if args.freeze_token_type_embds and args.student_type != "roberta":
         raise InputError("--freeze_token_type_embds is for roberta students only")
-    if args.temperature <= 0:
-        raise InputError(f"--temperature must be > 0, got {args.temperature}")
+    if not 0 < args.temperature < math.inf:  # NaN fails both
+        raise InputError(f"--temperature must be > 0 and finite, got {args.temperature}")
     if not 0.0 <= args.mlm_mask_prop <= 1.0:
         raise InputError(f"--mlm_mask_prop must be in [0, 1], got {args.mlm_mask_prop}")
     if not math.isclose(args.word_mask + args.word_keep + args.word_rand, 1.0, abs_tol=1e-6):
@@ -200,6 +210,10 @@ def sanity_checks(args):
         raise InputError(
             f"student weights {args.student_pretrained_weights} do not exist: run scripts/extract/distilbert.py first"
         )
+    # Last, so that a run which fails above prints its error alone.
+    unused = [f"--{k}" for k in ("teacher_layer", "relation_heads") if getattr(args, k) is not None]
+    if unused and not relations:
+        logger.warning(f"{' and '.join(unused)}: ignored, only the relation losses (--alpha_att/qq/kk/vv) use them")
 
 
 def parse_args(argv=None):

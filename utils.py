@@ -4,7 +4,8 @@
 - `init_distributed()`: reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE and joins the process group.
 - `set_seed()`, `git_log()`: reproducibility records.
 - `load_pretrained()`, `load_tokenizer()`: transformers' loaders with one-line errors (a missing folder, a
-  damaged .safetensors file, an unreachable hub name).
+  damaged .safetensors file, an unreachable hub name); `load_lm()` also names the LM-head weights a
+  checkpoint lacks (an encoder-only checkpoint, whose head would be random).
 - `load_student_weights()`: strict loading of a student initialisation checkpoint: a missing or unexpected
   key, or a layer count that does not match the config, is an error that says which.
 """
@@ -218,6 +219,18 @@ def load_pretrained(model_class, name, what, **kwargs):
         return model_class.from_pretrained(name, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
         raise _load_failure(what, name, e) from None
+
+
+def load_lm(model_class, name, what, **kwargs):
+    """load_pretrained() of a language model: (model, the names of the LM-head weights its checkpoint lacks).
+
+    A checkpoint of the encoder alone (a saved BertModel: sentence-embedding models, fine-tuned encoders)
+    loads into an LM class with no error, its vocabulary head filled with random weights; only transformers'
+    load report, which the scripts silence, says so. Those weights are the keys outside the base model that
+    from_pretrained reports missing; tied ones (the decoder shares the word embeddings) do not count."""
+    model, info = load_pretrained(model_class, name, what, output_loading_info=True, **kwargs)
+    prefix, tied = model.base_model_prefix + ".", tied_keys(model)
+    return model, sorted(k for k in info["missing_keys"] if not k.startswith(prefix) and k not in tied)
 
 
 def load_config(config_class, path):

@@ -11,7 +11,8 @@ ones more often as in training, 80/10/10 [MASK]/keep/random) with a fixed --seed
 folder of train.py, or any hub name or folder `AutoModelForMaskedLM` loads) gets its MLM loss (nats),
 perplexity, and top-1 / top-5 accuracy on the masked tokens; with --teacher, the teacher is evaluated too
 and every other model also gets its top-1 agreement with the teacher and KL(teacher || model). Prints a
-table and writes the figures as JSON (--output). `--model NAME=PATH` names a row.
+table and writes the figures as JSON (--output). `--model NAME=PATH` names a row. A model saved without its
+masked-LM head (an encoder-only checkpoint, whose head would load as random weights) is refused.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import evaluation
 import masking
 import utils
 from errors import InputError, reports_errors
-from utils import init_distributed, load_pretrained, logger
+from utils import init_distributed, load_lm, logger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +44,16 @@ def named(spec):
     return name or Path(path.rstrip("/")).name or path, path
 
 
-def load_model(path, device):
+def load_model(name, path, device):
     from transformers import AutoModelForMaskedLM
 
-    return load_pretrained(AutoModelForMaskedLM, path, "the masked LM").to(device).eval()
+    model, no_head = load_lm(AutoModelForMaskedLM, path, "the masked LM")
+    if no_head:  # an encoder-only checkpoint: its figures would be those of a random head (~0% top-1)
+        raise InputError(
+            f"model {name} ({path}) has no masked-LM head (its checkpoint lacks {', '.join(no_head[:3])}"
+            f"{', ...' if len(no_head) > 3 else ''}), so its MLM accuracy cannot be measured: leave it out"
+        )
+    return model.to(device).eval()
 
 
 def load_tokenizer(path):
@@ -128,7 +135,7 @@ def main(argv=None):
     data = data_io.load_binarized(args.data_file)
     if args.max_sequences is not None:
         data = data_io.Binarized(data.token_ids, data.offsets[: args.max_sequences + 1], data.meta)
-    loaded = {name: load_model(path, device) for name, path in models.items()}
+    loaded = {name: load_model(name, path, device) for name, path in models.items()}
     tokenizer = load_tokenizer(args.tokenizer_name or next(iter(models.values())))
     vocab = {name: m.config.vocab_size for name, m in loaded.items()}
     if len(set(vocab.values())) != 1 or len(tokenizer) > min(vocab.values()):

@@ -18,7 +18,7 @@ from pathlib import Path
 import glue
 from data_io import atomic_write, check_writable
 from errors import InputError, reports_errors
-from utils import split_name
+from utils import first_line, split_name
 
 # Published rows beside ours, as their papers print them: one number per task in points (MNLI: matched and
 # mismatched where the paper gives both), the split, and the paper's own average over its columns. The
@@ -104,6 +104,29 @@ def _published_score(value):
     return sum(value) / len(value) if isinstance(value, (tuple, list)) else value
 
 
+def check_metrics(metrics, path):
+    """{dev set: {metric: number}}, as run_glue.py writes it; anything else is an InputError naming the file."""
+
+    def numbers(m):
+        return isinstance(m, dict) and m and all(isinstance(v, (int, float)) for v in m.values())
+
+    if not isinstance(metrics, dict) or not metrics or not all(numbers(m) for m in metrics.values()):
+        raise InputError(f"{path}: its metrics are not {{dev set: {{metric: number}}}}, as run_glue.py writes them")
+    return metrics
+
+
+def check_summary(results, path):
+    """A run_glue.py results.json's contents, checked for the fields the table reads."""
+    tasks = results.get("tasks") if isinstance(results, dict) else None
+    if not isinstance(tasks, dict) or not isinstance(results.get("model"), str):
+        raise InputError(f"{path} is not a run_glue.py results.json (it needs a 'model' name and a 'tasks' object)")
+    for name, task in tasks.items():
+        if not isinstance(task, dict) or not isinstance(task.get("score"), (int, float)):
+            raise InputError(f"{path}: task {name!r} has no score")
+        check_metrics(task.get("metrics"), f"{path}, task {name!r}")
+    return results
+
+
 def read_results(spec):
     """(row name, or "" for the model's own, results dict) for 'PATH' or 'NAME=PATH'."""
     name, path = split_name(spec)
@@ -113,11 +136,10 @@ def read_results(spec):
     if not path.is_file():
         raise InputError(f"{path} does not exist: give run_glue.py's --output_dir")
     try:
-        results = json.loads(path.read_text())
-        results["tasks"], results["model"]  # noqa: B018 (a KeyError for a file run_glue.py did not write)
-    except (ValueError, KeyError, TypeError):
-        raise InputError(f"{path} is not a run_glue.py results.json") from None
-    return name, results
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not a readable results.json ({first_line(e)})") from None
+    return name, check_summary(results, path)
 
 
 @reports_errors

@@ -25,18 +25,22 @@ run from its last checkpoint. Every other TrainingArguments flag works as in tra
 """
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
 import glue
 from data_io import CHECKPOINT, atomic_write, check_writable
-from errors import InputError, fail, reports_errors
+from errors import NON_FINITE_EXIT, InputError, fail, reports_errors
+from scripts import glue_table
 from scripts.glue_table import markdown_table
 from utils import first_line, load_pretrained, load_tokenizer, model_input_limit
 
@@ -112,6 +116,7 @@ def parse_args(argv=None):
 
     parser = HfArgumentParser((ModelArguments, DataArguments, SweepArguments, TrainingArguments))
     parser.description = __doc__.split("\n\n")[0]
+    parser.prog = "run_glue.py"  # usage errors read like every other error, also when main() is called in-process
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     versioned = {"warmup_ratio": WARMUP} if "warmup_ratio" in fields else {"warmup_steps": WARMUP}  # 4.x / 5.x
     if "train_sampling_strategy" not in fields:  # transformers 4.x
@@ -122,18 +127,56 @@ def parse_args(argv=None):
         if not torch.cuda.is_available():  # torchrun on CPUs: without gloo the Trainer runs N separate copies
             versioned["ddp_backend"] = "gloo"
     parser.set_defaults(**{k: v for k, v in DEFAULTS.items() if k in fields}, **versioned)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         model, data, sweep, training = parser.parse_args_into_dataclasses(args=argv)
-    except ValueError as e:  # unknown flags, or TrainingArguments refusing a combination (fp16 on a CPU, ...)
+    except ValueError as e:  # unknown flags, or TrainingArguments refusing a combination
         parser.error(first_line(e))
     if not model.model_name_or_path:
         parser.error("--model_name_or_path is required")
-    if not training.output_dir:
+    # transformers 5 puts a run without --output_dir in ./trainer_output: results must not land unasked
+    if not any(a.split("=")[0] in ("--output_dir", "--output-dir") for a in argv):
         parser.error("--output_dir is required")
     return model, data, sweep, training
 
 
+def check_flags(data, sweep, training):
+    """Every flag that would fail late, or train to a result that means nothing, is refused here: before
+    anything is read, moved or written."""
+
+    def at_least(value, low, flag):
+        if value is not None and value < low:
+            raise InputError(f"{flag} {value}: give at least {low}")
+
+    for flag, value in (("--per_device_train_batch_size", training.per_device_train_batch_size),
+                        ("--per_device_eval_batch_size", training.per_device_eval_batch_size),
+                        ("--gradient_accumulation_steps", training.gradient_accumulation_steps),
+                        ("--max_seq_length", data.max_seq_length), ("--seeds", sweep.seeds),
+                        ("--max_train_samples", data.max_train_samples),  # a negative N would drop the last N
+                        ("--max_eval_samples", data.max_eval_samples)):  # fmt: skip
+        at_least(value, 1, flag)
+    if training.max_steps == 0 or training.max_steps < -1:
+        raise InputError(f"--max_steps {training.max_steps}: give a positive number of steps (or -1: by epochs)")
+    warmup = getattr(training, "warmup_ratio", None) or training.warmup_steps
+    for flag, value, low, high in (("--learning_rate", training.learning_rate, 0, None),
+                                   ("--num_train_epochs", training.num_train_epochs, 0, None),
+                                   ("--weight_decay", training.weight_decay, 0, None),
+                                   ("--warmup_steps", warmup, 0, None),
+                                   ("--max_grad_norm", training.max_grad_norm, 0, None),
+                                   ("--adam_epsilon", training.adam_epsilon, 0, None),
+                                   ("--adam_beta1", training.adam_beta1, 0, 1),
+                                   ("--adam_beta2", training.adam_beta2, 0, 1),
+                                   ("--label_smoothing_factor", training.label_smoothing_factor, 0, 1)):  # fmt: skip
+        if not math.isfinite(value) or value < low or (high is not None and value >= high):
+            span = f"in [{low}, {high})" if high is not None else f"finite and at least {low}"
+            raise InputError(f"{flag} {value}: give a number {span}")
+    if training.learning_rate == 0 or (training.num_train_epochs == 0 and training.max_steps < 0):
+        which = "--learning_rate 0" if training.learning_rate == 0 else "--num_train_epochs 0"
+        raise InputError(f"{which} would not train at all")
+
+
 def learning_rates(sweep, training):
+    """The learning rates to try, each its own run folder (lr2e-05_seed42, ...)."""
     if not sweep.learning_rate_grid:
         return [training.learning_rate]
     if sweep.learning_rate_grid.strip().lower() == "bert":
@@ -142,8 +185,12 @@ def learning_rates(sweep, training):
         rates = [float(x) for x in sweep.learning_rate_grid.split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--learning_rate_grid {sweep.learning_rate_grid!r}: give numbers such as 2e-5,3e-5") from None
-    if not rates or any(r <= 0 for r in rates):
-        raise InputError(f"--learning_rate_grid {sweep.learning_rate_grid!r}: give positive learning rates")
+    if not rates or not all(math.isfinite(r) and r > 0 for r in rates):
+        raise InputError(f"--learning_rate_grid {sweep.learning_rate_grid!r}: give positive, finite learning rates")
+    names = [f"{r:g}" for r in rates]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:  # one folder trained twice, and a "median" of copies
+        raise InputError(f"--learning_rate_grid {sweep.learning_rate_grid!r} gives {twice} twice")
     return rates
 
 
@@ -161,6 +208,7 @@ def load_data(data):
         task = glue.load_task(name, data.data_dir, data.train_file, data.validation_file, columns, data.label_column)
         task.train = task.train.head(data.max_train_samples)
         task.dev = {k: v.head(data.max_eval_samples) for k, v in task.dev.items()}
+        task.check_classes()
         skipped = task.train.skipped + sum(s.skipped for s in task.dev.values())
         note = f", {skipped} malformed lines left out" if skipped else ""
         dev = ", ".join(f"{k} {len(v):,}" for k, v in task.dev.items())
@@ -179,6 +227,216 @@ def check_model(path):
             else "no config.json there"
         )
         raise InputError(f"cannot load the model {path}: {hint}")
+
+
+def model_identity(name, config, tokenizer):
+    """Digests of the model's weights and of the tokenizer: a kept result is reused only for the same model
+    (a folder may be moved, or retrained under the same name)."""
+    folder = Path(name)
+    if folder.is_dir():
+        h = hashlib.sha256()
+        for path in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin"), folder / "config.json"]):
+            h.update(path.name.encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+        model = f"sha256:{h.hexdigest()[:16]}"
+    else:  # a hub name: its revision
+        model = f"{name}@{getattr(config, '_commit_hash', None) or 'unknown revision'}"
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # vocabulary, lower-casing, accents, ...
+    spec = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return {"model": model, "tokenizer": hashlib.sha256(spec.encode()).hexdigest()[:16]}
+
+
+# TrainingArguments that do not change a run's result: where it is logged or saved, how fast the data load,
+# evaluation batch size. Every other flag is compared before a finished run is reused or a checkpoint resumed.
+NOT_RESULT = {
+    "output_dir", "run_name", "project", "report_to", "disable_tqdm", "seed", "learning_rate",
+    "per_device_eval_batch_size", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "skip_memory_metrics", "resume_from_checkpoint",
+    "do_train", "do_eval", "do_predict", "local_rank", "ddp_backend", "ddp_timeout", "ddp_bucket_cap_mb",
+    "push_to_hub", "include_for_metrics", "include_num_input_tokens_seen", "batch_eval_metrics", "debug",
+    "prediction_loss_only", "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
+    "restore_callback_states_from_checkpoint", "torch_empty_cache_steps", "overwrite_output_dir",
+}  # fmt: skip
+NOT_RESULT_PREFIXES = ("logging_", "log_", "save_", "hub_", "trackio_", "eval_")
+
+
+def settings(data_args, targs, task_data, identity, max_length):
+    """Everything a run's result depends on besides its seed and learning rate: a kept run must match it."""
+    args = {k: v for k, v in targs.to_dict().items() if k not in NOT_RESULT and not k.startswith(NOT_RESULT_PREFIXES)}
+    out = {
+        **identity,
+        "world_size": targs.world_size,
+        "max_seq_length": max_length,
+        "pad_to_max_length": data_args.pad_to_max_length,
+        "labels": list(task_data.task.labels or ()),
+        "text_columns": list(task_data.task.columns),
+        "train_examples": len(task_data.train),
+        "eval_examples": {k: len(v) for k, v in task_data.dev.items()},
+        "train_data": task_data.train.digest(),
+        "eval_data": {k: v.digest() for k, v in task_data.dev.items()},
+        **args,
+    }
+    return json.loads(json.dumps(out, default=str))  # as it reads back from results.json
+
+
+def differences(old, new):
+    return [f"{k} {old.get(k)!r} there, {v!r} now" for k, v in new.items() if old.get(k) != v]
+
+
+def read_json(path, what, keys):
+    """A results or settings file written by this script, or an InputError that names it and the way out."""
+    check_writable(path, what)  # a folder where the file belongs
+    try:
+        out = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is damaged ({first_line(e)}): remove it, or give --overwrite_output_dir") from None
+    missing = [k for k in keys if k not in out] if isinstance(out, dict) else list(keys)
+    if missing:
+        raise InputError(f"{path} is not a run_glue.py {what} (it has no {missing[0]!r}): remove it, or give "
+                         "--overwrite_output_dir")  # fmt: skip
+    return out
+
+
+def read_run(path):
+    run = read_json(path, "results.json", ("metrics", "score", "learning_rate", "seed", "hyper_parameters"))
+    glue_table.check_metrics(run["metrics"], path)
+    return run
+
+
+def read_summary(path, model, identity, overwrite):
+    """The tasks of earlier calls into this --output_dir: kept when they are this model's."""
+    if not Path(path).exists():
+        return {}
+    try:
+        summary = glue_table.check_summary(read_json(path, "results.json", ("model", "tasks")), path)
+    except InputError:
+        if overwrite:
+            return {}
+        raise
+    if summary.get("model_identity", {}).get("model", identity["model"]) == identity["model"] and (
+        "model_identity" in summary or summary.get("model_path") == model
+    ):
+        return summary["tasks"]
+    if overwrite:  # another model's tasks: replaced, not mixed with this one's
+        return {}
+    raise InputError(f"{path} holds the results of another model ({summary.get('model_path')}): give another "
+                     "--output_dir, or --overwrite_output_dir to replace them")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One run's folder: kept results, a checkpoint to resume, or a fresh start
+
+
+@dataclass
+class Run:
+    lr: float
+    seed: int
+    dir: Path
+    kept: dict = None  # its finished results, reused
+    resume: Path = None  # the checkpoint to resume from
+    discard: list = field(default_factory=list)  # checkpoints that cannot be resumed, removed when it runs
+    note: str = ""  # what was found, said when it runs
+
+
+def checkpoint_problem(path):
+    """Why a Trainer checkpoint cannot be resumed (a kill during its save), or None."""
+    for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt"):
+        if not (path / name).is_file():
+            return f"it has no {name}"
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (ValueError, UnicodeDecodeError):
+        return "its trainer_state.json is damaged"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if not zipfile.is_zipfile(path / name):  # torch.save writes a zip: a cut one has no central directory
+            return f"its {name} is truncated"
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        return None if safetensors_complete(weights) else "its model.safetensors is truncated"
+    return None if zipfile.is_zipfile(path / "pytorch_model.bin") else "it has no complete model weights"
+
+
+def safetensors_complete(path):
+    """True when the file is as long as its header says (a cut file still has its header)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size == 8 + n + end
+    except (ValueError, KeyError, TypeError, OSError):
+        return False
+
+
+def plan_run(run, hyper, overwrite):
+    """What to do with one run's folder, decided before anything trains or is removed."""
+    results = run.dir / "results.json"
+    if overwrite or not run.dir.exists():
+        return run
+    if results.exists():
+        run.kept = read_run(results)
+        differ = differences(run.kept["hyper_parameters"], hyper)
+        if differ:
+            raise InputError(f"{results} was run with other settings ({'; '.join(differ[:3])}): "
+                             "give --overwrite_output_dir to redo it, or another --output_dir")  # fmt: skip
+        return run
+    numbered = [p for p in run.dir.glob("checkpoint-*") if p.name[11:].isdigit()]  # the Trainer's names
+    checkpoints = sorted(numbered, key=lambda p: int(p.name[11:]), reverse=True)  # newest first
+    if not checkpoints:
+        return run
+    record = run.dir / "settings.json"
+    if not record.exists():
+        run.discard = checkpoints
+        run.note = f"{run.dir} holds checkpoints but no record of their settings: starting over"
+        return run
+    differ = differences(read_json(record, "settings.json", ("model",)), hyper)
+    if differ:
+        raise InputError(f"{run.dir} was interrupted under other settings ({'; '.join(differ[:3])}): give "
+                         "--overwrite_output_dir to start it over, or another --output_dir")  # fmt: skip
+    notes = []
+    for checkpoint in checkpoints:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            run.resume = checkpoint
+            break
+        run.discard.append(checkpoint)
+        notes.append(f"{checkpoint.name} is incomplete ({problem}) and is removed")
+    then = f"resuming from {run.resume}" if run.resume else "starting over"
+    run.note = f"{'; '.join(notes)}: {then}" if notes else then
+    return run
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def finite_check():
+    """A Trainer callback that stops a run whose loss or weights are no longer finite (train.py does the same,
+    with the same exit status): a diverged run must not be recorded as a score."""
+    import torch
+    from transformers import TrainerCallback
+
+    class FiniteCheck(TrainerCallback):
+        def check(self, state, model, loss=None):
+            if loss is not None and not math.isfinite(loss):
+                raise NonFiniteLoss(f"the training loss is {loss} at step {state.global_step}")
+            if model is not None and not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise NonFiniteLoss(f"the weights are not finite at step {state.global_step}")
+
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            self.check(state, model, (logs or {}).get("loss"))
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self.check(state, model)
+
+    return FiniteCheck()
+
+
+def callbacks():
+    """The Trainer callbacks of every run (a function, so that tests can add theirs)."""
+    return [finite_check()]
 
 
 def tokenize(task_data, tokenizer, max_length, pad):
@@ -215,31 +473,31 @@ def model_inputs(dataset, model):
     return dataset.remove_columns([c for c in dataset.column_names if c != "label" and c not in accepted])
 
 
-def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, lr, seed, run_dir):
+def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, run):
     """One run: fine-tune from the pretrained weights, evaluate every dev set; the run's results dict."""
     import numpy as np
     import torch
     import transformers
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer
-    from transformers.trainer_utils import get_last_checkpoint
 
     task = task_data.task
     pin = targs.dataloader_pin_memory and torch.cuda.is_available()  # pinning without a GPU only warns
-    args = dataclasses.replace(targs, output_dir=str(run_dir), learning_rate=lr, seed=seed, dataloader_pin_memory=pin)
-    transformers.set_seed(seed)  # the new head's initialisation
-    labels = task.labels or ()
+    args = dataclasses.replace(targs, output_dir=str(run.dir), learning_rate=run.lr, seed=run.seed,
+                               dataloader_pin_memory=pin)  # fmt: skip
+    transformers.set_seed(run.seed)  # the new head's initialisation
+    # id2label sets the head's size in transformers 5 (num_labels=1 with id2label=None leaves it unset)
+    labels = task.labels or ("score",)
     model = load_pretrained(
         AutoModelForSequenceClassification, margs.model_name_or_path, "the model", num_labels=task_data.num_labels,
-        id2label=dict(enumerate(labels)) or None, label2id={n: i for i, n in enumerate(labels)} or None,
+        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        problem_type="regression" if task.labels is None else "single_label_classification",
         ignore_mismatched_sizes=True,  # a model fine-tuned before has a head of another size
     )  # fmt: skip
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 or args.bf16 else None)
-    trainer = Trainer(model=model, args=args, train_dataset=model_inputs(train_set, model), data_collator=collator)
-    resume = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
-    if resume:
-        say(f"  resuming from {resume}")
+    trainer = Trainer(model=model, args=args, train_dataset=model_inputs(train_set, model), data_collator=collator,
+                      callbacks=callbacks())  # fmt: skip
     start = time.time()
-    train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
+    train_metrics = trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None).metrics
     train_time = time.time() - start
     metrics = {}
     for name, dev in dev_sets.items():
@@ -254,9 +512,10 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         "score": float(np.mean([glue.task_score(m) for m in metrics.values()])),
         "model": margs.model_label,
         "model_path": margs.model_name_or_path,
-        "seed": seed,
-        "learning_rate": lr,
+        "seed": run.seed,
+        "learning_rate": run.lr,
         "hyper_parameters": hyper,
+        "precision": precision(targs),
         "steps": trainer.state.global_step,
         "train_seconds": round(train_time, 1),
         "train_samples_per_second": train_metrics.get("train_samples_per_second"),
@@ -268,41 +527,54 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
     }
     if trainer.is_world_process_zero():
         if sweep.save_model:
-            trainer.save_model(str(run_dir / "model"))
-            tokenizer.save_pretrained(str(run_dir / "model"))
-        with atomic_write(run_dir / "results.json", "w") as f:
+            trainer.save_model(str(run.dir / "model"))
+            tokenizer.save_pretrained(str(run.dir / "model"))
+        with atomic_write(run.dir / "results.json", "w") as f:
             json.dump(result, f, indent=2)
-        for checkpoint in run_dir.glob("checkpoint-*"):  # the results are in; the optimizer state is not needed
+        for checkpoint in run.dir.glob("checkpoint-*"):  # the results are in; the optimizer state is not needed
             shutil.rmtree(checkpoint, ignore_errors=True)
     return result
 
 
-def settings(margs, data_args, targs, train_set, dev_sets):
-    """What a run's result depends on besides its seed and learning rate: a kept run must match them."""
-    return {
-        "model_path": margs.model_name_or_path,
-        "per_device_train_batch_size": targs.per_device_train_batch_size,
-        "world_size": targs.world_size,
-        "gradient_accumulation_steps": targs.gradient_accumulation_steps,
-        "num_train_epochs": targs.num_train_epochs,
-        "max_steps": targs.max_steps,
-        "warmup": getattr(targs, "warmup_ratio", None) or targs.warmup_steps,
-        "weight_decay": targs.weight_decay,
-        "max_seq_length": data_args.max_seq_length,
-        "fp16": targs.fp16,
-        "bf16": targs.bf16,
-        "train_examples": len(train_set),
-        "eval_examples": {k: len(v) for k, v in dev_sets.items()},
-    }
+def precision(targs):
+    return "fp16" if targs.fp16 else "bf16" if targs.bf16 else "fp32"
 
 
-def check_kept(path, run, hyper):
-    """A finished run is kept only if it was run with the same settings; say which differ otherwise."""
-    old = run.get("hyper_parameters", {})
-    differ = [f"{k} {old.get(k)!r} there, {v!r} now" for k, v in hyper.items() if old.get(k) != v]
-    if differ:
-        raise InputError(f"{path} was run with other settings ({'; '.join(differ[:3])}): "
-                         "give --overwrite_output_dir to redo it, or another --output_dir")  # fmt: skip
+def aside_path(run_dir):
+    """Where --overwrite_output_dir keeps a finished run until its replacement has its results."""
+    return run_dir.parent / f".{run_dir.name}.replaced-by-overwrite"
+
+
+def execute(run, targs, overwrite, hyper, train):
+    """Train one planned run. --overwrite_output_dir moves the old folder aside and removes it only once the
+    new run has its results; a run that fails or is stopped puts it back. A diverged run leaves nothing."""
+    main_process = targs.process_index == 0
+    aside = aside_path(run.dir)
+    with targs.main_process_first(local=False, desc="run folder"):  # one process moves; the others wait
+        if main_process:
+            if aside.exists() and not run.dir.exists():  # a replacement killed outright: the old run comes back
+                aside.rename(run.dir)
+            if aside.exists():
+                shutil.rmtree(aside)
+            if overwrite and run.dir.exists():
+                run.dir.rename(aside)
+            for checkpoint in run.discard:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+            with atomic_write(run.dir / "settings.json", "w") as f:  # what a resume is checked against
+                json.dump(hyper, f, indent=2)
+    if run.note:
+        say(f"  {run.note}")
+    try:
+        result = train()
+    except BaseException as e:
+        if main_process and (aside.exists() or isinstance(e, NonFiniteLoss)):
+            shutil.rmtree(run.dir, ignore_errors=True)
+            if aside.exists():
+                aside.rename(run.dir)
+        raise
+    if main_process and aside.exists():
+        shutil.rmtree(aside)
+    return result
 
 
 def summarize(task, runs):
@@ -335,58 +607,70 @@ def summarize(task, runs):
 @reports_errors
 def main(argv=None):
     margs, data_args, sweep, targs = parse_args(argv)
+    import torch
     import transformers
     from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected
-    out_dir = Path(targs.output_dir)
-    if sweep.seeds < 1:
-        raise InputError("--seeds must be at least 1")
+    check_flags(data_args, sweep, targs)
     rates = learning_rates(sweep, targs)
+    asked = precision(targs)
+    if targs.fp16 and not torch.cuda.is_available():  # the Trainer would run fp32 and record fp16
+        say("--fp16 needs a CUDA GPU: this run is fp32, and is recorded so")
+        targs = dataclasses.replace(targs, fp16=False)
+    out_dir = Path(targs.output_dir)
+    results_path = out_dir / "results.json"
     check_writable(out_dir, "--output_dir", folder=True)
+    check_writable(results_path, "results")
     check_model(margs.model_name_or_path)
     config = load_pretrained(transformers.AutoConfig, margs.model_name_or_path, "the model")
     tokenizer = load_tokenizer(AutoTokenizer, margs.tokenizer_name or margs.model_name_or_path)
-    tasks = load_data(data_args)
-    margs.model_label = margs.model_label or Path(margs.model_name_or_path.rstrip("/")).name
+    identity = model_identity(margs.model_name_or_path, config, tokenizer)
     max_length = min(data_args.max_seq_length, model_input_limit(tokenizer, config))
     if max_length < data_args.max_seq_length:
         say(f"--max_seq_length {data_args.max_seq_length} is more than the model takes: {max_length}")
+    room = tokenizer.num_special_tokens_to_add(pair=True) + 2
+    if max_length < room:
+        raise InputError(f"--max_seq_length {max_length} leaves no room for text: give at least {room}")
+    tasks = load_data(data_args)
+    margs.model_label = margs.model_label or Path(margs.model_name_or_path.rstrip("/")).name
 
-    results_path = out_dir / "results.json"
-    summary = {"model": margs.model_label, "model_path": margs.model_name_or_path, "tasks": {}}
-    if results_path.is_file():  # tasks of an earlier call (another task, or before an interruption) stay
-        summary["tasks"] = json.loads(results_path.read_text()).get("tasks", {})
+    # Every kept result, checkpoint and setting of every task is checked before the first run trains.
+    overwrite = data_args.overwrite_output_dir
+    summary = {"model": margs.model_label, "model_path": margs.model_name_or_path, "model_identity": identity,
+               "precision": {"asked": asked, "ran": precision(targs)},
+               "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}  # fmt: skip
     seeds = [targs.seed + i for i in range(sweep.seeds)]
+    plans = []
     for task_data in tasks:
+        hyper = settings(data_args, targs, task_data, identity, max_length)
+        runs = [Run(lr, seed, out_dir / task_data.task.name / f"lr{lr:g}_seed{seed}") for lr in rates for seed in seeds]
+        plans.append((task_data, hyper, [plan_run(run, hyper, overwrite) for run in runs]))
+
+    for task_data, hyper, runs in plans:
         task = task_data.task
-        train_set, dev_sets, fit = tokenize(task_data, tokenizer, max_length, data_args.pad_to_max_length)
-        hyper = settings(margs, data_args, targs, train_set, dev_sets)
-        plan = [(lr, seed, out_dir / task.name / f"lr{lr:g}_seed{seed}") for lr in rates for seed in seeds]
-        kept = {}
-        if not data_args.overwrite_output_dir:
-            try:  # every kept run of the task is checked before any of its runs trains
-                for _, _, run_dir in plan:
-                    if (run_dir / "results.json").is_file():
-                        kept[run_dir] = json.loads((run_dir / "results.json").read_text())
-                        check_kept(run_dir / "results.json", kept[run_dir], hyper)
-            except ValueError as e:  # a damaged results.json
-                raise InputError(e) from e
-        runs = []
-        for lr, seed, run_dir in plan:
-            if run_dir in kept:
-                runs.append(kept[run_dir])
-                say(f"{task.title} lr {lr:g} seed {seed}: kept {run_dir / 'results.json'} ({runs[-1]['score']:.2f})")
+        if all(run.kept for run in runs):
+            train_set = dev_sets = fit = None
+        else:
+            train_set, dev_sets, fit = tokenize(task_data, tokenizer, max_length, data_args.pad_to_max_length)
+        results = []
+        for run in runs:
+            title = f"{task.title} lr {run.lr:g} seed {run.seed}"
+            if run.kept:
+                results.append(run.kept)
+                say(f"{title}: kept {run.dir / 'results.json'} ({run.kept['score']:.2f})")
                 continue
-            if data_args.overwrite_output_dir and run_dir.is_dir():
-                shutil.rmtree(run_dir)
-            say(f"{task.title} lr {lr:g} seed {seed}: fine-tuning {margs.model_label} -> {run_dir}")
-            run = fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, lr, seed,
-                            run_dir)  # fmt: skip
-            shown = ", ".join(f"{d} {m} {100 * v:.2f}" for d, ms in run["metrics"].items() for m, v in ms.items())
-            say(f"{task.title} lr {lr:g} seed {seed}: {shown} ({run['train_seconds']:.0f} s of training)")
-            runs.append(run)
-        summary["tasks"][task.name] = summarize(task, runs)
+            say(f"{title}: fine-tuning {margs.model_label} -> {run.dir}")
+            try:
+                result = execute(run, targs, overwrite, hyper, lambda run=run: fine_tune(
+                    margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, run))  # fmt: skip
+            except NonFiniteLoss as e:
+                fail("run_glue.py", f"{title}: {e}: the run is not recorded (lower --learning_rate, or check the "
+                     "data)", NON_FINITE_EXIT)  # fmt: skip
+            shown = ", ".join(f"{d} {m} {100 * v:.2f}" for d, ms in result["metrics"].items() for m, v in ms.items())
+            say(f"{title}: {shown} ({result['train_seconds']:.0f} s of training)")
+            results.append(result)
+        summary["tasks"][task.name] = summarize(task, results)
         scores = [t["score"] for t in summary["tasks"].values()]
         summary["average"] = sum(scores) / len(scores)
         summary["complete"] = all(name in summary["tasks"] for name in glue.TASKS)

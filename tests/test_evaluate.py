@@ -11,8 +11,9 @@ from transformers import BertTokenizer, DistilBertForMaskedLM
 import data_io
 import evaluation
 import train
+from conftest import input_error
 from scripts import evaluate, make_synthetic_wiki
-from train_helpers import read_metrics, tiny_run_files, tiny_student_config, write_data
+from train_helpers import make_headless_teacher_dir, read_metrics, tiny_run_files, tiny_student_config, write_data
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +137,16 @@ def test_bad_input_is_one_line_error(files, tmp_path, capsys):
         run_evaluate(files, tmp_path, str(tmp_path / "missing_model"))
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and line.startswith("evaluate.py: error: ") and "missing_model does not exist" in line
+
+
+def test_a_model_without_mlm_head_is_refused_not_scored(files, tmp_path, tokenizer_dir, capsys):
+    """An encoder-only checkpoint loads with a random head: its ~0% top-1 would read as a real figure."""
+    headless = make_headless_teacher_dir(tmp_path / "encoder", tokenizer_dir)[0]
+    base = ["--data_file", files["valid"], "--token_counts", files["counts"], "--n_gpu", "0"]
+    base += ["--output", str(tmp_path / "eval.json")]
+    for models in (["--model", headless], ["--teacher", f"enc={headless}", "--model", files["student"]]):
+        line = input_error(capsys, evaluate.main, base + models)
+        assert "has no masked-LM head (its checkpoint lacks cls.predictions.bias" in line, line
+        assert "its MLM accuracy cannot be measured" in line
+        assert not (tmp_path / "eval.json").exists()
+    assert "model enc (" in line

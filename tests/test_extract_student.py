@@ -4,13 +4,13 @@
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import DistilBertConfig, DistilBertForMaskedLM
+from transformers import BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 import utils
 from conftest import ROOT, run_script
 from errors import InputError
 from scripts.extract import distilbert as extract
-from train_helpers import make_teacher_dir, write_student_config
+from train_helpers import make_headless_teacher_dir, make_teacher_dir, write_student_config
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +150,41 @@ def test_script_writes_metadata_and_rejects_bad_layers(tmp_path, teacher):
         meta = f.metadata()
     assert meta["teacher_layers"] == "0,3" and meta["teacher"] == str(folder)
     assert len(load_file(str(out))) == 4 + 2 * 16 + 1 + 4
+
+
+def test_a_teacher_without_mlm_head_gives_the_student_its_own_head(tmp_path, tokenizer_dir, capsys):
+    """A BertModel checkpoint has no head to copy: what from_pretrained filled it with (random, different under
+    every seed) must not reach the student, whose head is a fresh student's; the rest is copied exactly."""
+    folder, t_model, tok = make_headless_teacher_dir(tmp_path / "headless", tokenizer_dir, layers=4)
+    config = write_student_config(tmp_path / "student.json", len(tok), layers=2)
+    argv = ["--model_name", str(folder), "--student_config", str(config), "--layers", "1,3"]
+    outs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        outs.append(load_file(str(extract.main([*argv, "--dump_checkpoint", str(tmp_path / f"{seed}.safetensors")]))))
+        assert "the teacher has no masked-LM head: the student's head is left at random initialisation" in (
+            capsys.readouterr().out
+        )
+    assert outs[0].keys() == outs[1].keys() and all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+    torch.manual_seed(1)  # the head the first extraction's teacher was given
+    random_head = BertForMaskedLM.from_pretrained(str(folder)).state_dict()
+    torch.manual_seed(extract.FRESH_HEAD_SEED)
+    fresh = DistilBertForMaskedLM(DistilBertConfig.from_json_file(str(config))).state_dict()
+    s, t = outs[0], t_model.state_dict()
+    for key in ("vocab_transform.weight", "vocab_transform.bias", "vocab_layer_norm.weight", "vocab_projector.bias"):
+        assert torch.equal(s[key], fresh[key]), key
+    assert not torch.equal(s["vocab_transform.weight"], random_head["cls.predictions.transform.dense.weight"])
+    assert torch.equal(s["distilbert.embeddings.word_embeddings.weight"], t["embeddings.word_embeddings.weight"])
+    assert torch.equal(s["distilbert.embeddings.LayerNorm.weight"], t["embeddings.LayerNorm.weight"])
+    for s_idx, t_idx in ((0, 1), (1, 3)):
+        assert torch.equal(
+            s[f"distilbert.transformer.layer.{s_idx}.attention.q_lin.weight"],
+            t[f"encoder.layer.{t_idx}.attention.self.query.weight"],
+        )
+        assert torch.equal(
+            s[f"distilbert.transformer.layer.{s_idx}.ffn.lin2.bias"], t[f"encoder.layer.{t_idx}.output.dense.bias"]
+        )
+    # train.py's strict loading takes it whole: no key missing, none optional left out
+    student = DistilBertForMaskedLM(DistilBertConfig.from_json_file(str(config)))
+    assert utils.load_student_weights(student, tmp_path / "1.safetensors") == []

@@ -8,8 +8,16 @@ import torch
 
 import data_io
 import train
+import train_args
 from conftest import run_script, write_bert_vocab
-from train_helpers import tiny_student_config, with_args, write_data, write_student_config
+from train_helpers import (
+    make_headless_teacher_dir,
+    read_metrics,
+    tiny_student_config,
+    with_args,
+    write_data,
+    write_student_config,
+)
 
 
 def fails(argv, tmp_path, capsys, match):
@@ -98,6 +106,13 @@ def test_existing_dump_path_needs_force(run_files, tmp_path, capsys):
         (["--student_type", "gpt2"], "MLM needs a distilbert/roberta student"),
         (["--freeze_token_type_embds"], "roberta students only"),
         (["--fp16", "--bf16"], "exclusive"),
+        (["--teacher_layer", "0"], "--teacher_layer counts the teacher's layers from 1"),  # 0 was the last, silently
+        (["--teacher_layer", "-1", "--alpha_att", "1"], "from 1 (the first)"),
+        (["--alpha_ce", "nan"], "--alpha_ce must be a finite number, got nan"),  # NaN was a weight of 0
+        (["--alpha_att", "nan"], "--alpha_att must be a finite number"),
+        (["--alpha_cos", "inf"], "--alpha_cos must be a finite number, got inf"),
+        (["--alpha_vv", "-1"], "loss weights must be >= 0, got --alpha_vv -1.0"),
+        (["--temperature", "nan"], "--temperature must be > 0 and finite"),
     ],
 )
 def test_rejected_argument_combinations(run_files, tmp_path, capsys, extra, match):
@@ -113,3 +128,42 @@ def test_cli_error_is_one_line_with_status_2(run_files, tmp_path):
         "train.py: error: --mlm needs --alpha_mlm > 0 (or a relation loss: --alpha_att/qq/kk/vv)"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_relation_flags_without_a_relation_loss_are_warned_about(run_files, tmp_path, caplog):
+    _, argv = run_files
+    flags = ["--teacher_layer", "2", "--relation_heads", "2"]
+    train.main(with_args(argv + flags, dump_path=tmp_path / "run", stop_after_iter=1))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["--teacher_layer and --relation_heads: ignored, only the relation losses (--alpha_att/qq/kk/vv) "
+                      "use them"]  # fmt: skip
+    assert (tmp_path / "run" / "parameters.json").is_file()  # and the run went on
+
+    caplog.clear()
+    train_args.sanity_checks(train_args.parse_args(with_args(argv + flags, dump_path=tmp_path / "x", alpha_vv=1)))
+    assert not [r for r in caplog.records if "ignored" in r.getMessage()]
+
+
+@pytest.fixture(scope="module")
+def headless_teacher(tmp_path_factory, tokenizer_dir):
+    """A BertModel teacher: the tiny run's teacher shape, no masked-LM head."""
+    return make_headless_teacher_dir(tmp_path_factory.mktemp("headless") / "tiny-bert", tokenizer_dir)[0]
+
+
+@pytest.mark.parametrize("losses", [{}, {"alpha_ce": 0, "alpha_mse": 1}])
+def test_a_teacher_without_mlm_head_refuses_kd_and_mse(run_files, headless_teacher, tmp_path, capsys, losses):
+    _, argv = run_files
+    err = fails(with_args(argv, teacher_name=headless_teacher, **losses), tmp_path, capsys, "has no masked-LM head")
+    assert "--alpha_ce and --alpha_mse would learn from a random head" in err
+    assert "--alpha_cos" in err and "--alpha_att/qq/kk/vv" in err and "cls.predictions.bias" in err
+
+
+def test_a_teacher_without_mlm_head_teaches_cosine_and_relations(run_files, headless_teacher, tmp_path):
+    _, argv = run_files
+    dump = tmp_path / "run"
+    argv = with_args(argv, teacher_name=headless_teacher, alpha_ce=0, alpha_att=1, alpha_vv=1, log_interval=2)
+    train.main(with_args(argv, dump_path=dump, stop_after_iter=4))  # 2 optimizer steps
+    records = read_metrics(dump)
+    assert sorted(records) == [2, 4]
+    for r in records.values():
+        assert all(np.isfinite(r[k]) and r[k] > 0 for k in ("cos", "att", "vv", "mlm")), r

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertTokenizer, DistilBertConfig
+from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizer, DistilBertConfig
 
 import data_io
 
@@ -45,6 +45,18 @@ def make_teacher_dir(folder, tokenizer_dir, seed=0, **kw):
     tok = BertTokenizer.from_pretrained(str(tokenizer_dir))
     torch.manual_seed(seed)
     model = BertForMaskedLM(tiny_bert_config(len(tok), **kw)).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, model, tok
+
+
+def make_headless_teacher_dir(folder, tokenizer_dir, seed=0, **kw):
+    """A tiny BertModel, the encoder alone with no masked-LM head (like sentence-embedding models and fine-tuned
+    encoders), saved with save_pretrained, with the tokenizer beside it."""
+    folder = Path(folder)
+    tok = BertTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(seed)
+    model = BertModel(tiny_bert_config(len(tok), **kw)).eval()
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder, model, tok

@@ -10,9 +10,11 @@
 Copied: the word and position embeddings and their LayerNorm, the chosen encoder layers (attention, FFN,
 both LayerNorms), and the MLM head (the projector's bias; its weight is tied to the word embeddings) with
 its transform (dense + LayerNorm; `--no_vocab_transform` leaves it at random init, as upstream's default
-did). BERT adds token-type embedding 0 to every single-segment input and DistilBERT has no token types, so
-that vector is folded into the position embeddings: the student's embedding output then equals the
-teacher's (`--no_fold_token_type` drops it instead, as upstream did).
+did). A teacher saved without its MLM head (a BertModel: sentence-embedding models, fine-tuned encoders)
+gives no head to copy: the student's is then its own (seeded) random initialisation, and the script says so.
+BERT adds token-type embedding 0 to every single-segment input and DistilBERT has no token types, so that
+vector is folded into the position embeddings: the student's embedding output then equals the teacher's
+(`--no_fold_token_type` drops it instead, as upstream did).
 
 Default layers are spread evenly over the teacher: round(i * (L - 1) / (n - 1)) for i in 0..n-1.
 
@@ -26,15 +28,16 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import BertForMaskedLM, DistilBertConfig
+from transformers import BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 from data_io import check_writable
 from errors import InputError, reports_errors
-from utils import load_config, load_pretrained
+from utils import load_config, load_lm
 
 ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_CONFIG = ROOT / "training_configs" / "distilbert-small-uncased.json"  # the 4-layer student of the seed
+FRESH_HEAD_SEED = 0  # the initialisation of the head of a student whose teacher has none
 
 
 def spread_layers(n_student, n_teacher):
@@ -59,8 +62,9 @@ def parse_layers(text, n_student, n_teacher):
     return layers
 
 
-def extract(teacher, config, layers, vocab_transform=True, fold_token_type=True):
-    """The student state dict: a copy of the teacher's embeddings, `layers` and MLM head, renamed."""
+def extract(teacher, config, layers, vocab_transform=True, fold_token_type=True, teacher_head=True):
+    """The student state dict: a copy of the teacher's embeddings, `layers` and MLM head, renamed
+    (teacher_head=False: the teacher has no MLM head, and the student's is its own initialisation)."""
     t = teacher.state_dict()
     tc = teacher.config
     for what, s_val, t_val in (
@@ -100,12 +104,24 @@ def extract(teacher, config, layers, vocab_transform=True, fold_token_type=True)
                 out[f"distilbert.transformer.layer.{s_idx}.{s_name}.{w}"] = t[
                     f"bert.encoder.layer.{t_idx}.{t_name}.{w}"
                 ]
-    out["vocab_projector.bias"] = t["cls.predictions.bias"]
+    head = {"vocab_projector.bias": "cls.predictions.bias"}  # the projector's weight is the word embeddings
     if vocab_transform:
         for w in ("weight", "bias"):
-            out[f"vocab_transform.{w}"] = t[f"cls.predictions.transform.dense.{w}"]
-            out[f"vocab_layer_norm.{w}"] = t[f"cls.predictions.transform.LayerNorm.{w}"]
+            head[f"vocab_transform.{w}"] = f"cls.predictions.transform.dense.{w}"
+            head[f"vocab_layer_norm.{w}"] = f"cls.predictions.transform.LayerNorm.{w}"
+    if teacher_head:
+        out.update({s_key: t[t_key] for s_key, t_key in head.items()})
+    else:  # from_pretrained filled the missing head with random weights: noise, not the teacher's knowledge
+        fresh = fresh_student(config)
+        out.update({s_key: fresh[s_key] for s_key in head})
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+def fresh_student(config):
+    """A newly initialised student's state dict, under a fixed seed: the same file every run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(FRESH_HEAD_SEED)
+        return DistilBertForMaskedLM(config).state_dict()
 
 
 def save(state, path, metadata):
@@ -158,16 +174,17 @@ def main(argv=None):
             ROOT / "serialization_dir" / f"{config_path.stem}.from-{Path(args.model_name.rstrip('/')).name}.safetensors"
         )
         check_writable(dump, "--dump_checkpoint")  # before the teacher is loaded, not after
-        teacher = load_pretrained(BertForMaskedLM, args.model_name, "the teacher")
+        teacher, no_head = load_lm(BertForMaskedLM, args.model_name, "the teacher")
         n_teacher = teacher.config.num_hidden_layers
         layers = (
             parse_layers(args.layers, config.n_layers, n_teacher)
             if args.layers
             else spread_layers(config.n_layers, n_teacher)
         )
-        state = extract(teacher, config, layers, args.vocab_transform, args.fold_token_type)
+        state = extract(teacher, config, layers, args.vocab_transform, args.fold_token_type, not no_head)
         metadata = {
             "teacher": args.model_name,
+            "teacher_mlm_head": not no_head,  # False: the student's head is its own initialisation
             "teacher_layers": ",".join(map(str, layers)),
             "student_config": json.dumps(config.to_diff_dict()),
             "vocab_transform": args.vocab_transform,
@@ -178,6 +195,8 @@ def main(argv=None):
         raise InputError(f"could not write {dump} ({e.strerror or e})") from e
     n_params = sum(v.numel() for v in state.values())
     print(f"copied teacher layers {layers} into a {config.n_layers}-layer student")
+    if no_head:
+        print("the teacher has no masked-LM head: the student's head is left at random initialisation")
     print(f"{len(state)} tensors, {n_params / 1e6:.1f}M parameters -> {dump}")
     return dump
 
