@@ -11,7 +11,8 @@
 # requirements) -> the CUDA tests (pytest -m cuda) -> a generated corpus, a 30,522-id tokenizer and a
 # random-weight bert-base teacher (benchmarks/gpu_setup.py; no hub) -> binarization, token counts -> train.sh
 # (fp16, batch 32, expandable segments; a few hundred batches) -> the output loaded with
-# AutoModelForMaskedLM and a fill-mask pipeline -> benchmarks/bench_train.py --device cuda --fp16 (ours,
+# AutoModelForMaskedLM and a fill-mask pipeline -> step 8: scripts/run_glue.py on SST-2 (fp16) ->
+# benchmarks/bench_train.py --device cuda --fp16 (ours,
 # MiniLM's losses and upstream's step) -> the GPU, driver, torch and CUDA versions. A failing step is
 # recorded and the next one runs.
 set -uo pipefail
@@ -70,6 +71,15 @@ fill = pipeline("fill-mask", model=run, device=0 if torch.cuda.is_available() el
 print(type(model).__name__, sum(p.numel() for p in model.parameters()), "parameters")
 print(fill("the city lies on the [MASK] river.")[:3])
 PYEOF
+
+# Step 8 on the GPU: the student fine-tuned on SST-2 (GLUE's real files where they are, else the generated ones)
+GLUE_SST2=${GLUE_DIR:-../shared/data/glue}/SST-2
+[[ -f $GLUE_SST2/dev.tsv ]] || GLUE_SST2=$DATA/glue/SST-2
+if [[ $DRY == 1 ]]; then GLUE_SIZE=(--max_train_samples 300 --max_steps 6); else GLUE_SIZE=(--max_train_samples 20000 --fp16); fi
+step glue "$PY" scripts/run_glue.py --model_name_or_path "$OUT/run" --task_name sst2 --data_dir "$GLUE_SST2" \
+    --output_dir "$OUT/glue" --num_train_epochs 1 --learning_rate 5e-5 --report_to none --save_strategy no \
+    --disable_tqdm true "${GLUE_SIZE[@]}"
+grep -E "accuracy|data|--fp16" "$OUT/glue.log" | sed 's/^/    /' | tee -a "$SUMMARY"
 
 if [[ $DRY == 1 ]]; then
     echo "- bench: skipped (needs CUDA)" | tee -a "$SUMMARY"

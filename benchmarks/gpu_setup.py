@@ -61,7 +61,15 @@ def main(argv=None):
     if args.small:
         config.update(dim=128, n_layers=2, n_heads=2, hidden_dim=512)
     (out / "student.json").write_text(json.dumps(config, indent=2))
-    print(f"{len(lines):,} lines in {out / 'dump.txt'}; teacher and tokenizer ({len(tokenizer):,} ids) in {model_dir}")
+    # Step 8's stand-in where GLUE's real SST-2 is not at hand: an SST-2 folder in GLUE's TSV layout whose
+    # label says whether the line tells a birth year (learnable, so a working fine-tune scores above chance).
+    sst2 = out / "glue" / "SST-2"
+    sst2.mkdir(parents=True, exist_ok=True)
+    rows = [f"{line}\t{int('born' in line)}" for line in lines[:6000]]
+    (sst2 / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows[:5000]) + "\n")
+    (sst2 / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows[5000:]) + "\n")
+    print(f"{len(lines):,} lines in {out / 'dump.txt'}; teacher and tokenizer ({len(tokenizer):,} ids) in {model_dir}; "
+          f"a generated SST-2 in {sst2}")
 
 
 if __name__ == "__main__":

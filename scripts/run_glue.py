@@ -17,11 +17,14 @@ is new. Every task's data is loaded and its labels checked before the first step
 In --output_dir:
   results.json                      the model's score per task (median over --seeds, at the best learning
                                     rate of --learning_rate_grid); scripts/glue_table.py makes tables of these
-  TASK/lr2e-05_seed42/results.json  one run: metrics, hyper-parameters, time; while it runs, the Trainer's
-                                    checkpoints (removed once it has its results) and tensorboard events
-A rerun keeps the runs that have results (--overwrite_output_dir redoes them) and resumes an interrupted
-run from its last checkpoint. Every other TrainingArguments flag works as in transformers (--bf16,
---gradient_accumulation_steps, --report_to, ...), and so does torchrun.
+  TASK/lr2e-05_seed42/results.json  one run: metrics, hyper-parameters, time; while it runs, settings.json,
+                                    the Trainer's checkpoints (removed once it has its results) and
+                                    tensorboard events
+A rerun keeps the runs that have results and resumes an interrupted run from its newest complete checkpoint,
+each only if every setting that changes the result, the model, the tokenizer and the data are the same
+(else it stops and says what differs). --overwrite_output_dir redoes them, keeping each old run aside until
+its replacement has results. Every other TrainingArguments flag works as in transformers (--bf16,
+--gradient_accumulation_steps, --report_to, ...), and so does torchrun. A non-finite loss exits with status 3.
 """
 
 import dataclasses

@@ -15,7 +15,7 @@ def test_the_gpu_check_runs_its_cpu_steps(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     steps = [json.loads(line) for line in (tmp_path / "out" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == ["packages", "cuda_tests", "data", "binarize", "token_counts", "train_sh",
-                                         "load", "env"]  # fmt: skip
+                                         "load", "glue", "env"]  # fmt: skip
     assert all(s["rc"] == 0 for s in steps)
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "bench: skipped (needs CUDA)" in summary and "0 step(s) failed" in summary
@@ -23,3 +23,5 @@ def test_the_gpu_check_runs_its_cpu_steps(tmp_path):
     assert "skipped" in (tmp_path / "out" / "cuda_tests.log").read_text()  # no GPU here: skipped, with a reason
     assert "'token_str'" in (tmp_path / "out" / "load.log").read_text()  # the fill-mask pipeline answered
     assert json.loads((tmp_path / "out" / "env.json").read_text())["torch"]
+    glue = json.loads((tmp_path / "out" / "glue" / "results.json").read_text())  # step 8 on the trained student
+    assert glue["tasks"]["sst2"]["metrics"]["sst2"]["accuracy"] >= 0 and glue["model_path"].endswith("run")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -26,3 +28,13 @@ def test_every_module_is_installed_and_no_file_edits_sys_path():
         assert spec is not None and ROOT in Path(spec.origin).parents, name
     code = [p for d in ("", "scripts", "scripts/extract", "benchmarks", "tests") for p in (ROOT / d).glob("*.py")]
     assert [p.name for p in code if "sys.path.insert" in p.read_text() and p.name != "test_lint.py"] == []
+
+
+def test_no_build_output_is_tracked():
+    """`pip install -e .` rewrites *.egg-info/ on every install: it belongs in .gitignore, not in git."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert not [p for p in tracked if ".egg-info/" in p or "__pycache__/" in p]
+    ignored = subprocess.run(["git", "check-ignore", "-q", "distilbert_small.egg-info/PKG-INFO"], cwd=ROOT)
+    assert ignored.returncode == 0
