@@ -373,9 +373,15 @@ def safetensors_complete(path):
         return False
 
 
-def plan_run(run, hyper, overwrite):
+def plan_run(run, hyper, overwrite, main_process):
     """What to do with one run's folder, decided before anything trains or is removed."""
     results = run.dir / "results.json"
+    aside = aside_path(run.dir)
+    if aside.exists():  # a replacement killed outright (no chance to put the old run back): put it back now
+        if main_process:
+            shutil.rmtree(run.dir, ignore_errors=True)
+            aside.rename(run.dir)
+        say(f"{run.dir}: put back; its replacement by --overwrite_output_dir was stopped before it finished")
     if overwrite or not run.dir.exists():
         return run
     if results.exists():
@@ -555,10 +561,6 @@ def execute(run, targs, overwrite, hyper, train):
     aside = aside_path(run.dir)
     with targs.main_process_first(local=False, desc="run folder"):  # one process moves; the others wait
         if main_process:
-            if aside.exists() and not run.dir.exists():  # a replacement killed outright: the old run comes back
-                aside.rename(run.dir)
-            if aside.exists():
-                shutil.rmtree(aside)
             if overwrite and run.dir.exists():
                 run.dir.rename(aside)
             for checkpoint in run.discard:
@@ -645,10 +647,13 @@ def main(argv=None):
                "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}  # fmt: skip
     seeds = [targs.seed + i for i in range(sweep.seeds)]
     plans = []
-    for task_data in tasks:
-        hyper = settings(data_args, targs, task_data, identity, max_length)
-        runs = [Run(lr, seed, out_dir / task_data.task.name / f"lr{lr:g}_seed{seed}") for lr in rates for seed in seeds]
-        plans.append((task_data, hyper, [plan_run(run, hyper, overwrite) for run in runs]))
+    with targs.main_process_first(local=False, desc="planning"):  # the first process repairs; the others read after
+        for task_data in tasks:
+            hyper = settings(data_args, targs, task_data, identity, max_length)
+            folder = out_dir / task_data.task.name
+            runs = [plan_run(Run(lr, seed, folder / f"lr{lr:g}_seed{seed}"), hyper, overwrite, targs.process_index == 0)
+                    for lr in rates for seed in seeds]  # fmt: skip
+            plans.append((task_data, hyper, runs))
 
     for task_data, hyper, runs in plans:
         task = task_data.task

@@ -152,6 +152,18 @@ def test_overwrite_keeps_the_old_run_aside_until_the_new_one_has_results(finishe
     assert new["hyper_parameters"]["weight_decay"] == 0.1
 
 
+def test_a_replacement_killed_outright_puts_the_old_run_back(finished, capsys):
+    args, results, text = finished
+    run_dir = results.parent
+    aside = run_dir.parent / f".{run_dir.name}.replaced-by-overwrite"
+    run_dir.rename(aside)  # what a SIGKILL during an --overwrite_output_dir run leaves: the old run aside ...
+    (run_dir / "checkpoint-1").mkdir(parents=True)  # ... and the replacement's first checkpoint
+    glue_main(*args)
+    out = capsys.readouterr().out
+    assert "put back; its replacement by --overwrite_output_dir was stopped" in out and ": kept " in out
+    assert results.read_text() == text and not aside.exists() and not (run_dir / "checkpoint-1").exists()
+
+
 def test_another_model_into_the_same_output_dir_is_refused(finished, tmp_path, tokenizer_dir, custom_task, capsys):  # noqa: F811
     args, results, _ = finished
     other, _, _ = make_teacher_dir(tmp_path / "other-bert", tokenizer_dir, seed=1)
