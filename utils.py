@@ -233,6 +233,20 @@ def load_lm(model_class, name, what, **kwargs):
     return model, sorted(k for k in info["missing_keys"] if not k.startswith(prefix) and k not in tied)
 
 
+def load_masked_lm(name, path):
+    """A masked LM to measure or show its predictions: one without its head is refused, since its figures
+    would be those of random weights (~0% top-1), not of the model."""
+    from transformers import AutoModelForMaskedLM
+
+    model, no_head = load_lm(AutoModelForMaskedLM, path, "the masked LM")
+    if no_head:
+        raise InputError(
+            f"model {name} ({path}) has no masked-LM head (its checkpoint lacks {', '.join(no_head[:3])}"
+            f"{', ...' if len(no_head) > 3 else ''}), so its predictions would be random: leave it out"
+        )
+    return model.eval()
+
+
 def load_config(config_class, path):
     """A model config from a JSON file; InputError with one line when it is missing or not such a config."""
     path = Path(path)

@@ -24,7 +24,7 @@ import evaluation
 import masking
 import utils
 from errors import InputError, reports_errors
-from utils import init_distributed, load_lm, logger
+from utils import init_distributed, logger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,15 +45,7 @@ def named(spec):
 
 
 def load_model(name, path, device):
-    from transformers import AutoModelForMaskedLM
-
-    model, no_head = load_lm(AutoModelForMaskedLM, path, "the masked LM")
-    if no_head:  # an encoder-only checkpoint: its figures would be those of a random head (~0% top-1)
-        raise InputError(
-            f"model {name} ({path}) has no masked-LM head (its checkpoint lacks {', '.join(no_head[:3])}"
-            f"{', ...' if len(no_head) > 3 else ''}), so its MLM accuracy cannot be measured: leave it out"
-        )
-    return model.to(device).eval()
+    return utils.load_masked_lm(name, path).to(device)  # a model without its head is refused, not scored
 
 
 def load_tokenizer(path):

@@ -19,7 +19,7 @@ import torch
 
 import data_io
 from errors import InputError, reports_errors
-from utils import load_pretrained, load_tokenizer, split_name
+from utils import load_masked_lm, load_tokenizer, split_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import transformers
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -78,7 +78,7 @@ def main(argv=None):
         name, path = split_name(spec)
         names.append((name or Path(path.rstrip("/")).name, path))
     tokenizer = load_tokenizer(AutoTokenizer, names[0][1])
-    models = {name: load_pretrained(AutoModelForMaskedLM, path, "the masked LM").eval() for name, path in names}
+    models = {name: load_masked_lm(name, path) for name, path in names}  # a model without its head is refused
     examples = [(tokenizer(t)["input_ids"], None) for t in args.text]
     if args.data_file:
         if not args.token_counts:
