@@ -97,6 +97,11 @@ class Split:
             return self
         return Split(self.name, [t[:n] for t in self.texts], self.labels[:n], self.source, self.skipped)
 
+    def rows(self, start, stop, label):
+        """Examples start..stop-1 with every label replaced by `label` (texts for a teacher to label)."""
+        texts = [t[start:stop] for t in self.texts]
+        return Split(f"{self.name} (unlabeled)", texts, [label] * len(texts[0]), self.source)
+
     def digest(self):
         """A digest of the texts and labels: a kept result is reused only for the same data."""
         h = hashlib.sha256()
@@ -111,6 +116,7 @@ class TaskData:
     train: Split
     dev: dict = field(default_factory=dict)  # result name ("sst2", "mnli-m", ...) -> Split
     source: str = ""  # "GLUE TSV in ...", "parquet in ...", "the hub", "your files"
+    unlabeled: Split = None  # training texts without their labels, for a teacher to label (--unlabeled_samples)
 
     @property
     def num_labels(self):

@@ -41,6 +41,7 @@ from pathlib import Path
 from statistics import median
 
 import glue
+import task_distill
 from data_io import CHECKPOINT, atomic_write, check_writable
 from errors import NON_FINITE_EXIT, InputError, fail, reports_errors
 from scripts import glue_table
@@ -117,7 +118,8 @@ def say(*args):
 def parse_args(argv=None):
     from transformers import HfArgumentParser, TrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, SweepArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, SweepArguments, task_distill.DistillArguments,
+                               TrainingArguments))  # fmt: skip
     parser.description = __doc__.split("\n\n")[0]
     parser.prog = "run_glue.py"  # usage errors read like every other error, also when main() is called in-process
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -132,7 +134,7 @@ def parse_args(argv=None):
     parser.set_defaults(**{k: v for k, v in DEFAULTS.items() if k in fields}, **versioned)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        model, data, sweep, training = parser.parse_args_into_dataclasses(args=argv)
+        model, data, sweep, distill, training = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as e:  # unknown flags, or TrainingArguments refusing a combination
         parser.error(first_line(e))
     if not model.model_name_or_path:
@@ -140,7 +142,7 @@ def parse_args(argv=None):
     # transformers 5 puts a run without --output_dir in ./trainer_output: results must not land unasked
     if not any(a.split("=")[0] in ("--output_dir", "--output-dir") for a in argv):
         parser.error("--output_dir is required")
-    return model, data, sweep, training
+    return model, data, sweep, distill, training, argv
 
 
 def check_flags(data, sweep, training):
@@ -197,8 +199,9 @@ def learning_rates(sweep, training):
     return rates
 
 
-def load_data(data):
-    """Every task's TaskData, checked, before any training."""
+def load_data(data, unlabeled=None):
+    """Every task's TaskData, checked, before any training; with `unlabeled` (--unlabeled_samples), that many
+    more training examples, their labels dropped, for a teacher to label."""
     if data.task_name == "all":
         if data.train_file or data.validation_file:
             raise InputError("--task_name all reads GLUE's tasks: leave out --train_file/--validation_file")
@@ -209,15 +212,37 @@ def load_data(data):
     out = []
     for name in names:
         task = glue.load_task(name, data.data_dir, data.train_file, data.validation_file, columns, data.label_column)
-        task.train = task.train.head(data.max_train_samples)
+        full, task.train = task.train, task.train.head(data.max_train_samples)
+        if unlabeled:
+            if len(full) <= len(task.train):
+                raise InputError(f"--unlabeled_samples {unlabeled}: no {task.task.title} training examples are left "
+                                 "after the labelled ones: give --max_train_samples below "
+                                 f"{len(full):,}")  # fmt: skip
+            mark = float("nan") if task.task.labels is None else task_distill.UNLABELED
+            task.unlabeled = full.rows(len(task.train), len(task.train) + unlabeled, label=mark)
         task.dev = {k: v.head(data.max_eval_samples) for k, v in task.dev.items()}
         task.check_classes()
         skipped = task.train.skipped + sum(s.skipped for s in task.dev.values())
         note = f", {skipped} malformed lines left out" if skipped else ""
         dev = ", ".join(f"{k} {len(v):,}" for k, v in task.dev.items())
-        say(f"{task.task.title}: train {len(task.train):,}, dev {dev} ({task.source}{note})")
+        more = f" (+ {len(task.unlabeled):,} without their labels)" if task.unlabeled else ""
+        say(f"{task.task.title}: train {len(task.train):,}{more}, dev {dev} ({task.source}{note})")
         out.append(task)
     return out
+
+
+def load_teacher(dargs, student_path):
+    """The teacher, its tokenizer and its identity; its shapes checked against the student's for the
+    intermediate losses."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = dargs.teacher_name_or_path
+    check_model(path)
+    model = task_distill.load_teacher(path)
+    tokenizer = load_tokenizer(AutoTokenizer, path, "the teacher's tokenizer")
+    if dargs.per_step:
+        task_distill.check_shapes(dargs, load_pretrained(AutoModel, student_path, "the model"), model)
+    return Teacher(dargs, model, tokenizer, model_identity(path, model.config, tokenizer))
 
 
 def check_model(path):
@@ -265,7 +290,7 @@ NOT_RESULT = {
 NOT_RESULT_PREFIXES = ("logging_", "log_", "save_", "hub_", "trackio_", "eval_")
 
 
-def settings(data_args, targs, task_data, identity, max_length):
+def settings(data_args, targs, task_data, identity, max_length, distillation=None):
     """Everything a run's result depends on besides its seed and learning rate: a kept run must match it."""
     args = {k: v for k, v in targs.to_dict().items() if k not in NOT_RESULT and not k.startswith(NOT_RESULT_PREFIXES)}
     out = {
@@ -279,6 +304,8 @@ def settings(data_args, targs, task_data, identity, max_length):
         "eval_examples": {k: len(v) for k, v in task_data.dev.items()},
         "train_data": task_data.train.digest(),
         "eval_data": {k: v.digest() for k, v in task_data.dev.items()},
+        "distillation": distillation,  # the teacher's weights digest and the loss weights; None: no teacher
+        "unlabeled_data": task_data.unlabeled.digest() if task_data.unlabeled else None,
         **args,
     }
     return json.loads(json.dumps(out, default=str))  # as it reads back from results.json
@@ -471,19 +498,53 @@ def tokenize(task_data, tokenizer, max_length, pad):
     fit = {"pieces_per_word": len(ids) / max(words, 1), "unk_fraction": ids.count(unk) / max(len(ids), 1)}
     say(f"{task_data.task.title}: {fit['pieces_per_word']:.2f} word pieces per word, {fit['unk_fraction']:.1%} "
           f"{tokenizer.unk_token} (dev; bert-base-uncased's vocabulary: 1.2-1.3, none)")  # fmt: skip
-    return encode(task_data.train), dev, fit
+    train = encode(task_data.train)
+    if task_data.unlabeled:  # after the labelled rows: the teacher's logits are their only target
+        train = datasets.concatenate_datasets([train, encode(task_data.unlabeled)])
+    return train, dev, fit
 
 
-def model_inputs(dataset, model):
-    """Only the inputs the model's forward takes: DistilBERT has no token_type_ids."""
-    import inspect
-
-    accepted = set(inspect.signature(model.forward).parameters)
-    return dataset.remove_columns([c for c in dataset.column_names if c != "label" and c not in accepted])
+def model_inputs(dataset, model, also=()):
+    """Only the inputs the model's forward takes (DistilBERT has no token_type_ids), and the columns `also`."""
+    keep = task_distill.forward_inputs(model) | {"label", *also}
+    return dataset.remove_columns([c for c in dataset.column_names if c not in keep])
 
 
-def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, run):
-    """One run: fine-tune from the pretrained weights, evaluate every dev set; the run's results dict."""
+@dataclass
+class Teacher:
+    """The task distillation's teacher (--teacher_name_or_path), loaded and checked once."""
+
+    args: task_distill.DistillArguments
+    model: object
+    tokenizer: object
+    identity: dict
+
+    def check(self, task_data, tokenizer):
+        """Before any training: the teacher is this task's classifier and reads the student's input ids."""
+        path = self.args.teacher_name_or_path
+        task_distill.check_teacher(self.model, task_data.task, task_data.num_labels, path)
+        task_distill.check_vocabulary(tokenizer, self.tokenizer, task_data.train.texts[0][:64], path)
+
+    def logits(self, train_set, tokenizer, targs):
+        """train_set with the teacher's logits as a column (computed once, in eval mode, for every run)."""
+        import torch
+        from transformers import DataCollatorWithPadding
+
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision(targs))  # as the steps run
+        logits = task_distill.teacher_logits(self.model, train_set, DataCollatorWithPadding(tokenizer),
+                                             targs.per_device_eval_batch_size, targs.device, dtype)  # fmt: skip
+        self.model.cpu()  # the step needs only the column
+        return train_set.add_column(task_distill.TEACHER_LOGITS, logits.tolist())
+
+    def record(self):
+        return {"path": self.args.teacher_name_or_path, **task_distill.settings(self.args, self.identity),
+                "teacher_logits": "every step" if self.args.per_step else "computed once",
+                "unlabeled_samples": self.args.unlabeled_samples}  # fmt: skip
+
+
+def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, run, teacher=None):
+    """One run: fine-tune from the pretrained weights (distil, with a teacher), evaluate every dev set; the
+    run's results dict."""
     import numpy as np
     import torch
     import transformers
@@ -503,8 +564,15 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         ignore_mismatched_sizes=True,  # a model fine-tuned before has a head of another size
     )  # fmt: skip
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 or args.bf16 else None)
-    trainer = Trainer(model=model, args=args, train_dataset=model_inputs(train_set, model), data_collator=collator,
-                      callbacks=callbacks())  # fmt: skip
+    train_inputs = model_inputs(train_set, model)
+    trainer_class = Trainer
+    if teacher:
+        train_inputs = model_inputs(train_set, model, task_distill.forward_inputs(teacher.model) |
+                                    {task_distill.TEACHER_LOGITS})  # fmt: skip
+        collator = task_distill.WithTeacherLogits(collator)
+        trainer_class = task_distill.distill_trainer(teacher.args, teacher.model, task.labels is None)
+    trainer = trainer_class(model=model, args=args, train_dataset=train_inputs, data_collator=collator,
+                            callbacks=callbacks())  # fmt: skip
     start = time.time()
     train_metrics = trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None).metrics
     train_time = time.time() - start
@@ -525,6 +593,7 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         "learning_rate": run.lr,
         "hyper_parameters": hyper,
         "precision": precision(targs),
+        "teacher": teacher.record() if teacher else None,
         "steps": trainer.state.global_step,
         "train_seconds": round(train_time, 1),
         "train_samples_per_second": train_metrics.get("train_samples_per_second"),
@@ -611,13 +680,14 @@ def summarize(task, runs):
 
 @reports_errors
 def main(argv=None):
-    margs, data_args, sweep, targs = parse_args(argv)
+    margs, data_args, sweep, dargs, targs, argv = parse_args(argv)
     import torch
     import transformers
     from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected
     check_flags(data_args, sweep, targs)
+    task_distill.check_flags(dargs, argv)
     rates = learning_rates(sweep, targs)
     asked = precision(targs)
     if targs.fp16 and not torch.cuda.is_available():  # the Trainer would run fp32 and record fp16
@@ -631,25 +701,31 @@ def main(argv=None):
     config = load_pretrained(transformers.AutoConfig, margs.model_name_or_path, "the model")
     tokenizer = load_tokenizer(AutoTokenizer, margs.tokenizer_name or margs.model_name_or_path)
     identity = model_identity(margs.model_name_or_path, config, tokenizer)
-    max_length = min(data_args.max_seq_length, model_input_limit(tokenizer, config))
+    teacher = load_teacher(dargs, margs.model_name_or_path) if dargs.on else None
+    configs = (config, teacher.model.config) if teacher else (config,)
+    max_length = min(data_args.max_seq_length, model_input_limit(tokenizer, *configs))
     if max_length < data_args.max_seq_length:
         say(f"--max_seq_length {data_args.max_seq_length} is more than the model takes: {max_length}")
     room = tokenizer.num_special_tokens_to_add(pair=True) + 2
     if max_length < room:
         raise InputError(f"--max_seq_length {max_length} leaves no room for text: give at least {room}")
-    tasks = load_data(data_args)
+    tasks = load_data(data_args, dargs.unlabeled_samples)
+    for task_data in tasks if teacher else ():
+        teacher.check(task_data, tokenizer)
     margs.model_label = margs.model_label or Path(margs.model_name_or_path.rstrip("/")).name
 
     # Every kept result, checkpoint and setting of every task is checked before the first run trains.
     overwrite = data_args.overwrite_output_dir
     summary = {"model": margs.model_label, "model_path": margs.model_name_or_path, "model_identity": identity,
                "precision": {"asked": asked, "ran": precision(targs)},
+               "teacher": teacher.record() if teacher else None,
                "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}  # fmt: skip
     seeds = [targs.seed + i for i in range(sweep.seeds)]
     plans = []
     with targs.main_process_first(local=False, desc="planning"):  # the first process repairs; the others read after
         for task_data in tasks:
-            hyper = settings(data_args, targs, task_data, identity, max_length)
+            distillation = task_distill.settings(dargs, teacher.identity) if teacher else None
+            hyper = settings(data_args, targs, task_data, identity, max_length, distillation)
             folder = out_dir / task_data.task.name
             runs = [plan_run(Run(lr, seed, folder / f"lr{lr:g}_seed{seed}"), hyper, overwrite, targs.process_index == 0)
                     for lr in rates for seed in seeds]  # fmt: skip
@@ -661,6 +737,8 @@ def main(argv=None):
             train_set = dev_sets = fit = None
         else:
             train_set, dev_sets, fit = tokenize(task_data, tokenizer, max_length, data_args.pad_to_max_length)
+            if teacher and not dargs.per_step:  # the teacher's logits, once for every run of the task
+                train_set = teacher.logits(train_set, tokenizer, targs)
         results = []
         for run in runs:
             title = f"{task.title} lr {run.lr:g} seed {run.seed}"
@@ -671,7 +749,8 @@ def main(argv=None):
             say(f"{title}: fine-tuning {margs.model_label} -> {run.dir}")
             try:
                 result = execute(run, targs, overwrite, hyper, lambda run=run: fine_tune(
-                    margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, run))  # fmt: skip
+                    margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, run,
+                    teacher))  # fmt: skip
             except NonFiniteLoss as e:
                 fail("run_glue.py", f"{title}: {e}: the run is not recorded (lower --learning_rate, or check the "
                      "data)", NON_FINITE_EXIT)  # fmt: skip

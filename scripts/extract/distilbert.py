@@ -6,6 +6,11 @@
     python scripts/extract/distilbert.py --student_config training_configs/distilbert-base-uncased.json
         # 6 layers 0,2,4,7,9,11 (upstream's choice) -> serialization_dir/distilbert-base-uncased.from-...
     python scripts/extract/distilbert.py --layers 0,3,8,11 --dump_checkpoint my_init.safetensors
+    python scripts/extract/distilbert.py --model_name M --student_config C --save_pretrained student/
+        # also a model folder (config, weights, the teacher's tokenizer) that run_glue.py and the HF
+        # loaders take as it is: a student fine-tuned from the teacher's layers, with no distillation yet
+    python scripts/extract/distilbert.py ... --random_init --save_pretrained random_student/
+        # the same shape with no teacher weights at all (its own seeded initialisation): the baseline
 
 Copied: the word and position embeddings and their LayerNorm, the chosen encoder layers (attention, FFN,
 both LayerNorms), and the MLM head (the projector's bias; its weight is tied to the word embeddings) with
@@ -28,11 +33,11 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+from transformers import AutoTokenizer, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 from data_io import check_writable
 from errors import InputError, reports_errors
-from utils import load_config, load_lm
+from utils import load_config, load_lm, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,11 +67,8 @@ def parse_layers(text, n_student, n_teacher):
     return layers
 
 
-def extract(teacher, config, layers, vocab_transform=True, fold_token_type=True, teacher_head=True):
-    """The student state dict: a copy of the teacher's embeddings, `layers` and MLM head, renamed
-    (teacher_head=False: the teacher has no MLM head, and the student's is its own initialisation)."""
-    t = teacher.state_dict()
-    tc = teacher.config
+def check_fits(config, tc):
+    """The student config must have the teacher's widths (layers are copied) and vocabulary (its tokenizer)."""
     for what, s_val, t_val in (
         ("hidden size", config.dim, tc.hidden_size),
         ("vocab size", config.vocab_size, tc.vocab_size),
@@ -79,6 +81,12 @@ def extract(teacher, config, layers, vocab_transform=True, fold_token_type=True,
     if getattr(config, "sinusoidal_pos_embds", False):
         raise InputError("the student config uses sinusoidal position embeddings; these copy learned ones")
 
+
+def extract(teacher, config, layers, vocab_transform=True, fold_token_type=True, teacher_head=True):
+    """The student state dict: a copy of the teacher's embeddings, `layers` and MLM head, renamed
+    (teacher_head=False: the teacher has no MLM head, and the student's is its own initialisation)."""
+    t = teacher.state_dict()
+    check_fits(config, teacher.config)
     pos = t["bert.embeddings.position_embeddings.weight"]
     if fold_token_type:
         pos = pos + t["bert.embeddings.token_type_embeddings.weight"][0]
@@ -124,6 +132,20 @@ def fresh_student(config):
         return DistilBertForMaskedLM(config).state_dict()
 
 
+def save_pretrained(state, config, tokenizer, folder, metadata):
+    """The student as a HF model folder: config, weights (loaded strictly) and the teacher's tokenizer."""
+    from data_io import atomic_write
+
+    folder = Path(folder)
+    model = DistilBertForMaskedLM(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"vocab_projector.weight"}, (missing, unexpected)  # tied weight
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    with atomic_write(folder / "extraction.json", "w") as f:  # what the folder was made from
+        json.dump(metadata, f, indent=2, default=str)
+
+
 def save(state, path, metadata):
     from data_io import atomic_write
 
@@ -165,6 +187,17 @@ def main(argv=None):
         default=True,  # makes the student's embedding output equal the teacher's on single-segment input
         help="add BERT's token-type embedding 0 into the position embeddings; on by default",
     )
+    parser.add_argument(
+        "--save_pretrained",
+        default=None,
+        metavar="DIR",
+        help="also write the student as a model folder (config, weights, the teacher's tokenizer) for run_glue.py",
+    )
+    parser.add_argument(
+        "--random_init",
+        action="store_true",
+        help="no teacher weights: the student's own seeded initialisation (the no-pretraining baseline)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -174,30 +207,53 @@ def main(argv=None):
             ROOT / "serialization_dir" / f"{config_path.stem}.from-{Path(args.model_name.rstrip('/')).name}.safetensors"
         )
         check_writable(dump, "--dump_checkpoint")  # before the teacher is loaded, not after
+        if args.save_pretrained:
+            check_writable(args.save_pretrained, "--save_pretrained", folder=True)
+        if args.random_init and args.layers:
+            raise InputError("--random_init copies no layers: leave out --layers")
+        tokenizer = (
+            load_tokenizer(AutoTokenizer, args.model_name, "the teacher's tokenizer") if args.save_pretrained else None
+        )
         teacher, no_head = load_lm(BertForMaskedLM, args.model_name, "the teacher")
         n_teacher = teacher.config.num_hidden_layers
-        layers = (
-            parse_layers(args.layers, config.n_layers, n_teacher)
-            if args.layers
-            else spread_layers(config.n_layers, n_teacher)
-        )
-        state = extract(teacher, config, layers, args.vocab_transform, args.fold_token_type, not no_head)
+        if args.random_init:
+            layers, state = (
+                [],
+                {k: v.contiguous() for k, v in fresh_student(config).items() if k != "vocab_projector.weight"},
+            )
+            check_fits(config, teacher.config)
+        else:
+            layers = (
+                parse_layers(args.layers, config.n_layers, n_teacher)
+                if args.layers
+                else spread_layers(config.n_layers, n_teacher)
+            )
+            state = extract(teacher, config, layers, args.vocab_transform, args.fold_token_type, not no_head)
         metadata = {
             "teacher": args.model_name,
             "teacher_mlm_head": not no_head,  # False: the student's head is its own initialisation
-            "teacher_layers": ",".join(map(str, layers)),
+            "teacher_layers": ",".join(map(str, layers)) if layers else "none (--random_init)",
             "student_config": json.dumps(config.to_diff_dict()),
             "vocab_transform": args.vocab_transform,
             "fold_token_type": args.fold_token_type,
         }
         save(state, dump, metadata)
+        if args.save_pretrained:
+            save_pretrained(state, config, tokenizer, args.save_pretrained, metadata)
     except OSError as e:  # a full disk, a folder that vanished during the run
         raise InputError(f"could not write {dump} ({e.strerror or e})") from e
     n_params = sum(v.numel() for v in state.values())
-    print(f"copied teacher layers {layers} into a {config.n_layers}-layer student")
-    if no_head:
+    if args.random_init:
+        print(
+            f"a {config.n_layers}-layer student with its own random weights (seed {FRESH_HEAD_SEED}): no teacher layers"
+        )
+    else:
+        print(f"copied teacher layers {layers} into a {config.n_layers}-layer student")
+    if no_head and not args.random_init:
         print("the teacher has no masked-LM head: the student's head is left at random initialisation")
     print(f"{len(state)} tensors, {n_params / 1e6:.1f}M parameters -> {dump}")
+    if args.save_pretrained:
+        print(f"the student as a model folder -> {args.save_pretrained}")
     return dump
 
 

