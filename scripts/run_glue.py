@@ -518,6 +518,7 @@ class Teacher:
     model: object
     tokenizer: object
     identity: dict
+    logits_seconds: float | None = None  # the one pass over the training set (benchmarks/bench_task_distill.py)
 
     def check(self, task_data, tokenizer):
         """Before any training: the teacher is this task's classifier and reads the student's input ids."""
@@ -531,9 +532,12 @@ class Teacher:
         from transformers import DataCollatorWithPadding
 
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision(targs))  # as the steps run
+        start = time.time()
         logits = task_distill.teacher_logits(self.model, train_set, DataCollatorWithPadding(tokenizer),
                                              targs.per_device_eval_batch_size, targs.device, dtype)  # fmt: skip
         self.model.cpu()  # the step needs only the column
+        self.logits_seconds = round(time.time() - start, 2)
+        say(f"the teacher's logits for {len(train_set):,} training rows: {self.logits_seconds:.1f} s, once for every run")
         return train_set.add_column(task_distill.TEACHER_LOGITS, logits.tolist())
 
     def record(self):
@@ -593,7 +597,7 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         "learning_rate": run.lr,
         "hyper_parameters": hyper,
         "precision": precision(targs),
-        "teacher": teacher.record() if teacher else None,
+        "teacher": teacher.record() | {"logits_seconds": teacher.logits_seconds} if teacher else None,
         "steps": trainer.state.global_step,
         "train_seconds": round(train_time, 1),
         "train_samples_per_second": train_metrics.get("train_samples_per_second"),

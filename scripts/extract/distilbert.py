@@ -33,6 +33,7 @@ import json
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoTokenizer, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 from data_io import check_writable
@@ -199,6 +200,8 @@ def main(argv=None):
         help="no teacher weights: the student's own seeded initialisation (the no-pretraining baseline)",
     )
     args = parser.parse_args(argv)
+    # transformers' load report lists the head a headless teacher lacks: this script says so in one line
+    transformers.logging.set_verbosity_error()
 
     try:
         config_path = Path(args.student_config)
