@@ -57,7 +57,8 @@ def build_models(work, pretrained):
     AutoTokenizer.from_pretrained(str(pretrained)).save_pretrained(work / "teacher")
     extract.main(["--model_name", str(pretrained), "--student_config",
                   str(ROOT / "training_configs" / "distilbert-l3-h384-uncased.json"),
-                  "--dump_checkpoint", str(work / "student.safetensors"), "--save_pretrained", str(work / "student")])  # fmt: skip
+                  "--dump_checkpoint", str(work / "student.safetensors"),
+                  "--save_pretrained", str(work / "student")])  # fmt: skip
     return work / "teacher", work / "student"
 
 
