@@ -537,7 +537,8 @@ class Teacher:
                                              targs.per_device_eval_batch_size, targs.device, dtype)  # fmt: skip
         self.model.cpu()  # the step needs only the column
         self.logits_seconds = round(time.time() - start, 2)
-        say(f"the teacher's logits for {len(train_set):,} training rows {self.logits_seconds:.1f} s, once for all runs")
+        say(f"the teacher's logits for {len(train_set):,} training rows took {self.logits_seconds:.1f} s"
+            " (once, for all runs)")
         return train_set.add_column(task_distill.TEACHER_LOGITS, logits.tolist())
 
     def record(self):
