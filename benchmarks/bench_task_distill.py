@@ -19,11 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from scripts import run_glue
+from utils import cpu_description
 
-from scripts import run_glue  # noqa: E402
-from utils import cpu_description  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ROWS = {  # name -> run_glue.py flags added to the plain run's
     "plain": [],
