@@ -78,7 +78,7 @@ def one_epoch(work, name, flags, student, teacher, data_dir, train, max_seq_leng
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n")[0])
     p.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "glue" / "SST-2"),
                    help="GLUE's SST-2 folder (TSV)")  # fmt: skip
     p.add_argument("--train", type=int, default=1600, help="training sentences: one epoch of each run")

@@ -5,7 +5,10 @@ corpus's own words (the real bert-base-uncased vocab is not needed to test the m
 """
 
 import collections
+import contextlib
 import inspect
+import io
+import logging
 import os
 import re
 import subprocess
@@ -17,12 +20,20 @@ import torch
 
 # Fail fast instead of retrying an unreachable hub (scripts run by run_script inherit this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker (and per script it runs),
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # so two workers do not fight over 2 cores
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from scripts import make_synthetic_wiki
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first, so that the workers of `-n auto` do not end with one long test each."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def run_script(script, *args, cwd=None, check=False):
@@ -32,6 +43,25 @@ def run_script(script, *args, cwd=None, check=False):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_main(main, *args, check=False):
+    """A script's main(argv) in this process, answered like run_script's CompletedProcess (exit status,
+    stdout, stderr with the log lines): the same code path, without a new interpreter's ~3-5 s of imports."""
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    logging.getLogger().addHandler(handler)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    if check and code != 0:
+        raise AssertionError(f"{main.__module__}.main failed ({code}):\n{out.getvalue()}\n{err.getvalue()}")
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def input_error(capsys, main, argv):

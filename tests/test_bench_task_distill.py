@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from conftest import run_script
+from benchmarks import bench_task_distill
+from conftest import run_main, run_script
 from test_glue import GLUE_DATA
 
 try:
@@ -50,6 +51,6 @@ def test_the_benchmark_times_plain_kd_and_kd_cos_epochs(tmp_path):
     ],
 )
 def test_bad_benchmark_flags_fail_with_one_line(flags, expected):
-    proc = run_script(BENCH, *flags)
+    proc = run_main(bench_task_distill.main, *flags)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"bench_task_distill.py: error: {expected}"

@@ -52,6 +52,7 @@ def test_peak_table_picks_the_card_variant():
     assert workload.peak_tflops_for("Some Future GPU") is None
 
 
+@pytest.mark.slow
 def test_benchmark_runs_from_the_command_line_and_prints_the_ratios(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_script(

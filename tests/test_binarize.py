@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from transformers import BertTokenizerFast, GPT2TokenizerFast, RobertaTokenizerFast
 
-from conftest import run_script, write_bert_vocab
+from conftest import run_main, run_script, write_bert_vocab
 from data_io import load_binarized
 from errors import InputError
 from scripts import binarized_data
@@ -15,11 +15,13 @@ from scripts import binarized_data
 SCRIPT = "scripts/binarized_data.py"
 
 
-def binarize(tmp_path, text, tokenizer_dir, *extra, tokenizer_type="bert"):
+def binarize(tmp_path, text, tokenizer_dir, *extra, tokenizer_type="bert", cli=False):
+    """The script on `text`, in this process (run_main), or as a user runs it (cli=True)."""
     dump = tmp_path / "dump.txt"
     dump.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
-    proc = run_script(SCRIPT, "--file_path", dump, "--tokenizer_type", tokenizer_type,
-                      "--tokenizer_name", tokenizer_dir, "--dump_file", tmp_path / "binarized_text", *extra)
+    args = ("--file_path", dump, "--tokenizer_type", tokenizer_type, "--tokenizer_name", tokenizer_dir,
+            "--dump_file", tmp_path / "binarized_text", *extra)
+    proc = run_script(SCRIPT, *args) if cli else run_main(binarized_data.main, *args)
     return proc, tmp_path / f"binarized_text.{tokenizer_dir.name}.pickle"
 
 
@@ -34,7 +36,7 @@ def as_multiset(seqs):
 
 def test_ids_equal_per_line_reference(tmp_path, articles, tokenizer_dir):
     lines = [p for a in articles[:60] for p in a["text"].split("\n")]  # includes blank lines and headings
-    proc, out = binarize(tmp_path, "\n".join(lines) + "\n", tokenizer_dir)
+    proc, out = binarize(tmp_path, "\n".join(lines) + "\n", tokenizer_dir, cli=True)
     assert proc.returncode == 0, proc.stderr
     data = load_binarized(out)
 
@@ -155,8 +157,8 @@ def test_bad_input_fails_cleanly(tmp_path, tokenizer_dir, case, needle):
         tok = "bert-base-uncasde"
     if case == "bad_type":
         tok_type = "xlnet"
-    proc = run_script(SCRIPT, "--file_path", dump, "--tokenizer_type", tok_type, "--tokenizer_name", tok,
-                      "--dump_file", tmp_path / "out")
+    proc = run_main(binarized_data.main, "--file_path", dump, "--tokenizer_type", tok_type, "--tokenizer_name", tok,
+                    "--dump_file", tmp_path / "out")
     assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("out*")), "no output (not even a temporary file) after an error"

@@ -21,6 +21,7 @@ def write_small_sst2(folder):
         (folder / name).write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in part))
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_recipe(tmp_path):
     run = tmp_path / "demo_run"
     write_small_sst2(tmp_path / "glue" / "SST-2")

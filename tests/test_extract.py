@@ -9,7 +9,7 @@ import json
 import datasets
 import pytest
 
-from conftest import run_script
+from conftest import run_main, run_script
 from scripts import extract_wikipedia as ew, make_synthetic_wiki
 
 SCRIPT = "scripts/extract_wikipedia.py"
@@ -141,7 +141,7 @@ def test_jsonl_and_parquet_give_the_same_dump_and_stats_match_it(corpus, tmp_pat
     runs = {}
     for ext in ("jsonl", "parquet"):
         output = tmp_path / ext / "dump.txt"
-        run_script(SCRIPT, "--source", corpus / f"wiki.{ext}", "--num_articles", 120, "--seed", 3,
+        run_main(ew.main, "--source", corpus / f"wiki.{ext}", "--num_articles", 120, "--seed", 3,
                    "--output", output, "--num_proc", 1, check=True)
         runs[ext] = output
     dump = runs["jsonl"].read_bytes()
@@ -164,7 +164,7 @@ def test_a_different_seed_takes_different_articles(corpus, tmp_path):
     dumps = []
     for seed in (3, 4):
         output = tmp_path / f"dump{seed}.txt"
-        run_script(SCRIPT, "--source", corpus / "wiki.jsonl", "--num_articles", 50, "--seed", seed,
+        run_main(ew.main, "--source", corpus / "wiki.jsonl", "--num_articles", 50, "--seed", seed,
                    "--output", output, check=True)
         dumps.append(output.read_bytes())
     assert dumps[0] != dumps[1]
@@ -185,7 +185,7 @@ def test_cli_packs_and_filters_as_asked(corpus, tmp_path):
 
 def test_several_sources_and_fewer_articles_than_asked(corpus, tmp_path):
     output = tmp_path / "dump.txt"
-    proc = run_script(SCRIPT, "--source", corpus / "wiki.jsonl", corpus / "wiki.parquet",
+    proc = run_main(ew.main, "--source", corpus / "wiki.jsonl", corpus / "wiki.parquet",
                       "--output", output, check=True)  # default --num_articles: far more than the 600 given
     assert "fewer than --num_articles" in proc.stderr
     stats = json.loads(ew.stats_path(output).read_text())
@@ -257,7 +257,7 @@ def test_bad_input_fails_with_one_line_and_no_output(tmp_path, name, content, ex
     if content is not None:
         source.write_text(content)
     output = tmp_path / "out" / "dump.txt"
-    proc = run_script(SCRIPT, "--source", source, "--output", output, *extra)
+    proc = run_main(ew.main, "--source", source, "--output", output, *extra)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("extract_wikipedia.py: error: ") and message in last, proc.stderr
@@ -268,7 +268,7 @@ def test_bad_input_fails_with_one_line_and_no_output(tmp_path, name, content, ex
 def test_unwritable_output_fails_with_one_line(corpus, tmp_path):
     (tmp_path / "a_file").write_text("")
     output = tmp_path / "a_file" / "dump.txt"  # its folder would have to be a file
-    proc = run_script(SCRIPT, "--source", corpus / "wiki.jsonl", "--num_articles", 5, "--output", output)
+    proc = run_main(ew.main, "--source", corpus / "wiki.jsonl", "--num_articles", 5, "--output", output)
     assert proc.returncode == 2
     expected = f"extract_wikipedia.py: error: cannot write --output {output}: {output.parent} is a file, not a folder"
     assert proc.stderr.strip().splitlines()[-1] == expected
@@ -277,7 +277,7 @@ def test_unwritable_output_fails_with_one_line(corpus, tmp_path):
 
 def test_unreachable_hub_dataset_fails_with_a_hint(tmp_path):
     output = tmp_path / "dump.txt"
-    proc = run_script(SCRIPT, "--source", "someone/no-such-dataset", "--output", output)
+    proc = run_main(ew.main, "--source", "someone/no-such-dataset", "--output", output)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("extract_wikipedia.py: error: could not load dataset 'someone/no-such-dataset'")

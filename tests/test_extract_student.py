@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 from transformers import BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 import utils
-from conftest import ROOT, run_script
+from conftest import ROOT, run_main, run_script
 from errors import InputError
 from scripts.extract import distilbert as extract
 from train_helpers import make_headless_teacher_dir, make_teacher_dir, write_student_config
@@ -33,6 +33,7 @@ def test_shipped_configs_match_bert_base():
         assert (c.max_position_embeddings, c.sinusoidal_pos_embds, c.activation) == (512, False, "gelu")
 
 
+@pytest.mark.slow
 def test_script_copies_exactly_the_chosen_layers(tmp_path, teacher):
     folder, t_model, tok = teacher
     config = write_student_config(tmp_path / "student.json", len(tok), layers=2)
@@ -131,8 +132,8 @@ def test_script_writes_metadata_and_rejects_bad_layers(tmp_path, teacher):
     folder, _, tok = teacher
     config = write_student_config(tmp_path / "student.json", len(tok), layers=2)
     out = tmp_path / "init.safetensors"
-    bad = run_script(
-        "scripts/extract/distilbert.py",
+    bad = run_main(
+        extract.main,
         "--model_name",
         folder,
         "--student_config",

@@ -18,7 +18,7 @@ import pytest
 
 import glue
 import train
-from conftest import ROOT, run_script, write_bert_vocab
+from conftest import ROOT, run_main, run_script, write_bert_vocab
 from scripts import glue_table, run_glue
 from train_helpers import make_teacher_dir, sentences, tiny_run_files, with_args
 
@@ -199,6 +199,7 @@ def sst2_vocab(folder, n_lines=20_000, n_words=2000):
     return write_bert_vocab(folder, [w for w, _ in counts.most_common(n_words)])
 
 
+@pytest.mark.slow
 @needs_real_glue
 def test_tiny_model_fine_tuned_on_real_sst2_beats_chance_on_real_dev(tmp_path):
     vocab = sst2_vocab(tmp_path / "sst2-bert")
@@ -241,6 +242,7 @@ def test_seeds_and_grid_report_the_best_median_and_a_rerun_keeps_finished_runs(t
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("custom/*/results.json")} == stamps
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_share_the_data_and_write_once(tmp_path, teacher, custom_task):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -308,6 +310,7 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, teacher, cas
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_input_from_the_command_line(tmp_path, teacher):
     proc = run_script("scripts/run_glue.py", "--model_name_or_path", tmp_path / "missing", "--task_name", "sst2",
                       "--output_dir", tmp_path / "out")  # fmt: skip
@@ -360,5 +363,5 @@ def test_glue_table_script_names_rows_and_writes_markdown(tmp_path):
                       "--no_published", "--output", tmp_path / "table.md", check=True)  # fmt: skip
     assert proc.stdout.splitlines()[2:] == ["| a | 80.0 | 80.0 |", "| student | 70.0 | 70.0 |"]
     assert (tmp_path / "table.md").read_text() == proc.stdout
-    proc = run_script("scripts/glue_table.py", tmp_path / "missing")
+    proc = run_main(glue_table.main, tmp_path / "missing")
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr

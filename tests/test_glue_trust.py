@@ -78,6 +78,7 @@ def glue_main(*args):
     return run_glue.main([str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_all_nine_tasks_finish_from_glue_tsv_files(tmp_path, teacher, glue_root):  # noqa: F811
     out = tmp_path / "all"
     glue_main("--model_name_or_path", teacher, "--task_name", "all", "--data_dir", glue_root, "--output_dir", out,

@@ -41,6 +41,7 @@ def test_notebook_is_stored_without_outputs():
     assert "num_articles = 236_370" in parameters_cell(nb).source  # the defaults are the reference run
 
 
+@pytest.mark.slow
 def test_notebook_runs_and_writes_the_dump(tmp_path, monkeypatch, kernel_name):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

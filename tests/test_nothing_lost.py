@@ -277,6 +277,7 @@ def test_a_place_no_one_can_write(tmp_path):
 # ---- resumed logs, stale temporary run_files, file modes, vocabularies ------------------------------------
 
 
+@pytest.mark.slow
 def test_metrics_after_resume_read_as_if_never_interrupted(run_files, tmp_path, tokenizer_dir, articles):
     from scripts.make_synthetic_wiki import generate
 

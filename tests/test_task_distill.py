@@ -440,6 +440,7 @@ def test_a_distillation_flag_without_a_teacher_is_refused(tmp_path, teacher, cus
 # torchrun and resume, with a teacher
 
 
+@pytest.mark.slow
 def test_distillation_under_torchrun_matches_its_cached_logits_and_writes_once(
     tmp_path, teacher, task_teacher, custom_task
 ):

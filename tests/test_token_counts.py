@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import run_main, run_script
 from data_io import load_token_counts, offsets_from_lengths, save_binarized
 from scripts import token_counts
 
@@ -56,7 +56,7 @@ def test_reads_upstream_formats(tmp_path, seqs):
     data = tmp_path / "upstream.pickle"
     data.write_bytes(pickle.dumps(seqs))  # upstream's list of arrays, no metadata
     out = tmp_path / "counts.pickle"
-    proc = run_script(SCRIPT, "--data_file", data, "--token_counts_dump", out, "--vocab_size", 1000)
+    proc = run_main(token_counts.main, "--data_file", data, "--token_counts_dump", out, "--vocab_size", 1000)
     assert proc.returncode == 0, proc.stderr
     assert load_token_counts(out)[0].tolist() == counter_reference(seqs, 1000)
 
@@ -90,7 +90,7 @@ def test_bad_input_fails_cleanly(tmp_path, seqs, case, needle):
     elif case == "wrong_kind":
         data.write_bytes(pickle.dumps("not data"))
     out = tmp_path / "counts.pickle"
-    proc = run_script(SCRIPT, "--data_file", data, "--token_counts_dump", out, "--vocab_size", vocab_size)
+    proc = run_main(token_counts.main, "--data_file", data, "--token_counts_dump", out, "--vocab_size", vocab_size)
     assert proc.returncode == 2
     assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()

@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_end_with_identical_parameters(run_files, tmp_path):
     _, argv = run_files
     dump = tmp_path / "ddp"
@@ -44,6 +47,7 @@ def test_torchrun_two_processes_end_with_identical_parameters(run_files, tmp_pat
     AutoModelForMaskedLM.from_pretrained(dump)
 
 
+@pytest.mark.slow
 def test_train_sh_runs_the_reference_setup(run_files, tmp_path):
     folder, argv = run_files
     config = argv[argv.index("--student_config") + 1]

@@ -54,6 +54,7 @@ def test_short_run_learns_and_writes_a_complete_run_folder(tmp_path, base_argv):
     )
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_losses(tmp_path, base_argv):
     argv = with_args(base_argv, n_epoch=2, log_interval=1, checkpoint_interval=8)
     train.main(with_args(argv, dump_path=tmp_path / "full"))
@@ -130,6 +131,7 @@ def test_git_log_outside_a_git_clone(tmp_path):
     assert record["repo_sha"] is None and "error" in record
 
 
+@pytest.mark.slow
 def test_steps_4_to_6_on_the_data_pipeline_output(tmp_path, tokenizer_dir, articles):
     """Text dump -> binarized_data.py -> token_counts.py -> extract -> train.py, as the README runs them."""
     from conftest import run_script
