@@ -64,10 +64,13 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Distiller:
-    def __init__(self, params, dataset, token_probs, student, teacher, dist=None, valid_dataset=None):
+    def __init__(self, params, dataset, token_probs, student, teacher, dist=None, valid_dataset=None, fused_kd=True,
+                 fused_adamw=True):  # fmt: skip
         """params: train.py's argument namespace; dataset: LmSeqsDataset; token_probs: (vocab,) masking
         weights (MLM) or None; student, teacher: HF models (teacher None for a plain MLM run);
-        valid_dataset: held-out LmSeqsDataset the student is evaluated on (MLM; see evaluate())."""
+        valid_dataset: held-out LmSeqsDataset the student is evaluated on (MLM; see evaluate()).
+        fused_kd=False, fused_adamw=False: the slower paths, for benchmarks/bench_train.py's ablations (KD through
+        autograd on materialised logits; torch's AdamW looping over the tensors)."""
         self.params = params
         self.dist = dist or DistInfo()
         self.device = self.dist.device
@@ -82,7 +85,7 @@ class Distiller:
         self.relations = [k for k in RELATION_LOSSES if self.alpha[k] > 0]  # MiniLM's losses that are on
         self.needs_teacher = any(self.alpha[k] > 0 for k in ("ce", "mse", "cos")) or bool(self.relations)
         # KD straight from both models' features (FusedKD) unless MSE needs the logits themselves.
-        self.fused_kd = self.alpha["ce"] > 0 and self.alpha["mse"] == 0
+        self.fused_kd = fused_kd and self.alpha["ce"] > 0 and self.alpha["mse"] == 0
         if self.needs_teacher and teacher is None:
             raise InputError("alpha_ce, alpha_mse, alpha_cos and the relation losses need a teacher (--teacher_name)")
         s_layer = t_layer = None
@@ -117,7 +120,7 @@ class Distiller:
         groups = weight_decay_groups(self.student_model, params.weight_decay)
         # fused: one pass over all parameters, not a Python loop over them
         self.optimizer = torch.optim.AdamW(groups, lr=params.learning_rate, eps=params.adam_epsilon, betas=(0.9, 0.98),
-                                           fused=True)
+                                           fused=fused_adamw)
         self.warmup_steps = math.ceil(self.total_steps * params.warmup_prop)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         n_train = sum(p.numel() for g in groups for p in g["params"])
@@ -229,6 +232,22 @@ class Distiller:
         losses["loss"] = total
         return losses
 
+    def train_step(self, batch, cycle_len=1, end_of_cycle=True):
+        """Train on one batch: forward (step()), backward of its share of the accumulation cycle's loss, and at
+        the end of the cycle the optimizer step; then the memory guard. The loop, the benchmark and the demo's
+        estimate all train through this. Returns the losses (on the device: no host sync)."""
+        with self.no_sync(not end_of_cycle):
+            losses = self.step(batch)
+            self.scaler.scale(losses["loss"] / cycle_len).backward()
+        self.watch_finite(losses["loss"])
+        self.meter.add(losses, batch.n_tokens)
+        self.batch_in_epoch += 1
+        self.n_total_iter += 1
+        if end_of_cycle:
+            self.meter.add_grad_norm(self.optimizer_step())
+        self.memory_guard()
+        return losses
+
     # ----------------------------------------------------------------------------------------------------
     # The loop
 
@@ -267,24 +286,14 @@ class Distiller:
                 cycle_len = min(accum, len(batches) - cycle_start)  # the epoch's last cycle may be short
                 end_of_cycle = i + 1 == cycle_start + cycle_len
 
-                batch = self.prepare_batch(token_ids, lengths)
-                with self.no_sync(not end_of_cycle):
-                    losses = self.step(batch)
-                    self.scaler.scale(losses["loss"] / cycle_len).backward()
-                self.watch_finite(losses["loss"])
-                self.meter.add(losses, batch.n_tokens)
-                self.batch_in_epoch += 1
-                self.n_total_iter += 1
-                if end_of_cycle:
-                    self.meter.add_grad_norm(self.optimizer_step())
-                self.memory_guard()
+                self.train_step(self.prepare_batch(token_ids, lengths), cycle_len, end_of_cycle)
 
                 if self.n_total_iter % p.log_interval == 0:
                     now = time.perf_counter()
                     record = self.log(self.meter.read(), now - log_time)
                     bar.set_postfix(loss=f"{record['loss']:.3f}")
                     self.meter, log_time = Meter(), now
-                if getattr(p, "eval_interval", 0) and self.n_total_iter % p.eval_interval == 0:
+                if self.n_total_iter % p.eval_interval == 0:  # a no-op without --valid_file
                     log_time += self.evaluate()  # evaluation time is not training time (tokens/s)
                 if end_of_cycle and self.n_total_iter // p.checkpoint_interval > self.ckpt_bucket:
                     self.save_checkpoint()

@@ -28,7 +28,6 @@ uses torch.amp (no apex; --fp16_opt_level is ignored); --bf16; the defaults are 
 one-line error and exit status 2 before anything is written; a non-finite loss stops with exit status 3.
 """
 
-import argparse
 import json
 import logging
 import shutil
@@ -92,14 +91,6 @@ def load_tokenizer(args, data_meta):
     _, _, tokenizer_class = model_classes(args.teacher_type)
     what = "the tokenizer" if args.tokenizer_name or args.no_teacher else "the teacher"
     return load_tokenizer_or_fail(tokenizer_class, name, what)
-
-
-def check_data(args, data, data_meta, tokenizer, special):
-    data_io.check_data_fits(args.data_file, data, data_meta, tokenizer, special)
-
-
-def load_token_probs(args, vocab, special):
-    return masking.load_token_probs(args.token_counts, vocab, special.values(), args.mlm_smoothing)
 
 
 def load_student(args, vocab):
@@ -216,22 +207,24 @@ def restore_replaced(dump, aside):
 def setup(args):
     """Load and check the data and models a run needs; write nothing. Returns (tokenizer, dataset,
     token_probs, student, teacher); raises InputError / InputError on bad input."""
-    from lm_seqs_dataset import LmSeqsDataset
+    from lm_seqs_dataset import MIN_LEN, LmSeqsDataset
 
     set_seed(args.seed)
     data = data_io.load_binarized(args.data_file)
     tokenizer = load_tokenizer(args, data.meta)
     special = data_io.special_token_ids(tokenizer)
     args.special_tok_ids = special
-    check_data(args, data, data.meta, tokenizer, special)
-    token_probs = load_token_probs(args, len(tokenizer), special) if args.mlm else None
+    data_io.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
+    token_probs = None
+    if args.mlm:
+        token_probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing)
 
     student = load_student(args, len(tokenizer))
     teacher = None if args.no_teacher else load_teacher(args, student)
     args.max_model_input_size = max_input_size(args, tokenizer, student, teacher)
     dataset = LmSeqsDataset(args, data)
     if len(dataset) == 0:
-        raise InputError(f"{args.data_file} has no sequence of 12 tokens or more left to train on")
+        raise InputError(f"{args.data_file} has no sequence of {MIN_LEN} tokens or more left to train on")
     return tokenizer, dataset, token_probs, student, teacher
 
 
@@ -240,7 +233,7 @@ def load_valid(args, tokenizer):
     from lm_seqs_dataset import LmSeqsDataset
 
     data = data_io.load_binarized(args.valid_file)
-    check_data(argparse.Namespace(data_file=args.valid_file), data, data.meta, tokenizer, args.special_tok_ids)
+    data_io.check_data_fits(args.valid_file, data, data.meta, tokenizer, args.special_tok_ids)
     return LmSeqsDataset(args, data)
 
 

@@ -12,7 +12,8 @@
 # Reads $DATA_DIR/binarized_text.<teacher>.pickle and token_counts.<teacher>.pickle (steps 2-3 of the
 # recipe). If the student's initial weights are missing, builds them first with
 # scripts/extract/distilbert.py (teacher layers 0,4,7,11 or 0,2,4,7,9,11).
-# OBJECTIVE picks the losses (each a train.py flag set; the run folder gets its name):
+# OBJECTIVE is train.py's --objective, the loss weights of a published recipe (their table: OBJECTIVES in
+# train_args.py); the run folder gets its name:
 #   distilbert  KD 5 + MLM 2 + cosine 1 (Sanh et al. 2019), the default;
 #   minilm      KL of the last layer's attention distributions + value relation, 1 each (Wang et al. 2020);
 #   minilmv2    Q-Q, K-K and V-V relations of the last layer with 48 relation heads, 1 each (Wang et al. 2021).
@@ -26,11 +27,9 @@ case "$STUDENT" in
   *) echo "train.sh: STUDENT must be 'small' (4 layers) or 'base' (6 layers), not '$STUDENT'" >&2; exit 2 ;;
 esac
 OBJECTIVE=${OBJECTIVE:-distilbert}
-case "$OBJECTIVE" in
-  distilbert) LOSSES=(--alpha_ce 5.0 --alpha_mlm 2.0 --alpha_cos 1.0); SUFFIX= ;;
-  minilm) LOSSES=(--alpha_ce 0 --alpha_mlm 0 --alpha_cos 0 --alpha_att 1.0 --alpha_vv 1.0); SUFFIX=-minilm ;;
-  minilmv2) LOSSES=(--alpha_ce 0 --alpha_mlm 0 --alpha_cos 0 --alpha_qq 1.0 --alpha_kk 1.0 --alpha_vv 1.0
-                    --relation_heads 48); SUFFIX=-minilmv2 ;;
+case "$OBJECTIVE" in  # checked here too, before the initial weights are built
+  distilbert) SUFFIX= ;;
+  minilm|minilmv2) SUFFIX=-$OBJECTIVE ;;
   *) echo "train.sh: OBJECTIVE must be distilbert, minilm or minilmv2, not '$OBJECTIVE'" >&2; exit 2 ;;
 esac
 TEACHER=${TEACHER:-bert-base-uncased}
@@ -63,7 +62,7 @@ exec "${launcher[@]}" train.py \
   --student_pretrained_weights "$INIT" \
   --teacher_type bert \
   --teacher_name "$TEACHER" \
-  --mlm "${LOSSES[@]}" --alpha_clm 0.0 \
+  --mlm --objective "$OBJECTIVE" \
   --fp16 \
   --batch_size 32 \
   "$@"

@@ -13,16 +13,29 @@ from errors import InputError
 from losses import LOSS_NAMES, RELATION_LOSSES
 from utils import logger
 
+# The published recipes as loss weights (alpha_<name>); every weight not listed is 0, and of mlm and clm only the
+# run's own LM loss is kept (MLM for --mlm runs, CLM for GPT-2). train.sh's OBJECTIVE= and the demo pick these.
+OBJECTIVES = {
+    "distilbert": dict(ce=5.0, mlm=2.0, clm=0.5, cos=1.0,
+                       about="KD 5 + MLM 2 (CLM 0.5) + cosine 1, Sanh et al. 2019"),
+    "minilm": dict(att=1.0, vv=1.0, about="last-layer attention KL + value relation, 1 each, Wang et al. 2020"),
+    "minilmv2": dict(qq=1.0, kk=1.0, vv=1.0, relation_heads=48,
+                     about="last-layer Q-Q, K-K, V-V relations over 48 heads, Wang et al. 2021"),
+    "mlm": dict(mlm=1.0, clm=1.0, about="the LM loss alone, no teacher needed (the no-distillation baseline)"),
+}  # fmt: skip
 
-def build_parser():
+
+def build_parser(paths_required=True):
+    """train.py's parser; paths_required=False for tools that build a Distiller without a command line."""
     p = argparse.ArgumentParser(description="Distil a teacher LM into a student.")
+    need = paths_required
     a = p.add_argument
     # Run folder
     a("--force", action="store_true", help="replace dump_path; the old one is kept aside until the first checkpoint")
-    a("--dump_path", required=True, help="run folder: logs, checkpoints, parameters, the final student")
+    a("--dump_path", required=need, help="run folder: logs, checkpoints, parameters, the final student")
     a("--resume", action="store_true", help="continue the run in dump_path from its checkpoint.pth")
     # Data
-    a("--data_file", required=True, help="binarized text from scripts/binarized_data.py")
+    a("--data_file", required=need, help="binarized text from scripts/binarized_data.py")
     a("--token_counts", default=None, help="token counts from scripts/token_counts.py (MLM masking weights)")
     a(
         "--valid_file",
@@ -31,33 +44,36 @@ def build_parser():
     )
     # Student
     # bert: a BertForMaskedLM trained as a plain MLM (--teacher_name none), e.g. a teacher for a small demo
-    a("--student_type", required=True, choices=["distilbert", "roberta", "gpt2", "bert"])
-    a("--student_config", required=True, help="student config JSON (training_configs/)")
+    a("--student_type", required=need, choices=["distilbert", "roberta", "gpt2", "bert"])
+    a("--student_config", required=need, help="student config JSON (training_configs/)")
     a(
         "--student_pretrained_weights",
         default=None,
         help="student init from scripts/extract/distilbert.py (.safetensors or .pth), or an HF model folder",
     )
     # Teacher
-    a("--teacher_type", required=True, choices=["bert", "roberta", "gpt2"])
-    a("--teacher_name", required=True, help="teacher: hub name or folder; 'none' trains a plain MLM without one")
+    a("--teacher_type", required=need, choices=["bert", "roberta", "gpt2"])
+    a("--teacher_name", required=need, help="teacher: hub name or folder; 'none' trains a plain MLM without one")
     a("--tokenizer_name", default=None, help="tokenizer (default: the teacher's; needed with --teacher_name none)")
-    # Loss
+    # Loss: --objective picks the weights (OBJECTIVES below); an --alpha_* flag given explicitly wins
+    a("--objective", default="distilbert", choices=list(OBJECTIVES),
+      help="the loss weights of a published recipe (default: DistilBERT's, the reference run's); "
+           + "; ".join(f"{k}: {v['about']}" for k, v in OBJECTIVES.items()))
     a("--temperature", default=2.0, type=float, help="softmax temperature of the KD loss (upstream's)")
-    a("--alpha_ce", default=5.0, type=float, help="weight of the KD loss (DistilBERT recipe: 5)")
-    a("--alpha_mlm", default=None, type=float, help="weight of the MLM loss (default: 2 for MLM, 0 for CLM)")
-    a("--alpha_clm", default=None, type=float, help="weight of the CLM loss (default: 0 for MLM, 0.5 for CLM)")
-    a("--alpha_mse", default=0.0, type=float, help="weight of the MSE loss on logits (unused in the recipe)")
-    a("--alpha_cos", default=1.0, type=float, help="weight of the cosine loss on last hidden states (recipe: 1)")
-    # Self-attention relation transfer (MiniLM): off by default, so the recipe above is unchanged
-    a("--alpha_att", default=0.0, type=float,
-      help="weight of the KL between teacher and student attention distributions, per head (MiniLM: 1)")
-    a("--alpha_qq", default=0.0, type=float, help="weight of the query-query relation loss (MiniLMv2: 1)")
-    a("--alpha_kk", default=0.0, type=float, help="weight of the key-key relation loss (MiniLMv2: 1)")
-    a("--alpha_vv", default=0.0, type=float, help="weight of the value-value relation loss (MiniLM, MiniLMv2: 1)")
+    a("--alpha_ce", type=float, help="weight of the KD loss (distilbert: 5)")
+    a("--alpha_mlm", type=float, help="weight of the MLM loss (distilbert: 2; mlm: 1; CLM runs: 0)")
+    a("--alpha_clm", type=float, help="weight of the CLM loss (distilbert: 0.5; mlm: 1; MLM runs: 0)")
+    a("--alpha_mse", type=float, help="weight of the MSE loss on logits (no recipe uses it)")
+    a("--alpha_cos", type=float, help="weight of the cosine loss on last hidden states (distilbert: 1)")
+    # Self-attention relation transfer (MiniLM)
+    a("--alpha_att", type=float,
+      help="weight of the KL between teacher and student attention distributions, per head (minilm: 1)")
+    a("--alpha_qq", type=float, help="weight of the query-query relation loss (minilmv2: 1)")
+    a("--alpha_kk", type=float, help="weight of the key-key relation loss (minilmv2: 1)")
+    a("--alpha_vv", type=float, help="weight of the value-value relation loss (minilm, minilmv2: 1)")
     a("--relation_heads", default=None, type=int,
       help="heads the qq/kk/vv relations split Q, K, V into (default: the student's attention heads, MiniLM's "
-           "value relation; MiniLMv2 used 48 for base-size models)")
+           "value relation; minilmv2: 48, as MiniLMv2 used for base-size models)")
     a("--teacher_layer", default=None, type=int,
       help="teacher layer (1-based) whose self-attention the relation losses transfer (default: the last)")
     a(
@@ -131,12 +147,16 @@ def build_parser():
 
 
 def resolve_defaults(args):
+    """Fill what no flag gave: MLM unless the student is GPT-2, and every loss weight from --objective."""
     if args.mlm is None:
         args.mlm = args.student_type != "gpt2"
-    if args.alpha_mlm is None:
-        args.alpha_mlm = 2.0 if args.mlm else 0.0
-    if args.alpha_clm is None:
-        args.alpha_clm = 0.0 if args.mlm else 0.5
+    preset = OBJECTIVES[args.objective]
+    other_lm = "clm" if args.mlm else "mlm"  # the LM loss this run does not have
+    for k in LOSS_NAMES:
+        if getattr(args, f"alpha_{k}") is None:
+            setattr(args, f"alpha_{k}", 0.0 if k == other_lm else preset.get(k, 0.0))
+    if args.relation_heads is None:
+        args.relation_heads = preset.get("relation_heads")
     args.no_teacher = args.teacher_name.lower() == "none"
     return args
 
@@ -222,9 +242,6 @@ def parse_args(argv=None):
 
 def defaults(**overrides):
     """train.py's arguments with no flag given (required paths left None), then `overrides` applied."""
-    parser = build_parser()
-    for action in parser._actions:
-        action.required = False
-    args = parser.parse_args([])
+    args = build_parser(paths_required=False).parse_args([])
     vars(args).update({"teacher_name": "-", **overrides})
     return resolve_defaults(args)

@@ -54,8 +54,9 @@ from benchmarks.workload import SIZES, SPECIAL, build_models, make_batches, mode
 
 # ----------------------------------------------------------------------------------------------------------
 # Our step
-def make_distiller(student, teacher, flags=None, device="cpu"):
-    """A Distiller with train.py's defaults and `flags` ({"bf16": True, ...}) around the given models."""
+def make_distiller(student, teacher, flags=None, device="cpu", **ablations):
+    """A Distiller with train.py's defaults and `flags` ({"bf16": True, ...}) around the given models;
+    `ablations`: the Distiller's fused_kd / fused_adamw switches."""
     import torch
 
     import train_args
@@ -70,29 +71,22 @@ def make_distiller(student, teacher, flags=None, device="cpu"):
     from utils import DistInfo
 
     dist = DistInfo(device=torch.device(device))
-    return Distiller(args, dataset, token_probs(), student, teacher, dist=dist), dataset
+    return Distiller(args, dataset, token_probs(), student, teacher, dist=dist, **ablations), dataset
 
 
 class Ours:
-    """distiller.Distiller's per-batch work, as its training loop does it (gradient accumulation of 1)."""
+    """distiller.Distiller's per-batch work: collation, then Distiller.train_step, the very method its training
+    loop calls (gradient accumulation of 1)."""
 
-    def __init__(self, student, teacher, flags=None, device="cpu"):
-        from monitor import Meter
-
-        self.distiller, self.dataset = make_distiller(student, teacher, flags, device)
+    def __init__(self, student, teacher, flags=None, device="cpu", **ablations):
+        self.distiller, self.dataset = make_distiller(student, teacher, flags, device, **ablations)
         self.distiller.student.train()
-        self.meter = Meter()
 
     def train_step(self, seqs):
         d = self.distiller
         token_ids, lengths = self.dataset.batch_sequences([(s, len(s)) for s in seqs])
         batch = d.prepare_batch(token_ids, lengths)
-        losses = d.step(batch)
-        d.scaler.scale(losses["loss"]).backward()
-        d.watch_finite(losses["loss"])
-        self.meter.add(losses, batch.n_tokens)
-        self.meter.add_grad_norm(d.optimizer_step())
-        d.memory_guard()
+        d.train_step(batch)
         return batch.n_tokens
 
     @property
@@ -100,7 +94,11 @@ class Ours:
         return self.distiller.n_empty_cache
 
     def finish(self):
-        return self.meter.read()  # the one host read of a log interval
+        """The one host read of a log interval; the next interval starts from zero."""
+        from monitor import Meter
+
+        means, self.distiller.meter = self.distiller.meter.read(), Meter()
+        return means
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -175,17 +173,15 @@ def worker(impl, size, steps, warmup, threads, device="cpu", fp16=False, trace_e
     else:
         flags = {"ours-bf16": {"bf16": True}, "ours-pad1": {"pad_to_multiple_of": 1},
                  "ours-minilm": {"alpha_att": 1.0, "alpha_vv": 1.0}}.get(impl, {})  # fmt: skip
-        runner = Ours(student, teacher, {**flags, "fp16": fp16}, device)
-        runner.distiller.fused_kd &= impl != "ours-unfused"  # KD through autograd on materialised logits
-        for group in runner.distiller.optimizer.param_groups:  # (no step taken yet: no optimizer state)
-            group["fused"] = impl != "ours-adamw-loop"  # torch's default AdamW on CPU: a loop over tensors
+        runner = Ours(student, teacher, {**flags, "fp16": fp16}, device,
+                      fused_kd=impl != "ours-unfused",  # KD through autograd on materialised logits
+                      fused_adamw=impl != "ours-adamw-loop")  # torch's default AdamW on CPU: a loop over tensors
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     torch.manual_seed(0)
     for seqs in batches[:warmup]:  # optimizer state, allocator pools, compilation
         runner.train_step(seqs)
     if hasattr(runner, "finish"):
         runner.finish()
-        runner.meter = type(runner.meter)()
     sync()
     rss_before = psutil_rss()
     reset_peak_rss()

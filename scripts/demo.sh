@@ -3,7 +3,7 @@
 #
 #   bash scripts/demo.sh [RUN_DIR]          # default RUN_DIR: demo_run/
 #
-# Numbered as the recipe's steps (README, "The recipe"); "demo" marks what only the demo needs.
+# Numbered as the recipe's steps (README, "The recipe"; docs/recipe.md); "demo" marks what only the demo needs.
 # demo: synthetic Wikipedia-schema articles -> 1. extraction -> demo: a tokenizer (bert-base-uncased's when
 # it is on disk, else WordPiece trained on the dump) -> 2-3. binarization with a held-out split, token
 # counts -> 4. configs -> demo: a small BERT teacher trained as a plain MLM -> 5. a student with half its
@@ -17,18 +17,17 @@
 #
 # Every file lands in RUN_DIR, so each script can be rerun by hand on it. Rerunning is safe: the steps are
 # redone, except the teacher (the longest step), which is kept when its data and settings are unchanged.
-# Sizes (the test suite runs a small one): DEMO_ARTICLES, DEMO_PEOPLE, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS,
-# DEMO_VALID. It starts with an estimate of each stage's time on this CPU (DEMO_ESTIMATE=0 skips it) and ends
+# Sizes: SIZES in scripts/demo_plan.py, each overridden by DEMO_<NAME> (DEMO_ARTICLES, DEMO_TEACHER_EPOCHS, ...;
+# the test suite runs a small demo). It starts with an estimate of each stage's time on this CPU (DEMO_ESTIMATE=0 skips it) and ends
 # with the time each stage took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-demo_run}
-ARTICLES=${DEMO_ARTICLES:-1600}                # ~3,400 lines of ~46 tokens: sized for < 10 min on a slow 2-core CPU
-PEOPLE=${DEMO_PEOPLE:-130}                     # a fixed population: each person's facts retold in ~12 articles
-TEACHER_EPOCHS=${DEMO_TEACHER_EPOCHS:-9}       # the teacher must learn the facts before it can teach them
-STUDENT_EPOCHS=${DEMO_STUDENT_EPOCHS:-1}       # short and equal for both students
-VALID=${DEMO_VALID:-1000}                      # held-out sequences
 PY=${PYTHON:-python}
+# ARTICLES, PEOPLE, TEACHER_EPOCHS, STUDENT_EPOCHS, VALID, TEACHER_EVAL_EVERY, STUDENT_EVAL_EVERY, GLUE_TRAIN,
+# GLUE_SEEDS: their defaults and reasons are SIZES in scripts/demo_plan.py, and DEMO_<NAME> overrides one
+SIZES=$($PY scripts/demo_plan.py sizes) || exit 2
+eval "$SIZES"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}     # never wait on an unreachable model hub
 mkdir -p "$RUN"
 SECONDS=0
@@ -42,8 +41,7 @@ stage() {
 
 if [[ ${DEMO_ESTIMATE:-1} != 0 ]]; then  # ~10 s; the test suite's small demo skips it (tested on its own)
     echo "The demo: the whole recipe on a generated corpus, offline, on this CPU. Estimated from a few timed steps:"
-    $PY scripts/demo_plan.py estimate --articles "$ARTICLES" --teacher_epochs "$TEACHER_EPOCHS" \
-        --student_epochs "$STUDENT_EPOCHS" --valid "$VALID"
+    $PY scripts/demo_plan.py estimate
 fi
 stage "data: corpus, extraction, tokenizer, counts"
 
@@ -101,8 +99,8 @@ else
     rm -f "$RUN/teacher.stamp"
     $PY train.py --force --dump_path "$RUN/teacher" "${COMMON[@]}" --student_type bert \
         --student_config "$RUN/teacher_config.json" --teacher_name none --tokenizer_name "$TOKENIZER" \
-        --alpha_ce 0 --alpha_cos 0 --alpha_mlm 1 --learning_rate 1e-3 --n_epoch "$TEACHER_EPOCHS" \
-        --log_interval 50 --eval_interval 250 2>&1 | grep --line-buffered -E "eval iter|error|Error" || true
+        --objective mlm --learning_rate 1e-3 --n_epoch "$TEACHER_EPOCHS" \
+        --log_interval 50 --eval_interval "$TEACHER_EVAL_EVERY" 2>&1 | grep --line-buffered -E "eval iter|error|Error" || true
     [[ -f $RUN/teacher/model.safetensors ]] || { echo "teacher training failed: see $RUN/teacher/train.log"; exit 1; }
     echo "$STAMP" > "$RUN/teacher.stamp"
 fi
@@ -114,7 +112,7 @@ $PY scripts/extract/distilbert.py --model_name "$RUN/teacher" --student_config "
 
 STUDENT=("${COMMON[@]}" --student_type distilbert --student_config "$RUN/student_config.json"
          --student_pretrained_weights "$RUN/student_init.safetensors" --learning_rate 1e-3
-         --n_epoch "$STUDENT_EPOCHS" --log_interval 10 --eval_interval 15)
+         --n_epoch "$STUDENT_EPOCHS" --log_interval 10 --eval_interval "$STUDENT_EVAL_EVERY")
 stage "distilled student"
 say "step 6: distillation (KD + MLM + cosine, the recipe's losses) for $STUDENT_EPOCHS epoch(s) -> $RUN/student_distilled"
 $PY train.py --force --dump_path "$RUN/student_distilled" "${STUDENT[@]}" --teacher_name "$RUN/teacher" \
@@ -122,12 +120,12 @@ $PY train.py --force --dump_path "$RUN/student_distilled" "${STUDENT[@]}" --teac
 stage "MLM-only student"
 say "step 6, the baseline: the same student, same init and steps, without the teacher (MLM only) -> $RUN/student_mlm_only"
 $PY train.py --force --dump_path "$RUN/student_mlm_only" "${STUDENT[@]}" --teacher_name none \
-    --tokenizer_name "$TOKENIZER" --alpha_ce 0 --alpha_cos 0 --alpha_mlm 1 \
+    --tokenizer_name "$TOKENIZER" --objective mlm \
     2>&1 | grep --line-buffered -E "eval iter|error|Error" || true
 stage "MiniLM student"
 say "step 6, MiniLM: the same student, same init and steps, learning the teacher's last-layer attention and value relations -> $RUN/student_minilm"
 $PY train.py --force --dump_path "$RUN/student_minilm" "${STUDENT[@]}" --teacher_name "$RUN/teacher" \
-    --alpha_ce 0 --alpha_mlm 0 --alpha_cos 0 --alpha_att 1 --alpha_vv 1 \
+    --objective minilm \
     2>&1 | grep --line-buffered -E "eval iter|error|Error" || true
 for s in student_distilled student_mlm_only student_minilm; do
     [[ -f $RUN/$s/model.safetensors ]] || { echo "$s training failed: see $RUN/$s/train.log"; exit 1; }
@@ -164,8 +162,6 @@ EOF
 
 if [[ -n ${DEMO_GLUE_DIR:-} ]]; then
     stage "SST-2 fine-tuning"
-    GLUE_TRAIN=${DEMO_GLUE_TRAIN:-16000}   # sentences of SST-2's train set (of 67,349): ~1 min per student run
-    GLUE_SEEDS=${DEMO_GLUE_SEEDS:-3}
     say "step 8: SST-2: the teacher and the three students fine-tuned on $GLUE_TRAIN real sentences, $GLUE_SEEDS seeds each -> $RUN/glue/"
     mkdir -p "$RUN/glue"
     for m in teacher student_distilled student_mlm_only student_minilm; do

@@ -1,27 +1,42 @@
-"""The demo's model shapes, and its plan: what each stage will do and how long it should take on this CPU.
+"""The demo's sizes and model shapes, and its plan: what each stage will do and how long it should take here.
 
+    python scripts/demo_plan.py sizes                       # the sizes as shell assignments (demo.sh evals them)
     python scripts/demo_plan.py configs RUN_DIR VOCAB       # writes RUN_DIR/teacher_config.json, student_config.json
-    python scripts/demo_plan.py estimate --articles 1600 --teacher_epochs 9 --student_epochs 1 --valid 1000
+    python scripts/demo_plan.py estimate                    # times a few steps, prints the plan for the sizes
 
-`estimate` times a few real training steps (train.py's Distiller, on random batches of the demo's shape)
-of the teacher, the distilled student and the MLM-only student, and a held-out evaluation, then scales them
-by the number of steps each stage runs. It takes ~10 s; the figures are a guide (the machine's speed can
-change after the timed steps; the README's demo section gives how close they came).
+The sizes live here only (SIZES); DEMO_<NAME> in the environment overrides one (the test suite runs a small
+demo). `estimate` times a few real training steps (train.py's Distiller, on random batches of the demo's
+shape) of the teacher and the three students (distilled, MLM-only, MiniLM) and a held-out evaluation, then
+scales them by the number of steps each stage runs. It takes ~10 s; the figures are a guide (the machine's
+speed can change after the timed steps; docs/demo.md gives how close they came).
 """
 
 import argparse
 import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
+
+# The demo's sizes, each with its reason; DEMO_<NAME> overrides one.
+SIZES = dict(
+    articles=1600,  # ~3,400 lines of ~46 tokens: sized for < 10 min on a slow 2-core CPU
+    people=130,  # a fixed population: each person's facts retold in ~12 articles
+    teacher_epochs=9,  # the teacher must learn the facts before it can teach them
+    student_epochs=1,  # short and equal for the three students
+    valid=1000,  # held-out sequences
+    teacher_eval_every=250,  # batches between the teacher's held-out evaluations
+    student_eval_every=15,  # the students' curves in students.png
+    glue_train=16000,  # step 8 (with DEMO_GLUE_DIR): SST-2 training sentences (of 67,349), ~1 min a student run
+    glue_seeds=3,  # step 8: runs per model, the median reported
+)
 
 # Lines per article after extraction with --pack_words 48, and tokens per line, measured on the demo corpus.
 LINES_PER_ARTICLE = 2.0
 TOKENS_PER_LINE = 46
 VOCAB_GUESS = 1500  # the WordPiece vocabulary the demo trains on its dump (~1,450-1,550 ids)
 BATCH = 32
-STUDENT_EVALS_EVERY = 15  # the students' curves in students.png
-TEACHER_EVALS_EVERY = 500
 PROCESS_START = 4.0  # seconds to start a python process that loads a model (torch + transformers' model code)
 DATA_STEPS = 7.0  # the five data steps (corpus, extraction, tokenizer, binarization, counts): mostly process starts
 
@@ -71,9 +86,9 @@ def time_steps(n_steps=3):
     probs = torch.ones(VOCAB_GUESS)
     probs[list(special.values())] = 0
 
-    def step_time(student, teacher, student_type, alphas):
+    def step_time(student, teacher, student_type, objective):
         args = train_args.defaults(student_type=student_type, teacher_type="bert", gradient_accumulation_steps=1,
-                                   **alphas)  # fmt: skip
+                                   objective=objective)  # fmt: skip
         args.special_tok_ids = special
         dataset = LmSeqsDataset(dataset_params(special, 128, pad_to_multiple_of=8), seqs)
         distiller = Distiller(args, dataset, probs, student, teacher, dist=DistInfo())
@@ -81,20 +96,28 @@ def time_steps(n_steps=3):
         times = []
         for _ in range(n_steps + 1):  # the first step warms up the optimizer state and the allocator
             start = time.perf_counter()
-            batch = distiller.prepare_batch(token_ids, lens)
-            distiller.step(batch)["loss"].backward()
-            distiller.optimizer_step()
+            distiller.train_step(distiller.prepare_batch(token_ids, lens))
             times.append(time.perf_counter() - start)
         return min(times[1:])
 
-    mlm_only = {"alpha_ce": 0.0, "alpha_cos": 0.0, "alpha_mlm": 1.0}
-    out = {"teacher": step_time(teacher, None, "bert", mlm_only)}
-    out["distilled"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), teacher, "distilbert", {})
-    out["mlm_only"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), None, "distilbert", mlm_only)
-    minilm = {"alpha_ce": 0.0, "alpha_mlm": 0.0, "alpha_cos": 0.0, "alpha_att": 1.0, "alpha_vv": 1.0}
-    out["minilm"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), teacher, "distilbert", minilm)
+    out = {"teacher": step_time(teacher, None, "bert", "mlm")}  # the objectives demo.sh gives train.py
+    out["distilled"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), teacher, "distilbert", "distilbert")
+    out["mlm_only"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), None, "distilbert", "mlm")
+    out["minilm"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), teacher, "distilbert", "minilm")
     # evaluation is a forward pass: about a third of a training step, per sequence
     out["eval_per_seq"] = (out["teacher"] + out["distilled"] + out["mlm_only"]) / 3 / 3 / BATCH
+    return out
+
+
+def sizes(environ=os.environ):
+    """SIZES with DEMO_<NAME> overrides from `environ`; an override that is not a positive integer is an error."""
+    out = {}
+    for name, default in SIZES.items():
+        value = environ.get(f"DEMO_{name.upper()}", str(default))
+        if not value.isdigit() or int(value) < 1:
+            print(f"demo_plan.py: error: DEMO_{name.upper()}={value!r}: give a positive whole number", file=sys.stderr)
+            sys.exit(2)
+        out[name] = int(value)
     return out
 
 
@@ -103,7 +126,8 @@ def fmt(seconds):
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def plan(articles, teacher_epochs, student_epochs, valid, t):
+def plan(articles, teacher_epochs, student_epochs, valid, t, teacher_eval_every=SIZES["teacher_eval_every"],
+         student_eval_every=SIZES["student_eval_every"]):
     """[(stage, work, estimated seconds)] for the demo's sizes, from the step times `t` (time_steps())."""
     lines = LINES_PER_ARTICLE * articles
     batches = math.ceil(max(lines - valid, BATCH) / BATCH)
@@ -112,25 +136,25 @@ def plan(articles, teacher_epochs, student_epochs, valid, t):
     return [
         ("data: corpus, extraction, tokenizer, binarization, counts", f"~{int(lines):,} lines", DATA_STEPS),
         ("teacher (4 x 256 BERT, plain MLM)", f"{t_steps:,} steps",
-         t_steps * t["teacher"] + (t_steps // TEACHER_EVALS_EVERY + 1) * eval_s + PROCESS_START),
+         t_steps * t["teacher"] + (t_steps // teacher_eval_every + 1) * eval_s + PROCESS_START),
         ("student init from teacher layers 0 and 3", "", PROCESS_START),
         ("distilled student (KD + MLM + cosine)", f"{s_steps:,} steps",
-         s_steps * t["distilled"] + (s_steps // STUDENT_EVALS_EVERY + 1) * eval_s + PROCESS_START),
+         s_steps * t["distilled"] + (s_steps // student_eval_every + 1) * eval_s + PROCESS_START),
         ("MLM-only student", f"{s_steps:,} steps",
-         s_steps * t["mlm_only"] + (s_steps // STUDENT_EVALS_EVERY + 1) * eval_s + PROCESS_START),
+         s_steps * t["mlm_only"] + (s_steps // student_eval_every + 1) * eval_s + PROCESS_START),
         ("MiniLM student (attention + value relations)", f"{s_steps:,} steps",
-         s_steps * t["minilm"] + (s_steps // STUDENT_EVALS_EVERY + 1) * eval_s + PROCESS_START),
+         s_steps * t["minilm"] + (s_steps // student_eval_every + 1) * eval_s + PROCESS_START),
         ("evaluation, plot, fill-mask", f"{valid:,} held-out lines", 4 * eval_s + 3 * PROCESS_START),
     ]  # fmt: skip
 
 
-def estimate(articles, teacher_epochs, student_epochs, valid, t=None):
+def estimate(articles, teacher_epochs, student_epochs, valid, t=None, **evals):
     """Time the steps (unless `t` is given), print the plan, return its total in seconds."""
     from utils import cpu_description
 
     start = time.perf_counter()
     t = t or time_steps()
-    stages = plan(articles, teacher_epochs, student_epochs, valid, t)
+    stages = plan(articles, teacher_epochs, student_epochs, valid, t, **evals)
     total = sum(s for _, _, s in stages)
     print(f"CPU: {cpu_description()}; measured per step: teacher {1000 * t['teacher']:.0f} ms, distilled "
           f"student {1000 * t['distilled']:.0f} ms, MLM-only student {1000 * t['mlm_only']:.0f} ms, MiniLM "
@@ -149,19 +173,20 @@ def main(argv=None):
     c = sub.add_parser("configs", help="write the teacher and student configs")
     c.add_argument("run")
     c.add_argument("vocab", type=int)
-    e = sub.add_parser("estimate", help="time a few steps and print the plan")
-    e.add_argument("--articles", type=int, required=True)
-    e.add_argument("--teacher_epochs", type=int, required=True)
-    e.add_argument("--student_epochs", type=int, required=True)
-    e.add_argument("--valid", type=int, required=True)
+    sub.add_parser("sizes", help="print the sizes as NAME=value lines (with the DEMO_<NAME> overrides)")
+    sub.add_parser("estimate", help="time a few steps and print the plan for the sizes")
     args = p.parse_args(argv)
     if args.command == "configs":
         write_configs(args.run, args.vocab)
+    elif args.command == "sizes":
+        print("\n".join(f"{name.upper()}={value}" for name, value in sizes().items()))
     else:
         import transformers
 
         transformers.logging.set_verbosity_error()
-        estimate(args.articles, args.teacher_epochs, args.student_epochs, args.valid)
+        z = sizes()
+        estimate(z["articles"], z["teacher_epochs"], z["student_epochs"], z["valid"],
+                 teacher_eval_every=z["teacher_eval_every"], student_eval_every=z["student_eval_every"])
 
 
 if __name__ == "__main__":

@@ -118,3 +118,23 @@ def test_the_plan_times_real_steps_and_scales_them_by_the_demo_sizes(capsys):
     evals = 100 * t["eval_per_seq"]
     assert steps_time(ten) == pytest.approx(160 * t["teacher"] + evals)
     assert steps_time(one) == pytest.approx(16 * t["teacher"] + evals)
+
+
+def test_the_demo_sizes_live_in_one_table_and_bad_overrides_stop_it_first(tmp_path, monkeypatch):
+    from scripts import demo_plan
+
+    assert demo_plan.sizes({}) == demo_plan.SIZES
+    assert demo_plan.sizes({"DEMO_VALID": "100", "DEMO_GLUE_SEEDS": "1"}) == {**demo_plan.SIZES, "valid": 100,
+                                                                              "glue_seeds": 1}  # fmt: skip
+    # demo.sh reads them through `demo_plan.py sizes`: the names it evals, with an override applied
+    env = dict(os.environ, PYTHON=sys.executable, DEMO_TEACHER_EVAL_EVERY="7")
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_plan.py"), "sizes"], env=env,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    expected = {**demo_plan.SIZES, "teacher_eval_every": 7}
+    assert out.splitlines() == [f"{k.upper()}={v}" for k, v in expected.items()]
+    for bad in ("0", "x", "-3", "1.5", ""):
+        proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), str(tmp_path / "run")],
+                              env=dict(env, DEMO_ARTICLES=bad), capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2, (bad, proc.stderr)
+        assert proc.stderr.strip() == f"demo_plan.py: error: DEMO_ARTICLES={bad!r}: give a positive whole number"
+        assert not (tmp_path / "run").exists()
