@@ -21,6 +21,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import logging
 import os
 import pickle
 import tempfile
@@ -32,7 +33,7 @@ import numpy as np
 from errors import InputError
 
 FORMAT_VERSION = 1
-CHECKPOINT = "checkpoint.pth"  # train.py's resumable state in its run folder, replaced atomically
+logger = logging.getLogger("distillation")  # utils.py configures it; importing utils here would make a cycle
 BINARIZED_KIND = "binarized_text"
 TOKEN_COUNTS_KIND = "token_counts"
 
@@ -81,39 +82,6 @@ def safe_load_pickle(path, *, remedy):
     except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as e:
         raise InputError(f"{path} is truncated or damaged ({type(e).__name__}: {e}): {remedy}") from None
     return obj
-
-
-def read_checkpoint(path, data_order):
-    """A train.py checkpoint: tensors and plain containers only (torch's weights_only load: no code runs).
-    A missing, damaged or foreign file, or one written with another `data_order` (the settings and data that
-    fix the sequence of batches), is an InputError."""
-    import zipfile
-
-    import torch
-
-    from utils import first_line
-
-    fix = "start the run again with --force, or resume from a copy of a good checkpoint"
-    if not path.is_file():
-        raise InputError(f"--resume: {path} does not exist (no checkpoint was written yet); start without --resume")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise InputError(
-            f"--resume: {path} is not a train.py checkpoint (it holds more than tensors: {first_line(e)}); {fix}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        why = f"{type(e).__name__}: {first_line(e)}"
-        raise InputError(f"--resume: {path} is damaged or truncated ({why}); {fix}") from None
-    needed = ("student", "optimizer", "scheduler", "scaler", "progress", "data_order", "rng")
-    if not isinstance(state, dict) or any(k not in state for k in needed):
-        raise InputError(f"--resume: {path} is not a train.py checkpoint (it lacks the training state); {fix}")
-    saved = state["data_order"]
-    changes = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in data_order.items() if saved.get(k) != v)
-    if changes:
-        raise InputError(f"--resume: the run was started with other settings or data ({changes}); resume with the "
-                         "same ones")
-    return state
 
 
 def _umask():
@@ -335,8 +303,6 @@ def _check_record(path, obj, kind, arrays, remedy):
 def check_data_fits(data_file, data, data_meta, tokenizer, special):
     """The data must have been binarized with the tokenizer in use (the teacher's): same vocabulary, same
     special ids. InputError otherwise; a warning when an old file does not record its vocabulary."""
-    from utils import logger
-
     vocab = len(tokenizer)
     remedy = f"re-binarize it with --tokenizer_name {tokenizer.name_or_path}"
     if "vocab_size" in data_meta and data_meta["vocab_size"] != vocab:

@@ -8,13 +8,12 @@ vocabulary head are in losses.py, the masking in masking.py, the logging in moni
 Read `step()` (one batch: both forwards, the losses) and then `train()` (the loop: prepare a batch, step,
 backward, optimizer step at the end of each accumulation cycle, log, evaluate, checkpoint). Checkpoints hold
 everything a resumed run needs to repeat the uninterrupted run's losses exactly on CPU. Why the step is
-fast (rows picked by index, KD fused with the projections, no per-step host sync): README, "Benchmarks".
+fast (rows picked by index, KD fused with the projections, no per-step host sync): docs/benchmarks.md.
 """
 
 import contextlib
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -24,38 +23,26 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import checkpoint
 import evaluation
-from data_io import CHECKPOINT, atomic_write, read_checkpoint
+from checkpoint import CHECKPOINT
+from data_io import atomic_write
 from errors import InputError
 from grouped_batch_sampler import epoch_batches
-from losses import (
-    KD_CHUNK_ROWS,
-    LOSS_NAMES,
-    RELATION_LOSSES,
-    FusedKD,
-    RowsLM,
-    cosine_loss,
-    kd_loss,
-    lm_head_parts,
-    mse_loss,
-    relation_layers,
-    relation_losses,
-)
+from losses import KD_CHUNK_ROWS, FusedKD, cosine_loss, kd_loss, mse_loss, relation_losses
 from masking import Masking, prepare_batch_clm
-from monitor import Meter, MetricsLog, empty_cache_if_low, log_line, memory_stats, metrics_size
+from models import RowsLM, lm_head_parts
+from monitor import Meter, MetricsLog, empty_cache_if_low, log_line, memory_stats
+from precision import Precision
+from train_args import LossPlan, relation_layers
 from utils import (
     DistInfo,
     check_same_on_all_ranks,
-    first_line,
     logger,
     rng_state,
-    set_rng_state,
     weight_decay_groups,
 )
 
-# The counters a checkpoint saves and a resumed run restores, by attribute name.
-PROGRESS = ("epoch", "batch_in_epoch", "n_total_iter", "n_optimizer_steps", "n_empty_cache", "n_skipped_steps",
-            "ckpt_bucket")
 MAX_CONSECUTIVE_SKIPS = 20  # fp16: this many overflow-skipped optimizer steps in a row means the loss is broken
 
 
@@ -79,33 +66,26 @@ class Distiller:
         self.mlm = params.mlm
         self.vocab_size = student.config.vocab_size
         self.temperature = params.temperature
-        self.alpha = {k: getattr(params, f"alpha_{k}") for k in LOSS_NAMES}
-        # KD and MSE need the teacher's logits on every non-pad row, unless restricted to the masked rows.
-        self.kd_all_rows = (self.alpha["ce"] > 0 or self.alpha["mse"] > 0) and not params.restrict_ce_to_mask
-        self.relations = [k for k in RELATION_LOSSES if self.alpha[k] > 0]  # MiniLM's losses that are on
-        self.needs_teacher = any(self.alpha[k] > 0 for k in ("ce", "mse", "cos")) or bool(self.relations)
-        # KD straight from both models' features (FusedKD) unless MSE needs the logits themselves.
-        self.fused_kd = fused_kd and self.alpha["ce"] > 0 and self.alpha["mse"] == 0
-        if self.needs_teacher and teacher is None:
+        self.plan = plan = LossPlan.from_args(params, fused_kd)  # the losses that are on, what they need
+        if plan.needs_teacher and teacher is None:
             raise InputError("alpha_ce, alpha_mse, alpha_cos and the relation losses need a teacher (--teacher_name)")
         s_layer = t_layer = None
-        if self.relations:  # the layers they read, and their heads
-            s_layer, t_layer, self.heads = relation_layers(student, teacher, self.relations, params)
+        if plan.relations:  # the layers they read, and their heads
+            s_layer, t_layer, self.heads = relation_layers(student, teacher, plan.relations, params)
 
-        # Precision: fp16 autocast + GradScaler on CUDA; bf16 autocast anywhere; the teacher is stored in
-        # the half type too (it never trains, and halves its memory and time).
-        self.amp_dtype = torch.float16 if params.fp16 else torch.bfloat16 if params.bf16 else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=params.fp16)
+        # Decided once (precision.py): autocast dtype, GradScaler, the teacher's dtype, the non-finite watch.
+        self.precision = Precision.decide(params.fp16, params.bf16, self.device)
+        if self.precision.why:
+            logger.warning(self.precision.why)
+        self.scaler = self.precision.scaler()
 
         self.student_model = student.to(self.device)
         self.student = RowsLM(self.student_model, s_layer)
-        # The vocabulary head is used only when a loss reads the logits (not with cosine or relations alone).
-        self.head_used = any(self.alpha[k] > 0 for k in ("ce", "mlm", "clm", "mse"))
         if self.dist.world_size > 1:
-            self.student = self.dist.wrap(self.student, find_unused_parameters=not self.head_used)
+            self.student = self.dist.wrap(self.student, find_unused_parameters=not plan.head_used)
         self.teacher = None
-        if self.needs_teacher:
-            teacher = teacher.to(self.device, dtype=self.amp_dtype or torch.float32).eval()
+        if plan.needs_teacher:
+            teacher = teacher.to(self.device, dtype=self.precision.teacher_dtype).eval()
             teacher.requires_grad_(False)
             self.teacher = RowsLM(teacher, t_layer)
 
@@ -147,7 +127,7 @@ class Distiller:
         self.last_eval_iter = None
         self.meter = Meter()  # the current log interval's sums (checkpointed: a resumed interval averages right)
         self.metrics_bytes = None  # on resume: metrics.jsonl's length when the checkpoint was written
-        self.replaced_run = None  # train.py --force: the old run folder, deleted at the first checkpoint
+        self.checkpoint_callbacks = []  # called after every checkpoint written (rank 0): train.py's --force cleanup
 
     # ----------------------------------------------------------------------------------------------------
     # Schedule and data
@@ -183,52 +163,50 @@ class Distiller:
     # One step: forward both models, return the losses (0-d tensors on the device)
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.precision.autocast(self.device.type)
 
     def step(self, batch):
         """Forward the student (and the teacher) on `batch`; return {"loss": weighted total, "ce": ..., ...}."""
-        a = self.alpha
+        plan, w = self.plan, self.plan.weights
         m = batch.n_targets  # the LM rows are the first m of batch.rows
         # The vocabulary head runs on every non-pad row only when KD/MSE need them all, on none when no loss
         # reads the logits.
-        n_head = 0 if not self.head_used else None if self.kd_all_rows else m
-        lm_name = "mlm" if self.mlm else "clm"
-        fused = self.fused_kd  # the models stop before their vocabulary projection; FusedKD applies it
+        n_head = 0 if not plan.head_used else None if plan.kd_all_rows else m
+        lm, w_lm = plan.lm, w.of(plan.lm)
+        fused = plan.fused_kd  # the models stop before their vocabulary projection; FusedKD applies it
         losses = {}
         total = 0.0
         with self.autocast():
             s_hidden, s_logits, s_qkv = self.student(batch.input_ids, batch.attention_mask, batch.rows, n_head, fused)
             if self.teacher is not None:
                 with torch.no_grad():
-                    t_n_head = n_head if (a["ce"] or a["mse"]) else 0
+                    t_n_head = n_head if (w.ce or w.mse) else 0
                     t_hidden, t_logits, t_qkv = self.teacher(
                         batch.input_ids, batch.attention_mask, batch.rows, t_n_head, fused
                     )
             if fused:  # s_logits and t_logits hold features here: KD (and the LM loss) from one projection
                 s_proj, t_proj = lm_head_parts(self.student_model)[1], lm_head_parts(self.teacher.model)[1]
-                targets = batch.targets if a[lm_name] > 0 else batch.targets[:0]
-                total, losses["ce"], lm = FusedKD.apply(
+                targets = batch.targets if w_lm > 0 else batch.targets[:0]
+                total, losses["ce"], lm_loss = FusedKD.apply(
                     s_logits, s_proj.weight, s_proj.bias, t_logits, t_proj.weight, t_proj.bias,
-                    targets, self.temperature, a["ce"], a[lm_name], KD_CHUNK_ROWS,
+                    targets, self.temperature, w.ce, w_lm, KD_CHUNK_ROWS,
                 )  # fmt: skip
-                if a[lm_name] > 0:
-                    losses[lm_name] = lm
+                if w_lm > 0:
+                    losses[lm] = lm_loss
 
         in_total = set(losses)  # FusedKD's total already holds its losses
-        if not fused and a["ce"] > 0:
+        if not fused and w.ce > 0:
             losses["ce"] = kd_loss(s_logits, t_logits, self.temperature)
-        if not fused and a[lm_name] > 0:
-            losses[lm_name] = F.cross_entropy(s_logits[:m].float(), batch.targets)
-        if a["mse"] > 0:
+        if not fused and w_lm > 0:
+            losses[lm] = F.cross_entropy(s_logits[:m].float(), batch.targets)
+        if w.mse > 0:
             losses["mse"] = mse_loss(s_logits, t_logits)
-        if a["cos"] > 0:
+        if w.cos > 0:
             losses["cos"] = cosine_loss(s_hidden, t_hidden)
-        if self.relations:  # outside autocast: the maps and their softmaxes in float32
-            losses.update(relation_losses(s_qkv, t_qkv, batch.attention_mask, self.relations, *self.heads))
+        if plan.relations:  # outside autocast: the maps and their softmaxes in float32
+            losses.update(relation_losses(s_qkv, t_qkv, batch.attention_mask, plan.relations, *self.heads))
         for k in [k for k in losses if k not in in_total]:  # in the order above: the same sum every run
-            total = total + a[k] * losses[k]
+            total = total + w.of(k) * losses[k]
         losses["loss"] = total
         return losses
 
@@ -353,7 +331,7 @@ class Distiller:
 
     def watch_finite(self, loss):
         """Remember the first iteration with a non-finite loss, on the device (checked at log/checkpoint)."""
-        if self.params.fp16:  # fp16 overflows are the scaler's business (skipped and counted)
+        if self.precision.scaled:  # fp16 overflows are the scaler's business (skipped and counted)
             return
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_iter < 0)
         self.first_bad_iter = torch.where(bad, self.n_total_iter + 1, self.first_bad_iter)
@@ -385,8 +363,8 @@ class Distiller:
             "lr": self.scheduler.get_last_lr()[0],
             "tokens_per_s": means["tokens"] * self.dist.world_size / max(seconds, 1e-9),
             "empty_cache_calls": self.n_empty_cache,
-            "skipped_steps": self.n_skipped_steps,
-            "scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
+            "skipped_steps": self.n_skipped_steps if self.precision.scaled else None,  # fp16 runs only
+            "scale": self.scaler.get_scale() if self.precision.scaled else None,
             **memory_stats(self.device),
         }
         if self.dist.is_master:
@@ -425,55 +403,19 @@ class Distiller:
         self.ckpt_bucket = self.n_total_iter // self.params.checkpoint_interval
         if not self.dist.is_master:
             return
-        state = {
-            "student": self.student_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "progress": {
-                **{k: getattr(self, k) for k in PROGRESS},
-                "last_eval_iter": -1 if self.last_eval_iter is None else self.last_eval_iter,
-                "metrics_bytes": metrics_size(self.dump_path),
-            },
-            "meter": self.meter.state_dict(),
-            "data_order": self.data_order(),
-            "rng": rngs,
-        }
         if epoch_weights is not None:
             with atomic_write(self.dump_path / f"model_epoch_{epoch_weights}.pth") as f:
                 torch.save(self.student_model.state_dict(), f)
-        with atomic_write(self.dump_path / CHECKPOINT) as f:
-            torch.save(state, f)
+        checkpoint.save(self, self.dump_path / CHECKPOINT, rngs)
         logger.info(f"checkpoint at iteration {self.n_total_iter} (epoch {self.epoch}, batch {self.batch_in_epoch})")
-        if self.replaced_run is not None:  # the new run can now resume on its own: the old one may go
-            shutil.rmtree(self.replaced_run, ignore_errors=True)
-            logger.info(f"--force: deleted the previous run (kept in {self.replaced_run} until now)")
-            self.replaced_run = None
+        for callback in self.checkpoint_callbacks:
+            callback()
 
     def load_checkpoint(self, path=None):
         """Restore a run from its checkpoint (`--resume`); tensors only, no code is executed. A damaged or
         foreign file is an InputError, and nothing is written here."""
         path = Path(path or self.dump_path / CHECKPOINT)
-        state = read_checkpoint(path, self.data_order())
-        try:
-            self.student_model.load_state_dict(state["student"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise InputError(
-                f"--resume: {path} was written for another student ({first_line(e)}); "
-                f"resume with the same --student_config"
-            ) from None
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        prog = state["progress"]
-        for k in PROGRESS:
-            setattr(self, k, prog[k])
-        last_eval = prog.get("last_eval_iter", -1)
-        self.last_eval_iter = None if last_eval < 0 else last_eval
-        self.metrics_bytes = prog.get("metrics_bytes")
-        if "meter" in state:
-            self.meter = Meter.from_state_dict(state["meter"], self.device)
-        set_rng_state(state["rng"][self.dist.rank], self.device)
+        checkpoint.restore(self, path)
         logger.info(
             f"resumed from {path}: epoch {self.epoch}, batch {self.batch_in_epoch}, iteration {self.n_total_iter}"
         )

@@ -18,6 +18,11 @@ class InputError(Exception):
     """Bad input from the user: arguments, data files, models that do not fit together."""
 
 
+def first_line(e):
+    """The first line of an exception's message (libraries' messages run to several), or its class name."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def fail(prog, message, status=BAD_INPUT):
     """Print `prog: error: message` on one line of stderr and exit with `status`."""
     print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)

@@ -1,6 +1,5 @@
-"""The distillation losses and the student's vocabulary head, on the rows a batch predicts.
+"""The distillation losses, as functions of the rows a batch predicts (models.RowsLM gives those rows).
 
-- `lm_head_parts()` / `RowsLM`: a HF LM's encoder on the whole batch, its vocabulary head only on chosen rows.
 - `kd_loss`, `cosine_loss`, `mse_loss`: upstream's losses as pure functions (tests pin them to hand
   computations).
 - `FusedKD`: KD and the MLM/CLM cross-entropy computed straight from both models' features, chunk by chunk,
@@ -13,61 +12,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from errors import InputError
 
 # The losses a run can weigh, by their --alpha_<name> flag: KD (cross-entropy against the teacher), masked /
 # causal LM, MSE between logits, cosine between last hidden states.
 # The MiniLM relation losses (att, qq, kk, vv) are at the end of this file.
 LOSS_NAMES = ("ce", "mlm", "clm", "mse", "cos", "att", "qq", "kk", "vv")
-
-
-def lm_head_parts(model):
-    """The model's language-modelling head as (features, projection): logits = projection(features(hidden)),
-    where `projection` is the nn.Linear onto the vocabulary (weight (vocab, dim), bias or None)."""
-    if hasattr(model, "vocab_projector"):  # DistilBertForMaskedLM
-        return (
-            lambda h: model.vocab_layer_norm(model.activation(model.vocab_transform(h))),
-            model.vocab_projector,
-        )
-    if hasattr(model, "cls"):  # BertForMaskedLM
-        return model.cls.predictions.transform, model.cls.predictions.decoder
-    head = model.lm_head
-    if hasattr(head, "decoder"):  # RobertaForMaskedLM
-        return (lambda h: head.layer_norm(F.gelu(head.dense(h)))), head.decoder
-    return (lambda h: h), head  # GPT2LMHeadModel
-
-
-class RowsLM(nn.Module):
-    """Wraps a HF LM: runs the encoder on the batch and the vocabulary head only at chosen rows.
-
-    forward(input_ids, attention_mask, rows, n_head=None, features=False) -> (hidden, logits, qkv):
-      hidden: last hidden states at `rows` (flat indices into batch x length), shape (len(rows), dim);
-      logits: the LM head at the first `n_head` of those rows (all of them when n_head is None); with
-      features=True, the head's input to its vocabulary projection instead (see lm_head_parts; FusedKD);
-      qkv: with `qkv_layer` (0-based), that layer's (query, key, value), each (batch, length, heads x d),
-      from its own projections applied to its input: the relation losses' material. None otherwise.
-    Wrapping (rather than calling the model's parts from outside) keeps DDP's hooks on the forward.
-    """
-
-    def __init__(self, model, qkv_layer=None):
-        super().__init__()
-        self.model = model
-        self.qkv_layer = qkv_layer
-
-    def forward(self, input_ids, attention_mask, rows, n_head=None, features=False):
-        want_qkv = self.qkv_layer is not None
-        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_qkv)
-        hidden = out.last_hidden_state.flatten(0, 1).index_select(0, rows)
-        h = hidden if n_head is None else hidden[:n_head]
-        to_features, projection = lm_head_parts(self.model)
-        logits = to_features(h) if features else projection(to_features(h))
-        qkv = None
-        if want_qkv:  # the layer's input is hidden_states[layer] (hidden_states[0]: the embeddings' output)
-            x = out.hidden_states[self.qkv_layer]
-            qkv = tuple(p(x) for p in attention_projections(self.model, self.qkv_layer)[0])
-        return hidden, logits, qkv
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -92,7 +41,7 @@ def mse_loss(s_logits, t_logits):
 
 
 # Rows per FusedKD chunk (each chunk holds four (rows x vocab) float32 tensors): fewer rows make thin, slow
-# matmuls; more rows cost memory for little speed (README, "Benchmarks").
+# matmuls; more rows cost memory for little speed (docs/benchmarks.md).
 KD_CHUNK_ROWS = 512
 
 _SCRATCH = {}  # (name, dtype) -> a flat CPU tensor reused by every FusedKD call (see scratch())
@@ -101,7 +50,7 @@ _SCRATCH = {}  # (name, dtype) -> a flat CPU tensor reused by every FusedKD call
 def scratch(name, shape, dtype, device):
     """An uninitialised tensor of `shape` for FusedKD's per-chunk work. On CPU it is carved from a buffer kept
     between calls: the allocator returns blocks that large to the OS, so a fresh one pays its page faults
-    again on every call (README, "Benchmarks"). CUDA's caching allocator already reuses its blocks, so there
+    again on every call (docs/benchmarks.md). CUDA's caching allocator already reuses its blocks, so there
     it is a plain torch.empty."""
     if device.type != "cpu":
         return torch.empty(shape, dtype=dtype, device=device)
@@ -226,41 +175,6 @@ class FusedKD(torch.autograd.Function):
 # query-query, key-key and value-value relations (per relation head). MiniLM is att + vv with as many relation
 # heads as attention heads; MiniLMv2 is qq + kk + vv with --relation_heads.
 RELATION_LOSSES = ("att", "qq", "kk", "vv")
-
-
-def attention_projections(model, layer):
-    """(query, key, value) nn.Linear layers and the head count of encoder layer `layer` (0-based) of a HF
-    BERT, RoBERTa or DistilBERT model."""
-    base = model.base_model
-    if hasattr(base, "transformer"):  # DistilBERT
-        att = base.transformer.layer[layer].attention
-        return (att.q_lin, att.k_lin, att.v_lin), att.n_heads
-    att = base.encoder.layer[layer].attention.self  # BERT, RoBERTa
-    return (att.query, att.key, att.value), att.num_attention_heads
-
-
-def relation_layers(student, teacher, names, params):
-    """(student layer, teacher layer, (attention heads, relation heads)) for the relation losses in `names`:
-    the student's last layer and the teacher's --teacher_layer (1-based; default its last), as 0-based
-    indices, after checking that the two models' heads fit those losses."""
-    n_teacher, n_student = teacher.config.num_hidden_layers, student.config.num_hidden_layers
-    t_layer = n_teacher if params.teacher_layer is None else params.teacher_layer  # 0 is out of range, not the last
-    if not 1 <= t_layer <= n_teacher:
-        raise InputError(f"--teacher_layer {t_layer}: the teacher has layers 1 to {n_teacher}")
-    (s_query, _, _), s_heads = attention_projections(student, n_student - 1)
-    (t_query, _, _), t_heads = attention_projections(teacher, t_layer - 1)
-    if "att" in names and s_heads != t_heads:
-        raise InputError(
-            f"--alpha_att compares attention heads one to one, but the student has {s_heads} and the teacher "
-            f"{t_heads}: use --alpha_qq/--alpha_kk/--alpha_vv, whose --relation_heads need not match"
-        )
-    relation_heads = params.relation_heads or s_heads
-    for who, query in (("student", s_query), ("teacher", t_query)):
-        if query.out_features % relation_heads:
-            raise InputError(
-                f"--relation_heads {relation_heads} does not divide the {who}'s attention width {query.out_features}"
-            )
-    return n_student - 1, t_layer - 1, (s_heads, relation_heads)
 
 
 def scaled_dot(a, b, heads):

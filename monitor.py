@@ -104,7 +104,7 @@ def tensorboard_tag(key, record):
         return f"valid/{key[len('valid_'):]}"
     if key.startswith(("gpu_", "rss_")) or key == "empty_cache_calls":
         return f"memory/{key}"
-    if key in ("skipped_steps", "scale") and record.get("scale") is not None:  # fp16 runs only
+    if key in ("skipped_steps", "scale"):  # None (not plotted) outside fp16 runs
         return f"fp16/{key}"
     return {"lr": "learning_rate/lr", "tokens_per_s": "global/tokens_per_s", "grad_norm": "global/grad_norm"}.get(key)
 

@@ -15,13 +15,18 @@ its labels: the teacher's logits are its only target (the semi-supervised settin
 
 import inspect
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from errors import InputError
-from losses import attention_projections, cosine_loss, kd_loss, mse_loss, relation_layers, relation_losses
+from glue_runs import say
+from losses import cosine_loss, kd_loss, mse_loss, relation_losses
+from models import attention_projections
+from train_args import relation_layers
+from utils import load_pretrained
 
 UNLABELED = -100  # the label of a row the teacher alone labels (regressions: NaN), as cross_entropy's ignore_index
 TEACHER_LOGITS = "teacher_logits"  # the data column of cached logits
@@ -119,8 +124,6 @@ def load_teacher(path):
     """The teacher as a sequence classifier in eval mode; a checkpoint without a classification head (a
     pretrained encoder, not yet fine-tuned on the task) is refused."""
     from transformers import AutoModelForSequenceClassification
-
-    from utils import load_pretrained
 
     model, info = load_pretrained(AutoModelForSequenceClassification, path, "the teacher", output_loading_info=True)
     prefix = model.base_model_prefix + "."
@@ -324,3 +327,40 @@ def distill_trainer(d, teacher, regression):
             super().log(logs, *args, **kwargs)
 
     return DistillTrainer
+
+
+@dataclass
+class Teacher:
+    """The task distillation's teacher (--teacher_name_or_path), loaded and checked once."""
+
+    args: DistillArguments
+    model: object
+    tokenizer: object
+    identity: dict
+    logits_seconds: float | None = None  # the one pass over the training set (benchmarks/bench_py)
+
+    def check(self, task_data, tokenizer):
+        """Before any training: the teacher is this task's classifier and reads the student's input ids."""
+        path = self.args.teacher_name_or_path
+        check_teacher(self.model, task_data.task, task_data.num_labels, path)
+        check_vocabulary(tokenizer, self.tokenizer, task_data.train.texts[0][:64], path)
+
+    def logits(self, train_set, tokenizer, targs):
+        """train_set with the teacher's logits as a column (computed once, in eval mode, for every run)."""
+        import torch
+        from transformers import DataCollatorWithPadding
+
+        dtype = torch.float16 if targs.fp16 else torch.bfloat16 if targs.bf16 else None  # as the steps run
+        start = time.time()
+        logits = teacher_logits(self.model, train_set, DataCollatorWithPadding(tokenizer),
+                                             targs.per_device_eval_batch_size, targs.device, dtype)  # fmt: skip
+        self.model.cpu()  # the step needs only the column
+        self.logits_seconds = round(time.time() - start, 2)
+        say(f"the teacher's logits for {len(train_set):,} training rows took {self.logits_seconds:.1f} s"
+            " (once, for all runs)")
+        return train_set.add_column(TEACHER_LOGITS, logits.tolist())
+
+    def record(self):
+        return {"path": self.args.teacher_name_or_path, **settings(self.args, self.identity),
+                "teacher_logits": "every step" if self.args.per_step else "computed once",
+                "unlabeled_samples": self.args.unlabeled_samples}  # fmt: skip

@@ -40,35 +40,20 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import data_io
 import masking
 import train_args
-from data_io import CHECKPOINT
+from checkpoint import CHECKPOINT
 from distiller import Distiller, NonFiniteLoss
 from errors import NON_FINITE_EXIT, InputError, fail, reports_errors
+from lm_seqs_dataset import MIN_LEN, LmSeqsDataset
+from models import load_student, model_classes
 from utils import (
-    cpu_bf16_is_fast,
-    cpu_description,
     git_log,
     init_distributed,
-    load_config,
     load_lm,
-    load_pretrained,
-    load_student_weights,
     load_tokenizer as load_tokenizer_or_fail,
     logger,
     model_input_limit,
     set_seed,
 )
-
-
-def model_classes(kind):
-    """(config class, model class, tokenizer class) per model type; imported lazily."""
-    import transformers as T
-
-    return {
-        "distilbert": (T.DistilBertConfig, T.DistilBertForMaskedLM, T.DistilBertTokenizer),
-        "roberta": (T.RobertaConfig, T.RobertaForMaskedLM, T.RobertaTokenizer),
-        "bert": (T.BertConfig, T.BertForMaskedLM, T.BertTokenizer),
-        "gpt2": (T.GPT2Config, T.GPT2LMHeadModel, T.GPT2Tokenizer),
-    }[kind]
 
 
 def check_dump_path(args):
@@ -91,32 +76,6 @@ def load_tokenizer(args, data_meta):
     _, _, tokenizer_class = model_classes(args.teacher_type)
     what = "the tokenizer" if args.tokenizer_name or args.no_teacher else "the teacher"
     return load_tokenizer_or_fail(tokenizer_class, name, what)
-
-
-def load_student(args, vocab):
-    config_class, model_class, _ = model_classes(args.student_type)
-    config = load_config(config_class, args.student_config)
-    weights = args.student_pretrained_weights
-    if weights is not None and Path(weights).is_dir():
-        student = load_pretrained(model_class, weights, "the student weights", config=config)
-    else:
-        student = model_class(config)
-        if weights is not None:
-            load_student_weights(student, weights)
-    if config.vocab_size != vocab:
-        raise InputError(f"the student config has vocab_size {config.vocab_size}, the tokenizer {vocab}")
-    if args.freeze_pos_embs and args.student_type == "distilbert":
-        logger.warning("--freeze_pos_embs applies to roberta/gpt2 students (as upstream): ignored")
-    if args.freeze_pos_embs and args.student_type in ("roberta", "gpt2"):
-        emb = (
-            student.roberta.embeddings.position_embeddings
-            if args.student_type == "roberta"
-            else student.transformer.wpe
-        )
-        emb.weight.requires_grad = False
-    if args.freeze_token_type_embds:
-        student.roberta.embeddings.token_type_embeddings.weight.requires_grad = False
-    return student
 
 
 def load_teacher(args, student):
@@ -159,11 +118,12 @@ def replaced_path(dump):
     return dump.parent / f".{dump.name}.replaced-by-force"
 
 
-def prepare_dump_path(args, dist):
+def prepare_dump_path(args, dist, decided):
     """Create the run folder (rank 0) once every input has been checked, and record the run.
 
     --force never deletes first: the old folder is moved aside (replaced_path) and deleted only when the
-    new run has written its first checkpoint; a run that fails before that puts it back (restore_replaced).
+    new run has written its first checkpoint; a run that fails before that puts it back (ReplacedRun).
+    `decided`: what the run settled beyond its flags, recorded in parameters.json beside them.
     Returns (log file handler, the folder moved aside or None)."""
     dump = Path(args.dump_path)
     aside = None
@@ -188,27 +148,38 @@ def prepare_dump_path(args, dist):
             logger.info(f"--force: the previous {dump} is kept in {aside} until this run's first checkpoint")
         if not args.resume:
             with open(dump / "parameters.json", "w") as f:
-                json.dump({k: v for k, v in vars(args).items()}, f, indent=4, default=str)
+                json.dump({**vars(args), **decided}, f, indent=4, default=str)
             git_log(dump)
     if dist.world_size > 1:
         torch.distributed.barrier()
     return (handler if dist.is_master else None), aside
 
 
-def restore_replaced(dump, aside):
-    """Put back the run that --force moved aside, when the new run failed before its first checkpoint."""
-    if aside is None or not aside.exists():
-        return
-    shutil.rmtree(dump, ignore_errors=True)
-    aside.rename(dump)
-    sys.stderr.write(f"train.py: the previous run in {dump} was left as it was\n")
+class ReplacedRun:
+    """--force: the previous run, moved aside by prepare_dump_path. Deleted once the new run has written its
+    first checkpoint (from then on the new run can resume on its own); put back if the new run fails first."""
+
+    def __init__(self, dump, aside):
+        self.dump, self.aside, self.pending = Path(dump), aside, aside is not None
+
+    def drop(self):  # a Distiller checkpoint callback
+        if self.pending:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            logger.info(f"--force: deleted the previous run (kept in {self.aside} until now)")
+            self.pending = False
+
+    def restore(self):
+        if not self.pending or not self.aside.exists():
+            return
+        shutil.rmtree(self.dump, ignore_errors=True)
+        self.aside.rename(self.dump)
+        self.pending = False
+        sys.stderr.write(f"train.py: the previous run in {self.dump} was left as it was\n")
 
 
 def setup(args):
     """Load and check the data and models a run needs; write nothing. Returns (tokenizer, dataset,
     token_probs, student, teacher); raises InputError / InputError on bad input."""
-    from lm_seqs_dataset import MIN_LEN, LmSeqsDataset
-
     set_seed(args.seed)
     data = data_io.load_binarized(args.data_file)
     tokenizer = load_tokenizer(args, data.meta)
@@ -230,8 +201,6 @@ def setup(args):
 
 def load_valid(args, tokenizer):
     """The held-out set, checked and cleaned like the training data."""
-    from lm_seqs_dataset import LmSeqsDataset
-
     data = data_io.load_binarized(args.valid_file)
     data_io.check_data_fits(args.valid_file, data, data.meta, tokenizer, args.special_tok_ids)
     return LmSeqsDataset(args, data)
@@ -245,30 +214,22 @@ def main(argv=None):
     transformers.utils.logging.disable_progress_bar()
     args = train_args.parse_args(argv)
     dist = log_file = distiller = None
-    aside = None
+    replaced = None
     try:
         # Every check that can fail runs before the run folder is touched.
         train_args.sanity_checks(args)
         check_dump_path(args)
         dist = init_distributed(args.n_gpu)
         args.world_size, args.device = dist.world_size, str(dist.device)
-        if args.fp16 and dist.device.type != "cuda":
-            logger.warning("--fp16 needs a CUDA GPU: training in fp32 on the CPU (--bf16 gives mixed precision on CPU)")
-            args.fp16 = False
-        if args.bf16 and dist.device.type == "cpu" and not cpu_bf16_is_fast():
-            logger.warning(
-                f"--bf16: this CPU, {cpu_description()}, has no native bf16 (no AVX-512): bf16 would run ~10x "
-                f"slower than fp32 here, so training runs in fp32"
-            )
-            args.bf16 = False
         tokenizer, dataset, token_probs, student, teacher = setup(args)
         valid = load_valid(args, tokenizer) if args.valid_file else None
         distiller = Distiller(args, dataset, token_probs, student, teacher, dist=dist, valid_dataset=valid)
         if args.resume:
             distiller.load_checkpoint()
-        # Only now is anything written.
-        log_file, aside = prepare_dump_path(args, dist)
-        distiller.replaced_run = aside
+        # Only now is anything written. parameters.json: the flags as given, and the precision that runs.
+        log_file, aside = prepare_dump_path(args, dist, {"precision": distiller.precision.record()})
+        replaced = ReplacedRun(args.dump_path, aside)
+        distiller.checkpoint_callbacks.append(replaced.drop)
         # A different stream per rank for masking and dropout (the models were built identically above).
         if not args.resume:
             torch.manual_seed(args.seed + dist.rank)
@@ -278,8 +239,8 @@ def main(argv=None):
             distiller.save_final(tokenizer)
             logger.info("training finished")
     except BaseException as e:
-        if aside is not None and distiller is not None and distiller.replaced_run is not None:
-            restore_replaced(Path(args.dump_path), aside)
+        if replaced is not None:
+            replaced.restore()
         if isinstance(e, NonFiniteLoss):
             fail("train.py", e, NON_FINITE_EXIT)
         raise  # an InputError becomes one line and exit status 2 (reports_errors)

@@ -7,10 +7,12 @@ take the same defaults from `defaults()`.
 
 import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from errors import InputError
 from losses import LOSS_NAMES, RELATION_LOSSES
+from models import attention_projections
 from utils import logger
 
 # The published recipes as loss weights (alpha_<name>); every weight not listed is 0, and of mlm and clm only the
@@ -128,7 +130,7 @@ def build_parser(paths_required=True):
         type=int,
         default=0,
         help="DataLoader worker processes; 0: collating in the training process is faster than shipping "
-        "batches from workers (README, Benchmarks)",
+        "batches from workers (docs/benchmarks.md)",
     )
     a("--pad_to_multiple_of", type=int, default=8, help="pad batch lengths to a multiple of this (tensor cores)")
     a(
@@ -234,6 +236,82 @@ def sanity_checks(args):
     unused = [f"--{k}" for k in ("teacher_layer", "relation_heads") if getattr(args, k) is not None]
     if unused and not relations:
         logger.warning(f"{' and '.join(unused)}: ignored, only the relation losses (--alpha_att/qq/kk/vv) use them")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The loss weights, built once from the flags (from_args); each field is one --alpha_* flag's home, and
+    Distiller.step() reads them by name: `w.ce` is --alpha_ce."""
+
+    ce: float = 0.0  # --alpha_ce: KD, KL(teacher || student) at --temperature x T^2 (losses.kd_loss, FusedKD)
+    mlm: float = 0.0  # --alpha_mlm: masked-LM cross-entropy on the masked rows
+    clm: float = 0.0  # --alpha_clm: causal-LM cross-entropy on the next tokens (GPT-2 students)
+    mse: float = 0.0  # --alpha_mse: squared error between the logits (losses.mse_loss)
+    cos: float = 0.0  # --alpha_cos: cosine loss on the last hidden states (losses.cosine_loss)
+    att: float = 0.0  # --alpha_att: MiniLM's KL of the attention distributions (losses.relation_losses)
+    qq: float = 0.0  # --alpha_qq: MiniLMv2's query-query relation
+    kk: float = 0.0  # --alpha_kk: MiniLMv2's key-key relation
+    vv: float = 0.0  # --alpha_vv: MiniLM's value-value relation
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(ce=args.alpha_ce, mlm=args.alpha_mlm, clm=args.alpha_clm, mse=args.alpha_mse, cos=args.alpha_cos,
+                   att=args.alpha_att, qq=args.alpha_qq, kk=args.alpha_kk, vv=args.alpha_vv)  # fmt: skip
+
+    def of(self, name):
+        """The weight of the loss called `name` (a key of the losses Distiller.step() returns)."""
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class LossPlan:
+    """Which losses a run computes and what they need, decided from the flags before any model is built."""
+
+    weights: LossWeights
+    lm: str  # "mlm" or "clm": the student's own LM loss
+    relations: tuple  # MiniLM's losses that are on, in RELATION_LOSSES order
+    needs_teacher: bool
+    head_used: bool  # a loss reads the vocabulary logits (not with cosine or relation losses alone)
+    kd_all_rows: bool  # KD / MSE read the teacher's logits on every non-pad row, not only the masked ones
+    fused_kd: bool  # KD straight from both models' features (losses.FusedKD); MSE needs the logits themselves
+
+    @classmethod
+    def from_args(cls, args, fused_kd=True):
+        w = LossWeights.from_args(args)
+        relations = tuple(k for k in RELATION_LOSSES if w.of(k) > 0)
+        return cls(
+            weights=w,
+            lm="mlm" if args.mlm else "clm",
+            relations=relations,
+            needs_teacher=w.ce > 0 or w.mse > 0 or w.cos > 0 or bool(relations),
+            head_used=w.ce > 0 or w.mlm > 0 or w.clm > 0 or w.mse > 0,
+            kd_all_rows=(w.ce > 0 or w.mse > 0) and not args.restrict_ce_to_mask,
+            fused_kd=fused_kd and w.ce > 0 and w.mse == 0,
+        )
+
+
+def relation_layers(student, teacher, names, params):
+    """(student layer, teacher layer, (attention heads, relation heads)) for the relation losses in `names`:
+    the student's last layer and the teacher's --teacher_layer (1-based; default its last), as 0-based
+    indices, after checking that the two models' heads fit those losses."""
+    n_teacher, n_student = teacher.config.num_hidden_layers, student.config.num_hidden_layers
+    t_layer = n_teacher if params.teacher_layer is None else params.teacher_layer  # 0 is out of range, not the last
+    if not 1 <= t_layer <= n_teacher:
+        raise InputError(f"--teacher_layer {t_layer}: the teacher has layers 1 to {n_teacher}")
+    (s_query, _, _), s_heads = attention_projections(student, n_student - 1)
+    (t_query, _, _), t_heads = attention_projections(teacher, t_layer - 1)
+    if "att" in names and s_heads != t_heads:
+        raise InputError(
+            f"--alpha_att compares attention heads one to one, but the student has {s_heads} and the teacher "
+            f"{t_heads}: use --alpha_qq/--alpha_kk/--alpha_vv, whose --relation_heads need not match"
+        )
+    relation_heads = params.relation_heads or s_heads
+    for who, query in (("student", s_query), ("teacher", t_query)):
+        if query.out_features % relation_heads:
+            raise InputError(
+                f"--relation_heads {relation_heads} does not divide the {who}'s attention width {query.out_features}"
+            )
+    return n_student - 1, t_layer - 1, (s_heads, relation_heads)
 
 
 def parse_args(argv=None):

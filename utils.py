@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from errors import InputError
+import data_io
+from errors import InputError, first_line
 
 logging.basicConfig(
     format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%m/%d/%Y %H:%M:%S", level=logging.INFO
@@ -132,7 +133,7 @@ def cpu_description():
 
 def cpu_bf16_is_fast():
     """Whether bf16 autocast pays on this CPU. Without AVX-512 (or AMX) there are no bf16 kernels worth the
-    name, and bf16 runs many times slower than fp32 (README, "Benchmarks"). ATEN_CPU_CAPABILITY=avx2 makes a
+    name, and bf16 runs many times slower than fp32 (docs/benchmarks.md). ATEN_CPU_CAPABILITY=avx2 makes a
     fast machine answer as a slow one would."""
     capability = torch.backends.cpu.get_cpu_capability()
     return capability not in ("DEFAULT", "NO AVX", "AVX2") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -187,11 +188,6 @@ def split_name(spec):
     return "", spec
 
 
-def first_line(e):
-    """The first line of an exception's message (libraries' messages run to several), or its class name."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def _load_failure(what, name, e):
     """One line for a failed from_pretrained: what was being loaded, from where, and why."""
     from safetensors import SafetensorError
@@ -203,8 +199,6 @@ def _load_failure(what, name, e):
 
 
 def _check_local(what, name):
-    import data_io
-
     if data_io.missing_local_path(name):
         raise InputError(f"{what} {name} does not exist: check the path (or give a hub name)")
 

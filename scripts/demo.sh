@@ -3,7 +3,7 @@
 #
 #   bash scripts/demo.sh [RUN_DIR]          # default RUN_DIR: demo_run/
 #
-# Numbered as the recipe's steps (README, "The recipe"; docs/recipe.md); "demo" marks what only the demo needs.
+# Numbered as the recipe's steps (README and docs/recipe.md); "demo" marks what only the demo needs.
 # demo: synthetic Wikipedia-schema articles -> 1. extraction -> demo: a tokenizer (bert-base-uncased's when
 # it is on disk, else WordPiece trained on the dump) -> 2-3. binarization with a held-out split, token
 # counts -> 4. configs -> demo: a small BERT teacher trained as a plain MLM -> 5. a student with half its

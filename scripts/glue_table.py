@@ -17,8 +17,8 @@ from pathlib import Path
 
 import glue
 from data_io import atomic_write, check_writable
-from errors import InputError, reports_errors
-from utils import first_line, split_name
+from errors import InputError, first_line, reports_errors
+from utils import split_name
 
 # Published rows beside ours, as their papers print them: one number per task in points (MNLI: matched and
 # mismatched where the paper gives both), the split, and the paper's own average over its columns. The

@@ -150,7 +150,7 @@ def test_fast_step_equals_upstream_reference(base_argv, restrict, alpha_mse, kin
     monkeypatch.setattr(distiller, "KD_CHUNK_ROWS", 7)  # several chunks, the last one short
     extra = ["--alpha_mse", alpha_mse] + (["--restrict_ce_to_mask"] if restrict else [])
     args, d, tok = build_distiller(base_argv + extra)
-    assert d.fused_kd == (alpha_mse == "0")
+    assert d.plan.fused_kd == (alpha_mse == "0")
     d.student.eval()  # no dropout: both paths must see the same network
     alphas = {"ce": args.alpha_ce, "mlm": args.alpha_mlm, "mse": args.alpha_mse, "cos": args.alpha_cos}
     if kind == "padding-heavy":  # one long sequence among short ones

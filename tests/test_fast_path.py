@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 
-from losses import FusedKD, kd_loss, lm_head_parts
+from losses import FusedKD, kd_loss
+from models import lm_head_parts
 from train_helpers import build_distiller
 
 

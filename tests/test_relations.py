@@ -9,7 +9,9 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 from errors import InputError
-from losses import RELATION_LOSSES, RowsLM, attention_projections, relation_layers, relation_losses
+from losses import RELATION_LOSSES, relation_losses
+from models import RowsLM, attention_projections
+from train_args import relation_layers
 from train_helpers import build_distiller
 
 VOCAB = 40

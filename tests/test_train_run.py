@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import precision
 import train
 from conftest import ROOT
 from train_helpers import read_metrics, with_args
@@ -92,14 +93,21 @@ def test_bf16_on_cpu_and_fp16_fallback(tmp_path, base_argv, caplog):
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in m.values()) and len(m) == 2
     train.main(with_args(base_argv, dump_path=tmp_path / "fp16", fp16=True, stop_after_iter=5))
     assert "--fp16 needs a CUDA GPU: training in fp32" in caplog.text
-    assert json.loads((tmp_path / "fp16" / "parameters.json").read_text())["fp16"] is False
+    params = json.loads((tmp_path / "fp16" / "parameters.json").read_text())
+    assert params["fp16"] is True  # the flag as given, and beside it what ran and why
+    assert params["precision"]["requested"] == "fp16" and params["precision"]["used"] == "fp32"
+    assert params["precision"]["why"].startswith("--fp16 needs a CUDA GPU")
+    params = json.loads((tmp_path / "bf16" / "parameters.json").read_text())
+    assert params["precision"]["requested"] == "bf16"
+    assert params["precision"]["used"] == ("bf16" if precision.cpu_bf16_is_fast() else "fp32")
 
 
 def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(tmp_path, base_argv, caplog, monkeypatch):
-    monkeypatch.setattr(train, "cpu_bf16_is_fast", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_is_fast", lambda: False)
     train.main(with_args(base_argv, dump_path=tmp_path / "run", bf16=True, stop_after_iter=2))
     assert "has no native bf16 (no AVX-512)" in caplog.text and "training runs in fp32" in caplog.text
-    assert json.loads((tmp_path / "run" / "parameters.json").read_text())["bf16"] is False
+    params = json.loads((tmp_path / "run" / "parameters.json").read_text())
+    assert params["bf16"] is True and params["precision"]["used"] == "fp32"
 
 
 def test_avx2_kernels_have_no_fast_bf16():

@@ -1,0 +1,157 @@
+"""run_glue.py's flags: transformers' TrainingArguments with the published fine-tuning setup as defaults
+(each with its source), the script's own flags, and the checks that refuse a bad value before anything is
+read, moved or written (as train_args.py is to train.py)."""
+
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+import glue
+import task_distill
+from errors import InputError, first_line
+
+# The published fine-tuning setup of BERT and DistilBERT, where transformers' defaults differ.
+DEFAULTS = dict(
+    per_device_train_batch_size=32,  # BERT paper (Devlin et al. 2019), A.3; DistilBERT's GLUE runs
+    per_device_eval_batch_size=128,  # evaluation only: larger is faster, same result
+    learning_rate=2e-5,  # the low end of BERT's grid {5, 4, 3, 2}e-5; upstream's distillation README runs 2e-5
+    num_train_epochs=3,  # BERT paper, A.3
+    weight_decay=0.01,  # BERT's optimizer (AdamWeightDecay, weight_decay_rate 0.01 in run_classifier.py)
+    save_strategy="epoch",  # a checkpoint to resume from; removed when the run has its results
+    save_total_limit=1,
+    logging_steps=50,
+    train_sampling_strategy="group_by_length",  # batches of similar lengths pad less
+    report_to="tensorboard",
+)
+WARMUP = 0.1  # warmup over the first 10% of steps: BERT's run_classifier.py (warmup_proportion 0.1)
+BERT_GRID = (2e-5, 3e-5, 4e-5, 5e-5)  # BERT paper, A.3
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=None, metadata={"help": "a train.py run folder, a model folder, or a hub name (required)"}
+    )
+    tokenizer_name: str = field(default=None, metadata={"help": "default: the model's own tokenizer"})
+    model_label: str = field(default=None, metadata={"help": "the model's name in results (default: its folder)"})
+
+
+@dataclass
+class DataArguments:
+    task_name: str = field(default=None, metadata={"help": f"one of {', '.join(glue.TASKS)}, or all"})
+    data_dir: str = field(
+        default=None,
+        metadata={"help": "a GLUE task folder (GLUE's train.tsv/dev.tsv, or the hub's train-*.parquet/"
+                  "validation-*.parquet), or a folder of such folders for --task_name all; default: the hub"},
+    )  # fmt: skip
+    train_file: str = field(default=None, metadata={"help": "your own training data: csv, tsv, json or jsonl"})
+    validation_file: str = field(default=None, metadata={"help": "your own dev data, same columns"})
+    text_columns: str = field(
+        default=None, metadata={"help": "one or two text columns, comma-separated (default: sentence1,sentence2, "
+                                "else the first two other columns)"}
+    )  # fmt: skip
+    label_column: str = field(default="label", metadata={"help": "the label column of your own files"})
+    max_seq_length: int = field(default=128, metadata={"help": "longer inputs are truncated (BERT's GLUE setting)"})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "pad every batch to --max_seq_length (default: to its longest input, faster)"}
+    )
+    max_train_samples: int = field(default=None, metadata={"help": "train on the first N examples only"})
+    max_eval_samples: int = field(default=None, metadata={"help": "evaluate on the first N dev examples only"})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "redo runs that already have results"})
+
+
+@dataclass
+class SweepArguments:
+    seeds: int = field(default=1, metadata={"help": "runs per task (seeds --seed, --seed+1, ...), median reported"})
+    learning_rate_grid: str = field(
+        default=None,
+        metadata={"help": "comma-separated learning rates to try, or 'bert' for BERT's 2e-5,3e-5,4e-5,5e-5; "
+                  "the best median on dev is reported (default: --learning_rate only)"},
+    )  # fmt: skip
+    save_model: bool = field(default=False, metadata={"help": "keep each run's fine-tuned model (TASK/RUN/model)"})
+
+
+def parse_args(argv=None, description=None):
+    from transformers import HfArgumentParser, TrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, SweepArguments, task_distill.DistillArguments,
+                               TrainingArguments))  # fmt: skip
+    parser.description = description
+    parser.prog = "run_glue.py"  # usage errors read like every other error, also when main() is called in-process
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    versioned = {"warmup_ratio": WARMUP} if "warmup_ratio" in fields else {"warmup_steps": WARMUP}  # 4.x / 5.x
+    if "train_sampling_strategy" not in fields:  # transformers 4.x
+        versioned["group_by_length"] = True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        if not torch.cuda.is_available():  # torchrun on CPUs: without gloo the Trainer runs N separate copies
+            versioned["ddp_backend"] = "gloo"
+    parser.set_defaults(**{k: v for k, v in DEFAULTS.items() if k in fields}, **versioned)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        model, data, sweep, distill, training = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as e:  # unknown flags, or TrainingArguments refusing a combination
+        parser.error(first_line(e))
+    if not model.model_name_or_path:
+        parser.error("--model_name_or_path is required")
+    # transformers 5 puts a run without --output_dir in ./trainer_output: results must not land unasked
+    if not any(a.split("=")[0] in ("--output_dir", "--output-dir") for a in argv):
+        parser.error("--output_dir is required")
+    return model, data, sweep, distill, training, argv
+
+
+def check_flags(data, sweep, training):
+    """Every flag that would fail late, or train to a result that means nothing, is refused here: before
+    anything is read, moved or written."""
+
+    def at_least(value, low, flag):
+        if value is not None and value < low:
+            raise InputError(f"{flag} {value}: give at least {low}")
+
+    for flag, value in (("--per_device_train_batch_size", training.per_device_train_batch_size),
+                        ("--per_device_eval_batch_size", training.per_device_eval_batch_size),
+                        ("--gradient_accumulation_steps", training.gradient_accumulation_steps),
+                        ("--max_seq_length", data.max_seq_length), ("--seeds", sweep.seeds),
+                        ("--max_train_samples", data.max_train_samples),  # a negative N would drop the last N
+                        ("--max_eval_samples", data.max_eval_samples)):  # fmt: skip
+        at_least(value, 1, flag)
+    if training.max_steps == 0 or training.max_steps < -1:
+        raise InputError(f"--max_steps {training.max_steps}: give a positive number of steps (or -1: by epochs)")
+    warmup = getattr(training, "warmup_ratio", None) or training.warmup_steps
+    for flag, value, low, high in (("--learning_rate", training.learning_rate, 0, None),
+                                   ("--num_train_epochs", training.num_train_epochs, 0, None),
+                                   ("--weight_decay", training.weight_decay, 0, None),
+                                   ("--warmup_steps", warmup, 0, None),
+                                   ("--max_grad_norm", training.max_grad_norm, 0, None),
+                                   ("--adam_epsilon", training.adam_epsilon, 0, None),
+                                   ("--adam_beta1", training.adam_beta1, 0, 1),
+                                   ("--adam_beta2", training.adam_beta2, 0, 1),
+                                   ("--label_smoothing_factor", training.label_smoothing_factor, 0, 1)):  # fmt: skip
+        if not math.isfinite(value) or value < low or (high is not None and value >= high):
+            span = f"in [{low}, {high})" if high is not None else f"finite and at least {low}"
+            raise InputError(f"{flag} {value}: give a number {span}")
+    if training.learning_rate == 0 or (training.num_train_epochs == 0 and training.max_steps < 0):
+        which = "--learning_rate 0" if training.learning_rate == 0 else "--num_train_epochs 0"
+        raise InputError(f"{which} would not train at all")
+
+
+def learning_rates(sweep, training):
+    """The learning rates to try, each its own run folder (lr2e-05_seed42, ...)."""
+    if not sweep.learning_rate_grid:
+        return [training.learning_rate]
+    if sweep.learning_rate_grid.strip().lower() == "bert":
+        return list(BERT_GRID)
+    try:
+        rates = [float(x) for x in sweep.learning_rate_grid.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--learning_rate_grid {sweep.learning_rate_grid!r}: give numbers such as 2e-5,3e-5") from None
+    if not rates or not all(math.isfinite(r) and r > 0 for r in rates):
+        raise InputError(f"--learning_rate_grid {sweep.learning_rate_grid!r}: give positive, finite learning rates")
+    names = [f"{r:g}" for r in rates]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:  # one folder trained twice, and a "median" of copies
+        raise InputError(f"--learning_rate_grid {sweep.learning_rate_grid!r} gives {twice} twice")
+    return rates

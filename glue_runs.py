@@ -1,0 +1,280 @@
+"""The records of run_glue.py's runs: what a result depends on, which earlier runs are kept or resumed, and
+how a run replaces an old one without losing it.
+
+A run is one (task, learning rate, seed) in `--output_dir/TASK/lr<lr>_seed<seed>/`. Before anything trains,
+plan_run() decides for each run: keep its results (same settings), resume its newest complete checkpoint
+(same settings), or start over; settings that differ stop the call. execute() trains a planned run; with
+--overwrite_output_dir the old folder waits aside until the new run has its results. summarize() gives a
+task's median per learning rate and the best rate.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+
+import glue
+from data_io import atomic_write, check_writable
+from errors import InputError, first_line
+from scripts import glue_table
+
+
+def say(*args):
+    """Print on the first process only (under torchrun every process runs run_glue.py)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, flush=True)
+
+
+class NonFiniteLoss(Exception):
+    """A run's loss or weights stopped being finite (exit status 3, as train.py)."""
+
+
+def model_identity(name, config, tokenizer):
+    """Digests of the model's weights and of the tokenizer: a kept result is reused only for the same model
+    (a folder may be moved, or retrained under the same name)."""
+    folder = Path(name)
+    if folder.is_dir():
+        h = hashlib.sha256()
+        for path in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin"), folder / "config.json"]):
+            h.update(path.name.encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    h.update(block)
+        model = f"sha256:{h.hexdigest()[:16]}"
+    else:  # a hub name: its revision
+        model = f"{name}@{getattr(config, '_commit_hash', None) or 'unknown revision'}"
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # vocabulary, lower-casing, accents, ...
+    spec = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return {"model": model, "tokenizer": hashlib.sha256(spec.encode()).hexdigest()[:16]}
+
+
+# TrainingArguments that do not change a run's result: where it is logged or saved, how fast the data load,
+# evaluation batch size. Every other flag is compared before a finished run is reused or a checkpoint resumed.
+NOT_RESULT = {
+    "output_dir", "run_name", "project", "report_to", "disable_tqdm", "seed", "learning_rate",
+    "per_device_eval_batch_size", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "skip_memory_metrics", "resume_from_checkpoint",
+    "do_train", "do_eval", "do_predict", "local_rank", "ddp_backend", "ddp_timeout", "ddp_bucket_cap_mb",
+    "push_to_hub", "include_for_metrics", "include_num_input_tokens_seen", "batch_eval_metrics", "debug",
+    "prediction_loss_only", "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
+    "restore_callback_states_from_checkpoint", "torch_empty_cache_steps", "overwrite_output_dir",
+}  # fmt: skip
+NOT_RESULT_PREFIXES = ("logging_", "log_", "save_", "hub_", "trackio_", "eval_")
+
+
+def settings(data_args, targs, task_data, identity, max_length, distillation=None):
+    """Everything a run's result depends on besides its seed and learning rate: a kept run must match it."""
+    args = {k: v for k, v in targs.to_dict().items() if k not in NOT_RESULT and not k.startswith(NOT_RESULT_PREFIXES)}
+    out = {
+        **identity,
+        "world_size": targs.world_size,
+        "max_seq_length": max_length,
+        "pad_to_max_length": data_args.pad_to_max_length,
+        "labels": list(task_data.task.labels or ()),
+        "text_columns": list(task_data.task.columns),
+        "train_examples": len(task_data.train),
+        "eval_examples": {k: len(v) for k, v in task_data.dev.items()},
+        "train_data": task_data.train.digest(),
+        "eval_data": {k: v.digest() for k, v in task_data.dev.items()},
+        "distillation": distillation,  # the teacher's weights digest and the loss weights; None: no teacher
+        "unlabeled_data": task_data.unlabeled.digest() if task_data.unlabeled else None,
+        **args,
+    }
+    return json.loads(json.dumps(out, default=str))  # as it reads back from results.json
+
+
+def differences(old, new):
+    return [f"{k} {old.get(k)!r} there, {v!r} now" for k, v in new.items() if old.get(k) != v]
+
+
+def read_json(path, what, keys):
+    """A results or settings file written by this script, or an InputError that names it and the way out."""
+    check_writable(path, what)  # a folder where the file belongs
+    try:
+        out = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is damaged ({first_line(e)}): remove it, or give --overwrite_output_dir") from None
+    missing = [k for k in keys if k not in out] if isinstance(out, dict) else list(keys)
+    if missing:
+        raise InputError(f"{path} is not a run_glue.py {what} (it has no {missing[0]!r}): remove it, or give "
+                         "--overwrite_output_dir")  # fmt: skip
+    return out
+
+
+def read_run(path):
+    run = read_json(path, "results.json", ("metrics", "score", "learning_rate", "seed", "hyper_parameters"))
+    glue_table.check_metrics(run["metrics"], path)
+    return run
+
+
+def read_summary(path, model, identity, overwrite):
+    """The tasks of earlier calls into this --output_dir: kept when they are this model's."""
+    if not Path(path).exists():
+        return {}
+    try:
+        summary = glue_table.check_summary(read_json(path, "results.json", ("model", "tasks")), path)
+    except InputError:
+        if overwrite:
+            return {}
+        raise
+    if summary.get("model_identity", {}).get("model", identity["model"]) == identity["model"] and (
+        "model_identity" in summary or summary.get("model_path") == model
+    ):
+        return summary["tasks"]
+    if overwrite:  # another model's tasks: replaced, not mixed with this one's
+        return {}
+    raise InputError(f"{path} holds the results of another model ({summary.get('model_path')}): give another "
+                     "--output_dir, or --overwrite_output_dir to replace them")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One run's folder: kept results, a checkpoint to resume, or a fresh start
+
+
+@dataclass
+class Run:
+    lr: float
+    seed: int
+    dir: Path
+    kept: dict = None  # its finished results, reused
+    resume: Path = None  # the checkpoint to resume from
+    discard: list = field(default_factory=list)  # checkpoints that cannot be resumed, removed when it runs
+    note: str = ""  # what was found, said when it runs
+
+
+def checkpoint_problem(path):
+    """Why a Trainer checkpoint cannot be resumed (a kill during its save), or None."""
+    for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt"):
+        if not (path / name).is_file():
+            return f"it has no {name}"
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (ValueError, UnicodeDecodeError):
+        return "its trainer_state.json is damaged"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if not zipfile.is_zipfile(path / name):  # torch.save writes a zip: a cut one has no central directory
+            return f"its {name} is truncated"
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        return None if safetensors_complete(weights) else "its model.safetensors is truncated"
+    return None if zipfile.is_zipfile(path / "pytorch_model.bin") else "it has no complete model weights"
+
+
+def safetensors_complete(path):
+    """True when the file is as long as its header says (a cut file still has its header)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size == 8 + n + end
+    except (ValueError, KeyError, TypeError, OSError):
+        return False
+
+
+def plan_run(run, hyper, overwrite, main_process):
+    """What to do with one run's folder, decided before anything trains or is removed."""
+    results = run.dir / "results.json"
+    aside = aside_path(run.dir)
+    if aside.exists():  # a replacement killed outright (no chance to put the old run back): put it back now
+        if main_process:
+            shutil.rmtree(run.dir, ignore_errors=True)
+            aside.rename(run.dir)
+        say(f"{run.dir}: put back; its replacement by --overwrite_output_dir was stopped before it finished")
+    if overwrite or not run.dir.exists():
+        return run
+    if results.exists():
+        run.kept = read_run(results)
+        differ = differences(run.kept["hyper_parameters"], hyper)
+        if differ:
+            raise InputError(f"{results} was run with other settings ({'; '.join(differ[:3])}): "
+                             "give --overwrite_output_dir to redo it, or another --output_dir")  # fmt: skip
+        return run
+    numbered = [p for p in run.dir.glob("checkpoint-*") if p.name[11:].isdigit()]  # the Trainer's names
+    checkpoints = sorted(numbered, key=lambda p: int(p.name[11:]), reverse=True)  # newest first
+    if not checkpoints:
+        return run
+    record = run.dir / "settings.json"
+    if not record.exists():
+        run.discard = checkpoints
+        run.note = f"{run.dir} holds checkpoints but no record of their settings: starting over"
+        return run
+    differ = differences(read_json(record, "settings.json", ("model",)), hyper)
+    if differ:
+        raise InputError(f"{run.dir} was interrupted under other settings ({'; '.join(differ[:3])}): give "
+                         "--overwrite_output_dir to start it over, or another --output_dir")  # fmt: skip
+    notes = []
+    for checkpoint in checkpoints:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            run.resume = checkpoint
+            break
+        run.discard.append(checkpoint)
+        notes.append(f"{checkpoint.name} is incomplete ({problem}) and is removed")
+    then = f"resuming from {run.resume}" if run.resume else "starting over"
+    run.note = f"{'; '.join(notes)}: {then}" if notes else then
+    return run
+
+
+def aside_path(run_dir):
+    """Where --overwrite_output_dir keeps a finished run until its replacement has its results."""
+    return run_dir.parent / f".{run_dir.name}.replaced-by-overwrite"
+
+
+def execute(run, targs, overwrite, hyper, train):
+    """Train one planned run. --overwrite_output_dir moves the old folder aside and removes it only once the
+    new run has its results; a run that fails or is stopped puts it back. A diverged run leaves nothing."""
+    main_process = targs.process_index == 0
+    aside = aside_path(run.dir)
+    with targs.main_process_first(local=False, desc="run folder"):  # one process moves; the others wait
+        if main_process:
+            if overwrite and run.dir.exists():
+                run.dir.rename(aside)
+            for checkpoint in run.discard:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+            with atomic_write(run.dir / "settings.json", "w") as f:  # what a resume is checked against
+                json.dump(hyper, f, indent=2)
+    if run.note:
+        say(f"  {run.note}")
+    try:
+        result = train()
+    except BaseException as e:
+        if main_process and (aside.exists() or isinstance(e, NonFiniteLoss)):
+            shutil.rmtree(run.dir, ignore_errors=True)
+            if aside.exists():
+                aside.rename(run.dir)
+        raise
+    if main_process and aside.exists():
+        shutil.rmtree(aside)
+    return result
+
+
+def summarize(task, runs):
+    """The task's figures over its runs: per learning rate the median of each metric over seeds, and the
+    learning rate whose median score is best."""
+    by_lr = {}
+    for run in runs:
+        by_lr.setdefault(run["learning_rate"], []).append(run)
+    grid = {lr: median(r["score"] for r in rs) for lr, rs in by_lr.items()}
+    best = max(grid, key=grid.get)
+    chosen = by_lr[best]
+    metrics = {
+        dev: {m: median(r["metrics"][dev][m] for r in chosen) for m in chosen[0]["metrics"][dev]}
+        for dev in chosen[0]["metrics"]
+    }
+    return {
+        "task": task.name,
+        "title": task.title,
+        "metrics": metrics,  # median over seeds, each metric on its own
+        "score": float(sum(glue.task_score(m) for m in metrics.values()) / len(metrics)),
+        "learning_rate": best,
+        "seeds": sorted(r["seed"] for r in chosen),
+        "runs": [{"learning_rate": r["learning_rate"], "seed": r["seed"], "score": r["score"]} for r in runs],
+        "grid": {str(lr): s for lr, s in grid.items()} if len(grid) > 1 else None,
+        "train_seconds": round(sum(r["train_seconds"] for r in runs), 1),
+        "tokenizer_fit": runs[-1].get("tokenizer_fit"),
+    }

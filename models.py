@@ -1,0 +1,107 @@
+"""The models a run trains and reads: their classes per --student_type / --teacher_type, the student as
+train.py builds it, and the plumbing the losses need from HF models (the vocabulary head on chosen rows,
+one layer's query / key / value projections)."""
+
+from pathlib import Path
+
+import torch.nn.functional as F
+from torch import nn
+
+from errors import InputError
+from utils import load_config, load_pretrained, load_student_weights, logger
+
+
+def model_classes(kind):
+    """(config class, model class, tokenizer class) per model type; imported lazily."""
+    import transformers as T
+
+    return {
+        "distilbert": (T.DistilBertConfig, T.DistilBertForMaskedLM, T.DistilBertTokenizer),
+        "roberta": (T.RobertaConfig, T.RobertaForMaskedLM, T.RobertaTokenizer),
+        "bert": (T.BertConfig, T.BertForMaskedLM, T.BertTokenizer),
+        "gpt2": (T.GPT2Config, T.GPT2LMHeadModel, T.GPT2Tokenizer),
+    }[kind]
+
+
+def load_student(args, vocab):
+    config_class, model_class, _ = model_classes(args.student_type)
+    config = load_config(config_class, args.student_config)
+    weights = args.student_pretrained_weights
+    if weights is not None and Path(weights).is_dir():
+        student = load_pretrained(model_class, weights, "the student weights", config=config)
+    else:
+        student = model_class(config)
+        if weights is not None:
+            load_student_weights(student, weights)
+    if config.vocab_size != vocab:
+        raise InputError(f"the student config has vocab_size {config.vocab_size}, the tokenizer {vocab}")
+    if args.freeze_pos_embs and args.student_type == "distilbert":
+        logger.warning("--freeze_pos_embs applies to roberta/gpt2 students (as upstream): ignored")
+    if args.freeze_pos_embs and args.student_type in ("roberta", "gpt2"):
+        emb = (
+            student.roberta.embeddings.position_embeddings
+            if args.student_type == "roberta"
+            else student.transformer.wpe
+        )
+        emb.weight.requires_grad = False
+    if args.freeze_token_type_embds:
+        student.roberta.embeddings.token_type_embeddings.weight.requires_grad = False
+    return student
+
+
+def lm_head_parts(model):
+    """The model's language-modelling head as (features, projection): logits = projection(features(hidden)),
+    where `projection` is the nn.Linear onto the vocabulary (weight (vocab, dim), bias or None)."""
+    if hasattr(model, "vocab_projector"):  # DistilBertForMaskedLM
+        return (
+            lambda h: model.vocab_layer_norm(model.activation(model.vocab_transform(h))),
+            model.vocab_projector,
+        )
+    if hasattr(model, "cls"):  # BertForMaskedLM
+        return model.cls.predictions.transform, model.cls.predictions.decoder
+    head = model.lm_head
+    if hasattr(head, "decoder"):  # RobertaForMaskedLM
+        return (lambda h: head.layer_norm(F.gelu(head.dense(h)))), head.decoder
+    return (lambda h: h), head  # GPT2LMHeadModel
+
+
+class RowsLM(nn.Module):
+    """Wraps a HF LM: runs the encoder on the batch and the vocabulary head only at chosen rows.
+
+    forward(input_ids, attention_mask, rows, n_head=None, features=False) -> (hidden, logits, qkv):
+      hidden: last hidden states at `rows` (flat indices into batch x length), shape (len(rows), dim);
+      logits: the LM head at the first `n_head` of those rows (all of them when n_head is None); with
+      features=True, the head's input to its vocabulary projection instead (see lm_head_parts; FusedKD);
+      qkv: with `qkv_layer` (0-based), that layer's (query, key, value), each (batch, length, heads x d),
+      from its own projections applied to its input: the relation losses' material. None otherwise.
+    Wrapping (rather than calling the model's parts from outside) keeps DDP's hooks on the forward.
+    """
+
+    def __init__(self, model, qkv_layer=None):
+        super().__init__()
+        self.model = model
+        self.qkv_layer = qkv_layer
+
+    def forward(self, input_ids, attention_mask, rows, n_head=None, features=False):
+        want_qkv = self.qkv_layer is not None
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_qkv)
+        hidden = out.last_hidden_state.flatten(0, 1).index_select(0, rows)
+        h = hidden if n_head is None else hidden[:n_head]
+        to_features, projection = lm_head_parts(self.model)
+        logits = to_features(h) if features else projection(to_features(h))
+        qkv = None
+        if want_qkv:  # the layer's input is hidden_states[layer] (hidden_states[0]: the embeddings' output)
+            x = out.hidden_states[self.qkv_layer]
+            qkv = tuple(p(x) for p in attention_projections(self.model, self.qkv_layer)[0])
+        return hidden, logits, qkv
+
+
+def attention_projections(model, layer):
+    """(query, key, value) nn.Linear layers and the head count of encoder layer `layer` (0-based) of a HF
+    BERT, RoBERTa or DistilBERT model."""
+    base = model.base_model
+    if hasattr(base, "transformer"):  # DistilBERT
+        att = base.transformer.layer[layer].attention
+        return (att.q_lin, att.k_lin, att.v_lin), att.n_heads
+    att = base.encoder.layer[layer].attention.self  # BERT, RoBERTa
+    return (att.query, att.key, att.value), att.num_attention_heads
