@@ -273,7 +273,10 @@ def load_tokenizer(tokenizer_class, name, what="tokenizer"):
 # ----------------------------------------------------------------------------------------------------------
 # Student initialisation checkpoints (written by scripts/extract/distilbert.py)
 
-_LAYER_KEY = re.compile(r"^distilbert\.transformer\.layer\.(\d+)\.")
+# A transformer layer's keys in a DistilBERT, RoBERTa (or BERT) and GPT-2 student
+_LAYER_KEY = re.compile(
+    r"^(?:distilbert\.transformer\.layer|roberta\.encoder\.layer|bert\.encoder\.layer|transformer\.h)\.(\d+)\."
+)
 # The MLM head's transform is optional in upstream's extraction (`--vocab_transform`): a checkpoint may
 # leave these out, and they then keep the student's random initialisation.
 OPTIONAL_KEYS = ("vocab_transform.weight", "vocab_transform.bias", "vocab_layer_norm.weight", "vocab_layer_norm.bias")
@@ -329,10 +332,10 @@ def load_student_weights(model, path):
     config = model.config
 
     n_layers_ckpt = len({int(m.group(1)) for k in state if (m := _LAYER_KEY.match(k))})
-    n_layers_cfg = getattr(config, "n_layers", None)
-    if n_layers_cfg is not None and n_layers_ckpt != n_layers_cfg:
+    n_layers_cfg = config.num_hidden_layers  # DistilBERT's n_layers, GPT-2's n_layer
+    if n_layers_ckpt != n_layers_cfg:
         raise InputError(
-            f"{path} holds {n_layers_ckpt} transformer layers but the student config has n_layers={n_layers_cfg}: "
+            f"{path} holds {n_layers_ckpt} transformer layers but the student config has {n_layers_cfg}: "
             f"extract with the same --student_config, or pick the matching config"
         )
     tied = tied_keys(model)

@@ -105,7 +105,7 @@ def test_loading_rejects_checkpoints_that_do_not_fit(tmp_path, teacher):
     )
     three = tmp_path / "three.safetensors"
     save_file(extract.extract(t_model, cfg3, [0, 1, 3]), str(three))
-    with pytest.raises(InputError, match="3 transformer layers but the student config has n_layers=2"):
+    with pytest.raises(InputError, match="3 transformer layers but the student config has 2"):
         utils.load_student_weights(DistilBertForMaskedLM(cfg2), three)
 
     state = extract.extract(t_model, cfg2, [0, 3])

@@ -86,7 +86,8 @@ def test_train_sh_runs_the_reference_setup(run_files, tmp_path):
     bad = subprocess.run(
         ["bash", str(ROOT / "train.sh")], capture_output=True, text=True, env=dict(env, STUDENT="huge")
     )
-    assert bad.returncode == 2 and "STUDENT must be 'small' (4 layers) or 'base' (6 layers)" in bad.stderr
+    expected = "STUDENT must be small (4 layers), base (6 layers), cased, multilingual, roberta or gpt2"
+    assert bad.returncode == 2 and expected in bad.stderr
 
     # OBJECTIVE picks the losses: MiniLM's flag set, and MiniLMv2's 48 relation heads, too many for this student
     run = lambda objective, *args: subprocess.run(  # noqa: E731
