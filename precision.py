@@ -22,14 +22,15 @@ class Precision:
 
     @classmethod
     def decide(cls, fp16, bf16, device):
-        """fp16 needs CUDA; bf16 on a CPU needs native bf16 kernels (else it runs ~10x slower than fp32)."""
+        """fp16 needs CUDA; bf16 on a CPU needs native bf16 kernels, as measured by utils.cpu_bf16_is_fast() (else
+        it runs ~10x slower than fp32)."""
         requested = "fp16" if fp16 else "bf16" if bf16 else "fp32"
         if fp16 and device.type != "cuda":
             why = "--fp16 needs a CUDA GPU: training in fp32 on the CPU (--bf16 gives mixed precision on CPU)"
             return cls(requested, "fp32", why)
         if bf16 and device.type == "cpu" and not cpu_bf16_is_fast():
-            why = (f"--bf16: this CPU, {cpu_description()}, has no native bf16 (no AVX-512): bf16 would run ~10x "
-                   f"slower than fp32 here, so training runs in fp32")  # fmt: skip
+            why = (f"--bf16: this CPU, {cpu_description()}, has no native bf16 (a bf16 matmul measured no faster "
+                   f"than fp32; without AVX-512 bf16 is emulated, ~10x slower), so training runs in fp32")  # fmt: skip
             return cls(requested, "fp32", why)
         return cls(requested, requested)
 
