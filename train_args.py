@@ -6,6 +6,7 @@ take the same defaults from `defaults()`.
 """
 
 import argparse
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +31,13 @@ OBJECTIVES = {
 def build_parser(paths_required=True):
     """train.py's parser; paths_required=False for tools that build a Distiller without a command line."""
     p = argparse.ArgumentParser(description="Distil a teacher LM into a student.")
-    need = paths_required
     a = p.add_argument
     # Run folder
     a("--force", action="store_true", help="replace dump_path; the old one is kept aside until the first checkpoint")
-    a("--dump_path", required=need, help="run folder: logs, checkpoints, parameters, the final student")
+    a("--dump_path", required=paths_required, help="run folder: logs, checkpoints, parameters, the final student")
     a("--resume", action="store_true", help="continue the run in dump_path from its checkpoint.pth")
     # Data
-    a("--data_file", required=need, help="binarized text from scripts/binarized_data.py")
+    a("--data_file", required=paths_required, help="binarized text from scripts/binarized_data.py")
     a("--token_counts", default=None, help="token counts from scripts/token_counts.py (MLM masking weights)")
     a(
         "--valid_file",
@@ -46,16 +46,17 @@ def build_parser(paths_required=True):
     )
     # Student
     # bert: a BertForMaskedLM trained as a plain MLM (--teacher_name none), e.g. a teacher for a small demo
-    a("--student_type", required=need, choices=["distilbert", "roberta", "gpt2", "bert"])
-    a("--student_config", required=need, help="student config JSON (training_configs/)")
+    a("--student_type", required=paths_required, choices=["distilbert", "roberta", "gpt2", "bert"])
+    a("--student_config", required=paths_required, help="student config JSON (training_configs/)")
     a(
         "--student_pretrained_weights",
         default=None,
         help="student init from scripts/extract/distilbert.py (.safetensors or .pth), or an HF model folder",
     )
     # Teacher
-    a("--teacher_type", required=need, choices=["bert", "roberta", "gpt2"])
-    a("--teacher_name", required=need, help="teacher: hub name or folder; 'none' trains a plain MLM without one")
+    a("--teacher_type", required=paths_required, choices=["bert", "roberta", "gpt2"])
+    a("--teacher_name", required=paths_required,
+      help="teacher: hub name or folder; 'none' trains a plain MLM without one")
     a("--tokenizer_name", default=None, help="tokenizer (default: the teacher's; needed with --teacher_name none)")
     # Loss: --objective picks the weights (OBJECTIVES below); an --alpha_* flag given explicitly wins
     a("--objective", default="distilbert", choices=list(OBJECTIVES),
@@ -166,7 +167,7 @@ def resolve_defaults(args):
 def sanity_checks(args):
     """The argument combinations upstream rejects with bare asserts, as one-line errors; a warning for flags
     that would be ignored."""
-    alphas = {k: getattr(args, f"alpha_{k}") for k in LOSS_NAMES}
+    alphas = dataclasses.asdict(LossWeights.from_args(args))
     for k, v in alphas.items():
         if not math.isfinite(v):  # NaN > 0 is False: a NaN weight would turn its loss off without a word
             raise InputError(f"--alpha_{k} must be a finite number, got {v}")

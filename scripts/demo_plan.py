@@ -15,9 +15,10 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
+
+from errors import fail
 
 # The demo's sizes, each with its reason; DEMO_<NAME> overrides one.
 SIZES = dict(
@@ -115,8 +116,7 @@ def sizes(environ=os.environ):
     for name, default in SIZES.items():
         value = environ.get(f"DEMO_{name.upper()}", str(default))
         if not value.isdigit() or int(value) < 1:
-            print(f"demo_plan.py: error: DEMO_{name.upper()}={value!r}: give a positive whole number", file=sys.stderr)
-            sys.exit(2)
+            fail("demo_plan.py", f"DEMO_{name.upper()}={value!r}: give a positive whole number")
         out[name] = int(value)
     return out
 

@@ -64,14 +64,13 @@ def run_main(main, *args, check=False):
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
-def input_error(capsys, main, argv):
-    """Call a script's main(argv) on bad input: it must exit with status 2 and end stderr with one line
-    `<script>: error: ...`, no traceback. Returns that line."""
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-    err = capsys.readouterr().err.strip().splitlines()
+def input_error(main, argv):
+    """Call a script's main(argv) on bad input (run_main): it must exit with status 2 and end stderr with one
+    line `<script>: error: ...`, no traceback. Returns that line."""
+    proc = run_main(main, *argv)
+    err = proc.stderr.strip().splitlines()
     prog = Path(inspect.getfile(inspect.unwrap(main))).name
-    assert e.value.code == 2, (e.value.code, err)
+    assert proc.returncode == 2, (proc.returncode, err)
     assert err and err[-1].startswith(f"{prog}: error: "), err
     assert not any("Traceback" in line for line in err), err
     return err[-1]

@@ -145,12 +145,12 @@ def test_a_model_without_mlm_head_is_refused_not_scored(files, tmp_path, tokeniz
     base = ["--data_file", files["valid"], "--token_counts", files["counts"], "--n_gpu", "0"]
     base += ["--output", str(tmp_path / "eval.json")]
     for models in (["--model", headless], ["--teacher", f"enc={headless}", "--model", files["student"]]):
-        line = input_error(capsys, evaluate.main, base + models)
+        line = input_error(evaluate.main, base + models)
         assert "has no masked-LM head (its checkpoint lacks cls.predictions.bias" in line, line
         assert "so its predictions would be random: leave it out" in line
         assert not (tmp_path / "eval.json").exists()
     assert "model enc (" in line
     from scripts import fill_mask  # the same model shown: its guesses would be random
 
-    line = input_error(capsys, fill_mask.main, ["--model", headless, "--text", "the [MASK] river ."])
+    line = input_error(fill_mask.main, ["--model", headless, "--text", "the [MASK] river ."])
     assert "model encoder (" in line and "has no masked-LM head" in line

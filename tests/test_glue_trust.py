@@ -119,7 +119,7 @@ def finished(tmp_path, teacher, custom_task):  # noqa: F811
 def test_overwrite_checks_every_flag_before_it_moves_anything(finished, capsys):
     args, results, text = finished
     top = (results.parents[2] / "results.json").read_text()
-    line = input_error(capsys, run_glue.main, [*args, "--overwrite_output_dir", "--per_device_train_batch_size", 0])
+    line = input_error(run_glue.main, [*args, "--overwrite_output_dir", "--per_device_train_batch_size", 0])
     assert "--per_device_train_batch_size 0: give at least 1" in line
     assert results.read_text() == text and (results.parents[2] / "results.json").read_text() == top
 
@@ -169,7 +169,7 @@ def test_another_model_into_the_same_output_dir_is_refused(finished, tmp_path, t
     args, results, _ = finished
     other, _, _ = make_teacher_dir(tmp_path / "other-bert", tokenizer_dir, seed=1)
     argv = custom_args(other, custom_task, tmp_path / "out")
-    line = input_error(capsys, run_glue.main, argv)
+    line = input_error(run_glue.main, argv)
     assert "holds the results of another model" in line
     glue_main(*argv, "--overwrite_output_dir")  # replaced, not mixed
     summary = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -213,7 +213,7 @@ def test_a_finished_run_is_not_reused_when_a_setting_or_the_data_changed(finishe
         argv += ["--tokenizer_name", tmp_path / "tok"]
     else:
         argv += change
-    line = input_error(capsys, run_glue.main, argv)
+    line = input_error(run_glue.main, argv)
     assert "was run with other settings" in line and expected in line, line
     assert results.read_text() == text
 
@@ -252,7 +252,7 @@ def interrupted(tmp_path, teacher, custom_task, monkeypatch):  # noqa: F811
 
 def test_an_interrupted_run_resumes_under_its_own_settings_only(interrupted, capsys):
     args, run = interrupted
-    line = input_error(capsys, run_glue.main, [*args, "--weight_decay", 0.1])
+    line = input_error(run_glue.main, [*args, "--weight_decay", 0.1])
     assert "was interrupted under other settings (weight_decay 0.01 there, 0.1 now)" in line
     glue_main(*args)
     assert f"resuming from {run / 'checkpoint-2'}" in capsys.readouterr().out
@@ -387,7 +387,7 @@ def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path, teacher, custo
         argv += extra
     with pytest.MonkeyPatch.context() as m:
         m.chdir(tmp_path)  # transformers 5 would default to ./trainer_output
-        line = input_error(capsys, run_glue.main, argv)
+        line = input_error(run_glue.main, argv)
     assert expected in line, line
     assert not out.exists() and not (tmp_path / "trainer_output").exists()
 
@@ -438,7 +438,7 @@ def test_damaged_results_are_named_before_any_training(finished, where, content,
     else:
         path.write_text(content)
     monkeypatch.setattr(run_glue, "fine_tune", lambda *a, **k: pytest.fail("trained before the check"))
-    line = input_error(capsys, run_glue.main, args)
+    line = input_error(run_glue.main, args)
     assert expected in line, line
 
 
@@ -454,5 +454,5 @@ def test_damaged_results_are_named_before_any_training(finished, where, content,
 )  # fmt: skip
 def test_glue_table_refuses_results_of_the_wrong_shape(tmp_path, content, expected, capsys):
     (tmp_path / "results.json").write_text(content)
-    line = input_error(capsys, glue_table.main, [tmp_path])
+    line = input_error(glue_table.main, [tmp_path])
     assert expected in line and str(tmp_path / "results.json") in line, line

@@ -155,12 +155,12 @@ def test_damaged_safetensors_everywhere(run_files, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
     out = tmp_path / "init.safetensors"
-    line = input_error(capsys, extract_student.main, ["--model_name", bad_teacher, "--student_config",
+    line = input_error(extract_student.main, ["--model_name", bad_teacher, "--student_config",
                                                       arg(argv, "student_config"), "--dump_checkpoint", out])
     assert "distilbert.py: error: cannot load the teacher" in line and "damaged or truncated" in line
     assert not out.exists()
 
-    line = input_error(capsys, evaluate.main, ["--model", bad_teacher, "--data_file", arg(argv, "data_file"),
+    line = input_error(evaluate.main, ["--model", bad_teacher, "--data_file", arg(argv, "data_file"),
                                                "--token_counts", arg(argv, "token_counts"),
                                                "--output", tmp_path / "eval.json", "--n_gpu", "0"])  # fmt: skip
     assert line.startswith("evaluate.py: error: cannot load the masked LM") and "damaged" in line
@@ -169,7 +169,7 @@ def test_damaged_safetensors_everywhere(run_files, tmp_path, capsys):
     from scripts import fill_mask
 
     two_models = ["--model", teacher, "--model", bad_teacher, "--text", "the [MASK] river"]
-    line = input_error(capsys, fill_mask.main, two_models)
+    line = input_error(fill_mask.main, two_models)
     assert line.startswith("fill_mask.py: error: cannot load the masked LM") and "damaged" in line
 
     # student initial weights cut short
@@ -187,7 +187,7 @@ def test_damaged_student_config(run_files, tmp_path, capsys):
     config = tmp_path / "student.json"
     config.write_text('{"dim": 32, "n_layers": ')
     train_fails(with_args(argv, dump_path=tmp_path / "run", student_config=config), capsys, "is not a readable")
-    line = input_error(capsys, extract_student.main, ["--model_name", arg(argv, "teacher_name"), "--student_config",
+    line = input_error(extract_student.main, ["--model_name", arg(argv, "teacher_name"), "--student_config",
                                                       config, "--dump_checkpoint", tmp_path / "init.safetensors"])
     assert "is not a readable DistilBertConfig JSON file" in line
     assert not (tmp_path / "run").exists() and not (tmp_path / "init.safetensors").exists()
@@ -198,12 +198,12 @@ def test_missing_folders_are_named(run_files, tmp_path, capsys):
     missing = tmp_path / "no_such_teacher"
     train_fails(with_args(argv, dump_path=tmp_path / "run", teacher_name=missing), capsys,
                 f"the teacher {missing} does not exist")  # fmt: skip
-    line = input_error(capsys, extract_student.main, ["--model_name", missing, "--dump_checkpoint",
+    line = input_error(extract_student.main, ["--model_name", missing, "--dump_checkpoint",
                                                       tmp_path / "x.safetensors"])
     assert f"the teacher {missing} does not exist" in line
     dump_txt = tmp_path / "dump.txt"
     dump_txt.write_text("a line of text with enough words to keep\n")
-    line = input_error(capsys, binarized_data.main, ["--file_path", dump_txt, "--tokenizer_name", missing,
+    line = input_error(binarized_data.main, ["--file_path", dump_txt, "--tokenizer_name", missing,
                                                      "--dump_file", tmp_path / "bin"])
     assert f"tokenizer {missing} does not exist" in line
     assert not list(tmp_path.glob("bin*"))
@@ -228,18 +228,18 @@ def test_unwritable_outputs_fail_before_any_work(run_files, tmp_path, capsys, to
     assert e.value.code == 2 and line in captured.err.strip().splitlines()[-1]
     assert "binarize:" not in captured.err  # refused before the tokenizing started: no progress bar
 
-    last = input_error(capsys, token_counts.main, ["--data_file", arg(argv, "data_file"),
+    last = input_error(token_counts.main, ["--data_file", arg(argv, "data_file"),
                                                    "--token_counts_dump", where / "c.pickle", "--vocab_size", "1"])
     assert last.startswith("token_counts.py: error: cannot write --token_counts_dump")  # before the vocab check
     assert line in last
 
-    assert line in input_error(capsys, extract_student.main, ["--model_name", arg(argv, "teacher_name"),
+    assert line in input_error(extract_student.main, ["--model_name", arg(argv, "teacher_name"),
                                                               "--student_config", arg(argv, "student_config"),
                                                               "--dump_checkpoint", where / "i.safetensors"])
 
     train_fails(with_args(argv, dump_path=where / "run"), capsys, line)
 
-    assert line in input_error(capsys, evaluate.main, ["--model", arg(argv, "teacher_name"), "--data_file",
+    assert line in input_error(evaluate.main, ["--model", arg(argv, "teacher_name"), "--data_file",
                                                        arg(argv, "data_file"), "--token_counts",
                                                        arg(argv, "token_counts"), "--output", where / "eval.json",
                                                        "--n_gpu", "0"])  # fmt: skip
@@ -249,7 +249,7 @@ def test_unwritable_outputs_fail_before_any_work(run_files, tmp_path, capsys, to
 def test_an_output_path_that_is_a_folder_or_a_device(run_files, tmp_path, capsys):
     _, argv = run_files
     (tmp_path / "counts").mkdir()
-    assert "is a folder: give a file path" in input_error(capsys, token_counts.main, [
+    assert "is a folder: give a file path" in input_error(token_counts.main, [
         "--data_file", arg(argv, "data_file"), "--token_counts_dump", tmp_path / "counts"])
     # atomic_write renames over its target: it must never replace a device node
     with pytest.raises(InputError, match="not a regular file"):

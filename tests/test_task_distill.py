@@ -325,9 +325,7 @@ def test_a_teacher_that_does_not_fit_is_refused_before_training(
 ):
     monkeypatch.setattr(run_glue, "fine_tune", lambda *a, **k: pytest.fail("trained before the check"))
     out = tmp_path / "out"
-    line = input_error(
-        capsys,
-        run_glue.main,
+    line = input_error(run_glue.main,
         [
             "--model_name_or_path",
             teacher,
@@ -351,9 +349,7 @@ def test_a_classifier_teacher_is_refused_for_a_regression(tmp_path, teacher, tas
     rows = [[f"the city {w}", f"river {w}", f"{i % 5}.0"] for i, w in enumerate("north people year born".split() * 5)]
     for split in ("train", "dev"):
         write_tsv(tmp_path / "STS-B" / f"{split}.tsv", ["sentence1", "sentence2", "score"], rows)
-    line = input_error(
-        capsys,
-        run_glue.main,
+    line = input_error(run_glue.main,
         [
             "--model_name_or_path",
             teacher,
@@ -392,9 +388,7 @@ def test_bad_distillation_flags_fail_with_one_line(
     tmp_path, teacher, task_teacher, custom_task, flags, expected, capsys
 ):
     out = tmp_path / "out"
-    line = input_error(
-        capsys,
-        run_glue.main,
+    line = input_error(run_glue.main,
         [
             "--model_name_or_path",
             teacher,
@@ -416,9 +410,7 @@ def test_bad_distillation_flags_fail_with_one_line(
 
 @pytest.mark.parametrize("flag", ["--alpha_ce", "--temperature", "--unlabeled_samples", "--alpha_vv"])
 def test_a_distillation_flag_without_a_teacher_is_refused(tmp_path, teacher, custom_task, flag, capsys):
-    line = input_error(
-        capsys,
-        run_glue.main,
+    line = input_error(run_glue.main,
         [
             "--model_name_or_path",
             teacher,
@@ -580,9 +572,7 @@ def test_a_student_folder_from_a_headless_bert_and_a_random_one(tmp_path, tokeni
     rand = DistilBertForMaskedLM.from_pretrained(tmp_path / "random")
     assert not torch.allclose(rand.distilbert.embeddings.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
     assert "no teacher layers" in capsys.readouterr().out
-    line = input_error(
-        capsys,
-        extract.main,
+    line = input_error(extract.main,
         [
             "--model_name",
             headless,
