@@ -98,6 +98,15 @@ def test_bad_extractions_fail_with_one_line_before_writing(tmp_path, articles):
         proc = run_main(extract.main, *base, *extra)
         assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], (extra, proc.stderr)
         assert not out.exists()
+    for args, message in (  # a missing config or teacher, an unknown type: one line, nothing written
+        ([*base, "--student_config", tmp_path / "none.json"], "none.json"),
+        (["--model_type", "roberta", "--model_name", tmp_path / "no-teacher", "--student_config",
+          tmp_path / "two.json", "--dump_checkpoint", out], "does not exist"),
+        (["--model_type", "xlnet", "--student_config", tmp_path / "two.json"], "invalid choice: 'xlnet'"),
+    ):  # fmt: skip
+        proc = run_main(extract.main, *args)
+        assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], (args, proc.stderr)
+        assert not out.exists()
     proc = run_main(extract.main, *base, "--student_config", gpt)  # a GPT-2 config is not a RoBERTa student
     assert proc.returncode == 2 and not out.exists()
     assert proc.stderr.strip().splitlines()[-1] == (f"student.py: error: {gpt} is a gpt2 config: --model_type roberta "
