@@ -25,7 +25,6 @@ import logging
 import os
 import pickle
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -186,27 +185,108 @@ def ids_dtype(vocab_size):
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
 
 
-@dataclass
 class Binarized:
-    """Tokenized sequences as one flat array plus offsets."""
+    """Tokenized sequences: flat token arrays (the shards, one after another) plus global offsets.
 
-    token_ids: np.ndarray
-    offsets: np.ndarray
-    meta: dict = field(default_factory=dict)
+    Global sequence g is the concatenated tokens [offsets[g], offsets[g + 1]). `order`, when given, is the
+    shuffle: position i holds sequence order[i]. Written by scripts/binarized_data.py, every array is a
+    read-only memory map, so every training rank on a node shares one copy in the page cache.
+    """
+
+    def __init__(self, token_ids, offsets, meta=None, order=None):
+        shards = list(token_ids) if isinstance(token_ids, (list, tuple)) else [token_ids]
+        self.shards = [s for s in shards if len(s)] or shards[:1]  # an empty shard holds no sequence
+        self.offsets = offsets
+        self.order = order
+        self.meta = meta or {}
+        self._starts = np.cumsum([0] + [len(s) for s in self.shards])  # where each shard's tokens begin
 
     def __len__(self):
-        return len(self.offsets) - 1
+        return len(self.order) if self.order is not None else len(self.offsets) - 1
 
     def __getitem__(self, i):
-        return self.token_ids[self.offsets[i] : self.offsets[i + 1]]
+        return self.sequence(int(self.order[i]) if self.order is not None else i)
+
+    def sequence(self, g):
+        """Tokens of global sequence `g` (a view into its shard)."""
+        t0, t1 = int(self.offsets[g]), int(self.offsets[g + 1])
+        s = int(np.searchsorted(self._starts, t0, side="right")) - 1 if len(self.shards) > 1 else 0
+        base = int(self._starts[s])
+        return self.shards[s][t0 - base : t1 - base]
+
+    @property
+    def dtype(self):
+        return self.shards[0].dtype
+
+    @property
+    def covers_all(self):
+        """True when the positions are every sequence of the files (no held-out part elsewhere)."""
+        return self.order is None or len(self.order) == len(self.offsets) - 1
+
+    @property
+    def n_tokens(self):
+        if self.covers_all:
+            return int(self._starts[-1])
+        return sum(int(self.lengths_at(np.arange(i, min(i + (1 << 20), len(self)))).sum())
+                   for i in range(0, len(self), 1 << 20))
+
+    @property
+    def token_ids(self):
+        """All tokens as one array, in file (not shuffled) order; a copy when there are several shards."""
+        return self.shards[0] if len(self.shards) == 1 else np.concatenate(self.shards)
+
+    def global_index(self, positions):
+        positions = np.asarray(positions)
+        return positions if self.order is None else np.asarray(self.order[positions], dtype=np.int64)
+
+    def lengths_at(self, positions):
+        """Lengths of the sequences at `positions` (vectorized)."""
+        g = self.global_index(positions)
+        return (self.offsets[g + 1] - self.offsets[g]).astype(np.int64)
 
     @property
     def lengths(self):
-        return np.diff(self.offsets)
+        return self.lengths_at(np.arange(len(self)))
+
+    def blocks(self, block=1 << 24):
+        """The tokens of every position in pieces of at most about `block`, in no particular order (for
+        counts and scans). A held-out part is skipped (its sequences are gathered a few thousand at once)."""
+        if self.covers_all:
+            for shard in self.shards:
+                for start in range(0, len(shard), block):
+                    yield shard[start : start + block]
+            return
+        step = max(1, block // 256)  # positions a piece: ~block tokens at Wikipedia's lengths, or fewer
+        for i in range(0, len(self), step):
+            yield self.gather(np.arange(i, min(i + step, len(self))))
+
+    def gather(self, positions):
+        """The tokens of the sequences at `positions`, concatenated in file order (vectorized)."""
+        g = np.sort(self.global_index(positions))
+        t0 = np.asarray(self.offsets[g])
+        lengths = np.asarray(self.offsets[g + 1]) - t0
+        shard_of = np.searchsorted(self._starts, t0, side="right") - 1
+        parts = []
+        for s in np.unique(shard_of):
+            m = shard_of == s
+            first, n = t0[m] - self._starts[s], lengths[m]
+            parts.append(self.shards[s][np.repeat(first - offsets_from_lengths(n)[:-1], n) + np.arange(n.sum())])
+        return np.concatenate(parts) if parts else np.zeros(0, self.dtype)
+
+    def max_id(self):
+        """The largest token id (recorded by the binarizer, else scanned)."""
+        if "max_id" in self.meta:
+            return int(self.meta["max_id"])
+        return max((int(b.max()) for b in self.blocks() if len(b)), default=-1)
+
+    def head(self, n):
+        """The first `n` positions."""
+        order = np.arange(min(n, len(self))) if self.order is None else self.order[:n]
+        return Binarized(self.shards, self.offsets, self.meta, order)
 
     def sequences(self):
-        """A list of per-sequence views (no copy), the shape upstream's readers expect."""
-        return np.split(self.token_ids, self.offsets[1:-1])
+        """A list of per-sequence arrays in position order, the shape upstream's readers expect."""
+        return [self[i] for i in range(len(self))]
 
     @classmethod
     def from_sequences(cls, seqs, meta=None):
@@ -223,9 +303,10 @@ def offsets_from_lengths(lengths):
 
 
 def save_binarized(path, token_ids, offsets, meta):
+    """Format 1: one pickle holding everything (small sets; the binarizer writes format 2)."""
     meta = dict(meta, n_sequences=len(offsets) - 1, n_tokens=int(offsets[-1]), dtype=str(token_ids.dtype))
     record = {
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,
         "kind": BINARIZED_KIND,
         "meta": meta,
         "token_ids": np.ascontiguousarray(token_ids),
@@ -235,17 +316,80 @@ def save_binarized(path, token_ids, offsets, meta):
         pickle.dump(record, f, protocol=5)
 
 
+def save_array(path, array):
+    """An .npy file, written atomically (np.load(mmap_mode="r") maps it back)."""
+    with atomic_write(path) as f:
+        np.save(f, np.ascontiguousarray(array))
+
+
+def shards_folder(path):
+    """Where a format-2 manifest `x.pickle` keeps its arrays: the folder `x.shards` beside it."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".pickle") + ".shards")
+
+
+def save_manifest(path, folder, shards, order_range, meta):
+    """Format 2: a small record naming the arrays in `folder` (relative to the manifest), and which
+    slice [start, stop) of the shuffled order (folder/order.npy) this file holds."""
+    start, stop = order_range
+    record = {
+        "format_version": 2,
+        "kind": BINARIZED_KIND,
+        "meta": dict(meta, n_sequences=stop - start),
+        "folder": os.path.relpath(folder, Path(path).parent),
+        "shards": [dict(s) for s in shards],  # {"file", "n_tokens", "n_sequences"} each
+        "order": [int(start), int(stop)],
+    }
+    with atomic_write(path) as f:
+        pickle.dump(record, f, protocol=5)
+
+
 BINARIZE_REMEDY = "re-create it with scripts/binarized_data.py"
 
 
+def _mapped(path, file, remedy):
+    try:
+        return np.load(file, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path} names {file}, which is missing: keep the .pickle beside its .shards folder, "
+                         f"or {remedy}") from None
+    except (ValueError, OSError) as e:
+        raise InputError(f"{file} (named by {path}) is damaged ({e}): {remedy}") from None
+
+
+def _load_manifest(path, obj):
+    folder = Path(path).parent / obj.get("folder", "")
+    shards = obj.get("shards")
+    if not isinstance(shards, list) or not shards or not isinstance(obj.get("order"), list):
+        raise InputError(f"{path} names no shards: {BINARIZE_REMEDY}")
+    arrays = [_mapped(path, folder / s["file"], BINARIZE_REMEDY) for s in shards]
+    offsets = _mapped(path, folder / "offsets.npy", BINARIZE_REMEDY)
+    order = _mapped(path, folder / "order.npy", BINARIZE_REMEDY)
+    start, stop = obj["order"]
+    n_tokens = sum(len(a) for a in arrays)
+    if (
+        any(a.ndim != 1 or len(a) != s["n_tokens"] or a.dtype.kind not in "iu" for a, s in zip(arrays, shards))
+        or offsets.ndim != 1
+        or len(offsets) != sum(s["n_sequences"] for s in shards) + 1
+        or offsets[-1] != n_tokens
+        or not 0 <= start <= stop <= len(order)
+        or len(order) != len(offsets) - 1
+    ):
+        raise InputError(f"the arrays in {folder} do not match {path} (a re-run half done?): {BINARIZE_REMEDY}")
+    return Binarized(arrays, offsets, dict(obj["meta"]), order[start:stop])
+
+
 def load_binarized(path):
-    """Load a binarized file written by scripts/binarized_data.py, or upstream's list of arrays."""
+    """Load a binarized file: format 2 (a manifest of memory-mapped shards), format 1 (one pickle), or
+    upstream's list of arrays."""
     obj = safe_load_pickle(path, remedy=BINARIZE_REMEDY)
     if isinstance(obj, list):  # upstream: a shuffled list of per-sequence uint16/int32 arrays
         if not all(isinstance(s, np.ndarray) and s.ndim == 1 and s.dtype.kind in "iu" for s in obj):
             raise InputError(f"{path} is a list but not of 1-D integer arrays: {BINARIZE_REMEDY}")
         meta = {"format_version": 0, "source": "upstream list of arrays", "n_sequences": len(obj)}
         return Binarized.from_sequences(obj, meta)
+    if isinstance(obj, dict) and obj.get("kind") == BINARIZED_KIND and obj.get("format_version") == 2:
+        return _load_manifest(path, obj)
     _check_record(path, obj, BINARIZED_KIND, ("token_ids", "offsets"), BINARIZE_REMEDY)
     token_ids, offsets = obj["token_ids"], obj["offsets"]
     if (
@@ -313,7 +457,7 @@ def check_data_fits(data_file, data, data_meta, tokenizer, special):
     for name, idx in (data_meta.get("special_token_ids") or {}).items():
         if name in special and special[name] != idx:
             raise InputError(f"{data_file} has {name} id {idx} but the tokenizer's is {special[name]}: {remedy}")
-    if len(data.token_ids) and int(data.token_ids.max()) >= vocab:
+    if data.max_id() >= vocab:
         raise InputError(f"{data_file} holds token ids >= the vocabulary size {vocab}: {remedy}")
     # Compare vocabularies, not names: the same vocabulary often sits in folders of different names.
     data_tok, digest = data_meta.get("tokenizer_name"), data_meta.get("vocab_digest")

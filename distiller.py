@@ -142,7 +142,7 @@ class Distiller:
         """This rank's batches for `epoch` (kept for the latest epoch: grouping 5M indices takes seconds)."""
         if getattr(self, "_batches", (None,))[0] != epoch:
             p, d, data = self.params, self.dist, self.dataset
-            batches = epoch_batches(data.lengths, p.batch_size, epoch, p.seed, rank=d.rank, world_size=d.world_size,
+            batches = epoch_batches(data, p.batch_size, epoch, p.seed, rank=d.rank, world_size=d.world_size,
                                     group_by_size=p.group_by_size, max_len=data.max_len)
             self._batches = (epoch, batches)
         return self._batches[1]
@@ -151,7 +151,7 @@ class Distiller:
         """What fixes the sequence of batches: a resumed run must agree on all of it."""
         names = ("seed", "batch_size", "group_by_size", "gradient_accumulation_steps", "n_epoch")
         return {**{k: getattr(self.params, k) for k in names}, "world_size": self.dist.world_size,
-                "n_sequences": len(self.dataset), "n_tokens": int(self.dataset.lengths.sum())}  # fmt: skip
+                "n_sequences": len(self.dataset), "n_tokens": self.dataset.n_tokens}  # fmt: skip
 
     def prepare_batch(self, token_ids, lengths):
         """Move a collated batch to the device and pick the positions to predict (MLM masking or CLM)."""

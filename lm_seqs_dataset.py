@@ -1,12 +1,15 @@
 """The training sequences: binarized text cleaned for distillation, and the collate function that pads them.
 
-Built from `data_io.load_binarized()` (one flat token array + offsets) or upstream's list of arrays, and
-kept flat: 5.4M sequences cost two arrays, not 5.4M Python objects. On construction, as upstream:
+Built from `data_io.load_binarized()`, whose token arrays are memory maps of the binarizer's shards: the
+dataset never copies them. Every rank of a node maps the same files, so the page cache holds one copy,
+and a rank's own memory holds only what cleaning changed. On construction, as upstream:
 
 1. sequences longer than the model's input size are split into chunks, each wrapped in [CLS] ... [SEP]
-   (BOS/EOS for causal LMs);
+   (BOS/EOS for causal LMs); the chunks (rare: a sentence of 500+ tokens) are kept in memory;
 2. sequences shorter than `min_len` (12) tokens are dropped: too short to mask 15% of usefully;
 3. sequences that are half or more unknown tokens are dropped.
+
+Item order is upstream's: the kept sequences in file order, then the chunks of the split ones.
 """
 
 from types import SimpleNamespace
@@ -20,6 +23,8 @@ from utils import logger
 
 MIN_LEN = 12  # upstream drops sequences of 11 tokens or fewer
 MAX_UNK_FRACTION = 0.5  # upstream drops sequences at least half unknown
+SCAN_BLOCK = 1 << 16  # sequences per step of the cleaning scan: ~20 MB of scratch, whatever the corpus
+OK, LONG, SHORT, UNKNOWN = 0, 1, 2, 3  # what cleaning does with a sequence
 
 
 class LmSeqsDataset(Dataset):
@@ -34,6 +39,7 @@ class LmSeqsDataset(Dataset):
     def __init__(self, params, data):
         if not isinstance(data, Binarized):
             data = Binarized.from_sequences(data)
+        self.data = data
         self.params = params
         self.max_len = int(params.max_model_input_size)
         self.mlm = getattr(params, "mlm", True)
@@ -45,66 +51,104 @@ class LmSeqsDataset(Dataset):
             self.bos_id, self.eos_id = ids["bos_token"], ids["eos_token"]
             self.pad_id = ids.get("unk_token", self.eos_id)
         self.unk_id = ids.get("unk_token")
+        self.min_len = getattr(params, "min_len", MIN_LEN)
 
-        self.token_ids = data.token_ids
-        self.lengths = np.diff(data.offsets).astype(np.int64)
-        n0 = len(self.lengths)
-        n_long = self.split_long_sequences()
-        min_len = getattr(params, "min_len", MIN_LEN)
-        n_short = self.remove_short_sequences(min_len)
-        n_unk = self.remove_unknown_sequences()
-        self.offsets = offsets_from_lengths(self.lengths)
+        status = self.scan()  # per position: OK, LONG, SHORT or UNKNOWN
+        counts = np.bincount(status, minlength=4)
+        # Item i < n_kept is position i + (removed positions before it): only the removed ones are stored.
+        removed = np.flatnonzero(status != OK)
+        self._skip = removed - np.arange(len(removed))
+        self.n_kept = len(status) - len(removed)
+        chunks, n_short, n_unk = self.split_long_sequences(np.flatnonzero(status == LONG))
+        self.chunk_ids = np.concatenate(chunks).astype(data.dtype) if chunks else np.zeros(0, data.dtype)
+        self.chunk_offsets = offsets_from_lengths([len(c) for c in chunks])
+        self.n_tokens = self._kept_tokens() + len(self.chunk_ids)
         logger.info(
-            f"{n0:,} sequences read: {n_long:,} longer than {self.max_len} tokens split, {n_short:,} shorter than "
-            f"{min_len} removed, {n_unk:,} mostly unknown removed -> {len(self):,} sequences, "
-            f"{int(self.lengths.sum()):,} tokens"
+            f"{len(status):,} sequences read: {counts[LONG]:,} longer than {self.max_len} tokens split, "
+            f"{counts[SHORT] + n_short:,} shorter than {self.min_len} removed, {counts[UNKNOWN] + n_unk:,} mostly "
+            f"unknown removed -> {len(self):,} sequences, {self.n_tokens:,} tokens"
         )
 
     def __len__(self):
-        return len(self.lengths)
+        return self.n_kept + len(self.chunk_offsets) - 1
 
     def __getitem__(self, i):
-        return self.token_ids[self.offsets[i] : self.offsets[i + 1]], self.lengths[i]
+        if i < self.n_kept:
+            ids = self.data[int(self.positions(i))]
+            return ids, len(ids)
+        j = i - self.n_kept
+        ids = self.chunk_ids[self.chunk_offsets[j] : self.chunk_offsets[j + 1]]
+        return ids, len(ids)
 
-    # -- cleaning (each step keeps the arrays flat) ------------------------------------------------------
+    def positions(self, items):
+        """The data positions of kept items (items < n_kept)."""
+        return items + np.searchsorted(self._skip, items, side="right")
 
-    def _keep(self, keep):
-        self.token_ids = self.token_ids[np.repeat(keep, self.lengths)]
-        self.lengths = self.lengths[keep]
+    def lengths_at(self, items):
+        """Lengths of `items` (vectorized, no token is read)."""
+        items = np.asarray(items, dtype=np.int64)
+        out = np.empty(len(items), dtype=np.int64)
+        kept = items < self.n_kept
+        out[kept] = self.data.lengths_at(self.positions(items[kept]))
+        out[~kept] = np.diff(self.chunk_offsets)[items[~kept] - self.n_kept]
+        return out
 
-    def split_long_sequences(self):
-        """Cut sequences longer than max_len into chunks of at most max_len, each [CLS] body [SEP]."""
-        long = self.lengths > self.max_len
-        n_long = int(long.sum())
-        if not n_long:
-            return 0
-        offsets = offsets_from_lengths(self.lengths)
+    @property
+    def lengths(self):
+        """Every item's length (an array of len(self): for small sets and tests)."""
+        return self.lengths_at(np.arange(len(self)))
+
+    # -- cleaning (no token array is copied) ---------------------------------------------------------------
+
+    def scan(self):
+        """What cleaning does with each position. Reads the tokens once, shard by shard, block by block."""
+        data = self.data
+        n_global = len(data.offsets) - 1
+        status = np.empty(n_global, dtype=np.uint8)
+        seq_starts = np.searchsorted(data.offsets, data._starts[:-1])  # first sequence of each shard
+        bounds = list(seq_starts) + [n_global]
+        for s, shard in enumerate(data.shards):
+            base = int(data._starts[s])
+            for g0 in range(int(bounds[s]), int(bounds[s + 1]), SCAN_BLOCK):
+                g1 = min(g0 + SCAN_BLOCK, int(bounds[s + 1]))
+                offsets = np.asarray(data.offsets[g0 : g1 + 1]) - base
+                lengths = np.diff(offsets)
+                block = status[g0:g1]
+                block[:] = OK
+                if self.unk_id is not None:
+                    unk = np.zeros(offsets[-1] - offsets[0] + 1, dtype=np.int64)
+                    np.cumsum(shard[offsets[0] : offsets[-1]] == self.unk_id, out=unk[1:])
+                    n_unk = unk[offsets[1:] - offsets[0]] - unk[offsets[:-1] - offsets[0]]
+                    block[n_unk >= MAX_UNK_FRACTION * lengths] = UNKNOWN
+                block[lengths < self.min_len] = SHORT
+                block[lengths > self.max_len] = LONG
+        return status if data.order is None else status[data.order]
+
+    def split_long_sequences(self, positions):
+        """Chunks of at most max_len of each long sequence, each [CLS] body [SEP]; and of those chunks, how many
+        were dropped as short and as mostly unknown (as upstream: split first, then filter)."""
         body_len = self.max_len - 2
         chunks = []
-        for i in np.flatnonzero(long):
-            seq = self.token_ids[offsets[i] : offsets[i + 1]]
+        for p in positions:
+            seq = self.data[int(p)]
             start, end = int(seq[0] == self.bos_id), len(seq) - int(seq[-1] == self.eos_id)
             for j in range(start, end, body_len):
                 chunks.append(np.concatenate(([self.bos_id], seq[j : min(j + body_len, end)], [self.eos_id])))
-        self._keep(~long)
-        dtype = self.token_ids.dtype
-        self.token_ids = np.concatenate([self.token_ids] + [c.astype(dtype) for c in chunks])
-        self.lengths = np.concatenate([self.lengths, np.fromiter(map(len, chunks), np.int64, len(chunks))])
-        return n_long
+        kept, n_short, n_unk = [], 0, 0
+        for c in chunks:
+            if len(c) < self.min_len:
+                n_short += 1
+            elif self.unk_id is not None and (c == self.unk_id).sum() >= MAX_UNK_FRACTION * len(c):
+                n_unk += 1
+            else:
+                kept.append(c)
+        return kept, n_short, n_unk
 
-    def remove_short_sequences(self, min_len=MIN_LEN):
-        keep = self.lengths >= min_len
-        self._keep(keep)
-        return int((~keep).sum())
-
-    def remove_unknown_sequences(self):
-        if self.unk_id is None or not len(self.lengths):
-            return 0
-        starts = offsets_from_lengths(self.lengths)[:-1]  # every sequence is non-empty here
-        n_unk = np.add.reduceat((self.token_ids == self.unk_id).astype(np.int64), starts)
-        keep = n_unk < MAX_UNK_FRACTION * self.lengths
-        self._keep(keep)
-        return int((~keep).sum())
+    def _kept_tokens(self):
+        total = 0
+        for i0 in range(0, self.n_kept, SCAN_BLOCK * 16):
+            total += int(self.lengths_at(np.arange(i0, min(i0 + SCAN_BLOCK * 16, self.n_kept))).sum())
+        return total
 
     # -- batching ------------------------------------------------------------------------------------------
 

@@ -6,16 +6,31 @@
 writes data/binarized_text.bert-base-uncased.pickle: every line of the dump as [CLS] ... [SEP] token ids
 (upstream's special tokens per --tokenizer_type), keeping only sequences of at least --min_tokens tokens,
 shuffled with --seed. The reference run kept 5,355,344 sequences (~200M tokens) of ~5M Wikipedia
-sentences. See data_io.py for the file format (flat id array + offsets + metadata, loaded safely).
+sentences.
+
+Built for dumps past one machine's memory (all of Wikipedia: ~150M lines):
+- the dump is cut at line boundaries into shards of --shard_mb MB, tokenized by --num_proc processes;
+- each shard is written as it finishes, to <dump_file>.<tokenizer>.shards/, so memory stays at a few
+  shards whatever the dump's size, and a killed run resumes: finished shards are kept;
+- --shard i/n tokenizes only part i of n, so n machines can share the work on one file system; the
+  run that finds every shard done writes the .pickle;
+- the shuffle is a permutation of sequence numbers (order.npy), not a copy of the tokens.
+The .pickle is a small manifest naming those arrays (data_io.py, format 2); training maps them from
+disk, so every rank on a node shares one copy. Keep the .pickle and its .shards folder together.
 
 Compared with upstream's script, which reads the whole file with readlines() and keeps a Python list of
-ints per line until the end: the input is streamed in chunks, each chunk is tokenized by the Rust
-tokenizer on all cores (`encode_batch`), and ids go straight into compact uint16/int32 arrays, so memory
-stays close to the size of the output. benchmarks/bench_binarize.py measures both side by side.
+ints per line until the end: the input is streamed in 1,000-line chunks, each tokenized by the Rust
+tokenizer (`encode_batch`), and ids go straight into compact uint16/int32 arrays.
+benchmarks/bench_binarize.py measures both side by side.
 """
 
 import argparse
+import json
 import logging
+import multiprocessing
+import os
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,8 +42,10 @@ import utils
 from data_io import (
     check_writable,
     ids_dtype,
-    offsets_from_lengths,
-    save_binarized,
+    remove_stale_tmp,
+    save_array,
+    save_manifest,
+    shards_folder,
     special_token_ids,
     vocab_digest,
 )
@@ -39,7 +56,8 @@ logger = logging.getLogger("binarized_data")
 # bos / sep wrapped around each line, as upstream does it: attribute names on the tokenizer.
 SPECIAL_TOKENS = {"bert": ("cls_token", "sep_token"), "roberta": ("cls_token", "sep_token"),
                   "gpt2": ("bos_token", "eos_token")}
-CHUNK_LINES = 1_000  # lines per encode_batch call: enough to keep every core busy, few enough to bound memory
+CHUNK_LINES = 1_000  # lines per encode_batch call: enough to keep a core busy, few enough to bound memory
+SHARD_MB = 64  # ~500k Wikipedia lines a shard: a worker holds ~40 MB of ids; all of Wikipedia is ~300 shards
 
 
 def load_tokenizer(tokenizer_type, tokenizer_name):
@@ -53,18 +71,46 @@ def load_tokenizer(tokenizer_type, tokenizer_name):
     return utils.load_tokenizer(cls, tokenizer_name, "tokenizer")
 
 
-def read_chunks(path, chunk_lines, stats, progress):
-    """Yield lists of stripped, non-blank lines; fail on the first line that is not UTF-8."""
+def shard_bounds(path, shard_bytes):
+    """Byte offsets [0, b1, ..., size] cutting `path` into pieces of about `shard_bytes`, each starting a line."""
+    size = Path(path).stat().st_size
+    bounds = [0]
+    with open(path, "rb") as f:
+        while bounds[-1] + shard_bytes < size:
+            f.seek(bounds[-1] + shard_bytes - 1)
+            f.readline()  # to the end of the line that holds the target byte
+            if f.tell() >= size:
+                break
+            bounds.append(f.tell())
+    return bounds + [size]
+
+
+def lines_before(path, offset):
+    """How many lines start before byte `offset` (for error messages)."""
+    n = 0
+    with open(path, "rb") as f:
+        while f.tell() < offset:
+            n += f.read(min(1 << 20, offset - f.tell())).count(b"\n")
+    return n
+
+
+def read_chunks(path, start, end, stats, chunk_lines=CHUNK_LINES):
+    """Yield lists of stripped, non-blank lines of bytes [start, end); fail on a line that is not UTF-8."""
     chunk = []
     with open(path, "rb") as f:
+        f.seek(start)
+        pos = start
         for lineno, raw in enumerate(f, 1):
-            progress.update(len(raw))
+            if pos >= end:
+                break
+            pos += len(raw)
             try:
                 line = raw.decode("utf-8").strip()
             except UnicodeDecodeError as e:
+                where = lines_before(path, start) + lineno
                 raise InputError(
-                    f"{path} line {lineno} is not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                    "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                    f"{path} line {where} is not valid UTF-8 (byte {raw[e.start]:#04x} at column "
+                    f"{e.start + 1}); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
                 ) from None
             stats["lines"] += 1
             if not line:
@@ -72,10 +118,10 @@ def read_chunks(path, chunk_lines, stats, progress):
                 continue
             chunk.append(line)
             if len(chunk) == chunk_lines:
-                yield chunk
+                yield chunk, pos
                 chunk = []
     if chunk:
-        yield chunk
+        yield chunk, pos
 
 
 def encode_chunk(backend, lines, bos, sep, dtype):
@@ -88,27 +134,75 @@ def encode_chunk(backend, lines, bos, sep, dtype):
     return flat, lengths
 
 
-def shuffle_chunks(chunks, rng):
-    """Concatenate the sequences held in `chunks` ((flat ids, lengths) pairs) in a random order.
+# -- one shard: the unit of work, of resumption and of the output ------------------------------------------
 
-    Each chunk's tokens are scattered straight to their shuffled places, and the chunk is freed right
-    after: peak memory is the chunks plus the output, with no concatenated copy in between.
-    Output sequence i is input sequence perm[i], perm = rng.permutation(number of sequences).
-    """
-    lengths = np.concatenate([lens for _, lens in chunks])
-    perm = rng.permutation(len(lengths))
-    offsets = offsets_from_lengths(lengths[perm])
-    start = np.empty(len(lengths), dtype=np.int64)  # where input sequence j starts in the output
-    start[perm] = offsets[:-1]
-    out = np.empty(offsets[-1], dtype=chunks[0][0].dtype)
-    seq = 0
-    chunks.reverse()
-    while chunks:
-        flat, lens = chunks.pop()
-        shift = start[seq : seq + len(lens)] - offsets_from_lengths(lens)[:-1]
-        out[np.repeat(shift, lens) + np.arange(len(flat))] = flat
-        seq += len(lens)
-    return out, offsets
+_worker = {}  # the tokenizer of a worker process, built once by _init_worker
+
+
+def _init_worker(tokenizer_json, threads):
+    """Each worker is one process: the Rust tokenizer's own thread pool would fight the other workers."""
+    if not threads:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer_json)
+    backend.no_truncation()  # some tokenizer.json files truncate by default; long lines are split in training
+    backend.no_padding()
+    _worker["backend"] = backend
+
+
+def shard_files(folder, k):
+    return {name: Path(folder) / f"{k:05d}.{name}" for name in ("tokens.npy", "lengths.npy", "json")}
+
+
+def finished_shard(folder, k, settings):
+    """The stats of shard `k` if a previous run finished it with the same settings, else None."""
+    files = shard_files(folder, k)
+    try:
+        stats = json.loads(files["json"].read_text())
+    except (OSError, ValueError):
+        return None
+    if stats.get("settings") != settings or not all(files[n].is_file() for n in ("tokens.npy", "lengths.npy")):
+        return None
+    return stats
+
+
+def binarize_shard(job):
+    """Tokenize bytes [start, end) of the dump; write the shard's ids and lengths, then its stats (last,
+    so a shard with stats is complete). Returns (k, stats). Runs in a worker process or in the main one."""
+    k, folder, settings, progress = job["k"], job["folder"], job["settings"], job.get("progress")
+    dtype = np.dtype(settings["dtype"])
+    stats = {"lines": 0, "blank": 0, "short": 0}
+    flats, lens = [], []
+    pos = settings["start"]
+    for lines, pos_after in read_chunks(settings["source"], settings["start"], settings["end"], stats):
+        flat, lengths = encode_chunk(_worker["backend"], lines, settings["bos"], settings["sep"], dtype)
+        keep = lengths >= settings["min_tokens"]
+        if not keep.all():  # drop short sequences now, so they never take memory
+            stats["short"] += int((~keep).sum())
+            flat, lengths = flat[np.repeat(keep, lengths)], lengths[keep]
+        flats.append(flat)
+        lens.append(lengths)
+        if progress is not None:
+            progress(pos_after - pos)
+        pos = pos_after
+    tokens = np.concatenate(flats) if flats else np.zeros(0, dtype)
+    lengths = np.concatenate(lens).astype(np.int32) if lens else np.zeros(0, np.int32)
+    files = shard_files(folder, k)
+    save_array(files["tokens.npy"], tokens)
+    save_array(files["lengths.npy"], lengths)
+    stats.update(n_sequences=len(lengths), n_tokens=len(tokens), max_id=int(tokens.max()) if len(tokens) else -1,
+                 settings=settings)
+    files["json"].write_text(json.dumps(stats))
+    return k, stats
+
+
+def parse_shard(text):
+    """'i/n' -> (i, n), 0 <= i < n."""
+    m = re.fullmatch(r"(\d+)/(\d+)", text or "")
+    if not m or not 0 <= int(m[1]) < int(m[2]):
+        raise InputError(f"--shard must be i/n with 0 <= i < n (this machine's part i of n), got {text!r}")
+    return int(m[1]), int(m[2])
 
 
 def check_input(path):
@@ -116,58 +210,110 @@ def check_input(path):
         raise InputError(f"{path} does not exist: write it with scripts/extract_wikipedia.py (step 1)")
 
 
-def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, min_tokens=12, seed=0):
-    """Tokenize `file_path`; return (token_ids, offsets, meta) of the kept sequences, shuffled."""
+def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, folder, min_tokens=12, num_proc=1,
+             shard=(0, 1), shard_mb=SHARD_MB):
+    """Tokenize `file_path` into shards in `folder`, resuming finished ones.
+
+    Returns (the stats of every shard in input order, or None when other parts are still missing; meta).
+    """
     path = Path(file_path)
     check_input(path)
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty: re-run scripts/extract_wikipedia.py (step 1)")
-
-    backend = tokenizer.backend_tokenizer
-    backend.no_truncation()  # some tokenizer.json files truncate by default; long lines are split in training
-    backend.no_padding()
     bos_name, sep_name = SPECIAL_TOKENS[tokenizer_type]
-    bos, sep = getattr(tokenizer, bos_name), getattr(tokenizer, sep_name)
-    vocab_size = len(tokenizer)
-    dtype = ids_dtype(vocab_size)
+    bounds = shard_bounds(path, max(1, int(shard_mb * 2**20)))
+    n_shards = len(bounds) - 1
+    source = path.stat()
+    common = {"source": str(path.resolve()), "source_bytes": source.st_size, "source_mtime_ns": source.st_mtime_ns,
+              "tokenizer_type": tokenizer_type, "vocab_digest": vocab_digest(tokenizer), "min_tokens": min_tokens,
+              "bos": getattr(tokenizer, bos_name), "sep": getattr(tokenizer, sep_name),
+              "dtype": ids_dtype(len(tokenizer)).name}
+    settings = [dict(common, start=bounds[k], end=bounds[k + 1]) for k in range(n_shards)]
+    folder.mkdir(parents=True, exist_ok=True)
+    done = {k: s for k in range(n_shards) if (s := finished_shard(folder, k, settings[k])) is not None}
+    part, parts = shard
+    mine = range(part * n_shards // parts, (part + 1) * n_shards // parts)
+    todo = [k for k in mine if k not in done]
+    logger.info("%d shards of ~%g MB; this run's part %d/%d holds %d, %d already done; %d process(es)",
+                n_shards, shard_mb, part, parts, len(mine), len(mine) - len(todo), num_proc)
+    for k in todo:
+        for file in shard_files(folder, k).values():
+            remove_stale_tmp(file)
 
-    stats = {"lines": 0, "blank": 0, "short": 0}
-    chunks = []
     start = time.time()
-    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc="binarize", mininterval=1) as progress:
-        for lines in read_chunks(path, CHUNK_LINES, stats, progress):
-            flat, lengths = encode_chunk(backend, lines, bos, sep, dtype)
-            keep = lengths >= min_tokens
-            if not keep.all():  # drop short sequences now, so they never take memory
-                stats["short"] += int((~keep).sum())
-                flat = flat[np.repeat(keep, lengths)]
-                lengths = lengths[keep]
-            if len(lengths):
-                chunks.append((flat, lengths))
+    lines = 0
+    total = sum(bounds[k + 1] - bounds[k] for k in todo)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="binarize", mininterval=1) as bar:
+        jobs = [{"k": k, "folder": folder, "settings": settings[k]} for k in todo]
+        tokenizer_json = tokenizer.backend_tokenizer.to_str()
+        if num_proc == 1 or len(jobs) <= 1:
+            _init_worker(tokenizer_json, threads=True)  # one process: let the tokenizer use every core
+            results = (binarize_shard(dict(j, progress=bar.update)) for j in jobs)
+        else:
+            # fork: the workers start at once and need nothing re-imported; they build their own tokenizer.
+            context = multiprocessing.get_context("fork")
+            pool = context.Pool(min(num_proc, len(jobs)), _init_worker, (tokenizer_json, False))
+            results = pool.imap_unordered(binarize_shard, jobs)
+        try:
+            for k, stats in results:
+                done[k] = stats
+                lines += stats["lines"]
+                if num_proc > 1 and len(jobs) > 1:
+                    bar.update(settings[k]["end"] - settings[k]["start"])
+        finally:
+            if num_proc > 1 and len(jobs) > 1:
+                pool.terminate()
     elapsed = time.time() - start
-
-    if not chunks:
-        raise InputError(
-            f"no line of {path} has at least {min_tokens} tokens ({stats['lines']} lines, {stats['blank']} blank): "
-            "check the file, or lower --min_tokens"
-        )
-    token_ids, offsets = shuffle_chunks(chunks, np.random.default_rng(seed))
-
+    if todo:
+        logger.info("tokenized %d lines in %.1fs (%.0f lines/s)", lines, elapsed, lines / max(elapsed, 1e-9))
+    missing = [k for k in range(n_shards) if k not in done]
+    if missing:
+        return None, {"missing": missing, "n_shards": n_shards}
+    stats = [done[k] for k in range(n_shards)]
     meta = {
         "tokenizer_type": tokenizer_type,
         "tokenizer_name": tokenizer_name,
-        "vocab_size": vocab_size,
+        "vocab_size": len(tokenizer),
         "special_token_ids": special_token_ids(tokenizer),
-        "vocab_digest": vocab_digest(tokenizer),  # train.py compares vocabularies by this, not by folder names
+        "vocab_digest": common["vocab_digest"],  # train.py compares vocabularies by this, not by folder names
         "min_tokens": min_tokens,
-        "seed": seed,
         "source_file": str(path),
-        "lines": stats["lines"],
-        "blank_lines": stats["blank"],
-        "dropped_short": stats["short"],
+        "lines": sum(s["lines"] for s in stats),
+        "blank_lines": sum(s["blank"] for s in stats),
+        "dropped_short": sum(s["short"] for s in stats),
+        "max_id": max(s["max_id"] for s in stats),
+        "dtype": common["dtype"],
+        "shards": n_shards,
         "binarize_seconds": round(elapsed, 2),
     }
-    return token_ids, offsets, meta
+    return stats, meta
+
+
+def write_order(folder, stats, seed):
+    """offsets.npy (where each sequence starts, over all shards in input order) and order.npy (the shuffle:
+    position i holds sequence order[i]), built a shard at a time. Returns the number of sequences."""
+    n = sum(s["n_sequences"] for s in stats)
+    tmp = folder / ".offsets.npy.tmp"
+    offsets = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(n + 1,))
+    offsets[0] = seq = 0
+    for k, s in enumerate(stats):
+        lengths = np.load(shard_files(folder, k)["lengths.npy"], mmap_mode="r")
+        np.cumsum(lengths, out=offsets[seq + 1 : seq + 1 + len(lengths)], dtype=np.int64)
+        offsets[seq + 1 : seq + 1 + len(lengths)] += offsets[seq]
+        seq += len(lengths)
+    offsets.flush()
+    del offsets
+    os.replace(tmp, folder / "offsets.npy")
+    perm = np.random.default_rng(seed).permutation(n)  # the same draw as the one-process shuffle always made
+    save_array(folder / "order.npy", perm.astype(np.uint32) if n < 2**32 else perm)
+    return n
+
+
+def held_out_tokens(folder, valid_size):
+    """Tokens in the first `valid_size` positions of the shuffle (the held-out part)."""
+    offsets = np.load(folder / "offsets.npy", mmap_mode="r")
+    g = np.asarray(np.load(folder / "order.npy", mmap_mode="r")[:valid_size], dtype=np.int64)
+    return int((offsets[g + 1] - offsets[g]).sum())
 
 
 def output_path(dump_file, tokenizer_name, split=""):
@@ -179,10 +325,13 @@ def output_path(dump_file, tokenizer_name, split=""):
     return Path(f"{dump_file}.{label}{'.' + split if split else ''}.pickle")
 
 
-def split_off(token_ids, offsets, n):
-    """The first `n` sequences, and the rest, each as (token_ids, offsets); views, no copies."""
-    cut = offsets[n]
-    return (token_ids[:cut], offsets[: n + 1]), (token_ids[cut:], offsets[n:] - cut)
+def positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
 
 
 @reports_errors
@@ -198,42 +347,72 @@ def main(argv=None):
     parser.add_argument("--valid_size", type=int, default=0,
                         help="hold out this many random sequences in <dump_file>.<tokenizer>.valid.pickle "
                              "for evaluation (0: none, as upstream)")
+    parser.add_argument("--num_proc", type=positive(int), default=len(os.sched_getaffinity(0)),
+                        help="tokenizing processes (default: this machine's cores)")
+    parser.add_argument("--shard", default="0/1",
+                        help="i/n: tokenize only part i of n (one per machine, on a shared file system)")
+    parser.add_argument("--shard_mb", type=positive(float), default=SHARD_MB,
+                        help="MB of the dump per shard, the unit of work and of resumption")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
+    out = output_path(args.dump_file, args.tokenizer_name)
+    folder, fresh = shards_folder(out), False
     try:
         if args.min_tokens < 1:
             raise InputError(f"--min_tokens must be at least 1, got {args.min_tokens}")
         if args.valid_size < 0:
             raise InputError(f"--valid_size must be at least 0, got {args.valid_size}")
-        out = output_path(args.dump_file, args.tokenizer_name)
+        shard = parse_shard(args.shard)
         valid_out = output_path(args.dump_file, args.tokenizer_name, "valid")
         for path in [out] + ([valid_out] if args.valid_size else []):  # before the long work, not after it
             check_writable(path, "output")
+        check_writable(folder, "shard folder", folder=True)
+        fresh = not folder.exists()  # a folder this run creates is removed again if the input is bad
         check_input(args.file_path)  # before the tokenizer, which may wait on an unreachable hub
         tokenizer = load_tokenizer(args.tokenizer_type, args.tokenizer_name)
         logger.info("tokenizer %s: %d ids, %s", args.tokenizer_name, len(tokenizer), type(tokenizer).__name__)
-        token_ids, offsets, meta = binarize(args.file_path, tokenizer, args.tokenizer_type, args.tokenizer_name,
-                                            args.min_tokens, args.seed)
-        n, n_tokens = len(offsets) - 1, int(offsets[-1])
+        stats, meta = binarize(args.file_path, tokenizer, args.tokenizer_type, args.tokenizer_name, folder,
+                               args.min_tokens, args.num_proc, shard, args.shard_mb)
+        if stats is None:
+            logger.info("%d of %d shards are still to do (%s): run the other parts, then any part again to write %s",
+                        len(meta["missing"]), meta["n_shards"], ", ".join(map(str, meta["missing"][:8])), out)
+            return 0
+        n = sum(s["n_sequences"] for s in stats)
+        if n == 0:
+            raise InputError(
+                f"no line of {args.file_path} has at least {args.min_tokens} tokens ({meta['lines']} lines, "
+                f"{meta['blank_lines']} blank): check the file, or lower --min_tokens"
+            )
+        if args.valid_size >= n:
+            raise InputError(f"--valid_size {args.valid_size} leaves no training data ({n} sequences kept): lower it")
+        write_order(folder, stats, args.seed)
+        shards = [{"file": shard_files(folder, k)["tokens.npy"].name, "n_tokens": s["n_tokens"],
+                   "n_sequences": s["n_sequences"]} for k, s in enumerate(stats)]
+        meta = dict(meta, seed=args.seed)
+        n_tokens = sum(s["n_tokens"] for s in stats)
+        valid_tokens = held_out_tokens(folder, args.valid_size)
         if args.valid_size:
-            if args.valid_size >= n:
-                raise InputError(f"--valid_size {args.valid_size} leaves no training data ({n} sequences kept): "
-                                 "lower it")
-            (valid_ids, valid_offsets), (token_ids, offsets) = split_off(token_ids, offsets, args.valid_size)
-            save_binarized(valid_out, valid_ids, valid_offsets, dict(meta, split="valid"))
+            save_manifest(valid_out, folder, shards, (0, args.valid_size),
+                          dict(meta, split="valid", n_tokens=valid_tokens))
             logger.info("held out %d sequences in %s", args.valid_size, valid_out)
-        save_binarized(out, token_ids, offsets, dict(meta, split="train"))
+        save_manifest(out, folder, shards, (args.valid_size, n),
+                      dict(meta, split="train", n_tokens=n_tokens - valid_tokens))
+        for stale in folder.glob("[0-9][0-9][0-9][0-9][0-9].*"):  # shards of an earlier, longer dump
+            if int(stale.name[:5]) >= len(stats):
+                stale.unlink()
+    except InputError:
+        if fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     except OSError as e:  # a full disk, a folder that vanished during the run
         raise InputError(f"could not write {out} ({e.strerror or e}): free space or pick another --dump_file") from e
     logger.info(
-        "%d lines (%d blank) in %.1fs (%.0f lines/s); kept %d sequences, %d tokens (mean %.1f); "
-        "dropped %d shorter than %d tokens",
-        meta["lines"], meta["blank_lines"], meta["binarize_seconds"],
-        meta["lines"] / max(meta["binarize_seconds"], 1e-9),
-        n, n_tokens, n_tokens / n, meta["dropped_short"], args.min_tokens,
+        "%d lines (%d blank); kept %d sequences, %d tokens (mean %.1f); dropped %d shorter than %d tokens",
+        meta["lines"], meta["blank_lines"], n, n_tokens, n_tokens / n, meta["dropped_short"], args.min_tokens,
     )
-    logger.info("wrote %s (%.1f MB)", out, out.stat().st_size / 2**20)
+    size = sum(f.stat().st_size for f in folder.iterdir()) + out.stat().st_size
+    logger.info("wrote %s and %s/ (%.1f MB)", out, folder, size / 2**20)
     return 0
 
 

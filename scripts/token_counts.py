@@ -6,7 +6,8 @@
 writes one int64 count per id of the vocabulary (plus metadata; see data_io.py). train.py masks rare tokens
 more often than frequent ones: p(token) ~ count ** -mlm_smoothing (cf. XLM / word2vec).
 
-One np.bincount over the flat id array replaces upstream's Counter loop (benchmarks/bench_token_counts.py).
+np.bincount over the id arrays, shard by shard (the counts add up, so the order does not matter), replaces
+upstream's Counter loop (benchmarks/bench_token_counts.py). Memory stays at one block, whatever the corpus.
 """
 
 import argparse
@@ -19,11 +20,12 @@ from errors import InputError, reports_errors
 
 
 def count_tokens(token_ids, vocab_size, block=1 << 18):
-    """Occurrences of each id. bincount casts its input to int64: in cache-sized blocks that cast stays in
-    the cache and needs no extra 8 bytes per token."""
+    """Occurrences of each id in one array, or in each array of an iterable of them (shards). bincount
+    casts its input to int64: in cache-sized blocks that cast stays in the cache."""
     counts = np.zeros(vocab_size, dtype=np.int64)
-    for start in range(0, len(token_ids), block):
-        counts += np.bincount(token_ids[start : start + block], minlength=vocab_size)
+    for ids in [token_ids] if isinstance(token_ids, np.ndarray) else token_ids:
+        for start in range(0, len(ids), block):
+            counts += np.bincount(ids[start : start + block], minlength=vocab_size)
     return counts
 
 
@@ -54,11 +56,10 @@ def main(argv=None):
     try:
         check_writable(args.token_counts_dump, "--token_counts_dump")
         data = load_binarized(args.data_file)
-        if data.token_ids.size == 0:
+        if data.n_tokens == 0:
             raise InputError(f"{args.data_file} holds no tokens: re-create it with scripts/binarized_data.py")
-        max_id = int(data.token_ids.max())
-        check_vocab_size(args.data_file, data.meta, max_id, args.vocab_size)
-        counts = count_tokens(data.token_ids, args.vocab_size)
+        check_vocab_size(args.data_file, data.meta, data.max_id(), args.vocab_size)
+        counts = count_tokens(data.blocks(), args.vocab_size)
         meta = {"data_file": str(args.data_file), "tokenizer_name": data.meta.get("tokenizer_name"),
                 "n_sequences": len(data)}
         save_token_counts(args.token_counts_dump, counts, meta)

@@ -96,21 +96,10 @@ def test_shuffle_is_seeded(tmp_path, articles, tokenizer_dir):
         proc, out = binarize(folder, text, tokenizer_dir, "--seed", seed)
         assert proc.returncode == 0, proc.stderr
         runs[name] = load_binarized(out)
-    assert np.array_equal(runs["a"].token_ids, runs["b"].token_ids)
-    assert not np.array_equal(runs["a"].token_ids, runs["c"].token_ids)
+    order = {name: [tuple(s) for s in data.sequences()] for name, data in runs.items()}
+    assert order["a"] == order["b"]
+    assert order["a"] != order["c"]
     assert as_multiset(runs["a"].sequences()) == as_multiset(runs["c"].sequences())
-
-
-def test_shuffle_chunks_matches_simple_permutation():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 30, size=1000)
-    seqs = [rng.integers(0, 60000, size=n).astype(np.uint16) for n in lengths]
-    chunks = [(np.concatenate(seqs[i : i + 97]), lengths[i : i + 97]) for i in range(0, 1000, 97)]
-    out, offsets = binarized_data.shuffle_chunks(chunks, np.random.default_rng(5))
-    perm = np.random.default_rng(5).permutation(len(seqs))
-    assert np.array_equal(out, np.concatenate([seqs[i] for i in perm]))
-    assert np.array_equal(np.diff(offsets), lengths[perm])
-    assert chunks == []  # consumed as it went
 
 
 @pytest.mark.parametrize("tokenizer_type,cls,bos,sep", [

@@ -90,7 +90,7 @@ def test_epoch_batches_shuffle_per_epoch_and_split_across_ranks():
     r0 = epoch_batches(lengths, 8, epoch=0, seed=5, rank=0, world_size=2)
     r1 = epoch_batches(lengths, 8, epoch=0, seed=5, rank=1, world_size=2)
     assert len(r0) == len(r1)  # DDP needs the same number of steps on every rank
-    seen = [i for b in r0 + r1 for i in b]
+    seen = [i for b in list(r0) + list(r1) for i in b]
     assert set(seen) == set(range(101)) and len(seen) == 102  # one index repeated to even out the ranks
     plain = epoch_batches(lengths, 8, epoch=0, seed=5, group_by_size=False)
     assert sorted(i for b in plain for i in b) == list(range(101))
