@@ -232,7 +232,10 @@ class Binarized:
 
     @property
     def token_ids(self):
-        """All tokens as one array, in file (not shuffled) order; a copy when there are several shards."""
+        """The tokens of every position as one array, in file (not shuffled) order; a copy unless they are
+        one whole shard. For small sets: a corpus goes through blocks()."""
+        if not self.covers_all:
+            return self.gather(np.arange(len(self)))
         return self.shards[0] if len(self.shards) == 1 else np.concatenate(self.shards)
 
     def global_index(self, positions):

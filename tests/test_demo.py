@@ -45,7 +45,7 @@ def test_demo_runs_the_whole_recipe(tmp_path):
     counts, _ = load_token_counts(run / f"token_counts.{name}.pickle")
     assert data.meta["vocab_size"] == len(tokenizer) == len(counts)
     assert len(held_out) == 100 and len(data) + len(held_out) <= len(lines) and data.lengths.min() >= 12
-    assert counts.sum() == data.token_ids.size
+    assert counts.sum() == data.n_tokens == data.token_ids.size
 
     # Steps 5-6: a teacher and three students with the same number of steps, each evaluated during training.
     teacher = AutoModelForMaskedLM.from_pretrained(run / "teacher")
