@@ -3,16 +3,23 @@
 Both keep upstream's file names (`binarized_text.<tokenizer>.pickle`, `token_counts.<tokenizer>.pickle`)
 but hold a self-describing record instead of a bare list:
 
-    binarized:    {"format_version", "kind": "binarized_text", "meta": {...},
-                   "token_ids": flat uint16|int32 array, "offsets": int64 array of n_sequences + 1}
-    token counts: {"format_version", "kind": "token_counts", "meta": {...}, "counts": int64 array}
+    binarized, format 2: {"format_version": 2, "kind": "binarized_text", "meta": {...},
+                          "folder": "<name>.shards", "shards": [{"file", "n_tokens", "n_sequences"}, ...],
+                          "order": [start, stop]}
+        the folder holds the shards' token arrays, offsets.npy (global) and order.npy (the shuffle), all
+        memory-mapped on load, and this file's positions are order[start:stop];
+    binarized, format 1: {"format_version": 1, "kind": "binarized_text", "meta": {...},
+                          "token_ids": flat uint16|int32 array, "offsets": int64 array of n_sequences + 1}
+    token counts:        {"format_version": 1, "kind": "token_counts", "meta": {...}, "counts": int64 array}
 
-Sequence i is token_ids[offsets[i]:offsets[i + 1]]. One flat array loads at the speed of the disk, where
-upstream's pickled list of millions of small arrays costs a Python object per sequence.
+Sequence g is the tokens [offsets[g], offsets[g + 1]) of the shards laid end to end. Flat arrays load at
+the speed of the disk (format 2: not at all until used), where upstream's pickled list of millions of
+small arrays costs a Python object per sequence.
 
 Unpickling can run arbitrary code, and these files get passed between people, so every load goes
 through a restricted unpickler that admits only numpy arrays, dtypes, numpy scalars and plain
-containers. Upstream's formats (a list of arrays; a list of ints) are still read.
+containers; the .npy arrays load with allow_pickle=False. Upstream's formats (a list of arrays; a list of
+ints) are still read.
 
 Nothing here imports torch or transformers: the data scripts stay light.
 """
@@ -199,7 +206,8 @@ class Binarized:
         self.offsets = offsets
         self.order = order
         self.meta = meta or {}
-        self._starts = np.cumsum([0] + [len(s) for s in self.shards])  # where each shard's tokens begin
+        self.token_starts = np.cumsum([0] + [len(s) for s in self.shards])  # where each shard's tokens begin
+        self.sequence_starts = np.searchsorted(offsets, self.token_starts)  # and its first sequence
 
     def __len__(self):
         return len(self.order) if self.order is not None else len(self.offsets) - 1
@@ -210,8 +218,8 @@ class Binarized:
     def sequence(self, g):
         """Tokens of global sequence `g` (a view into its shard)."""
         t0, t1 = int(self.offsets[g]), int(self.offsets[g + 1])
-        s = int(np.searchsorted(self._starts, t0, side="right")) - 1 if len(self.shards) > 1 else 0
-        base = int(self._starts[s])
+        s = int(np.searchsorted(self.token_starts, t0, side="right")) - 1 if len(self.shards) > 1 else 0
+        base = int(self.token_starts[s])
         return self.shards[s][t0 - base : t1 - base]
 
     @property
@@ -226,7 +234,7 @@ class Binarized:
     @property
     def n_tokens(self):
         if self.covers_all:
-            return int(self._starts[-1])
+            return int(self.token_starts[-1])
         return sum(int(self.lengths_at(np.arange(i, min(i + (1 << 20), len(self)))).sum())
                    for i in range(0, len(self), 1 << 20))
 
@@ -268,11 +276,11 @@ class Binarized:
         g = np.sort(self.global_index(positions))
         t0 = np.asarray(self.offsets[g])
         lengths = np.asarray(self.offsets[g + 1]) - t0
-        shard_of = np.searchsorted(self._starts, t0, side="right") - 1
+        shard_of = np.searchsorted(self.token_starts, t0, side="right") - 1
         parts = []
         for s in np.unique(shard_of):
             m = shard_of == s
-            first, n = t0[m] - self._starts[s], lengths[m]
+            first, n = t0[m] - self.token_starts[s], lengths[m]
             parts.append(self.shards[s][np.repeat(first - offsets_from_lengths(n)[:-1], n) + np.arange(n.sum())])
         return np.concatenate(parts) if parts else np.zeros(0, self.dtype)
 

@@ -105,10 +105,9 @@ class LmSeqsDataset(Dataset):
         data = self.data
         n_global = len(data.offsets) - 1
         status = np.empty(n_global, dtype=np.uint8)
-        seq_starts = np.searchsorted(data.offsets, data._starts[:-1])  # first sequence of each shard
-        bounds = list(seq_starts) + [n_global]
+        bounds = data.sequence_starts
         for s, shard in enumerate(data.shards):
-            base = int(data._starts[s])
+            base = int(data.token_starts[s])
             for g0 in range(int(bounds[s]), int(bounds[s + 1]), SCAN_BLOCK):
                 g1 = min(g0 + SCAN_BLOCK, int(bounds[s + 1]))
                 offsets = np.asarray(data.offsets[g0 : g1 + 1]) - base

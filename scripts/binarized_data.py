@@ -57,7 +57,7 @@ logger = logging.getLogger("binarized_data")
 SPECIAL_TOKENS = {"bert": ("cls_token", "sep_token"), "roberta": ("cls_token", "sep_token"),
                   "gpt2": ("bos_token", "eos_token")}
 CHUNK_LINES = 1_000  # lines per encode_batch call: enough to keep a core busy, few enough to bound memory
-SHARD_MB = 64  # ~500k Wikipedia lines a shard: a worker holds ~40 MB of ids; all of Wikipedia is ~300 shards
+SHARD_MB = 64  # at most ~500k Wikipedia lines a shard: a worker holds ~40 MB of ids; all of Wikipedia, ~300 shards
 
 
 def load_tokenizer(tokenizer_type, tokenizer_name):
@@ -211,7 +211,7 @@ def check_input(path):
 
 
 def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, folder, min_tokens=12, num_proc=1,
-             shard=(0, 1), shard_mb=SHARD_MB):
+             shard=(0, 1), shard_mb=None):
     """Tokenize `file_path` into shards in `folder`, resuming finished ones.
 
     Returns (the stats of every shard in input order, or None when other parts are still missing; meta).
@@ -221,6 +221,8 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, folder, min_t
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty: re-run scripts/extract_wikipedia.py (step 1)")
     bos_name, sep_name = SPECIAL_TOKENS[tokenizer_type]
+    if shard_mb is None:  # enough shards to keep many processes busy to the end, none too small to pay
+        shard_mb = min(SHARD_MB, max(1.0, path.stat().st_size / 2**20 / 64))
     bounds = shard_bounds(path, max(1, int(shard_mb * 2**20)))
     n_shards = len(bounds) - 1
     source = path.stat()
@@ -234,7 +236,7 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, folder, min_t
     part, parts = shard
     mine = range(part * n_shards // parts, (part + 1) * n_shards // parts)
     todo = [k for k in mine if k not in done]
-    logger.info("%d shards of ~%g MB; this run's part %d/%d holds %d, %d already done; %d process(es)",
+    logger.info("%d shards of ~%.3g MB; this run's part %d/%d holds %d, %d already done; %d process(es)",
                 n_shards, shard_mb, part, parts, len(mine), len(mine) - len(todo), num_proc)
     for k in todo:
         for file in shard_files(folder, k).values():
@@ -351,8 +353,9 @@ def main(argv=None):
                         help="tokenizing processes (default: this machine's cores)")
     parser.add_argument("--shard", default="0/1",
                         help="i/n: tokenize only part i of n (one per machine, on a shared file system)")
-    parser.add_argument("--shard_mb", type=positive(float), default=SHARD_MB,
-                        help="MB of the dump per shard, the unit of work and of resumption")
+    parser.add_argument("--shard_mb", type=positive(float), default=None,
+                        help="MB of the dump per shard, the unit of work and of resumption (default: the dump "
+                             f"in 64 shards, each 1 to {SHARD_MB} MB)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
