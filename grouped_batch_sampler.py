@@ -16,11 +16,15 @@ from torch.utils.data import BatchSampler, Sampler
 
 from utils import logger
 
+BLOCK = 1 << 20  # lengths computed a block at a time: the scratch stays ~50 MB, whatever the corpus
+
 
 def create_lengths_groups(lengths, k=0, log=True):
-    """Group id per sequence: length bins of width 4 (edges 3, 7, 11, ... below k), or <10 / >=10 if k=0."""
+    """Group id per sequence: length bins of width 4 (edges 3, 7, 11, ... below k), or <10 / >=10 if k=0.
+    As uint8 (uint16 past 256 groups): a byte a sequence, and numpy sorts it by radix."""
     bins = np.arange(3, k, 4) if k > 0 else np.array([10])
-    groups = np.searchsorted(bins, np.asarray(lengths), side="right")
+    dtype = np.uint8 if len(bins) < 256 else np.uint16
+    groups = np.searchsorted(bins, np.asarray(lengths), side="right").astype(dtype)
     if log:
         logger.info(f"{len(bins) + 1} length groups, sizes {np.bincount(groups, minlength=len(bins) + 1).tolist()}")
     return groups
@@ -105,12 +109,14 @@ def group_batches(groups, batch_size):
     Each group fills batches in order, a batch leaving when it is full (so batches come out in the order
     of their last element); the leftovers of all groups are then joined in group order and cut."""
     n = len(groups)
-    order = np.argsort(groups, kind="stable")  # by group, then by position
-    sorted_groups = groups[order]
-    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]) if n else np.zeros(0, np.int64)
-    sizes = np.diff(np.r_[starts, n])
-    rank_in_group = np.arange(n) - np.repeat(starts, sizes)
-    full = rank_in_group < np.repeat(sizes // batch_size * batch_size, sizes)
+    order = np.argsort(groups, kind="stable")  # by group, then by position (a radix sort of bytes)
+    sizes = np.bincount(groups)
+    starts = np.cumsum(sizes) - sizes
+    # In `order`, group g holds [starts[g], starts[g] + sizes[g]); its first sizes[g] // batch_size batches are full.
+    edges = np.zeros(n + 1, dtype=np.int8)
+    np.add.at(edges, starts, 1)
+    np.add.at(edges, starts + sizes // batch_size * batch_size, -1)
+    full = np.cumsum(edges[:n], dtype=np.int8) > 0
     full_batches = order[full].reshape(-1, batch_size)
     full_batches = full_batches[np.argsort(full_batches[:, -1])]  # in the order they fill up
     return np.concatenate([full_batches.ravel(), order[~full]])
@@ -119,12 +125,15 @@ def group_batches(groups, batch_size):
 def epoch_batches(lengths, batch_size, epoch, seed, rank=0, world_size=1, group_by_size=True, max_len=512):
     """This rank's batches (an EpochBatches of dataset indices) in `epoch`.
 
-    lengths: every sequence's length, or the dataset itself (anything with len() and lengths_at(indices)),
-    so that only this rank's lengths are ever read. Shuffled with (seed, epoch) as a DistributedSampler
-    (a world of one is fine) and given this rank's share; then grouped by length, or taken in order.
+    lengths: every sequence's length, or the dataset itself (anything with len() and length_groups(k)).
+    Shuffled with (seed, epoch) as a DistributedSampler (a world of one is fine) and given this rank's
+    share; then grouped by length, or taken in order.
     """
     indices = distributed_indices(len(lengths), epoch, seed, rank, world_size)
     if group_by_size:
-        mine = lengths.lengths_at(indices) if hasattr(lengths, "lengths_at") else np.asarray(lengths)[indices]
-        indices = indices[group_batches(create_lengths_groups(mine, k=max_len, log=False), batch_size)]
+        if hasattr(lengths, "length_groups"):  # a dataset: its cached groups, a byte a sequence
+            groups = lengths.length_groups(max_len)[indices]
+        else:
+            groups = create_lengths_groups(np.asarray(lengths)[indices], k=max_len, log=False)
+        indices = indices[group_batches(groups, batch_size)]
     return EpochBatches(indices, batch_size)

@@ -19,11 +19,12 @@ import torch
 from torch.utils.data import Dataset
 
 from data_io import Binarized, offsets_from_lengths
+from grouped_batch_sampler import BLOCK, create_lengths_groups
 from utils import logger
 
 MIN_LEN = 12  # upstream drops sequences of 11 tokens or fewer
 MAX_UNK_FRACTION = 0.5  # upstream drops sequences at least half unknown
-SCAN_BLOCK = 1 << 16  # sequences per step of the cleaning scan: ~20 MB of scratch, whatever the corpus
+SCAN_BLOCK = 1 << 18  # sequences per step of the cleaning scan: ~15 MB of scratch, whatever the corpus
 OK, LONG, SHORT, UNKNOWN = 0, 1, 2, 3  # what cleaning does with a sequence
 
 
@@ -53,7 +54,7 @@ class LmSeqsDataset(Dataset):
         self.unk_id = ids.get("unk_token")
         self.min_len = getattr(params, "min_len", MIN_LEN)
 
-        status = self.scan()  # per position: OK, LONG, SHORT or UNKNOWN
+        status, groups = self.scan()  # per position: OK, LONG, SHORT or UNKNOWN; its length group
         counts = np.bincount(status, minlength=4)
         # Item i < n_kept is position i + (removed positions before it): only the removed ones are stored.
         removed = np.flatnonzero(status != OK)
@@ -62,7 +63,10 @@ class LmSeqsDataset(Dataset):
         chunks, n_short, n_unk = self.split_long_sequences(np.flatnonzero(status == LONG))
         self.chunk_ids = np.concatenate(chunks).astype(data.dtype) if chunks else np.zeros(0, data.dtype)
         self.chunk_offsets = offsets_from_lengths([len(c) for c in chunks])
-        self.n_tokens = self._kept_tokens() + len(self.chunk_ids)
+        # Every item's length group (one byte each): an epoch's batching looks them up, not the lengths.
+        chunk_groups = create_lengths_groups(np.diff(self.chunk_offsets), k=self.max_len, log=False)
+        self.groups = np.concatenate([np.delete(groups, removed), chunk_groups.astype(groups.dtype)])
+        self.n_tokens = data.n_tokens - int(data.lengths_at(removed).sum()) + len(self.chunk_ids)
         logger.info(
             f"{len(status):,} sequences read: {counts[LONG]:,} longer than {self.max_len} tokens split, "
             f"{counts[SHORT] + n_short:,} shorter than {self.min_len} removed, {counts[UNKNOWN] + n_unk:,} mostly "
@@ -83,6 +87,13 @@ class LmSeqsDataset(Dataset):
     def positions(self, items):
         """The data positions of kept items (items < n_kept)."""
         return items + np.searchsorted(self._skip, items, side="right")
+
+    def length_groups(self, k):
+        """Each item's length group for create_lengths_groups(k=...): the cached bytes when k is max_len."""
+        if k == self.max_len:
+            return self.groups
+        return np.concatenate([create_lengths_groups(self.lengths_at(np.arange(i, min(i + BLOCK, len(self)))), k=k,
+                                                     log=False) for i in range(0, len(self), BLOCK)])
 
     def lengths_at(self, items):
         """Lengths of `items` (vectorized, no token is read)."""
@@ -105,6 +116,7 @@ class LmSeqsDataset(Dataset):
         data = self.data
         n_global = len(data.offsets) - 1
         status = np.empty(n_global, dtype=np.uint8)
+        groups = np.empty(n_global, dtype=create_lengths_groups([], k=self.max_len, log=False).dtype)
         bounds = data.sequence_starts
         for s, shard in enumerate(data.shards):
             base = int(data.token_starts[s])
@@ -114,14 +126,18 @@ class LmSeqsDataset(Dataset):
                 lengths = np.diff(offsets)
                 block = status[g0:g1]
                 block[:] = OK
-                if self.unk_id is not None:
-                    unk = np.zeros(offsets[-1] - offsets[0] + 1, dtype=np.int64)
-                    np.cumsum(shard[offsets[0] : offsets[-1]] == self.unk_id, out=unk[1:])
-                    n_unk = unk[offsets[1:] - offsets[0]] - unk[offsets[:-1] - offsets[0]]
-                    block[n_unk >= MAX_UNK_FRACTION * lengths] = UNKNOWN
+                if self.unk_id is not None:  # [UNK] is rare: find each one, then count them per sequence
+                    hits = np.flatnonzero(shard[offsets[0] : offsets[-1]] == self.unk_id)
+                    if len(hits):
+                        seq = np.searchsorted(offsets[1:] - offsets[0], hits, side="right")
+                        n_unk = np.bincount(seq, minlength=len(lengths))
+                        block[n_unk >= MAX_UNK_FRACTION * lengths] = UNKNOWN
                 block[lengths < self.min_len] = SHORT
                 block[lengths > self.max_len] = LONG
-        return status if data.order is None else status[data.order]
+                groups[g0:g1] = create_lengths_groups(lengths, k=self.max_len, log=False)
+        if data.order is None:
+            return status, groups
+        return status[data.order], groups[data.order]
 
     def split_long_sequences(self, positions):
         """Chunks of at most max_len of each long sequence, each [CLS] body [SEP]; and of those chunks, how many
@@ -142,12 +158,6 @@ class LmSeqsDataset(Dataset):
             else:
                 kept.append(c)
         return kept, n_short, n_unk
-
-    def _kept_tokens(self):
-        total = 0
-        for i0 in range(0, self.n_kept, SCAN_BLOCK * 16):
-            total += int(self.lengths_at(np.arange(i0, min(i0 + SCAN_BLOCK * 16, self.n_kept))).sum())
-        return total
 
     # -- batching ------------------------------------------------------------------------------------------
 

@@ -1,17 +1,35 @@
 """Which precision a training run uses, decided once: what was asked (--fp16, --bf16), what runs, and why.
 
-Everything that depends on it reads one `Precision`: the autocast dtype of the forwards, the GradScaler
-(fp16 only), the dtype the frozen teacher is stored in, and whether non-finite losses are an error (under
-fp16 an overflow is the scaler's business: the step is skipped and counted). parameters.json records both
-the request and the decision.
+Everything that depends on it reads one `Precision`: the autocast dtype of the forwards, the attention
+kernel they may use, the GradScaler (fp16 only), the dtype the frozen teacher is stored in, and whether
+non-finite losses are an error (under fp16 an overflow is the scaler's business: the step is skipped and
+counted). parameters.json records both the request and the decision.
 """
 
 import contextlib
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from utils import cpu_bf16_is_fast, cpu_description
+
+# The scaled_dot_product_attention kernels a step may use, by (device type, autocast dtype); absent: PyTorch
+# chooses. Measured with benchmarks/bench_attention.py (docs/benchmarks.md, "The attention kernel").
+ATTENTION = {}
+
+
+def attention_backends(device, dtype):
+    """The SDPA kernels (SDPBackend names) a forward on `device` under autocast `dtype` may use, or None."""
+    return ATTENTION.get((torch.device(device).type, dtype))
+
+
+def attention_kernel(device, dtype):
+    """A context in which scaled_dot_product_attention uses attention_backends(device, dtype) (or chooses)."""
+    names = attention_backends(device, dtype)
+    if names is None:
+        return contextlib.nullcontext()
+    return sdpa_kernel([getattr(SDPBackend, n.upper()) for n in names])
 
 
 @dataclass(frozen=True)
@@ -53,9 +71,13 @@ class Precision:
         return torch.amp.GradScaler("cuda", enabled=self.scaled)
 
     def autocast(self, device_type):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type, dtype=self.dtype)
+        """Autocast to the dtype (none in fp32), with the attention kernel chosen for it on this device."""
+        stack = contextlib.ExitStack()
+        if self.dtype is not None:
+            stack.enter_context(torch.autocast(device_type, dtype=self.dtype))
+        stack.enter_context(attention_kernel(device_type, self.dtype))
+        return stack
 
-    def record(self):
-        return {"requested": self.requested, "used": self.used, "why": self.why or None}
+    def record(self, device_type="cpu"):
+        return {"requested": self.requested, "used": self.used, "why": self.why or None,
+                "attention": attention_backends(device_type, self.dtype) or "sdpa (PyTorch chooses)"}

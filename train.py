@@ -227,7 +227,8 @@ def main(argv=None):
         if args.resume:
             distiller.load_checkpoint()
         # Only now is anything written. parameters.json: the flags as given, and the precision that runs.
-        log_file, aside = prepare_dump_path(args, dist, {"precision": distiller.precision.record()})
+        precision = distiller.precision.record(distiller.device.type)
+        log_file, aside = prepare_dump_path(args, dist, {"precision": precision})
         replaced = ReplacedRun(args.dump_path, aside)
         distiller.checkpoint_callbacks.append(replaced.drop)
         # A different stream per rank for masking and dropout (the models were built identically above).

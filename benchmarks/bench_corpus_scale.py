@@ -67,7 +67,8 @@ def memory(pid, data_dir=None):
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    out = {"cmd": cmdline, "hwm": int(re.search(r"VmHWM:\s+(\d+)", status)[1]) / 1024}  # the kernel's peak RSS
+    hwm = re.search(r"VmHWM:\s+(\d+)", status)  # the kernel's peak RSS (absent once the process is a zombie)
+    out = {"cmd": cmdline, "hwm": int(hwm[1]) / 1024 if hwm else 0.0}
     for line in text.splitlines():
         name, _, rest = line.partition(":")
         if name in FIELDS:
@@ -94,18 +95,22 @@ class Sampler(threading.Thread):
         self.tree_pss = 0.0
 
     def run(self):
+        self.at_peak, top = {}, -1.0  # every process at the sample where the tree's RSS was largest
         while not self.stop.is_set():
-            total = 0.0
+            total, sample = 0.0, {}
             for pid in process_tree(self.root):
                 m = memory(pid, self.data_dir)
                 if m is None or "pss" not in m:
                     continue
                 total += m["pss"]
+                sample[pid] = m
                 p = self.peak.setdefault(pid, {"cmd": m["cmd"]})
                 for k, v in m.items():
                     if k != "cmd":
                         p[k] = max(p.get(k, 0.0), v)
             self.tree_pss = max(self.tree_pss, total)
+            if sum(m["rss"] for m in sample.values()) > top:
+                top, self.at_peak = sum(m["rss"] for m in sample.values()), sample
             self.stop.wait(self.interval)
 
 
@@ -191,6 +196,36 @@ def single_file(mapped_file, out):
     data_io.save_binarized(out, ids, data_io.offsets_from_lengths(lengths), data.meta)
 
 
+def measure_train(r, n, out, counts, models, work, single_file_too, torchrun):
+    """train.py's start-up and memory on `out` (and on the single-file format), and 2 torchrun ranks."""
+    teacher, student = models
+    formats = [("mapped", out)]
+    if single_file_too:
+        single = work / f"single_{n}.pickle"
+        single_file(out, single)
+        formats.append(("single file", single))
+    for name, data_file in formats:
+        seconds, startup, s, _ = run_measured(train_cmd(data_file, counts, teacher, student, work / "run"),
+                                              marker=r"--- epoch 0", data_dir=str(work))
+        m = peaks(s, "train.py")[0]
+        r[f"train_{name}"] = {"startup_s": startup, "seconds": seconds, "max_rss_mb": s.max_rss,
+                              **{k: m[k] for k in KEYS}}
+        print(f"{'':>17}train.py, {name}: start-up {startup:.1f} s; peak RSS {fmt(s.max_rss)} MB: own (anon) "
+              f"{fmt(m['anon'])}, the data's mapped pages {fmt(m['data_rss'])}")
+    if torchrun:
+        seconds, startup, s, _ = run_measured(train_cmd(out, counts, teacher, student, work / "run", 2),
+                                              marker=r"--- epoch 0", data_dir=str(work))
+        # One moment, the tree's largest: each rank's PSS then adds up to what the node holds.
+        ranks = [m for m in s.at_peak.values() if "train.py" in m["cmd"] and "torch.distributed.run" not in m["cmd"]]
+        r["torchrun_2"] = {"startup_s": startup, "ranks": [{k: m[k] for k in KEYS} for m in ranks]}
+        for k, m in enumerate(ranks):
+            print(f"{'':>17}torchrun rank {k}: RSS {fmt(m['rss'])} MB, PSS {fmt(m['pss'])} MB; own (anon) "
+                  f"{fmt(m['anon'])}; the data: RSS {fmt(m['data_rss'])} MB, PSS {fmt(m['data_pss'])} MB")
+        data = [sum(m[k] for m in ranks) for k in ("data_rss", "data_pss")]
+        print(f"{'':>17}the ranks' data pages: RSS adds up to {fmt(data[0])} MB, PSS to {fmt(data[1])} MB "
+              f"(one copy in the page cache)")
+
+
 def fmt(x):
     return f"{x:,.0f}"
 
@@ -206,6 +241,8 @@ def main(argv=None):
     parser.add_argument("--work", default="/tmp/corpus_scale", help="scratch folder (GBs at 20M lines)")
     parser.add_argument("--out", default=None, help="JSON results (default: <work>/results.json)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--stages", default="binarize,counts,train",
+                        help="what to measure (binarize, counts, train); a stage left out reuses --keep's files")
     args = parser.parse_args(argv)
     try:
         sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -213,8 +250,10 @@ def main(argv=None):
         single_sizes = {int(s) for s in args.single_file_sizes.split(",") if s}
     except ValueError:
         parser.error("--sizes, --procs and --single_file_sizes take comma-separated integers")
-    if not sizes or min(sizes) < 1000 or any(p < 0 for p in procs):
-        parser.error("--sizes must be at least 1000 lines each, --procs at least 0")
+    stages = set(args.stages.split(","))
+    if not sizes or min(sizes) < 1000 or any(p < 0 for p in procs) or not stages <= {"binarize", "counts", "train"}:
+        parser.error("--sizes must be at least 1000 lines each, --procs at least 0, --stages of binarize, counts, "
+                     "train")
     tokenizer = args.tokenizer_name or default_tokenizer()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -227,7 +266,7 @@ def main(argv=None):
         dump = write_lines(work / f"lines_{n}.txt", n)
         prefix = work / f"bin_{n}"
         out = Path(f"{prefix}.model.pickle")
-        for p in procs if n == sizes[0] else [len(os.sched_getaffinity(0))]:
+        for p in (procs if n == sizes[0] else [len(os.sched_getaffinity(0))]) if "binarize" in stages else []:
             shutil.rmtree(f"{prefix}.model.shards", ignore_errors=True)
             env = {"TOKENIZERS_PARALLELISM": "false"} if p == 0 else {}
             cmd = [sys.executable, str(ROOT / "scripts/binarized_data.py"), "--file_path", str(dump),
@@ -241,32 +280,17 @@ def main(argv=None):
                   f"{fmt(rate)} lines/s, {seconds:.0f} s; peak RSS {fmt(r[f'binarize_p{p}']['max_rss_mb'])} MB "
                   f"(largest process), whole tree PSS {fmt(s.tree_pss)} MB")
         counts = work / f"counts_{n}.pickle"
-        seconds, _, s, _ = run_measured([sys.executable, str(ROOT / "scripts/token_counts.py"), "--data_file",
-                                         str(out), "--token_counts_dump", str(counts), "--vocab_size", "30522"])
-        r["token_counts"] = {"seconds": seconds, "max_rss_mb": s.max_rss}
-        print(f"{'':>17}token_counts: {seconds:.1f} s, peak RSS {fmt(r['token_counts']['max_rss_mb'])} MB")
-
-        formats = [("mapped", out)]
-        if n in single_sizes:
-            single = work / f"single_{n}.pickle"
-            single_file(out, single)
-            formats.append(("single file", single))
-        for name, data_file in formats:
-            seconds, startup, s, _ = run_measured(train_cmd(data_file, counts, teacher, student, work / "run"),
-                                                  marker=r"--- epoch 0", data_dir=str(work))
-            m = peaks(s, "train.py")[0]
-            r[f"train_{name}"] = {"startup_s": startup, "seconds": seconds, "max_rss_mb": s.max_rss,
-                                  **{k: m[k] for k in KEYS}}
-            print(f"{'':>17}train.py, {name}: start-up {startup:.1f} s; peak RSS {fmt(s.max_rss)} MB: own (anon) "
-                  f"{fmt(m['anon'])}, the data's mapped pages {fmt(m['data_rss'])}")
-        if n == sizes[-1]:
-            seconds, startup, s, _ = run_measured(train_cmd(out, counts, teacher, student, work / "run", 2),
-                                                  marker=r"--- epoch 0", data_dir=str(work))
-            ranks = [p for p in peaks(s, "train.py") if "torch.distributed.run" not in p["cmd"]]
-            r["torchrun_2"] = {"startup_s": startup, "ranks": [{k: m[k] for k in KEYS} for m in ranks]}
-            for k, m in enumerate(ranks):
-                print(f"{'':>17}torchrun rank {k}: RSS {fmt(m['rss'])} MB, PSS {fmt(m['pss'])} MB; own (anon) "
-                      f"{fmt(m['anon'])}; the data: RSS {fmt(m['data_rss'])} MB, PSS {fmt(m['data_pss'])} MB")
+        if not out.exists() or (not counts.exists() and "counts" not in stages):
+            parser.error(f"{out} or {counts} is missing: measure --stages binarize,counts first (with --keep)")
+        if "counts" in stages:
+            seconds, _, s, _ = run_measured([sys.executable, str(ROOT / "scripts/token_counts.py"), "--data_file",
+                                             str(out), "--token_counts_dump", str(counts), "--vocab_size", "30522"])
+            m = (peaks(s, "token_counts") or [{"anon": 0.0}])[0]
+            r["token_counts"] = {"seconds": seconds, "max_rss_mb": s.max_rss, "anon_mb": m["anon"]}
+            print(f"{'':>17}token_counts: {seconds:.1f} s, peak RSS {fmt(s.max_rss)} MB: own (anon) "
+                  f"{fmt(m['anon'])}, the rest the data's mapped pages")
+        if "train" in stages:
+            measure_train(r, n, out, counts, (teacher, student), work, n in single_sizes, n == sizes[-1])
         if not args.keep:
             for path in work.glob(f"*_{n}*"):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()

@@ -214,6 +214,7 @@ def test_mapped_dataset_gives_todays_items_and_batches(tmp_path, articles, token
         a, b = ours[i], ref[i]
         assert a[1] == b[1] and np.array_equal(a[0], b[0]), i
     assert np.array_equal(ours.lengths, ref.lengths) and ours.n_tokens == int(ref.lengths.sum())
+    assert np.array_equal(ours.length_groups(128), create_lengths_groups(ref.lengths, k=128, log=False))
     assert len(ours.chunk_offsets) > 3, "the long lines should have been split"
     assert len(ours._skip) > 0, "short and unknown sequences should have been dropped"
     for rank in (0, 1):
