@@ -33,7 +33,7 @@ from losses import KD_CHUNK_ROWS, FusedKD, cosine_loss, kd_loss, mse_loss, relat
 from masking import Masking, prepare_batch_clm
 from models import RowsLM, lm_head_parts
 from monitor import Meter, MetricsLog, empty_cache_if_low, log_line, memory_stats
-from precision import Precision
+from precision import Precision, use_attention
 from train_args import LossPlan, relation_layers
 from utils import (
     DistInfo,
@@ -79,13 +79,14 @@ class Distiller:
             logger.warning(self.precision.why)
         self.scaler = self.precision.scaler()
 
-        self.student_model = student.to(self.device)
+        self.student_model = use_attention(student.to(self.device), self.device.type, self.precision.used)
         self.student = RowsLM(self.student_model, s_layer)
         if self.dist.world_size > 1:
             self.student = self.dist.wrap(self.student, find_unused_parameters=not plan.head_used)
         self.teacher = None
         if plan.needs_teacher:
             teacher = teacher.to(self.device, dtype=self.precision.teacher_dtype).eval()
+            use_attention(teacher, self.device.type, self.precision.used)
             teacher.requires_grad_(False)
             self.teacher = RowsLM(teacher, t_layer)
 

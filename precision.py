@@ -1,7 +1,7 @@
 """Which precision a training run uses, decided once: what was asked (--fp16, --bf16), what runs, and why.
 
 Everything that depends on it reads one `Precision`: the autocast dtype of the forwards, the attention
-kernel they may use, the GradScaler (fp16 only), the dtype the frozen teacher is stored in, and whether
+implementation the models use, the GradScaler (fp16 only), the dtype the frozen teacher is stored in, and whether
 non-finite losses are an error (under fp16 an overflow is the scaler's business: the step is skipped and
 counted). parameters.json records both the request and the decision.
 """
@@ -10,26 +10,27 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from utils import cpu_bf16_is_fast, cpu_description
 
-# The scaled_dot_product_attention kernels a step may use, by (device type, autocast dtype); absent: PyTorch
-# chooses. Measured with benchmarks/bench_attention.py (docs/benchmarks.md, "The attention kernel").
-ATTENTION = {}
+# The attention implementation (transformers' attn_implementation) a precision runs with, by device type;
+# absent: the model's own (SDPA, PyTorch choosing its kernel). Measured with benchmarks/bench_attention.py
+# (docs/benchmarks.md, "The attention kernel"): on an AMX Xeon in bf16, transformers' eager attention beat
+# SDPA's flash and math kernels by 6-15% a step at MiniLM's and BERT-base's shapes; in fp32 none won by much.
+ATTENTION = {("cpu", "bf16"): "eager"}
 
 
-def attention_backends(device, dtype):
-    """The SDPA kernels (SDPBackend names) a forward on `device` under autocast `dtype` may use, or None."""
-    return ATTENTION.get((torch.device(device).type, dtype))
+def attention_for(device_type, used):
+    """The attn_implementation for precision `used` ("fp32", "bf16", "fp16") on `device_type`, or None."""
+    return ATTENTION.get((device_type, used))
 
 
-def attention_kernel(device, dtype):
-    """A context in which scaled_dot_product_attention uses attention_backends(device, dtype) (or chooses)."""
-    names = attention_backends(device, dtype)
-    if names is None:
-        return contextlib.nullcontext()
-    return sdpa_kernel([getattr(SDPBackend, n.upper()) for n in names])
+def use_attention(model, device_type, used):
+    """Switch `model` (a transformers model) to attention_for(device_type, used), if that names one."""
+    impl = attention_for(device_type, used)
+    if impl is not None and model.config._attn_implementation != impl:
+        model.set_attn_implementation(impl)
+    return model
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,10 @@ class Precision:
         return torch.amp.GradScaler("cuda", enabled=self.scaled)
 
     def autocast(self, device_type):
-        """Autocast to the dtype (none in fp32), with the attention kernel chosen for it on this device."""
-        stack = contextlib.ExitStack()
-        if self.dtype is not None:
-            stack.enter_context(torch.autocast(device_type, dtype=self.dtype))
-        stack.enter_context(attention_kernel(device_type, self.dtype))
-        return stack
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.dtype)
 
     def record(self, device_type="cpu"):
         return {"requested": self.requested, "used": self.used, "why": self.why or None,
-                "attention": attention_backends(device_type, self.dtype) or "sdpa (PyTorch chooses)"}
+                "attention": attention_for(device_type, self.used) or "sdpa"}

@@ -7,7 +7,8 @@ lengths with their attention masks) under each attention path:
 - `sdpa`: PyTorch's scaled_dot_product_attention, letting it choose (on a CPU: its flash kernel);
 - `math`: the same call restricted to SDPBackend.MATH (plain matmuls and softmax, autograd backward);
 - `eager`: transformers' own attention (attn_implementation="eager"), the reference.
-Prints ms per step, the ratio to the reference, and which path `precision.attention_backends` picks.
+Prints ms per step, the ratio to the reference, and which path train.py and run_glue.py use
+(`precision.ATTENTION`).
 """
 
 import argparse
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,10 +57,10 @@ def model(size, path):
 
 
 def step_ms(m, path, dtype, ids, mask, rounds):
-    kernel = precision.sdpa_kernel(["math"]) if path == "math" else contextlib.nullcontext()
-    autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
     times = []
     for r in range(rounds + 1):
+        kernel = sdpa_kernel([SDPBackend.MATH]) if path == "math" else contextlib.nullcontext()
+        autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
         start = time.perf_counter()
         with autocast, kernel:
             loss = m(input_ids=ids, attention_mask=mask, labels=ids).loss
@@ -87,7 +89,7 @@ def main(argv=None):
         models = {p: model(size, p) for p in PATHS}
         for name, dtype in dtypes.items():
             ms = {p: step_ms(models[p], p, dtype, ids, mask, args.rounds) for p in PATHS}
-            picked = precision.attention_backends(torch.device("cpu"), dtype)
+            picked = precision.attention_for("cpu", name)
             cells = ", ".join(f"{p} {ms[p]:,.0f} ms ({ms['eager'] / ms[p]:.2f}x)" for p in PATHS)
             print(f"{size:>7} {name}: {cells}; picked: {picked or 'sdpa'}")
 

@@ -55,6 +55,7 @@ from data_io import atomic_write, check_writable
 from errors import NON_FINITE_EXIT, InputError, fail, first_line, reports_errors
 from glue_args import check_flags, learning_rates, parse_args
 from glue_runs import NonFiniteLoss, Run, execute, model_identity, plan_run, read_summary, say, settings, summarize
+from precision import use_attention
 from scripts.glue_table import markdown_table
 from utils import load_pretrained, load_tokenizer, model_input_limit
 
@@ -200,6 +201,10 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         problem_type="regression" if task.labels is None else "single_label_classification",
         ignore_mismatched_sizes=True,  # a model fine-tuned before has a head of another size
     )  # fmt: skip
+    # The attention implementation measured fastest for this precision and device (precision.ATTENTION).
+    device_type = "cpu" if args.use_cpu or not torch.cuda.is_available() else "cuda"
+    for m in (model, teacher.model) if teacher else (model,):
+        use_attention(m, device_type, precision(args))
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 or args.bf16 else None)
     train_inputs = model_inputs(train_set, model)
     trainer_class = Trainer
@@ -230,6 +235,7 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         "learning_rate": run.lr,
         "hyper_parameters": hyper,
         "precision": precision(targs),
+        "attention": model.config._attn_implementation,
         "teacher": teacher.record() | {"logits_seconds": teacher.logits_seconds} if teacher else None,
         "steps": trainer.state.global_step,
         "train_seconds": round(train_time, 1),
