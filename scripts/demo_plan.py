@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -65,8 +66,9 @@ def write_configs(run, vocab):
         (Path(run) / f"{name}.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def time_steps(n_steps=3):
-    """Seconds per step of the three trainings and per held-out sequence of evaluation, measured here."""
+def time_steps(n_steps=3, bf16=False, only=None):
+    """Seconds per step of the three trainings and per held-out sequence of evaluation, measured here (under
+    bf16 autocast with `bf16`; `only`: just that training, e.g. "distilled")."""
     import numpy as np
     import torch
     from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
@@ -89,7 +91,7 @@ def time_steps(n_steps=3):
 
     def step_time(student, teacher, student_type, objective):
         args = train_args.defaults(student_type=student_type, teacher_type="bert", gradient_accumulation_steps=1,
-                                   objective=objective)  # fmt: skip
+                                   objective=objective, bf16=bf16)  # fmt: skip
         args.special_tok_ids = special
         dataset = LmSeqsDataset(dataset_params(special, 128, pad_to_multiple_of=8), seqs)
         distiller = Distiller(args, dataset, probs, student, teacher, dist=DistInfo())
@@ -101,6 +103,9 @@ def time_steps(n_steps=3):
             times.append(time.perf_counter() - start)
         return min(times[1:])
 
+    if only == "distilled":
+        return {"distilled": step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), teacher, "distilbert",
+                                       "distilbert")}
     out = {"teacher": step_time(teacher, None, "bert", "mlm")}  # the objectives demo.sh gives train.py
     out["distilled"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), teacher, "distilbert", "distilbert")
     out["mlm_only"] = step_time(DistilBertForMaskedLM(DistilBertConfig(**s_cfg)), None, "distilbert", "mlm")
@@ -108,6 +113,24 @@ def time_steps(n_steps=3):
     # evaluation is a forward pass: about a third of a training step, per sequence
     out["eval_per_seq"] = (out["teacher"] + out["distilled"] + out["mlm_only"]) / 3 / 3 / BATCH
     return out
+
+
+BF16_GAIN = 0.9  # the demo trains in bf16 only if a step takes at most this share of fp32's: else exact fp32 wins
+
+
+def precision_flags(t=None):
+    """train.py's precision flag for the demo on this machine: "--bf16" where a bf16 step of the distilled student
+    measures at most BF16_GAIN of its fp32 step (an AMX Xeon: yes), else "". `t`: {"fp32": s, "bf16": s}."""
+    from utils import cpu_bf16_is_fast
+
+    if t is None:
+        if not cpu_bf16_is_fast():
+            return "", "this CPU has no fast bf16: fp32"
+        t = {name: time_steps(2, bf16=name == "bf16", only="distilled")["distilled"] for name in ("fp32", "bf16")}
+    ratio = t["bf16"] / t["fp32"]
+    choice = "--bf16" if ratio <= BF16_GAIN else ""
+    return choice, (f"a distillation step took {1000 * t['bf16']:.0f} ms in bf16, {1000 * t['fp32']:.0f} ms in fp32 "
+                    f"({ratio:.2f}x): {'bf16' if choice else 'fp32'}")
 
 
 def sizes(environ=os.environ):
@@ -148,12 +171,12 @@ def plan(articles, teacher_epochs, student_epochs, valid, t, teacher_eval_every=
     ]  # fmt: skip
 
 
-def estimate(articles, teacher_epochs, student_epochs, valid, t=None, **evals):
+def estimate(articles, teacher_epochs, student_epochs, valid, t=None, bf16=False, **evals):
     """Time the steps (unless `t` is given), print the plan, return its total in seconds."""
     from utils import cpu_description
 
     start = time.perf_counter()
-    t = t or time_steps()
+    t = t or time_steps(bf16=bf16)
     stages = plan(articles, teacher_epochs, student_epochs, valid, t, **evals)
     total = sum(s for _, _, s in stages)
     print(f"CPU: {cpu_description()}; measured per step: teacher {1000 * t['teacher']:.0f} ms, distilled "
@@ -174,18 +197,27 @@ def main(argv=None):
     c.add_argument("run")
     c.add_argument("vocab", type=int)
     sub.add_parser("sizes", help="print the sizes as NAME=value lines (with the DEMO_<NAME> overrides)")
-    sub.add_parser("estimate", help="time a few steps and print the plan for the sizes")
+    e = sub.add_parser("estimate", help="time a few steps and print the plan for the sizes")
+    e.add_argument("--bf16", action="store_true", help="time the steps under bf16 autocast (as the demo will run)")
+    sub.add_parser("precision", help="print --bf16 where bf16 steps measure faster here (the reason on stderr)")
     args = p.parse_args(argv)
     if args.command == "configs":
         write_configs(args.run, args.vocab)
     elif args.command == "sizes":
         print("\n".join(f"{name.upper()}={value}" for name, value in sizes().items()))
+    elif args.command == "precision":
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        choice, why = precision_flags()
+        print(choice)
+        print(f"demo: precision: {why}", file=sys.stderr)
     else:
         import transformers
 
         transformers.logging.set_verbosity_error()
         z = sizes()
-        estimate(z["articles"], z["teacher_epochs"], z["student_epochs"], z["valid"],
+        estimate(z["articles"], z["teacher_epochs"], z["student_epochs"], z["valid"], bf16=args.bf16,
                  teacher_eval_every=z["teacher_eval_every"], student_eval_every=z["student_eval_every"])
 
 

@@ -61,6 +61,9 @@ def test_demo_runs_the_whole_recipe(tmp_path):
     params = json.loads((run / "student_distilled" / "parameters.json").read_text())
     assert params["alpha_ce"] > 0 and params["alpha_cos"] > 0 and params["alpha_mlm"] > 0
     assert json.loads((run / "student_mlm_only" / "parameters.json").read_text())["teacher_name"] == "none"
+    # The precision the demo measured faster here is the one every training ran in.
+    said = next(line for line in proc.stderr.splitlines() if line.startswith("demo: precision: "))
+    assert params["bf16"] == said.endswith(": bf16") and params["precision"]["used"] == said.split()[-1]
     minilm = [json.loads(x) for x in (run / "student_minilm" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["att"] > 0 and r["vv"] > 0 and "mlm" not in r and "ce" not in r for r in minilm if "loss" in r)
 
@@ -138,3 +141,18 @@ def test_the_demo_sizes_live_in_one_table_and_bad_overrides_stop_it_first(tmp_pa
         assert proc.returncode == 2, (bad, proc.stderr)
         assert proc.stderr.strip() == f"demo_plan.py: error: DEMO_ARTICLES={bad!r}: give a positive whole number"
         assert not (tmp_path / "run").exists()
+
+
+def test_the_demo_trains_in_bf16_only_where_it_measures_faster(tmp_path):
+    from scripts import demo_plan
+
+    assert demo_plan.precision_flags({"fp32": 1.0, "bf16": 0.5})[0] == "--bf16"
+    assert demo_plan.precision_flags({"fp32": 1.0, "bf16": 0.95}) == (
+        "", "a distillation step took 950 ms in bf16, 1000 ms in fp32 (0.95x): fp32")
+    choice, why = demo_plan.precision_flags()  # measured here
+    assert choice in ("", "--bf16") and why.endswith("bf16" if choice else "fp32")
+    env = dict(os.environ, PYTHON=sys.executable, DEMO_PRECISION="fp8")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "DEMO_PRECISION=fp8: give auto, fp32 or bf16" in proc.stderr
+    assert not (tmp_path / "run").exists()
