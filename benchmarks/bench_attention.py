@@ -14,7 +14,6 @@ Prints ms per step, the ratio to the reference, and which path train.py and run_
 import argparse
 import contextlib
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -22,11 +21,10 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import precision
+from utils import cpu_bf16_is_fast, cpu_description
 
-import precision  # noqa: E402
-from utils import cpu_bf16_is_fast, cpu_description  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SIZES = {  # layers, hidden, heads, batch, mean length
     "minilm": (6, 384, 12, 32, 40),  # all-MiniLM-L6-v2's shape, the demo's teacher: head size 32

@@ -30,11 +30,10 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.corpus import write_lines
+from utils import cpu_description
 
-from benchmarks.corpus import write_lines  # noqa: E402
-from utils import cpu_description  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 FIELDS = {"Rss": "rss", "Pss": "pss", "Pss_Anon": "pss_anon", "Pss_File": "pss_file", "Anonymous": "anon"}
 KEYS = (*FIELDS.values(), "data_rss", "data_pss")

@@ -307,7 +307,13 @@ def write_order(folder, stats, seed):
     del offsets
     os.replace(tmp, folder / "offsets.npy")
     perm = np.random.default_rng(seed).permutation(n)  # the same draw as the one-process shuffle always made
-    save_array(folder / "order.npy", perm.astype(np.uint32) if n < 2**32 else perm)
+    tmp = folder / ".order.npy.tmp"
+    order = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint32 if n < 2**32 else np.int64, shape=(n,))
+    for start in range(0, n, 1 << 22):  # narrowed a block at a time: no second copy of the permutation
+        order[start : start + (1 << 22)] = perm[start : start + (1 << 22)]
+    order.flush()
+    del order, perm
+    os.replace(tmp, folder / "order.npy")
     return n
 
 
