@@ -237,7 +237,7 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, folder, min_t
     mine = range(part * n_shards // parts, (part + 1) * n_shards // parts)
     todo = [k for k in mine if k not in done]
     logger.info("%d shards of ~%.3g MB; this run's part %d/%d holds %d, %d already done; %d process(es)",
-                n_shards, shard_mb, part, parts, len(mine), len(mine) - len(todo), num_proc)
+                n_shards, shard_mb, part, parts, len(mine), len(mine) - len(todo), max(1, min(num_proc, len(todo))))
     for k in todo:
         for file in shard_files(folder, k).values():
             remove_stale_tmp(file)
