@@ -192,6 +192,20 @@ def test_train_py_run_folder_and_bert_teacher_both_fine_tune(tmp_path, tokenizer
         assert saved["id2label"] == {"0": "born", "1": "other"}  # the file's own label strings, sorted
 
 
+def test_each_precision_fine_tunes_with_the_attention_measured_for_it(tmp_path, teacher, custom_task):
+    """precision.ATTENTION in run_glue.py: bf16 on a CPU switches the model to eager attention, fp32 keeps SDPA;
+    results.json records which ran."""
+    import precision
+
+    for flags, used in (((), "fp32"), (("--bf16", "--use_cpu"), "bf16")):  # transformers wants both on a CPU
+        out = tmp_path / used
+        glue_main("--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
+                  custom_task / "dev.csv", "--output_dir", out, "--max_steps", 2, *flags, *FAST)  # fmt: skip
+        run = json.loads((out / "custom" / "lr2e-05_seed42" / "results.json").read_text())
+        assert run["precision"] == used and run["steps"] == 2
+        assert run["attention"] == (precision.attention_for("cpu", used) or "sdpa")
+
+
 def sst2_vocab(folder, n_lines=20_000, n_words=2000):
     """A WordPiece vocabulary of the commonest words of SST-2's training sentences (the real one is offline)."""
     split = glue.load_task("sst2", GLUE_DATA / "SST-2").train
