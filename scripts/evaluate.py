@@ -126,7 +126,7 @@ def main(argv=None):
     device = init_distributed(args.n_gpu).device
     data = data_io.load_binarized(args.data_file)
     if args.max_sequences is not None:
-        data = data_io.Binarized(data.token_ids, data.offsets[: args.max_sequences + 1], data.meta)
+        data = data.head(args.max_sequences)
     loaded = {name: load_model(name, path, device) for name, path in models.items()}
     tokenizer = load_tokenizer(args.tokenizer_name or next(iter(models.values())))
     vocab = {name: m.config.vocab_size for name, m in loaded.items()}

@@ -3,6 +3,7 @@
 import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -154,3 +155,15 @@ def test_a_model_without_mlm_head_is_refused_not_scored(files, tmp_path, tokeniz
 
     line = input_error(fill_mask.main, ["--model", headless, "--text", "the [MASK] river ."])
     assert "model encoder (" in line and "has no masked-LM head" in line
+
+
+def test_max_sequences_scores_the_first_sequences_of_the_file(files, tmp_path):
+    data = data_io.load_binarized(files["valid"])
+    first = [data[i] for i in range(10)]
+    cut = tmp_path / "first10.pickle"
+    data_io.save_binarized(cut, np.concatenate(first), data_io.offsets_from_lengths(list(map(len, first))), data.meta)
+    base = ["--token_counts", files["counts"], "--n_gpu", "0", "--model", files["student"]]
+    whole = evaluate.main(["--data_file", str(cut), *base, "--output", str(tmp_path / "a.json")])
+    head = evaluate.main(["--data_file", files["valid"], "--max_sequences", "10", *base,
+                          "--output", str(tmp_path / "b.json")])  # fmt: skip
+    assert whole == head and whole["student"]["masked_tokens"] > 0

@@ -85,6 +85,8 @@ def test_valid_split_and_counts_match_across_shards(tmp_path, articles, tokenize
         valid = str(train).replace(".pickle", ".valid.pickle")
         runs[name] = (data_io.load_binarized(train), data_io.load_binarized(valid))
     (t1, v1), (t2, v2) = runs["one"], runs["many"]
+    head = v2.head(7)  # scripts/evaluate.py --max_sequences 7: the first 7 held-out sequences
+    assert as_lists(head) == as_lists(v2)[:7] and head.n_tokens == sum(map(len, as_lists(v2)[:7]))
     assert len(v1) == len(v2) == 40 and as_lists(v1) == as_lists(v2) and as_lists(t1) == as_lists(t2)
     assert t2.meta["n_tokens"] + v2.meta["n_tokens"] == sum(len(s) for s in as_lists(t2) + as_lists(v2))
     # Token counts of the training part only (the held-out sequences share its shards).
