@@ -92,8 +92,9 @@ class LmSeqsDataset(Dataset):
         """Each item's length group for create_lengths_groups(k=...): the cached bytes when k is max_len."""
         if k == self.max_len:
             return self.groups
-        return np.concatenate([create_lengths_groups(self.lengths_at(np.arange(i, min(i + BLOCK, len(self)))), k=k,
-                                                     log=False) for i in range(0, len(self), BLOCK)])
+        blocks = (self.lengths_at(np.arange(i, min(i + BLOCK, len(self)))) for i in range(0, len(self), BLOCK))
+        return np.concatenate([create_lengths_groups(lengths, k=k, log=False) for lengths in blocks]
+                              or [create_lengths_groups([], k=k, log=False)])
 
     def lengths_at(self, items):
         """Lengths of `items` (vectorized, no token is read)."""
