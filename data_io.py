@@ -333,6 +333,22 @@ def save_array(path, array):
         np.save(f, np.ascontiguousarray(array))
 
 
+def save_array_blocks(path, dtype, n, blocks):
+    """An .npy file of `n` items of `dtype`, written atomically from `blocks` (arrays, one after another),
+    so the whole array is never in memory."""
+    dtype = np.dtype(dtype)
+    with atomic_write(path) as f:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)}
+        np.lib.format.write_array_header_1_0(f, header)
+        written = 0
+        for block in blocks:
+            block = np.ascontiguousarray(block, dtype=dtype)
+            f.write(memoryview(block))
+            written += len(block)
+        if written != n:
+            raise ValueError(f"{path}: {written} items written, {n} announced")
+
+
 def shards_folder(path):
     """Where a format-2 manifest `x.pickle` keeps its arrays: the folder `x.shards` beside it."""
     path = Path(path)

@@ -19,12 +19,20 @@ from utils import logger
 BLOCK = 1 << 20  # lengths computed a block at a time: the scratch stays ~50 MB, whatever the corpus
 
 
+def length_bins(k):
+    return np.arange(3, k, 4) if k > 0 else np.array([10])
+
+
+def group_dtype(k):
+    """The smallest type of create_lengths_groups(k=k)'s ids."""
+    return np.dtype(np.uint8) if len(length_bins(k)) < 256 else np.dtype(np.uint16)
+
+
 def create_lengths_groups(lengths, k=0, log=True):
     """Group id per sequence: length bins of width 4 (edges 3, 7, 11, ... below k), or <10 / >=10 if k=0.
     As uint8 (uint16 past 256 groups): a byte a sequence, and numpy sorts it by radix."""
-    bins = np.arange(3, k, 4) if k > 0 else np.array([10])
-    dtype = np.uint8 if len(bins) < 256 else np.uint16
-    groups = np.searchsorted(bins, np.asarray(lengths), side="right").astype(dtype)
+    bins = length_bins(k)
+    groups = np.searchsorted(bins, np.asarray(lengths), side="right").astype(group_dtype(k))
     if log:
         logger.info(f"{len(bins) + 1} length groups, sizes {np.bincount(groups, minlength=len(bins) + 1).tolist()}")
     return groups

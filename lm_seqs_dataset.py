@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_io import Binarized, offsets_from_lengths
-from grouped_batch_sampler import BLOCK, create_lengths_groups
+from grouped_batch_sampler import BLOCK, create_lengths_groups, group_dtype
 from utils import logger
 
 MIN_LEN = 12  # upstream drops sequences of 11 tokens or fewer
@@ -65,7 +65,7 @@ class LmSeqsDataset(Dataset):
         self.chunk_offsets = offsets_from_lengths([len(c) for c in chunks])
         # Every item's length group (one byte each): an epoch's batching looks them up, not the lengths.
         chunk_groups = create_lengths_groups(np.diff(self.chunk_offsets), k=self.max_len, log=False)
-        self.groups = np.concatenate([np.delete(groups, removed), chunk_groups.astype(groups.dtype)])
+        self.groups = np.concatenate([np.delete(groups, removed), chunk_groups])
         self.n_tokens = data.n_tokens - int(data.lengths_at(removed).sum()) + len(self.chunk_ids)
         logger.info(
             f"{len(status):,} sequences read: {counts[LONG]:,} longer than {self.max_len} tokens split, "
@@ -94,7 +94,7 @@ class LmSeqsDataset(Dataset):
             return self.groups
         blocks = (self.lengths_at(np.arange(i, min(i + BLOCK, len(self)))) for i in range(0, len(self), BLOCK))
         return np.concatenate([create_lengths_groups(lengths, k=k, log=False) for lengths in blocks]
-                              or [create_lengths_groups([], k=k, log=False)])
+                              or [np.zeros(0, group_dtype(k))])
 
     def lengths_at(self, items):
         """Lengths of `items` (vectorized, no token is read)."""
@@ -117,7 +117,7 @@ class LmSeqsDataset(Dataset):
         data = self.data
         n_global = len(data.offsets) - 1
         status = np.empty(n_global, dtype=np.uint8)
-        groups = np.empty(n_global, dtype=create_lengths_groups([], k=self.max_len, log=False).dtype)
+        groups = np.empty(n_global, dtype=group_dtype(self.max_len))
         bounds = data.sequence_starts
         for s, shard in enumerate(data.shards):
             base = int(data.token_starts[s])

@@ -25,6 +25,7 @@ benchmarks/bench_binarize.py measures both side by side.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -44,6 +45,7 @@ from data_io import (
     ids_dtype,
     remove_stale_tmp,
     save_array,
+    save_array_blocks,
     save_manifest,
     shards_folder,
     special_token_ids,
@@ -245,26 +247,23 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, folder, min_t
     start = time.time()
     lines = 0
     total = sum(bounds[k + 1] - bounds[k] for k in todo)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="binarize", mininterval=1) as bar:
-        jobs = [{"k": k, "folder": folder, "settings": settings[k]} for k in todo]
-        tokenizer_json = tokenizer.backend_tokenizer.to_str()
-        if num_proc == 1 or len(jobs) <= 1:
-            _init_worker(tokenizer_json, threads=True)  # one process: let the tokenizer use every core
-            results = (binarize_shard(dict(j, progress=bar.update)) for j in jobs)
-        else:
-            # fork: the workers start at once and need nothing re-imported; they build their own tokenizer.
-            context = multiprocessing.get_context("fork")
-            pool = context.Pool(min(num_proc, len(jobs)), _init_worker, (tokenizer_json, False))
+    jobs = [{"k": k, "folder": folder, "settings": settings[k]} for k in todo]
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
+    parallel = num_proc > 1 and len(jobs) > 1
+    # fork: the workers start at once and need nothing re-imported; each builds its own tokenizer.
+    pool = multiprocessing.get_context("fork").Pool(min(num_proc, len(jobs)), _init_worker, (tokenizer_json, False)) \
+        if parallel else contextlib.nullcontext()
+    with tqdm(total=total, unit="B", unit_scale=True, desc="binarize", mininterval=1) as bar, pool:
+        if parallel:  # the bar moves a shard at a time
             results = pool.imap_unordered(binarize_shard, jobs)
-        try:
-            for k, stats in results:
-                done[k] = stats
-                lines += stats["lines"]
-                if num_proc > 1 and len(jobs) > 1:
-                    bar.update(settings[k]["end"] - settings[k]["start"])
-        finally:
-            if num_proc > 1 and len(jobs) > 1:
-                pool.terminate()
+        else:  # one process: the tokenizer's own threads use every core, and the bar moves a chunk at a time
+            _init_worker(tokenizer_json, threads=True)
+            results = (binarize_shard(dict(j, progress=bar.update)) for j in jobs)
+        for k, stats in results:
+            done[k] = stats
+            lines += stats["lines"]
+            if parallel:
+                bar.update(settings[k]["end"] - settings[k]["start"])
     elapsed = time.time() - start
     if todo:
         logger.info("tokenized %d lines in %.1fs (%.0f lines/s)", lines, elapsed, lines / max(elapsed, 1e-9))
@@ -291,37 +290,27 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, folder, min_t
     return stats, meta
 
 
-def write_order(folder, stats, seed):
+def write_order(folder, stats, seed, valid_size=0):
     """offsets.npy (where each sequence starts, over all shards in input order) and order.npy (the shuffle:
-    position i holds sequence order[i]), built a shard at a time. Returns the number of sequences."""
+    position i holds sequence order[i]), written a block at a time. Returns the number of sequences and the
+    tokens of the first `valid_size` positions (the held-out part)."""
     n = sum(s["n_sequences"] for s in stats)
-    tmp = folder / ".offsets.npy.tmp"
-    offsets = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int64, shape=(n + 1,))
-    offsets[0] = seq = 0
-    for k, s in enumerate(stats):
-        lengths = np.load(shard_files(folder, k)["lengths.npy"], mmap_mode="r")
-        np.cumsum(lengths, out=offsets[seq + 1 : seq + 1 + len(lengths)], dtype=np.int64)
-        offsets[seq + 1 : seq + 1 + len(lengths)] += offsets[seq]
-        seq += len(lengths)
-    offsets.flush()
-    del offsets
-    os.replace(tmp, folder / "offsets.npy")
+
+    def ends():  # each shard's sequence ends, shifted by everything before it
+        last = 0
+        yield np.zeros(1, np.int64)
+        for k in range(len(stats)):
+            block = last + np.cumsum(np.load(shard_files(folder, k)["lengths.npy"], mmap_mode="r"), dtype=np.int64)
+            last = int(block[-1]) if len(block) else last
+            yield block
+
+    save_array_blocks(folder / "offsets.npy", np.int64, n + 1, ends())
     perm = np.random.default_rng(seed).permutation(n)  # the same draw as the one-process shuffle always made
-    tmp = folder / ".order.npy.tmp"
-    order = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint32 if n < 2**32 else np.int64, shape=(n,))
-    for start in range(0, n, 1 << 22):  # narrowed a block at a time: no second copy of the permutation
-        order[start : start + (1 << 22)] = perm[start : start + (1 << 22)]
-    order.flush()
-    del order, perm
-    os.replace(tmp, folder / "order.npy")
-    return n
-
-
-def held_out_tokens(folder, valid_size):
-    """Tokens in the first `valid_size` positions of the shuffle (the held-out part)."""
-    offsets = np.load(folder / "offsets.npy", mmap_mode="r")
-    g = np.asarray(np.load(folder / "order.npy", mmap_mode="r")[:valid_size], dtype=np.int64)
-    return int((offsets[g + 1] - offsets[g]).sum())
+    block = 1 << 22  # narrowed a block at a time: no second copy of the permutation
+    save_array_blocks(folder / "order.npy", np.uint32 if n < 2**32 else np.int64, n,
+                      (perm[i : i + block] for i in range(0, n, block)))
+    offsets, held_out = np.load(folder / "offsets.npy", mmap_mode="r"), perm[:valid_size]
+    return n, int((offsets[held_out + 1] - offsets[held_out]).sum())
 
 
 def output_path(dump_file, tokenizer_name, split=""):
@@ -395,12 +384,11 @@ def main(argv=None):
             )
         if args.valid_size >= n:
             raise InputError(f"--valid_size {args.valid_size} leaves no training data ({n} sequences kept): lower it")
-        write_order(folder, stats, args.seed)
+        _, valid_tokens = write_order(folder, stats, args.seed, args.valid_size)
         shards = [{"file": shard_files(folder, k)["tokens.npy"].name, "n_tokens": s["n_tokens"],
                    "n_sequences": s["n_sequences"]} for k, s in enumerate(stats)]
         meta = dict(meta, seed=args.seed)
         n_tokens = sum(s["n_tokens"] for s in stats)
-        valid_tokens = held_out_tokens(folder, args.valid_size)
         if args.valid_size:
             save_manifest(valid_out, folder, shards, (0, args.valid_size),
                           dict(meta, split="valid", n_tokens=valid_tokens))
