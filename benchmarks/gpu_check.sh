@@ -15,7 +15,7 @@
 # distillation from that fine-tuned model (run_glue.py --teacher_name_or_path, fp16) ->
 # benchmarks/bench_train.py --device cuda --fp16 (ours,
 # MiniLM's losses and upstream's step) -> the GPU, driver, torch and CUDA versions. A failing step is
-# recorded and the next one runs.
+# recorded and the next one runs; a step that needs a failed step's output is not run, and names that step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -29,14 +29,32 @@ SUMMARY=$OUT/summary.md
 echo "# GPU check, $(date -u '+%Y-%m-%d %H:%M') UTC$([[ $DRY == 1 ]] && echo ', dry run on CPU')" > "$SUMMARY"
 FAILED=0
 
-step() {  # step NAME COMMAND...: run it, log to $OUT/NAME.log, record its exit status and seconds
-    local name=$1 start=$SECONDS rc
+declare -A RC  # each step's exit status, for the steps that need its output
+
+step() {  # step NAME [--needs EARLIER]... COMMAND...: run it, log to $OUT/NAME.log, record its exit status and seconds
+    local name=$1 start=$SECONDS rc dep missing=
     shift
-    "$@" > "$OUT/$name.log" 2>&1
-    rc=$?
+    while [[ ${1:-} == --needs ]]; do  # a step that needs a failed step's output is not run, and says which
+        dep=$2
+        shift 2
+        [[ ${RC[$dep]:-unset} == 0 ]] || missing=${missing:-$dep}
+    done
+    if [[ -n $missing ]]; then
+        echo "not run: it needs the output of step '$missing', which failed (see $missing.log)" > "$OUT/$name.log"
+        rc=125
+    else
+        "$@" > "$OUT/$name.log" 2>&1
+        rc=$?
+    fi
+    RC[$name]=$rc
     printf '{"step": "%s", "rc": %d, "seconds": %d}\n' "$name" "$rc" $((SECONDS - start)) >> "$OUT/steps.jsonl"
-    printf -- '- %s: %s, %d s (%s.log)\n' "$name" "$([[ $rc == 0 ]] && echo ok || echo "FAILED, exit $rc")" \
-        $((SECONDS - start)) "$name" | tee -a "$SUMMARY"
+    if [[ $rc == 0 ]]; then
+        printf -- '- %s: ok, %d s (%s.log)\n' "$name" $((SECONDS - start)) "$name"
+    elif [[ -n $missing ]]; then
+        printf -- "- %s: FAILED, not run: step '%s' failed\n" "$name" "$missing"
+    else
+        printf -- '- %s: FAILED, exit %d, %d s (%s.log)\n' "$name" "$rc" $((SECONDS - start)) "$name"
+    fi | tee -a "$SUMMARY"
     [[ $rc == 0 ]] || FAILED=$((FAILED + 1))
     return "$rc"
 }
@@ -52,16 +70,16 @@ step cuda_tests "$PY" -m pytest -q -m cuda -rs tests/test_cuda.py --junitxml "$O
 
 DATA=$OUT/data
 step data "$PY" benchmarks/gpu_setup.py --out "$DATA" --articles "$ARTICLES" $SMALL
-step binarize "$PY" scripts/binarized_data.py --file_path "$DATA/dump.txt" --tokenizer_type bert \
+step binarize --needs data "$PY" scripts/binarized_data.py --file_path "$DATA/dump.txt" --tokenizer_type bert \
     --tokenizer_name "$DATA/bert-base-random" --dump_file "$DATA/binarized_text"
-step token_counts "$PY" scripts/token_counts.py --data_file "$DATA/binarized_text.bert-base-random.pickle" \
+step token_counts --needs binarize "$PY" scripts/token_counts.py --data_file "$DATA/binarized_text.bert-base-random.pickle" \
     --token_counts_dump "$DATA/token_counts.bert-base-random.pickle" --vocab_size 30522
-step train_sh env TEACHER="$DATA/bert-base-random" DATA_DIR="$DATA" STUDENT_CONFIG="$DATA/student.json" \
+step train_sh --needs token_counts env TEACHER="$DATA/bert-base-random" DATA_DIR="$DATA" STUDENT_CONFIG="$DATA/student.json" \
     INIT="$OUT/init.safetensors" DUMP_PATH="$OUT/run" PYTHON="$PY" \
     bash train.sh --force --n_epoch 1 --log_interval 20 --gradient_accumulation_steps 1
 tr '\r' '\n' < "$OUT/train_sh.log" | grep -E "iter [0-9]+ step" | tail -3 | sed 's/^.*INFO distillation: /    /' \
     | tee -a "$SUMMARY"
-step load "$PY" - "$OUT/run" <<'PYEOF'
+step load --needs train_sh "$PY" - "$OUT/run" <<'PYEOF'
 import sys
 import torch
 from transformers import AutoModelForMaskedLM, pipeline
@@ -76,8 +94,9 @@ PYEOF
 # Step 8 on the GPU: the student fine-tuned on SST-2 (GLUE's real files where they are, else the generated ones)
 GLUE_SST2=${GLUE_DIR:-../shared/data/glue}/SST-2
 [[ -f $GLUE_SST2/dev.tsv ]] || GLUE_SST2=$DATA/glue/SST-2
+echo "- SST-2 for step 8: $GLUE_SST2$([[ $GLUE_SST2 == "$DATA"/* ]] && echo ' (the generated stand-in)')" | tee -a "$SUMMARY"
 if [[ $DRY == 1 ]]; then GLUE_SIZE=(--max_train_samples 300 --max_steps 6); else GLUE_SIZE=(--max_train_samples 20000 --fp16); fi
-step glue "$PY" scripts/run_glue.py --model_name_or_path "$OUT/run" --task_name sst2 --data_dir "$GLUE_SST2" \
+step glue --needs train_sh "$PY" scripts/run_glue.py --model_name_or_path "$OUT/run" --task_name sst2 --data_dir "$GLUE_SST2" \
     --output_dir "$OUT/glue" --num_train_epochs 1 --learning_rate 5e-5 --report_to none --save_strategy no \
     --disable_tqdm true --save_model "${GLUE_SIZE[@]}"
 grep -E "accuracy|data|--fp16" "$OUT/glue.log" | sed 's/^/    /' | tee -a "$SUMMARY"
@@ -85,7 +104,7 @@ grep -E "accuracy|data|--fp16" "$OUT/glue.log" | sed 's/^/    /' | tee -a "$SUMM
 # the teacher's logits computed once (in fp16 where the step runs in fp16), over labelled and unlabelled rows
 GLUE_TEACHER=$(ls -d "$OUT"/glue/sst2/lr*_seed42 2>/dev/null | head -1)/model
 if [[ $DRY == 1 ]]; then KD_SIZE=(--unlabeled_samples 64); else KD_SIZE=(--unlabeled_samples 20000); fi
-step task_distill "$PY" scripts/run_glue.py --model_name_or_path "$OUT/run" --teacher_name_or_path "$GLUE_TEACHER" \
+step task_distill --needs train_sh --needs glue "$PY" scripts/run_glue.py --model_name_or_path "$OUT/run" --teacher_name_or_path "$GLUE_TEACHER" \
     --alpha_ce 0.5 --alpha_task 0.5 --temperature 2 --task_name sst2 --data_dir "$GLUE_SST2" \
     --output_dir "$OUT/task_distill" --num_train_epochs 1 --learning_rate 5e-5 --report_to none --save_strategy no \
     --disable_tqdm true "${GLUE_SIZE[@]}" "${KD_SIZE[@]}"

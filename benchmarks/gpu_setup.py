@@ -43,9 +43,16 @@ def main(argv=None):
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     lines = [s.strip() for a in make_synthetic_wiki.generate(args.articles, seed=0)
              for s in re.split(r"\n+|(?<=\.)\s+", a["text"]) if len(s.split()) >= 8]  # fmt: skip
+    # Step 8's stand-in rows, split 5 train : 1 dev so that a corpus of any size fills both files (5,000 : 1,000
+    # at the full run's size)
+    rows = [f"{line}\t{int('born' in line)}" for line in lines[:6000]]
+    n_train = len(rows) * 5 // 6
+    if n_train == 0 or n_train == len(rows):  # checked before anything is written
+        p.error(f"{len(lines)} lines are too few for both a train and a dev split of the SST-2 stand-in; "
+                f"raise --articles")
+    out.mkdir(parents=True, exist_ok=True)
     (out / "dump.txt").write_text("\n".join(lines) + "\n")
     model_dir = out / NAME
     model_dir.mkdir(exist_ok=True)
@@ -65,11 +72,10 @@ def main(argv=None):
     # label says whether the line tells a birth year (learnable, so a working fine-tune scores above chance).
     sst2 = out / "glue" / "SST-2"
     sst2.mkdir(parents=True, exist_ok=True)
-    rows = [f"{line}\t{int('born' in line)}" for line in lines[:6000]]
-    (sst2 / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows[:5000]) + "\n")
-    (sst2 / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows[5000:]) + "\n")
+    (sst2 / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(rows[:n_train]) + "\n")
+    (sst2 / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(rows[n_train:]) + "\n")
     print(f"{len(lines):,} lines in {out / 'dump.txt'}; teacher and tokenizer ({len(tokenizer):,} ids) in {model_dir}; "
-          f"a generated SST-2 in {sst2}")
+          f"a generated SST-2 in {sst2} ({n_train:,} train, {len(rows) - n_train:,} dev rows)")
 
 
 if __name__ == "__main__":
