@@ -275,13 +275,25 @@ def distillation_losses(d, s_out, t_out, t_logits, labels, attention_mask, regre
     return out
 
 
+def labelled(labels, regression):
+    """Which rows carry a label (the others: UNLABELED, or NaN for a regression)."""
+    return ~torch.isnan(labels) if regression else labels != UNLABELED
+
+
 def distill_trainer(d, teacher, regression):
     """A transformers Trainer class whose training loss is distillation_losses(); evaluation and prediction
-    are the student's alone."""
+    are the student's alone.
+
+    An optimizer step weighs its rows as one batch, however many micro-batches (--gradient_accumulation_steps)
+    and processes (torchrun) it is cut into: KD (and the other teacher losses) is the mean over all of the
+    step's rows, the task loss the mean over its labelled rows. Each micro-batch's loss is its share of those
+    means, so a micro-batch of unlabelled rows, or a short last one, weighs no other row more or less
+    (tests/test_task_distill_reference.py pins this to a plain loop)."""
+    import torch.distributed as dist
     from transformers import Trainer
 
     class DistillTrainer(Trainer):
-        loss_is_scaled_for_ga = False  # a per-batch mean: the Trainer divides it over accumulation steps
+        loss_is_scaled_for_ga = True  # compute_loss returns the micro-batch's share of the step's loss
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
@@ -291,12 +303,25 @@ def distill_trainer(d, teacher, regression):
             self.layers = None
             if d.relations:
                 self.layers = (relation_layers(self.model, teacher, d.relations, d), self.model, teacher)
-            self.parts = {}  # loss name -> (sum, count) since the last log
+            self.step_rows = None  # (rows, labelled rows) of the optimizer step under way, over every process
+            self.parts = {}  # loss name -> its sum over the optimizer steps since the last log
+            self.parts_from = 0  # the global step of the last log
 
         def _set_signature_columns_if_needed(self):  # keep the teacher's inputs and the cached logits
             if self._signature_columns is None:
                 extra = {TEACHER_LOGITS, "label", "labels", "label_ids"}
                 self._signature_columns = sorted(self.student_keys | self.teacher_keys | extra)
+
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            """The micro-batches of one optimizer step; counts their rows and labelled rows first."""
+            batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+            counts = torch.tensor([sum(len(b["labels"]) for b in batches),
+                                   sum(int(labelled(b["labels"], regression).sum()) for b in batches)],
+                                  dtype=torch.float64, device=device)  # fmt: skip
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(counts)
+            self.step_rows = counts.tolist()
+            return batches, num_items
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
@@ -314,16 +339,29 @@ def distill_trainer(d, teacher, regression):
             t_logits = cached if cached is not None else t_out.logits
             parts = distillation_losses(d, s_out, t_out, t_logits, labels, inputs["attention_mask"], regression,
                                         self.args.label_smoothing_factor, self.layers)  # fmt: skip
-            loss = sum(w * v for w, v in parts.values())
-            for name, (_, value) in parts.items():
-                total, n = self.parts.get(name, (0.0, 0))
-                self.parts[name] = (total + value.detach(), n + 1)
-            return (loss, s_out) if return_outputs else loss
+            # Each loss is a mean over this micro-batch's rows (the task's: its labelled rows); weighed by the
+            # micro-batch's share of the step's rows, the shares add up to the step's mean.
+            rows, with_label = self.step_rows
+            share = {name: len(labels) / rows for name in parts}
+            if "task" in parts:
+                share["task"] = int(labelled(labels, regression).sum()) / with_label if with_label else 0.0
+            loss = 0.0
+            for name, (weight, value) in parts.items():
+                loss = loss + weight * share[name] * value
+                self.parts[name] = self.parts.get(name, 0.0) + share[name] * value.detach()
+            # DDP averages the processes' gradients; the shares are of every process's rows, so sum instead
+            return (loss * self.args.world_size, s_out) if return_outputs else loss * self.args.world_size
 
         def log(self, logs, *args, **kwargs):
-            if "loss" in logs and self.parts:  # each loss's mean since the last log, beside the total
-                logs.update({f"loss_{k}": round(float(s) / n, 4) for k, (s, n) in self.parts.items()})
-                self.parts = {}
+            if "loss" in logs and self.parts:  # each loss's mean per step since the last log, beside the total
+                names = sorted(self.parts)
+                sums = torch.stack([torch.as_tensor(self.parts[n], dtype=torch.float64) for n in names])
+                if dist.is_available() and dist.is_initialized():  # every process logs here, at the same steps
+                    sums = sums.to(self.args.device)
+                    dist.all_reduce(sums)
+                steps = max(self.state.global_step - self.parts_from, 1)
+                logs.update({f"loss_{n}": float(v) / steps for n, v in zip(names, sums.tolist())})
+                self.parts, self.parts_from = {}, self.state.global_step
             super().log(logs, *args, **kwargs)
 
     return DistillTrainer
