@@ -31,7 +31,10 @@ import json
 import logging
 import os
 import pickle
+import socket
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -96,12 +99,39 @@ def _umask():
     return mask
 
 
+HOST = socket.gethostname().replace(".", "_")
+STALE_AFTER = 24 * 3600  # seconds: a temporary file of another machine this old has no living writer
+
+
+def _tmp_prefix(path):
+    """Temporary files of atomic_write(path) are named .<name>.<host>.<pid>.<random>.tmp: two processes (on
+    one machine or several sharing a file system) never share one, and a stale one names its owner."""
+    return f".{path.name}.{HOST}.{os.getpid()}."
+
+
+def _owner_alive(host, pid):
+    if host != HOST:
+        return None  # another machine's process: cannot be asked
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def remove_stale_tmp(path):
-    """Delete temporary files that an interrupted `atomic_write(path)` left beside `path`."""
+    """Delete temporary files that an interrupted `atomic_write(path)` left beside `path`: those whose
+    process is gone (this machine), or, for another machine's, older than a day. A file another running
+    process is writing is left alone."""
     path = Path(path)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        parts = stale.name[len(path.name) + 2 : -len(".tmp")].split(".")
+        alive = _owner_alive(parts[0], int(parts[1])) if len(parts) == 3 and parts[1].isdigit() else None
         with contextlib.suppress(OSError):
-            stale.unlink()
+            if alive is False or (alive is None and time.time() - stale.stat().st_mtime > STALE_AFTER):
+                stale.unlink()
 
 
 @contextlib.contextmanager
@@ -110,11 +140,16 @@ def atomic_write(path, mode="wb"):
 
     A crash or an error leaves no half-written output behind. The file gets the mode a plain open()
     would give it (0666 less the umask), not mkstemp's owner-only 0600: others on a shared machine read it.
+    An OSError names `path`, not the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+    except OSError as e:
+        e.filename = str(path)
+        raise
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
@@ -122,9 +157,11 @@ def atomic_write(path, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename == tmp:
+            e.filename = str(path)
         raise
 
 
@@ -200,7 +237,8 @@ class Binarized:
     read-only memory map, so every training rank on a node shares one copy in the page cache.
     """
 
-    def __init__(self, token_ids, offsets, meta=None, order=None):
+    def __init__(self, token_ids, offsets, meta=None, order=None, span=None):
+        self.span = span  # format 2: (its folder, resolved; start; stop) of order.npy, for the overlap check
         shards = list(token_ids) if isinstance(token_ids, (list, tuple)) else [token_ids]
         self.shards = [s for s in shards if len(s)] or shards[:1]  # an empty shard holds no sequence
         self.offsets = offsets
@@ -285,15 +323,17 @@ class Binarized:
         return np.concatenate(parts) if parts else np.zeros(0, self.dtype)
 
     def max_id(self):
-        """The largest token id (recorded by the binarizer, else scanned)."""
-        if "max_id" in self.meta:
-            return int(self.meta["max_id"])
-        return max((int(b.max()) for b in self.blocks() if len(b)), default=-1)
+        """The largest token id in the shards, scanned (not the binarizer's record: an id damaged on disk must
+        be seen before training indexes an embedding with it). Every shard is read, held-out part included:
+        ~0.1 s per 100M tokens from the page cache."""
+        block = 1 << 24
+        return max((int(s[i : i + block].max()) for s in self.shards for i in range(0, len(s), block)), default=-1)
 
     def head(self, n):
         """The first `n` positions."""
         order = np.arange(min(n, len(self))) if self.order is None else self.order[:n]
-        return Binarized(self.shards, self.offsets, self.meta, order)
+        span = None if self.span is None else (self.span[0], self.span[1], self.span[1] + len(order))
+        return Binarized(self.shards, self.offsets, self.meta, order, span)
 
     def sequences(self):
         """A list of per-sequence arrays in position order, the shape upstream's readers expect."""
@@ -355,9 +395,21 @@ def shards_folder(path):
     return path.with_name(path.name.removesuffix(".pickle") + ".shards")
 
 
-def save_manifest(path, folder, shards, order_range, meta):
+ORDER_STAMP = "order.json"  # beside order.npy: the id of the shuffle it holds, new at every write
+
+
+def save_order_stamp(folder, record):
+    """A new id for the shuffle just written to folder/order.npy: a manifest that names another id was
+    written for an earlier shuffle, and its positions mean other sequences now."""
+    record = dict(record, order_id=uuid.uuid4().hex)
+    with atomic_write(Path(folder) / ORDER_STAMP, "w") as f:
+        json.dump(record, f)
+    return record["order_id"]
+
+
+def save_manifest(path, folder, shards, order_range, meta, order_id=None):
     """Format 2: a small record naming the arrays in `folder` (relative to the manifest), and which
-    slice [start, stop) of the shuffled order (folder/order.npy) this file holds."""
+    slice [start, stop) of the shuffled order (folder/order.npy, whose id is `order_id`) this file holds."""
     start, stop = order_range
     record = {
         "format_version": 2,
@@ -366,6 +418,7 @@ def save_manifest(path, folder, shards, order_range, meta):
         "folder": os.path.relpath(folder, Path(path).parent),
         "shards": [dict(s) for s in shards],  # {"file", "n_tokens", "n_sequences"} each
         "order": [int(start), int(stop)],
+        "order_id": order_id,
     }
     with atomic_write(path) as f:
         pickle.dump(record, f, protocol=5)
@@ -401,9 +454,89 @@ def _load_manifest(path, obj):
         or offsets[-1] != n_tokens
         or not 0 <= start <= stop <= len(order)
         or len(order) != len(offsets) - 1
+        or order.dtype.kind not in "iu"
     ):
         raise InputError(f"the arrays in {folder} do not match {path} (a re-run half done?): {BINARIZE_REMEDY}")
-    return Binarized(arrays, offsets, dict(obj["meta"]), order[start:stop])
+    check_stamp(path, obj, folder)
+    check_contents(folder, shards, offsets, order)
+    return Binarized(arrays, offsets, dict(obj["meta"]), order[start:stop], (folder.resolve(), start, stop))
+
+
+def check_stamp(path, obj, folder):
+    """The manifest must name the shuffle now in its folder (a file from an earlier run that was not
+    rewritten, e.g. a .valid.pickle after a re-run with --valid_size 0, names an older one)."""
+    if obj.get("order_id") is None:  # written before shuffles had ids
+        return
+    try:
+        current = json.loads((folder / ORDER_STAMP).read_text()).get("order_id")
+    except (OSError, ValueError, AttributeError):
+        current = None
+    if current != obj["order_id"]:
+        raise InputError(f"{path} is stale: {folder} has been binarized again since it was written, and its "
+                         f"positions now mean other sequences (perhaps training ones): delete it, or re-run "
+                         f"scripts/binarized_data.py with the --valid_size that writes it")  # fmt: skip
+
+
+CHECK_BLOCK = 1 << 22  # items per vectorized check: a few tens of MB of temporaries whatever the corpus
+
+
+def check_contents(folder, shards, offsets, order):
+    """What the arrays hold, not only their sizes: offsets start at 0, never decrease, meet every shard's
+    boundary and agree with each shard's lengths.npy; order is a permutation of the sequence numbers (no
+    repeat, none out of range). Damage that keeps the sizes would otherwise train on wrong sequences without
+    a word, or fail mid-epoch. O(sequences), in blocks (docs/data_files.md has its time at 5M sequences)."""
+    n = len(order)
+    bad = None
+    if n + 1 != len(offsets) or offsets[0] != 0:
+        bad = "offsets.npy does not start at 0"
+    ends_seq = np.cumsum([s["n_sequences"] for s in shards])
+    ends_tok = np.cumsum([s["n_tokens"] for s in shards])
+    if bad is None and not np.array_equal(np.asarray(offsets[ends_seq]), ends_tok):
+        bad = "offsets.npy does not meet the shards' boundaries"
+    for i in range(0, n, CHECK_BLOCK) if bad is None else ():
+        if np.any(np.diff(offsets[i : i + CHECK_BLOCK + 1]) < 0):
+            bad = "offsets.npy decreases"
+            break
+    first = 0  # each shard's lengths.npy (written beside its tokens) must give the same sequence boundaries
+    for shard in shards if bad is None else ():
+        lengths_file = folder / shard["file"].replace(".tokens.npy", ".lengths.npy")
+        if lengths_file != folder / shard["file"] and lengths_file.is_file():
+            lengths = _mapped(folder / shard["file"], lengths_file, BINARIZE_REMEDY)
+            if len(lengths) != shard["n_sequences"]:
+                bad = f"{lengths_file.name} does not hold {shard['n_sequences']} lengths"
+            for i in range(0, len(lengths), CHECK_BLOCK) if bad is None else ():
+                j = min(i + CHECK_BLOCK, len(lengths))
+                if np.any(np.diff(offsets[first + i : first + j + 1]) != lengths[i:j]):
+                    bad = f"offsets.npy and {lengths_file.name} disagree on where sequences end"
+                    break
+        first += shard["n_sequences"]
+        if bad:
+            break
+    if bad is None and n:
+        seen = np.zeros(n, bool)
+        for i in range(0, n, CHECK_BLOCK):
+            block = order[i : i + CHECK_BLOCK]
+            if int(block.max()) >= n:
+                bad = f"order.npy holds sequence {int(block.max())} of {n}"
+                break
+            seen[block] = True
+        if bad is None and not seen.all():
+            bad = f"order.npy repeats sequences ({n - int(seen.sum())} never appear)"
+    if bad:
+        raise InputError(f"{folder} is damaged: {bad}: {BINARIZE_REMEDY}")
+
+
+def check_held_out(train_file, train, valid_file, valid):
+    """A held-out file must share no sequence with the training file. Two files of one binarization share
+    one order.npy, so their position ranges must not overlap; files of different folders are not compared."""
+    if train.span is None or valid.span is None or train.span[0] != valid.span[0]:
+        return
+    (_, a0, a1), (_, b0, b1) = train.span, valid.span
+    shared = max(0, min(a1, b1) - max(a0, b0))
+    if shared:
+        raise InputError(f"{valid_file} shares {shared:,} of its {b1 - b0:,} sequences with {train_file}: it is not "
+                         "held out; re-run scripts/binarized_data.py with --valid_size N to write both "
+                         "again")  # fmt: skip
 
 
 def load_binarized(path):
@@ -417,7 +550,7 @@ def load_binarized(path):
         return Binarized.from_sequences(obj, meta)
     if isinstance(obj, dict) and obj.get("kind") == BINARIZED_KIND and obj.get("format_version") == 2:
         return _load_manifest(path, obj)
-    _check_record(path, obj, BINARIZED_KIND, ("token_ids", "offsets"), BINARIZE_REMEDY)
+    _check_record(path, obj, BINARIZED_KIND, ("token_ids", "offsets"), BINARIZE_REMEDY, reads="1 and 2")
     token_ids, offsets = obj["token_ids"], obj["offsets"]
     if (
         token_ids.ndim != 1
@@ -456,14 +589,14 @@ def load_token_counts(path):
     return obj["counts"], dict(obj["meta"])
 
 
-def _check_record(path, obj, kind, arrays, remedy):
+def _check_record(path, obj, kind, arrays, remedy, reads=str(FORMAT_VERSION)):
     if not isinstance(obj, dict) or "kind" not in obj:
         raise InputError(f"{path} holds a {type(obj).__name__}, not a {kind} record: {remedy}")
     if obj["kind"] != kind:
         raise InputError(f"{path} holds {obj['kind']!r} data, but {kind!r} was expected: {remedy}")
     if obj.get("format_version") != FORMAT_VERSION:
         raise InputError(
-            f"{path} has format version {obj.get('format_version')!r}; this code reads {FORMAT_VERSION}: {remedy}"
+            f"{path} has format version {obj.get('format_version')!r}; this code reads {reads}: {remedy}"
         )
     for name in arrays:
         a = obj.get(name)

@@ -5,8 +5,10 @@ main() is wrapped in `reports_errors`, which prints `<script>: error: <message>`
 exits with status 2 (argparse's own status for bad arguments, so usage and data errors read alike).
 """
 
+import argparse
 import functools
 import inspect
+import math
 import sys
 from pathlib import Path
 
@@ -16,6 +18,18 @@ NON_FINITE_EXIT = 3  # exit status of a training run stopped by a non-finite los
 
 class InputError(Exception):
     """Bad input from the user: arguments, data files, models that do not fit together."""
+
+
+def finite_float(text):
+    """argparse's type for every float flag: NaN and infinity are refused where they are typed (float()
+    accepts both, and a NaN weight or rate trains to nothing without a word)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def first_line(e):

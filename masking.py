@@ -29,14 +29,20 @@ class Batch:
     # so the order changes nothing else.
 
 
-def load_token_probs(counts_file, vocab, special_ids, smoothing):
+def load_token_probs(counts_file, vocab, special_ids, smoothing, digest=None):
     """Masking weights from a token counts file: count ** -smoothing (rare tokens are masked more often, as
-    upstream's --mlm_smoothing), 0 for the special tokens, which are never predicted."""
-    counts, _ = data_io.load_token_counts(counts_file)
+    upstream's --mlm_smoothing), 0 for the special tokens, which are never predicted. `digest`: the
+    tokenizer's vocab_digest, which the counts must have been made with (when they record theirs)."""
+    counts, meta = data_io.load_token_counts(counts_file)
     if len(counts) != vocab:
         raise InputError(
             f"{counts_file} counts {len(counts)} token ids but the vocabulary has {vocab}: "
             f"re-run scripts/token_counts.py with --vocab_size {vocab}"
+        )
+    if digest is not None and meta.get("vocab_digest") not in (None, digest):
+        raise InputError(
+            f"{counts_file} counts the ids of another vocabulary of the same size ({meta.get('tokenizer_name')}): "
+            "re-run scripts/token_counts.py on data binarized with this tokenizer"
         )
     probs = np.maximum(counts, 1).astype(np.float64) ** -smoothing
     probs[list(special_ids)] = 0.0

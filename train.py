@@ -188,7 +188,8 @@ def setup(args):
     data_io.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
     token_probs = None
     if args.mlm:
-        token_probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing)
+        token_probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing,
+                                               data_io.vocab_digest(tokenizer))  # fmt: skip
 
     student = load_student(args, len(tokenizer))
     teacher = None if args.no_teacher else load_teacher(args, student)
@@ -199,10 +200,11 @@ def setup(args):
     return tokenizer, dataset, token_probs, student, teacher
 
 
-def load_valid(args, tokenizer):
-    """The held-out set, checked and cleaned like the training data."""
+def load_valid(args, tokenizer, train_data):
+    """The held-out set, checked and cleaned like the training data; it must share no sequence with it."""
     data = data_io.load_binarized(args.valid_file)
     data_io.check_data_fits(args.valid_file, data, data.meta, tokenizer, args.special_tok_ids)
+    data_io.check_held_out(args.data_file, train_data, args.valid_file, data)
     return LmSeqsDataset(args, data)
 
 
@@ -222,7 +224,7 @@ def main(argv=None):
         dist = init_distributed(args.n_gpu)
         args.world_size, args.device = dist.world_size, str(dist.device)
         tokenizer, dataset, token_probs, student, teacher = setup(args)
-        valid = load_valid(args, tokenizer) if args.valid_file else None
+        valid = load_valid(args, tokenizer, dataset.data) if args.valid_file else None
         distiller = Distiller(args, dataset, token_probs, student, teacher, dist=dist, valid_dataset=valid)
         if args.resume:
             distiller.load_checkpoint()

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from errors import InputError
+from errors import InputError, finite_float
 from losses import LOSS_NAMES, RELATION_LOSSES
 from models import attention_projections
 from utils import logger
@@ -30,7 +30,7 @@ OBJECTIVES = {
 
 def build_parser(paths_required=True):
     """train.py's parser; paths_required=False for tools that build a Distiller without a command line."""
-    p = argparse.ArgumentParser(description="Distil a teacher LM into a student.")
+    p = argparse.ArgumentParser(prog="train.py", description="Distil a teacher LM into a student.")
     a = p.add_argument
     # Run folder
     a("--force", action="store_true", help="replace dump_path; the old one is kept aside until the first checkpoint")
@@ -62,18 +62,18 @@ def build_parser(paths_required=True):
     a("--objective", default="distilbert", choices=list(OBJECTIVES),
       help="the loss weights of a published recipe (default: DistilBERT's, the reference run's); "
            + "; ".join(f"{k}: {v['about']}" for k, v in OBJECTIVES.items()))
-    a("--temperature", default=2.0, type=float, help="softmax temperature of the KD loss (upstream's)")
-    a("--alpha_ce", type=float, help="weight of the KD loss (distilbert: 5)")
-    a("--alpha_mlm", type=float, help="weight of the MLM loss (distilbert: 2; mlm: 1; CLM runs: 0)")
-    a("--alpha_clm", type=float, help="weight of the CLM loss (distilbert: 0.5; mlm: 1; MLM runs: 0)")
-    a("--alpha_mse", type=float, help="weight of the MSE loss on logits (no recipe uses it)")
-    a("--alpha_cos", type=float, help="weight of the cosine loss on last hidden states (distilbert: 1)")
+    a("--temperature", default=2.0, type=finite_float, help="softmax temperature of the KD loss (upstream's)")
+    a("--alpha_ce", type=finite_float, help="weight of the KD loss (distilbert: 5)")
+    a("--alpha_mlm", type=finite_float, help="weight of the MLM loss (distilbert: 2; mlm: 1; CLM runs: 0)")
+    a("--alpha_clm", type=finite_float, help="weight of the CLM loss (distilbert: 0.5; mlm: 1; MLM runs: 0)")
+    a("--alpha_mse", type=finite_float, help="weight of the MSE loss on logits (no recipe uses it)")
+    a("--alpha_cos", type=finite_float, help="weight of the cosine loss on last hidden states (distilbert: 1)")
     # Self-attention relation transfer (MiniLM)
-    a("--alpha_att", type=float,
+    a("--alpha_att", type=finite_float,
       help="weight of the KL between teacher and student attention distributions, per head (minilm: 1)")
-    a("--alpha_qq", type=float, help="weight of the query-query relation loss (minilmv2: 1)")
-    a("--alpha_kk", type=float, help="weight of the key-key relation loss (minilmv2: 1)")
-    a("--alpha_vv", type=float, help="weight of the value-value relation loss (minilm, minilmv2: 1)")
+    a("--alpha_qq", type=finite_float, help="weight of the query-query relation loss (minilmv2: 1)")
+    a("--alpha_kk", type=finite_float, help="weight of the key-key relation loss (minilmv2: 1)")
+    a("--alpha_vv", type=finite_float, help="weight of the value-value relation loss (minilm, minilmv2: 1)")
     a("--relation_heads", default=None, type=int,
       help="heads the qq/kk/vv relations split Q, K, V into (default: the student's attention heads, MiniLM's "
            "value relation; minilmv2: 48, as MiniLMv2 used for base-size models)")
@@ -85,14 +85,14 @@ def build_parser(paths_required=True):
         default=None,
         help="masked-LM objective (the default for distilbert/roberta students; gpt2 students use CLM)",
     )
-    a("--mlm_mask_prop", default=0.15, type=float, help="share of tokens to predict (BERT's 15%%)")
-    a("--word_mask", default=0.8, type=float, help="of those, share replaced by [MASK]")
-    a("--word_keep", default=0.1, type=float, help="share kept as is")
-    a("--word_rand", default=0.1, type=float, help="share replaced by a random token")
+    a("--mlm_mask_prop", default=0.15, type=finite_float, help="share of tokens to predict (BERT's 15%%)")
+    a("--word_mask", default=0.8, type=finite_float, help="of those, share replaced by [MASK]")
+    a("--word_keep", default=0.1, type=finite_float, help="share kept as is")
+    a("--word_rand", default=0.1, type=finite_float, help="share replaced by a random token")
     a(
         "--mlm_smoothing",
         default=0.7,
-        type=float,
+        type=finite_float,
         help="masking weight ~ count^-smoothing: rare tokens more often (XLM)",
     )
     a("--restrict_ce_to_mask", action="store_true", help="KD loss on the masked positions only")
@@ -108,19 +108,19 @@ def build_parser(paths_required=True):
     )
     a("--no_group_by_size", dest="group_by_size", action="store_false", help="turn length grouping off")
     a("--gradient_accumulation_steps", type=int, default=50, help="batches per optimizer step (upstream's)")
-    a("--warmup_prop", default=0.05, type=float, help="share of optimizer steps in linear warmup")
-    a("--weight_decay", default=0.0, type=float, help="AdamW weight decay (not on biases and LayerNorms)")
-    a("--learning_rate", default=5e-4, type=float, help="peak learning rate")
-    a("--adam_epsilon", default=1e-6, type=float, help="AdamW epsilon")
-    a("--max_grad_norm", default=5.0, type=float, help="gradient clipping norm")
-    a("--initializer_range", default=0.02, type=float, help="(upstream flag; the student config sets its init)")
+    a("--warmup_prop", default=0.05, type=finite_float, help="share of optimizer steps in linear warmup")
+    a("--weight_decay", default=0.0, type=finite_float, help="AdamW weight decay (not on biases and LayerNorms)")
+    a("--learning_rate", default=5e-4, type=finite_float, help="peak learning rate")
+    a("--adam_epsilon", default=1e-6, type=finite_float, help="AdamW epsilon")
+    a("--max_grad_norm", default=5.0, type=finite_float, help="gradient clipping norm")
+    a("--initializer_range", default=0.02, type=finite_float, help="(upstream flag; the student config sets its init)")
     # Precision and hardware
     a("--fp16", action="store_true", help="fp16 autocast + GradScaler on CUDA; the teacher in fp16")
     a("--fp16_opt_level", default="O1", help="(apex option, ignored: torch.amp has one mode)")
     a("--bf16", action="store_true", help="bf16 autocast (CUDA or CPU); the teacher in bf16")
     a(
         "--empty_cache_threshold_gb",
-        type=float,
+        type=finite_float,
         default=2.0,
         help="after a step, empty the CUDA cache when less than this much GPU memory is free (the reference run)",
     )

@@ -50,6 +50,7 @@ import numpy as np
 
 from benchmarks.upstream_step import Reference
 from benchmarks.workload import SIZES, SPECIAL, build_models, make_batches, model_flops, peak_tflops_for, token_probs
+from errors import finite_float
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -264,7 +265,7 @@ def main():
     )
     parser.add_argument("--fp16", action="store_true", help="both steps under fp16 autocast with a GradScaler (GPU)")
     parser.add_argument("--trace_every", type=int, help="sample memory every this many steps (default 50 on cuda)")
-    parser.add_argument("--peak_tflops", type=float, help="the card's dense fp16 peak, if not in PEAK_TFLOPS")
+    parser.add_argument("--peak_tflops", type=finite_float, help="the card's dense fp16 peak, if not in PEAK_TFLOPS")
     parser.add_argument(
         "--threads",
         type=int,

@@ -26,8 +26,10 @@ benchmarks/bench_binarize.py measures both side by side.
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -47,6 +49,7 @@ from data_io import (
     save_array,
     save_array_blocks,
     save_manifest,
+    save_order_stamp,
     shards_folder,
     special_token_ids,
     vocab_digest,
@@ -158,15 +161,21 @@ def shard_files(folder, k):
 
 
 def finished_shard(folder, k, settings):
-    """The stats of shard `k` if a previous run finished it with the same settings, else None."""
+    """The stats of shard `k` if a previous run finished it with the same settings and its arrays are whole
+    (they open, and hold what its stats say), else None: a truncated or damaged shard is tokenized again."""
     files = shard_files(folder, k)
     try:
         stats = json.loads(files["json"].read_text())
-    except (OSError, ValueError):
+        if stats.get("settings") != settings:
+            return None
+        tokens = np.load(files["tokens.npy"], mmap_mode="r", allow_pickle=False)
+        lengths = np.load(files["lengths.npy"], mmap_mode="r", allow_pickle=False)
+        whole = (tokens.ndim == lengths.ndim == 1 and tokens.dtype == np.dtype(settings["dtype"])
+                 and len(tokens) == stats["n_tokens"] and len(lengths) == stats["n_sequences"]
+                 and int(lengths.sum(dtype=np.int64)) == len(tokens))  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if stats.get("settings") != settings or not all(files[n].is_file() for n in ("tokens.npy", "lengths.npy")):
-        return None
-    return stats
+    return stats if whole else None
 
 
 def binarize_shard(job):
@@ -208,6 +217,8 @@ def parse_shard(text):
 
 
 def check_input(path):
+    if Path(path).is_dir():
+        raise InputError(f"--file_path {path} is a folder: give the text dump, one sequence per line (step 1)")
     if not Path(path).is_file():
         raise InputError(f"{path} does not exist: write it with scripts/extract_wikipedia.py (step 1)")
 
@@ -292,8 +303,8 @@ def binarize(file_path, tokenizer, tokenizer_type, tokenizer_name, folder, min_t
 
 def write_order(folder, stats, seed, valid_size=0):
     """offsets.npy (where each sequence starts, over all shards in input order) and order.npy (the shuffle:
-    position i holds sequence order[i]), written a block at a time. Returns the number of sequences and the
-    tokens of the first `valid_size` positions (the held-out part)."""
+    position i holds sequence order[i]), written a block at a time, and order.json, the shuffle's new id.
+    Returns that id and the tokens of the first `valid_size` positions (the held-out part)."""
     n = sum(s["n_sequences"] for s in stats)
 
     def ends():  # each shard's sequence ends, shifted by everything before it
@@ -309,8 +320,9 @@ def write_order(folder, stats, seed, valid_size=0):
     block = 1 << 22  # narrowed a block at a time: no second copy of the permutation
     save_array_blocks(folder / "order.npy", np.uint32 if n < 2**32 else np.int64, n,
                       (perm[i : i + block] for i in range(0, n, block)))
+    order_id = save_order_stamp(folder, {"sequences": n, "seed": seed, "valid_size": valid_size})
     offsets, held_out = np.load(folder / "offsets.npy", mmap_mode="r"), perm[:valid_size]
-    return n, int((offsets[held_out + 1] - offsets[held_out]).sum())
+    return order_id, int((offsets[held_out + 1] - offsets[held_out]).sum())
 
 
 def output_path(dump_file, tokenizer_name, split=""):
@@ -325,15 +337,16 @@ def output_path(dump_file, tokenizer_name, split=""):
 def positive(kind):
     def parse(text):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
         return value
     return parse
 
 
 @reports_errors
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Tokenize a one-sequence-per-line dump once, before distillation.")
+    parser = argparse.ArgumentParser(prog="binarized_data.py",
+                                     description="Tokenize a one-sequence-per-line dump once, before distillation.")
     parser.add_argument("--file_path", default="data/dump.txt", help="text dump, one sequence per line (step 1)")
     parser.add_argument("--tokenizer_type", default="bert", help="bert | roberta | gpt2: picks the special tokens")
     parser.add_argument("--tokenizer_name", default="bert-base-uncased", help="hub name or local tokenizer folder")
@@ -384,17 +397,20 @@ def main(argv=None):
             )
         if args.valid_size >= n:
             raise InputError(f"--valid_size {args.valid_size} leaves no training data ({n} sequences kept): lower it")
-        _, valid_tokens = write_order(folder, stats, args.seed, args.valid_size)
+        order_id, valid_tokens = write_order(folder, stats, args.seed, args.valid_size)
         shards = [{"file": shard_files(folder, k)["tokens.npy"].name, "n_tokens": s["n_tokens"],
                    "n_sequences": s["n_sequences"]} for k, s in enumerate(stats)]
         meta = dict(meta, seed=args.seed)
         n_tokens = sum(s["n_tokens"] for s in stats)
         if args.valid_size:
             save_manifest(valid_out, folder, shards, (0, args.valid_size),
-                          dict(meta, split="valid", n_tokens=valid_tokens))
+                          dict(meta, split="valid", n_tokens=valid_tokens), order_id)
             logger.info("held out %d sequences in %s", args.valid_size, valid_out)
+        elif valid_out.is_file():  # an earlier run's held-out file: its sequences are training ones now
+            valid_out.unlink()
+            logger.info("removed %s, an earlier run's held-out file (this run holds none out)", valid_out)
         save_manifest(out, folder, shards, (args.valid_size, n),
-                      dict(meta, split="train", n_tokens=n_tokens - valid_tokens))
+                      dict(meta, split="train", n_tokens=n_tokens - valid_tokens), order_id)
         for stale in folder.glob("[0-9][0-9][0-9][0-9][0-9].*"):  # shards of an earlier, longer dump
             if int(stale.name[:5]) >= len(stats):
                 stale.unlink()
@@ -402,8 +418,10 @@ def main(argv=None):
         if fresh:
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    except OSError as e:  # a full disk, a folder that vanished during the run
-        raise InputError(f"could not write {out} ({e.strerror or e}): free space or pick another --dump_file") from e
+    except OSError as e:  # a full disk, a folder that vanished or turned read-only during the run
+        where = e.filename or out
+        hint = "free space" if e.errno == errno.ENOSPC else "check that it can be written"
+        raise InputError(f"could not write {where} ({e.strerror or e}): {hint}, or pick another --dump_file") from e
     logger.info(
         "%d lines (%d blank); kept %d sequences, %d tokens (mean %.1f); dropped %d shorter than %d tokens",
         meta["lines"], meta["blank_lines"], n, n_tokens, n_tokens / n, meta["dropped_short"], args.min_tokens,

@@ -23,7 +23,7 @@ import data_io
 import evaluation
 import masking
 import utils
-from errors import InputError, reports_errors
+from errors import InputError, finite_float, reports_errors
 from utils import init_distributed, logger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,14 @@ def load_tokenizer(path):
     return utils.load_tokenizer(AutoTokenizer, path)
 
 
+def check_not_training_data(data_file, data, counts_file):
+    """The held-out file must share no sequence with the training data, which its token counts name."""
+    _, meta = data_io.load_token_counts(counts_file)
+    train_file = meta.get("data_file")
+    if train_file and Path(train_file).resolve() != Path(data_file).resolve() and Path(train_file).is_file():
+        data_io.check_held_out(train_file, data_io.load_binarized(train_file), data_file, data)
+
+
 def held_out(args, tokenizer, data, model, device):
     """(Masking, dataset): the held-out sequences as train.py reads them, and training's masking (its
     token probabilities, [MASK] id and rates) on `device`. Nothing is trained or written."""
@@ -63,7 +71,9 @@ def held_out(args, tokenizer, data, model, device):
 
     special = data_io.special_token_ids(tokenizer)
     data_io.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
-    probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing)
+    probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing,
+                                     data_io.vocab_digest(tokenizer))  # fmt: skip
+    check_not_training_data(args.data_file, data, args.token_counts)
     limit = utils.model_input_limit(tokenizer, model.config)
     dataset = LmSeqsDataset(Namespace(max_model_input_size=limit, special_tok_ids=special, mlm=True), data)
     if len(dataset) == 0:
@@ -90,7 +100,7 @@ def table(results, teacher=None):
 
 @reports_errors
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", action="append", default=[], help="[NAME=]PATH of a masked LM; repeat for several")
     p.add_argument("--teacher", default=None, help="[NAME=]PATH: evaluated too; the others are compared with it")
     p.add_argument("--data_file", required=True, help="held-out binarized text (binarized_data.py --valid_size)")
@@ -100,11 +110,11 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=evaluation.EVAL_BATCH_SIZE, help="sequences per batch")
     p.add_argument("--seed", type=int, default=evaluation.EVAL_SEED, help="fixes the masked positions")
     p.add_argument("--max_sequences", type=int, default=None, help="evaluate on the first N sequences only")
-    p.add_argument("--mlm_mask_prop", type=float, default=0.15, help="as in training")
-    p.add_argument("--word_mask", type=float, default=0.8, help="as in training")
-    p.add_argument("--word_keep", type=float, default=0.1, help="as in training")
-    p.add_argument("--word_rand", type=float, default=0.1, help="as in training")
-    p.add_argument("--mlm_smoothing", type=float, default=0.7, help="as in training")
+    p.add_argument("--mlm_mask_prop", type=finite_float, default=0.15, help="as in training")
+    p.add_argument("--word_mask", type=finite_float, default=0.8, help="as in training")
+    p.add_argument("--word_keep", type=finite_float, default=0.1, help="as in training")
+    p.add_argument("--word_rand", type=finite_float, default=0.1, help="as in training")
+    p.add_argument("--mlm_smoothing", type=finite_float, default=0.7, help="as in training")
     p.add_argument("--n_gpu", type=int, default=1, help="0 forces the CPU")
     args = p.parse_args(argv)
 

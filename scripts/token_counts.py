@@ -46,7 +46,8 @@ def check_vocab_size(data_file, meta, max_id, vocab_size):
 
 @reports_errors
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Token counts for smoothing the MLM masking probabilities.")
+    parser = argparse.ArgumentParser(prog="token_counts.py",
+                                     description="Token counts for smoothing the MLM masking probabilities.")
     parser.add_argument("--data_file", default="data/dump.bert-base-uncased.pickle", help="binarized data (step 2)")
     parser.add_argument("--token_counts_dump", default="data/token_counts.bert-base-uncased.pickle",
                         help="output file")
@@ -61,6 +62,7 @@ def main(argv=None):
         check_vocab_size(args.data_file, data.meta, data.max_id(), args.vocab_size)
         counts = count_tokens(data.blocks(), args.vocab_size)
         meta = {"data_file": str(args.data_file), "tokenizer_name": data.meta.get("tokenizer_name"),
+                "vocab_digest": data.meta.get("vocab_digest"),  # train.py refuses counts of another vocabulary
                 "n_sequences": len(data)}
         save_token_counts(args.token_counts_dump, counts, meta)
     except OSError as e:  # a full disk, a folder that vanished during the run

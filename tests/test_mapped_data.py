@@ -155,6 +155,8 @@ def test_changed_settings_redo_the_shards(tmp_path, articles, tokenizer_dir):
 @pytest.mark.parametrize("flags,needle", [
     (("--num_proc", "0"), "--num_proc: must be positive"),
     (("--shard_mb", "-1"), "--shard_mb: must be positive"),
+    (("--shard_mb", "nan"), "--shard_mb: must be positive and finite, got nan"),
+    (("--shard_mb", "inf"), "--shard_mb: must be positive and finite, got inf"),
     (("--shard", "3/2"), "--shard must be i/n"),
     (("--shard", "half"), "--shard must be i/n"),
 ])

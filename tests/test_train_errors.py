@@ -108,11 +108,11 @@ def test_existing_dump_path_needs_force(run_files, tmp_path, capsys):
         (["--fp16", "--bf16"], "exclusive"),
         (["--teacher_layer", "0"], "--teacher_layer counts the teacher's layers from 1"),  # 0 was the last, silently
         (["--teacher_layer", "-1", "--alpha_att", "1"], "from 1 (the first)"),
-        (["--alpha_ce", "nan"], "--alpha_ce must be a finite number, got nan"),  # NaN was a weight of 0
-        (["--alpha_att", "nan"], "--alpha_att must be a finite number"),
-        (["--alpha_cos", "inf"], "--alpha_cos must be a finite number, got inf"),
+        (["--alpha_ce", "nan"], "argument --alpha_ce: must be a finite number, got nan"),  # NaN was a weight of 0
+        (["--alpha_att", "nan"], "argument --alpha_att: must be a finite number"),
+        (["--alpha_cos", "inf"], "argument --alpha_cos: must be a finite number, got inf"),
         (["--alpha_vv", "-1"], "loss weights must be >= 0, got --alpha_vv -1.0"),
-        (["--temperature", "nan"], "--temperature must be > 0 and finite"),
+        (["--temperature", "nan"], "argument --temperature: must be a finite number"),
     ],
 )
 def test_rejected_argument_combinations(run_files, tmp_path, capsys, extra, match):

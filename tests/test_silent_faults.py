@@ -1,0 +1,280 @@
+"""Issue 32: faults that gave a wrong result with exit 0, or a traceback, or a state no rerun repairs. Each
+test is named after the case a fault probe hit, and covers the other members of its class (another array
+of the same file, another script, another flag)."""
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import data_io
+import train
+from conftest import input_error, run_main, write_bert_vocab
+from scripts import binarized_data, evaluate, token_counts
+from train_helpers import make_teacher_dir, sentences, with_args, write_student_config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, articles):
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "dump.txt").write_text("\n".join(sentences(articles[:60])) + "\n")
+    return folder / "dump.txt"
+
+
+def binarize(folder, dump, tokenizer_dir, *extra):
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = run_main(binarized_data.main, "--file_path", dump, "--tokenizer_name", tokenizer_dir,
+                    "--dump_file", folder / "bin", "--num_proc", 1, *extra)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return folder / f"bin.{tokenizer_dir.name}.pickle", folder / f"bin.{tokenizer_dir.name}.valid.pickle"
+
+
+def count(data_file, counts_file, vocab):
+    run_main(token_counts.main, "--data_file", data_file, "--token_counts_dump", counts_file, "--vocab_size", vocab,
+             check=True)  # fmt: skip
+    return counts_file
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tokenizer_dir):
+    return make_teacher_dir(tmp_path_factory.mktemp("teacher") / "tiny-bert", tokenizer_dir)[0]
+
+
+def vocab_size(tokenizer_dir):
+    return len((tokenizer_dir / "vocab.txt").read_text().split("\n")[:-1])
+
+
+def train_argv(tmp_path, data_file, counts_file, teacher_dir, tokenizer_dir):
+    config = write_student_config(tmp_path / "student.json", vocab_size(tokenizer_dir))
+    return ["--data_file", str(data_file), "--token_counts", str(counts_file), "--student_type", "distilbert",
+            "--student_config", str(config), "--teacher_type", "bert", "--teacher_name", str(teacher_dir), "--mlm",
+            "--batch_size", "8", "--gradient_accumulation_steps", "1", "--n_epoch", "1", "--n_gpu", "0",
+            "--dump_path", str(tmp_path / "run")]  # fmt: skip
+
+
+def train_error(argv):
+    line = input_error(train.main, argv)
+    return line
+
+
+# -- 1. silently wrong results -------------------------------------------------------------------------------
+
+
+def test_a_held_out_file_that_overlaps_the_training_data(tmp_path, corpus, tokenizer_dir, teacher_dir):
+    train_file, valid_file = binarize(tmp_path, corpus, tokenizer_dir, "--valid_size", 20)
+    counts = count(train_file, tmp_path / "counts.pickle", vocab_size(tokenizer_dir))
+    argv = train_argv(tmp_path, train_file, counts, teacher_dir, tokenizer_dir)
+    old_valid = valid_file.read_bytes()
+    # the same command without a held-out part: the old held-out file is removed, not left to overlap
+    binarize(tmp_path, corpus, tokenizer_dir, "--valid_size", 0)
+    assert not valid_file.exists()
+    # a copy of it put back (or kept elsewhere beside the folder) is refused as stale, by every reader
+    valid_file.write_bytes(old_valid)
+    with pytest.raises(data_io.InputError, match="is stale: .* has been binarized again"):
+        data_io.load_binarized(valid_file)
+    assert "is stale" in train_error(with_args(argv, valid_file=valid_file))
+    # variant: a held-out manifest of the current shuffle whose positions overlap the training file's
+    binarize(tmp_path, corpus, tokenizer_dir, "--valid_size", 20)
+    record = pickle.loads(train_file.read_bytes())
+    record["order"] = [0, 40]  # 40 positions: 20 held out, and the training file's first 20
+    overlapping = tmp_path / "overlapping.valid.pickle"
+    overlapping.write_bytes(pickle.dumps(record))
+    line = train_error(with_args(argv, valid_file=overlapping))
+    assert "shares 20 of its 40 sequences with" in line and "not held out" in line
+    assert not (tmp_path / "run").exists()
+    # the same check in scripts/evaluate.py, which finds the training file through its token counts
+    line = input_error(evaluate.main, ["--data_file", overlapping, "--token_counts", counts, "--model", teacher_dir,
+                                       "--output", tmp_path / "eval.json"])  # fmt: skip
+    assert "shares 20 of its 40 sequences with" in line and not (tmp_path / "eval.json").exists()
+    # the proper held-out file passes both
+    data_io.check_held_out(train_file, data_io.load_binarized(train_file), valid_file,
+                           data_io.load_binarized(valid_file))  # fmt: skip
+
+
+def damage(folder, name, change):
+    """Change one .npy array of a shards folder in place, keeping its size."""
+    path = folder / name
+    array = np.load(path)
+    change(array)
+    np.save(path, array)
+
+
+DAMAGE = {  # what a probe did to an array, keeping its size -> the words of the refusal
+    "offsets_moved_up": ("offsets.npy", lambda a: a.__setitem__(len(a) // 2, a[len(a) // 2] + 5000), "decreases"),
+    "offsets_moved_by_one": ("offsets.npy", lambda a: a.__setitem__(len(a) // 2, a[len(a) // 2] + 1),
+                             "disagree on where sequences end"),  # fmt: skip
+    "lengths_changed": ("00000.lengths.npy", lambda a: a.__setitem__(3, a[3] + 1), "disagree on where sequences end"),
+    "order_repeats": ("order.npy", lambda a: a.__setitem__(1, a[0]), "order.npy repeats sequences"),
+    "order_out_of_range": ("order.npy", lambda a: a.__setitem__(2, len(a) + 7), "order.npy holds sequence"),
+    "order_swapped_is_fine": ("order.npy", lambda a: a.__setitem__(slice(0, 2), a[[1, 0]]), None),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_damage_that_keeps_array_sizes(tmp_path, corpus, tokenizer_dir, teacher_dir, case):
+    name, change, words = DAMAGE[case]
+    train_file, _ = binarize(tmp_path, corpus, tokenizer_dir)
+    counts = count(train_file, tmp_path / "counts.pickle", vocab_size(tokenizer_dir))
+    damage(data_io.shards_folder(train_file), name, change)
+    if words is None:  # a permutation still: nothing to refuse
+        assert len(data_io.load_binarized(train_file)) > 0
+        return
+    with pytest.raises(data_io.InputError, match=f"is damaged: .*{words}"):
+        data_io.load_binarized(train_file)
+    assert words in train_error(train_argv(tmp_path, train_file, counts, teacher_dir, tokenizer_dir))
+    assert words in input_error(token_counts.main, ["--data_file", train_file, "--token_counts_dump",
+                                                    tmp_path / "c2.pickle", "--vocab_size", 400])  # fmt: skip
+    assert not (tmp_path / "run").exists() and not (tmp_path / "c2.pickle").exists()
+
+
+def test_token_ids_beyond_the_vocabulary(tmp_path, corpus, tokenizer_dir, teacher_dir):
+    train_file, _ = binarize(tmp_path, corpus, tokenizer_dir)
+    counts = count(train_file, tmp_path / "counts.pickle", vocab_size(tokenizer_dir))
+    damage(data_io.shards_folder(train_file), "00000.tokens.npy", lambda a: a.__setitem__(5, 60000))
+    assert "holds token ids >= the vocabulary size" in train_error(
+        train_argv(tmp_path, train_file, counts, teacher_dir, tokenizer_dir))
+    line = input_error(token_counts.main, ["--data_file", train_file, "--token_counts_dump", tmp_path / "c2.pickle",
+                                           "--vocab_size", vocab_size(tokenizer_dir)])  # fmt: skip
+    assert "holds token id 60000, outside --vocab_size" in line
+
+
+def test_token_counts_of_another_vocabulary_of_the_same_size(tmp_path, corpus, tokenizer_dir, teacher_dir):
+    train_file, _ = binarize(tmp_path / "ours", corpus, tokenizer_dir)
+    vocab = (tokenizer_dir / "vocab.txt").read_text().split("\n")[:-1]
+    other = write_bert_vocab(tmp_path / "swapped" / tokenizer_dir.name, [])
+    (other / "vocab.txt").write_text("\n".join(vocab[:-2] + [vocab[-1], vocab[-2]]) + "\n")  # two words trade ids
+    their_file, _ = binarize(tmp_path / "theirs", corpus, other)
+    their_counts = count(their_file, tmp_path / "their_counts.pickle", len(vocab))
+    argv = train_argv(tmp_path, train_file, their_counts, teacher_dir, tokenizer_dir)
+    assert "counts the ids of another vocabulary of the same size" in train_error(argv)
+    line = input_error(evaluate.main, ["--data_file", train_file, "--token_counts", their_counts, "--model",
+                                       teacher_dir, "--output", tmp_path / "eval.json"])  # fmt: skip
+    assert "counts the ids of another vocabulary of the same size" in line
+    # counts of this vocabulary pass
+    ours = count(train_file, tmp_path / "our_counts.pickle", len(vocab))
+    assert json.dumps(data_io.load_token_counts(ours)[1]["vocab_digest"])
+
+
+# -- 2. tracebacks and stuck states --------------------------------------------------------------------------
+
+
+def truncate_half(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def break_header(path):
+    data = bytearray(path.read_bytes())
+    data[:8] = b"\x00" * 8
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("array,harm", [("tokens", truncate_half), ("tokens", break_header),
+                                        ("lengths", truncate_half), ("lengths", break_header)])  # fmt: skip
+def test_a_truncated_shard_is_repaired(tmp_path, corpus, tokenizer_dir, array, harm):
+    train_file, _ = binarize(tmp_path, corpus, tokenizer_dir, "--shard_mb", 0.002)
+    before = [s.tolist() for s in data_io.load_binarized(train_file).sequences()]
+    folder = data_io.shards_folder(train_file)
+    harm(folder / f"00001.{array}.npy")
+    with pytest.raises(data_io.InputError, match="damaged|do not match"):
+        data_io.load_binarized(train_file)
+    binarize(tmp_path, corpus, tokenizer_dir, "--shard_mb", 0.002)  # the rerun the error message asks for
+    assert [s.tolist() for s in data_io.load_binarized(train_file).sequences()] == before
+
+
+def test_float_flags_refuse_nan_and_infinity_in_every_script(tmp_path, corpus, tokenizer_dir, teacher_dir):
+    from errors import finite_float
+
+    assert finite_float("2.5") == 2.5 and finite_float("-1e-3") == -1e-3
+    root = Path(__file__).resolve().parents[1]
+    code = [p for d in ("", "scripts", "scripts/extract", "benchmarks") for p in (root / d).glob("*.py")]
+    # every float flag goes through finite_float (HfArgumentParser's are checked by glue_args / task_distill)
+    assert [p.name for p in code if re.search(r"type=float\b", p.read_text())] == []
+    train_file, _ = binarize(tmp_path, corpus, tokenizer_dir)
+    counts = count(train_file, tmp_path / "counts.pickle", vocab_size(tokenizer_dir))
+    argv = train_argv(tmp_path, train_file, counts, teacher_dir, tokenizer_dir)
+    for flag in ("temperature", "learning_rate", "alpha_ce", "mlm_mask_prop", "max_grad_norm"):
+        for bad in ("nan", "inf", "-inf"):
+            assert f"argument --{flag}: must be a finite number" in train_error([*argv, f"--{flag}={bad}"])
+    for flag in ("mlm_smoothing", "word_mask"):
+        line = input_error(evaluate.main, ["--data_file", train_file, "--token_counts", counts, "--model",
+                                           teacher_dir, f"--{flag}", "nan"])  # fmt: skip
+        assert f"argument --{flag}: must be a finite number" in line
+    line = input_error(binarized_data.main, ["--file_path", corpus, "--shard_mb", "inf"])
+    assert "--shard_mb: must be positive and finite" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_given_as_the_dump_is_named_a_folder(tmp_path, tokenizer_dir):
+    line = input_error(binarized_data.main, ["--file_path", tmp_path, "--tokenizer_name", tokenizer_dir,
+                                             "--dump_file", tmp_path / "out" / "bin"])  # fmt: skip
+    assert f"--file_path {tmp_path} is a folder" in line and not (tmp_path / "out").exists()
+
+
+def test_format_versions_are_named_as_read(tmp_path, corpus, tokenizer_dir):
+    train_file, _ = binarize(tmp_path, corpus, tokenizer_dir)
+    record = pickle.loads(train_file.read_bytes())
+    record["format_version"] = 3
+    train_file.write_bytes(pickle.dumps(record))
+    with pytest.raises(data_io.InputError, match="format version 3; this code reads 1 and 2"):
+        data_io.load_binarized(train_file)
+
+
+def test_temporary_files_of_a_living_writer_are_left_alone(tmp_path):
+    """Two commands writing one file (two --shard i/n runs finishing together): neither deletes the other's
+    temporary file; a dead process's is removed."""
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path / "offsets.npy"
+    with data_io.atomic_write(target) as f:  # this process's own, mid-write
+        mine = next(tmp_path.glob(".offsets.npy.*.tmp"))
+        assert mine.name.startswith(f".offsets.npy.{data_io.HOST}.{os.getpid()}.") and mine.exists()
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        gone = tmp_path / f".offsets.npy.{data_io.HOST}.{dead}.abcd.tmp"
+        gone.write_text("left by a killed run")
+        other_host = tmp_path / ".offsets.npy.elsewhere.1.abcd.tmp"
+        other_host.write_text("another machine's run, still writing")
+        data_io.remove_stale_tmp(target)  # what a second writer does first
+        assert mine.exists() and other_host.exists() and not gone.exists()
+        f.write(b"done")
+    assert target.read_bytes() == b"done" and not mine.exists()
+    # two processes writing one file at once both finish; the file is one of them, whole
+    script = ("import sys, data_io\n"
+              "for i in range(200):\n"
+              "    with data_io.atomic_write(sys.argv[1]) as f:\n"
+              "        f.write(sys.argv[2].encode() * 1000)\n")  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(target), tag]) for tag in "ab"]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert target.read_bytes() in (b"a" * 1000, b"b" * 1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other_host.name])
+
+
+def test_an_unwritable_held_out_file_is_named(tmp_path, corpus, tokenizer_dir, monkeypatch):
+    """A write that fails late (permissions changed mid-run, a file system turned read-only) names the file
+    that could not be written, not the training file, and blames free space only when space ran out."""
+    import errno
+
+    real = binarized_data.save_manifest
+    valid_file = tmp_path / f"bin.{tokenizer_dir.name}.valid.pickle"
+
+    def refuse_valid(path, *args, **kwargs):
+        if Path(path) == valid_file:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(binarized_data, "save_manifest", refuse_valid)
+    argv = ["--file_path", corpus, "--tokenizer_name", tokenizer_dir, "--dump_file", tmp_path / "bin",
+            "--valid_size", 10, "--num_proc", 1]  # fmt: skip
+    line = input_error(binarized_data.main, argv)
+    assert f"could not write {valid_file} (Permission denied)" in line and "free space" not in line
+
+    def full_disk(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(binarized_data, "save_manifest", full_disk)
+    assert "free space" in input_error(binarized_data.main, argv)
