@@ -252,16 +252,52 @@ def load_pretrained(model_class, name, what, **kwargs):
         raise _load_failure(what, name, e) from None
 
 
+TYPE_NAMES = {"bert": "BERT", "roberta": "RoBERTa", "gpt2": "GPT-2", "distilbert": "DistilBERT"}
+
+
 def load_lm(model_class, name, what, **kwargs):
     """load_pretrained() of a language model: (model, the names of the LM-head weights its checkpoint lacks).
 
     A checkpoint of the encoder alone (a saved BertModel: sentence-embedding models, fine-tuned encoders)
     loads into an LM class with no error, its vocabulary head filled with random weights; only transformers'
     load report, which the scripts silence, says so. Those weights are the keys outside the base model that
-    from_pretrained reports missing; tied ones (the decoder shares the word embeddings) do not count."""
+    from_pretrained reports missing; tied ones (the decoder shares the word embeddings) do not count.
+
+    A checkpoint of another architecture loads too, with every weight random (a RoBERTa folder into GPT-2's
+    class whose config fields happen to fit): refused here, by the checkpoint's own model_type and by any
+    weight of the base model that the checkpoint did not fill."""
+    expected = model_class.config_class.model_type
+    declared = _declared_model_type(name)
+    if declared is not None and declared != expected:
+        raise InputError(f"{what} {name} is a {TYPE_NAMES.get(declared, declared)} checkpoint (model_type "
+                         f"{declared!r}), not {TYPE_NAMES.get(expected, expected)}: give a {expected} checkpoint, "
+                         "or the type that matches it")  # fmt: skip
     model, info = load_pretrained(model_class, name, what, output_loading_info=True, **kwargs)
     prefix, tied = model.base_model_prefix + ".", tied_keys(model)
-    return model, sorted(k for k in info["missing_keys"] if not k.startswith(prefix) and k not in tied)
+    missing = [k for k in info["missing_keys"] if k not in tied]
+    unfilled = sorted(k for k in missing if k.startswith(prefix)) + sorted(
+        str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", []))  # fmt: skip
+    if unfilled:
+        raise InputError(f"{what} {name} did not fill {len(unfilled)} of {model_class.__name__}'s weights (e.g. "
+                         f"{unfilled[0]}): it is not a checkpoint of this architecture, so those would be "
+                         "random")  # fmt: skip
+    return model, sorted(k for k in missing if not k.startswith(prefix))
+
+
+def _declared_model_type(name):
+    """The model_type in a checkpoint's config.json (None where it says none or cannot be read here)."""
+    from transformers import AutoConfig
+
+    config = Path(name) / "config.json"
+    if config.is_file():
+        try:
+            return json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            return None
+    try:
+        return AutoConfig.from_pretrained(name).model_type
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def load_masked_lm(name, path):

@@ -5,6 +5,7 @@ of the same file, another script, another flag)."""
 import json
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -278,3 +279,60 @@ def test_an_unwritable_held_out_file_is_named(tmp_path, corpus, tokenizer_dir, m
 
     monkeypatch.setattr(binarized_data, "save_manifest", full_disk)
     assert "free space" in input_error(binarized_data.main, argv)
+
+
+def test_the_checks_benchmark_runs_and_compares_with_the_unchecked_load(tmp_path):
+    from benchmarks import bench_data_checks
+
+    proc = run_main(bench_data_checks.main, "--sequences", 5000, "--work", tmp_path / "work", "--rounds", 1)
+    assert proc.returncode == 0, proc.stderr
+    assert "| load the manifest and map its arrays |" in proc.stdout and "x) |" in proc.stdout
+    assert "the checks in all:" in proc.stdout and not (tmp_path / "work").exists()
+    assert run_main(bench_data_checks.main, "--sequences", 10).returncode == 2
+
+
+def test_a_teacher_of_the_wrong_type_gives_no_student(tmp_path, articles, tokenizer_dir, teacher_dir):
+    """A checkpoint of another architecture loads into any LM class with every weight random; every
+    extraction (and train.py's teacher, through utils.load_lm) refuses it by its model_type, and refuses a
+    checkpoint of the right type that does not fill every weight it copies."""
+    from safetensors.torch import load_file, save_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import utils
+    from scripts.extract import distilbert as extract_bert, student as extract_student
+    from test_other_students import bpe_teacher
+
+    roberta, _ = bpe_teacher(tmp_path / "roberta", "roberta", [a["text"] for a in articles[:40]])
+    gpt_config = tmp_path / "gpt2.json"  # GPT-2 fields that fit the RoBERTa folder's, as the probe's did
+    gpt_config.write_text(GPT2Config(vocab_size=roberta.config.vocab_size, n_embd=32, n_layer=2, n_head=2,
+                                     n_positions=130).to_json_string())  # fmt: skip
+    out = tmp_path / "init.safetensors"
+    not_gpt2 = "is a RoBERTa checkpoint (model_type 'roberta'), not GPT-2"
+    not_roberta = "is a BERT checkpoint (model_type 'bert'), not RoBERTa"
+    not_bert = "is a RoBERTa checkpoint (model_type 'roberta'), not BERT"
+    cases = [
+        (extract_student.main, ["--model_type", "gpt2", "--model_name", tmp_path / "roberta", "--student_config",
+                                gpt_config], not_gpt2),
+        (extract_student.main, ["--model_type", "roberta", "--model_name", teacher_dir, "--student_config",
+                                tmp_path / "roberta" / "config.json"], not_roberta),
+        (extract_bert.main, ["--model_name", tmp_path / "roberta"], not_bert),
+    ]  # fmt: skip
+    for main, argv, words in cases:
+        assert words in input_error(main, [*argv, "--dump_checkpoint", out])
+        assert not out.exists()
+    with pytest.raises(data_io.InputError, match="is a RoBERTa checkpoint"):  # train.py's teacher
+        utils.load_lm(GPT2LMHeadModel, str(tmp_path / "roberta"), "the teacher")
+    # the right type, but a checkpoint that lacks some of the weights copied (a pruned or cut file)
+    pruned = tmp_path / "pruned"
+    shutil.copytree(teacher_dir, pruned)
+    weights = load_file(str(pruned / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if ".layer.1." not in k}, str(pruned / "model.safetensors"),
+              metadata={"format": "pt"})  # fmt: skip
+    config = write_student_config(tmp_path / "student.json", vocab_size(tokenizer_dir), layers=2)
+    line = input_error(extract_bert.main, ["--model_name", pruned, "--student_config", config,
+                                           "--dump_checkpoint", out])  # fmt: skip
+    assert "did not fill" in line and "bert.encoder.layer.1." in line and not out.exists()
+    # and one layer named twice
+    line = input_error(extract_bert.main, ["--model_name", teacher_dir, "--student_config", config, "--layers", "0,0",
+                                           "--dump_checkpoint", out])  # fmt: skip
+    assert "--layers 0,0 copies teacher layer 0 twice" in line and not out.exists()

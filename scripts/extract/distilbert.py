@@ -65,6 +65,9 @@ def parse_layers(text, n_student, n_teacher):
     bad = [i for i in layers if not 0 <= i < n_teacher]
     if bad:
         raise InputError(f"--layers {bad} out of range: the teacher has layers 0..{n_teacher - 1}")
+    twice = sorted({i for i in layers if layers.count(i) > 1})
+    if twice:  # two student layers would start as one: a typo far more often than a choice
+        raise InputError(f"--layers {text} copies teacher layer {twice[0]} twice: give {n_student} different layers")
     return layers
 
 
