@@ -266,8 +266,9 @@ def load_lm(model_class, name, what, **kwargs):
     A checkpoint of another architecture loads too, with every weight random (a RoBERTa folder into GPT-2's
     class whose config fields happen to fit): refused here, by the checkpoint's own model_type and by any
     weight of the base model that the checkpoint did not fill."""
-    expected = model_class.config_class.model_type
-    declared = _declared_model_type(name)
+    config_class = getattr(model_class, "config_class", None)  # None: an Auto class, which takes any type
+    expected = config_class.model_type if config_class else None
+    declared = _declared_model_type(name) if expected else None
     if declared is not None and declared != expected:
         raise InputError(f"{what} {name} is a {TYPE_NAMES.get(declared, declared)} checkpoint (model_type "
                          f"{declared!r}), not {TYPE_NAMES.get(expected, expected)}: give a {expected} checkpoint, "
