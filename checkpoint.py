@@ -14,9 +14,9 @@ import torch
 from data_io import atomic_write
 from errors import InputError, first_line
 from monitor import Meter, metrics_size
-from utils import set_rng_state
+from utils import RUN_CHECKPOINT, set_rng_state
 
-CHECKPOINT = "checkpoint.pth"  # in the run folder, replaced atomically
+CHECKPOINT = RUN_CHECKPOINT  # "checkpoint.pth" in the run folder, replaced atomically
 KEYS = ("student", "optimizer", "scheduler", "scaler", "progress", "meter", "data_order", "rng")
 OPTIONAL = ("meter",)  # absent from checkpoints written before it existed
 # The Distiller's counters that `progress` holds, by attribute name.

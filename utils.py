@@ -207,10 +207,23 @@ def git_log(folder):
 # Loading models and tokenizers with errors a user can act on
 
 
+# Models whose position ids start after the padding id (padding_idx + 1 .. max_position_embeddings - 1): their
+# longest input is max_position_embeddings - pad_token_id - 1 (RoBERTa's 514 positions take 512 tokens).
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")
+
+
+def usable_positions(config):
+    """The longest input a model config's position embeddings take (None: no limit recorded)."""
+    n = getattr(config, "max_position_embeddings", None)  # GPT-2's n_positions answers to this name too
+    if n and getattr(config, "model_type", None) in OFFSET_POSITIONS:
+        n -= (config.pad_token_id or 0) + 1
+    return n
+
+
 def model_input_limit(tokenizer, *configs):
-    """The longest input every model and the tokenizer accept: the smallest max_position_embeddings and the
+    """The longest input every model and the tokenizer accept: the smallest usable_positions() and the
     tokenizer's model_max_length (tokenizers without a limit report ~1e30)."""
-    limits = [c.max_position_embeddings for c in configs if getattr(c, "max_position_embeddings", None)]
+    limits = [n for n in map(usable_positions, configs) if n]
     if tokenizer.model_max_length < 1_000_000:
         limits.append(tokenizer.model_max_length)
     return min(limits)
@@ -235,9 +248,25 @@ def _load_failure(what, name, e):
     return InputError(f"cannot load {what} {name!r}: {first}")
 
 
+RUN_CHECKPOINT = "checkpoint.pth"  # train.py's resumable state in a run folder (checkpoint.CHECKPOINT)
+
+
 def _check_local(what, name):
     if data_io.missing_local_path(name):
         raise InputError(f"{what} {name} does not exist: check the path (or give a hub name)")
+
+
+def check_model_folder(what, name):
+    """A local folder must hold a model (config.json); a train.py run that has not finished holds only its
+    checkpoint, and transformers would answer with "Unrecognized model": say what it is."""
+    folder = Path(name)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        hint = (
+            "it is a train.py run that has not finished: the model is written at its end (or --resume it)"
+            if (folder / RUN_CHECKPOINT).is_file()
+            else "no config.json there"
+        )
+        raise InputError(f"cannot load {what} {name}: {hint}")
 
 
 def load_pretrained(model_class, name, what, **kwargs):
@@ -246,6 +275,7 @@ def load_pretrained(model_class, name, what, **kwargs):
     from safetensors import SafetensorError
 
     _check_local(what, name)
+    check_model_folder(what, name)
     try:
         return model_class.from_pretrained(name, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
@@ -330,6 +360,8 @@ def load_tokenizer(tokenizer_class, name, what="tokenizer"):
     """`tokenizer_class.from_pretrained(name)`, refusing what transformers 5 returns for a folder without
     tokenizer files: an empty tokenizer that knows only its special tokens."""
     _check_local(what, name)
+    if (Path(name) / RUN_CHECKPOINT).is_file():
+        check_model_folder(what, name)  # an unfinished train.py run: say so, not "no vocab.txt"
     local = Path(name).exists()
     remedy = "give a folder with vocab.txt or tokenizer.json" if local else (
         "it is not a local folder, and the model hub does not have it or cannot be reached: check the spelling "

@@ -50,14 +50,13 @@ from pathlib import Path
 
 import glue
 import task_distill
-from checkpoint import CHECKPOINT
 from data_io import atomic_write, check_writable
 from errors import NON_FINITE_EXIT, InputError, fail, first_line, reports_errors
 from glue_args import check_flags, learning_rates, parse_args
 from glue_runs import NonFiniteLoss, Run, execute, model_identity, plan_run, read_summary, say, settings, summarize
 from precision import use_attention
 from scripts.glue_table import markdown_table
-from utils import load_pretrained, load_tokenizer, model_input_limit
+from utils import check_model_folder, load_pretrained, load_tokenizer, model_input_limit
 
 
 def load_data(data, unlabeled=None):
@@ -108,14 +107,7 @@ def load_teacher(dargs, student_path):
 
 def check_model(path):
     """A train.py run folder that has not finished holds checkpoints but no model yet: say so."""
-    folder = Path(path)
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        hint = (
-            "it is a train.py run that has not finished: the model is written at its end (or --resume it)"
-            if (folder / CHECKPOINT).is_file()
-            else "no config.json there"
-        )
-        raise InputError(f"cannot load the model {path}: {hint}")
+    check_model_folder("the model", path)
 
 
 def finite_check():

@@ -336,3 +336,52 @@ def test_a_teacher_of_the_wrong_type_gives_no_student(tmp_path, articles, tokeni
     line = input_error(extract_bert.main, ["--model_name", teacher_dir, "--student_config", config, "--layers", "0,0",
                                            "--dump_checkpoint", out])  # fmt: skip
     assert "--layers 0,0 copies teacher layer 0 twice" in line and not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["roberta", "gpt2", "bert", "distilbert"])
+def test_every_student_type_takes_inputs_up_to_its_limit_and_no_longer(tmp_path, articles, kind, tokenizer_dir):
+    """The input limit comes from the model type (RoBERTa's position ids start after its pad id), not from a
+    tokenizer that may record none: the longest input the limit allows runs, one more token does not."""
+    import torch
+    from transformers import AutoModelForMaskedLM, BertTokenizerFast, DistilBertForMaskedLM
+
+    import utils
+    from test_other_students import bpe_teacher
+    from train_helpers import tiny_bert_config, tiny_student_config
+
+    if kind in ("roberta", "gpt2"):
+        model, tok = bpe_teacher(tmp_path / kind, kind, [a["text"] for a in articles[:40]])
+    else:
+        tok = BertTokenizerFast.from_pretrained(str(tokenizer_dir))
+        config = tiny_bert_config(len(tok)) if kind == "bert" else tiny_student_config(len(tok))
+        model = AutoModelForMaskedLM.from_config(config) if kind == "bert" else DistilBertForMaskedLM(config)
+    tok.model_max_length = int(1e30)  # a tokenizer folder that records no limit
+    limit = utils.model_input_limit(tok, model.config)
+    positions = model.config.max_position_embeddings
+    assert limit == (positions - model.config.pad_token_id - 1 if kind == "roberta" else positions)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=torch.full((1, limit), 5))
+        with pytest.raises((IndexError, RuntimeError)):
+            model(input_ids=torch.full((1, limit + 1), 5))
+
+
+def test_an_unfinished_training_run_given_as_a_model_is_named(tmp_path, corpus, tokenizer_dir):
+    """evaluate.py (and fill_mask.py, run_glue.py: every model loader) on a train.py run folder that holds
+    only its checkpoint says what it is, not transformers' "Unrecognized model"."""
+    from scripts import fill_mask
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pth").write_bytes(b"a run still training")
+    train_file, _ = binarize(tmp_path, corpus, tokenizer_dir)
+    counts = count(train_file, tmp_path / "counts.pickle", vocab_size(tokenizer_dir))
+    words = f"cannot load the masked LM {run}: it is a train.py run that has not finished"
+    assert words in input_error(evaluate.main, ["--data_file", train_file, "--token_counts", counts, "--model", run,
+                                                "--tokenizer_name", tokenizer_dir])  # fmt: skip
+    unfinished = f"{run}: it is a train.py run that has not finished: the model is written at its end"
+    assert unfinished in input_error(fill_mask.main, ["--model", run, "--text", "the [MASK] river"])
+    (run / "checkpoint.pth").unlink()
+    line = input_error(evaluate.main, ["--data_file", train_file, "--token_counts", counts, "--model", run,
+                                       "--tokenizer_name", tokenizer_dir])  # fmt: skip
+    assert f"cannot load the masked LM {run}: no config.json there" in line
