@@ -165,6 +165,30 @@ def atomic_write(path, mode="wb"):
         raise
 
 
+@contextlib.contextmanager
+def folder_lock(lock_file, what):
+    """Hold an advisory lock on `lock_file` for the block: a second command on the same run folder (two
+    run_glue.py --overwrite_output_dir, two train.py --force) is refused in one line instead of both writing
+    into one folder. The lock goes with the process, however it ends (flock); the file stays."""
+    import fcntl
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise InputError(f"{what} is in use by another command ({holder}): wait for it to finish, or give "
+                             "another folder") from None  # fmt: skip
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        yield
+
+
 def check_writable(path, what="output", *, folder=False):
     """Raise InputError unless `path` (a file, or with `folder` a folder) can be created or replaced.
 

@@ -180,7 +180,13 @@ def plan_run(run, hyper, overwrite, main_process):
     """What to do with one run's folder, decided before anything trains or is removed."""
     results = run.dir / "results.json"
     aside = aside_path(run.dir)
-    if aside.exists():  # a replacement killed outright (no chance to put the old run back): put it back now
+    if main_process:
+        shutil.rmtree(deleting_path(run.dir), ignore_errors=True)  # a removal of an old run, killed midway
+    if aside.exists() and finished(results):  # killed while removing the old run: the new one had finished
+        if main_process:
+            remove_aside(run.dir)
+        say(f"{run.dir}: its replacement by --overwrite_output_dir had finished; the old run is removed")
+    elif aside.exists():  # a replacement killed outright (no chance to put the old run back): put it back now
         if main_process:
             shutil.rmtree(run.dir, ignore_errors=True)
             aside.rename(run.dir)
@@ -225,6 +231,26 @@ def aside_path(run_dir):
     return run_dir.parent / f".{run_dir.name}.replaced-by-overwrite"
 
 
+def deleting_path(run_dir):
+    """The old run on its way out: renamed here (one atomic step) before it is removed file by file, so a
+    kill during the removal never leaves a half-deleted run where a whole one is looked for."""
+    return run_dir.parent / f".{run_dir.name}.deleting"
+
+
+def remove_aside(run_dir):
+    os.replace(aside_path(run_dir), deleting_path(run_dir))
+    shutil.rmtree(deleting_path(run_dir))
+
+
+def finished(results):
+    """A run folder whose results.json is complete: it is never removed to put an older run back."""
+    try:
+        read_run(results)
+        return True
+    except (InputError, OSError):
+        return False
+
+
 def execute(run, targs, overwrite, hyper, train):
     """Train one planned run. --overwrite_output_dir moves the old folder aside and removes it only once the
     new run has its results; a run that fails or is stopped puts it back. A diverged run leaves nothing."""
@@ -249,7 +275,7 @@ def execute(run, targs, overwrite, hyper, train):
                 aside.rename(run.dir)
         raise
     if main_process and aside.exists():
-        shutil.rmtree(aside)
+        remove_aside(run.dir)
     return result
 
 

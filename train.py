@@ -28,6 +28,7 @@ uses torch.amp (no apex; --fp16_opt_level is ignored); --bf16; the defaults are 
 one-line error and exit status 2 before anything is written; a non-finite loss stops with exit status 3.
 """
 
+import contextlib
 import json
 import logging
 import shutil
@@ -110,6 +111,12 @@ def max_input_size(args, tokenizer, student, teacher):
             raise InputError(f"--max_model_input_size {args.max_model_input_size} exceeds the models' limit {limit}")
         return args.max_model_input_size
     return limit
+
+
+def lock_path(dump):
+    """The lock of a run folder, beside it: --force moves the folder itself aside."""
+    dump = Path(dump)
+    return dump.parent / f".{dump.name}.lock"
 
 
 def replaced_path(dump):
@@ -217,6 +224,7 @@ def main(argv=None):
     args = train_args.parse_args(argv)
     dist = log_file = distiller = None
     replaced = None
+    held = contextlib.ExitStack()  # the run folder's lock, held to the end
     try:
         # Every check that can fail runs before the run folder is touched.
         train_args.sanity_checks(args)
@@ -230,6 +238,9 @@ def main(argv=None):
             distiller.load_checkpoint()
         # Only now is anything written. parameters.json: the flags as given, and the precision that runs.
         precision = distiller.precision.record(distiller.device.type)
+        if dist.is_master:  # one command per run folder; what it found there may have changed while it loaded
+            held.enter_context(data_io.folder_lock(lock_path(args.dump_path), f"the run folder {args.dump_path}"))
+            check_dump_path(args)
         log_file, aside = prepare_dump_path(args, dist, {"precision": precision})
         replaced = ReplacedRun(args.dump_path, aside)
         distiller.checkpoint_callbacks.append(replaced.drop)
@@ -248,6 +259,7 @@ def main(argv=None):
             fail("train.py", e, NON_FINITE_EXIT)
         raise  # an InputError becomes one line and exit status 2 (reports_errors)
     finally:
+        held.close()
         if log_file is not None:
             logger.removeHandler(log_file)
             log_file.close()

@@ -40,6 +40,7 @@ its replacement has results. Every other TrainingArguments flag works as in tran
 --gradient_accumulation_steps, --report_to, ...), and so does torchrun. A non-finite loss exits with status 3.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,6 +49,7 @@ import sys
 import time
 from pathlib import Path
 
+import data_io
 import glue
 import task_distill
 from data_io import atomic_write, check_writable
@@ -289,61 +291,68 @@ def main(argv=None):
         teacher.check(task_data, tokenizer)
     margs.model_label = margs.model_label or Path(margs.model_name_or_path.rstrip("/")).name
 
-    # Every kept result, checkpoint and setting of every task is checked before the first run trains.
-    overwrite = data_args.overwrite_output_dir
-    summary = {"model": margs.model_label, "model_path": margs.model_name_or_path, "model_identity": identity,
-               "precision": {"asked": asked, "ran": precision(targs)},
-               "teacher": teacher.record() if teacher else None,
-               "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}  # fmt: skip
-    seeds = [targs.seed + i for i in range(sweep.seeds)]
-    plans = []
-    with targs.main_process_first(local=False, desc="planning"):  # the first process repairs; the others read after
-        for task_data in tasks:
-            distillation = task_distill.settings(dargs, teacher.identity) if teacher else None
-            hyper = settings(data_args, targs, task_data, identity, max_length, distillation)
-            folder = out_dir / task_data.task.name
-            runs = [plan_run(Run(lr, seed, folder / f"lr{lr:g}_seed{seed}"), hyper, overwrite, targs.process_index == 0)
-                    for lr in rates for seed in seeds]  # fmt: skip
-            plans.append((task_data, hyper, runs))
+    # One command per output folder: two at once would write over each other's runs (the lock is the main
+    # process's; torchrun's other processes follow it)
+    lock = (data_io.folder_lock(out_dir / ".lock", f"--output_dir {out_dir}") if targs.process_index == 0
+            else contextlib.nullcontext())  # fmt: skip
+    with lock:
+        # Every kept result, checkpoint and setting of every task is checked before the first run trains.
+        overwrite = data_args.overwrite_output_dir
+        summary = {"model": margs.model_label, "model_path": margs.model_name_or_path, "model_identity": identity,
+                   "precision": {"asked": asked, "ran": precision(targs)},
+                   "teacher": teacher.record() if teacher else None,
+                   "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}  # fmt: skip
+        seeds = [targs.seed + i for i in range(sweep.seeds)]
+        plans = []
+        with targs.main_process_first(local=False, desc="planning"):  # the first process repairs; the others read after
+            for task_data in tasks:
+                distillation = task_distill.settings(dargs, teacher.identity) if teacher else None
+                hyper = settings(data_args, targs, task_data, identity, max_length, distillation)
+                folder = out_dir / task_data.task.name
+                main_process = targs.process_index == 0
+                runs = [plan_run(Run(lr, seed, folder / f"lr{lr:g}_seed{seed}"), hyper, overwrite, main_process)
+                        for lr in rates for seed in seeds]  # fmt: skip
+                plans.append((task_data, hyper, runs))
 
-    for task_data, hyper, runs in plans:
-        task = task_data.task
-        if all(run.kept for run in runs):
-            train_set = dev_sets = fit = None
-        else:
-            train_set, dev_sets, fit = tokenize(task_data, tokenizer, max_length, data_args.pad_to_max_length)
-            if teacher and not dargs.per_step:  # the teacher's logits, once for every run of the task
-                train_set = teacher.logits(train_set, tokenizer, targs)
-        results = []
-        for run in runs:
-            title = f"{task.title} lr {run.lr:g} seed {run.seed}"
-            if run.kept:
-                results.append(run.kept)
-                say(f"{title}: kept {run.dir / 'results.json'} ({run.kept['score']:.2f})")
-                continue
-            say(f"{title}: fine-tuning {margs.model_label} -> {run.dir}")
-            try:
-                result = execute(run, targs, overwrite, hyper, lambda run=run: fine_tune(
-                    margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, run,
-                    teacher))  # fmt: skip
-            except NonFiniteLoss as e:
-                fail("run_glue.py", f"{title}: {e}: the run is not recorded (lower --learning_rate, or check the "
-                     "data)", NON_FINITE_EXIT)  # fmt: skip
-            shown = ", ".join(f"{d} {m} {100 * v:.2f}" for d, ms in result["metrics"].items() for m, v in ms.items())
-            say(f"{title}: {shown} ({result['train_seconds']:.0f} s of training)")
-            results.append(result)
-        summary["tasks"][task.name] = summarize(task, results)
-        scores = [t["score"] for t in summary["tasks"].values()]
-        summary["average"] = sum(scores) / len(scores)
-        summary["complete"] = all(name in summary["tasks"] for name in glue.TASKS)
-        if targs.process_index == 0:
-            with atomic_write(results_path, "w") as f:
-                json.dump(summary, f, indent=2)
-    if targs.process_index == 0 and any(n in glue.TASKS for n in summary["tasks"]):
-        say()
-        say(markdown_table([summary], published=False))
-    say(f"results: {results_path}")
-    return 0
+        for task_data, hyper, runs in plans:
+            task = task_data.task
+            if all(run.kept for run in runs):
+                train_set = dev_sets = fit = None
+            else:
+                train_set, dev_sets, fit = tokenize(task_data, tokenizer, max_length, data_args.pad_to_max_length)
+                if teacher and not dargs.per_step:  # the teacher's logits, once for every run of the task
+                    train_set = teacher.logits(train_set, tokenizer, targs)
+            results = []
+            for run in runs:
+                title = f"{task.title} lr {run.lr:g} seed {run.seed}"
+                if run.kept:
+                    results.append(run.kept)
+                    say(f"{title}: kept {run.dir / 'results.json'} ({run.kept['score']:.2f})")
+                    continue
+                say(f"{title}: fine-tuning {margs.model_label} -> {run.dir}")
+                try:
+                    result = execute(run, targs, overwrite, hyper, lambda run=run: fine_tune(
+                        margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, run,
+                        teacher))  # fmt: skip
+                except NonFiniteLoss as e:
+                    fail("run_glue.py", f"{title}: {e}: the run is not recorded (lower --learning_rate, or check the "
+                         "data)", NON_FINITE_EXIT)  # fmt: skip
+                shown = ", ".join(f"{d} {m} {100 * v:.2f}"
+                                  for d, ms in result["metrics"].items() for m, v in ms.items())  # fmt: skip
+                say(f"{title}: {shown} ({result['train_seconds']:.0f} s of training)")
+                results.append(result)
+            summary["tasks"][task.name] = summarize(task, results)
+            scores = [t["score"] for t in summary["tasks"].values()]
+            summary["average"] = sum(scores) / len(scores)
+            summary["complete"] = all(name in summary["tasks"] for name in glue.TASKS)
+            if targs.process_index == 0:
+                with atomic_write(results_path, "w") as f:
+                    json.dump(summary, f, indent=2)
+        if targs.process_index == 0 and any(n in glue.TASKS for n in summary["tasks"]):
+            say()
+            say(markdown_table([summary], published=False))
+        say(f"results: {results_path}")
+        return 0
 
 
 if __name__ == "__main__":
