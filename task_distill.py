@@ -11,6 +11,10 @@ The losses are losses.py's. With only the logits in use (no alpha_cos/att/vv), t
 the training set, in eval mode, and its logits are a column of the data that every epoch, seed and learning
 rate reuses; otherwise it runs beside the student at every step. --unlabeled_samples adds task text without
 its labels: the teacher's logits are its only target (the semi-supervised setting: few labels, more text).
+
+The teacher may have another tokenizer than the student (all-mpnet-base-v2's ids are bert-base-uncased's
+shifted by 4): it then reads each row's raw text with its own tokenizer, special tokens and length limit,
+and only the logit losses, which compare one distribution per row, are allowed.
 """
 
 import inspect
@@ -105,12 +109,15 @@ def check_flags(d, argv):
         raise InputError("--unlabeled_samples needs --alpha_ce above 0: the teacher's logits are their only target")
 
 
-def settings(d, teacher_identity):
-    """What a distilled run's result depends on, for run_glue.py's kept-run and resume checks (None: no teacher)."""
+def settings(d, teacher_identity, own_tokens=None):
+    """What a distilled run's result depends on, for run_glue.py's kept-run and resume checks (None: no teacher).
+    A teacher that reads its own tokenization adds its tokenizer's digest."""
     if not d.on:
         return None
     weights = ("alpha_ce", "alpha_task", "temperature", "alpha_cos", "alpha_att", "alpha_vv")
     out = {"teacher": teacher_identity["model"], **{k: getattr(d, k) for k in weights}}
+    if own_tokens:
+        out["teacher_tokenizer"] = teacher_identity["tokenizer"]
     if d.relations:
         out.update(teacher_layer=d.teacher_layer, relation_heads=d.relation_heads)
     return out
@@ -154,19 +161,28 @@ def check_teacher(teacher, task, num_labels, path):
                          f"{task.title} (its id2label must list the task's labels in the same order)")  # fmt: skip
 
 
-def check_vocabulary(student_tokenizer, teacher_tokenizer, texts, path):
-    """Both models read the same input ids, so the two tokenizers must be one: the same vocabulary, and the
-    same ids for the task's own text (lower-casing and accent handling included)."""
+def tokenization_differs(student_tokenizer, teacher_tokenizer, texts):
+    """Why the teacher cannot read the student's input ids (None: it can): another vocabulary, or the same
+    vocabulary splitting the task's own text otherwise (lower-casing, accents, special tokens)."""
     s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
     if s_vocab != t_vocab:
         differ = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=str)
-        raise InputError(f"the teacher {path} has another vocabulary than the student ({len(t_vocab):,} ids "
-                         f"against {len(s_vocab):,}; e.g. {differ[0][0]!r}): task distillation needs the "
-                         "student's vocabulary")  # fmt: skip
+        return f"another vocabulary ({len(t_vocab):,} ids against {len(s_vocab):,}; e.g. {differ[0][0]!r})"
     for text in texts:
         if student_tokenizer(text)["input_ids"] != teacher_tokenizer(text)["input_ids"]:
-            raise InputError(f"the teacher's tokenizer ({path}) splits {text[:60]!r} otherwise than the "
-                             "student's (same vocabulary, other lower-casing or accents)")  # fmt: skip
+            return f"the same vocabulary, splitting {text[:40]!r} otherwise"
+    return None
+
+
+def teacher_dataset(tokenizer, texts, max_length):
+    """The training rows as the teacher reads them, in the same order: its own tokenizer, special tokens and
+    length limit over the rows' raw text (one column, or two for sentence pairs)."""
+    import datasets
+
+    columns = {f"text{i}": list(column) for i, column in enumerate(texts)}
+    ds = datasets.Dataset.from_dict(columns)
+    return ds.map(lambda b: tokenizer(*[b[c] for c in columns], truncation=True, max_length=max_length),
+                  batched=True, remove_columns=list(columns), desc="tokenizing for the teacher")  # fmt: skip
 
 
 def check_shapes(d, student, teacher):
@@ -376,22 +392,35 @@ class Teacher:
     tokenizer: object
     identity: dict
     logits_seconds: float | None = None  # the one pass over the training set (benchmarks/bench_py)
+    own_tokens: str | None = None  # why the teacher reads its own tokenization of the text (None: the student's)
 
     def check(self, task_data, tokenizer):
-        """Before any training: the teacher is this task's classifier and reads the student's input ids."""
+        """Before any training: the teacher is this task's classifier; whether it can read the student's input
+        ids, or reads the rows' text with its own tokenizer (logit KD needs nothing more)."""
         path = self.args.teacher_name_or_path
         check_teacher(self.model, task_data.task, task_data.num_labels, path)
-        check_vocabulary(tokenizer, self.tokenizer, task_data.train.texts[0][:64], path)
+        texts = [t for column in task_data.train.texts for t in column[:64]]
+        self.own_tokens = self.own_tokens or tokenization_differs(tokenizer, self.tokenizer, texts)
+        if self.own_tokens and self.args.per_step:
+            flag = next(f"--{n}" for n in ("alpha_cos", "alpha_att", "alpha_vv") if getattr(self.args, n))
+            raise InputError(f"{flag} compares the two models position by position, so it needs one tokenization, "
+                             f"but the teacher {path} has {self.own_tokens}: leave it out (the logit KD of "
+                             "--alpha_ce needs no shared tokenization)")  # fmt: skip
 
-    def logits(self, train_set, tokenizer, targs):
-        """train_set with the teacher's logits as a column (computed once, in eval mode, for every run)."""
+    def logits(self, train_set, tokenizer, targs, texts=None, max_length=None):
+        """train_set with the teacher's logits as a column (computed once, in eval mode, for every run). With
+        its own tokenizer, the teacher reads `texts` (train_set's rows, in order) cut at `max_length`."""
         import torch
         from transformers import DataCollatorWithPadding
 
         dtype = torch.float16 if targs.fp16 else torch.bfloat16 if targs.bf16 else None  # as the steps run
         start = time.time()
-        logits = teacher_logits(self.model, train_set, DataCollatorWithPadding(tokenizer),
-                                             targs.per_device_eval_batch_size, targs.device, dtype)  # fmt: skip
+        rows, reader = train_set, tokenizer
+        if self.own_tokens:
+            rows, reader = teacher_dataset(self.tokenizer, texts, max_length), self.tokenizer
+            say(f"the teacher reads its own tokenization of the {len(rows):,} training rows ({self.own_tokens})")
+        logits = teacher_logits(self.model, rows, DataCollatorWithPadding(reader),
+                                targs.per_device_eval_batch_size, targs.device, dtype)  # fmt: skip
         self.model.cpu()  # the step needs only the column
         self.logits_seconds = round(time.time() - start, 2)
         say(f"the teacher's logits for {len(train_set):,} training rows took {self.logits_seconds:.1f} s"
@@ -399,6 +428,7 @@ class Teacher:
         return train_set.add_column(TEACHER_LOGITS, logits.tolist())
 
     def record(self):
-        return {"path": self.args.teacher_name_or_path, **settings(self.args, self.identity),
+        return {"path": self.args.teacher_name_or_path, **settings(self.args, self.identity, self.own_tokens),
                 "teacher_logits": "every step" if self.args.per_step else "computed once",
+                "tokenization": f"its own: {self.own_tokens}" if self.own_tokens else "the student's",
                 "unlabeled_samples": self.args.unlabeled_samples}  # fmt: skip

@@ -168,6 +168,13 @@ def tokenize(task_data, tokenizer, max_length, pad):
     return train, dev, fit
 
 
+def training_texts(task_data):
+    """The raw text of the training rows, in tokenize()'s order (labelled, then unlabelled): one list per
+    column."""
+    extra = task_data.unlabeled.texts if task_data.unlabeled else [[] for _ in task_data.train.texts]
+    return [a + b for a, b in zip(task_data.train.texts, extra)]
+
+
 def model_inputs(dataset, model, also=()):
     """Only the inputs the model's forward takes (DistilBERT has no token_type_ids), and the columns `also`."""
     keep = task_distill.forward_inputs(model) | {"label", *also}
@@ -306,7 +313,7 @@ def main(argv=None):
         plans = []
         with targs.main_process_first(local=False, desc="planning"):  # the first process repairs; the others read after
             for task_data in tasks:
-                distillation = task_distill.settings(dargs, teacher.identity) if teacher else None
+                distillation = task_distill.settings(dargs, teacher.identity, teacher.own_tokens) if teacher else None
                 hyper = settings(data_args, targs, task_data, identity, max_length, distillation)
                 folder = out_dir / task_data.task.name
                 main_process = targs.process_index == 0
@@ -321,7 +328,10 @@ def main(argv=None):
             else:
                 train_set, dev_sets, fit = tokenize(task_data, tokenizer, max_length, data_args.pad_to_max_length)
                 if teacher and not dargs.per_step:  # the teacher's logits, once for every run of the task
-                    train_set = teacher.logits(train_set, tokenizer, targs)
+                    teacher_length = min(data_args.max_seq_length,
+                                         model_input_limit(teacher.tokenizer, teacher.model.config))
+                    train_set = teacher.logits(train_set, tokenizer, targs, training_texts(task_data),
+                                               teacher_length)  # fmt: skip
             results = []
             for run in runs:
                 title = f"{task.title} lr {run.lr:g} seed {run.seed}"

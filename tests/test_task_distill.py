@@ -247,7 +247,8 @@ def test_intermediate_losses_run_the_teacher_at_every_step(tmp_path, teacher, ta
 @pytest.fixture(scope="module")
 def wrong_teachers(tmp_path_factory, tokenizer_dir, teacher, task_teacher):
     """Teachers that must be refused: an encoder with no classification head, one with its labels in another
-    order, one with another vocabulary, one that lower-cases otherwise, one of another width and head count."""
+    order, one with another vocabulary or one that lower-cases otherwise (for the losses that compare positions),
+    one of another width and head count."""
     root = tmp_path_factory.mktemp("wrong")
     headless, _, _ = make_headless_teacher_dir(root / "headless", tokenizer_dir)
     model = AutoModelForSequenceClassification.from_pretrained(task_teacher)
@@ -299,8 +300,10 @@ def wrong_teachers(tmp_path_factory, tokenizer_dir, teacher, task_teacher):
     [
         ("headless", [], "is not a sequence classifier (BertModel; it lacks classifier."),
         ("swapped", [], "the teacher's labels (other, born) are not custom's (born, other, in this order)"),
-        ("other_vocab", [], "has another vocabulary than the student"),
-        ("cased", [], "otherwise than the student's (same vocabulary, other lower-casing or accents)"),
+        # another tokenization is fine for the logit KD (tests/test_cross_tokenizer.py), not for these losses
+        ("other_vocab", ["--alpha_cos", 1], "needs one tokenization, but the teacher"),
+        ("other_vocab", ["--alpha_cos", 1], "has another vocabulary (371 ids against 370"),
+        ("cased", ["--alpha_att", 1], "has the same vocabulary, splitting"),
         (
             "wide",
             ["--alpha_cos", 1],

@@ -1,0 +1,124 @@
+"""Issue 31: task distillation from a teacher of another tokenizer (a byte-level BPE RoBERTa teaching a
+WordPiece BERT student): the teacher reads each row's raw text with its own tokenizer, special tokens and
+length limit; its cached logits equal the teacher run on that text row by row; single sentences and pairs,
+labelled and unlabelled rows; the losses that compare positions are refused."""
+
+import csv
+import json
+
+import pytest
+import torch
+from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast
+
+import task_distill
+from conftest import input_error, run_main
+from scripts import run_glue
+from test_glue import FAST, custom_task, teacher  # noqa: F401 (fixtures)
+from test_other_students import SPECIALS
+
+
+@pytest.fixture(scope="module")
+def bpe_teacher(tmp_path_factory, custom_task):  # noqa: F811
+    """A tiny RoBERTa sequence classifier for the custom task's labels, with a BPE tokenizer of its own."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    folder = tmp_path_factory.mktemp("roberta_teacher")
+    with open(custom_task / "train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([r["text"] for r in rows], vocab_size=400, show_progress=False,
+                            special_tokens=SPECIALS["roberta"])  # fmt: skip
+    bpe.save_model(str(folder))
+    tok = RobertaTokenizerFast.from_pretrained(str(folder))
+    labels = {0: "born", 1: "other"}  # the custom task's labels, sorted
+    config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=40, pad_token_id=tok.pad_token_id,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, type_vocab_size=1,
+                           id2label=labels, label2id={v: k for k, v in labels.items()})  # fmt: skip
+    torch.manual_seed(0)
+    model = RobertaForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.out_proj.weight.mul_(50)  # confident enough that its logits differ row to row
+    model.eval().save_pretrained(folder)
+    tok.model_max_length = int(1e30)  # no limit recorded: the model type's (38 positions) applies
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pair_task(tmp_path_factory, custom_task):  # noqa: F811
+    """A sentence-pair task from the custom task's rows: (sentence, the next one) -> the first one's label."""
+    folder = tmp_path_factory.mktemp("pairs")
+    for name in ("train.csv", "dev.csv"):
+        with open(custom_task / name, newline="") as f:
+            rows = list(csv.DictReader(f))
+        with open(folder / name, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sentence1", "sentence2", "label"])
+            w.writerows((a["text"], b["text"][:80], a["label"]) for a, b in zip(rows, rows[1:] + rows[:1]))
+    return folder
+
+
+def distil(student, task, teacher_dir, out, *extra):
+    return run_main(run_glue.main, "--model_name_or_path", student, "--train_file", task / "train.csv",
+                    "--validation_file", task / "dev.csv", "--output_dir", out, "--teacher_name_or_path",
+                    teacher_dir, "--max_train_samples", 40, "--unlabeled_samples", 10, "--max_steps", 3, *FAST,
+                    *extra)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["single", "pair"])
+def test_a_teacher_of_another_tokenizer_distils_end_to_end(tmp_path, teacher, bpe_teacher, custom_task, pair_task,  # noqa: F811
+                                                           kind):  # fmt: skip
+    task = custom_task if kind == "single" else pair_task
+    proc = distil(teacher, task, bpe_teacher, tmp_path / "kd", "--seeds", 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the teacher reads its own tokenization of the 50 training rows (another vocabulary" in proc.stdout
+    runs = sorted((tmp_path / "kd" / "custom").glob("lr*_seed*/results.json"))
+    assert len(runs) == 2
+    run = json.loads(runs[0].read_text())
+    assert run["teacher"]["tokenization"].startswith("its own: another vocabulary")
+    assert run["teacher"]["teacher_logits"] == "computed once" and run["steps"] == 3
+    digest = run["hyper_parameters"]["distillation"]["teacher_tokenizer"]
+    summary = json.loads((tmp_path / "kd" / "results.json").read_text())
+    assert summary["teacher"]["teacher_tokenizer"] == digest != summary["model_identity"]["tokenizer"]  # both
+    # a rerun keeps both runs: the same teacher, tokenizer and rows
+    again = distil(teacher, task, bpe_teacher, tmp_path / "kd", "--seeds", 2)
+    assert again.returncode == 0 and again.stdout.count(": kept ") == 2
+
+
+def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher, bpe_teacher, pair_task):  # noqa: F811
+    """The column every run trains on equals the teacher run on each row's text alone, in its own tokens."""
+    from transformers import AutoTokenizer, TrainingArguments
+
+    margs, data, _, dargs, targs, _ = run_glue.parse_args(
+        ["--model_name_or_path", str(teacher), "--train_file", str(pair_task / "train.csv"), "--validation_file",
+         str(pair_task / "dev.csv"), "--output_dir", str(tmp_path / "o"), "--teacher_name_or_path", str(bpe_teacher),
+         "--max_train_samples", "20", "--unlabeled_samples", "7", "--per_device_eval_batch_size", "4"])  # fmt: skip
+    assert isinstance(targs, TrainingArguments)
+    tokenizer = AutoTokenizer.from_pretrained(str(teacher))
+    t = run_glue.load_teacher(dargs, margs.model_name_or_path)
+    (task_data,) = run_glue.load_data(data, dargs.unlabeled_samples)
+    t.check(task_data, tokenizer)
+    assert t.own_tokens.startswith("another vocabulary")
+    train_set, _, _ = run_glue.tokenize(task_data, tokenizer, 64, False)
+    texts = run_glue.training_texts(task_data)
+    cached = t.logits(train_set, tokenizer, targs, texts, 38)[task_distill.TEACHER_LOGITS]
+    assert len(cached) == 27
+    t_tok = AutoTokenizer.from_pretrained(str(bpe_teacher))
+    with torch.no_grad():
+        for i in range(27):
+            ids = t_tok(texts[0][i], texts[1][i], truncation=True, max_length=38, return_tensors="pt")
+            assert ids["input_ids"][0, 0] == t_tok.bos_token_id  # the teacher's own special tokens
+            want = t.model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits[0]
+            torch.testing.assert_close(torch.tensor(cached[i]), want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(torch.tensor(cached[0]), torch.tensor(cached[1]))
+
+
+@pytest.mark.parametrize("flag", ["--alpha_cos", "--alpha_att", "--alpha_vv"])
+def test_losses_that_compare_positions_need_one_tokenization(tmp_path, teacher, bpe_teacher, custom_task, flag):  # noqa: F811
+    line = input_error(run_glue.main, ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv",
+                                       "--validation_file", custom_task / "dev.csv", "--output_dir", tmp_path / "o",
+                                       "--teacher_name_or_path", bpe_teacher, flag, 1, "--max_steps", 1,
+                                       *FAST])  # fmt: skip
+    assert f"{flag} compares the two models position by position, so it needs one tokenization" in line
+    assert "another vocabulary" in line and not (tmp_path / "o").exists()
