@@ -17,14 +17,20 @@ shifted by 4): it then reads each row's raw text with its own tokenizer, special
 and only the logit losses, which compare one distribution per row, are allowed.
 """
 
+import hashlib
 import inspect
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data_io import atomic_write
 from errors import InputError
 from glue_runs import say
 from losses import cosine_loss, kd_loss, mse_loss, relation_losses
@@ -65,6 +71,11 @@ class DistillArguments:
         default=None, metadata={"help": "N more training examples after --max_train_samples, their labels dropped: "
                                 "the teacher labels them"}
     )  # fmt: skip
+    teacher_logits_cache: str = field(
+        default=None, metadata={"help": "folder of the teacher's logits kept on disk, keyed by its weights, its "
+                                "tokenizer, the rows and the precision, so later runs skip its pass (default: "
+                                "$TEACHER_LOGITS_CACHE, else ~/.cache/distilbert_small/teacher_logits; off: none)"}
+    )  # fmt: skip
 
     @property
     def on(self):
@@ -81,7 +92,7 @@ class DistillArguments:
 
 
 TEACHER_ONLY = ("alpha_ce", "alpha_task", "temperature", "alpha_cos", "alpha_att", "alpha_vv", "teacher_layer",
-                "relation_heads", "unlabeled_samples")  # fmt: skip
+                "relation_heads", "unlabeled_samples", "teacher_logits_cache")  # fmt: skip
 
 
 def check_flags(d, argv):
@@ -233,6 +244,37 @@ def teacher_logits(teacher, dataset, collator, batch_size, device, autocast_dtyp
     for r, share in enumerate(shares):
         full[r::world] = share
     return full
+
+
+def cache_folder(setting):
+    """The logits cache's folder (None: off): --teacher_logits_cache, else $TEACHER_LOGITS_CACHE, else the
+    user's cache folder."""
+    folder = setting or os.environ.get("TEACHER_LOGITS_CACHE") or Path.home() / ".cache" / "distilbert_small" / \
+        "teacher_logits"  # fmt: skip
+    return None if str(folder).lower() == "off" else Path(folder)
+
+
+def logits_key(identity, dataset, precision, num_labels):
+    """What the teacher's logits depend on: its weights and tokenizer (digests), the precision of its pass,
+    and every input id it reads, row by row; a change in any of them is another key, never a stale hit."""
+    h = hashlib.sha256(json.dumps([identity, precision, num_labels]).encode())
+    for name in sorted(c for c in dataset.column_names if c in ("input_ids", "token_type_ids", "attention_mask")):
+        column = dataset[name]
+        h.update(name.encode())
+        h.update(np.fromiter((len(r) for r in column), np.int64, len(column)).tobytes())
+        h.update(np.fromiter((t for r in column for t in r), np.int64).tobytes())
+    return h.hexdigest()[:32]
+
+
+def read_cached_logits(path, rows, num_labels):
+    """The cached logits at `path` (None: not there, or not whole: recomputed and written again)."""
+    try:
+        logits = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if logits.shape != (rows, num_labels) or logits.dtype != np.float32 or not np.isfinite(logits).all():
+        return None
+    return torch.from_numpy(logits)
 
 
 class WithTeacherLogits:
@@ -393,6 +435,7 @@ class Teacher:
     identity: dict
     logits_seconds: float | None = None  # the one pass over the training set (benchmarks/bench_py)
     own_tokens: str | None = None  # why the teacher reads its own tokenization of the text (None: the student's)
+    logits_cached: str | None = None  # the cache file its logits were read from (None: computed here)
 
     def check(self, task_data, tokenizer):
         """Before any training: the teacher is this task's classifier; whether it can read the student's input
@@ -419,16 +462,38 @@ class Teacher:
         if self.own_tokens:
             rows, reader = teacher_dataset(self.tokenizer, texts, max_length), self.tokenizer
             say(f"the teacher reads its own tokenization of the {len(rows):,} training rows ({self.own_tokens})")
-        logits = teacher_logits(self.model, rows, DataCollatorWithPadding(reader),
-                                targs.per_device_eval_batch_size, targs.device, dtype)  # fmt: skip
+        folder = cache_folder(self.args.teacher_logits_cache)
+        num_labels = self.model.config.num_labels
+        path = None
+        if folder is not None:
+            key = logits_key(self.identity, rows, str(dtype), num_labels)
+            path = folder / f"{key}.npy"
+        logits = read_cached_logits(path, len(rows), num_labels) if path else None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # a hit on every rank, or none
+            hit = torch.tensor([int(logits is not None)], device=targs.device)
+            torch.distributed.all_reduce(hit, op=torch.distributed.ReduceOp.MIN)
+            logits = logits if hit.item() else None
+        if logits is not None:
+            self.logits_cached = str(path)
+            say(f"the teacher's logits for {len(rows):,} training rows: read from {path}")
+        else:
+            logits = teacher_logits(self.model, rows, DataCollatorWithPadding(reader),
+                                    targs.per_device_eval_batch_size, targs.device, dtype)  # fmt: skip
+            if path and targs.process_index == 0:
+                try:
+                    with atomic_write(path) as f:
+                        np.save(f, logits.numpy().astype(np.float32))
+                except OSError as e:  # a cache that cannot be written costs the next run a pass, nothing more
+                    say(f"the teacher's logits could not be kept in {folder} ({e.strerror or e})")
+            say(f"the teacher's logits for {len(rows):,} training rows took {time.time() - start:.1f} s"
+                f" (once, for all runs{f'; kept in {path}' if path else ''})")
         self.model.cpu()  # the step needs only the column
         self.logits_seconds = round(time.time() - start, 2)
-        say(f"the teacher's logits for {len(train_set):,} training rows took {self.logits_seconds:.1f} s"
-            " (once, for all runs)")
         return train_set.add_column(TEACHER_LOGITS, logits.tolist())
 
     def record(self):
         return {"path": self.args.teacher_name_or_path, **settings(self.args, self.identity, self.own_tokens),
                 "teacher_logits": "every step" if self.args.per_step else "computed once",
+                "logits_read_from": self.logits_cached,
                 "tokenization": f"its own: {self.own_tokens}" if self.own_tokens else "the student's",
                 "unlabeled_samples": self.args.unlabeled_samples}  # fmt: skip

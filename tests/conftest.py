@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ import torch
 
 # Fail fast instead of retrying an unreachable hub (scripts run by run_script inherit this).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Task distillation keeps teacher logits on disk: in a folder of the test run's own, never the user's cache.
+os.environ.setdefault("TEACHER_LOGITS_CACHE", tempfile.mkdtemp(prefix="teacher_logits."))
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker (and per script it runs),
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # so two workers do not fight over 2 cores
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

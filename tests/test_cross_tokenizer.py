@@ -6,6 +6,7 @@ labelled and unlabelled rows; the losses that compare positions are refused."""
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast
@@ -122,3 +123,40 @@ def test_losses_that_compare_positions_need_one_tokenization(tmp_path, teacher, 
                                        *FAST])  # fmt: skip
     assert f"{flag} compares the two models position by position, so it needs one tokenization" in line
     assert "another vocabulary" in line and not (tmp_path / "o").exists()
+
+
+def test_teacher_logits_are_kept_on_disk_and_a_change_is_a_miss(tmp_path, teacher, bpe_teacher, custom_task):  # noqa: F811
+    """The teacher's pass is kept in a file keyed by its weights, its tokenizer, the rows and the precision:
+    a later run (another seed, another output folder) reads it; other rows or another teacher compute again;
+    a damaged file is recomputed, never trusted."""
+    cache = tmp_path / "cache"
+    first = distil(teacher, custom_task, bpe_teacher, tmp_path / "a", "--teacher_logits_cache", cache)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (kept,) = cache.glob("*.npy")
+    assert np.load(kept).shape == (50, 2) and f"kept in {kept}" in first.stdout
+    second = distil(teacher, custom_task, bpe_teacher, tmp_path / "b", "--teacher_logits_cache", cache, "--seed", 3)
+    assert f"read from {kept}" in second.stdout
+    run = json.loads(next((tmp_path / "b" / "custom").glob("lr*/results.json")).read_text())
+    assert run["teacher"]["logits_read_from"] == str(kept)
+    fewer = distil(teacher, custom_task, bpe_teacher, tmp_path / "c", "--teacher_logits_cache", cache,
+                   "--unlabeled_samples", 9)  # other rows: another key  # fmt: skip
+    assert "read from" not in fewer.stdout and len(list(cache.glob("*.npy"))) == 2
+    kept.write_bytes(kept.read_bytes()[:100])  # damaged: computed again and rewritten
+    third = distil(teacher, custom_task, bpe_teacher, tmp_path / "d", "--teacher_logits_cache", cache)
+    assert "read from" not in third.stdout and np.load(kept).shape == (50, 2)
+    off = distil(teacher, custom_task, bpe_teacher, tmp_path / "e", "--teacher_logits_cache", "off")
+    assert "kept in" not in off.stdout and len(list(cache.glob("*.npy"))) == 2
+
+
+def test_the_logits_key_changes_with_the_teacher_the_rows_and_the_precision():
+    import datasets
+
+    rows = datasets.Dataset.from_dict({"input_ids": [[0, 5, 6, 2], [0, 7, 2]]})
+    key = task_distill.logits_key({"model": "a", "tokenizer": "t"}, rows, "None", 2)
+    assert key == task_distill.logits_key({"model": "a", "tokenizer": "t"}, rows, "None", 2)
+    other_rows = datasets.Dataset.from_dict({"input_ids": [[0, 5, 6], [2, 0, 7, 2]]})  # same ids, other split
+    for changed in (task_distill.logits_key({"model": "b", "tokenizer": "t"}, rows, "None", 2),
+                    task_distill.logits_key({"model": "a", "tokenizer": "u"}, rows, "None", 2),
+                    task_distill.logits_key({"model": "a", "tokenizer": "t"}, rows, "torch.bfloat16", 2),
+                    task_distill.logits_key({"model": "a", "tokenizer": "t"}, other_rows, "None", 2)):  # fmt: skip
+        assert changed != key
