@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from errors import InputError, first_line
-from glue_files import Table, is_missing, read_parquet, read_table, read_tsv
+from glue_files import Table, is_missing, read_parquet, read_table, read_text, read_tsv
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,11 @@ class Split:
         """Examples start..stop-1 with every label replaced by `label` (texts for a teacher to label)."""
         texts = [t[start:stop] for t in self.texts]
         return Split(f"{self.name} (unlabeled)", texts, [label] * len(texts[0]), self.source)
+
+    def concat(self, other):
+        """These examples, then `other`'s."""
+        texts = [a + b for a, b in zip(self.texts, other.texts)]
+        return Split(self.name, texts, self.labels + other.labels, f"{self.source} and {other.source}")
 
     def digest(self):
         """A digest of the texts and labels: a kept result is reused only for the same data."""
@@ -225,6 +230,33 @@ def _split_from_table(task, name, table, columns, label_column, skipped=0):
     if label_column not in table.columns:
         raise InputError(f"{table.source} has no label column {label_column!r} (its columns: {table.names()})")
     return Split(name, texts, label_ids(task, table, label_column), table.source, skipped)
+
+
+def load_transfer(path, task, label):
+    """A transfer set (--transfer_file): text that only a teacher labels, every label `label`. One text per
+    line (.txt, single-sentence tasks), or a csv/tsv/json/jsonl/parquet table holding the task's text
+    columns (other columns, a label column included, are not read)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"--transfer_file {path} is a folder: give a text or table file")
+    if not path.is_file():
+        raise InputError(f"--transfer_file {path} does not exist")
+    if path.suffix.lower() == ".txt":
+        if len(task.columns) != 1:
+            raise InputError(f"--transfer_file {path}: {task.title} reads pairs of texts ({', '.join(task.columns)}); "
+                             "one text per line cannot give both: give a csv or json file with those "
+                             "columns")  # fmt: skip
+        texts = [[line.strip() for line in read_text(path).splitlines() if line.strip()]]
+    else:
+        table = read_table(path)
+        missing = [c for c in task.columns if c not in table.columns]
+        if missing:
+            raise InputError(f"--transfer_file {path} has no column {missing[0]!r}, which {task.title} reads (its "
+                             f"columns: {table.names()})")  # fmt: skip
+        texts = _texts(table, task.columns)
+    if not texts[0]:
+        raise InputError(f"--transfer_file {path} holds no text")
+    return Split("transfer", texts, [label] * len(texts[0]), str(path))
 
 
 def task_folder(data_dir, task):

@@ -71,6 +71,10 @@ class DistillArguments:
         default=None, metadata={"help": "N more training examples after --max_train_samples, their labels dropped: "
                                 "the teacher labels them"}
     )  # fmt: skip
+    transfer_file: str = field(
+        default=None, metadata={"help": "a transfer set that only the teacher labels: a text file (one sentence a "
+                                "line) or csv/tsv/json/jsonl with the task's text columns"}
+    )  # fmt: skip
     teacher_logits_cache: str = field(
         default=None, metadata={"help": "folder of the teacher's logits kept on disk, keyed by its weights, its "
                                 "tokenizer, the rows and the precision, so later runs skip its pass (default: "
@@ -92,7 +96,7 @@ class DistillArguments:
 
 
 TEACHER_ONLY = ("alpha_ce", "alpha_task", "temperature", "alpha_cos", "alpha_att", "alpha_vv", "teacher_layer",
-                "relation_heads", "unlabeled_samples", "teacher_logits_cache")  # fmt: skip
+                "relation_heads", "unlabeled_samples", "transfer_file", "teacher_logits_cache")  # fmt: skip
 
 
 def check_flags(d, argv):
@@ -116,8 +120,9 @@ def check_flags(d, argv):
         value = getattr(d, name)
         if value is not None and value < 1:
             raise InputError(f"--{name} {value}: give at least 1")
-    if d.unlabeled_samples and not d.alpha_ce:
-        raise InputError("--unlabeled_samples needs --alpha_ce above 0: the teacher's logits are their only target")
+    for flag in ("unlabeled_samples", "transfer_file"):
+        if getattr(d, flag) and not d.alpha_ce:
+            raise InputError(f"--{flag} needs --alpha_ce above 0: the teacher's logits are its rows' only target")
 
 
 def settings(d, teacher_identity, own_tokens=None):
@@ -496,4 +501,4 @@ class Teacher:
                 "teacher_logits": "every step" if self.args.per_step else "computed once",
                 "logits_read_from": self.logits_cached,
                 "tokenization": f"its own: {self.own_tokens}" if self.own_tokens else "the student's",
-                "unlabeled_samples": self.args.unlabeled_samples}  # fmt: skip
+                "unlabeled_samples": self.args.unlabeled_samples, "transfer_file": self.args.transfer_file}  # fmt: skip

@@ -61,9 +61,9 @@ from scripts.glue_table import markdown_table
 from utils import check_model_folder, load_pretrained, load_tokenizer, model_input_limit
 
 
-def load_data(data, unlabeled=None):
+def load_data(data, unlabeled=None, transfer_file=None):
     """Every task's TaskData, checked, before any training; with `unlabeled` (--unlabeled_samples), that many
-    more training examples, their labels dropped, for a teacher to label."""
+    more training examples, their labels dropped, and the texts of `transfer_file`, for a teacher to label."""
     if data.task_name == "all":
         if data.train_file or data.validation_file:
             raise InputError("--task_name all reads GLUE's tasks: leave out --train_file/--validation_file")
@@ -80,8 +80,10 @@ def load_data(data, unlabeled=None):
                 raise InputError(f"--unlabeled_samples {unlabeled}: no {task.task.title} training examples are left "
                                  "after the labelled ones: give --max_train_samples below "
                                  f"{len(full):,}")  # fmt: skip
-            mark = float("nan") if task.task.labels is None else task_distill.UNLABELED
-            task.unlabeled = full.rows(len(task.train), len(task.train) + unlabeled, label=mark)
+            task.unlabeled = full.rows(len(task.train), len(task.train) + unlabeled, label=unlabeled_mark(task))
+        if transfer_file:
+            extra = glue.load_transfer(transfer_file, task.task, unlabeled_mark(task))
+            task.unlabeled = extra if task.unlabeled is None else task.unlabeled.concat(extra)
         task.dev = {k: v.head(data.max_eval_samples) for k, v in task.dev.items()}
         task.check_classes()
         skipped = task.train.skipped + sum(s.skipped for s in task.dev.values())
@@ -91,6 +93,11 @@ def load_data(data, unlabeled=None):
         say(f"{task.task.title}: train {len(task.train):,}{more}, dev {dev} ({task.source}{note})")
         out.append(task)
     return out
+
+
+def unlabeled_mark(task_data):
+    """The label of a row that only the teacher labels (a regression's: NaN)."""
+    return float("nan") if task_data.task.labels is None else task_distill.UNLABELED
 
 
 def load_teacher(dargs, student_path):
@@ -293,7 +300,7 @@ def main(argv=None):
     room = tokenizer.num_special_tokens_to_add(pair=True) + 2
     if max_length < room:
         raise InputError(f"--max_seq_length {max_length} leaves no room for text: give at least {room}")
-    tasks = load_data(data_args, dargs.unlabeled_samples)
+    tasks = load_data(data_args, dargs.unlabeled_samples, dargs.transfer_file)
     for task_data in tasks if teacher else ():
         teacher.check(task_data, tokenizer)
     margs.model_label = margs.model_label or Path(margs.model_name_or_path.rstrip("/")).name

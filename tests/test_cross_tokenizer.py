@@ -160,3 +160,58 @@ def test_the_logits_key_changes_with_the_teacher_the_rows_and_the_precision():
                     task_distill.logits_key({"model": "a", "tokenizer": "t"}, rows, "torch.bfloat16", 2),
                     task_distill.logits_key({"model": "a", "tokenizer": "t"}, other_rows, "None", 2)):  # fmt: skip
         assert changed != key
+
+
+# -- transfer sets: text that only the teacher labels --------------------------------------------------------
+
+
+def test_a_transfer_file_adds_rows_only_the_teacher_labels(tmp_path, teacher, bpe_teacher, custom_task, pair_task):  # noqa: F811
+    lines = ["the river runs north of the city", "", "people were born in the year of the river", "a city"]
+    (tmp_path / "more.txt").write_text("\n".join(lines) + "\n")
+    proc = distil(teacher, custom_task, bpe_teacher, tmp_path / "txt", "--transfer_file", tmp_path / "more.txt")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(+ 13 without their labels)" in proc.stdout and "of the 53 training rows" in proc.stdout  # 10 + 3 lines
+    run = json.loads(next((tmp_path / "txt" / "custom").glob("lr*/results.json")).read_text())
+    assert run["teacher"]["transfer_file"] == str(tmp_path / "more.txt") and run["hyper_parameters"]["unlabeled_data"]
+    # a pair task from a table with its two text columns (other columns, a label too, are not read)
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"sentence1": f"the city {i}", "sentence2": "a river",
+                                                              "label": "born"}) + "\n" for i in range(6)))  # fmt: skip
+    proc = distil(teacher, pair_task, bpe_teacher, tmp_path / "pairs", "--transfer_file", tmp_path / "pairs.jsonl",
+                  "--unlabeled_samples", 2)  # fmt: skip
+    assert proc.returncode == 0 and "(+ 8 without their labels)" in proc.stdout
+    # another transfer file is another setting: the kept run is not reused for it
+    (tmp_path / "other.txt").write_text("the north city\n")
+    again = distil(teacher, custom_task, bpe_teacher, tmp_path / "txt", "--transfer_file", tmp_path / "other.txt")
+    assert again.returncode == 2 and "unlabeled_data" in again.stderr
+    (tmp_path / "blank.txt").write_text("\n   \n")
+    blank = distil(teacher, custom_task, bpe_teacher, tmp_path / "blank", "--transfer_file", tmp_path / "blank.txt")
+    assert blank.returncode == 2 and "holds no text" in blank.stderr and not (tmp_path / "blank").exists()
+
+
+@pytest.mark.parametrize("case,words", [
+    ("missing", "does not exist"),
+    ("folder", "is a folder"),
+    ("empty", "holds no rows (only a header?)"),
+    ("pairs_from_lines", "reads pairs of texts (sentence1, sentence2); one text per line cannot give both"),
+    ("no_column", "has no column 'sentence2', which custom reads"),
+    ("null_text", "no text (null) in column 'sentence1'"),
+    ("no_teacher", "--transfer_file needs --teacher_name_or_path"),
+    ("no_kd", "--transfer_file needs --alpha_ce above 0"),
+])  # fmt: skip
+def test_a_bad_transfer_file_is_refused_before_training(tmp_path, teacher, bpe_teacher, pair_task, case, words):  # noqa: F811
+    path = {"missing": tmp_path / "none.txt", "folder": tmp_path, "empty": tmp_path / "empty.csv",
+            "pairs_from_lines": tmp_path / "lines.txt", "no_column": tmp_path / "one.csv",
+            "null_text": tmp_path / "null.jsonl"}.get(case, tmp_path / "lines.txt")  # fmt: skip
+    (tmp_path / "empty.csv").write_text("sentence1,sentence2\n")
+    (tmp_path / "lines.txt").write_text("a city\n")
+    (tmp_path / "one.csv").write_text("sentence1\na city\n")
+    (tmp_path / "null.jsonl").write_text('{"sentence1": null, "sentence2": "x"}\n')
+    argv = ["--model_name_or_path", teacher, "--train_file", pair_task / "train.csv", "--validation_file",
+            pair_task / "dev.csv", "--output_dir", tmp_path / "out", "--max_steps", 1, "--transfer_file", path, *FAST]
+    if case != "no_teacher":
+        argv += ["--teacher_name_or_path", bpe_teacher]
+    if case == "no_kd":
+        argv += ["--alpha_ce", 0, "--alpha_cos", 1]
+    line = input_error(run_glue.main, argv)
+    assert words in line, line
+    assert not (tmp_path / "out").exists()
