@@ -71,6 +71,10 @@ class DistillArguments:
         default=None, metadata={"help": "N more training examples after --max_train_samples, their labels dropped: "
                                 "the teacher labels them"}
     )  # fmt: skip
+    hard_targets: bool = field(
+        default=False, metadata={"help": "learn the teacher's top class (cross-entropy) instead of its distribution: "
+                                 "to measure what the soft targets are worth (classification only)"}
+    )  # fmt: skip
     transfer_file: str = field(
         default=None, metadata={"help": "a transfer set that only the teacher labels: a text file (one sentence a "
                                 "line) or csv/tsv/json/jsonl with the task's text columns"}
@@ -96,7 +100,8 @@ class DistillArguments:
 
 
 TEACHER_ONLY = ("alpha_ce", "alpha_task", "temperature", "alpha_cos", "alpha_att", "alpha_vv", "teacher_layer",
-                "relation_heads", "unlabeled_samples", "transfer_file", "teacher_logits_cache")  # fmt: skip
+                "relation_heads", "unlabeled_samples", "hard_targets", "transfer_file",
+                "teacher_logits_cache")  # fmt: skip
 
 
 def check_flags(d, argv):
@@ -132,6 +137,8 @@ def settings(d, teacher_identity, own_tokens=None):
         return None
     weights = ("alpha_ce", "alpha_task", "temperature", "alpha_cos", "alpha_att", "alpha_vv")
     out = {"teacher": teacher_identity["model"], **{k: getattr(d, k) for k in weights}}
+    if d.hard_targets:
+        out["hard_targets"] = True
     if own_tokens:
         out["teacher_tokenizer"] = teacher_identity["tokenizer"]
     if d.relations:
@@ -160,13 +167,15 @@ def load_teacher(path):
     return model.eval()
 
 
-def check_teacher(teacher, task, num_labels, path):
+def check_teacher(teacher, task, num_labels, path, hard_targets=False):
     """The teacher must classify into the task's labels, in the task's order."""
     t_labels = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
     if task.labels is None:
         if teacher.config.num_labels != 1:
             raise InputError(f"{task.title} is a regression, but the teacher {path} is a classifier into "
                              f"{', '.join(map(str, t_labels))}: give a teacher fine-tuned on {task.title}")  # fmt: skip
+        if hard_targets:
+            raise InputError(f"--hard_targets: {task.title} is a regression, which has no top class to learn")
         return
     if teacher.config.num_labels == 1:
         raise InputError(f"the teacher {path} predicts one score (a regression), but {task.title} has the classes "
@@ -313,9 +322,14 @@ def task_loss(s_logits, labels, regression, label_smoothing=0.0):
     return F.cross_entropy(s_logits.float(), labels, ignore_index=UNLABELED, label_smoothing=label_smoothing)
 
 
-def logit_kd(s_logits, t_logits, regression, temperature):
-    """KD on the task's outputs: KL at temperature T times T^2 for classes; squared error for a regression."""
-    return mse_loss(s_logits, t_logits) if regression else kd_loss(s_logits, t_logits, temperature)
+def logit_kd(s_logits, t_logits, regression, temperature, hard=False):
+    """KD on the task's outputs: KL at temperature T times T^2 for classes; squared error for a regression.
+    hard: cross-entropy against the teacher's top class instead (what its soft targets add is measured so)."""
+    if regression:
+        return mse_loss(s_logits, t_logits)
+    if hard:
+        return F.cross_entropy(s_logits.float(), t_logits.argmax(-1))
+    return kd_loss(s_logits, t_logits, temperature)
 
 
 def distillation_losses(d, s_out, t_out, t_logits, labels, attention_mask, regression, label_smoothing=0.0,
@@ -323,7 +337,7 @@ def distillation_losses(d, s_out, t_out, t_logits, labels, attention_mask, regre
     """{name: (weight, loss)} of one batch. s_out/t_out: the models' outputs (hidden states when the
     intermediate losses are on; t_out None when the logits are cached); layers: relation_layers()'s answer
     and both models, for att/vv."""
-    out = {"ce": (d.alpha_ce, logit_kd(s_out.logits, t_logits, regression, d.temperature))}
+    out = {"ce": (d.alpha_ce, logit_kd(s_out.logits, t_logits, regression, d.temperature, d.hard_targets))}
     if d.alpha_task:
         out["task"] = (d.alpha_task, task_loss(s_out.logits, labels, regression, label_smoothing))
     if d.alpha_cos:
@@ -446,7 +460,7 @@ class Teacher:
         """Before any training: the teacher is this task's classifier; whether it can read the student's input
         ids, or reads the rows' text with its own tokenizer (logit KD needs nothing more)."""
         path = self.args.teacher_name_or_path
-        check_teacher(self.model, task_data.task, task_data.num_labels, path)
+        check_teacher(self.model, task_data.task, task_data.num_labels, path, self.args.hard_targets)
         texts = [t for column in task_data.train.texts for t in column[:64]]
         self.own_tokens = self.own_tokens or tokenization_differs(tokenizer, self.tokenizer, texts)
         if self.own_tokens and self.args.per_step:

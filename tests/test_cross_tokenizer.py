@@ -215,3 +215,30 @@ def test_a_bad_transfer_file_is_refused_before_training(tmp_path, teacher, bpe_t
     line = input_error(run_glue.main, argv)
     assert words in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_hard_targets_learn_the_teachers_top_class(tmp_path, teacher, bpe_teacher, custom_task):  # noqa: F811
+    s = torch.tensor([[2.0, 0.0, -1.0], [0.1, 0.3, 0.2]])
+    t = torch.tensor([[0.0, 5.0, 1.0], [3.0, 2.9, 0.0]])  # top classes 1 and 0
+    log_p = s - torch.logsumexp(s, -1, keepdim=True)
+    want = -(log_p[0, 1] + log_p[1, 0]).item() / 2
+    assert task_distill.logit_kd(s, t, False, 2.0, hard=True).item() == pytest.approx(want, rel=1e-6)
+    assert task_distill.logit_kd(s, t, False, 2.0).item() != pytest.approx(want, rel=1e-3)  # soft: another loss
+    proc = distil(teacher, custom_task, bpe_teacher, tmp_path / "hard", "--hard_targets", "true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(next((tmp_path / "hard" / "custom").glob("lr*/results.json")).read_text())
+    assert run["hyper_parameters"]["distillation"]["hard_targets"] is True
+    line = input_error(run_glue.main, ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv",
+                                       "--validation_file", custom_task / "dev.csv", "--output_dir", tmp_path / "x",
+                                       "--hard_targets", "true", *FAST])  # fmt: skip
+    assert "--hard_targets needs --teacher_name_or_path" in line
+
+
+def test_hard_targets_are_refused_for_a_regression():
+    from types import SimpleNamespace
+
+    regressor = SimpleNamespace(config=SimpleNamespace(num_labels=1, id2label={0: "score"}))
+    task = SimpleNamespace(labels=None, title="STS-B")
+    task_distill.check_teacher(regressor, task, 1, "t")  # soft: the squared error to its score
+    with pytest.raises(task_distill.InputError, match="--hard_targets: STS-B is a regression"):
+        task_distill.check_teacher(regressor, task, 1, "t", hard_targets=True)
