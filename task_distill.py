@@ -229,7 +229,7 @@ def forward_inputs(model):
 # Teacher logits, computed once for the training set
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd state at all: the logits only become a data column
 def teacher_logits(teacher, dataset, collator, batch_size, device, autocast_dtype=None):
     """(len(dataset), num_labels) float32 logits of the teacher in eval mode, in the dataset's order. Under
     torchrun each process computes its share (every world_size-th row) and the shares are exchanged."""
