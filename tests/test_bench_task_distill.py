@@ -30,10 +30,13 @@ def test_the_benchmark_times_plain_kd_and_kd_cos_epochs(tmp_path):
                       "--rounds", 1, "--json", out, check=True)  # fmt: skip
     got = json.loads(out.read_text())
     rows = {r["row"]: r for r in got["rows"]}
-    assert list(rows) == ["plain", "KD", "KD + cos"] and got["train"] == 64
+    assert list(rows) == ["plain", "KD", "KD + cos", "KD own tokens"] and got["train"] == 64
     assert {r["steps"] for r in rows.values()} == {2}  # 64 sentences, batch 32, one epoch
     assert rows["plain"]["logits_seconds"] is None and rows["KD + cos"]["logits_seconds"] is None  # per step
     assert rows["KD"]["logits_seconds"] > 0  # the one cached pass, timed apart from the epoch
+    assert rows["KD own tokens"]["logits_seconds"] > 0  # the teacher's own tokenization, also computed once
+    assert got["teacher_pass"]["plain_batched"] > 0 and got["teacher_pass"]["sorted_inference"] > 0
+    assert "the teacher's pass over 64 rows: plain batches" in proc.stdout
     ratio = rows["KD"]["epoch_seconds"] / rows["plain"]["epoch_seconds"]
     assert rows["KD"]["ratio"] == pytest.approx(ratio)
     assert f"| KD | {rows['KD']['epoch_seconds']:.1f} | 2 | {ratio:.2f}x |" in proc.stdout
@@ -43,8 +46,9 @@ def test_the_benchmark_times_plain_kd_and_kd_cos_epochs(tmp_path):
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--rows", "KD"], "--rows 'KD': give 'plain' and others of: plain, KD, KD + cos"),
-        (["--rows", "plain,fast"], "--rows 'plain,fast': give 'plain' and others of: plain, KD, KD + cos"),
+        (["--rows", "KD"], "--rows 'KD': give 'plain' and others of: plain, KD, KD + cos, KD own tokens"),
+        (["--rows", "plain,fast"], "--rows 'plain,fast': give 'plain' and others of: plain, KD, KD + cos, KD own "
+         "tokens"),
         (["--train", 0], "--train and --rounds: give at least 1"),
         (["--rounds", 0], "--train and --rounds: give at least 1"),
         (["--data_dir", "/nowhere"], "--data_dir /nowhere: no SST-2 train.tsv there"),
