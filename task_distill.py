@@ -421,7 +421,7 @@ def distill_trainer(d, teacher, regression):
             rows, with_label = self.step_rows
             share = {name: len(labels) / rows for name in parts}
             if "task" in parts:
-                share["task"] = int(labelled(labels, regression).sum()) / with_label if with_label else 0.0
+                share["task"] = labelled(labels, regression).sum() / with_label if with_label else 0.0  # no host sync
             loss = 0.0
             for name, (weight, value) in parts.items():
                 loss = loss + weight * share[name] * value

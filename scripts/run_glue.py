@@ -58,7 +58,7 @@ from glue_args import check_flags, learning_rates, parse_args
 from glue_runs import NonFiniteLoss, Run, execute, model_identity, plan_run, read_summary, say, settings, summarize
 from precision import use_attention
 from scripts.glue_table import markdown_table
-from utils import check_model_folder, load_pretrained, load_tokenizer, model_input_limit
+from utils import load_pretrained, load_tokenizer, model_input_limit
 
 
 def load_data(data, unlabeled=None, transfer_file=None):
@@ -106,17 +106,11 @@ def load_teacher(dargs, student_path):
     from transformers import AutoModel, AutoTokenizer
 
     path = dargs.teacher_name_or_path
-    check_model(path)
-    model = task_distill.load_teacher(path)
+    model = task_distill.load_teacher(path)  # an unfinished train.py run is named (utils.load_pretrained)
     tokenizer = load_tokenizer(AutoTokenizer, path, "the teacher's tokenizer")
     if dargs.per_step:
         task_distill.check_shapes(dargs, load_pretrained(AutoModel, student_path, "the model"), model)
     return task_distill.Teacher(dargs, model, tokenizer, model_identity(path, model.config, tokenizer))
-
-
-def check_model(path):
-    """A train.py run folder that has not finished holds checkpoints but no model yet: say so."""
-    check_model_folder("the model", path)
 
 
 def finite_check():
@@ -288,7 +282,6 @@ def main(argv=None):
     results_path = out_dir / "results.json"
     check_writable(out_dir, "--output_dir", folder=True)
     check_writable(results_path, "results")
-    check_model(margs.model_name_or_path)
     config = load_pretrained(transformers.AutoConfig, margs.model_name_or_path, "the model")
     tokenizer = load_tokenizer(AutoTokenizer, margs.tokenizer_name or margs.model_name_or_path)
     identity = model_identity(margs.model_name_or_path, config, tokenizer)
@@ -319,11 +312,11 @@ def main(argv=None):
         seeds = [targs.seed + i for i in range(sweep.seeds)]
         plans = []
         with targs.main_process_first(local=False, desc="planning"):  # the first process repairs; the others read after
+            main_process = targs.process_index == 0
             for task_data in tasks:
                 distillation = task_distill.settings(dargs, teacher.identity, teacher.own_tokens) if teacher else None
                 hyper = settings(data_args, targs, task_data, identity, max_length, distillation)
                 folder = out_dir / task_data.task.name
-                main_process = targs.process_index == 0
                 runs = [plan_run(Run(lr, seed, folder / f"lr{lr:g}_seed{seed}"), hyper, overwrite, main_process)
                         for lr in rates for seed in seeds]  # fmt: skip
                 plans.append((task_data, hyper, runs))
