@@ -242,3 +242,17 @@ def test_hard_targets_are_refused_for_a_regression():
     task_distill.check_teacher(regressor, task, 1, "t")  # soft: the squared error to its score
     with pytest.raises(task_distill.InputError, match="--hard_targets: STS-B is a regression"):
         task_distill.check_teacher(regressor, task, 1, "t", hard_targets=True)
+
+
+def test_a_bad_teacher_logits_cache_costs_a_pass_not_the_run(tmp_path, teacher, bpe_teacher, custom_task):  # noqa: F811
+    """A cache that cannot be written (a file where its folder goes) is said and the run goes on; the flag
+    without a teacher is refused."""
+    (tmp_path / "a_file").write_text("not a folder")
+    proc = distil(teacher, custom_task, bpe_teacher, tmp_path / "kd", "--teacher_logits_cache", tmp_path / "a_file")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"the teacher's logits could not be kept in {tmp_path / 'a_file'}" in proc.stdout
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+    line = input_error(run_glue.main, ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv",
+                                       "--validation_file", custom_task / "dev.csv", "--output_dir", tmp_path / "o",
+                                       "--teacher_logits_cache", tmp_path / "cache", *FAST])  # fmt: skip
+    assert "--teacher_logits_cache needs --teacher_name_or_path" in line and not (tmp_path / "cache").exists()
