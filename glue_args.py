@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import glue
 import task_distill
 from errors import InputError, first_line
+from glue_runs import say
 
 # The published fine-tuning setup of BERT and DistilBERT, where transformers' defaults differ.
 DEFAULTS = dict(
@@ -73,13 +74,15 @@ class SweepArguments:
     save_model: bool = field(default=False, metadata={"help": "keep each run's fine-tuned model (TASK/RUN/model)"})
 
 
-def parse_args(argv=None, description=None):
+def parse_args(argv=None, description=None, classes=None, defaults=None, prog="run_glue.py"):
+    """(ModelArguments, the script's data flags, SweepArguments, its distillation flags, TrainingArguments,
+    argv): run_glue.py's by default; run_qa.py gives its own data and distillation `classes` and `defaults`."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, SweepArguments, task_distill.DistillArguments,
-                               TrainingArguments))  # fmt: skip
+    classes = classes or (DataArguments, task_distill.DistillArguments)
+    parser = HfArgumentParser((ModelArguments, classes[0], SweepArguments, classes[1], TrainingArguments))
     parser.description = description
-    parser.prog = "run_glue.py"  # usage errors read like every other error, also when main() is called in-process
+    parser.prog = prog  # usage errors read like every other error, also when main() is called in-process
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     versioned = {"warmup_ratio": WARMUP} if "warmup_ratio" in fields else {"warmup_steps": WARMUP}  # 4.x / 5.x
     if "train_sampling_strategy" not in fields:  # transformers 4.x
@@ -89,7 +92,7 @@ def parse_args(argv=None, description=None):
 
         if not torch.cuda.is_available():  # torchrun on CPUs: without gloo the Trainer runs N separate copies
             versioned["ddp_backend"] = "gloo"
-    parser.set_defaults(**{k: v for k, v in DEFAULTS.items() if k in fields}, **versioned)
+    parser.set_defaults(**{k: v for k, v in (defaults or DEFAULTS).items() if k in fields}, **versioned)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         model, data, sweep, distill, training = parser.parse_args_into_dataclasses(args=argv)
@@ -136,6 +139,22 @@ def check_flags(data, sweep, training):
     if training.learning_rate == 0 or (training.num_train_epochs == 0 and training.max_steps < 0):
         which = "--learning_rate 0" if training.learning_rate == 0 else "--num_train_epochs 0"
         raise InputError(f"{which} would not train at all")
+
+
+def precision(training):
+    return "fp16" if training.fp16 else "bf16" if training.bf16 else "fp32"
+
+
+def fp16_needs_cuda(training):
+    """(the precision asked for, TrainingArguments to run with): --fp16 without a CUDA GPU runs fp32 and is
+    recorded so (the Trainer would run fp32 and record fp16)."""
+    import torch
+
+    asked = precision(training)
+    if training.fp16 and not torch.cuda.is_available():
+        say("--fp16 needs a CUDA GPU: this run is fp32, and is recorded so")
+        training = dataclasses.replace(training, fp16=False)
+    return asked, training
 
 
 def learning_rates(sweep, training):

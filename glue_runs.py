@@ -66,12 +66,18 @@ NOT_RESULT = {
 NOT_RESULT_PREFIXES = ("logging_", "log_", "save_", "hub_", "trackio_", "eval_")
 
 
+def training_settings(targs):
+    """The TrainingArguments that change a run's result (NOT_RESULT's complement), as JSON reads them back."""
+    args = {k: v for k, v in targs.to_dict().items() if k not in NOT_RESULT and not k.startswith(NOT_RESULT_PREFIXES)}
+    return json.loads(json.dumps({"world_size": targs.world_size, **args}, default=str))
+
+
 def settings(data_args, targs, task_data, identity, max_length, distillation=None):
     """Everything a run's result depends on besides its seed and learning rate: a kept run must match it."""
-    args = {k: v for k, v in targs.to_dict().items() if k not in NOT_RESULT and not k.startswith(NOT_RESULT_PREFIXES)}
+    args = training_settings(targs)
     out = {
         **identity,
-        "world_size": targs.world_size,
+        "world_size": args.pop("world_size"),
         "max_seq_length": max_length,
         "pad_to_max_length": data_args.pad_to_max_length,
         "labels": list(task_data.task.labels or ()),
@@ -279,9 +285,9 @@ def execute(run, targs, overwrite, hyper, train):
     return result
 
 
-def summarize(task, runs):
+def summarize(task, runs, score=glue.task_score):
     """The task's figures over its runs: per learning rate the median of each metric over seeds, and the
-    learning rate whose median score is best."""
+    learning rate whose median score is best (`score`: a dev set's metrics -> points)."""
     by_lr = {}
     for run in runs:
         by_lr.setdefault(run["learning_rate"], []).append(run)
@@ -296,7 +302,7 @@ def summarize(task, runs):
         "task": task.name,
         "title": task.title,
         "metrics": metrics,  # median over seeds, each metric on its own
-        "score": float(sum(glue.task_score(m) for m in metrics.values()) / len(metrics)),
+        "score": float(sum(score(m) for m in metrics.values()) / len(metrics)),
         "learning_rate": best,
         "seeds": sorted(r["seed"] for r in chosen),
         "runs": [{"learning_rate": r["learning_rate"], "seed": r["seed"], "score": r["score"]} for r in runs],

@@ -54,7 +54,7 @@ import glue
 import task_distill
 from data_io import atomic_write, check_writable
 from errors import NON_FINITE_EXIT, InputError, fail, first_line, reports_errors
-from glue_args import check_flags, learning_rates, parse_args
+from glue_args import check_flags, fp16_needs_cuda, learning_rates, parse_args, precision
 from glue_runs import NonFiniteLoss, Run, execute, model_identity, plan_run, read_summary, say, settings, summarize
 from precision import use_attention
 from scripts.glue_table import markdown_table
@@ -259,14 +259,9 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
     return result
 
 
-def precision(targs):
-    return "fp16" if targs.fp16 else "bf16" if targs.bf16 else "fp32"
-
-
 @reports_errors
 def main(argv=None):
     margs, data_args, sweep, dargs, targs, argv = parse_args(argv, __doc__.split("\n\n")[0])
-    import torch
     import transformers
     from transformers import AutoTokenizer
 
@@ -274,10 +269,7 @@ def main(argv=None):
     check_flags(data_args, sweep, targs)
     task_distill.check_flags(dargs, argv)
     rates = learning_rates(sweep, targs)
-    asked = precision(targs)
-    if targs.fp16 and not torch.cuda.is_available():  # the Trainer would run fp32 and record fp16
-        say("--fp16 needs a CUDA GPU: this run is fp32, and is recorded so")
-        targs = dataclasses.replace(targs, fp16=False)
+    asked, targs = fp16_needs_cuda(targs)
     out_dir = Path(targs.output_dir)
     results_path = out_dir / "results.json"
     check_writable(out_dir, "--output_dir", folder=True)
