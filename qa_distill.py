@@ -114,6 +114,13 @@ def qa_trainer(d):
                 keep = task_distill.forward_inputs(self.model) | {TEACHER_START, TEACHER_END}
                 self._signature_columns = sorted(keep)
 
+        def _get_eval_sampler(self, eval_dataset):
+            # In dataset order: post-processing maps the i-th logits to the i-th window. transformers 5 would
+            # group evaluation batches by length (shuffled) under --train_sampling_strategy group_by_length.
+            if self.args.world_size <= 1:
+                return torch.utils.data.SequentialSampler(eval_dataset)
+            return super()._get_eval_sampler(eval_dataset)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             starts, ends = inputs.pop("start_positions", None), inputs.pop("end_positions", None)
             t_start, t_end = inputs.pop(TEACHER_START, None), inputs.pop(TEACHER_END, None)

@@ -123,12 +123,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.paragraphs < 1:
         raise InputError(f"--paragraphs {args.paragraphs}: give at least 1")
+    if args.max_train_questions is not None and args.max_train_questions < 1:
+        raise InputError(f"--max_train_questions {args.max_train_questions}: give at least 1")
     out = Path(args.output_dir)
     check_writable(out, "--output_dir", folder=True)
     train, dev = read_paragraphs(args.source)
     rng = random.Random(args.seed)
     version = "v2.0" if args.version_2 else "v1.1"
-    written = {}
+    written = {}  # both splits made before either is written: a bad source leaves no half-written set
     for name, paras in (("train", train), ("dev", dev)):
         articles = make_split(paras, name, args.paragraphs, args.version_2, rng)
         if name == "train" and args.max_train_questions:
@@ -139,19 +141,21 @@ def main(argv=None):
                 kept.append(a)
                 n += len(a["paragraphs"][0]["qas"])
             articles = kept
-        records = flat(articles)
-        if not records:
+        if not articles:
             raise InputError(f"{args.source}: its {name} text gave no questions (no names or numbers in it)")
-        written[name] = records
-        out.mkdir(parents=True, exist_ok=True)
+        written[name] = articles, flat(articles)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (articles, records) in written.items():
         with atomic_write(out / f"{name}-{version}.json", "w") as f:
             json.dump({"version": version[1:], "data": articles}, f)
         with atomic_write(out / f"{name}.flat.json", "w") as f:
             json.dump({"version": version[1:], "data": records}, f)
-    for name, records in written.items():
+    for name, (_, records) in written.items():
         none = sum(not r["answers"]["text"] for r in records)
-        print(f"{name}: {len(records):,} questions over {len({r['context'] for r in records}):,} contexts"
-              f"{f', {none:,} without an answer' if args.version_2 else ''} -> {out / f'{name}-{version}.json'}")
+        unanswerable = f", {none:,} without an answer" if args.version_2 else ""
+        contexts = len({r["context"] for r in records})
+        target = out / f"{name}-{version}.json"
+        print(f"{name}: {len(records):,} questions over {contexts:,} contexts{unanswerable} -> {target}")
     return 0
 
 
