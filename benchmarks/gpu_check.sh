@@ -12,7 +12,8 @@
 # random-weight bert-base teacher (benchmarks/gpu_setup.py; no hub) -> binarization, token counts -> train.sh
 # (fp16, batch 32, expandable segments; a few hundred batches) -> the output loaded with
 # AutoModelForMaskedLM and a fill-mask pipeline -> step 8: scripts/run_glue.py on SST-2 (fp16) -> task
-# distillation from that fine-tuned model (run_glue.py --teacher_name_or_path, fp16) ->
+# distillation from that fine-tuned model (run_glue.py --teacher_name_or_path, fp16) -> question answering
+# (scripts/run_qa.py on cloze questions from the corpus, then QA distillation from the fine-tuned model) ->
 # benchmarks/bench_train.py --device cuda --fp16 (ours,
 # MiniLM's losses and upstream's step) -> the GPU, driver, torch and CUDA versions. A failing step is
 # recorded and the next one runs; a step that needs a failed step's output is not run, and names that step.
@@ -109,6 +110,19 @@ step task_distill --needs train_sh --needs glue "$PY" scripts/run_glue.py --mode
     --output_dir "$OUT/task_distill" --num_train_epochs 1 --learning_rate 5e-5 --report_to none --save_strategy no \
     --disable_tqdm true "${GLUE_SIZE[@]}" "${KD_SIZE[@]}"
 grep -E "accuracy|teacher's logits" "$OUT/task_distill.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+
+# Question answering on the GPU (issue 33): cloze questions from the corpus (scripts/make_qa_data.py), the
+# student fine-tuned on them and saved, then distilled from that QA model (start/end logits cached, fp16)
+step qa_data --needs data "$PY" scripts/make_qa_data.py --source "$DATA/dump.txt" --output_dir "$DATA/qa"
+if [[ $DRY == 1 ]]; then QA_SIZE=(--max_seq_length 128 --doc_stride 32 --max_train_samples 120 --max_eval_samples 40 --max_steps 4)
+else QA_SIZE=(--max_train_samples 4000 --num_train_epochs 1 --fp16); fi
+QA=(--train_file "$DATA/qa/train-v1.1.json" --validation_file "$DATA/qa/dev-v1.1.json" --report_to none
+    --save_strategy no --disable_tqdm true "${QA_SIZE[@]}")
+step qa --needs train_sh --needs qa_data "$PY" scripts/run_qa.py --model_name_or_path "$OUT/run" "${QA[@]}" \
+    --output_dir "$OUT/qa" --save_model
+step qa_distill --needs qa "$PY" scripts/run_qa.py --model_name_or_path "$OUT/run" "${QA[@]}" --output_dir "$OUT/qa_distill" \
+    --teacher_name_or_path "$(ls -d "$OUT"/qa/squad/lr*_seed42 2>/dev/null | head -1)/model" --teacher_logits_cache off
+grep -hE "exact_match|start/end logits" "$OUT/qa.log" "$OUT/qa_distill.log" | sed 's/^/    /' | tee -a "$SUMMARY"
 
 if [[ $DRY == 1 ]]; then
     echo "- bench: skipped (needs CUDA)" | tee -a "$SUMMARY"

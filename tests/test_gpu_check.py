@@ -14,7 +14,7 @@ from conftest import ROOT
 
 SHARED_SST2 = ROOT.parent / "shared" / "data" / "glue" / "SST-2"
 STEPS = ["packages", "cuda_tests", "data", "binarize", "token_counts", "train_sh", "load", "glue", "task_distill",
-         "env"]  # fmt: skip
+         "qa_data", "qa", "qa_distill", "env"]  # fmt: skip
 
 
 def clone(dest):
@@ -49,6 +49,10 @@ def check_complete_dry_run(proc, out):
     kd = json.loads(next((out / "task_distill" / "sst2").glob("lr*_seed42/results.json")).read_text())
     assert kd["teacher"]["path"] == str(next((out / "glue" / "sst2").glob("lr*_seed42")) / "model")
     assert kd["teacher"]["teacher_logits"] == "computed once" and kd["steps"] == 6
+    qa_teacher = next((out / "qa" / "squad").glob("lr*_seed42"))
+    assert (qa_teacher / "model" / "model.safetensors").is_file() and "exact_match" in summary
+    qa_kd = json.loads(next((out / "qa_distill" / "squad").glob("lr*_seed42/results.json")).read_text())
+    assert qa_kd["teacher"]["path"] == str(qa_teacher / "model") and qa_kd["steps"] == 4
     run = json.loads(next((out / "glue" / "sst2").glob("lr*_seed42/results.json")).read_text())
     return summary, run["data"]
 
@@ -87,12 +91,13 @@ def test_a_step_whose_input_failed_is_not_run_and_names_it(tmp_path):
     summary = (out / "summary.md").read_text()
     # each later step names the step it waits on; task distillation names the first missing one
     waits = {"binarize": "data", "token_counts": "binarize", "train_sh": "token_counts", "load": "train_sh",
-             "glue": "train_sh", "task_distill": "train_sh"}  # fmt: skip
+             "glue": "train_sh", "task_distill": "train_sh", "qa_data": "data", "qa": "train_sh",
+             "qa_distill": "qa"}  # fmt: skip
     for name, dep in waits.items():
         assert rc[name] == 125
         assert f"- {name}: FAILED, not run: step '{dep}' failed" in summary
         assert f"it needs the output of step '{dep}', which failed" in (out / f"{name}.log").read_text()
-    assert "7 step(s) failed" in summary
+    assert "10 step(s) failed" in summary
 
 
 def test_the_sst2_stand_in_refuses_too_few_lines_before_writing(tmp_path):
