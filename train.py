@@ -252,6 +252,8 @@ def main(argv=None):
         if finished:
             distiller.save_final(tokenizer)
             logger.info("training finished")
+        if dist.world_size > 1:  # every rank done with gloo/NCCL traffic before any tears its group down
+            torch.distributed.barrier()
     except BaseException as e:
         if replaced is not None:
             replaced.restore()
