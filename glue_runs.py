@@ -257,6 +257,32 @@ def finished(results):
         return False
 
 
+def trained_to_the_end(checkpoint):
+    """Whether `checkpoint` was saved at its run's last step (the run was stopped before its results were
+    written). The Trainer resumed there would take one step more than asked: it checks for the end only after
+    a step."""
+    if checkpoint is None:
+        return False
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        return 0 < state["max_steps"] <= state["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def train_or_restore(trainer, run):
+    """The run's training metrics: trainer.train(), resumed from the run's checkpoint where it has one; or,
+    when that checkpoint is the last step, its weights and state restored with nothing more trained."""
+    if trained_to_the_end(run.resume):
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(run.resume))
+        trainer.state = TrainerState.load_from_json(str(Path(run.resume) / "trainer_state.json"))
+        say(f"  {run.resume} is the run's last step: nothing left to train, its weights are evaluated")
+        return {}
+    return trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None).metrics
+
+
 def execute(run, targs, overwrite, hyper, train):
     """Train one planned run. --overwrite_output_dir moves the old folder aside and removes it only once the
     new run has its results; a run that fails or is stopped puts it back. A diverged run leaves nothing."""

@@ -55,7 +55,18 @@ import task_distill
 from data_io import atomic_write, check_writable
 from errors import NON_FINITE_EXIT, InputError, fail, first_line, reports_errors
 from glue_args import check_flags, fp16_needs_cuda, learning_rates, parse_args, precision
-from glue_runs import NonFiniteLoss, Run, execute, model_identity, plan_run, read_summary, say, settings, summarize
+from glue_runs import (
+    NonFiniteLoss,
+    Run,
+    execute,
+    model_identity,
+    plan_run,
+    read_summary,
+    say,
+    settings,
+    summarize,
+    train_or_restore,
+)
 from precision import use_attention
 from scripts.glue_table import markdown_table
 from utils import load_pretrained, load_tokenizer, model_input_limit
@@ -218,7 +229,7 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
     trainer = trainer_class(model=model, args=args, train_dataset=train_inputs, data_collator=collator,
                             callbacks=callbacks())  # fmt: skip
     start = time.time()
-    train_metrics = trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None).metrics
+    train_metrics = train_or_restore(trainer, run)
     train_time = time.time() - start
     metrics = {}
     for name, dev in dev_sets.items():

@@ -49,6 +49,7 @@ from glue_runs import (
     read_summary,
     say,
     summarize,
+    train_or_restore,
     training_settings,
 )
 from precision import use_attention
@@ -139,7 +140,7 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
         model=model, args=args, train_dataset=model_inputs(train_set, model, extra),
         data_collator=qa_distill.WithTeacherSpans(collator), callbacks=callbacks())  # fmt: skip
     start = time.time()
-    train_metrics = trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None).metrics
+    train_metrics = train_or_restore(trainer, run)
     train_time = time.time() - start
     dev_set, dev_cols, dev_split = dev
     out = trainer.predict(model_inputs(dev_set, model))

@@ -260,6 +260,30 @@ def test_an_interrupted_run_resumes_under_its_own_settings_only(interrupted, cap
     assert not list(run.glob("checkpoint-*"))  # removed once the run has its results
 
 
+def test_a_run_stopped_after_its_last_checkpoint_trains_no_step_more(  # noqa: F811
+    tmp_path, teacher, custom_task, monkeypatch, capsys  # noqa: F811
+):
+    """The Trainer resumed from a checkpoint of the last step takes one step more; the run restores it instead
+    and scores exactly what an unstopped run scores."""
+    args = custom_args(teacher, custom_task, tmp_path / "out", "--save_strategy", "steps", "--save_steps", 2)
+    args[args.index("--max_steps") + 1] = 4
+    interrupt_after_save(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        glue_main(*args)
+    monkeypatch.undo()
+    run = tmp_path / "out" / "custom" / "lr2e-05_seed42"
+    assert (run / "checkpoint-4").is_dir() and not (run / "results.json").exists()
+    glue_main(*args)
+    assert f"{run / 'checkpoint-4'} is the run's last step: nothing left to train" in capsys.readouterr().out
+    resumed = json.loads((run / "results.json").read_text())
+    whole = custom_args(teacher, custom_task, tmp_path / "whole", "--save_strategy", "steps", "--save_steps", 2)
+    whole[whole.index("--max_steps") + 1] = 4
+    glue_main(*whole)
+    unstopped = json.loads((tmp_path / "whole" / "custom" / "lr2e-05_seed42" / "results.json").read_text())
+    assert resumed["steps"] == unstopped["steps"] == 4
+    assert resumed["metrics"] == unstopped["metrics"]
+
+
 @pytest.mark.parametrize(
     "damage, problem",
     [

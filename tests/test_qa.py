@@ -526,3 +526,30 @@ def test_squad_v2_writes_null_odds_and_scores_both_kinds_of_question(tmp_path, t
         assert all((preds[q] == "") == (odds[q] > 0) for q in preds)  # threshold 0
         assert all(math.isfinite(v) for v in odds.values())
     assert not any(Path(out).rglob("checkpoint-*"))
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_and_a_failed_overwrite_keeps_the_old_run(tmp_path, tiny, syn_qa, monkeypatch):
+    out = tmp_path / "resume"
+    argv = qa_argv(tiny, syn_qa, out, "--max_steps", 4, "--save_strategy", "steps", "--save_steps", 2)
+    run = out / "squad" / "lr0.001_seed42"
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped after training, before the answers")
+
+    with monkeypatch.context() as m:
+        m.setattr(qa, "postprocess", stopped)
+        with pytest.raises(RuntimeError):
+            run_main(run_qa.main, *argv)
+    assert (run / "checkpoint-4").is_dir() and not (run / "results.json").exists()
+    resumed = run_main(run_qa.main, *argv, check=True)
+    assert f"resuming from {run / 'checkpoint-4'}" in resumed.stdout, resumed.stdout
+    first = (run / "results.json").read_text()
+    assert json.loads(first)["steps"] == 4 and not list(run.glob("checkpoint-*"))
+
+    with monkeypatch.context() as m:  # a replacement that fails puts the finished run back as it was
+        m.setattr(qa, "postprocess", stopped)
+        with pytest.raises(RuntimeError):
+            run_main(run_qa.main, *argv, "--overwrite_output_dir")
+    assert (run / "results.json").read_text() == first
+    assert not any(p.name.endswith(("overwrite", "aside")) for p in run.parent.iterdir()), list(run.parent.iterdir())
