@@ -114,13 +114,6 @@ def qa_trainer(d):
                 keep = task_distill.forward_inputs(self.model) | {TEACHER_START, TEACHER_END}
                 self._signature_columns = sorted(keep)
 
-        def _get_eval_sampler(self, eval_dataset):
-            # In dataset order: post-processing maps the i-th logits to the i-th window. transformers 5 would
-            # group evaluation batches by length (shuffled) under --train_sampling_strategy group_by_length.
-            if self.args.world_size <= 1:
-                return torch.utils.data.SequentialSampler(eval_dataset)
-            return super()._get_eval_sampler(eval_dataset)
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             starts, ends = inputs.pop("start_positions", None), inputs.pop("end_positions", None)
             t_start, t_end = inputs.pop(TEACHER_START, None), inputs.pop(TEACHER_END, None)
@@ -186,25 +179,28 @@ def load_teacher(path, student_tokenizer, texts):
 
 
 @torch.inference_mode()
-def teacher_spans(teacher, dataset, collator, batch_size, device, dtype=None):
-    """(starts, ends): the teacher's float32 logits per feature, each as long as the feature, in the dataset's
-    order; batches of similar lengths pad less."""
+def span_logits(model, dataset, collator, batch_size, device, dtype=None, desc="teacher logits", quiet=False):
+    """(starts, ends): a QA model's float32 start/end logits per window, each as long as the window, in the
+    dataset's order; batches of similar lengths pad less. The teacher's pass, and every evaluation: each
+    process reads every window, so the answers never depend on how a sampler dealt or gathered batches (the
+    Trainer's evaluation returns them length-grouped, that is shuffled, and under torchrun one rank's share)."""
     from tqdm.auto import tqdm
 
-    keep = task_distill.forward_inputs(teacher)
+    keep = task_distill.forward_inputs(model)
     lengths = [len(ids) for ids in dataset["input_ids"]]
     order = sorted(range(len(dataset)), key=lengths.__getitem__)
     starts, ends = [None] * len(dataset), [None] * len(dataset)
-    teacher.to(device).eval()
-    for at in tqdm(range(0, len(order), batch_size), desc="teacher logits"):
+    was_training = model.training
+    model.to(device).eval()
+    for at in tqdm(range(0, len(order), batch_size), desc=desc, disable=quiet):
         picked = order[at : at + batch_size]
         batch = collator([{k: v for k, v in dataset[i].items() if k in keep} for i in picked])
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = teacher(**{k: v.to(device) for k, v in batch.items()})
+            out = model(**{k: v.to(device) for k, v in batch.items()})
         for row, i in enumerate(picked):
             starts[i] = out.start_logits[row, : lengths[i]].float().cpu().numpy()
             ends[i] = out.end_logits[row, : lengths[i]].float().cpu().numpy()
-    teacher.cpu()
+    model.train(was_training)
     return starts, ends
 
 
@@ -227,8 +223,10 @@ def with_teacher_logits(teacher, identity, dataset, tokenizer, targs, cache_sett
         if logits is not None and (logits.shape != (lengths.sum(), 2) or not np.isfinite(logits).all()):
             logits = None
     if logits is None:
-        starts, ends = teacher_spans(teacher, dataset, DataCollatorWithPadding(tokenizer),
-                                     targs.per_device_eval_batch_size, targs.device, dtype)  # fmt: skip
+        collator = DataCollatorWithPadding(tokenizer)
+        starts, ends = span_logits(teacher, dataset, collator, targs.per_device_eval_batch_size, targs.device, dtype,
+                                   quiet=targs.disable_tqdm)  # fmt: skip
+        teacher.cpu()
         logits = np.stack([np.concatenate(starts), np.concatenate(ends)], axis=1).astype(np.float32)
         if path is not None and targs.process_index == 0:
             try:

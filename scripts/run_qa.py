@@ -143,8 +143,10 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
     train_metrics = train_or_restore(trainer, run)
     train_time = time.time() - start
     dev_set, dev_cols, dev_split = dev
-    out = trainer.predict(model_inputs(dev_set, model))
-    start_logits, end_logits = out.predictions[:2]
+    dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None  # evaluated as it trained
+    start_logits, end_logits = qa_distill.span_logits(trainer.model, model_inputs(dev_set, model), collator,
+                                                      args.per_device_eval_batch_size, args.device, dtype,
+                                                      desc="dev windows", quiet=args.disable_tqdm)  # fmt: skip
     version_2 = data.version_2_with_negative
     predictions, nbest, null_odds = qa.postprocess(dev_split.examples, dev_cols, start_logits, end_logits,
                                                    data.n_best_size, data.max_answer_length, version_2,

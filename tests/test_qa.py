@@ -27,7 +27,7 @@ from transformers import (
 
 import qa
 import qa_distill
-from conftest import input_error, run_main, write_bert_vocab
+from conftest import ROOT, input_error, run_main, write_bert_vocab
 from scripts import make_qa_data, run_qa
 from test_glue import FAST
 from train_helpers import make_teacher_dir
@@ -435,7 +435,7 @@ def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_p
     ds = datasets.Dataset.from_dict({k: cols[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
     assert len({len(ids) for ids in cols["input_ids"]}) > 1  # windows of several lengths: batches are padded
     targs = SimpleNamespace(fp16=False, bf16=False, per_device_eval_batch_size=4, device=torch.device("cpu"),
-                            process_index=0)  # fmt: skip
+                            process_index=0, disable_tqdm=True)  # fmt: skip
     identity = {"model": "a tiny QA teacher", "weights": "seed 0"}
     got = qa_distill.with_teacher_logits(teacher, identity, ds, tok, targs, str(tmp_path / "cache"))
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
@@ -553,3 +553,31 @@ def test_a_stopped_run_resumes_and_a_failed_overwrite_keeps_the_old_run(tmp_path
             run_main(run_qa.main, *argv, "--overwrite_output_dir")
     assert (run / "results.json").read_text() == first
     assert not any(p.name.endswith(("overwrite", "aside")) for p in run.parent.iterdir()), list(run.parent.iterdir())
+
+
+@pytest.mark.slow
+def test_torchrun_distils_on_two_processes_and_answers_in_order(tmp_path, tiny, syn_qa):
+    teacher = tmp_path / "teacher"
+    run_main(run_qa.main, *qa_argv(tiny, syn_qa, teacher, "--max_steps", 6, "--save_model"), check=True)
+    teacher_model = teacher / "squad" / "lr0.001_seed42" / "model"
+    out = tmp_path / "ddp"
+    argv = qa_argv(tiny, syn_qa, out, "--num_train_epochs", 1, "--save_model", "--teacher_name_or_path",
+                   teacher_model, "--teacher_logits_cache", "off")  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "scripts" / "run_qa.py"), *map(str, argv)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = out / "squad" / "lr0.001_seed42"
+    result = json.loads((run / "results.json").read_text())
+    assert result["hyper_parameters"]["world_size"] == 2 and result["teacher"]["path"] == str(teacher_model)
+    assert proc.stdout.count("squad lr 0.001 seed 42: exact_match") == 1  # one process reports
+    # the two processes' answers, gathered, are each question's own: the saved student gives them alone
+    dev = qa.load_split(str(syn_qa / "v1" / "dev.flat.json"), "dev", False, False).head(60)
+    model = AutoModelForQuestionAnswering.from_pretrained(str(run / "model")).eval()
+    cols = qa.features(AutoTokenizer.from_pretrained(str(run / "model")), dev.examples, 64, 16, 24, training=False)
+    with torch.no_grad():
+        outs = [model(**{k: torch.tensor([cols[k][i]]) for k in ("input_ids", "token_type_ids", "attention_mask")})
+                for i in range(len(cols["input_ids"]))]  # fmt: skip
+    alone, _, _ = qa.postprocess(dev.examples, cols, [o.start_logits[0].numpy() for o in outs],
+                                 [o.end_logits[0].numpy() for o in outs])  # fmt: skip
+    assert alone == json.loads((run / "predictions.json").read_text())
