@@ -19,8 +19,9 @@ SQuAD's official exact match and F1 (qa.py), stored as fractions like run_glue.p
 
 In --output_dir: results.json (the median over --seeds at the best --learning_rate_grid rate) and, per run,
 squad/lr5e-05_seed42/ with results.json, predictions.json, nbest_predictions.json (and null_odds.json for
-v2.0), and the model with --save_model (it loads in pipeline("question-answering")). Kept runs, resume,
---overwrite_output_dir, torchrun and the other TrainingArguments flags work as in run_glue.py.
+v2.0), and the model with --save_model (AutoModelForQuestionAnswering loads it, as does transformers 4.x's
+question-answering pipeline; transformers 5 has none). Kept runs, resume, --overwrite_output_dir, torchrun
+and the other TrainingArguments flags work as in run_glue.py.
 """
 
 import contextlib
