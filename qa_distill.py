@@ -209,7 +209,7 @@ def with_teacher_logits(teacher, identity, dataset, tokenizer, targs, cache_sett
     same teacher, precision and features were seen before, else computed (and kept)."""
     from transformers import DataCollatorWithPadding
 
-    dtype = torch.float16 if targs.fp16 else torch.bfloat16 if targs.bf16 else None
+    dtype = task_distill.autocast_dtype(targs)
     start = time.time()
     lengths = np.array([len(ids) for ids in dataset["input_ids"]])
     folder = task_distill.cache_folder(cache_setting)

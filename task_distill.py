@@ -220,6 +220,11 @@ def check_shapes(d, student, teacher):
         relation_layers(student, teacher, d.relations, d)
 
 
+def autocast_dtype(targs):
+    """The dtype a Trainer's steps autocast to (None: fp32): the teacher's pass and evaluation run in it too."""
+    return torch.float16 if targs.fp16 else torch.bfloat16 if targs.bf16 else None
+
+
 def forward_inputs(model):
     """The input names a model's forward takes (DistilBERT has no token_type_ids)."""
     return set(inspect.signature(model.forward).parameters)
@@ -475,7 +480,7 @@ class Teacher:
         import torch
         from transformers import DataCollatorWithPadding
 
-        dtype = torch.float16 if targs.fp16 else torch.bfloat16 if targs.bf16 else None  # as the steps run
+        dtype = autocast_dtype(targs)  # as the steps run
         start = time.time()
         rows, reader = train_set, tokenizer
         if self.own_tokens:

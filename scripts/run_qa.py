@@ -54,7 +54,7 @@ from glue_runs import (
     training_settings,
 )
 from precision import use_attention
-from scripts.run_glue import callbacks
+from scripts.run_glue import callbacks, model_inputs
 from utils import load_pretrained, load_tokenizer, model_input_limit
 
 QA_DEFAULTS = {
@@ -118,11 +118,6 @@ def encode(tokenizer, split, data, max_length, training):
     return ds, cols
 
 
-def model_inputs(dataset, model, also=()):
-    keep = task_distill.forward_inputs(model) | set(also)
-    return dataset.remove_columns([c for c in dataset.column_names if c not in keep])
-
-
 def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, teacher=None):
     """One run: fine-tune (distil, with a teacher), predict the dev answers, score them; the results dict."""
     import torch
@@ -144,7 +139,7 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
     train_metrics = train_or_restore(trainer, run)
     train_time = time.time() - start
     dev_set, dev_cols, dev_split = dev
-    dtype = torch.float16 if args.fp16 else torch.bfloat16 if args.bf16 else None  # evaluated as it trained
+    dtype = task_distill.autocast_dtype(args)  # evaluated as it trained
     start_logits, end_logits = qa_distill.span_logits(trainer.model, model_inputs(dev_set, model), collator,
                                                       args.per_device_eval_batch_size, args.device, dtype,
                                                       desc="dev windows", quiet=args.disable_tqdm)  # fmt: skip

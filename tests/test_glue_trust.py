@@ -235,17 +235,23 @@ def interrupt_after_save(monkeypatch, step):
     monkeypatch.setattr(run_glue, "callbacks", lambda: [*real(), Stop()])
 
 
-@pytest.fixture
-def interrupted(tmp_path, teacher, custom_task, monkeypatch):  # noqa: F811
-    """A run stopped after its checkpoints of steps 1 and 2 (of 4): (its args, its folder)."""
-    args = custom_args(teacher, custom_task, tmp_path / "out", "--save_strategy", "steps", "--save_steps", 1,
-                       "--save_total_limit", 2)  # fmt: skip
+def stopped_run(out, teacher, custom_task, monkeypatch, step, *save):  # noqa: F811
+    """A 4-step run into `out` with the checkpoint flags `save`, stopped right after saving the checkpoint of
+    `step`: (its args, its folder)."""
+    args = custom_args(teacher, custom_task, out, "--save_strategy", "steps", *save)
     args[args.index("--max_steps") + 1] = 4
-    interrupt_after_save(monkeypatch, 2)
+    interrupt_after_save(monkeypatch, step)
     with pytest.raises(KeyboardInterrupt):
         glue_main(*args)
     monkeypatch.undo()
-    run = tmp_path / "out" / "custom" / "lr2e-05_seed42"
+    return args, out / "custom" / "lr2e-05_seed42"
+
+
+@pytest.fixture
+def interrupted(tmp_path, teacher, custom_task, monkeypatch):  # noqa: F811
+    """A run stopped after its checkpoints of steps 1 and 2 (of 4): (its args, its folder)."""
+    args, run = stopped_run(tmp_path / "out", teacher, custom_task, monkeypatch, 2, "--save_steps", 1,
+                            "--save_total_limit", 2)  # fmt: skip
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     return args, run
 
@@ -265,13 +271,7 @@ def test_a_run_stopped_after_its_last_checkpoint_trains_no_step_more(  # noqa: F
 ):
     """The Trainer resumed from a checkpoint of the last step takes one step more; the run restores it instead
     and scores exactly what an unstopped run scores."""
-    args = custom_args(teacher, custom_task, tmp_path / "out", "--save_strategy", "steps", "--save_steps", 2)
-    args[args.index("--max_steps") + 1] = 4
-    interrupt_after_save(monkeypatch, 4)
-    with pytest.raises(KeyboardInterrupt):
-        glue_main(*args)
-    monkeypatch.undo()
-    run = tmp_path / "out" / "custom" / "lr2e-05_seed42"
+    args, run = stopped_run(tmp_path / "out", teacher, custom_task, monkeypatch, 4, "--save_steps", 2)
     assert (run / "checkpoint-4").is_dir() and not (run / "results.json").exists()
     glue_main(*args)
     assert f"{run / 'checkpoint-4'} is the run's last step: nothing left to train" in capsys.readouterr().out

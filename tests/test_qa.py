@@ -460,6 +460,19 @@ def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_p
 # End to end on tiny models
 
 
+def answers_alone(folder, dev):
+    """A saved QA model's answers to the dev questions, each window run on its own (no batch, no padding), with
+    qa_argv's window settings."""
+    model = AutoModelForQuestionAnswering.from_pretrained(str(folder)).eval()
+    cols = qa.features(AutoTokenizer.from_pretrained(str(folder)), dev.examples, 64, 16, 24, training=False)
+    with torch.no_grad():
+        outs = [model(**{k: torch.tensor([cols[k][i]]) for k in ("input_ids", "token_type_ids", "attention_mask")})
+                for i in range(len(cols["input_ids"]))]  # fmt: skip
+    answers, _, _ = qa.postprocess(dev.examples, cols, [o.start_logits[0].numpy() for o in outs],
+                                   [o.end_logits[0].numpy() for o in outs])  # fmt: skip
+    return answers
+
+
 def qa_argv(model, data, out, *extra, version="v1"):
     split = {"v1": "v1.1", "v2": "v2.0"}[version]
     return ["--model_name_or_path", model, "--train_file", data / version / f"train-{split}.json",
@@ -484,15 +497,7 @@ def test_a_qa_teacher_is_saved_then_distilled_into_a_student_and_runs_are_kept(t
     assert not (run / "null_odds.json").exists()
 
     # the saved model reproduces its own predictions (transformers 5 has no question-answering pipeline)
-    model = AutoModelForQuestionAnswering.from_pretrained(str(run / "model")).eval()
-    tok = AutoTokenizer.from_pretrained(str(run / "model"))
-    cols = qa.features(tok, dev.examples, 64, 16, 24, training=False)
-    with torch.no_grad():
-        outs = [model(**{k: torch.tensor([cols[k][i]]) for k in ("input_ids", "token_type_ids", "attention_mask")})
-                for i in range(len(cols["input_ids"]))]  # fmt: skip
-    again, _, _ = qa.postprocess(dev.examples, cols, [o.start_logits[0].numpy() for o in outs],
-                                 [o.end_logits[0].numpy() for o in outs])  # fmt: skip
-    assert again == preds
+    assert answers_alone(run / "model", dev) == preds
 
     # the same model, now distilled from the saved teacher; the teacher's logits kept, then read
     cache = tmp_path / "cache"
@@ -573,11 +578,4 @@ def test_torchrun_distils_on_two_processes_and_answers_in_order(tmp_path, tiny, 
     assert proc.stdout.count("squad lr 0.001 seed 42: exact_match") == 1  # one process reports
     # the two processes' answers, gathered, are each question's own: the saved student gives them alone
     dev = qa.load_split(str(syn_qa / "v1" / "dev.flat.json"), "dev", False, False).head(60)
-    model = AutoModelForQuestionAnswering.from_pretrained(str(run / "model")).eval()
-    cols = qa.features(AutoTokenizer.from_pretrained(str(run / "model")), dev.examples, 64, 16, 24, training=False)
-    with torch.no_grad():
-        outs = [model(**{k: torch.tensor([cols[k][i]]) for k in ("input_ids", "token_type_ids", "attention_mask")})
-                for i in range(len(cols["input_ids"]))]  # fmt: skip
-    alone, _, _ = qa.postprocess(dev.examples, cols, [o.start_logits[0].numpy() for o in outs],
-                                 [o.end_logits[0].numpy() for o in outs])  # fmt: skip
-    assert alone == json.loads((run / "predictions.json").read_text())
+    assert answers_alone(run / "model", dev) == json.loads((run / "predictions.json").read_text())
