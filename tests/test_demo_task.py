@@ -146,6 +146,9 @@ def test_the_task_demo_without_sst2_fails_with_one_line(tmp_path):
 @pytest.mark.parametrize("env, words", [
     ({"DEMO_TASK_STRONG": "yes"}, "DEMO_TASK_STRONG=yes: give 0 or 1"),
     ({"DEMO_TASK_STRONG": "1", "DEMO_TASK_STRONG_DIR": "/nowhere/mpnet"}, "holds no model (config.json)"),
+    ({"DEMO_TASK_STRONG": "1", "DEMO_TASK_STRONG_STEPS": "0"}, "DEMO_TASK_STRONG_STEPS=0: give a whole number"),
+    ({"DEMO_TASK_STRONG": "1", "DEMO_TASK_STRONG_UNLABELED": "-5"}, "DEMO_TASK_STRONG_UNLABELED=-5: give a whole"),
+    ({"DEMO_TASK_STRONG": "1", "DEMO_TASK_STRONG_TEACHER_STEPS": "nan"}, "DEMO_TASK_STRONG_TEACHER_STEPS=nan: give"),
 ])  # fmt: skip
 @pytest.mark.skipif(not HAVE_TEACHER or not (GLUE_DATA / "SST-2" / "dev.tsv").is_file(),
                     reason="the checks follow the demo's own: the wheel and the real SST-2")  # fmt: skip
