@@ -27,7 +27,7 @@ import checkpoint
 import evaluation
 from checkpoint import CHECKPOINT
 from data_io import atomic_write
-from errors import InputError
+from errors import InputError, NonFiniteLoss
 from grouped_batch_sampler import epoch_batches
 from losses import KD_CHUNK_ROWS, FusedKD, cosine_loss, kd_loss, mse_loss, relation_losses
 from masking import Masking, prepare_batch_clm
@@ -44,10 +44,6 @@ from utils import (
 )
 
 MAX_CONSECUTIVE_SKIPS = 20  # fp16: this many overflow-skipped optimizer steps in a row means the loss is broken
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite (outside fp16 overflow steps, which the grad scaler skips)."""
 
 
 class Distiller:

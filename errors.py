@@ -20,6 +20,11 @@ class InputError(Exception):
     """Bad input from the user: arguments, data files, models that do not fit together."""
 
 
+class NonFiniteLoss(RuntimeError):
+    """A run's loss or weights stopped being finite (train.py: outside fp16 overflow steps, which the grad scaler
+    skips). Every trainer exits with NON_FINITE_EXIT on it."""
+
+
 def finite_float(text):
     """argparse's type for every float flag: NaN and infinity are refused where they are typed (float()
     accepts both, and a NaN weight or rate trains to nothing without a word)."""

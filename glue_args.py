@@ -12,6 +12,7 @@ import glue
 import task_distill
 from errors import InputError, first_line
 from glue_runs import say
+from precision import Precision
 
 # The published fine-tuning setup of BERT and DistilBERT, where transformers' defaults differ.
 DEFAULTS = dict(
@@ -141,20 +142,13 @@ def check_flags(data, sweep, training):
         raise InputError(f"{which} would not train at all")
 
 
-def precision(training):
-    return "fp16" if training.fp16 else "bf16" if training.bf16 else "fp32"
-
-
-def fp16_needs_cuda(training):
-    """(the precision asked for, TrainingArguments to run with): --fp16 without a CUDA GPU runs fp32 and is
-    recorded so (the Trainer would run fp32 and record fp16)."""
-    import torch
-
-    asked = precision(training)
-    if training.fp16 and not torch.cuda.is_available():
-        say("--fp16 needs a CUDA GPU: this run is fp32, and is recorded so")
-        training = dataclasses.replace(training, fp16=False)
-    return asked, training
+def decide_precision(training):
+    """(the Precision, the TrainingArguments to run with): precision.Precision's one decision, announced (--fp16
+    without CUDA, or --bf16 on a CPU without fast bf16, runs fp32 and is recorded so)."""
+    decision, training = Precision.for_trainer(training)
+    if decision.why:
+        say(decision.why)
+    return decision, training
 
 
 def learning_rates(sweep, training):

@@ -19,7 +19,7 @@ from statistics import median
 
 import glue
 from data_io import atomic_write, check_writable
-from errors import InputError, first_line
+from errors import InputError, NonFiniteLoss, first_line
 from scripts import glue_table
 
 
@@ -27,10 +27,6 @@ def say(*args):
     """Print on the first process only (under torchrun every process runs run_glue.py)."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(*args, flush=True)
-
-
-class NonFiniteLoss(Exception):
-    """A run's loss or weights stopped being finite (exit status 3, as train.py)."""
 
 
 def model_identity(name, config, tokenizer):

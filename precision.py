@@ -1,17 +1,21 @@
-"""Which precision a training run uses, decided once: what was asked (--fp16, --bf16), what runs, and why.
+"""Which precision a run uses, decided once: what was asked (--fp16, --bf16), what runs, and why.
 
-Everything that depends on it reads one `Precision`: the autocast dtype of the forwards, the attention
-implementation the models use, the GradScaler (fp16 only), the dtype the frozen teacher is stored in, and whether
-non-finite losses are an error (under fp16 an overflow is the scaler's business: the step is skipped and
-counted). parameters.json records both the request and the decision.
+One decision for every trainer: train.py's Distiller (`Precision.decide`) and the Trainer of run_glue.py and
+run_qa.py (`Precision.for_trainer`). fp16 needs CUDA; bf16 on a CPU needs native bf16, measured by
+`cpu_bf16_is_fast()` (emulated bf16 is ~11x slower than fp32); otherwise the run is fp32, says why, and records
+both the request and the decision. Everything that depends on it reads the decision: the autocast dtype of the
+forwards (and of a teacher's pass), the attention implementation, the GradScaler (fp16 only), the dtype the frozen
+teacher is stored in, and whether non-finite losses are an error (under fp16 an overflow is the scaler's
+business: the step is skipped and counted).
 """
 
 import contextlib
-from dataclasses import dataclass
+import dataclasses
+import functools
+import platform
+import time
 
 import torch
-
-from utils import cpu_bf16_is_fast, cpu_description
 
 # The attention implementation (transformers' attn_implementation) a precision runs with, by device type;
 # absent: the model's own (SDPA, PyTorch choosing its kernel). Measured with benchmarks/bench_attention.py
@@ -33,7 +37,64 @@ def use_attention(model, device_type, used):
     return model
 
 
-@dataclass(frozen=True)
+def cpu_description():
+    """The CPU's model name and the instruction set PyTorch runs on it, e.g. 'Intel Xeon ... (AVX512)'."""
+    name = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return f"{name or platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+BF16_PROBE = (128, 384, 1536)  # a BERT-small FFN matmul: rows x width x FFN width
+BF16_FAST_RATIO = 0.8  # bf16 counts as fast when it takes at most this share of fp32's time
+
+
+def _probe_runs(dtype, n=5):
+    """Seconds of each of `n` runs of the probe matmul in `dtype`, one at a time (after one untimed call)."""
+    rows, width, ffn = BF16_PROBE
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, width, generator=generator).to(dtype)
+    y = torch.randn(width, ffn, generator=generator).to(dtype)
+    x @ y  # the first call: oneDNN's kernel choice, page faults
+    for _ in range(n):
+        start = time.perf_counter()
+        x @ y
+        yield time.perf_counter() - start
+
+
+def bf16_pays(fp32_seconds, bf16_runs):
+    """True at the first bf16 run within BF16_FAST_RATIO of fp32's time; False at one over 3x it (emulated
+    bf16: no need to wait for more of it), or when no run was fast."""
+    for seconds in bf16_runs:
+        if seconds <= BF16_FAST_RATIO * fp32_seconds:
+            return True
+        if seconds > 3 * fp32_seconds:
+            return False
+    return False
+
+
+@functools.cache
+def cpu_bf16_is_fast():
+    """Whether bf16 autocast pays on this CPU, measured: the probe matmul in bf16 against fp32, one thread (a
+    few ms where bf16 is native, ~0.3 s where it is emulated; once per process). Flags mislead both ways:
+    oneDNN runs bf16 on AMX even when PyTorch's own kernels are AVX2 (ATEN_CPU_CAPABILITY=avx2: 6x faster than
+    fp32 on the project's Xeon), and emulates it ~75x slower without AVX-512 (ONEDNN_MAX_CPU_ISA=AVX2; an
+    AVX2-only EPYC ran a training step 11x slower). docs/benchmarks.md has the figures."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return bf16_pays(min(_probe_runs(torch.float32)), _probe_runs(torch.bfloat16))
+    finally:
+        torch.set_num_threads(threads)
+
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # autocast dtypes; fp32 runs without autocast
+
+
+@dataclasses.dataclass(frozen=True)
 class Precision:
     requested: str  # "fp16", "bf16" or "fp32": the flags as given
     used: str  # what runs
@@ -41,8 +102,8 @@ class Precision:
 
     @classmethod
     def decide(cls, fp16, bf16, device):
-        """fp16 needs CUDA; bf16 on a CPU needs native bf16 kernels, as measured by utils.cpu_bf16_is_fast() (else
-        it runs ~10x slower than fp32)."""
+        """fp16 needs CUDA; bf16 on a CPU needs native bf16 kernels, as measured by cpu_bf16_is_fast() (else it
+        runs ~10x slower than fp32)."""
         requested = "fp16" if fp16 else "bf16" if bf16 else "fp32"
         if fp16 and device.type != "cuda":
             why = "--fp16 needs a CUDA GPU: training in fp32 on the CPU (--bf16 gives mixed precision on CPU)"
@@ -53,10 +114,20 @@ class Precision:
             return cls(requested, "fp32", why)
         return cls(requested, requested)
 
+    @classmethod
+    def for_trainer(cls, training):
+        """The decision for a transformers Trainer's TrainingArguments `training`: (the decision, the arguments
+        to run with, with --fp16/--bf16 cleared where they fall back to fp32, so the Trainer records what ran)."""
+        cuda = torch.cuda.is_available() and not training.use_cpu
+        decision = cls.decide(training.fp16, training.bf16, torch.device("cuda" if cuda else "cpu"))
+        if decision.why:
+            training = dataclasses.replace(training, fp16=False, bf16=False)
+        return decision, training
+
     @property
     def dtype(self):
         """The autocast dtype, None for fp32."""
-        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.used)
+        return DTYPES.get(self.used)
 
     @property
     def teacher_dtype(self):
@@ -79,3 +150,14 @@ class Precision:
     def record(self, device_type="cpu"):
         return {"requested": self.requested, "used": self.used, "why": self.why or None,
                 "attention": attention_for(device_type, self.used) or "sdpa"}
+
+
+def trainer_precision(training):
+    """The precision ("fp16", "bf16", "fp32") a Trainer's TrainingArguments run in, once Precision.for_trainer
+    has cleared the flags that fell back."""
+    return "fp16" if training.fp16 else "bf16" if training.bf16 else "fp32"
+
+
+def autocast_dtype(training):
+    """The dtype a Trainer's steps autocast to (None: fp32): the teacher's pass and evaluation run in it too."""
+    return DTYPES.get(trainer_precision(training))

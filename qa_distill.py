@@ -23,6 +23,7 @@ import task_distill
 from data_io import atomic_write
 from errors import InputError
 from glue_runs import say
+from precision import autocast_dtype
 from utils import load_pretrained, load_tokenizer
 
 TEACHER_START, TEACHER_END = "teacher_start", "teacher_end"  # the data columns of cached logits
@@ -209,7 +210,7 @@ def with_teacher_logits(teacher, identity, dataset, tokenizer, targs, cache_sett
     same teacher, precision and features were seen before, else computed (and kept)."""
     from transformers import DataCollatorWithPadding
 
-    dtype = task_distill.autocast_dtype(targs)
+    dtype = autocast_dtype(targs)
     start = time.time()
     lengths = np.array([len(ids) for ids in dataset["input_ids"]])
     folder = task_distill.cache_folder(cache_setting)

@@ -35,6 +35,7 @@ from errors import InputError
 from glue_runs import say
 from losses import cosine_loss, kd_loss, mse_loss, relation_losses
 from models import attention_projections
+from precision import autocast_dtype
 from train_args import relation_layers
 from utils import load_pretrained
 
@@ -218,11 +219,6 @@ def check_shapes(d, student, teacher):
                          "--alpha_att/--alpha_vv, which need no equal widths")  # fmt: skip
     if d.relations:
         relation_layers(student, teacher, d.relations, d)
-
-
-def autocast_dtype(targs):
-    """The dtype a Trainer's steps autocast to (None: fp32): the teacher's pass and evaluation run in it too."""
-    return torch.float16 if targs.fp16 else torch.bfloat16 if targs.bf16 else None
 
 
 def forward_inputs(model):

@@ -42,8 +42,8 @@ import data_io
 import masking
 import train_args
 from checkpoint import CHECKPOINT
-from distiller import Distiller, NonFiniteLoss
-from errors import NON_FINITE_EXIT, InputError, fail, reports_errors
+from distiller import Distiller
+from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, reports_errors
 from lm_seqs_dataset import MIN_LEN, LmSeqsDataset
 from models import load_student, model_classes
 from utils import (

@@ -10,14 +10,12 @@
   key, or a layer count that does not match the config, is an error that says which.
 """
 
-import functools
 import json
 import logging
 import os
 import random
 import re
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,62 +116,6 @@ def init_distributed(n_gpu=1):
     elif n_gpu > 0 and not use_cuda:
         logger.info("no CUDA device: training on the CPU")
     return info
-
-
-def cpu_description():
-    """The CPU's model name and the instruction set PyTorch runs on it, e.g. 'Intel Xeon ... (AVX512)'."""
-    name = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        pass
-    import platform
-
-    return f"{name or platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()})"
-
-
-BF16_PROBE = (128, 384, 1536)  # a BERT-small FFN matmul: rows x width x FFN width
-BF16_FAST_RATIO = 0.8  # bf16 counts as fast when it takes at most this share of fp32's time
-
-
-def _probe_runs(dtype, n=5):
-    """Seconds of each of `n` runs of the probe matmul in `dtype`, one at a time (after one untimed call)."""
-    rows, width, ffn = BF16_PROBE
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, width, generator=generator).to(dtype)
-    y = torch.randn(width, ffn, generator=generator).to(dtype)
-    x @ y  # the first call: oneDNN's kernel choice, page faults
-    for _ in range(n):
-        start = time.perf_counter()
-        x @ y
-        yield time.perf_counter() - start
-
-
-def bf16_pays(fp32_seconds, bf16_runs):
-    """True at the first bf16 run within BF16_FAST_RATIO of fp32's time; False at one over 3x it (emulated
-    bf16: no need to wait for more of it), or when no run was fast."""
-    for seconds in bf16_runs:
-        if seconds <= BF16_FAST_RATIO * fp32_seconds:
-            return True
-        if seconds > 3 * fp32_seconds:
-            return False
-    return False
-
-
-@functools.cache
-def cpu_bf16_is_fast():
-    """Whether bf16 autocast pays on this CPU, measured: the probe matmul in bf16 against fp32, one thread (a
-    few ms where bf16 is native, ~0.3 s where it is emulated; once per process). Flags mislead both ways:
-    oneDNN runs bf16 on AMX even when PyTorch's own kernels are AVX2 (ATEN_CPU_CAPABILITY=avx2: 6x faster than
-    fp32 on the project's Xeon), and emulates it ~75x slower without AVX-512 (ONEDNN_MAX_CPU_ISA=AVX2; an
-    AVX2-only EPYC ran a training step 11x slower). docs/benchmarks.md has the figures."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return bf16_pays(min(_probe_runs(torch.float32)), _probe_runs(torch.bfloat16))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def set_seed(seed):

@@ -22,7 +22,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import precision
-from utils import cpu_bf16_is_fast, cpu_description
+from precision import cpu_bf16_is_fast, cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from benchmarks.corpus import write_lines
-from utils import cpu_description
+from precision import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from precision import cpu_description
 from scripts import run_glue
-from utils import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -311,7 +311,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     impls = args.impls.split(",")
-    from utils import cpu_bf16_is_fast, cpu_description
+    from precision import cpu_bf16_is_fast, cpu_description
 
     if not gpu:
         print(f"CPU: {cpu_description()}, {torch.get_num_threads()} thread(s)")

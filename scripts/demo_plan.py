@@ -121,7 +121,7 @@ BF16_GAIN = 0.9  # the demo trains in bf16 only if a step takes at most this sha
 def precision_flags(t=None):
     """train.py's precision flag for the demo on this machine: "--bf16" where a bf16 step of the distilled student
     measures at most BF16_GAIN of its fp32 step (an AMX Xeon: yes), else "". `t`: {"fp32": s, "bf16": s}."""
-    from utils import cpu_bf16_is_fast
+    from precision import cpu_bf16_is_fast
 
     if t is None:
         if not cpu_bf16_is_fast():
@@ -173,7 +173,7 @@ def plan(articles, teacher_epochs, student_epochs, valid, t, teacher_eval_every=
 
 def estimate(articles, teacher_epochs, student_epochs, valid, t=None, bf16=False, **evals):
     """Time the steps (unless `t` is given), print the plan, return its total in seconds."""
-    from utils import cpu_description
+    from precision import cpu_description
 
     start = time.perf_counter()
     t = t or time_steps(bf16=bf16)

@@ -53,10 +53,9 @@ import data_io
 import glue
 import task_distill
 from data_io import atomic_write, check_writable
-from errors import NON_FINITE_EXIT, InputError, fail, first_line, reports_errors
-from glue_args import check_flags, fp16_needs_cuda, learning_rates, parse_args, precision
+from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, first_line, reports_errors
+from glue_args import check_flags, decide_precision, learning_rates, parse_args
 from glue_runs import (
-    NonFiniteLoss,
     Run,
     execute,
     model_identity,
@@ -67,7 +66,7 @@ from glue_runs import (
     summarize,
     train_or_restore,
 )
-from precision import use_attention
+from precision import trainer_precision, use_attention
 from scripts.glue_table import markdown_table
 from utils import load_pretrained, load_tokenizer, model_input_limit
 
@@ -217,7 +216,7 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
     # The attention implementation measured fastest for this precision and device (precision.ATTENTION).
     device_type = "cpu" if args.use_cpu or not torch.cuda.is_available() else "cuda"
     for m in (model, teacher.model) if teacher else (model,):
-        use_attention(m, device_type, precision(args))
+        use_attention(m, device_type, trainer_precision(args))
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 or args.bf16 else None)
     train_inputs = model_inputs(train_set, model)
     trainer_class = Trainer
@@ -247,7 +246,7 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         "seed": run.seed,
         "learning_rate": run.lr,
         "hyper_parameters": hyper,
-        "precision": precision(targs),
+        "precision": trainer_precision(targs),
         "attention": model.config._attn_implementation,
         "teacher": teacher.record() | {"logits_seconds": teacher.logits_seconds} if teacher else None,
         "steps": trainer.state.global_step,
@@ -280,7 +279,7 @@ def main(argv=None):
     check_flags(data_args, sweep, targs)
     task_distill.check_flags(dargs, argv)
     rates = learning_rates(sweep, targs)
-    asked, targs = fp16_needs_cuda(targs)
+    decision, targs = decide_precision(targs)
     out_dir = Path(targs.output_dir)
     results_path = out_dir / "results.json"
     check_writable(out_dir, "--output_dir", folder=True)
@@ -309,7 +308,7 @@ def main(argv=None):
         # Every kept result, checkpoint and setting of every task is checked before the first run trains.
         overwrite = data_args.overwrite_output_dir
         summary = {"model": margs.model_label, "model_path": margs.model_name_or_path, "model_identity": identity,
-                   "precision": {"asked": asked, "ran": precision(targs)},
+                   "precision": {"asked": decision.requested, "ran": decision.used},
                    "teacher": teacher.record() if teacher else None,
                    "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}  # fmt: skip
         seeds = [targs.seed + i for i in range(sweep.seeds)]

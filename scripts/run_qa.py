@@ -37,12 +37,10 @@ from pathlib import Path
 import data_io
 import qa
 import qa_distill
-import task_distill
 from data_io import atomic_write, check_writable
-from errors import NON_FINITE_EXIT, InputError, fail, first_line, reports_errors
-from glue_args import DEFAULTS, check_flags, fp16_needs_cuda, learning_rates, parse_args, precision
+from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, first_line, reports_errors
+from glue_args import DEFAULTS, check_flags, decide_precision, learning_rates, parse_args
 from glue_runs import (
-    NonFiniteLoss,
     Run,
     execute,
     model_identity,
@@ -53,7 +51,7 @@ from glue_runs import (
     train_or_restore,
     training_settings,
 )
-from precision import use_attention
+from precision import autocast_dtype, trainer_precision, use_attention
 from scripts.run_glue import callbacks, model_inputs
 from utils import load_pretrained, load_tokenizer, model_input_limit
 
@@ -129,7 +127,7 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
                                dataloader_pin_memory=pin)  # fmt: skip
     transformers.set_seed(run.seed)  # the new span head's initialisation
     model = load_pretrained(AutoModelForQuestionAnswering, margs.model_name_or_path, "the model")
-    use_attention(model, "cpu" if args.use_cpu or not torch.cuda.is_available() else "cuda", precision(args))
+    use_attention(model, "cpu" if args.use_cpu or not torch.cuda.is_available() else "cuda", trainer_precision(args))
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 or args.bf16 else None)
     extra = ("start_positions", "end_positions", qa_distill.TEACHER_START, qa_distill.TEACHER_END)
     trainer = qa_distill.qa_trainer(teacher.args if teacher else qa_distill.QADistillArguments())(
@@ -139,7 +137,7 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
     train_metrics = train_or_restore(trainer, run)
     train_time = time.time() - start
     dev_set, dev_cols, dev_split = dev
-    dtype = task_distill.autocast_dtype(args)  # evaluated as it trained
+    dtype = autocast_dtype(args)  # evaluated as it trained
     start_logits, end_logits = qa_distill.span_logits(trainer.model, model_inputs(dev_set, model), collator,
                                                       args.per_device_eval_batch_size, args.device, dtype,
                                                       desc="dev windows", quiet=args.disable_tqdm)  # fmt: skip
@@ -151,7 +149,7 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
     result = {
         "task": hyper["task"], "title": hyper["task"], "metrics": metrics, "score": qa_score(metrics["dev"]),
         "model": margs.model_label, "model_path": margs.model_name_or_path, "seed": run.seed,
-        "learning_rate": run.lr, "hyper_parameters": hyper, "precision": precision(targs),
+        "learning_rate": run.lr, "hyper_parameters": hyper, "precision": trainer_precision(targs),
         "teacher": teacher.record | {"logits_seconds": teacher.seconds} if teacher else None,
         "steps": trainer.state.global_step, "train_seconds": round(train_time, 1),
         "train_samples_per_second": train_metrics.get("train_samples_per_second"), "device": str(args.device),
@@ -201,7 +199,7 @@ def main(argv=None):
     check_qa_flags(data)
     qa_distill.check_flags(dargs, argv)
     rates = learning_rates(sweep, targs)
-    asked, targs = fp16_needs_cuda(targs)
+    decision, targs = decide_precision(targs)
     out_dir = Path(targs.output_dir)
     results_path = out_dir / "results.json"
     check_writable(out_dir, "--output_dir", folder=True)
@@ -248,7 +246,7 @@ def main(argv=None):
     with lock:
         overwrite = data.overwrite_output_dir
         summary = {"model": margs.model_label, "model_path": margs.model_name_or_path, "model_identity": identity,
-                   "precision": {"asked": asked, "ran": precision(targs)},
+                   "precision": {"asked": decision.requested, "ran": decision.used},
                    "teacher": teacher.record if teacher else None,
                    "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}  # fmt: skip
         seeds = [targs.seed + i for i in range(sweep.seeds)]

@@ -10,6 +10,7 @@ import pytest
 from transformers import BertTokenizer
 
 import glue
+import precision
 from conftest import input_error, write_bert_vocab
 from scripts import glue_table, run_glue
 from test_glue import FAST, custom_task, teacher, write_tsv  # noqa: F401 (fixtures)
@@ -428,13 +429,22 @@ def test_a_diverging_run_stops_with_status_3_and_records_nothing(tmp_path, teach
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-def test_fp16_on_a_cpu_says_so_and_records_fp32(tmp_path, teacher, custom_task, capsys):  # noqa: F811
-    glue_main(*custom_args(teacher, custom_task, tmp_path / "out", "--fp16"))
-    assert "--fp16 needs a CUDA GPU: this run is fp32" in capsys.readouterr().out
+@pytest.mark.parametrize("flag, message", [
+    ("--fp16", "--fp16 needs a CUDA GPU: training in fp32"),
+    ("--bf16", "has no native bf16 (a bf16 matmul measured no faster than fp32"),
+])  # fmt: skip
+def test_a_precision_this_cpu_lacks_says_so_and_records_fp32(flag, message, tmp_path, teacher, custom_task,  # noqa: F811
+                                                             capsys, monkeypatch):  # fmt: skip
+    """The same decision as train.py's (precision.Precision): --fp16 without CUDA, and --bf16 on a CPU whose
+    bf16 is emulated (~11x slower), run fp32, say so, and record what was asked and what ran."""
+    monkeypatch.setattr(precision, "cpu_bf16_is_fast", lambda: False)
+    cpu = ["--use_cpu"] if flag == "--bf16" else []  # the Trainer takes bf16 on a CPU only with --use_cpu
+    glue_main(*custom_args(teacher, custom_task, tmp_path / "out", flag, *cpu))
+    assert message in capsys.readouterr().out
     run = json.loads((tmp_path / "out" / "custom" / "lr2e-05_seed42" / "results.json").read_text())
-    assert run["precision"] == "fp32" and run["hyper_parameters"]["fp16"] is False
+    assert run["precision"] == "fp32" and run["hyper_parameters"][flag[2:]] is False
     summary = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert summary["precision"] == {"asked": "fp16", "ran": "fp32"}
+    assert summary["precision"] == {"asked": flag[2:], "ran": "fp32"}
 
 
 # ----------------------------------------------------------------------------------------------------------
