@@ -31,10 +31,10 @@ from errors import InputError, NonFiniteLoss
 from grouped_batch_sampler import epoch_batches
 from losses import KD_CHUNK_ROWS, FusedKD, cosine_loss, kd_loss, mse_loss, relation_losses
 from masking import Masking, prepare_batch_clm
-from models import RowsLM, lm_head_parts
+from models import RowsLM, lm_head_parts, relation_layers
 from monitor import Meter, MetricsLog, empty_cache_if_low, log_line, memory_stats
 from precision import Precision, use_attention
-from train_args import LossPlan, relation_layers
+from train_args import LossPlan
 from utils import (
     DistInfo,
     check_same_on_all_ranks,

@@ -9,6 +9,7 @@ import argparse
 import functools
 import inspect
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,12 @@ def finite_float(text):
 def first_line(e):
     """The first line of an exception's message (libraries' messages run to several), or its class name."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def say(*args):
+    """Print on the first process only (under torchrun every process runs run_glue.py)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, flush=True)
 
 
 def fail(prog, message, status=BAD_INPUT):

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 
 import glue
 import task_distill
-from errors import InputError, first_line
-from glue_runs import say
+from errors import InputError, first_line, say
 from precision import Precision
 
 # The published fine-tuning setup of BERT and DistilBERT, where transformers' defaults differ.

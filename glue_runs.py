@@ -10,6 +10,7 @@ task's median per learning rate and the best rate.
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import zipfile
@@ -18,15 +19,9 @@ from pathlib import Path
 from statistics import median
 
 import glue
+import task_distill
 from data_io import atomic_write, check_writable
-from errors import InputError, NonFiniteLoss, first_line
-from scripts import glue_table
-
-
-def say(*args):
-    """Print on the first process only (under torchrun every process runs run_glue.py)."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(*args, flush=True)
+from errors import InputError, NonFiniteLoss, first_line, say
 
 
 def model_identity(name, config, tokenizer):
@@ -109,7 +104,7 @@ def read_json(path, what, keys):
 
 def read_run(path):
     run = read_json(path, "results.json", ("metrics", "score", "learning_rate", "seed", "hyper_parameters"))
-    glue_table.check_metrics(run["metrics"], path)
+    check_metrics(run["metrics"], path)
     return run
 
 
@@ -118,7 +113,7 @@ def read_summary(path, model, identity, overwrite):
     if not Path(path).exists():
         return {}
     try:
-        summary = glue_table.check_summary(read_json(path, "results.json", ("model", "tasks")), path)
+        summary = check_summary(read_json(path, "results.json", ("model", "tasks")), path)
     except InputError:
         if overwrite:
             return {}
@@ -332,3 +327,59 @@ def summarize(task, runs, score=glue.task_score):
         "train_seconds": round(sum(r["train_seconds"] for r in runs), 1),
         "tokenizer_fit": runs[-1].get("tokenizer_fit"),
     }
+
+
+def check_metrics(metrics, path):
+    """{dev set: {metric: number}}, as run_glue.py writes it; anything else is an InputError naming the file."""
+
+    def numbers(m):
+        return isinstance(m, dict) and m and all(isinstance(v, (int, float)) for v in m.values())
+
+    if not isinstance(metrics, dict) or not metrics or not all(numbers(m) for m in metrics.values()):
+        raise InputError(f"{path}: its metrics are not {{dev set: {{metric: number}}}}, as run_glue.py writes them")
+    return metrics
+
+
+def check_summary(results, path):
+    """A run_glue.py results.json's contents, checked for the fields the table reads."""
+    tasks = results.get("tasks") if isinstance(results, dict) else None
+    if not isinstance(tasks, dict) or not isinstance(results.get("model"), str):
+        raise InputError(f"{path} is not a run_glue.py results.json (it needs a 'model' name and a 'tasks' object)")
+    for name, task in tasks.items():
+        if not isinstance(task, dict) or not isinstance(task.get("score"), (int, float)):
+            raise InputError(f"{path}: task {name!r} has no score")
+        check_metrics(task.get("metrics"), f"{path}, task {name!r}")
+    return results
+
+
+def finite_check():
+    """A Trainer callback that stops a run whose loss or weights are no longer finite (train.py does the same,
+    with the same exit status): a diverged run must not be recorded as a score."""
+    import torch
+    from transformers import TrainerCallback
+
+    class FiniteCheck(TrainerCallback):
+        def check(self, state, model, loss=None):
+            if loss is not None and not math.isfinite(loss):
+                raise NonFiniteLoss(f"the training loss is {loss} at step {state.global_step}")
+            if model is not None and not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise NonFiniteLoss(f"the weights are not finite at step {state.global_step}")
+
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            self.check(state, model, (logs or {}).get("loss"))
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self.check(state, model)
+
+    return FiniteCheck()
+
+
+def callbacks():
+    """The Trainer callbacks of every run (a function, so that tests can add theirs)."""
+    return [finite_check()]
+
+
+def model_inputs(dataset, model, also=()):
+    """Only the inputs the model's forward takes (DistilBERT has no token_type_ids), and the columns `also`."""
+    keep = task_distill.forward_inputs(model) | {"label", *also}
+    return dataset.remove_columns([c for c in dataset.column_names if c not in keep])

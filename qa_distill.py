@@ -21,8 +21,7 @@ import torch.nn.functional as F
 
 import task_distill
 from data_io import atomic_write
-from errors import InputError
-from glue_runs import say
+from errors import InputError, say
 from precision import autocast_dtype
 from utils import load_pretrained, load_tokenizer
 

@@ -31,12 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from data_io import atomic_write
-from errors import InputError
-from glue_runs import say
+from errors import InputError, say
 from losses import cosine_loss, kd_loss, mse_loss, relation_losses
-from models import attention_projections
+from models import attention_projections, relation_layers
 from precision import autocast_dtype
-from train_args import relation_layers
 from utils import load_pretrained
 
 UNLABELED = -100  # the label of a row the teacher alone labels (regressions: NaN), as cross_entropy's ignore_index

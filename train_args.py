@@ -13,7 +13,6 @@ from pathlib import Path
 
 from errors import InputError, finite_float
 from losses import LOSS_NAMES, RELATION_LOSSES
-from models import attention_projections
 from utils import logger
 
 # The published recipes as loss weights (alpha_<name>); every weight not listed is 0, and of mlm and clm only the
@@ -289,30 +288,6 @@ class LossPlan:
             kd_all_rows=(w.ce > 0 or w.mse > 0) and not args.restrict_ce_to_mask,
             fused_kd=fused_kd and w.ce > 0 and w.mse == 0,
         )
-
-
-def relation_layers(student, teacher, names, params):
-    """(student layer, teacher layer, (attention heads, relation heads)) for the relation losses in `names`:
-    the student's last layer and the teacher's --teacher_layer (1-based; default its last), as 0-based
-    indices, after checking that the two models' heads fit those losses."""
-    n_teacher, n_student = teacher.config.num_hidden_layers, student.config.num_hidden_layers
-    t_layer = n_teacher if params.teacher_layer is None else params.teacher_layer  # 0 is out of range, not the last
-    if not 1 <= t_layer <= n_teacher:
-        raise InputError(f"--teacher_layer {t_layer}: the teacher has layers 1 to {n_teacher}")
-    (s_query, _, _), s_heads = attention_projections(student, n_student - 1)
-    (t_query, _, _), t_heads = attention_projections(teacher, t_layer - 1)
-    if "att" in names and s_heads != t_heads:
-        raise InputError(
-            f"--alpha_att compares attention heads one to one, but the student has {s_heads} and the teacher "
-            f"{t_heads}: use --alpha_qq/--alpha_kk/--alpha_vv, whose --relation_heads need not match"
-        )
-    relation_heads = params.relation_heads or s_heads
-    for who, query in (("student", s_query), ("teacher", t_query)):
-        if query.out_features % relation_heads:
-            raise InputError(
-                f"--relation_heads {relation_heads} does not divide the {who}'s attention width {query.out_features}"
-            )
-    return n_student - 1, t_layer - 1, (s_heads, relation_heads)
 
 
 def parse_args(argv=None):

@@ -18,6 +18,7 @@ from pathlib import Path
 import glue
 from data_io import atomic_write, check_writable
 from errors import InputError, first_line, reports_errors
+from glue_runs import check_summary
 from utils import split_name
 
 # Published rows beside ours, as their papers print them: one number per task in points (MNLI: matched and
@@ -102,29 +103,6 @@ def _published_cell(value):
 
 def _published_score(value):
     return sum(value) / len(value) if isinstance(value, (tuple, list)) else value
-
-
-def check_metrics(metrics, path):
-    """{dev set: {metric: number}}, as run_glue.py writes it; anything else is an InputError naming the file."""
-
-    def numbers(m):
-        return isinstance(m, dict) and m and all(isinstance(v, (int, float)) for v in m.values())
-
-    if not isinstance(metrics, dict) or not metrics or not all(numbers(m) for m in metrics.values()):
-        raise InputError(f"{path}: its metrics are not {{dev set: {{metric: number}}}}, as run_glue.py writes them")
-    return metrics
-
-
-def check_summary(results, path):
-    """A run_glue.py results.json's contents, checked for the fields the table reads."""
-    tasks = results.get("tasks") if isinstance(results, dict) else None
-    if not isinstance(tasks, dict) or not isinstance(results.get("model"), str):
-        raise InputError(f"{path} is not a run_glue.py results.json (it needs a 'model' name and a 'tasks' object)")
-    for name, task in tasks.items():
-        if not isinstance(task, dict) or not isinstance(task.get("score"), (int, float)):
-            raise InputError(f"{path}: task {name!r} has no score")
-        check_metrics(task.get("metrics"), f"{path}, task {name!r}")
-    return results
 
 
 def read_results(spec):

@@ -43,7 +43,6 @@ its replacement has results. Every other TrainingArguments flag works as in tran
 import contextlib
 import dataclasses
 import json
-import math
 import shutil
 import sys
 import time
@@ -53,15 +52,16 @@ import data_io
 import glue
 import task_distill
 from data_io import atomic_write, check_writable
-from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, first_line, reports_errors
+from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, first_line, reports_errors, say
 from glue_args import check_flags, decide_precision, learning_rates, parse_args
 from glue_runs import (
     Run,
+    callbacks,
     execute,
     model_identity,
+    model_inputs,
     plan_run,
     read_summary,
-    say,
     settings,
     summarize,
     train_or_restore,
@@ -123,33 +123,6 @@ def load_teacher(dargs, student_path):
     return task_distill.Teacher(dargs, model, tokenizer, model_identity(path, model.config, tokenizer))
 
 
-def finite_check():
-    """A Trainer callback that stops a run whose loss or weights are no longer finite (train.py does the same,
-    with the same exit status): a diverged run must not be recorded as a score."""
-    import torch
-    from transformers import TrainerCallback
-
-    class FiniteCheck(TrainerCallback):
-        def check(self, state, model, loss=None):
-            if loss is not None and not math.isfinite(loss):
-                raise NonFiniteLoss(f"the training loss is {loss} at step {state.global_step}")
-            if model is not None and not all(torch.isfinite(p).all() for p in model.parameters()):
-                raise NonFiniteLoss(f"the weights are not finite at step {state.global_step}")
-
-        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
-            self.check(state, model, (logs or {}).get("loss"))
-
-        def on_train_end(self, args, state, control, model=None, **kwargs):
-            self.check(state, model)
-
-    return FiniteCheck()
-
-
-def callbacks():
-    """The Trainer callbacks of every run (a function, so that tests can add theirs)."""
-    return [finite_check()]
-
-
 def tokenize(task_data, tokenizer, max_length, pad):
     """datasets.Dataset per split, tokenized once for every run of the task, and how well the tokenizer fits
     the task's text (a vocabulary learned on other text splits words into many pieces, or into [UNK])."""
@@ -184,12 +157,6 @@ def training_texts(task_data):
     column."""
     extra = task_data.unlabeled.texts if task_data.unlabeled else [[] for _ in task_data.train.texts]
     return [a + b for a, b in zip(task_data.train.texts, extra)]
-
-
-def model_inputs(dataset, model, also=()):
-    """Only the inputs the model's forward takes (DistilBERT has no token_type_ids), and the columns `also`."""
-    keep = task_distill.forward_inputs(model) | {"label", *also}
-    return dataset.remove_columns([c for c in dataset.column_names if c not in keep])
 
 
 def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, run, teacher=None):

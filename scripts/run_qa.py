@@ -38,21 +38,21 @@ import data_io
 import qa
 import qa_distill
 from data_io import atomic_write, check_writable
-from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, first_line, reports_errors
+from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, first_line, reports_errors, say
 from glue_args import DEFAULTS, check_flags, decide_precision, learning_rates, parse_args
 from glue_runs import (
     Run,
+    callbacks,
     execute,
     model_identity,
+    model_inputs,
     plan_run,
     read_summary,
-    say,
     summarize,
     train_or_restore,
     training_settings,
 )
 from precision import autocast_dtype, trainer_precision, use_attention
-from scripts.run_glue import callbacks, model_inputs
 from utils import load_pretrained, load_tokenizer, model_input_limit
 
 QA_DEFAULTS = {

@@ -10,8 +10,7 @@ from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBe
 
 from errors import InputError
 from losses import RELATION_LOSSES, relation_losses
-from models import RowsLM, attention_projections
-from train_args import relation_layers
+from models import RowsLM, attention_projections, relation_layers
 from train_helpers import build_distiller
 
 VOCAB = 40

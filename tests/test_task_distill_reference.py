@@ -26,6 +26,7 @@ from transformers import (
     TrainerCallback,
 )
 
+import glue_runs
 from scripts import run_glue
 from test_glue import FAST
 from test_task_distill import custom_task, task_teacher, teacher  # noqa: F401 (fixtures)
@@ -75,7 +76,7 @@ def student(tmp_path_factory, teacher, task_teacher):  # noqa: F811
 
 def project_run(tmp_path, monkeypatch, student, teacher_dir, task):
     recorder = Recorder()
-    monkeypatch.setattr(run_glue, "callbacks", lambda: [run_glue.finite_check(), recorder])
+    monkeypatch.setattr(run_glue, "callbacks", lambda: [glue_runs.finite_check(), recorder])
     run_glue.main([str(a) for a in (
         "--model_name_or_path", student, "--train_file", task / "train.csv", "--validation_file", task / "dev.csv",
         "--output_dir", tmp_path / "kd", "--teacher_name_or_path", teacher_dir, "--alpha_ce", ALPHA_CE,
