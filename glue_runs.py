@@ -11,7 +11,6 @@ task's median per learning rate and the best rate.
 import hashlib
 import json
 import math
-import os
 import shutil
 import zipfile
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import glue
 import task_distill
 from data_io import atomic_write, check_writable
 from errors import InputError, NonFiniteLoss, first_line, say
+from run_folder import Replacement
 
 
 def model_identity(name, config, tokenizer):
@@ -176,18 +176,10 @@ def safetensors_complete(path):
 def plan_run(run, hyper, overwrite, main_process):
     """What to do with one run's folder, decided before anything trains or is removed."""
     results = run.dir / "results.json"
-    aside = aside_path(run.dir)
-    if main_process:
-        shutil.rmtree(deleting_path(run.dir), ignore_errors=True)  # a removal of an old run, killed midway
-    if aside.exists() and finished(results):  # killed while removing the old run: the new one had finished
-        if main_process:
-            remove_aside(run.dir)
-        say(f"{run.dir}: its replacement by --overwrite_output_dir had finished; the old run is removed")
-    elif aside.exists():  # a replacement killed outright (no chance to put the old run back): put it back now
-        if main_process:
-            shutil.rmtree(run.dir, ignore_errors=True)
-            aside.rename(run.dir)
-        say(f"{run.dir}: put back; its replacement by --overwrite_output_dir was stopped before it finished")
+    if main_process:  # what a killed command left (the lock is held: no other command is at work here)
+        note = replacement(run.dir).recover()
+        if note:
+            say(note)
     if overwrite or not run.dir.exists():
         return run
     if results.exists():
@@ -223,20 +215,9 @@ def plan_run(run, hyper, overwrite, main_process):
     return run
 
 
-def aside_path(run_dir):
-    """Where --overwrite_output_dir keeps a finished run until its replacement has its results."""
-    return run_dir.parent / f".{run_dir.name}.replaced-by-overwrite"
-
-
-def deleting_path(run_dir):
-    """The old run on its way out: renamed here (one atomic step) before it is removed file by file, so a
-    kill during the removal never leaves a half-deleted run where a whole one is looked for."""
-    return run_dir.parent / f".{run_dir.name}.deleting"
-
-
-def remove_aside(run_dir):
-    os.replace(aside_path(run_dir), deleting_path(run_dir))
-    shutil.rmtree(deleting_path(run_dir))
+def replacement(run_dir):
+    """--overwrite_output_dir's replacement of a run (run_folder.py): its commit point is its results.json."""
+    return Replacement(run_dir, lambda folder: finished(folder / "results.json"), "finished", "--overwrite_output_dir")
 
 
 def finished(results):
@@ -278,11 +259,11 @@ def execute(run, targs, overwrite, hyper, train):
     """Train one planned run. --overwrite_output_dir moves the old folder aside and removes it only once the
     new run has its results; a run that fails or is stopped puts it back. A diverged run leaves nothing."""
     main_process = targs.process_index == 0
-    aside = aside_path(run.dir)
+    replacing = replacement(run.dir)
     with targs.main_process_first(local=False, desc="run folder"):  # one process moves; the others wait
         if main_process:
-            if overwrite and run.dir.exists():
-                run.dir.rename(aside)
+            if overwrite:
+                replacing.begin()
             for checkpoint in run.discard:
                 shutil.rmtree(checkpoint, ignore_errors=True)
             with atomic_write(run.dir / "settings.json", "w") as f:  # what a resume is checked against
@@ -292,13 +273,11 @@ def execute(run, targs, overwrite, hyper, train):
     try:
         result = train()
     except BaseException as e:
-        if main_process and (aside.exists() or isinstance(e, NonFiniteLoss)):
-            shutil.rmtree(run.dir, ignore_errors=True)
-            if aside.exists():
-                aside.rename(run.dir)
+        if main_process and (replacing.begun or isinstance(e, NonFiniteLoss)):
+            replacing.rollback()
         raise
-    if main_process and aside.exists():
-        remove_aside(run.dir)
+    if main_process:
+        replacing.commit()
     return result
 
 

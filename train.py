@@ -31,7 +31,6 @@ one-line error and exit status 2 before anything is written; a non-finite loss s
 import contextlib
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from distiller import Distiller
 from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, reports_errors
 from lm_seqs_dataset import MIN_LEN, LmSeqsDataset
 from models import load_student, model_classes
+from run_folder import Replacement
 from utils import (
     git_log,
     init_distributed,
@@ -62,9 +62,7 @@ def check_dump_path(args):
     dump = Path(args.dump_path)
     if args.resume:
         if not (dump / CHECKPOINT).is_file():
-            aside = replaced_path(dump)
-            hint = f" (the run that was there before --force is in {aside})" if aside.exists() else ""
-            raise InputError(f"--resume: no checkpoint in {dump}{hint}; start the run without --resume")
+            raise InputError(f"--resume: no checkpoint in {dump}; start the run without --resume")
     elif dump.exists() and not args.force:
         raise InputError(f"{dump} already exists: use --force to overwrite it, or --resume to continue the run in it")
     data_io.check_writable(dump, "run folder --dump_path", folder=True)
@@ -119,69 +117,56 @@ def lock_path(dump):
     return dump.parent / f".{dump.name}.lock"
 
 
-def replaced_path(dump):
-    """Where --force keeps the previous contents of `dump` until the new run's first checkpoint."""
-    dump = Path(dump)
-    return dump.parent / f".{dump.name}.replaced-by-force"
+def replacement(dump):
+    """--force's replacement of a run (run_folder.py): its commit point is the new run's first checkpoint."""
+    return Replacement(dump, lambda folder: (folder / CHECKPOINT).is_file(), "written its first checkpoint", "--force")
 
 
-def prepare_dump_path(args, dist, decided):
+def recover(args, dist):
+    """Settle what a killed --force left in the run folder, by run_folder.py's one rule, before any check reads
+    it. A --resume of a replacement that never reached its first checkpoint has nothing to resume: refused."""
+    what = note = None
+    if dist.is_master:
+        replacing = replacement(args.dump_path)
+        what = replacing.pending()
+        if what:
+            with data_io.folder_lock(lock_path(args.dump_path), f"the run folder {args.dump_path}"):
+                note = replacing.recover()
+            logger.warning(note)
+    if dist.world_size > 1:  # every rank learns what was done, and checks the folder only once it is settled
+        shared = [what, note]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        what, note = shared
+    if args.resume and what == "put back":
+        raise InputError(f"--resume: {note}: nothing of it to resume; start it again with --force")
+
+
+def prepare_dump_path(args, dist, decided, replacing):
     """Create the run folder (rank 0) once every input has been checked, and record the run.
 
-    --force never deletes first: the old folder is moved aside (replaced_path) and deleted only when the
-    new run has written its first checkpoint; a run that fails before that puts it back (ReplacedRun).
+    --force never deletes first: `replacing` (run_folder.Replacement) moves the old folder aside, and removes it
+    when the new run has written its first checkpoint; a run that fails before that puts it back.
     `decided`: what the run settled beyond its flags, recorded in parameters.json beside them.
-    Returns (log file handler, the folder moved aside or None)."""
+    Returns the log file handler (rank 0; None on the others)."""
     dump = Path(args.dump_path)
-    aside = None
+    if dist.is_master and args.force and not args.resume:
+        replacing.begin()
     if dist.is_master:
-        if dump.exists() and args.force and not args.resume:
-            aside = replaced_path(dump)
-            if aside.exists() and not (dump / CHECKPOINT).exists():
-                # An earlier --force run was stopped before its first checkpoint: `aside` still holds the
-                # run it replaced, `dump` only that attempt.
-                shutil.rmtree(dump)
-            else:
-                if aside.exists():  # left over from a cleanup that was interrupted: the new run had a checkpoint
-                    shutil.rmtree(aside)
-                dump.rename(aside)
         dump.mkdir(parents=True, exist_ok=True)
         for stale in dump.glob(".*.tmp"):  # temporary files of a checkpoint write that was killed
             stale.unlink()
         handler = logging.FileHandler(dump / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
         logger.addHandler(handler)
-        if aside is not None:
-            logger.info(f"--force: the previous {dump} is kept in {aside} until this run's first checkpoint")
+        if replacing.begun:
+            logger.info(f"--force: the previous {dump} is kept in {replacing.aside} until this run's first checkpoint")
         if not args.resume:
             with open(dump / "parameters.json", "w") as f:
                 json.dump({**vars(args), **decided}, f, indent=4, default=str)
             git_log(dump)
     if dist.world_size > 1:
         torch.distributed.barrier()
-    return (handler if dist.is_master else None), aside
-
-
-class ReplacedRun:
-    """--force: the previous run, moved aside by prepare_dump_path. Deleted once the new run has written its
-    first checkpoint (from then on the new run can resume on its own); put back if the new run fails first."""
-
-    def __init__(self, dump, aside):
-        self.dump, self.aside, self.pending = Path(dump), aside, aside is not None
-
-    def drop(self):  # a Distiller checkpoint callback
-        if self.pending:
-            shutil.rmtree(self.aside, ignore_errors=True)
-            logger.info(f"--force: deleted the previous run (kept in {self.aside} until now)")
-            self.pending = False
-
-    def restore(self):
-        if not self.pending or not self.aside.exists():
-            return
-        shutil.rmtree(self.dump, ignore_errors=True)
-        self.aside.rename(self.dump)
-        self.pending = False
-        sys.stderr.write(f"train.py: the previous run in {self.dump} was left as it was\n")
+    return handler if dist.is_master else None
 
 
 def setup(args):
@@ -223,14 +208,15 @@ def main(argv=None):
     transformers.utils.logging.disable_progress_bar()
     args = train_args.parse_args(argv)
     dist = log_file = distiller = None
-    replaced = None
+    replacing = None
     held = contextlib.ExitStack()  # the run folder's lock, held to the end
     try:
         # Every check that can fail runs before the run folder is touched.
         train_args.sanity_checks(args)
-        check_dump_path(args)
         dist = init_distributed(args.n_gpu)
         args.world_size, args.device = dist.world_size, str(dist.device)
+        recover(args, dist)
+        check_dump_path(args)
         tokenizer, dataset, token_probs, student, teacher = setup(args)
         valid = load_valid(args, tokenizer, dataset.data) if args.valid_file else None
         distiller = Distiller(args, dataset, token_probs, student, teacher, dist=dist, valid_dataset=valid)
@@ -241,9 +227,9 @@ def main(argv=None):
         if dist.is_master:  # one command per run folder; what it found there may have changed while it loaded
             held.enter_context(data_io.folder_lock(lock_path(args.dump_path), f"the run folder {args.dump_path}"))
             check_dump_path(args)
-        log_file, aside = prepare_dump_path(args, dist, {"precision": precision})
-        replaced = ReplacedRun(args.dump_path, aside)
-        distiller.checkpoint_callbacks.append(replaced.drop)
+        replacing = replacement(args.dump_path)
+        log_file = prepare_dump_path(args, dist, {"precision": precision}, replacing)
+        distiller.checkpoint_callbacks.append(replacing.commit)  # the first checkpoint: the old run can go
         # A different stream per rank for masking and dropout (the models were built identically above).
         if not args.resume:
             torch.manual_seed(args.seed + dist.rank)
@@ -255,8 +241,9 @@ def main(argv=None):
         if dist.world_size > 1:  # every rank done with gloo/NCCL traffic before any tears its group down
             torch.distributed.barrier()
     except BaseException as e:
-        if replaced is not None:
-            replaced.restore()
+        if replacing is not None and replacing.begun:  # failed before its first checkpoint: the old run comes back
+            replacing.rollback()
+            sys.stderr.write(f"train.py: the previous run in {args.dump_path} was left as it was\n")
         if isinstance(e, NonFiniteLoss):
             fail("train.py", e, NON_FINITE_EXIT)
         raise  # an InputError becomes one line and exit status 2 (reports_errors)

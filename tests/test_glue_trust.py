@@ -128,7 +128,7 @@ def test_overwrite_checks_every_flag_before_it_moves_anything(finished, capsys):
 def test_overwrite_keeps_the_old_run_aside_until_the_new_one_has_results(finished, monkeypatch, capsys):
     args, results, text = finished
     run_dir = results.parent
-    aside = run_dir.parent / f".{run_dir.name}.replaced-by-overwrite"
+    aside = run_dir.parent / f".{run_dir.name}.replaced"
     real = run_glue.fine_tune
     seen = {}
 
@@ -157,7 +157,7 @@ def test_overwrite_keeps_the_old_run_aside_until_the_new_one_has_results(finishe
 def test_a_replacement_killed_outright_puts_the_old_run_back(finished, capsys):
     args, results, text = finished
     run_dir = results.parent
-    aside = run_dir.parent / f".{run_dir.name}.replaced-by-overwrite"
+    aside = run_dir.parent / f".{run_dir.name}.replaced"
     run_dir.rename(aside)  # what a SIGKILL during an --overwrite_output_dir run leaves: the old run aside ...
     (run_dir / "checkpoint-1").mkdir(parents=True)  # ... and the replacement's first checkpoint
     glue_main(*args)

@@ -80,7 +80,7 @@ def test_force_that_fails_a_check_leaves_the_old_run_intact(finished_run, tmp_pa
     valid, _ = write_data(tmp_path / "other", other_tok, articles[:20])  # another tokenizer's held-out file
     train_fails(with_args(argv, force=True, valid_file=valid), capsys, "binarized with a vocabulary of")
     assert snapshot(dump) == before
-    assert not train.replaced_path(dump).exists()
+    assert not train.replacement(dump).aside.exists()
 
 
 def test_force_that_fails_before_its_first_checkpoint_puts_the_old_run_back(finished_run, capsys):
@@ -89,27 +89,46 @@ def test_force_that_fails_before_its_first_checkpoint_puts_the_old_run_back(fini
     argv = with_args(argv, force=True, learning_rate=1e30, warmup_prop=0, log_interval=4, checkpoint_interval=1000)
     train_fails(argv, capsys, "the loss is not finite", code=3)
     assert snapshot(dump) == before
-    assert not train.replaced_path(dump).exists()
+    assert not train.replacement(dump).aside.exists()
 
 
-def test_force_keeps_the_old_run_aside_until_the_first_checkpoint(finished_run):
+def test_force_keeps_the_old_run_aside_until_the_first_checkpoint(finished_run, caplog):
     dump, argv = finished_run
     before = snapshot(dump)
-    aside = train.replaced_path(dump)
-    # killed before its first checkpoint: the old run waits aside, and --resume says where it is
+    aside = train.replacement(dump).aside
+    # stopped before its first checkpoint, as a kill would: the old run waits aside
     train.main(with_args(argv, force=True, stop_after_iter=2))
     assert snapshot(aside) == before and not (dump / "checkpoint.pth").exists()
-    # --force again: the interrupted attempt goes, the old run still waits; after the first checkpoint it goes
+    # the next command puts it back (run_folder.py's one rule), then --force moves it aside again; after the
+    # new run's first checkpoint it goes
     train.main(with_args(argv, force=True, stop_after_iter=5))
+    assert f"{dump}: put back; its replacement by --force was stopped before it had written its first" in caplog.text
     assert not aside.exists()
     assert (dump / "checkpoint.pth").exists() and not (dump / "model.safetensors").exists()
 
 
-def test_resume_without_a_checkpoint_names_the_run_moved_aside(finished_run, capsys):
+def test_a_command_after_a_stopped_force_puts_the_old_run_back(finished_run, capsys):
+    """A replacement stopped before its first checkpoint left the old run aside: the next command, whatever it
+    is, puts it back; a --resume of the replacement is refused, as it has nothing to resume."""
     dump, argv = finished_run
+    before = snapshot(dump)
     train.main(with_args(argv, force=True, stop_after_iter=2))
-    where = train.replaced_path(dump)
-    train_fails(with_args(argv, resume=True), capsys, f"the run that was there before --force is in {where}")
+    train_fails(with_args(argv, resume=True), capsys,
+                f"--resume: {dump}: put back; its replacement by --force was stopped before it had written its "
+                "first checkpoint: nothing of it to resume; start it again with --force")  # fmt: skip
+    assert snapshot(dump) == before and not train.replacement(dump).aside.exists()
+
+
+def test_a_replacement_killed_after_its_first_checkpoint_is_kept(finished_run, caplog):
+    """Killed after the new run's first checkpoint but before the old run was removed: the next command keeps
+    the new run and removes the old one (the same rule as a task run's, whose commit point is its results)."""
+    dump, argv = finished_run
+    train.main(with_args(argv, force=True, stop_after_iter=5))  # the new run, with its first checkpoint
+    new = snapshot(dump)
+    shutil.copytree(dump, train.replacement(dump).aside)  # what a kill before the old run's removal leaves
+    train.main(with_args(argv, resume=True, stop_after_iter=6))
+    assert f"{dump}: its replacement by --force had written its first checkpoint; the old run is removed" in caplog.text
+    assert not train.replacement(dump).aside.exists() and snapshot(dump) != new  # resumed, one step on
 
 
 # ---- damaged and foreign run_files ----------------------------------------------------------------------

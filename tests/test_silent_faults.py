@@ -448,7 +448,7 @@ def test_a_kill_while_the_old_run_is_removed_keeps_the_finished_new_run(tmp_path
     run_main(run_glue.main, *args, check=True)
     run_dir = tmp_path / "out" / "custom" / "lr2e-05_seed42"
     new = (run_dir / "results.json").read_text()
-    aside = run_dir.parent / f".{run_dir.name}.replaced-by-overwrite"
+    aside = run_dir.parent / f".{run_dir.name}.replaced"
     aside.mkdir()  # what the kill left of the old run: a few files, no results
     (aside / "settings.json").write_text("{}")
     deleting = run_dir.parent / f".{run_dir.name}.deleting"  # and of an earlier removal, half done
