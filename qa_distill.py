@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 import task_distill
+import teachers
 from data_io import atomic_write
 from errors import InputError, say
 from precision import autocast_dtype
-from utils import load_pretrained, load_tokenizer
+from utils import load_tokenizer
 
 TEACHER_START, TEACHER_END = "teacher_start", "teacher_end"  # the data columns of cached logits
 
@@ -161,21 +162,14 @@ def load_teacher(path, student_tokenizer, texts):
     for QA) or splits the task's text otherwise than the student (positions must line up)."""
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    model, info = load_pretrained(AutoModelForQuestionAnswering, path, "the teacher", output_loading_info=True)
-    prefix = model.base_model_prefix + "."
-    head = sorted(k for k in info["missing_keys"] if not k.startswith(prefix))
-    if head:
-        kind = ", ".join(model.config.architectures or ["an encoder"])
-        raise InputError(f"the teacher {path} is not a question-answering model ({kind}; it lacks {head[0]}): "
-                         "fine-tune it on the task first (run_qa.py --save_model: its squad/RUN/model)")  # fmt: skip
+    model, _ = teachers.load_teacher(AutoModelForQuestionAnswering, path, (
+        "a question-answering model", "fine-tune it on the task first (run_qa.py --save_model: its squad/RUN/model)"))
     tokenizer = load_tokenizer(AutoTokenizer, path, "the teacher's tokenizer")
     differs = task_distill.tokenization_differs(student_tokenizer, tokenizer, texts)
     if differs:
         raise InputError(f"the teacher {path} has {differs}: QA distillation compares start/end logits position "
                          "by position, so teacher and student need one tokenization")  # fmt: skip
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval(), tokenizer
+    return model, tokenizer
 
 
 @torch.inference_mode()

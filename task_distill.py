@@ -30,12 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import teachers
 from data_io import atomic_write
 from errors import InputError, say
 from losses import cosine_loss, kd_loss, mse_loss, relation_losses
 from models import attention_projections, relation_layers
 from precision import autocast_dtype
-from utils import load_pretrained
 
 UNLABELED = -100  # the label of a row the teacher alone labels (regressions: NaN), as cross_entropy's ignore_index
 TEACHER_LOGITS = "teacher_logits"  # the data column of cached logits
@@ -150,20 +150,12 @@ def settings(d, teacher_identity, own_tokens=None):
 
 
 def load_teacher(path):
-    """The teacher as a sequence classifier in eval mode; a checkpoint without a classification head (a
-    pretrained encoder, not yet fine-tuned on the task) is refused."""
+    """The teacher as a sequence classifier, frozen; a checkpoint without a classification head (a pretrained
+    encoder, not yet fine-tuned on the task) is refused."""
     from transformers import AutoModelForSequenceClassification
 
-    model, info = load_pretrained(AutoModelForSequenceClassification, path, "the teacher", output_loading_info=True)
-    prefix = model.base_model_prefix + "."
-    head = sorted(k for k in info["missing_keys"] if not k.startswith(prefix))
-    if head:
-        kind = ", ".join(model.config.architectures or ["an encoder"])
-        raise InputError(f"the teacher {path} is not a sequence classifier ({kind}; it lacks {head[0]}): "
-                         "fine-tune it on the task first (run_glue.py --save_model: its TASK/RUN/model)")  # fmt: skip
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
+    return teachers.load_teacher(AutoModelForSequenceClassification, path, (
+        "a sequence classifier", "fine-tune it on the task first (run_glue.py --save_model: its TASK/RUN/model)"))[0]
 
 
 def check_teacher(teacher, task, num_labels, path, hard_targets=False):
@@ -211,10 +203,9 @@ def teacher_dataset(tokenizer, texts, max_length):
 
 def check_shapes(d, student, teacher):
     """The intermediate losses need shapes that fit: cos equal widths, att equal head counts."""
-    if d.alpha_cos and student.config.hidden_size != teacher.config.hidden_size:
-        raise InputError(f"--alpha_cos compares last hidden states, but the student's width is "
-                         f"{student.config.hidden_size} and the teacher's {teacher.config.hidden_size}: use "
-                         "--alpha_att/--alpha_vv, which need no equal widths")  # fmt: skip
+    if d.alpha_cos:
+        teachers.check_width(student.config, teacher.config, "--alpha_cos compares last hidden states (use "
+                             "--alpha_att/--alpha_vv, which need no equal widths)")  # fmt: skip
     if d.relations:
         relation_layers(student, teacher, d.relations, d)
 

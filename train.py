@@ -39,6 +39,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import data_io
 import masking
+import teachers
 import train_args
 from checkpoint import CHECKPOINT
 from distiller import Distiller
@@ -49,7 +50,6 @@ from run_folder import Replacement
 from utils import (
     git_log,
     init_distributed,
-    load_lm,
     load_tokenizer as load_tokenizer_or_fail,
     logger,
     model_input_limit,
@@ -79,7 +79,7 @@ def load_tokenizer(args, data_meta):
 
 def load_teacher(args, student):
     _, model_class, _ = model_classes(args.teacher_type)
-    teacher, no_head = load_lm(model_class, args.teacher_name, "the teacher")
+    teacher, no_head = teachers.load_teacher(model_class, args.teacher_name)
     if no_head:  # an encoder-only checkpoint: from_pretrained filled the vocabulary head with random weights
         head = "masked-LM" if args.mlm else "LM"
         if args.alpha_ce > 0 or args.alpha_mse > 0:
@@ -91,14 +91,10 @@ def load_teacher(args, student):
             )
         logger.info(f"the teacher has no {head} head: only its hidden states and attention are used")
     s, t = student.config, teacher.config
-    s_dim = getattr(s, "dim", None) or s.hidden_size
     if s.vocab_size != t.vocab_size:
         raise InputError(f"student vocab_size {s.vocab_size} differs from the teacher's {t.vocab_size}")
-    if (args.alpha_cos > 0 or args.alpha_mse > 0) and s_dim != t.hidden_size:
-        raise InputError(
-            f"student hidden size {s_dim} differs from the teacher's {t.hidden_size}: the cosine loss compares "
-            f"hidden states (set --alpha_cos 0, or match the sizes)"
-        )
+    if args.alpha_cos > 0 or args.alpha_mse > 0:
+        teachers.check_width(s, t, "the cosine loss compares hidden states (set --alpha_cos 0, or match the sizes)")
     return teacher
 
 

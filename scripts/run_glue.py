@@ -110,16 +110,19 @@ def unlabeled_mark(task_data):
     return float("nan") if task_data.task.labels is None else task_distill.UNLABELED
 
 
-def load_teacher(dargs, student_path):
+def load_teacher(dargs, student_config):
     """The teacher, its tokenizer and its identity; its shapes checked against the student's for the
-    intermediate losses."""
+    intermediate losses (on the student's modules built without weights: only their shapes are read)."""
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     path = dargs.teacher_name_or_path
     model = task_distill.load_teacher(path)  # an unfinished train.py run is named (utils.load_pretrained)
     tokenizer = load_tokenizer(AutoTokenizer, path, "the teacher's tokenizer")
     if dargs.per_step:
-        task_distill.check_shapes(dargs, load_pretrained(AutoModel, student_path, "the model"), model)
+        with torch.device("meta"):
+            student = AutoModel.from_config(student_config)
+        task_distill.check_shapes(dargs, student, model)
     return task_distill.Teacher(dargs, model, tokenizer, model_identity(path, model.config, tokenizer))
 
 
@@ -254,7 +257,7 @@ def main(argv=None):
     config = load_pretrained(transformers.AutoConfig, margs.model_name_or_path, "the model")
     tokenizer = load_tokenizer(AutoTokenizer, margs.tokenizer_name or margs.model_name_or_path)
     identity = model_identity(margs.model_name_or_path, config, tokenizer)
-    teacher = load_teacher(dargs, margs.model_name_or_path) if dargs.on else None
+    teacher = load_teacher(dargs, config) if dargs.on else None
     configs = (config, teacher.model.config) if teacher else (config,)
     max_length = min(data_args.max_seq_length, model_input_limit(tokenizer, *configs))
     if max_length < data_args.max_seq_length:

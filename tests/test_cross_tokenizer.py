@@ -89,7 +89,7 @@ def test_a_teacher_of_another_tokenizer_distils_end_to_end(tmp_path, teacher, bp
 
 def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher, bpe_teacher, pair_task):  # noqa: F811
     """The column every run trains on equals the teacher run on each row's text alone, in its own tokens."""
-    from transformers import AutoTokenizer, TrainingArguments
+    from transformers import AutoConfig, AutoTokenizer, TrainingArguments
 
     margs, data, _, dargs, targs, _ = run_glue.parse_args(
         ["--model_name_or_path", str(teacher), "--train_file", str(pair_task / "train.csv"), "--validation_file",
@@ -97,7 +97,7 @@ def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher
          "--max_train_samples", "20", "--unlabeled_samples", "7", "--per_device_eval_batch_size", "4"])  # fmt: skip
     assert isinstance(targs, TrainingArguments)
     tokenizer = AutoTokenizer.from_pretrained(str(teacher))
-    t = run_glue.load_teacher(dargs, margs.model_name_or_path)
+    t = run_glue.load_teacher(dargs, AutoConfig.from_pretrained(margs.model_name_or_path))
     (task_data,) = run_glue.load_data(data, dargs.unlabeled_samples)
     t.check(task_data, tokenizer)
     assert t.own_tokens.startswith("another vocabulary")

@@ -307,7 +307,7 @@ def wrong_teachers(tmp_path_factory, tokenizer_dir, teacher, task_teacher):
         (
             "wide",
             ["--alpha_cos", 1],
-            "--alpha_cos compares last hidden states, but the student's width is 32 and the teacher's 48",
+            "the student's hidden size 32 differs from the teacher's 48: --alpha_cos compares last hidden states",
         ),
         (
             "wide",

@@ -1,0 +1,35 @@
+"""The teacher, loaded and checked one way for every script: train.py's language model, run_glue.py's
+sequence classifier and run_qa.py's span predictor.
+
+`load_teacher` gives the teacher frozen (eval mode, no gradients) after utils.load_lm's checks (a checkpoint of
+this architecture, every weight of the base model filled), and refuses a checkpoint without the head the
+script needs (an encoder not yet fine-tuned) in one line that says how to get one. `check_width` is the one
+check of the losses that compare hidden states.
+"""
+
+from errors import InputError
+from utils import load_lm
+
+
+def load_teacher(model_class, path, needs=None):
+    """(the frozen teacher, the names of the head weights its checkpoint lacks). `needs`: (what the teacher must
+    be, how to get one), for scripts that cannot work without the head `model_class` adds; without it the
+    caller decides (train.py runs its head-free losses)."""
+    model, no_head = load_lm(model_class, path, "the teacher")
+    if no_head and needs:
+        kind = ", ".join(model.config.architectures or ["an encoder"])
+        raise InputError(f"the teacher {path} is not {needs[0]} ({kind}; it lacks {no_head[0]}): {needs[1]}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), no_head
+
+
+def hidden_size(config):
+    return getattr(config, "dim", None) or config.hidden_size  # DistilBERT's config calls it dim
+
+
+def check_width(student_config, teacher_config, why):
+    """The losses that compare hidden states (`why` names them and what to do instead) need equal widths."""
+    s, t = hidden_size(student_config), hidden_size(teacher_config)
+    if s != t:
+        raise InputError(f"the student's hidden size {s} differs from the teacher's {t}: {why}")
