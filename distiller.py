@@ -86,7 +86,8 @@ class Distiller:
             teacher.requires_grad_(False)
             self.teacher = RowsLM(teacher, t_layer)
 
-        self.masking = Masking.from_params(params, token_probs, self.vocab_size, self.device) if self.mlm else None
+        self.masking = (Masking.from_params(params, dataset.spec.mask_id, token_probs, self.vocab_size, self.device)
+                        if self.mlm else None)  # fmt: skip
 
         # Data order: a pure function of (seed, epoch, rank, world size), see epoch_batches().
         self.batches_per_epoch = len(self.epoch_batches(0))
@@ -139,8 +140,8 @@ class Distiller:
         """This rank's batches for `epoch` (kept for the latest epoch: grouping 5M indices takes seconds)."""
         if getattr(self, "_batches", (None,))[0] != epoch:
             p, d, data = self.params, self.dist, self.dataset
-            batches = epoch_batches(data, p.batch_size, epoch, p.seed, rank=d.rank, world_size=d.world_size,
-                                    group_by_size=p.group_by_size, max_len=data.max_len)
+            batches = epoch_batches(data.groups, p.batch_size, epoch, p.seed, rank=d.rank, world_size=d.world_size,
+                                    group_by_size=p.group_by_size)
             self._batches = (epoch, batches)
         return self._batches[1]
 

@@ -130,18 +130,14 @@ def group_batches(groups, batch_size):
     return np.concatenate([full_batches.ravel(), order[~full]])
 
 
-def epoch_batches(lengths, batch_size, epoch, seed, rank=0, world_size=1, group_by_size=True, max_len=512):
+def epoch_batches(groups, batch_size, epoch, seed, rank=0, world_size=1, group_by_size=True):
     """This rank's batches (an EpochBatches of dataset indices) in `epoch`.
 
-    lengths: every sequence's length, or the dataset itself (anything with len() and length_groups(k)).
-    Shuffled with (seed, epoch) as a DistributedSampler (a world of one is fine) and given this rank's
-    share; then grouped by length, or taken in order.
+    groups: every sequence's length group (create_lengths_groups; LmSeqsDataset.groups holds its own, a byte a
+    sequence). Shuffled with (seed, epoch) as a DistributedSampler (a world of one is fine) and given this
+    rank's share; then grouped by length, or taken in order.
     """
-    indices = distributed_indices(len(lengths), epoch, seed, rank, world_size)
+    indices = distributed_indices(len(groups), epoch, seed, rank, world_size)
     if group_by_size:
-        if hasattr(lengths, "length_groups"):  # a dataset: its cached groups, a byte a sequence
-            groups = lengths.length_groups(max_len)[indices]
-        else:
-            groups = create_lengths_groups(np.asarray(lengths)[indices], k=max_len, log=False)
-        indices = indices[group_batches(groups, batch_size)]
+        indices = indices[group_batches(np.asarray(groups)[indices], batch_size)]
     return EpochBatches(indices, batch_size)

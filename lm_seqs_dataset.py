@@ -12,7 +12,7 @@ and a rank's own memory holds only what cleaning changed. On construction, as up
 Item order is upstream's: the kept sequences in file order, then the chunks of the split ones.
 """
 
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,31 +28,58 @@ SCAN_BLOCK = 1 << 18  # sequences per step of the cleaning scan: ~15 MB of scrat
 OK, LONG, SHORT, UNKNOWN = 0, 1, 2, 3  # what cleaning does with a sequence
 
 
+@dataclass(frozen=True)
+class SequenceSpec:
+    """What the training sequences are, decided once: train.py builds it from the tokenizer (after checking the
+    data file against it) and gives it to the dataset and to the masking; nothing reads ids from the flags.
+
+    special_ids: data_io.special_token_ids(tokenizer) (cls_token, sep_token, pad_token, mask_token, unk_token,
+    bos_token, eos_token -> id); max_len: the models' input size, where longer sequences are split; mlm: True
+    for [CLS] ... [SEP] padded with [PAD], False for BOS ... EOS padded with unk (causal LMs); pad_to_multiple_of:
+    batch widths rounded up to it (8: tensor-core friendly); min_len: shorter sequences are dropped."""
+
+    special_ids: dict
+    max_len: int
+    mlm: bool = True
+    pad_to_multiple_of: int = 8
+    min_len: int = MIN_LEN
+
+    @property
+    def bos_id(self):
+        return self.special_ids["cls_token" if self.mlm else "bos_token"]
+
+    @property
+    def eos_id(self):
+        return self.special_ids["sep_token" if self.mlm else "eos_token"]
+
+    @property
+    def pad_id(self):
+        return self.special_ids["pad_token"] if self.mlm else self.special_ids.get("unk_token", self.eos_id)
+
+    @property
+    def unk_id(self):
+        return self.special_ids.get("unk_token")
+
+    @property
+    def mask_id(self):
+        return self.special_ids.get("mask_token")
+
+
 class LmSeqsDataset(Dataset):
     """Sequences of token ids, item i = (token ids as a numpy view, length).
 
-    params: a namespace with `max_model_input_size`, `special_tok_ids` (dict: cls_token, sep_token, pad_token,
-    unk_token, ... -> id), `mlm` (True: [CLS]/[SEP] and [PAD]; False: BOS/EOS and pad with unk), and
-    optionally `pad_to_multiple_of` (default 8: tensor-core friendly shapes) and `min_len`.
+    spec: a SequenceSpec (special ids, max_len, mlm, pad_to_multiple_of, min_len).
     data: a `data_io.Binarized` or a list of 1-D integer arrays.
+    The dataset owns its length groups (`groups`, a byte an item), which an epoch's batching reads.
     """
 
-    def __init__(self, params, data):
+    def __init__(self, spec, data):
         if not isinstance(data, Binarized):
             data = Binarized.from_sequences(data)
-        self.data = data
-        self.params = params
-        self.max_len = int(params.max_model_input_size)
-        self.mlm = getattr(params, "mlm", True)
-        self.pad_to_multiple_of = getattr(params, "pad_to_multiple_of", 8) or 1
-        ids = params.special_tok_ids
-        if self.mlm:
-            self.bos_id, self.eos_id, self.pad_id = ids["cls_token"], ids["sep_token"], ids["pad_token"]
-        else:
-            self.bos_id, self.eos_id = ids["bos_token"], ids["eos_token"]
-            self.pad_id = ids.get("unk_token", self.eos_id)
-        self.unk_id = ids.get("unk_token")
-        self.min_len = getattr(params, "min_len", MIN_LEN)
+        self.data, self.spec = data, spec
+        self.max_len, self.mlm, self.min_len = int(spec.max_len), spec.mlm, spec.min_len
+        self.pad_to_multiple_of = spec.pad_to_multiple_of or 1
+        self.bos_id, self.eos_id, self.pad_id, self.unk_id = spec.bos_id, spec.eos_id, spec.pad_id, spec.unk_id
 
         status, groups = self.scan()  # per position: OK, LONG, SHORT or UNKNOWN; its length group
         counts = np.bincount(status, minlength=4)
@@ -175,14 +202,3 @@ class LmSeqsDataset(Dataset):
         for row, (ids, n) in enumerate(batch):
             out[row, :n] = ids
         return torch.from_numpy(out), torch.from_numpy(lengths)
-
-
-def dataset_params(special_tok_ids, max_model_input_size, mlm=True, pad_to_multiple_of=8, min_len=MIN_LEN):
-    """The `params` namespace LmSeqsDataset reads, for callers without train.py's argparse namespace."""
-    return SimpleNamespace(
-        special_tok_ids=special_tok_ids,
-        max_model_input_size=max_model_input_size,
-        mlm=mlm,
-        pad_to_multiple_of=pad_to_multiple_of,
-        min_len=min_len,
-    )

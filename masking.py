@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import data_io
-from errors import InputError
+from errors import InputError, finite_float
 
 
 @dataclass
@@ -49,11 +49,36 @@ def load_token_probs(counts_file, vocab, special_ids, smoothing, digest=None):
     return torch.from_numpy(probs).float()
 
 
+# BERT's masking (Devlin et al. 2019), the one set of defaults of training (train.py) and of the held-out
+# evaluation (scripts/evaluate.py), which must mask as training did
+MASK_PROP = 0.15  # share of the tokens a batch predicts
+WORD_MASK, WORD_KEEP, WORD_RAND = 0.8, 0.1, 0.1  # of those: replaced by [MASK], kept, replaced by a random id
+SMOOTHING = 0.7  # masking weight ~ count ** -0.7: rare tokens are masked more often (XLM)
+
+
+def add_flags(add):
+    """The masking flags, on an ArgumentParser's `add_argument`."""
+    add("--mlm_mask_prop", default=MASK_PROP, type=finite_float, help="share of tokens to predict (BERT's 15%%)")
+    add("--word_mask", default=WORD_MASK, type=finite_float, help="of those, share replaced by [MASK]")
+    add("--word_keep", default=WORD_KEEP, type=finite_float, help="share kept as is")
+    add("--word_rand", default=WORD_RAND, type=finite_float, help="share replaced by a random token")
+    add("--mlm_smoothing", default=SMOOTHING, type=finite_float,
+        help="masking weight ~ count^-smoothing: rare tokens more often (XLM)")  # fmt: skip
+
+
+def check_flags(args):
+    if not 0.0 <= args.mlm_mask_prop <= 1.0:
+        raise InputError(f"--mlm_mask_prop must be in [0, 1], got {args.mlm_mask_prop}")
+    if not math.isclose(args.word_mask + args.word_keep + args.word_rand, 1.0, abs_tol=1e-6):
+        raise InputError("--word_mask + --word_keep + --word_rand must sum to 1")
+
+
 class Masking:
     """BERT's masking: ceil(mask_prop * tokens) non-special positions a batch, drawn without replacement with
     probability ~ token_probs; 80% become [MASK] (word_mask), 10% stay (word_keep), 10% a random token."""
 
-    def __init__(self, token_probs, mask_id, vocab_size, mask_prop=0.15, word_mask=0.8, word_keep=0.1, device=None):
+    def __init__(self, token_probs, mask_id, vocab_size, mask_prop=MASK_PROP, word_mask=WORD_MASK, word_keep=WORD_KEEP,
+                 device=None):  # fmt: skip
         self.device = torch.device(device or "cpu")
         self.token_probs = token_probs.to(self.device, torch.float32)
         self.mask_id = mask_id
@@ -62,9 +87,8 @@ class Masking:
         self.cumprobs = (word_mask, word_mask + word_keep)
 
     @classmethod
-    def from_params(cls, params, token_probs, vocab_size, device):
-        """From train.py's arguments (--mlm_mask_prop, --word_mask, --word_keep) and special ids."""
-        mask_id = params.special_tok_ids["mask_token"]
+    def from_params(cls, params, mask_id, token_probs, vocab_size, device):
+        """From the masking flags (--mlm_mask_prop, --word_mask, --word_keep: add_flags) and the [MASK] id."""
         return cls(token_probs, mask_id, vocab_size, params.mlm_mask_prop, params.word_mask, params.word_keep, device)
 
     def prepare_batch_mlm(self, token_ids, lengths):

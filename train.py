@@ -44,7 +44,7 @@ import train_args
 from checkpoint import CHECKPOINT
 from distiller import Distiller
 from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, reports_errors
-from lm_seqs_dataset import MIN_LEN, LmSeqsDataset
+from lm_seqs_dataset import MIN_LEN, LmSeqsDataset, SequenceSpec
 from models import load_student, model_classes
 from run_folder import Replacement
 from utils import (
@@ -172,7 +172,6 @@ def setup(args):
     data = data_io.load_binarized(args.data_file)
     tokenizer = load_tokenizer(args, data.meta)
     special = data_io.special_token_ids(tokenizer)
-    args.special_tok_ids = special
     data_io.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
     token_probs = None
     if args.mlm:
@@ -181,19 +180,21 @@ def setup(args):
 
     student = load_student(args, len(tokenizer))
     teacher = None if args.no_teacher else load_teacher(args, student)
-    args.max_model_input_size = max_input_size(args, tokenizer, student, teacher)
-    dataset = LmSeqsDataset(args, data)
+    # The sequences' spec, frozen: the dataset and the masking read it, not the flags.
+    spec = SequenceSpec(special, max_input_size(args, tokenizer, student, teacher), args.mlm, args.pad_to_multiple_of)
+    dataset = LmSeqsDataset(spec, data)
     if len(dataset) == 0:
         raise InputError(f"{args.data_file} has no sequence of {MIN_LEN} tokens or more left to train on")
     return tokenizer, dataset, token_probs, student, teacher
 
 
-def load_valid(args, tokenizer, train_data):
-    """The held-out set, checked and cleaned like the training data; it must share no sequence with it."""
+def load_valid(args, tokenizer, train):
+    """The held-out set, checked and cleaned like the training data (`train`, an LmSeqsDataset); it must share
+    no sequence with it."""
     data = data_io.load_binarized(args.valid_file)
-    data_io.check_data_fits(args.valid_file, data, data.meta, tokenizer, args.special_tok_ids)
-    data_io.check_held_out(args.data_file, train_data, args.valid_file, data)
-    return LmSeqsDataset(args, data)
+    data_io.check_data_fits(args.valid_file, data, data.meta, tokenizer, train.spec.special_ids)
+    data_io.check_held_out(args.data_file, train.data, args.valid_file, data)
+    return LmSeqsDataset(train.spec, data)
 
 
 @reports_errors
@@ -214,17 +215,19 @@ def main(argv=None):
         recover(args, dist)
         check_dump_path(args)
         tokenizer, dataset, token_probs, student, teacher = setup(args)
-        valid = load_valid(args, tokenizer, dataset.data) if args.valid_file else None
+        valid = load_valid(args, tokenizer, dataset) if args.valid_file else None
         distiller = Distiller(args, dataset, token_probs, student, teacher, dist=dist, valid_dataset=valid)
         if args.resume:
             distiller.load_checkpoint()
-        # Only now is anything written. parameters.json: the flags as given, and the precision that runs.
-        precision = distiller.precision.record(distiller.device.type)
+        # Only now is anything written. parameters.json: the flags as given, the precision that runs and the
+        # sequences' spec.
+        decided = {"precision": distiller.precision.record(distiller.device.type),
+                   "special_tok_ids": dataset.spec.special_ids, "max_model_input_size": dataset.spec.max_len}
         if dist.is_master:  # one command per run folder; what it found there may have changed while it loaded
             held.enter_context(data_io.folder_lock(lock_path(args.dump_path), f"the run folder {args.dump_path}"))
             check_dump_path(args)
         replacing = replacement(args.dump_path)
-        log_file = prepare_dump_path(args, dist, {"precision": precision}, replacing)
+        log_file = prepare_dump_path(args, dist, decided, replacing)
         distiller.checkpoint_callbacks.append(replacing.commit)  # the first checkpoint: the old run can go
         # A different stream per rank for masking and dropout (the models were built identically above).
         if not args.resume:

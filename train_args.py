@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import masking
 from errors import InputError, finite_float
 from losses import LOSS_NAMES, RELATION_LOSSES
 from utils import logger
@@ -84,16 +85,7 @@ def build_parser(paths_required=True):
         default=None,
         help="masked-LM objective (the default for distilbert/roberta students; gpt2 students use CLM)",
     )
-    a("--mlm_mask_prop", default=0.15, type=finite_float, help="share of tokens to predict (BERT's 15%%)")
-    a("--word_mask", default=0.8, type=finite_float, help="of those, share replaced by [MASK]")
-    a("--word_keep", default=0.1, type=finite_float, help="share kept as is")
-    a("--word_rand", default=0.1, type=finite_float, help="share replaced by a random token")
-    a(
-        "--mlm_smoothing",
-        default=0.7,
-        type=finite_float,
-        help="masking weight ~ count^-smoothing: rare tokens more often (XLM)",
-    )
+    masking.add_flags(a)  # --mlm_mask_prop, --word_mask, --word_keep, --word_rand, --mlm_smoothing
     a("--restrict_ce_to_mask", action="store_true", help="KD loss on the masked positions only")
     a("--freeze_pos_embs", action="store_true", help="freeze position embeddings (roberta/gpt2 students)")
     a("--freeze_token_type_embds", action="store_true", help="freeze token type embeddings (roberta students)")
@@ -210,10 +202,7 @@ def sanity_checks(args):
         raise InputError("--freeze_token_type_embds is for roberta students only")
     if not 0 < args.temperature < math.inf:  # NaN fails both
         raise InputError(f"--temperature must be > 0 and finite, got {args.temperature}")
-    if not 0.0 <= args.mlm_mask_prop <= 1.0:
-        raise InputError(f"--mlm_mask_prop must be in [0, 1], got {args.mlm_mask_prop}")
-    if not math.isclose(args.word_mask + args.word_keep + args.word_rand, 1.0, abs_tol=1e-6):
-        raise InputError("--word_mask + --word_keep + --word_rand must sum to 1")
+    masking.check_flags(args)
     if args.fp16 and args.bf16:
         raise InputError("--fp16 and --bf16 are exclusive")
     for name in ("batch_size", "gradient_accumulation_steps", "n_epoch", "log_interval", "checkpoint_interval"):

@@ -62,13 +62,12 @@ def make_distiller(student, teacher, flags=None, device="cpu", **ablations):
 
     import train_args
     from distiller import Distiller
-    from lm_seqs_dataset import LmSeqsDataset, dataset_params
+    from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
 
     args = train_args.defaults(student_type="distilbert", teacher_type="bert", gradient_accumulation_steps=1,
                                num_workers=0, **(flags or {}))  # fmt: skip
-    args.special_tok_ids = SPECIAL
     one_line = [np.array([101] + [2000] * 20 + [102])]  # the Distiller wants a dataset; batches come from outside
-    dataset = LmSeqsDataset(dataset_params(SPECIAL, 512, pad_to_multiple_of=args.pad_to_multiple_of), one_line)
+    dataset = LmSeqsDataset(SequenceSpec(SPECIAL, 512, pad_to_multiple_of=args.pad_to_multiple_of), one_line)
     from utils import DistInfo
 
     dist = DistInfo(device=torch.device(device))

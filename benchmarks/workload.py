@@ -50,7 +50,7 @@ def build_models(size):
 
 def make_batches(size, n_batches, seed=0):
     """`n_batches` lists of sequences (numpy int64: [CLS] random ids [SEP]), grouped by length as train.py does."""
-    from grouped_batch_sampler import epoch_batches
+    from grouped_batch_sampler import create_lengths_groups, epoch_batches
 
     cfg = SIZES[size]
     bs = cfg["batch_size"]
@@ -64,7 +64,8 @@ def make_batches(size, n_batches, seed=0):
         np.concatenate(([SPECIAL["cls_token"]], rng.integers(999, VOCAB, n - 2), [SPECIAL["sep_token"]]))
         for n in lengths
     ]
-    batches = [b for b in epoch_batches(lengths, bs, 0, seed, max_len=512) if len(b) == bs][:n_batches]
+    groups = create_lengths_groups(lengths, k=512, log=False)
+    batches = [b for b in epoch_batches(groups, bs, 0, seed) if len(b) == bs][:n_batches]
     return [[seqs[i] for i in b] for b in batches]
 
 

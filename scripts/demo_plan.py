@@ -75,7 +75,7 @@ def time_steps(n_steps=3, bf16=False, only=None):
 
     import train_args
     from distiller import Distiller
-    from lm_seqs_dataset import LmSeqsDataset, dataset_params
+    from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
     from utils import DistInfo, logger
 
     logger.setLevel("WARNING")  # the Distillers built here to time steps are not news
@@ -92,8 +92,7 @@ def time_steps(n_steps=3, bf16=False, only=None):
     def step_time(student, teacher, student_type, objective):
         args = train_args.defaults(student_type=student_type, teacher_type="bert", gradient_accumulation_steps=1,
                                    objective=objective, bf16=bf16)  # fmt: skip
-        args.special_tok_ids = special
-        dataset = LmSeqsDataset(dataset_params(special, 128, pad_to_multiple_of=8), seqs)
+        dataset = LmSeqsDataset(SequenceSpec(special, 128, pad_to_multiple_of=8), seqs)
         distiller = Distiller(args, dataset, probs, student, teacher, dist=DistInfo())
         token_ids, lens = dataset.batch_sequences([dataset[i] for i in range(len(dataset))])
         times = []

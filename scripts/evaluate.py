@@ -23,7 +23,8 @@ import data_io
 import evaluation
 import masking
 import utils
-from errors import InputError, finite_float, reports_errors
+from errors import InputError, reports_errors
+from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
 from utils import init_distributed, logger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,20 +66,16 @@ def check_not_training_data(data_file, data, counts_file):
 def held_out(args, tokenizer, data, model, device):
     """(Masking, dataset): the held-out sequences as train.py reads them, and training's masking (its
     token probabilities, [MASK] id and rates) on `device`. Nothing is trained or written."""
-    from argparse import Namespace
-
-    from lm_seqs_dataset import LmSeqsDataset
-
     special = data_io.special_token_ids(tokenizer)
     data_io.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
     probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing,
                                      data_io.vocab_digest(tokenizer))  # fmt: skip
     check_not_training_data(args.data_file, data, args.token_counts)
     limit = utils.model_input_limit(tokenizer, model.config)
-    dataset = LmSeqsDataset(Namespace(max_model_input_size=limit, special_tok_ids=special, mlm=True), data)
+    dataset = LmSeqsDataset(SequenceSpec(special, limit), data)
     if len(dataset) == 0:
         raise InputError(f"{args.data_file} has no sequence of 12 tokens or more")
-    mask = masking.Masking(probs, special["mask_token"], model.config.vocab_size, args.mlm_mask_prop,
+    mask = masking.Masking(probs, dataset.spec.mask_id, model.config.vocab_size, args.mlm_mask_prop,
                            args.word_mask, args.word_keep, device)  # fmt: skip
     return mask, dataset
 
@@ -110,11 +107,7 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=evaluation.EVAL_BATCH_SIZE, help="sequences per batch")
     p.add_argument("--seed", type=int, default=evaluation.EVAL_SEED, help="fixes the masked positions")
     p.add_argument("--max_sequences", type=int, default=None, help="evaluate on the first N sequences only")
-    p.add_argument("--mlm_mask_prop", type=finite_float, default=0.15, help="as in training")
-    p.add_argument("--word_mask", type=finite_float, default=0.8, help="as in training")
-    p.add_argument("--word_keep", type=finite_float, default=0.1, help="as in training")
-    p.add_argument("--word_rand", type=finite_float, default=0.1, help="as in training")
-    p.add_argument("--mlm_smoothing", type=finite_float, default=0.7, help="as in training")
+    masking.add_flags(p.add_argument)  # as in training: --mlm_mask_prop, --word_mask/keep/rand, --mlm_smoothing
     p.add_argument("--n_gpu", type=int, default=1, help="0 forces the CPU")
     args = p.parse_args(argv)
 
@@ -122,6 +115,7 @@ def main(argv=None):
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    masking.check_flags(args)
     specs = ([args.teacher] if args.teacher else []) + args.model
     if not specs:
         raise InputError("give at least one --model (or --teacher)")

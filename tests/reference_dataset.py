@@ -15,20 +15,18 @@ MAX_UNK_FRACTION = 0.5  # upstream drops sequences at least half unknown
 class InMemoryLmSeqsDataset(Dataset):
     """Sequences of token ids, item i = (token ids as a numpy view, length).
 
-    params: a namespace with `max_model_input_size`, `special_tok_ids` (dict: cls_token, sep_token, pad_token,
-    unk_token, ... -> id), `mlm` (True: [CLS]/[SEP] and [PAD]; False: BOS/EOS and pad with unk), and
-    optionally `pad_to_multiple_of` (default 8: tensor-core friendly shapes) and `min_len`.
+    spec: an lm_seqs_dataset.SequenceSpec, read here field by field as upstream read its params.
     data: a `data_io.Binarized` or a list of 1-D integer arrays.
     """
 
-    def __init__(self, params, data):
+    def __init__(self, spec, data):
         if not isinstance(data, Binarized):
             data = Binarized.from_sequences(data)
-        self.params = params
-        self.max_len = int(params.max_model_input_size)
-        self.mlm = getattr(params, "mlm", True)
-        self.pad_to_multiple_of = getattr(params, "pad_to_multiple_of", 8) or 1
-        ids = params.special_tok_ids
+        self.spec = spec
+        self.max_len = int(spec.max_len)
+        self.mlm = spec.mlm
+        self.pad_to_multiple_of = spec.pad_to_multiple_of or 1
+        ids = spec.special_ids
         if self.mlm:
             self.bos_id, self.eos_id, self.pad_id = ids["cls_token"], ids["sep_token"], ids["pad_token"]
         else:
@@ -40,7 +38,7 @@ class InMemoryLmSeqsDataset(Dataset):
         self.lengths = np.diff(data.offsets).astype(np.int64)
         n0 = len(self.lengths)
         n_long = self.split_long_sequences()
-        min_len = getattr(params, "min_len", MIN_LEN)
+        min_len = spec.min_len
         n_short = self.remove_short_sequences(min_len)
         n_unk = self.remove_unknown_sequences()
         self.offsets = offsets_from_lengths(self.lengths)

@@ -7,7 +7,7 @@ from torch.utils.data import SequentialSampler
 
 import data_io
 from grouped_batch_sampler import GroupedBatchSampler, create_lengths_groups, epoch_batches
-from lm_seqs_dataset import LmSeqsDataset, dataset_params
+from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
 
 CLS, SEP, PAD, UNK, MASK = 2, 3, 0, 1, 4
 SPECIAL = {"cls_token": CLS, "sep_token": SEP, "pad_token": PAD, "unk_token": UNK, "mask_token": MASK}
@@ -24,7 +24,7 @@ def binarized(seqs):
 def test_long_sequences_are_split_into_cls_sep_wrapped_chunks():
     body = np.arange(10, 10 + 45)  # 47 tokens with [CLS]/[SEP]
     short_ok = seq(np.arange(100, 115))
-    ds = LmSeqsDataset(dataset_params(SPECIAL, max_model_input_size=20, min_len=3), binarized([seq(body), short_ok]))
+    ds = LmSeqsDataset(SequenceSpec(SPECIAL, max_len=20, min_len=3), binarized([seq(body), short_ok]))
     items = [ds[i][0] for i in range(len(ds))]
     assert any(np.array_equal(x, short_ok) for x in items)
     chunks = [x for x in items if not np.array_equal(x, short_ok)]
@@ -40,21 +40,21 @@ def test_short_and_mostly_unknown_sequences_are_removed():
     too_short = seq(np.arange(20, 29))  # 11 tokens: removed, as upstream (<= 11)
     unknown = seq([UNK] * 6 + list(range(20, 24)))  # 6 of 12 unknown: removed (>= 50%)
     almost = seq([UNK] * 5 + list(range(20, 25)))  # 5 of 12: kept
-    ds = LmSeqsDataset(dataset_params(SPECIAL, max_model_input_size=512), binarized([keep, too_short, unknown, almost]))
+    ds = LmSeqsDataset(SequenceSpec(SPECIAL, max_len=512), binarized([keep, too_short, unknown, almost]))
     assert len(ds) == 2
     assert np.array_equal(ds[0][0], keep) and np.array_equal(ds[1][0], almost)
 
 
 def test_upstream_list_of_arrays_is_accepted():
     ds = LmSeqsDataset(
-        dataset_params(SPECIAL, max_model_input_size=512), [seq(np.arange(20, 40)), seq(np.arange(5, 30))]
+        SequenceSpec(SPECIAL, max_len=512), [seq(np.arange(20, 40)), seq(np.arange(5, 30))]
     )
     assert list(ds.lengths) == [22, 27]
 
 
 def test_collate_pads_to_a_multiple_of_8_within_max_len():
     ds = LmSeqsDataset(
-        dataset_params(SPECIAL, max_model_input_size=30),
+        SequenceSpec(SPECIAL, max_len=30),
         binarized([seq(np.arange(20, 30)), seq(np.arange(20, 41)), seq(np.arange(20, 48))]),
     )
     ids, lengths = ds.batch_sequences([ds[0], ds[1]])
@@ -83,14 +83,15 @@ def test_grouped_sampler_yields_every_index_exactly_once(batch_size):
 
 def test_epoch_batches_shuffle_per_epoch_and_split_across_ranks():
     lengths = np.random.default_rng(1).integers(12, 60, size=101)
-    e0 = epoch_batches(lengths, 8, epoch=0, seed=5)
-    assert e0 == epoch_batches(lengths, 8, epoch=0, seed=5)  # a pure function: resume can replay it
-    assert e0 != epoch_batches(lengths, 8, epoch=1, seed=5)
+    groups = create_lengths_groups(lengths, k=512, log=False)
+    e0 = epoch_batches(groups, 8, epoch=0, seed=5)
+    assert e0 == epoch_batches(groups, 8, epoch=0, seed=5)  # a pure function: resume can replay it
+    assert e0 != epoch_batches(groups, 8, epoch=1, seed=5)
     assert sorted(i for b in e0 for i in b) == list(range(101))
-    r0 = epoch_batches(lengths, 8, epoch=0, seed=5, rank=0, world_size=2)
-    r1 = epoch_batches(lengths, 8, epoch=0, seed=5, rank=1, world_size=2)
+    r0 = epoch_batches(groups, 8, epoch=0, seed=5, rank=0, world_size=2)
+    r1 = epoch_batches(groups, 8, epoch=0, seed=5, rank=1, world_size=2)
     assert len(r0) == len(r1)  # DDP needs the same number of steps on every rank
     seen = [i for b in list(r0) + list(r1) for i in b]
     assert set(seen) == set(range(101)) and len(seen) == 102  # one index repeated to even out the ranks
-    plain = epoch_batches(lengths, 8, epoch=0, seed=5, group_by_size=False)
+    plain = epoch_batches(groups, 8, epoch=0, seed=5, group_by_size=False)
     assert sorted(i for b in plain for i in b) == list(range(101))

@@ -9,7 +9,7 @@ from transformers import BertTokenizer
 
 import data_io
 import distiller
-from lm_seqs_dataset import LmSeqsDataset, dataset_params
+from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
 from losses import cosine_loss, kd_loss, mse_loss
 from masking import Masking, load_token_probs
 from train_helpers import build_distiller
@@ -55,7 +55,7 @@ def _masking(base_argv, tokenizer_dir, mask_prop=0.15):
     tok = BertTokenizer.from_pretrained(tokenizer_dir)
     special = data_io.special_token_ids(tok)
     arg = {k: base_argv[base_argv.index(f"--{k}") + 1] for k in ("data_file", "token_counts")}
-    dataset = LmSeqsDataset(dataset_params(special, 512), data_io.load_binarized(arg["data_file"]))
+    dataset = LmSeqsDataset(SequenceSpec(special, 512), data_io.load_binarized(arg["data_file"]))
     probs = load_token_probs(arg["token_counts"], len(tok), special.values(), smoothing=0.7)
     return tok, dataset, Masking(probs, tok.mask_token_id, len(tok), mask_prop=mask_prop)
 
@@ -136,8 +136,8 @@ def reference_losses(d, batch, alphas, T, restrict):
 def random_batch(d, vocab, lengths, seed):
     """Collated random sequences ([CLS] ids [SEP]) of the given lengths, ids drawn from the non-special vocabulary."""
     g = torch.Generator().manual_seed(seed)
-    cls, sep = d.params.special_tok_ids["cls_token"], d.params.special_tok_ids["sep_token"]
-    first = max(d.params.special_tok_ids.values()) + 1
+    cls, sep = d.dataset.spec.bos_id, d.dataset.spec.eos_id
+    first = max(d.dataset.spec.special_ids.values()) + 1
     bodies = [torch.randint(first, vocab, (n - 2,), generator=g) for n in lengths]
     seqs = [torch.cat([torch.tensor([cls]), body, torch.tensor([sep])]) for body in bodies]
     return d.dataset.batch_sequences([(s.numpy(), len(s)) for s in seqs])
@@ -205,7 +205,7 @@ def test_clm_step_equals_upstream_reference(tmp_path):
 
     import train_args
     from distiller import Distiller
-    from lm_seqs_dataset import LmSeqsDataset, dataset_params
+    from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
 
     vocab, bos, eos, unk = 64, 1, 2, 0
     g = torch.Generator().manual_seed(0)
@@ -214,9 +214,8 @@ def test_clm_step_equals_upstream_reference(tmp_path):
         for n in (10, 15, 30, 12)
     ]
     special = {"bos_token": bos, "eos_token": eos, "unk_token": unk}
-    dataset = LmSeqsDataset(dataset_params(special, 64, mlm=False), seqs)
+    dataset = LmSeqsDataset(SequenceSpec(special, 64, mlm=False), seqs)
     args = train_args.defaults(dump_path=str(tmp_path / "x"), student_type="gpt2", teacher_type="gpt2")
-    args.special_tok_ids = special
     assert not args.mlm and args.alpha_clm == 0.5
     torch.manual_seed(0)
     cfg = dict(vocab_size=vocab, n_positions=64, n_embd=32, n_head=2)

@@ -167,3 +167,14 @@ def test_max_sequences_scores_the_first_sequences_of_the_file(files, tmp_path):
     head = evaluate.main(["--data_file", files["valid"], "--max_sequences", "10", *base,
                           "--output", str(tmp_path / "b.json")])  # fmt: skip
     assert whole == head and whole["student"]["masked_tokens"] > 0
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--word_mask", "0.5"], "--word_mask + --word_keep + --word_rand must sum to 1"),
+    (["--mlm_mask_prop", "1.5"], "--mlm_mask_prop must be in [0, 1], got 1.5"),
+])  # fmt: skip
+def test_masking_flags_are_checked_as_train_py_checks_them(tmp_path, flags, expected):
+    """One set of masking flags (masking.add_flags) with train.py's checks: evaluating with rates no training
+    could have used is refused before any model loads."""
+    argv = ["--model", str(tmp_path / "m"), "--data_file", str(tmp_path / "d"), "--token_counts", str(tmp_path / "c")]
+    assert expected in input_error(evaluate.main, [*argv, *flags])

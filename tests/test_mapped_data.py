@@ -23,7 +23,7 @@ from transformers import BertTokenizerFast
 import data_io
 from conftest import ROOT, run_main
 from grouped_batch_sampler import GroupedBatchSampler, create_lengths_groups, epoch_batches
-from lm_seqs_dataset import LmSeqsDataset, dataset_params
+from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
 from reference_dataset import InMemoryLmSeqsDataset
 from scripts import binarized_data, token_counts
 
@@ -194,7 +194,8 @@ def test_epoch_batches_are_distributed_sampler_then_grouped_batch_sampler(n, wor
                 reference = GroupedBatchSampler(sampler, create_lengths_groups(lengths, k=128, log=False), batch_size)
             else:
                 reference = BatchSampler(sampler, batch_size, drop_last=False)
-            ours = epoch_batches(lengths, batch_size, 2, 5, rank, world_size, group_by_size, max_len=128)
+            groups = create_lengths_groups(lengths, k=128, log=False)
+            ours = epoch_batches(groups, batch_size, 2, 5, rank, world_size, group_by_size)
             assert [list(map(int, b)) for b in reference] == list(ours)
             assert len(ours) == len(reference) and list(ours[2:]) == list(ours)[2:]
 
@@ -211,7 +212,7 @@ def test_mapped_dataset_gives_todays_items_and_batches(tmp_path, articles, token
     mapped = data_io.load_binarized(out)
     assert isinstance(mapped.shards[0], np.memmap) and len(mapped.shards) > 5
     in_memory = data_io.Binarized.from_sequences(mapped.sequences())
-    params = dataset_params(special_ids(tokenizer_dir), max_model_input_size=64, min_len=12)
+    params = SequenceSpec(special_ids(tokenizer_dir), max_len=64, min_len=12)
     ours, ref = LmSeqsDataset(params, mapped), InMemoryLmSeqsDataset(params, in_memory)
     assert len(ours) == len(ref)
     for i in range(len(ref)):
@@ -222,8 +223,8 @@ def test_mapped_dataset_gives_todays_items_and_batches(tmp_path, articles, token
     assert len(ours.chunk_offsets) > 3, "the long lines should have been split"
     assert len(ours._skip) > 0, "short and unknown sequences should have been dropped"
     for rank in (0, 1):
-        mine = epoch_batches(ours, 8, 1, 7, rank, 2, max_len=64)
-        theirs = epoch_batches(ref.lengths, 8, 1, 7, rank, 2, max_len=64)
+        mine = epoch_batches(ours.groups, 8, 1, 7, rank, 2)  # the dataset's own groups, for its max_len 64
+        theirs = epoch_batches(create_lengths_groups(ref.lengths, k=64, log=False), 8, 1, 7, rank, 2)
         assert list(mine) == list(theirs)
         for batch in list(mine)[:5]:
             x, y = ours.batch_sequences([ours[i] for i in batch]), ours.batch_sequences([ref[i] for i in batch])
@@ -238,7 +239,7 @@ def test_the_single_file_format_still_loads_and_gives_the_same_dataset(tmp_path,
     data_io.save_binarized(old, flat, data_io.offsets_from_lengths(mapped.lengths), mapped.meta)
     loaded = data_io.load_binarized(old)
     assert loaded.meta["n_sequences"] == len(mapped) and as_lists(loaded) == as_lists(mapped)
-    params = dataset_params(special_ids(tokenizer_dir), max_model_input_size=64)
+    params = SequenceSpec(special_ids(tokenizer_dir), max_len=64)
     a, b = LmSeqsDataset(params, loaded), LmSeqsDataset(params, mapped)
     items = [[ds[i][0].tolist() for i in range(len(ds))] for ds in (a, b)]
     assert items[0] == items[1]
