@@ -23,25 +23,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import checkpoint
-import evaluation
-from checkpoint import CHECKPOINT
-from data_io import atomic_write
-from errors import InputError, NonFiniteLoss
+from core.errors import InputError, NonFiniteLoss
+from core.files import atomic_write
+from core.precision import Precision, use_attention
 from grouped_batch_sampler import epoch_batches
-from losses import KD_CHUNK_ROWS, FusedKD, cosine_loss, kd_loss, mse_loss, relation_losses
-from masking import Masking, prepare_batch_clm
-from models import RowsLM, lm_head_parts, relation_layers
-from monitor import Meter, MetricsLog, empty_cache_if_low, log_line, memory_stats
-from precision import Precision, use_attention
-from train_args import LossPlan
-from utils import (
-    DistInfo,
-    check_same_on_all_ranks,
-    logger,
-    rng_state,
-    weight_decay_groups,
-)
+from training import checkpoint, evaluation
+from training.checkpoint import CHECKPOINT
+from training.losses import KD_CHUNK_ROWS, FusedKD, cosine_loss, kd_loss, mse_loss, relation_losses
+from training.masking import Masking, prepare_batch_clm
+from training.models import RowsLM, lm_head_parts, relation_layers
+from training.monitor import Meter, MetricsLog, empty_cache_if_low, log_line, memory_stats
+from training.train_args import LossPlan
+from utils import DistInfo, check_same_on_all_ranks, logger, rng_state, weight_decay_groups
 
 MAX_CONSECUTIVE_SKIPS = 20  # fp16: this many overflow-skipped optimizer steps in a row means the loss is broken
 

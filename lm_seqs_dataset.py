@@ -1,6 +1,6 @@
 """The training sequences: binarized text cleaned for distillation, and the collate function that pads them.
 
-Built from `data_io.load_binarized()`, whose token arrays are memory maps of the binarizer's shards: the
+Built from `data_format.load_binarized()`, whose token arrays are memory maps of the binarizer's shards: the
 dataset never copies them. Every rank of a node maps the same files, so the page cache holds one copy,
 and a rank's own memory holds only what cleaning changed. On construction, as upstream:
 
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_io import Binarized, offsets_from_lengths
 from grouped_batch_sampler import BLOCK, create_lengths_groups, group_dtype
+from training.data_format import Binarized, offsets_from_lengths
 from utils import logger
 
 MIN_LEN = 12  # upstream drops sequences of 11 tokens or fewer
@@ -33,7 +33,7 @@ class SequenceSpec:
     """What the training sequences are, decided once: train.py builds it from the tokenizer (after checking the
     data file against it) and gives it to the dataset and to the masking; nothing reads ids from the flags.
 
-    special_ids: data_io.special_token_ids(tokenizer) (cls_token, sep_token, pad_token, mask_token, unk_token,
+    special_ids: data_format.special_token_ids(tokenizer) (cls_token, sep_token, pad_token, mask_token, unk_token,
     bos_token, eos_token -> id); max_len: the models' input size, where longer sequences are split; mlm: True
     for [CLS] ... [SEP] padded with [PAD], False for BOS ... EOS padded with unk (causal LMs); pad_to_multiple_of:
     batch widths rounded up to it (8: tensor-core friendly); min_len: shorter sequences are dropped."""
@@ -69,7 +69,7 @@ class LmSeqsDataset(Dataset):
     """Sequences of token ids, item i = (token ids as a numpy view, length).
 
     spec: a SequenceSpec (special ids, max_len, mlm, pad_to_multiple_of, min_len).
-    data: a `data_io.Binarized` or a list of 1-D integer arrays.
+    data: a `data_format.Binarized` or a list of 1-D integer arrays.
     The dataset owns its length groups (`groups`, a byte an item), which an epoch's batching reads.
     """
 

@@ -37,24 +37,16 @@ from pathlib import Path
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-import data_io
-import masking
-import teachers
-import train_args
-from checkpoint import CHECKPOINT
+from core import files, teachers
+from core.errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, reports_errors
+from core.loading import load_tokenizer as load_tokenizer_or_fail, model_input_limit
+from core.run_folder import Replacement
 from distiller import Distiller
-from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, reports_errors
 from lm_seqs_dataset import MIN_LEN, LmSeqsDataset, SequenceSpec
-from models import load_student, model_classes
-from run_folder import Replacement
-from utils import (
-    git_log,
-    init_distributed,
-    load_tokenizer as load_tokenizer_or_fail,
-    logger,
-    model_input_limit,
-    set_seed,
-)
+from training import data_checks, data_format, masking, train_args
+from training.checkpoint import CHECKPOINT
+from training.models import load_student, model_classes
+from utils import git_log, init_distributed, logger, set_seed
 
 
 def check_dump_path(args):
@@ -65,7 +57,7 @@ def check_dump_path(args):
             raise InputError(f"--resume: no checkpoint in {dump}; start the run without --resume")
     elif dump.exists() and not args.force:
         raise InputError(f"{dump} already exists: use --force to overwrite it, or --resume to continue the run in it")
-    data_io.check_writable(dump, "run folder --dump_path", folder=True)
+    files.check_writable(dump, "run folder --dump_path", folder=True)
 
 
 def load_tokenizer(args, data_meta):
@@ -126,7 +118,7 @@ def recover(args, dist):
         replacing = replacement(args.dump_path)
         what = replacing.pending()
         if what:
-            with data_io.folder_lock(lock_path(args.dump_path), f"the run folder {args.dump_path}"):
+            with files.folder_lock(lock_path(args.dump_path), f"the run folder {args.dump_path}"):
                 note = replacing.recover()
             logger.warning(note)
     if dist.world_size > 1:  # every rank learns what was done, and checks the folder only once it is settled
@@ -169,14 +161,14 @@ def setup(args):
     """Load and check the data and models a run needs; write nothing. Returns (tokenizer, dataset,
     token_probs, student, teacher); raises InputError / InputError on bad input."""
     set_seed(args.seed)
-    data = data_io.load_binarized(args.data_file)
+    data = data_format.load_binarized(args.data_file)
     tokenizer = load_tokenizer(args, data.meta)
-    special = data_io.special_token_ids(tokenizer)
-    data_io.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
+    special = data_format.special_token_ids(tokenizer)
+    data_checks.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
     token_probs = None
     if args.mlm:
         token_probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing,
-                                               data_io.vocab_digest(tokenizer))  # fmt: skip
+                                               data_format.vocab_digest(tokenizer))  # fmt: skip
 
     student = load_student(args, len(tokenizer))
     teacher = None if args.no_teacher else load_teacher(args, student)
@@ -191,9 +183,9 @@ def setup(args):
 def load_valid(args, tokenizer, train):
     """The held-out set, checked and cleaned like the training data (`train`, an LmSeqsDataset); it must share
     no sequence with it."""
-    data = data_io.load_binarized(args.valid_file)
-    data_io.check_data_fits(args.valid_file, data, data.meta, tokenizer, train.spec.special_ids)
-    data_io.check_held_out(args.data_file, train.data, args.valid_file, data)
+    data = data_format.load_binarized(args.valid_file)
+    data_checks.check_data_fits(args.valid_file, data, data.meta, tokenizer, train.spec.special_ids)
+    data_checks.check_held_out(args.data_file, train.data, args.valid_file, data)
     return LmSeqsDataset(train.spec, data)
 
 
@@ -224,7 +216,7 @@ def main(argv=None):
         decided = {"precision": distiller.precision.record(distiller.device.type),
                    "special_tok_ids": dataset.spec.special_ids, "max_model_input_size": dataset.spec.max_len}
         if dist.is_master:  # one command per run folder; what it found there may have changed while it loaded
-            held.enter_context(data_io.folder_lock(lock_path(args.dump_path), f"the run folder {args.dump_path}"))
+            held.enter_context(files.folder_lock(lock_path(args.dump_path), f"the run folder {args.dump_path}"))
             check_dump_path(args)
         replacing = replacement(args.dump_path)
         log_file = prepare_dump_path(args, dist, decided, replacing)

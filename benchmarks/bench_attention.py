@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import precision
-from precision import cpu_bf16_is_fast, cpu_description
+from core import precision
+from core.precision import cpu_bf16_is_fast, cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 

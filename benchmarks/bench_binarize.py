@@ -86,7 +86,7 @@ def main():
         return child(args)
 
     from benchmarks.corpus import write_lines
-    from data_io import load_binarized
+    from training.data_format import load_binarized
 
     work = Path(args.workdir)
     print(f"generating {args.lines:,} lines in {work} ...", flush=True)
@@ -97,7 +97,7 @@ def main():
         print(f"running {kind} ...", flush=True)
         results[kind] = run_child(kind, text, args.tokenizer_name, out)
 
-    ref = load_binarized(ref_out)  # data_io reads upstream's list of arrays too
+    ref = load_binarized(ref_out)  # data_format reads upstream's list of arrays too
     mine = load_binarized(next(work.glob("ours.*.pickle")))
     min_tokens = mine.meta["min_tokens"]
     ref_kept = sorted(s.tobytes() for s in ref.sequences() if len(s) >= min_tokens)

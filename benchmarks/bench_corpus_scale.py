@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from benchmarks.corpus import write_lines
-from precision import cpu_description
+from core.precision import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,9 +182,9 @@ def single_file(mapped_file, out):
     """The same sequences, in the same order, as one format-1 pickle (what binarized_data.py wrote before)."""
     import numpy as np
 
-    import data_io
+    from training import data_format
 
-    data = data_io.load_binarized(mapped_file)
+    data = data_format.load_binarized(mapped_file)
     lengths = data.lengths
     ids = np.empty(int(lengths.sum()), dtype=data.dtype)
     pos = 0
@@ -192,7 +192,7 @@ def single_file(mapped_file, out):
         for seq in (data[j] for j in range(i, min(i + (1 << 20), len(data)))):
             ids[pos : pos + len(seq)] = seq
             pos += len(seq)
-    data_io.save_binarized(out, ids, data_io.offsets_from_lengths(lengths), data.meta)
+    data_format.save_binarized(out, ids, data_format.offsets_from_lengths(lengths), data.meta)
 
 
 def measure_train(r, n, out, counts, models, work, single_file_too, torchrun):

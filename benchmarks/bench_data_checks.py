@@ -5,8 +5,8 @@
 Writes a format-2 file of the reference run's size (5,355,344 sequences of ~37 tokens, ~200M uint16 ids,
 in 64 shards; random ids: the checks read every byte whatever it holds), then times, each the best of 3:
 - the reference: the manifest and its arrays mapped, sizes compared (what loading did before the checks);
-- data_io.load_binarized: the same, plus offsets against every shard's lengths.npy and order.npy a
-  permutation (data_io.check_contents);
+- data_format.load_binarized: the same, plus offsets against every shard's lengths.npy and order.npy a
+  permutation (data_format.check_contents);
 - Binarized.max_id(): every token id scanned (check_data_fits), against reading the binarizer's record.
 The files are read from the page cache after the first round, as they are on a training machine.
 """
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-import data_io
-from errors import InputError
+from core.errors import InputError
+from training import data_format
 
 
 def write_corpus(folder, n_sequences, n_shards=64, seed=0):
     """A format-2 file of n_sequences in n_shards shards, as scripts/binarized_data.py lays it out."""
     rng = np.random.default_rng(seed)
-    shards_dir = data_io.shards_folder(folder / "bin.pickle")
+    shards_dir = data_format.shards_folder(folder / "bin.pickle")
     shards_dir.mkdir(parents=True, exist_ok=True)
     bounds = np.linspace(0, n_sequences, n_shards + 1).astype(np.int64)
     shards, ends = [], [np.zeros(1, np.int64)]
@@ -38,20 +38,20 @@ def write_corpus(folder, n_sequences, n_shards=64, seed=0):
         shards.append({"file": f"{k:05d}.tokens.npy", "n_tokens": n_tokens, "n_sequences": len(lengths)})
     np.save(shards_dir / "offsets.npy", np.concatenate(ends))
     np.save(shards_dir / "order.npy", rng.permutation(n_sequences).astype(np.uint32))
-    order_id = data_io.save_order_stamp(shards_dir, {"sequences": n_sequences, "seed": seed, "valid_size": 0})
+    order_id = data_format.save_order_stamp(shards_dir, {"sequences": n_sequences, "seed": seed, "valid_size": 0})
     meta = {"max_id": 30521, "vocab_size": 30522}
-    data_io.save_manifest(folder / "bin.pickle", shards_dir, shards, (0, n_sequences), meta, order_id)
+    data_format.save_manifest(folder / "bin.pickle", shards_dir, shards, (0, n_sequences), meta, order_id)
     return folder / "bin.pickle", sum(s["n_tokens"] for s in shards)
 
 
 def unchecked(path):
-    """The reference: map the arrays and compare sizes only (data_io's loader without check_contents)."""
-    saved = data_io.check_contents
-    data_io.check_contents = lambda *a: None
+    """The reference: map the arrays and compare sizes only (data_format's loader without check_contents)."""
+    saved = data_format.check_contents
+    data_format.check_contents = lambda *a: None
     try:
-        return data_io.load_binarized(path)
+        return data_format.load_binarized(path)
     finally:
-        data_io.check_contents = saved
+        data_format.check_contents = saved
 
 
 def best_of(repeats, fn):
@@ -80,7 +80,7 @@ def main(argv=None):
         print(f"{args.sequences:,} sequences, {n_tokens:,} tokens in 64 shards, written in "
               f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
         ref, data = best_of(args.rounds, lambda: unchecked(path))
-        ours, checked = best_of(args.rounds, lambda: data_io.load_binarized(path))
+        ours, checked = best_of(args.rounds, lambda: data_format.load_binarized(path))
         assert len(checked) == len(data) == args.sequences
         recorded, _ = best_of(args.rounds, lambda: int(data.meta["max_id"]))
         scan, max_id = best_of(args.rounds, data.max_id)

@@ -14,7 +14,7 @@ from its layers 0, 3, 5. The rows:
   all-mpnet-base-v2's is bert-base-uncased's shifted by 4), so run_glue.py gives it its own tokenization of
   the text: the cross-tokenizer path.
 Then the teacher's pass alone over the training rows, two ways, in sentences/s: a plain batched pass (the
-rows in their order, torch.no_grad) against task_distill.teacher_logits (batches of similar lengths,
+rows in their order, torch.no_grad) against teacher_pass.teacher_logits (batches of similar lengths,
 inference_mode); their logits are checked equal. The teacher-logits cache is off in every run here, so
 each pass is paid. The issue's bound: a KD epoch costs at most 1.25x a plain one. Printed with this CPU's
 name.
@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from precision import cpu_description
+from core.precision import cpu_description
 from scripts import run_glue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +98,7 @@ def teacher_pass(teacher_dir, data_dir, train, max_seq_length, batch_size=128):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-    import glue
-    import task_distill
+    from tasks import glue, teacher_pass
 
     task = glue.load_task("sst2", data_dir)
     texts = task.train.head(train).texts[0]
@@ -114,7 +113,7 @@ def teacher_pass(teacher_dir, data_dir, train, max_seq_length, batch_size=128):
                            for i in range(0, len(rows), batch_size)])  # fmt: skip
     plain_s = time.perf_counter() - start
     start = time.perf_counter()
-    ours = task_distill.teacher_logits(model, rows, collate, batch_size, torch.device("cpu"))
+    ours = teacher_pass.teacher_logits(model, rows, collate, batch_size, torch.device("cpu"))
     ours_s = time.perf_counter() - start
     torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-4)  # padding changes the last bits only
     return plain_s, ours_s

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from data_io import Binarized, load_binarized, offsets_from_lengths
 from scripts.token_counts import count_tokens
+from training.data_format import Binarized, load_binarized, offsets_from_lengths
 
 
 def reference(sequences, vocab_size):

@@ -50,7 +50,7 @@ import numpy as np
 
 from benchmarks.upstream_step import Reference
 from benchmarks.workload import SIZES, SPECIAL, build_models, make_batches, model_flops, peak_tflops_for, token_probs
-from errors import finite_float
+from core.errors import finite_float
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -60,9 +60,9 @@ def make_distiller(student, teacher, flags=None, device="cpu", **ablations):
     `ablations`: the Distiller's fused_kd / fused_adamw switches."""
     import torch
 
-    import train_args
     from distiller import Distiller
     from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
+    from training import train_args
 
     args = train_args.defaults(student_type="distilbert", teacher_type="bert", gradient_accumulation_steps=1,
                                num_workers=0, **(flags or {}))  # fmt: skip
@@ -95,7 +95,7 @@ class Ours:
 
     def finish(self):
         """The one host read of a log interval; the next interval starts from zero."""
-        from monitor import Meter
+        from training.monitor import Meter
 
         means, self.distiller.meter = self.distiller.meter.read(), Meter()
         return means
@@ -160,7 +160,7 @@ def vm_hwm_bytes():
 def worker(impl, size, steps, warmup, threads, device="cpu", fp16=False, trace_every=0):
     import torch
 
-    from monitor import memory_stats
+    from training.monitor import memory_stats
 
     if threads:
         torch.set_num_threads(threads)
@@ -310,7 +310,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     impls = args.impls.split(",")
-    from precision import cpu_bf16_is_fast, cpu_description
+    from core.precision import cpu_bf16_is_fast, cpu_description
 
     if not gpu:
         print(f"CPU: {cpu_description()}, {torch.get_num_threads()} thread(s)")

@@ -89,7 +89,7 @@ class Reference:
     def train_step(self, seqs):
         import torch
 
-        from monitor import empty_cache_if_low
+        from training.monitor import empty_cache_if_low
 
         token_ids, lengths = self.collate(seqs)
         n_tokens = int(lengths.sum())

@@ -15,7 +15,7 @@ Built for dumps past one machine's memory (all of Wikipedia: ~150M lines):
 - --shard i/n tokenizes only part i of n, so n machines can share the work on one file system; the
   run that finds every shard done writes the .pickle;
 - the shuffle is a permutation of sequence numbers (order.npy), not a copy of the tokens.
-The .pickle is a small manifest naming those arrays (data_io.py, format 2); training maps them from
+The .pickle is a small manifest naming those arrays (training/data_format.py, format 2); training maps them from
 disk, so every rank on a node shares one copy. Keep the .pickle and its .shards folder together.
 
 Compared with upstream's script, which reads the whole file with readlines() and keeps a Python list of
@@ -41,11 +41,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import utils
-from data_io import (
-    check_writable,
+from core import loading
+from core.errors import InputError, reports_errors
+from core.files import check_writable, remove_stale_tmp
+from training.data_format import (
     ids_dtype,
-    remove_stale_tmp,
     save_array,
     save_array_blocks,
     save_manifest,
@@ -54,7 +54,6 @@ from data_io import (
     special_token_ids,
     vocab_digest,
 )
-from errors import InputError, reports_errors
 
 logger = logging.getLogger("binarized_data")
 
@@ -73,7 +72,7 @@ def load_tokenizer(tokenizer_type, tokenizer_name):
 
     cls = {"bert": transformers.BertTokenizerFast, "roberta": transformers.RobertaTokenizerFast,
            "gpt2": transformers.GPT2TokenizerFast}[tokenizer_type]
-    return utils.load_tokenizer(cls, tokenizer_name, "tokenizer")
+    return loading.load_tokenizer(cls, tokenizer_name, "tokenizer")
 
 
 def shard_bounds(path, shard_bytes):

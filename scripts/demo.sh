@@ -86,8 +86,8 @@ $PY scripts/binarized_data.py --file_path "$RUN/dump.txt" --tokenizer_type bert 
     --dump_file "$RUN/binarized_text" --valid_size "$VALID"
 
 say "step 3: token counts -> $COUNTS"
-VOCAB=$($PY -c "import sys; sys.path.insert(0, '.'); import data_io
-print(data_io.load_binarized('$DATA').meta['vocab_size'])")
+VOCAB=$($PY -c "import sys; sys.path.insert(0, '.'); from training import data_format
+print(data_format.load_binarized('$DATA').meta['vocab_size'])")
 $PY scripts/token_counts.py --data_file "$DATA" --token_counts_dump "$COUNTS" --vocab_size "$VOCAB"
 
 say "step 4: configs: a 4-layer BERT teacher and a 2-layer DistilBERT student (dim 256) -> $RUN/*_config.json"

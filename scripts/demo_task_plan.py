@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from errors import InputError, reports_errors
-from utils import load_pretrained
+from core.errors import InputError, reports_errors
+from core.loading import load_pretrained
 
 
 def seconds_per_step(model, batch, seq, steps, train=True):

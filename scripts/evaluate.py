@@ -19,12 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
-import data_io
-import evaluation
-import masking
-import utils
-from errors import InputError, reports_errors
+from core import files, loading
+from core.errors import InputError, reports_errors
 from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
+from training import data_checks, data_format, evaluation, masking
 from utils import init_distributed, logger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,37 +39,37 @@ COLUMNS = [  # (figure, header, format)
 
 def named(spec):
     """'NAME=PATH' -> (NAME, PATH); 'PATH' -> (its last component, PATH)."""
-    name, path = utils.split_name(spec)
+    name, path = loading.split_name(spec)
     return name or Path(path.rstrip("/")).name or path, path
 
 
 def load_model(name, path, device):
-    return utils.load_masked_lm(name, path).to(device)  # a model without its head is refused, not scored
+    return loading.load_masked_lm(name, path).to(device)  # a model without its head is refused, not scored
 
 
 def load_tokenizer(path):
     from transformers import AutoTokenizer
 
-    return utils.load_tokenizer(AutoTokenizer, path)
+    return loading.load_tokenizer(AutoTokenizer, path)
 
 
 def check_not_training_data(data_file, data, counts_file):
     """The held-out file must share no sequence with the training data, which its token counts name."""
-    _, meta = data_io.load_token_counts(counts_file)
+    _, meta = data_format.load_token_counts(counts_file)
     train_file = meta.get("data_file")
     if train_file and Path(train_file).resolve() != Path(data_file).resolve() and Path(train_file).is_file():
-        data_io.check_held_out(train_file, data_io.load_binarized(train_file), data_file, data)
+        data_checks.check_held_out(train_file, data_format.load_binarized(train_file), data_file, data)
 
 
 def held_out(args, tokenizer, data, model, device):
     """(Masking, dataset): the held-out sequences as train.py reads them, and training's masking (its
     token probabilities, [MASK] id and rates) on `device`. Nothing is trained or written."""
-    special = data_io.special_token_ids(tokenizer)
-    data_io.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
+    special = data_format.special_token_ids(tokenizer)
+    data_checks.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
     probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing,
-                                     data_io.vocab_digest(tokenizer))  # fmt: skip
+                                     data_format.vocab_digest(tokenizer))  # fmt: skip
     check_not_training_data(args.data_file, data, args.token_counts)
-    limit = utils.model_input_limit(tokenizer, model.config)
+    limit = loading.model_input_limit(tokenizer, model.config)
     dataset = LmSeqsDataset(SequenceSpec(special, limit), data)
     if len(dataset) == 0:
         raise InputError(f"{args.data_file} has no sequence of 12 tokens or more")
@@ -126,9 +124,9 @@ def main(argv=None):
     for f in (args.data_file, args.token_counts):
         if not Path(f).is_file():
             raise InputError(f"{f} does not exist")
-    data_io.check_writable(args.output, "--output")  # before the models run, not after
+    files.check_writable(args.output, "--output")  # before the models run, not after
     device = init_distributed(args.n_gpu).device
-    data = data_io.load_binarized(args.data_file)
+    data = data_format.load_binarized(args.data_file)
     if args.max_sequences is not None:
         data = data.head(args.max_sequences)
     loaded = {name: load_model(name, path, device) for name, path in models.items()}
@@ -152,7 +150,7 @@ def main(argv=None):
         "models": {name: {"path": str(models[name]), **r} for name, r in results.items()},
     }
     try:
-        with data_io.atomic_write(args.output, "w") as f:
+        with files.atomic_write(args.output, "w") as f:
             f.write(json.dumps(out, indent=2) + "\n")
     except OSError as e:  # a full disk, a folder that vanished during the run
         raise InputError(f"could not write {args.output} ({e.strerror or e})") from e

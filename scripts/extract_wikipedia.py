@@ -40,8 +40,8 @@ import numpy as np
 import sentencex
 from tqdm import tqdm
 
-from data_io import atomic_write, check_writable
-from errors import InputError, reports_errors
+from core.errors import InputError, reports_errors
+from core.files import atomic_write, check_writable
 
 LANGUAGE = "en"  # sentencex's rules for English, to match the 20231101.en config
 HEADING_MAX_WORDS = 10  # headings are short ("Early life and career"); longer unpunctuated lines are kept

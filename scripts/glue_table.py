@@ -15,11 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-import glue
-from data_io import atomic_write, check_writable
-from errors import InputError, first_line, reports_errors
-from glue_runs import check_summary
-from utils import split_name
+from core.errors import InputError, first_line, reports_errors
+from core.files import atomic_write, check_writable
+from core.loading import split_name
+from tasks import glue
+from tasks.glue_runs import check_summary
 
 # Published rows beside ours, as their papers print them: one number per task in points (MNLI: matched and
 # mismatched where the paper gives both), the split, and the paper's own average over its columns. The

@@ -11,9 +11,9 @@ in the files' order. Dev sets are never read: a student scored on them must not 
 
 import argparse
 
-import glue
-from data_io import atomic_write, check_writable
-from errors import InputError, reports_errors
+from core.errors import InputError, reports_errors
+from core.files import atomic_write, check_writable
+from tasks import glue
 
 
 @reports_errors

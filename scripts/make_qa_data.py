@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from data_io import atomic_write, check_writable
-from errors import InputError, reports_errors
+from core.errors import InputError, reports_errors
+from core.files import atomic_write, check_writable
 
 SPAN = re.compile(r"(?<=\s)(?:[A-Z][\w'-]*(?:\s+(?:of\s+|de\s+)?[A-Z][\w'-]*){0,3}|\d[\d,.]*\d|\d)(?=[\s,.;:!?)]|$)")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")

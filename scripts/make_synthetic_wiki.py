@@ -18,7 +18,7 @@ import json
 import random
 from pathlib import Path
 
-from errors import InputError, reports_errors
+from core.errors import InputError, reports_errors
 
 COUNTRIES = [  # name, demonym, language, currency
     ("Aldoria", "Aldorian", "Aldorese", "crown"), ("Benmark", "Benmarkish", "Benmarkic", "mark"),

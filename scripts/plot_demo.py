@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from errors import InputError, reports_errors
+from core.errors import InputError, reports_errors
 
 
 def read_metrics(run_dir):

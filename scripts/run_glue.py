@@ -48,13 +48,15 @@ import sys
 import time
 from pathlib import Path
 
-import data_io
-import glue
-import task_distill
-from data_io import atomic_write, check_writable
-from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, first_line, reports_errors, say
-from glue_args import check_flags, decide_precision, learning_rates, parse_args
-from glue_runs import (
+from core import files
+from core.errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, first_line, reports_errors, say
+from core.files import atomic_write, check_writable
+from core.loading import load_pretrained, load_tokenizer, model_input_limit
+from core.precision import trainer_precision, use_attention
+from scripts.glue_table import markdown_table
+from tasks import glue, task_distill, teacher_pass
+from tasks.glue_args import check_flags, decide_precision, learning_rates, parse_args
+from tasks.glue_runs import (
     Run,
     callbacks,
     execute,
@@ -66,9 +68,6 @@ from glue_runs import (
     summarize,
     train_or_restore,
 )
-from precision import trainer_precision, use_attention
-from scripts.glue_table import markdown_table
-from utils import load_pretrained, load_tokenizer, model_input_limit
 
 
 def load_data(data, unlabeled=None, transfer_file=None):
@@ -191,9 +190,9 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
     train_inputs = model_inputs(train_set, model)
     trainer_class = Trainer
     if teacher:
-        train_inputs = model_inputs(train_set, model, task_distill.forward_inputs(teacher.model) |
-                                    {task_distill.TEACHER_LOGITS})  # fmt: skip
-        collator = task_distill.WithTeacherLogits(collator)
+        train_inputs = model_inputs(train_set, model, teacher_pass.forward_inputs(teacher.model) |
+                                    {teacher_pass.TEACHER_LOGITS})  # fmt: skip
+        collator = teacher_pass.WithTeacherLogits(collator)
         trainer_class = task_distill.distill_trainer(teacher.args, teacher.model, task.labels is None)
     trainer = trainer_class(model=model, args=args, train_dataset=train_inputs, data_collator=collator,
                             callbacks=callbacks())  # fmt: skip
@@ -272,7 +271,7 @@ def main(argv=None):
 
     # One command per output folder: two at once would write over each other's runs (the lock is the main
     # process's; torchrun's other processes follow it)
-    lock = (data_io.folder_lock(out_dir / ".lock", f"--output_dir {out_dir}") if targs.process_index == 0
+    lock = (files.folder_lock(out_dir / ".lock", f"--output_dir {out_dir}") if targs.process_index == 0
             else contextlib.nullcontext())  # fmt: skip
     with lock:
         # Every kept result, checkpoint and setting of every task is checked before the first run trains.

@@ -34,13 +34,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import data_io
-import qa
-import qa_distill
-from data_io import atomic_write, check_writable
-from errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, first_line, reports_errors, say
-from glue_args import DEFAULTS, check_flags, decide_precision, learning_rates, parse_args
-from glue_runs import (
+from core import files
+from core.errors import NON_FINITE_EXIT, InputError, NonFiniteLoss, fail, first_line, reports_errors, say
+from core.files import atomic_write, check_writable
+from core.loading import load_pretrained, load_tokenizer, model_input_limit
+from core.precision import autocast_dtype, trainer_precision, use_attention
+from tasks import qa, qa_distill
+from tasks.glue_args import DEFAULTS, check_flags, decide_precision, learning_rates, parse_args
+from tasks.glue_runs import (
     Run,
     callbacks,
     execute,
@@ -52,8 +53,6 @@ from glue_runs import (
     train_or_restore,
     training_settings,
 )
-from precision import autocast_dtype, trainer_precision, use_attention
-from utils import load_pretrained, load_tokenizer, model_input_limit
 
 QA_DEFAULTS = {
     **DEFAULTS,
@@ -241,7 +240,7 @@ def main(argv=None):
         "distillation": qa_distill.settings(dargs, teacher.identity) if teacher else None,
     }  # fmt: skip
 
-    lock = (data_io.folder_lock(out_dir / ".lock", f"--output_dir {out_dir}") if targs.process_index == 0
+    lock = (files.folder_lock(out_dir / ".lock", f"--output_dir {out_dir}") if targs.process_index == 0
             else contextlib.nullcontext())  # fmt: skip
     with lock:
         overwrite = data.overwrite_output_dir

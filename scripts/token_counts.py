@@ -3,7 +3,7 @@
     python scripts/token_counts.py --data_file data/binarized_text.bert-base-uncased.pickle \
         --token_counts_dump data/token_counts.bert-base-uncased.pickle --vocab_size 30522
 
-writes one int64 count per id of the vocabulary (plus metadata; see data_io.py). train.py masks rare tokens
+writes one int64 count per id of the vocabulary (plus metadata; see training/data_format.py). train.py masks rare tokens
 more often than frequent ones: p(token) ~ count ** -mlm_smoothing (cf. XLM / word2vec).
 
 np.bincount over the id arrays, shard by shard (the counts add up, so the order does not matter), replaces
@@ -15,8 +15,9 @@ import sys
 
 import numpy as np
 
-from data_io import check_writable, load_binarized, save_token_counts
-from errors import InputError, reports_errors
+from core.errors import InputError, reports_errors
+from core.files import check_writable
+from training.data_format import load_binarized, save_token_counts
 
 
 def count_tokens(token_ids, vocab_size, block=1 << 18):

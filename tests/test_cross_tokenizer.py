@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast
 
-import task_distill
 from conftest import input_error, run_main
 from scripts import run_glue
+from tasks import task_distill, teacher_pass
 from test_glue import FAST, custom_task, teacher  # noqa: F401 (fixtures)
 from test_other_students import SPECIALS
 
@@ -103,7 +103,7 @@ def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher
     assert t.own_tokens.startswith("another vocabulary")
     train_set, _, _ = run_glue.tokenize(task_data, tokenizer, 64, False)
     texts = run_glue.training_texts(task_data)
-    cached = t.logits(train_set, tokenizer, targs, texts, 38)[task_distill.TEACHER_LOGITS]
+    cached = t.logits(train_set, tokenizer, targs, texts, 38)[teacher_pass.TEACHER_LOGITS]
     assert len(cached) == 27
     t_tok = AutoTokenizer.from_pretrained(str(bpe_teacher))
     with torch.no_grad():
@@ -152,13 +152,13 @@ def test_the_logits_key_changes_with_the_teacher_the_rows_and_the_precision():
     import datasets
 
     rows = datasets.Dataset.from_dict({"input_ids": [[0, 5, 6, 2], [0, 7, 2]]})
-    key = task_distill.logits_key({"model": "a", "tokenizer": "t"}, rows, "None", 2)
-    assert key == task_distill.logits_key({"model": "a", "tokenizer": "t"}, rows, "None", 2)
+    key = teacher_pass.logits_key({"model": "a", "tokenizer": "t"}, rows, "None", 2)
+    assert key == teacher_pass.logits_key({"model": "a", "tokenizer": "t"}, rows, "None", 2)
     other_rows = datasets.Dataset.from_dict({"input_ids": [[0, 5, 6], [2, 0, 7, 2]]})  # same ids, other split
-    for changed in (task_distill.logits_key({"model": "b", "tokenizer": "t"}, rows, "None", 2),
-                    task_distill.logits_key({"model": "a", "tokenizer": "u"}, rows, "None", 2),
-                    task_distill.logits_key({"model": "a", "tokenizer": "t"}, rows, "torch.bfloat16", 2),
-                    task_distill.logits_key({"model": "a", "tokenizer": "t"}, other_rows, "None", 2)):  # fmt: skip
+    for changed in (teacher_pass.logits_key({"model": "b", "tokenizer": "t"}, rows, "None", 2),
+                    teacher_pass.logits_key({"model": "a", "tokenizer": "u"}, rows, "None", 2),
+                    teacher_pass.logits_key({"model": "a", "tokenizer": "t"}, rows, "torch.bfloat16", 2),
+                    teacher_pass.logits_key({"model": "a", "tokenizer": "t"}, other_rows, "None", 2)):  # fmt: skip
         assert changed != key
 
 

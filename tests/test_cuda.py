@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT
-from losses import FusedKD
 from test_fast_path import _autograd_losses, _head_problem
 from train_helpers import build_distiller, read_metrics, with_args
+from training.losses import FusedKD
 
 pytestmark = [
     pytest.mark.cuda,

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.utils.data import SequentialSampler
 
-import data_io
 from grouped_batch_sampler import GroupedBatchSampler, create_lengths_groups, epoch_batches
 from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
+from training import data_format
 
 CLS, SEP, PAD, UNK, MASK = 2, 3, 0, 1, 4
 SPECIAL = {"cls_token": CLS, "sep_token": SEP, "pad_token": PAD, "unk_token": UNK, "mask_token": MASK}
@@ -18,7 +18,7 @@ def seq(body):
 
 
 def binarized(seqs):
-    return data_io.Binarized(np.concatenate(seqs), data_io.offsets_from_lengths([len(s) for s in seqs]))
+    return data_format.Binarized(np.concatenate(seqs), data_format.offsets_from_lengths([len(s) for s in seqs]))
 
 
 def test_long_sequences_are_split_into_cls_sep_wrapped_chunks():

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoModelForMaskedLM, BertTokenizerFast
 
 from conftest import ROOT
-from data_io import load_binarized, load_token_counts
+from training.data_format import load_binarized, load_token_counts
 
 
 def write_small_sst2(folder):

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 from transformers import BertTokenizer
 
-import data_io
 import distiller
 from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
-from losses import cosine_loss, kd_loss, mse_loss
-from masking import Masking, load_token_probs
 from train_helpers import build_distiller
+from training import data_format
+from training.losses import cosine_loss, kd_loss, mse_loss
+from training.masking import Masking, load_token_probs
 
 
 def test_kd_loss_is_kl_times_t_squared_by_hand():
@@ -53,9 +53,9 @@ def _mask_many(masking, token_ids, lengths, draws):
 def _masking(base_argv, tokenizer_dir, mask_prop=0.15):
     """The tiny run's tokenizer, training data and Masking (train.py's default rates and smoothing)."""
     tok = BertTokenizer.from_pretrained(tokenizer_dir)
-    special = data_io.special_token_ids(tok)
+    special = data_format.special_token_ids(tok)
     arg = {k: base_argv[base_argv.index(f"--{k}") + 1] for k in ("data_file", "token_counts")}
-    dataset = LmSeqsDataset(SequenceSpec(special, 512), data_io.load_binarized(arg["data_file"]))
+    dataset = LmSeqsDataset(SequenceSpec(special, 512), data_format.load_binarized(arg["data_file"]))
     probs = load_token_probs(arg["token_counts"], len(tok), special.values(), smoothing=0.7)
     return tok, dataset, Masking(probs, tok.mask_token_id, len(tok), mask_prop=mask_prop)
 
@@ -203,9 +203,9 @@ def test_clm_step_equals_upstream_reference(tmp_path):
     """GPT-2 -> GPT-2 with the causal-LM loss: next-token targets from the lengths, KD and cosine on non-pad rows."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    import train_args
     from distiller import Distiller
     from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
+    from training import train_args
 
     vocab, bos, eos, unk = 64, 1, 2, 0
     g = torch.Generator().manual_seed(0)

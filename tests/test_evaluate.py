@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from transformers import BertTokenizer, DistilBertForMaskedLM
 
-import data_io
-import evaluation
 import train
 from conftest import input_error
 from scripts import evaluate, make_synthetic_wiki
 from train_helpers import make_headless_teacher_dir, read_metrics, tiny_run_files, tiny_student_config, write_data
+from training import data_format, evaluation
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +53,7 @@ def masked(files, model_dir):
     )  # fmt: skip
     tok = BertTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir)
-    mask, dataset = evaluate.held_out(args, tok, data_io.load_binarized(files["valid"]), model, torch.device("cpu"))
+    mask, dataset = evaluate.held_out(args, tok, data_format.load_binarized(files["valid"]), model, torch.device("cpu"))
     return evaluation.masked_batches(mask, dataset), model
 
 
@@ -158,10 +157,11 @@ def test_a_model_without_mlm_head_is_refused_not_scored(files, tmp_path, tokeniz
 
 
 def test_max_sequences_scores_the_first_sequences_of_the_file(files, tmp_path):
-    data = data_io.load_binarized(files["valid"])
+    data = data_format.load_binarized(files["valid"])
     first = [data[i] for i in range(10)]
     cut = tmp_path / "first10.pickle"
-    data_io.save_binarized(cut, np.concatenate(first), data_io.offsets_from_lengths(list(map(len, first))), data.meta)
+    offsets = data_format.offsets_from_lengths(list(map(len, first)))
+    data_format.save_binarized(cut, np.concatenate(first), offsets, data.meta)
     base = ["--token_counts", files["counts"], "--n_gpu", "0", "--model", files["student"]]
     whole = evaluate.main(["--data_file", str(cut), *base, "--output", str(tmp_path / "a.json")])
     head = evaluate.main(["--data_file", files["valid"], "--max_sequences", "10", *base,

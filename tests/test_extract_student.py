@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
-import utils
 from conftest import ROOT, run_main, run_script
-from errors import InputError
+from core import loading
+from core.errors import InputError
 from scripts.extract import distilbert as extract
 from train_helpers import make_headless_teacher_dir, make_teacher_dir, write_student_config
 
@@ -51,7 +51,7 @@ def test_script_copies_exactly_the_chosen_layers(tmp_path, teacher):
         check=True,
     )
     student = DistilBertForMaskedLM(DistilBertConfig.from_json_file(str(config)))
-    utils.load_student_weights(student, out)
+    loading.load_student_weights(student, out)
     s, t = student.state_dict(), t_model.state_dict()
     pairs = {
         "q_lin": "attention.self.query",
@@ -106,26 +106,26 @@ def test_loading_rejects_checkpoints_that_do_not_fit(tmp_path, teacher):
     three = tmp_path / "three.safetensors"
     save_file(extract.extract(t_model, cfg3, [0, 1, 3]), str(three))
     with pytest.raises(InputError, match="3 transformer layers but the student config has 2"):
-        utils.load_student_weights(DistilBertForMaskedLM(cfg2), three)
+        loading.load_student_weights(DistilBertForMaskedLM(cfg2), three)
 
     state = extract.extract(t_model, cfg2, [0, 3])
     extra = tmp_path / "extra.safetensors"
     save_file({**state, "distilbert.pooler.weight": torch.zeros(2)}, str(extra))
     with pytest.raises(InputError, match="key.*the student does not have.*pooler"):
-        utils.load_student_weights(DistilBertForMaskedLM(cfg2), extra)
+        loading.load_student_weights(DistilBertForMaskedLM(cfg2), extra)
 
     missing = tmp_path / "missing.pth"
     torch.save({k: v for k, v in state.items() if "layer.1.ffn.lin2.bias" not in k}, missing)
     with pytest.raises(InputError, match="lacks 1 key.*layer.1.ffn.lin2.bias"):
-        utils.load_student_weights(DistilBertForMaskedLM(cfg2), missing)
+        loading.load_student_weights(DistilBertForMaskedLM(cfg2), missing)
 
     # upstream's default extraction (no head transform, tied decoder stored twice) still loads
     upstream = tmp_path / "upstream.pth"
     up = {k: v for k, v in state.items() if not k.startswith(("vocab_transform", "vocab_layer_norm"))}
     up["vocab_projector.weight"] = state["distilbert.embeddings.word_embeddings.weight"]
     torch.save(up, upstream)
-    absent = utils.load_student_weights(DistilBertForMaskedLM(cfg2), upstream)
-    assert set(absent) == set(utils.OPTIONAL_KEYS)
+    absent = loading.load_student_weights(DistilBertForMaskedLM(cfg2), upstream)
+    assert set(absent) == set(loading.OPTIONAL_KEYS)
 
 
 def test_script_writes_metadata_and_rejects_bad_layers(tmp_path, teacher):
@@ -188,4 +188,4 @@ def test_a_teacher_without_mlm_head_gives_the_student_its_own_head(tmp_path, tok
         )
     # train.py's strict loading takes it whole: no key missing, none optional left out
     student = DistilBertForMaskedLM(DistilBertConfig.from_json_file(str(config)))
-    assert utils.load_student_weights(student, tmp_path / "1.safetensors") == []
+    assert loading.load_student_weights(student, tmp_path / "1.safetensors") == []

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 
-from losses import FusedKD, kd_loss
-from models import lm_head_parts
 from train_helpers import build_distiller
+from training.losses import FusedKD, kd_loss
+from training.models import lm_head_parts
 
 
 def _head_problem(seed, n=37, d=16, vocab=300, n_lm=10, bias=True):

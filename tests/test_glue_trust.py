@@ -9,10 +9,10 @@ import random
 import pytest
 from transformers import BertTokenizer
 
-import glue
-import precision
 from conftest import input_error, write_bert_vocab
+from core import precision
 from scripts import glue_table, run_glue
+from tasks import glue
 from test_glue import FAST, custom_task, teacher, write_tsv  # noqa: F401 (fixtures)
 from train_helpers import make_teacher_dir
 

@@ -20,12 +20,12 @@ from torch.utils.data import BatchSampler
 from torch.utils.data.distributed import DistributedSampler
 from transformers import BertTokenizerFast
 
-import data_io
 from conftest import ROOT, run_main
 from grouped_batch_sampler import GroupedBatchSampler, create_lengths_groups, epoch_batches
 from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
 from reference_dataset import InMemoryLmSeqsDataset
 from scripts import binarized_data, token_counts
+from training import data_format
 
 
 def dump_text(articles, repeat=1, extra=()):
@@ -54,7 +54,7 @@ def test_sharded_equals_one_process_and_the_per_line_reference(tmp_path, article
     one, _ = binarize(tmp_path / "one", text, tokenizer_dir, "--num_proc", "1", "--seed", "3")
     many, proc = binarize(tmp_path / "many", text, tokenizer_dir, "--num_proc", "2", "--shard_mb", "0.004",
                           "--seed", "3")
-    a, b = data_io.load_binarized(one), data_io.load_binarized(many)
+    a, b = data_format.load_binarized(one), data_format.load_binarized(many)
     assert a.meta["shards"] == 1 and b.meta["shards"] > 5 and len(b.shards) == b.meta["shards"]
     assert as_lists(a) == as_lists(b)
     for key in ("lines", "blank_lines", "dropped_short", "n_sequences", "n_tokens", "max_id"):
@@ -72,7 +72,7 @@ def test_sharded_equals_one_process_and_the_per_line_reference(tmp_path, article
         out = tmp_path / f"counts.{name}.pickle"
         assert run_main(token_counts.main, "--data_file", path, "--token_counts_dump", out,
                         "--vocab_size", len(tok)).returncode == 0
-        counts[name] = data_io.load_token_counts(out)[0]
+        counts[name] = data_format.load_token_counts(out)[0]
     assert np.array_equal(counts["one"], counts["many"])
     assert np.array_equal(counts["one"], np.bincount(np.concatenate([np.array(k) for k in kept]), minlength=len(tok)))
 
@@ -83,7 +83,7 @@ def test_valid_split_and_counts_match_across_shards(tmp_path, articles, tokenize
     for name, extra in (("one", ("--num_proc", "1")), ("many", ("--num_proc", "2", "--shard_mb", "0.004"))):
         train, _ = binarize(tmp_path / name, text, tokenizer_dir, "--valid_size", "40", *extra)
         valid = str(train).replace(".pickle", ".valid.pickle")
-        runs[name] = (data_io.load_binarized(train), data_io.load_binarized(valid))
+        runs[name] = (data_format.load_binarized(train), data_format.load_binarized(valid))
     (t1, v1), (t2, v2) = runs["one"], runs["many"]
     head = v2.head(7)  # scripts/evaluate.py --max_sequences 7: the first 7 held-out sequences
     assert as_lists(head) == as_lists(v2)[:7] and head.n_tokens == sum(map(len, as_lists(v2)[:7]))
@@ -94,7 +94,7 @@ def test_valid_split_and_counts_match_across_shards(tmp_path, articles, tokenize
     assert run_main(token_counts.main, "--data_file", tmp_path / "many" / "binarized_text.tiny-bert.pickle",
                     "--token_counts_dump", out, "--vocab_size", t1.meta["vocab_size"]).returncode == 0
     expected = np.bincount(np.concatenate(t1.sequences()), minlength=t1.meta["vocab_size"])
-    assert np.array_equal(data_io.load_token_counts(out)[0], expected)
+    assert np.array_equal(data_format.load_token_counts(out)[0], expected)
 
 
 def test_machines_share_the_work_with_shard_i_of_n(tmp_path, articles, tokenizer_dir):
@@ -107,7 +107,7 @@ def test_machines_share_the_work_with_shard_i_of_n(tmp_path, articles, tokenizer
         assert not out.exists() and "still to do" in proc.stderr
     _, proc = binarize(parts, text, tokenizer_dir, "--shard_mb", "0.004", "--shard", "1/3")
     assert out.exists()
-    assert as_lists(data_io.load_binarized(whole)) == as_lists(data_io.load_binarized(out))
+    assert as_lists(data_format.load_binarized(whole)) == as_lists(data_format.load_binarized(out))
 
 
 @pytest.mark.slow
@@ -130,12 +130,12 @@ def test_a_killed_binarization_resumes(tmp_path, articles, tokenizer_dir):
     done = len(list(shards.glob("*.json")))
     out = work / "binarized_text.tiny-bert.pickle"
     assert not out.exists() and done >= 5, "the run should have been killed halfway"
-    n_shards = data_io.load_binarized(fresh).meta["shards"]
+    n_shards = data_format.load_binarized(fresh).meta["shards"]
     assert done < n_shards
 
     _, proc = binarize(work, text, tokenizer_dir, "--shard_mb", "0.004", "--num_proc", "1")
     assert f"{n_shards} shards" in proc.stderr and f"holds {n_shards}, {done} already done" in proc.stderr
-    assert as_lists(data_io.load_binarized(out)) == as_lists(data_io.load_binarized(fresh))
+    assert as_lists(data_format.load_binarized(out)) == as_lists(data_format.load_binarized(fresh))
     assert not list(shards.glob(".*.tmp")), "a half-written shard of the killed run was left behind"
 
 
@@ -145,10 +145,10 @@ def test_changed_settings_redo_the_shards(tmp_path, articles, tokenizer_dir):
     _, proc = binarize(tmp_path / "a", text, tokenizer_dir, "--shard_mb", "0.004", "--min_tokens", "5")
     assert " 0 already done" in proc.stderr
     fresh, _ = binarize(tmp_path / "b", text, tokenizer_dir, "--shard_mb", "0.004", "--min_tokens", "5")
-    assert as_lists(data_io.load_binarized(out)) == as_lists(data_io.load_binarized(fresh))
+    assert as_lists(data_format.load_binarized(out)) == as_lists(data_format.load_binarized(fresh))
     # Only the seed changed: every shard is reused, only the order is drawn again.
     _, proc = binarize(tmp_path / "b", text, tokenizer_dir, "--shard_mb", "0.004", "--min_tokens", "5", "--seed", "9")
-    n = data_io.load_binarized(fresh).meta["shards"]
+    n = data_format.load_binarized(fresh).meta["shards"]
     assert f"holds {n}, {n} already done" in proc.stderr
 
 
@@ -171,13 +171,13 @@ def test_bad_flags_fail_before_any_work(tmp_path, tokenizer_dir, flags, needle):
 
 def test_a_manifest_without_its_arrays_is_a_clear_error(tmp_path, articles, tokenizer_dir):
     out, _ = binarize(tmp_path, dump_text(articles[:20]), tokenizer_dir)
-    shards = data_io.shards_folder(out)
+    shards = data_format.shards_folder(out)
     (shards / "order.npy").unlink()
-    with pytest.raises(data_io.InputError, match="order.npy, which is missing: keep the .pickle beside"):
-        data_io.load_binarized(out)
+    with pytest.raises(data_format.InputError, match="order.npy, which is missing: keep the .pickle beside"):
+        data_format.load_binarized(out)
     np.save(shards / "order.npy", np.arange(3))
-    with pytest.raises(data_io.InputError, match="do not match"):
-        data_io.load_binarized(out)
+    with pytest.raises(data_format.InputError, match="do not match"):
+        data_format.load_binarized(out)
 
 
 # -- the dataset and the data order -------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_epoch_batches_are_distributed_sampler_then_grouped_batch_sampler(n, wor
 
 
 def special_ids(tokenizer_dir):
-    return data_io.special_token_ids(BertTokenizerFast.from_pretrained(tokenizer_dir))
+    return data_format.special_token_ids(BertTokenizerFast.from_pretrained(tokenizer_dir))
 
 
 def test_mapped_dataset_gives_todays_items_and_batches(tmp_path, articles, tokenizer_dir):
@@ -209,9 +209,9 @@ def test_mapped_dataset_gives_todays_items_and_batches(tmp_path, articles, token
     unknown = "zqx vwy qqj xxz jjv wqz the"  # words out of the tiny vocab: mostly [UNK]
     text = dump_text(articles[:60], extra=[long, unknown, unknown + " river", long])
     out, _ = binarize(tmp_path, text, tokenizer_dir, "--shard_mb", "0.004", "--valid_size", "10", "--min_tokens", "5")
-    mapped = data_io.load_binarized(out)
+    mapped = data_format.load_binarized(out)
     assert isinstance(mapped.shards[0], np.memmap) and len(mapped.shards) > 5
-    in_memory = data_io.Binarized.from_sequences(mapped.sequences())
+    in_memory = data_format.Binarized.from_sequences(mapped.sequences())
     params = SequenceSpec(special_ids(tokenizer_dir), max_len=64, min_len=12)
     ours, ref = LmSeqsDataset(params, mapped), InMemoryLmSeqsDataset(params, in_memory)
     assert len(ours) == len(ref)
@@ -233,11 +233,11 @@ def test_mapped_dataset_gives_todays_items_and_batches(tmp_path, articles, token
 
 def test_the_single_file_format_still_loads_and_gives_the_same_dataset(tmp_path, articles, tokenizer_dir):
     out, _ = binarize(tmp_path, dump_text(articles[:30]), tokenizer_dir, "--shard_mb", "0.004")
-    mapped = data_io.load_binarized(out)
+    mapped = data_format.load_binarized(out)
     old = tmp_path / "old.pickle"
     flat = np.concatenate(mapped.sequences())
-    data_io.save_binarized(old, flat, data_io.offsets_from_lengths(mapped.lengths), mapped.meta)
-    loaded = data_io.load_binarized(old)
+    data_format.save_binarized(old, flat, data_format.offsets_from_lengths(mapped.lengths), mapped.meta)
+    loaded = data_format.load_binarized(old)
     assert loaded.meta["n_sequences"] == len(mapped) and as_lists(loaded) == as_lists(mapped)
     params = SequenceSpec(special_ids(tokenizer_dir), max_len=64)
     a, b = LmSeqsDataset(params, loaded), LmSeqsDataset(params, mapped)
@@ -253,11 +253,11 @@ def test_training_on_mapped_shards_equals_training_on_the_single_file(tmp_path, 
 
     text = "\n".join(sentences(articles)) + "\n"
     mapped_file, _ = binarize(tmp_path / "mapped", text, tokenizer_dir, "--shard_mb", "0.01", "--num_proc", "2")
-    mapped = data_io.load_binarized(mapped_file)
+    mapped = data_format.load_binarized(mapped_file)
     assert len(mapped.shards) > 3
     single = tmp_path / "single.pickle"
-    data_io.save_binarized(single, np.concatenate(mapped.sequences()), data_io.offsets_from_lengths(mapped.lengths),
-                           mapped.meta)
+    offsets = data_format.offsets_from_lengths(mapped.lengths)
+    data_format.save_binarized(single, np.concatenate(mapped.sequences()), offsets, mapped.meta)
     argv = with_args(base_argv, log_interval=1)
     train.main(with_args(argv, data_file=mapped_file, dump_path=tmp_path / "run_mapped"))
     train.main(with_args(argv, data_file=single, dump_path=tmp_path / "run_single"))

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-import data_io
 import train
-import train_args
 from conftest import input_error, write_bert_vocab
-from errors import InputError
+from core import files
+from core.errors import InputError
 from scripts import binarized_data, evaluate, token_counts
 from scripts.extract import distilbert as extract_student
 from train_helpers import with_args, write_data
+from training import data_format, train_args
 
 TIMING = ("tokens_per_s", "rss_gib", "gpu_allocated_gib", "gpu_reserved_gib", "gpu_peak_gib")
 
@@ -272,7 +272,7 @@ def test_an_output_path_that_is_a_folder_or_a_device(run_files, tmp_path, capsys
         "--data_file", arg(argv, "data_file"), "--token_counts_dump", tmp_path / "counts"])
     # atomic_write renames over its target: it must never replace a device node
     with pytest.raises(InputError, match="not a regular file"):
-        data_io.check_writable("/dev/null")
+        files.check_writable("/dev/null")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -282,7 +282,7 @@ def test_a_read_only_folder(tmp_path):
     ro.chmod(0o555)
     try:
         with pytest.raises(InputError, match="is not writable"):
-            data_io.check_writable(ro / "x.pickle")
+            files.check_writable(ro / "x.pickle")
     finally:
         ro.chmod(0o755)
 
@@ -290,7 +290,7 @@ def test_a_read_only_folder(tmp_path):
 def test_a_place_no_one_can_write(tmp_path):
     # /proc refuses new run_files even to root: the stand-in for a read-only or missing mount
     with pytest.raises(InputError, match="is not writable"):
-        data_io.check_writable("/proc/distil-test/out.pickle")
+        files.check_writable("/proc/distil-test/out.pickle")
 
 
 # ---- resumed logs, stale temporary run_files, file modes, vocabularies ------------------------------------
@@ -320,11 +320,11 @@ def test_metrics_after_resume_read_as_if_never_interrupted(run_files, tmp_path, 
 def test_written_files_respect_the_umask(run_files, tmp_path):
     old = os.umask(0o022)
     try:
-        data_io.save_token_counts(tmp_path / "c.pickle", np.ones(4, dtype=np.int64), {})
+        data_format.save_token_counts(tmp_path / "c.pickle", np.ones(4, dtype=np.int64), {})
         _, argv = run_files
         train.main(with_args(argv, dump_path=tmp_path / "run", stop_after_iter=4, checkpoint_interval=2))
         os.umask(0o077)
-        data_io.save_token_counts(tmp_path / "private.pickle", np.ones(4, dtype=np.int64), {})
+        data_format.save_token_counts(tmp_path / "private.pickle", np.ones(4, dtype=np.int64), {})
     finally:
         os.umask(old)
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731

@@ -3,8 +3,8 @@ train.sh's OBJECTIVE=, the demo and its time estimate all read; an explicit --al
 
 import pytest
 
-import train_args
-from losses import LOSS_NAMES
+from training import train_args
+from training.losses import LOSS_NAMES
 
 REQUIRED = ["--dump_path", "d", "--data_file", "f", "--student_config", "c", "--teacher_type", "bert",
             "--teacher_name", "t"]  # fmt: skip

@@ -22,8 +22,8 @@ from transformers import (
     pipeline,
 )
 
-import utils
 from conftest import ROOT, run_main
+from core import loading
 from scripts import binarized_data, token_counts
 from scripts.extract import student as extract
 
@@ -72,7 +72,7 @@ def test_a_student_given_every_layer_reproduces_its_teacher(tmp_path, articles, 
     run_main(extract.main, "--model_type", kind, "--model_name", tmp_path / "teacher", "--student_config", config,
              "--dump_checkpoint", out, check=True)  # fmt: skip
     student = type(teacher)(type(teacher.config).from_json_file(str(config)))
-    utils.load_student_weights(student, out)
+    loading.load_student_weights(student, out)
     tok.pad_token = tok.pad_token or tok.eos_token  # GPT-2 has no pad token; right padding, masked out
     ids = tok(["the city of the river", "a man"], padding=True, return_tensors="pt")
     with torch.no_grad():

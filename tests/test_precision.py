@@ -5,8 +5,8 @@ import contextlib
 import pytest
 import torch
 
-import precision
-from precision import Precision
+from core import precision
+from core.precision import Precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
 

@@ -25,10 +25,9 @@ from transformers import (
     BertTokenizer,
 )
 
-import qa
-import qa_distill
 from conftest import ROOT, input_error, run_main, write_bert_vocab
 from scripts import make_qa_data, run_qa
+from tasks import qa, qa_distill
 from test_glue import FAST
 from train_helpers import make_teacher_dir
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
-from errors import InputError
-from losses import RELATION_LOSSES, relation_losses
-from models import RowsLM, attention_projections, relation_layers
+from core.errors import InputError
 from train_helpers import build_distiller
+from training.losses import RELATION_LOSSES, relation_losses
+from training.models import RowsLM, attention_projections, relation_layers
 
 VOCAB = 40
 

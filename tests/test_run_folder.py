@@ -5,7 +5,7 @@ through real runs."""
 
 import pytest
 
-from run_folder import OLD_SUFFIXES, Replacement
+from core.run_folder import OLD_SUFFIXES, Replacement
 
 
 def contents(folder):

@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data_io
 import train
 from conftest import input_error, run_main, write_bert_vocab
+from core import files
 from scripts import binarized_data, evaluate, token_counts
 from test_glue import custom_task, teacher  # noqa: F401 (fixtures)
 from test_glue_trust import custom_args
 from train_helpers import make_teacher_dir, sentences, with_args, write_student_config
+from training import data_checks, data_format
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,8 @@ def test_a_held_out_file_that_overlaps_the_training_data(tmp_path, corpus, token
     assert not valid_file.exists()
     # a copy of it put back (or kept elsewhere beside the folder) is refused as stale, by every reader
     valid_file.write_bytes(old_valid)
-    with pytest.raises(data_io.InputError, match="is stale: .* has been binarized again"):
-        data_io.load_binarized(valid_file)
+    with pytest.raises(data_format.InputError, match="is stale: .* has been binarized again"):
+        data_format.load_binarized(valid_file)
     assert "is stale" in train_error(with_args(argv, valid_file=valid_file))
     # variant: a held-out manifest of the current shuffle whose positions overlap the training file's
     binarize(tmp_path, corpus, tokenizer_dir, "--valid_size", 20)
@@ -93,8 +94,8 @@ def test_a_held_out_file_that_overlaps_the_training_data(tmp_path, corpus, token
                                        "--output", tmp_path / "eval.json"])  # fmt: skip
     assert "shares 20 of its 40 sequences with" in line and not (tmp_path / "eval.json").exists()
     # the proper held-out file passes both
-    data_io.check_held_out(train_file, data_io.load_binarized(train_file), valid_file,
-                           data_io.load_binarized(valid_file))  # fmt: skip
+    data_checks.check_held_out(train_file, data_format.load_binarized(train_file), valid_file,
+                           data_format.load_binarized(valid_file))  # fmt: skip
 
 
 def damage(folder, name, change):
@@ -121,12 +122,12 @@ def test_damage_that_keeps_array_sizes(tmp_path, corpus, tokenizer_dir, teacher_
     name, change, words = DAMAGE[case]
     train_file, _ = binarize(tmp_path, corpus, tokenizer_dir)
     counts = count(train_file, tmp_path / "counts.pickle", vocab_size(tokenizer_dir))
-    damage(data_io.shards_folder(train_file), name, change)
+    damage(data_format.shards_folder(train_file), name, change)
     if words is None:  # a permutation still: nothing to refuse
-        assert len(data_io.load_binarized(train_file)) > 0
+        assert len(data_format.load_binarized(train_file)) > 0
         return
-    with pytest.raises(data_io.InputError, match=f"is damaged: .*{words}"):
-        data_io.load_binarized(train_file)
+    with pytest.raises(data_format.InputError, match=f"is damaged: .*{words}"):
+        data_format.load_binarized(train_file)
     assert words in train_error(train_argv(tmp_path, train_file, counts, teacher_dir, tokenizer_dir))
     assert words in input_error(token_counts.main, ["--data_file", train_file, "--token_counts_dump",
                                                     tmp_path / "c2.pickle", "--vocab_size", 400])  # fmt: skip
@@ -136,7 +137,7 @@ def test_damage_that_keeps_array_sizes(tmp_path, corpus, tokenizer_dir, teacher_
 def test_token_ids_beyond_the_vocabulary(tmp_path, corpus, tokenizer_dir, teacher_dir):
     train_file, _ = binarize(tmp_path, corpus, tokenizer_dir)
     counts = count(train_file, tmp_path / "counts.pickle", vocab_size(tokenizer_dir))
-    damage(data_io.shards_folder(train_file), "00000.tokens.npy", lambda a: a.__setitem__(5, 60000))
+    damage(data_format.shards_folder(train_file), "00000.tokens.npy", lambda a: a.__setitem__(5, 60000))
     assert "holds token ids >= the vocabulary size" in train_error(
         train_argv(tmp_path, train_file, counts, teacher_dir, tokenizer_dir))
     line = input_error(token_counts.main, ["--data_file", train_file, "--token_counts_dump", tmp_path / "c2.pickle",
@@ -158,7 +159,7 @@ def test_token_counts_of_another_vocabulary_of_the_same_size(tmp_path, corpus, t
     assert "counts the ids of another vocabulary of the same size" in line
     # counts of this vocabulary pass
     ours = count(train_file, tmp_path / "our_counts.pickle", len(vocab))
-    assert json.dumps(data_io.load_token_counts(ours)[1]["vocab_digest"])
+    assert json.dumps(data_format.load_token_counts(ours)[1]["vocab_digest"])
 
 
 # -- 2. tracebacks and stuck states --------------------------------------------------------------------------
@@ -178,17 +179,17 @@ def break_header(path):
                                         ("lengths", truncate_half), ("lengths", break_header)])  # fmt: skip
 def test_a_truncated_shard_is_repaired(tmp_path, corpus, tokenizer_dir, array, harm):
     train_file, _ = binarize(tmp_path, corpus, tokenizer_dir, "--shard_mb", 0.002)
-    before = [s.tolist() for s in data_io.load_binarized(train_file).sequences()]
-    folder = data_io.shards_folder(train_file)
+    before = [s.tolist() for s in data_format.load_binarized(train_file).sequences()]
+    folder = data_format.shards_folder(train_file)
     harm(folder / f"00001.{array}.npy")
-    with pytest.raises(data_io.InputError, match="damaged|do not match"):
-        data_io.load_binarized(train_file)
+    with pytest.raises(data_format.InputError, match="damaged|do not match"):
+        data_format.load_binarized(train_file)
     binarize(tmp_path, corpus, tokenizer_dir, "--shard_mb", 0.002)  # the rerun the error message asks for
-    assert [s.tolist() for s in data_io.load_binarized(train_file).sequences()] == before
+    assert [s.tolist() for s in data_format.load_binarized(train_file).sequences()] == before
 
 
 def test_float_flags_refuse_nan_and_infinity_in_every_script(tmp_path, corpus, tokenizer_dir, teacher_dir):
-    from errors import finite_float
+    from core.errors import finite_float
 
     assert finite_float("2.5") == 2.5 and finite_float("-1e-3") == -1e-3
     root = Path(__file__).resolve().parents[1]
@@ -221,8 +222,8 @@ def test_format_versions_are_named_as_read(tmp_path, corpus, tokenizer_dir):
     record = pickle.loads(train_file.read_bytes())
     record["format_version"] = 3
     train_file.write_bytes(pickle.dumps(record))
-    with pytest.raises(data_io.InputError, match="format version 3; this code reads 1 and 2"):
-        data_io.load_binarized(train_file)
+    with pytest.raises(data_format.InputError, match="format version 3; this code reads 1 and 2"):
+        data_format.load_binarized(train_file)
 
 
 def test_temporary_files_of_a_living_writer_are_left_alone(tmp_path):
@@ -233,23 +234,23 @@ def test_temporary_files_of_a_living_writer_are_left_alone(tmp_path):
     import sys
 
     target = tmp_path / "offsets.npy"
-    with data_io.atomic_write(target) as f:  # this process's own, mid-write
+    with files.atomic_write(target) as f:  # this process's own, mid-write
         mine = next(tmp_path.glob(".offsets.npy.*.tmp"))
-        assert mine.name.startswith(f".offsets.npy.{data_io.HOST}.{os.getpid()}.") and mine.exists()
+        assert mine.name.startswith(f".offsets.npy.{files.HOST}.{os.getpid()}.") and mine.exists()
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout.strip()  # fmt: skip
-        gone = tmp_path / f".offsets.npy.{data_io.HOST}.{dead}.abcd.tmp"
+        gone = tmp_path / f".offsets.npy.{files.HOST}.{dead}.abcd.tmp"
         gone.write_text("left by a killed run")
         other_host = tmp_path / ".offsets.npy.elsewhere.1.abcd.tmp"
         other_host.write_text("another machine's run, still writing")
-        data_io.remove_stale_tmp(target)  # what a second writer does first
+        files.remove_stale_tmp(target)  # what a second writer does first
         assert mine.exists() and other_host.exists() and not gone.exists()
         f.write(b"done")
     assert target.read_bytes() == b"done" and not mine.exists()
     # two processes writing one file at once both finish; the file is one of them, whole
-    script = ("import sys, data_io\n"
+    script = ("import sys\nfrom core import files\n"
               "for i in range(200):\n"
-              "    with data_io.atomic_write(sys.argv[1]) as f:\n"
+              "    with files.atomic_write(sys.argv[1]) as f:\n"
               "        f.write(sys.argv[2].encode() * 1000)\n")  # fmt: skip
     procs = [subprocess.Popen([sys.executable, "-c", script, str(target), tag]) for tag in "ab"]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
@@ -295,12 +296,12 @@ def test_the_checks_benchmark_runs_and_compares_with_the_unchecked_load(tmp_path
 
 def test_a_teacher_of_the_wrong_type_gives_no_student(tmp_path, articles, tokenizer_dir, teacher_dir):
     """A checkpoint of another architecture loads into any LM class with every weight random; every
-    extraction (and train.py's teacher, through utils.load_lm) refuses it by its model_type, and refuses a
+    extraction (and train.py's teacher, through loading.load_lm) refuses it by its model_type, and refuses a
     checkpoint of the right type that does not fill every weight it copies."""
     from safetensors.torch import load_file, save_file
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    import utils
+    from core import loading
     from scripts.extract import distilbert as extract_bert, student as extract_student
     from test_other_students import bpe_teacher
 
@@ -322,8 +323,8 @@ def test_a_teacher_of_the_wrong_type_gives_no_student(tmp_path, articles, tokeni
     for main, argv, words in cases:
         assert words in input_error(main, [*argv, "--dump_checkpoint", out])
         assert not out.exists()
-    with pytest.raises(data_io.InputError, match="is a RoBERTa checkpoint"):  # train.py's teacher
-        utils.load_lm(GPT2LMHeadModel, str(tmp_path / "roberta"), "the teacher")
+    with pytest.raises(data_format.InputError, match="is a RoBERTa checkpoint"):  # train.py's teacher
+        loading.load_lm(GPT2LMHeadModel, str(tmp_path / "roberta"), "the teacher")
     # the right type, but a checkpoint that lacks some of the weights copied (a pruned or cut file)
     pruned = tmp_path / "pruned"
     shutil.copytree(teacher_dir, pruned)
@@ -347,7 +348,7 @@ def test_every_student_type_takes_inputs_up_to_its_limit_and_no_longer(tmp_path,
     import torch
     from transformers import AutoModelForMaskedLM, BertTokenizerFast, DistilBertForMaskedLM
 
-    import utils
+    from core import loading
     from test_other_students import bpe_teacher
     from train_helpers import tiny_bert_config, tiny_student_config
 
@@ -358,7 +359,7 @@ def test_every_student_type_takes_inputs_up_to_its_limit_and_no_longer(tmp_path,
         config = tiny_bert_config(len(tok)) if kind == "bert" else tiny_student_config(len(tok))
         model = AutoModelForMaskedLM.from_config(config) if kind == "bert" else DistilBertForMaskedLM(config)
     tok.model_max_length = int(1e30)  # a tokenizer folder that records no limit
-    limit = utils.model_input_limit(tok, model.config)
+    limit = loading.model_input_limit(tok, model.config)
     positions = model.config.max_position_embeddings
     assert limit == (positions - model.config.pad_token_id - 1 if kind == "roberta" else positions)
     model.eval()
@@ -401,8 +402,8 @@ def held_lock():
     procs = []
 
     def hold(lock_file):
-        code = ("import sys, time, data_io\n"
-                "with data_io.folder_lock(sys.argv[1], 'x'):\n"
+        code = ("import sys, time\nfrom core import files\n"
+                "with files.folder_lock(sys.argv[1], 'x'):\n"
                 "    print('locked', flush=True)\n"
                 "    time.sleep(120)\n")  # fmt: skip
         proc = subprocess.Popen([sys.executable, "-c", code, str(lock_file)], stdout=subprocess.PIPE, text=True)

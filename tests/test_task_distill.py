@@ -22,10 +22,10 @@ from transformers import (
     DataCollatorWithPadding,
 )
 
-import task_distill
 import test_glue
 from conftest import ROOT, input_error, write_bert_vocab
 from scripts import run_glue
+from tasks import task_distill, teacher_pass
 from test_glue import FAST, write_tsv
 from train_helpers import make_headless_teacher_dir, tiny_bert_config, write_student_config
 
@@ -101,7 +101,7 @@ def test_cached_teacher_logits_equal_the_logits_computed_on_the_fly(tokenizer_di
     texts = [" ".join(words[(i * 7 + k) % len(words)] for k in range(1 + i % 9)) for i in range(23)]
     ds = datasets.Dataset.from_dict({"text": texts}).map(lambda b: tok(b["text"]), batched=True)
     ds = ds.remove_columns("text")
-    cached = task_distill.teacher_logits(model, ds, DataCollatorWithPadding(tok), 4, torch.device("cpu"))
+    cached = teacher_pass.teacher_logits(model, ds, DataCollatorWithPadding(tok), 4, torch.device("cpu"))
     assert cached.shape == (23, 3) and cached.dtype == torch.float32
     collate = DataCollatorWithPadding(tok)
     with torch.no_grad():

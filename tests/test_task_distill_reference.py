@@ -26,8 +26,8 @@ from transformers import (
     TrainerCallback,
 )
 
-import glue_runs
 from scripts import run_glue
+from tasks import glue_runs
 from test_glue import FAST
 from test_task_distill import custom_task, task_teacher, teacher  # noqa: F401 (fixtures)
 from train_helpers import tiny_bert_config

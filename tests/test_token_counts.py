@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import run_main, run_script
-from data_io import load_token_counts, offsets_from_lengths, save_binarized
 from scripts import token_counts
+from training.data_format import load_token_counts, offsets_from_lengths, save_binarized
 
 SCRIPT = "scripts/token_counts.py"
 

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import data_io
 import train
-import train_args
 from conftest import run_script, write_bert_vocab
 from train_helpers import (
     make_headless_teacher_dir,
@@ -18,6 +16,7 @@ from train_helpers import (
     write_data,
     write_student_config,
 )
+from training import data_format, train_args
 
 
 def fails(argv, tmp_path, capsys, match):
@@ -46,10 +45,10 @@ def test_data_from_another_tokenizer(run_files, tmp_path, capsys, articles):
     fails(with_args(argv, data_file=data_file), tmp_path, capsys, "binarized with a vocabulary of")
 
     # same vocabulary size, but another [MASK] id: the metadata tells
-    b = data_io.load_binarized(argv[argv.index("--data_file") + 1])
+    b = data_format.load_binarized(argv[argv.index("--data_file") + 1])
     meta = dict(b.meta, special_token_ids=dict(b.meta["special_token_ids"], mask_token=7))
     swapped = tmp_path / "swapped.pickle"
-    data_io.save_binarized(swapped, b.token_ids, b.offsets, meta)
+    data_format.save_binarized(swapped, b.token_ids, b.offsets, meta)
     fails(with_args(argv, data_file=swapped), tmp_path, capsys, "mask_token id 7")
 
     # upstream's list of arrays has no metadata: ids past the vocabulary are still caught
@@ -60,7 +59,7 @@ def test_data_from_another_tokenizer(run_files, tmp_path, capsys, articles):
     fails(with_args(argv, data_file=upstream), tmp_path, capsys, "token ids >= the vocabulary size")
 
     counts = tmp_path / "counts.pickle"
-    data_io.save_token_counts(counts, np.ones(50, dtype=np.int64), {})
+    data_format.save_token_counts(counts, np.ones(50, dtype=np.int64), {})
     fails(with_args(argv, token_counts=counts), tmp_path, capsys, "counts 50 token ids but the vocabulary has")
 
 

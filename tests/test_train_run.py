@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import precision
 import train
 from conftest import ROOT
+from core import precision
 from train_helpers import read_metrics, with_args
 
 
@@ -114,7 +114,7 @@ def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(tmp_path, base_arg
 def test_avx2_kernels_have_no_fast_bf16():
     """PyTorch's and oneDNN's kernels both limited to AVX2 run as on a CPU without AVX-512: bf16 is emulated there,
     and measuring it must report it slow. (ATEN_CPU_CAPABILITY alone leaves oneDNN's AMX matmuls in place.)"""
-    code = "import precision; print(precision.cpu_bf16_is_fast()); print(precision.cpu_description())"
+    code = "from core import precision; print(precision.cpu_bf16_is_fast()); print(precision.cpu_description())"
     env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     fast, description = proc.stdout.strip().splitlines()
@@ -122,7 +122,7 @@ def test_avx2_kernels_have_no_fast_bf16():
 
 
 def test_the_bf16_decision_compares_measured_times():
-    from precision import bf16_pays
+    from core.precision import bf16_pays
 
     assert bf16_pays(1.0, [0.9, 0.5])  # the first fast run decides
     assert not bf16_pays(1.0, [0.9] * 5)  # never within 0.8x of fp32

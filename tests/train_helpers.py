@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizer, DistilBertConfig
 
-import data_io
+from training import data_format
 
 
 def tiny_bert_config(vocab_size, layers=4, hidden=32, heads=2, ffn=64, max_pos=64):
@@ -79,7 +79,7 @@ def write_data(folder, tokenizer_dir, articles, name="tiny-bert", max_lines=None
     lines = list(sentences(articles))[:max_lines]
     seqs = [np.asarray(tok(line)["input_ids"], dtype=np.uint16) for line in lines]
     token_ids = np.concatenate(seqs)
-    offsets = data_io.offsets_from_lengths([len(s) for s in seqs])
+    offsets = data_format.offsets_from_lengths([len(s) for s in seqs])
     special = {
         "cls_token": tok.cls_token_id,
         "sep_token": tok.sep_token_id,
@@ -97,9 +97,9 @@ def write_data(folder, tokenizer_dir, articles, name="tiny-bert", max_lines=None
     }
     data_file = folder / f"binarized_text.{name}.pickle"
     counts_file = folder / f"token_counts.{name}.pickle"
-    data_io.save_binarized(data_file, token_ids, offsets, meta)
+    data_format.save_binarized(data_file, token_ids, offsets, meta)
     counts = np.bincount(token_ids.astype(np.int64), minlength=len(tok))
-    data_io.save_token_counts(counts_file, counts, {"tokenizer_name": str(tokenizer_dir)})
+    data_format.save_token_counts(counts_file, counts, {"tokenizer_name": str(tokenizer_dir)})
     return data_file, counts_file
 
 
@@ -146,8 +146,8 @@ def tiny_run_files(folder, tokenizer_dir, articles, student_layers=2):
 def build_distiller(argv, device="cpu"):
     """train.py's setup, in-process, without writing anything: (args, distiller, tokenizer)."""
     import train
-    import train_args
     from distiller import Distiller
+    from training import train_args
     from utils import DistInfo
 
     if "--dump_path" not in argv:

@@ -29,10 +29,10 @@ from pathlib import Path
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForMaskedLM
 
-from data_io import check_writable
-from errors import InputError, reports_errors
+from core.errors import InputError, reports_errors
+from core.files import check_writable
+from core.loading import load_config, load_lm, tied_keys
 from scripts.extract.distilbert import parse_layers, save, spread_layers
-from utils import load_config, load_lm, tied_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 

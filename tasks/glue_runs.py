@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
-import glue
-import task_distill
-from data_io import atomic_write, check_writable
-from errors import InputError, NonFiniteLoss, first_line, say
-from run_folder import Replacement
+from core.errors import InputError, NonFiniteLoss, first_line, say
+from core.files import atomic_write, check_writable
+from core.run_folder import Replacement
+from tasks import glue, teacher_pass
 
 
 def model_identity(name, config, tokenizer):
@@ -360,5 +359,5 @@ def callbacks():
 
 def model_inputs(dataset, model, also=()):
     """Only the inputs the model's forward takes (DistilBERT has no token_type_ids), and the columns `also`."""
-    keep = task_distill.forward_inputs(model) | {"label", *also}
+    keep = teacher_pass.forward_inputs(model) | {"label", *also}
     return dataset.remove_columns([c for c in dataset.column_names if c not in keep])

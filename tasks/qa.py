@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import InputError, first_line
+from core.errors import InputError, first_line
 
 
 @dataclass

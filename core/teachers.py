@@ -7,8 +7,8 @@ script needs (an encoder not yet fine-tuned) in one line that says how to get on
 check of the losses that compare hidden states.
 """
 
-from errors import InputError
-from utils import load_lm
+from core.errors import InputError
+from core.loading import load_lm
 
 
 def load_teacher(model_class, path, needs=None):

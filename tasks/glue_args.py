@@ -8,10 +8,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import glue
-import task_distill
-from errors import InputError, first_line, say
-from precision import Precision
+from core.errors import InputError, first_line, say
+from core.precision import Precision
+from tasks import glue, task_distill
 
 # The published fine-tuning setup of BERT and DistilBERT, where transformers' defaults differ.
 DEFAULTS = dict(

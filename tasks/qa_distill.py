@@ -19,12 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import task_distill
-import teachers
-from data_io import atomic_write
-from errors import InputError, say
-from precision import autocast_dtype
-from utils import load_tokenizer
+from core import teachers
+from core.errors import InputError, say
+from core.files import atomic_write
+from core.loading import load_tokenizer
+from core.precision import autocast_dtype
+from tasks import teacher_pass
 
 TEACHER_START, TEACHER_END = "teacher_start", "teacher_end"  # the data columns of cached logits
 
@@ -112,7 +112,7 @@ def qa_trainer(d):
     class QATrainer(Trainer):
         def _set_signature_columns_if_needed(self):  # keep the cached logits beside the model's inputs
             if self._signature_columns is None:
-                keep = task_distill.forward_inputs(self.model) | {TEACHER_START, TEACHER_END}
+                keep = teacher_pass.forward_inputs(self.model) | {TEACHER_START, TEACHER_END}
                 self._signature_columns = sorted(keep)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -165,7 +165,7 @@ def load_teacher(path, student_tokenizer, texts):
     model, _ = teachers.load_teacher(AutoModelForQuestionAnswering, path, (
         "a question-answering model", "fine-tune it on the task first (run_qa.py --save_model: its squad/RUN/model)"))
     tokenizer = load_tokenizer(AutoTokenizer, path, "the teacher's tokenizer")
-    differs = task_distill.tokenization_differs(student_tokenizer, tokenizer, texts)
+    differs = teacher_pass.tokenization_differs(student_tokenizer, tokenizer, texts)
     if differs:
         raise InputError(f"the teacher {path} has {differs}: QA distillation compares start/end logits position "
                          "by position, so teacher and student need one tokenization")  # fmt: skip
@@ -180,7 +180,7 @@ def span_logits(model, dataset, collator, batch_size, device, dtype=None, desc="
     Trainer's evaluation returns them length-grouped, that is shuffled, and under torchrun one rank's share)."""
     from tqdm.auto import tqdm
 
-    keep = task_distill.forward_inputs(model)
+    keep = teacher_pass.forward_inputs(model)
     lengths = [len(ids) for ids in dataset["input_ids"]]
     order = sorted(range(len(dataset)), key=lengths.__getitem__)
     starts, ends = [None] * len(dataset), [None] * len(dataset)
@@ -206,8 +206,8 @@ def with_teacher_logits(teacher, identity, dataset, tokenizer, targs, cache_sett
     dtype = autocast_dtype(targs)
     start = time.time()
     lengths = np.array([len(ids) for ids in dataset["input_ids"]])
-    folder = task_distill.cache_folder(cache_setting)
-    path = folder / f"{task_distill.logits_key(identity, dataset, str(dtype), 'qa start/end')}.npy" if folder else None
+    folder = teacher_pass.cache_folder(cache_setting)
+    path = folder / f"{teacher_pass.logits_key(identity, dataset, str(dtype), 'qa start/end')}.npy" if folder else None
     logits = None
     if path is not None:
         try:

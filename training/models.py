@@ -7,8 +7,9 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import nn
 
-from errors import InputError
-from utils import load_config, load_pretrained, load_student_weights, logger
+from core.errors import InputError
+from core.loading import load_config, load_pretrained, load_student_weights
+from utils import logger
 
 
 def model_classes(kind):

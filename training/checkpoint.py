@@ -11,10 +11,11 @@ import zipfile
 
 import torch
 
-from data_io import atomic_write
-from errors import InputError, first_line
-from monitor import Meter, metrics_size
-from utils import RUN_CHECKPOINT, set_rng_state
+from core.errors import InputError, first_line
+from core.files import atomic_write
+from core.loading import RUN_CHECKPOINT
+from training.monitor import Meter, metrics_size
+from utils import set_rng_state
 
 CHECKPOINT = RUN_CHECKPOINT  # "checkpoint.pth" in the run folder, replaced atomically
 KEYS = ("student", "optimizer", "scheduler", "scaler", "progress", "meter", "data_order", "rng")

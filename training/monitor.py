@@ -7,7 +7,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from losses import LOSS_NAMES
+from training.losses import LOSS_NAMES
 
 
 class Meter:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import InputError, first_line
-from glue_files import Table, is_missing, read_parquet, read_table, read_text, read_tsv
+from core.errors import InputError, first_line
+from tasks.glue_files import Table, is_missing, read_parquet, read_table, read_text, read_tsv
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models import RowsLM
+from training.models import RowsLM
 
 EVAL_SEED = 0  # fixes the masked positions: the same for every model and every evaluation
 EVAL_BATCH_SIZE = 64  # sequences per batch (the masking draws per batch, so this is part of the recipe)

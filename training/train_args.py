@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import masking
-from errors import InputError, finite_float
-from losses import LOSS_NAMES, RELATION_LOSSES
+from core.errors import InputError, finite_float
+from training import masking
+from training.losses import LOSS_NAMES, RELATION_LOSSES
 from utils import logger
 
 # The published recipes as loss weights (alpha_<name>); every weight not listed is 0, and of mlm and clm only the

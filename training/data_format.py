@@ -1,4 +1,4 @@
-"""Reading and writing the pipeline's data files: binarized text and token counts.
+"""The pipeline's data format: binarized text and token counts, written and read.
 
 Both keep upstream's file names (`binarized_text.<tokenizer>.pickle`, `token_counts.<tokenizer>.pickle`)
 but hold a self-describing record instead of a bare list:
@@ -16,221 +16,33 @@ Sequence g is the tokens [offsets[g], offsets[g + 1]) of the shards laid end to 
 the speed of the disk (format 2: not at all until used), where upstream's pickled list of millions of
 small arrays costs a Python object per sequence.
 
-Unpickling can run arbitrary code, and these files get passed between people, so every load goes
-through a restricted unpickler that admits only numpy arrays, dtypes, numpy scalars and plain
-containers; the .npy arrays load with allow_pickle=False. Upstream's formats (a list of arrays; a list of
-ints) are still read.
+The format-2 manifest is JSON (it holds no array), in the file upstream's name gives; manifests pickled by
+earlier versions are still read. Unpickling can run arbitrary code, and these files get passed between
+people, so every pickle load goes through core.files' restricted unpickler, which admits only numpy arrays,
+dtypes, numpy scalars and plain containers; the .npy arrays load with allow_pickle=False. Upstream's formats
+(a list of arrays; a list of ints) are still read. Whether a file fits a tokenizer or a training set:
+training/data_checks.py.
 
 Nothing here imports torch or transformers: the data scripts stay light.
 """
 
-import contextlib
-import glob
 import hashlib
 import json
 import logging
 import os
 import pickle
-import socket
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-from errors import InputError
+from core.errors import InputError
+from core.files import atomic_write, safe_load_pickle
 
 FORMAT_VERSION = 1
-logger = logging.getLogger("distillation")  # utils.py configures it; importing utils here would make a cycle
+logger = logging.getLogger("distillation")  # utils.py configures it (the data scripts do not import torch)
 BINARIZED_KIND = "binarized_text"
 TOKEN_COUNTS_KIND = "token_counts"
-
-# (module, name) pairs a data file may reference. Plain containers (dict, list, tuple, str, int, float,
-# bytes, bool, None) need no lookup at all. numpy moved `core` to `_core` in 2.0: accept both spellings
-# so files written by either major version load.
-_ALLOWED_GLOBALS = {
-    (module, name)
-    for core in ("numpy.core", "numpy._core")
-    for module, name in (
-        (f"{core}.multiarray", "_reconstruct"),
-        (f"{core}.multiarray", "scalar"),
-        (f"{core}.numeric", "_frombuffer"),
-    )
-} | {("numpy", "ndarray"), ("numpy", "dtype")}
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it references {module}.{name}")
-
-
-def safe_load_pickle(path, *, remedy):
-    """Unpickle `path`, admitting only numpy arrays and plain containers.
-
-    `remedy` finishes every error message, e.g. "re-run scripts/binarized_data.py".
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist: {remedy}")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path} is empty: {remedy}")
-    try:
-        with open(path, "rb") as f:
-            obj = _SafeUnpickler(f).load()
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if msg.startswith("it references"):
-            raise InputError(
-                f"{path} is not a plain data file ({msg}, and loading it could run code); "
-                f"only numpy arrays and plain containers are accepted: {remedy}"
-            ) from None
-        raise InputError(f"{path} is truncated or damaged, or not a pickle ({msg}): {remedy}") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as e:
-        raise InputError(f"{path} is truncated or damaged ({type(e).__name__}: {e}): {remedy}") from None
-    return obj
-
-
-def _umask():
-    mask = os.umask(0)  # the only portable way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
-HOST = socket.gethostname().replace(".", "_")
-STALE_AFTER = 24 * 3600  # seconds: a temporary file of another machine this old has no living writer
-
-
-def _tmp_prefix(path):
-    """Temporary files of atomic_write(path) are named .<name>.<host>.<pid>.<random>.tmp: two processes (on
-    one machine or several sharing a file system) never share one, and a stale one names its owner."""
-    return f".{path.name}.{HOST}.{os.getpid()}."
-
-
-def _owner_alive(host, pid):
-    if host != HOST:
-        return None  # another machine's process: cannot be asked
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def remove_stale_tmp(path):
-    """Delete temporary files that an interrupted `atomic_write(path)` left beside `path`: those whose
-    process is gone (this machine), or, for another machine's, older than a day. A file another running
-    process is writing is left alone."""
-    path = Path(path)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        parts = stale.name[len(path.name) + 2 : -len(".tmp")].split(".")
-        alive = _owner_alive(parts[0], int(parts[1])) if len(parts) == 3 and parts[1].isdigit() else None
-        with contextlib.suppress(OSError):
-            if alive is False or (alive is None and time.time() - stale.stat().st_mtime > STALE_AFTER):
-                stale.unlink()
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode="wb"):
-    """Open a temporary file next to `path`; it replaces `path` only if the block finishes.
-
-    A crash or an error leaves no half-written output behind. The file gets the mode a plain open()
-    would give it (0666 less the umask), not mkstemp's owner-only 0600: others on a shared machine read it.
-    An OSError names `path`, not the temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
-    except OSError as e:
-        e.filename = str(path)
-        raise
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename == tmp:
-            e.filename = str(path)
-        raise
-
-
-@contextlib.contextmanager
-def folder_lock(lock_file, what):
-    """Hold an advisory lock on `lock_file` for the block: a second command on the same run folder (two
-    run_glue.py --overwrite_output_dir, two train.py --force) is refused in one line instead of both writing
-    into one folder. The lock goes with the process, however it ends (flock); the file stays."""
-    import fcntl
-
-    lock_file = Path(lock_file)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a+") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise InputError(f"{what} is in use by another command ({holder}): wait for it to finish, or give "
-                             "another folder") from None  # fmt: skip
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.flush()
-        yield
-
-
-def check_writable(path, what="output", *, folder=False):
-    """Raise InputError unless `path` (a file, or with `folder` a folder) can be created or replaced.
-
-    Run before the long work: a typo in an output path must not cost an hour of tokenizing. Creates
-    nothing: it probes the nearest existing ancestor with a temporary file and removes it.
-    """
-    path = Path(path)
-    if path.exists():
-        if folder and not path.is_dir():
-            raise InputError(f"{what} {path} exists and is not a folder: pick another path")
-        if not folder and not path.is_file():
-            kind = "a folder" if path.is_dir() else "not a regular file"
-            raise InputError(f"{what} {path} is {kind}: give a file path")
-    ancestor = path if folder and path.is_dir() else path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InputError(f"cannot write {what} {path}: {ancestor} is a file, not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".write-probe.", suffix=".tmp")
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise InputError(f"cannot write {what} {path}: {ancestor} is not writable ({reason})") from None
-    os.close(fd)
-    os.unlink(probe)
-
-
-def missing_local_path(name):
-    """True when `name` is meant as a local path but nothing is there.
-
-    A hub id is `name` or `namespace/name`. Anything absolute, starting with ./ ../ ~, with more than one
-    slash, or whose first part is an existing folder (`demo_run/teacher`) is a path: transformers would
-    answer a missing one with a confusing "Repo id must be in the form ..." or a network error.
-    """
-    text = str(name)
-    path = Path(text).expanduser()
-    if path.exists():
-        return False
-    if path.is_absolute() or text.startswith(("./", "../", "~", ".\\", "..\\")):
-        return True
-    parts = Path(text).parts
-    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
 
 
 def vocab_digest(tokenizer):
@@ -550,19 +362,6 @@ def check_contents(folder, shards, offsets, order):
         raise InputError(f"{folder} is damaged: {bad}: {BINARIZE_REMEDY}")
 
 
-def check_held_out(train_file, train, valid_file, valid):
-    """A held-out file must share no sequence with the training file. Two files of one binarization share
-    one order.npy, so their position ranges must not overlap; files of different folders are not compared."""
-    if train.span is None or valid.span is None or train.span[0] != valid.span[0]:
-        return
-    (_, a0, a1), (_, b0, b1) = train.span, valid.span
-    shared = max(0, min(a1, b1) - max(a0, b0))
-    if shared:
-        raise InputError(f"{valid_file} shares {shared:,} of its {b1 - b0:,} sequences with {train_file}: it is not "
-                         "held out; re-run scripts/binarized_data.py with --valid_size N to write both "
-                         "again")  # fmt: skip
-
-
 def load_binarized(path):
     """Load a binarized file: format 2 (a manifest of memory-mapped shards), format 1 (one pickle), or
     upstream's list of arrays."""
@@ -626,32 +425,3 @@ def _check_record(path, obj, kind, arrays, remedy, reads=str(FORMAT_VERSION)):
         a = obj.get(name)
         if not isinstance(a, np.ndarray) or a.dtype.kind not in "iu":
             raise InputError(f"{path} lacks an integer array {name!r}: {remedy}")
-
-
-def check_data_fits(data_file, data, data_meta, tokenizer, special):
-    """The data must have been binarized with the tokenizer in use (the teacher's): same vocabulary, same
-    special ids. InputError otherwise; a warning when an old file does not record its vocabulary."""
-    vocab = len(tokenizer)
-    remedy = f"re-binarize it with --tokenizer_name {tokenizer.name_or_path}"
-    if "vocab_size" in data_meta and data_meta["vocab_size"] != vocab:
-        raise InputError(
-            f"{data_file} was binarized with a vocabulary of {data_meta['vocab_size']} "
-            f"({data_meta.get('tokenizer_name')}) but the tokenizer has {vocab}: {remedy}"
-        )
-    for name, idx in (data_meta.get("special_token_ids") or {}).items():
-        if name in special and special[name] != idx:
-            raise InputError(f"{data_file} has {name} id {idx} but the tokenizer's is {special[name]}: {remedy}")
-    if data.max_id() >= vocab:
-        raise InputError(f"{data_file} holds token ids >= the vocabulary size {vocab}: {remedy}")
-    # Compare vocabularies, not names: the same vocabulary often sits in folders of different names.
-    data_tok, digest = data_meta.get("tokenizer_name"), data_meta.get("vocab_digest")
-    if digest is not None:
-        if digest != vocab_digest(tokenizer):
-            raise InputError(
-                f"{data_file} was binarized with another vocabulary of the same size ({data_tok}): {remedy}"
-            )
-    elif data_tok and Path(str(data_tok)).name != Path(str(tokenizer.name_or_path)).name:
-        logger.warning(
-            f"{data_file} was made with tokenizer {data_tok!r}, training uses {tokenizer.name_or_path!r}; "
-            f"the file does not record its vocabulary, so they could not be compared"
-        )

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from errors import InputError, first_line
+from core.errors import InputError, first_line
 
 # ----------------------------------------------------------------------------------------------------------
 # Tables: a file's columns, with each row's line number for messages

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import data_io
-from errors import InputError, finite_float
+from core.errors import InputError, finite_float
+from training import data_format
 
 
 @dataclass
@@ -33,7 +33,7 @@ def load_token_probs(counts_file, vocab, special_ids, smoothing, digest=None):
     """Masking weights from a token counts file: count ** -smoothing (rare tokens are masked more often, as
     upstream's --mlm_smoothing), 0 for the special tokens, which are never predicted. `digest`: the
     tokenizer's vocab_digest, which the counts must have been made with (when they record theirs)."""
-    counts, meta = data_io.load_token_counts(counts_file)
+    counts, meta = data_format.load_token_counts(counts_file)
     if len(counts) != vocab:
         raise InputError(
             f"{counts_file} counts {len(counts)} token ids but the vocabulary has {vocab}: "

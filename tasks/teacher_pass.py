@@ -1,0 +1,127 @@
+"""The teacher's pass of task distillation: its logits over the training rows, computed once (in inference
+mode, batches sorted by length, in the run's precision) and kept on disk, keyed by the teacher's weights and
+tokenizer, the rows and the precision, so that every later run, seed and learning rate reuses them; and
+whether the teacher reads the student's ids or its own tokenization of the text. run_glue.py (classes) and
+run_qa.py (start/end logits, tasks/qa_distill.py) share it."""
+
+
+import hashlib
+import inspect
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TEACHER_LOGITS = "teacher_logits"  # the data column of cached logits
+
+
+def tokenization_differs(student_tokenizer, teacher_tokenizer, texts):
+    """Why the teacher cannot read the student's input ids (None: it can): another vocabulary, or the same
+    vocabulary splitting the task's own text otherwise (lower-casing, accents, special tokens)."""
+    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if s_vocab != t_vocab:
+        differ = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=str)
+        return f"another vocabulary ({len(t_vocab):,} ids against {len(s_vocab):,}; e.g. {differ[0][0]!r})"
+    for text in texts:
+        if student_tokenizer(text)["input_ids"] != teacher_tokenizer(text)["input_ids"]:
+            return f"the same vocabulary, splitting {text[:40]!r} otherwise"
+    return None
+
+
+def teacher_dataset(tokenizer, texts, max_length):
+    """The training rows as the teacher reads them, in the same order: its own tokenizer, special tokens and
+    length limit over the rows' raw text (one column, or two for sentence pairs)."""
+    import datasets
+
+    columns = {f"text{i}": list(column) for i, column in enumerate(texts)}
+    ds = datasets.Dataset.from_dict(columns)
+    return ds.map(lambda b: tokenizer(*[b[c] for c in columns], truncation=True, max_length=max_length),
+                  batched=True, remove_columns=list(columns), desc="tokenizing for the teacher")  # fmt: skip
+
+
+def forward_inputs(model):
+    """The input names a model's forward takes (DistilBERT has no token_type_ids)."""
+    return set(inspect.signature(model.forward).parameters)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Teacher logits, computed once for the training set
+
+
+@torch.inference_mode()  # no autograd state at all: the logits only become a data column
+def teacher_logits(teacher, dataset, collator, batch_size, device, autocast_dtype=None):
+    """(len(dataset), num_labels) float32 logits of the teacher in eval mode, in the dataset's order. Under
+    torchrun each process computes its share (every world_size-th row) and the shares are exchanged."""
+    import torch.distributed as dist
+    from tqdm.auto import tqdm
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    keep = forward_inputs(teacher)
+    mine = list(range(rank, len(dataset), world))
+    lengths = [len(dataset[i]["input_ids"]) for i in mine]
+    order = sorted(range(len(mine)), key=lambda k: lengths[k])  # batches of similar lengths pad less
+    out = torch.empty(len(mine), teacher.config.num_labels)
+    teacher.to(device).eval()
+    for start in tqdm(range(0, len(order), batch_size), desc="teacher logits", disable=rank != 0):
+        picked = order[start : start + batch_size]
+        rows = [{k: v for k, v in dataset[mine[k]].items() if k in keep} for k in picked]
+        batch = {k: v.to(device) for k, v in collator(rows).items()}
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out[picked] = teacher(**batch).logits.float().cpu()
+    if not distributed:
+        return out
+    shares = [None] * world
+    dist.all_gather_object(shares, out)
+    full = torch.empty(len(dataset), teacher.config.num_labels)
+    for r, share in enumerate(shares):
+        full[r::world] = share
+    return full
+
+
+def cache_folder(setting):
+    """The logits cache's folder (None: off): --teacher_logits_cache, else $TEACHER_LOGITS_CACHE, else the
+    user's cache folder."""
+    folder = setting or os.environ.get("TEACHER_LOGITS_CACHE") or Path.home() / ".cache" / "distilbert_small" / \
+        "teacher_logits"  # fmt: skip
+    return None if str(folder).lower() == "off" else Path(folder)
+
+
+def logits_key(identity, dataset, precision, num_labels):
+    """What the teacher's logits depend on: its weights and tokenizer (digests), the precision of its pass,
+    and every input id it reads, row by row; a change in any of them is another key, never a stale hit."""
+    h = hashlib.sha256(json.dumps([identity, precision, num_labels]).encode())
+    for name in sorted(c for c in dataset.column_names if c in ("input_ids", "token_type_ids", "attention_mask")):
+        column = dataset[name]
+        h.update(name.encode())
+        h.update(np.fromiter((len(r) for r in column), np.int64, len(column)).tobytes())
+        h.update(np.fromiter((t for r in column for t in r), np.int64).tobytes())
+    return h.hexdigest()[:32]
+
+
+def read_cached_logits(path, rows, num_labels):
+    """The cached logits at `path` (None: not there, or not whole: recomputed and written again)."""
+    try:
+        logits = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if logits.shape != (rows, num_labels) or logits.dtype != np.float32 or not np.isfinite(logits).all():
+        return None
+    return torch.from_numpy(logits)
+
+
+class WithTeacherLogits:
+    """A collator that pads as `base` does and stacks the cached teacher logits beside the batch."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, features):
+        features = [dict(f) for f in features]
+        cached = [f.pop(TEACHER_LOGITS) for f in features] if TEACHER_LOGITS in features[0] else None
+        batch = self.base(features)
+        if cached is not None:
+            batch[TEACHER_LOGITS] = torch.tensor(cached, dtype=torch.float32)
+        return batch
