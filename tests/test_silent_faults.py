@@ -82,10 +82,10 @@ def test_a_held_out_file_that_overlaps_the_training_data(tmp_path, corpus, token
     assert "is stale" in train_error(with_args(argv, valid_file=valid_file))
     # variant: a held-out manifest of the current shuffle whose positions overlap the training file's
     binarize(tmp_path, corpus, tokenizer_dir, "--valid_size", 20)
-    record = pickle.loads(train_file.read_bytes())
+    record = json.loads(train_file.read_text())  # the manifest is JSON
     record["order"] = [0, 40]  # 40 positions: 20 held out, and the training file's first 20
     overlapping = tmp_path / "overlapping.valid.pickle"
-    overlapping.write_bytes(pickle.dumps(record))
+    overlapping.write_text(json.dumps(record))
     line = train_error(with_args(argv, valid_file=overlapping))
     assert "shares 20 of its 40 sequences with" in line and "not held out" in line
     assert not (tmp_path / "run").exists()
@@ -219,11 +219,27 @@ def test_a_folder_given_as_the_dump_is_named_a_folder(tmp_path, tokenizer_dir):
 
 def test_format_versions_are_named_as_read(tmp_path, corpus, tokenizer_dir):
     train_file, _ = binarize(tmp_path, corpus, tokenizer_dir)
-    record = pickle.loads(train_file.read_bytes())
-    record["format_version"] = 3
-    train_file.write_bytes(pickle.dumps(record))
-    with pytest.raises(data_format.InputError, match="format version 3; this code reads 1 and 2"):
+    record = json.loads(train_file.read_text())
+    assert record["format_version"] == 2 and record["kind"] == "binarized_text"
+    # a manifest pickled by an earlier version reads as the JSON one does
+    pickled = tmp_path / "pickled.pickle"
+    pickled.write_bytes(pickle.dumps(record))
+    a, b = data_format.load_binarized(train_file), data_format.load_binarized(pickled)
+    assert a.meta == b.meta and [x.tolist() for x in a.sequences()] == [x.tolist() for x in b.sequences()]
+    for damage, message in ((lambda r: {**r, "format_version": 3}, "format version 3; this code reads 1 and 2"),
+                            (lambda r: {**r, "kind": "token_counts"}, "holds 'token_counts' data, but")):
+        train_file.write_text(json.dumps(damage(record)))
+        with pytest.raises(data_format.InputError, match=message):
+            data_format.load_binarized(train_file)
+    train_file.write_text(json.dumps(record)[:-20])  # cut short
+    with pytest.raises(data_format.InputError, match="is truncated or damaged \\(not a whole JSON manifest"):
         data_format.load_binarized(train_file)
+    train_file.write_text(json.dumps(record))
+    record = pickle.loads(pickled.read_bytes())
+    record["format_version"] = 3
+    pickled.write_bytes(pickle.dumps(record))
+    with pytest.raises(data_format.InputError, match="format version 3; this code reads 1 and 2"):
+        data_format.load_binarized(pickled)
 
 
 def test_temporary_files_of_a_living_writer_are_left_alone(tmp_path):

@@ -256,8 +256,33 @@ def save_manifest(path, folder, shards, order_range, meta, order_id=None):
         "order": [int(start), int(stop)],
         "order_id": order_id,
     }
-    with atomic_write(path) as f:
-        pickle.dump(record, f, protocol=5)
+    with atomic_write(path, "w") as f:  # JSON: it holds no array (earlier versions pickled it; still read)
+        json.dump(record, f, indent=1, default=_plain)
+        f.write("\n")
+
+
+def _plain(value):
+    """numpy scalars in a manifest's counts, as JSON numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _read_manifest(path):
+    """A JSON manifest, or None when `path` is not one (a pickle: the other formats, or a manifest pickled by
+    an earlier version)."""
+    with open(path, "rb") as f:
+        head = f.read(1)
+    if head != b"{":  # every pickle starts with its protocol byte, every manifest with its object
+        return None
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is truncated or damaged (not a whole JSON manifest: {e}): "
+                         f"{BINARIZE_REMEDY}") from None  # fmt: skip
+    if not isinstance(obj, dict):
+        raise InputError(f"{path} holds a JSON {type(obj).__name__}, not a manifest: {BINARIZE_REMEDY}")
+    return obj
 
 
 BINARIZE_REMEDY = "re-create it with scripts/binarized_data.py"
@@ -363,8 +388,16 @@ def check_contents(folder, shards, offsets, order):
 
 
 def load_binarized(path):
-    """Load a binarized file: format 2 (a manifest of memory-mapped shards), format 1 (one pickle), or
-    upstream's list of arrays."""
+    """Load a binarized file: format 2 (a JSON manifest of memory-mapped shards, or one pickled by an earlier
+    version), format 1 (one pickle), or upstream's list of arrays."""
+    if Path(path).is_file() and Path(path).stat().st_size and (obj := _read_manifest(path)) is not None:
+        if obj.get("kind") != BINARIZED_KIND:
+            raise InputError(f"{path} holds {obj.get('kind')!r} data, but {BINARIZED_KIND!r} was expected: "
+                             f"{BINARIZE_REMEDY}")  # fmt: skip
+        if obj.get("format_version") != 2:
+            raise InputError(f"{path} has format version {obj.get('format_version')!r}; this code reads 1 and 2: "
+                             f"{BINARIZE_REMEDY}")  # fmt: skip
+        return _load_manifest(path, obj)
     obj = safe_load_pickle(path, remedy=BINARIZE_REMEDY)
     if isinstance(obj, list):  # upstream: a shuffled list of per-sequence uint16/int32 arrays
         if not all(isinstance(s, np.ndarray) and s.ndim == 1 and s.dtype.kind in "iu" for s in obj):
