@@ -22,6 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.corpus import write_lines
+from scripts import binarized_data
+from training.data_format import load_binarized
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,8 +48,6 @@ def reference(file_path, tokenizer_name, out):
 
 
 def ours(file_path, tokenizer_name, out_prefix):
-    from scripts import binarized_data
-
     rc = binarized_data.main(["--file_path", str(file_path), "--tokenizer_type", "bert",
                               "--tokenizer_name", tokenizer_name, "--dump_file", str(out_prefix)])
     assert rc == 0, "binarized_data.py failed"
@@ -84,9 +86,6 @@ def main():
     args = parser.parse_args()
     if args.child:
         return child(args)
-
-    from benchmarks.corpus import write_lines
-    from training.data_format import load_binarized
 
     work = Path(args.workdir)
     print(f"generating {args.lines:,} lines in {work} ...", flush=True)

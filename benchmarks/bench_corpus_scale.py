@@ -32,6 +32,7 @@ from pathlib import Path
 
 from benchmarks.corpus import write_lines
 from core.precision import cpu_description
+from training import data_format
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,8 +182,6 @@ def train_cmd(data_file, counts, teacher, student, dump, ranks=1):
 def single_file(mapped_file, out):
     """The same sequences, in the same order, as one format-1 pickle (what binarized_data.py wrote before)."""
     import numpy as np
-
-    from training import data_format
 
     data = data_format.load_binarized(mapped_file)
     lengths = data.lengths

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from core.precision import cpu_description
 from scripts import run_glue
+from scripts.extract import distilbert as extract
+from tasks import glue, teacher_pass
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +55,6 @@ def build_models(work, pretrained):
     import torch
     import transformers
     from transformers import AutoTokenizer, BertForSequenceClassification
-
-    from scripts.extract import distilbert as extract
 
     transformers.logging.set_verbosity_error()  # the classifier head is new, on purpose
     torch.manual_seed(0)
@@ -90,15 +90,13 @@ def shifted_teacher(work, teacher_dir):
     return folder
 
 
-def teacher_pass(teacher_dir, data_dir, train, max_seq_length, batch_size=128):
+def time_teacher_pass(teacher_dir, data_dir, train, max_seq_length, batch_size=128):
     """The teacher over the training rows, a plain batched pass against teacher_logits: (seconds, seconds)."""
     import time
 
     import datasets
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
-
-    from tasks import glue, teacher_pass
 
     task = glue.load_task("sst2", data_dir)
     texts = task.train.head(train).texts[0]
@@ -166,7 +164,7 @@ def main(argv=None):
                                                    args.max_seq_length)  # fmt: skip
                 if best[r] is None or seconds < best[r]["epoch_seconds"]:
                     best[r] = {"row": r, "epoch_seconds": seconds, "steps": steps, "logits_seconds": logits}
-            passes.append(teacher_pass(teacher, args.data_dir, args.train, args.max_seq_length))
+            passes.append(time_teacher_pass(teacher, args.data_dir, args.train, args.max_seq_length))
     plain_pass, our_pass = min(p for p, _ in passes), min(o for _, o in passes)
     plain = best["plain"]["epoch_seconds"]
     print(f"\nCPU: {cpu_description()}; one epoch of {args.train:,} SST-2 sentences (max {args.max_seq_length} "

@@ -51,6 +51,12 @@ import numpy as np
 from benchmarks.upstream_step import Reference
 from benchmarks.workload import SIZES, SPECIAL, build_models, make_batches, model_flops, peak_tflops_for, token_probs
 from core.errors import finite_float
+from core.precision import cpu_bf16_is_fast, cpu_description
+from distiller import Distiller
+from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
+from training import train_args
+from training.monitor import Meter, memory_stats
+from utils import DistInfo
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -60,15 +66,10 @@ def make_distiller(student, teacher, flags=None, device="cpu", **ablations):
     `ablations`: the Distiller's fused_kd / fused_adamw switches."""
     import torch
 
-    from distiller import Distiller
-    from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
-    from training import train_args
-
     args = train_args.defaults(student_type="distilbert", teacher_type="bert", gradient_accumulation_steps=1,
                                num_workers=0, **(flags or {}))  # fmt: skip
     one_line = [np.array([101] + [2000] * 20 + [102])]  # the Distiller wants a dataset; batches come from outside
     dataset = LmSeqsDataset(SequenceSpec(SPECIAL, 512, pad_to_multiple_of=args.pad_to_multiple_of), one_line)
-    from utils import DistInfo
 
     dist = DistInfo(device=torch.device(device))
     return Distiller(args, dataset, token_probs(), student, teacher, dist=dist, **ablations), dataset
@@ -95,7 +96,6 @@ class Ours:
 
     def finish(self):
         """The one host read of a log interval; the next interval starts from zero."""
-        from training.monitor import Meter
 
         means, self.distiller.meter = self.distiller.meter.read(), Meter()
         return means
@@ -159,8 +159,6 @@ def vm_hwm_bytes():
 
 def worker(impl, size, steps, warmup, threads, device="cpu", fp16=False, trace_every=0):
     import torch
-
-    from training.monitor import memory_stats
 
     if threads:
         torch.set_num_threads(threads)
@@ -310,7 +308,6 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     impls = args.impls.split(",")
-    from core.precision import cpu_bf16_is_fast, cpu_description
 
     if not gpu:
         print(f"CPU: {cpu_description()}, {torch.get_num_threads()} thread(s)")

@@ -4,6 +4,7 @@ the reference that benchmarks/bench_train.py times our Distiller against."""
 import math
 
 from benchmarks.workload import ALPHA, SPECIAL, VOCAB, T
+from training.monitor import empty_cache_if_low
 
 EMPTY_CACHE_BELOW_GIB = 2.0  # the memory guard of train.sh (--empty_cache_threshold_gb)
 
@@ -88,8 +89,6 @@ class Reference:
 
     def train_step(self, seqs):
         import torch
-
-        from training.monitor import empty_cache_if_low
 
         token_ids, lengths = self.collate(seqs)
         n_tokens = int(lengths.sum())

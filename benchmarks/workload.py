@@ -3,6 +3,8 @@ masking weights, the model FLOPs of a step, and the GPUs' peak FLOP/s for MFU.""
 
 import numpy as np
 
+from grouped_batch_sampler import create_lengths_groups, epoch_batches
+
 VOCAB = 30522  # bert-base-uncased
 SPECIAL = {"pad_token": 0, "unk_token": 100, "cls_token": 101, "sep_token": 102, "mask_token": 103}
 SIZES = {
@@ -50,7 +52,6 @@ def build_models(size):
 
 def make_batches(size, n_batches, seed=0):
     """`n_batches` lists of sequences (numpy int64: [CLS] random ids [SEP]), grouped by length as train.py does."""
-    from grouped_batch_sampler import create_lengths_groups, epoch_batches
 
     cfg = SIZES[size]
     bs = cfg["batch_size"]

@@ -20,6 +20,11 @@ import time
 from pathlib import Path
 
 from core.errors import fail
+from core.precision import cpu_bf16_is_fast, cpu_description
+from distiller import Distiller
+from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
+from training import train_args
+from utils import DistInfo, logger
 
 # The demo's sizes, each with its reason; DEMO_<NAME> overrides one.
 SIZES = dict(
@@ -73,11 +78,6 @@ def time_steps(n_steps=3, bf16=False, only=None):
     import torch
     from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
-    from distiller import Distiller
-    from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
-    from training import train_args
-    from utils import DistInfo, logger
-
     logger.setLevel("WARNING")  # the Distillers built here to time steps are not news
     special = {"pad_token": 0, "unk_token": 1, "cls_token": 2, "sep_token": 3, "mask_token": 4}
     rng = np.random.default_rng(0)
@@ -120,7 +120,6 @@ BF16_GAIN = 0.9  # the demo trains in bf16 only if a step takes at most this sha
 def precision_flags(t=None):
     """train.py's precision flag for the demo on this machine: "--bf16" where a bf16 step of the distilled student
     measures at most BF16_GAIN of its fp32 step (an AMX Xeon: yes), else "". `t`: {"fp32": s, "bf16": s}."""
-    from core.precision import cpu_bf16_is_fast
 
     if t is None:
         if not cpu_bf16_is_fast():
@@ -172,7 +171,6 @@ def plan(articles, teacher_epochs, student_epochs, valid, t, teacher_eval_every=
 
 def estimate(articles, teacher_epochs, student_epochs, valid, t=None, bf16=False, **evals):
     """Time the steps (unless `t` is given), print the plan, return its total in seconds."""
-    from core.precision import cpu_description
 
     start = time.perf_counter()
     t = t or time_steps(bf16=bf16)

@@ -28,6 +28,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worke
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from scripts import make_synthetic_wiki
+from train_helpers import tiny_run_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +119,6 @@ def single_thread(monkeypatch):
 def run_files(tmp_path_factory, tokenizer_dir, articles):
     """(folder, train.py argv) of a tiny run, built once per test module: binarized data, token counts, a
     tiny teacher and a student config (train_helpers.tiny_run_files)."""
-    from train_helpers import tiny_run_files
 
     folder = tmp_path_factory.mktemp("run_files")
     return folder, tiny_run_files(folder, tokenizer_dir, articles)

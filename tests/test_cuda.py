@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import train
 from conftest import ROOT
 from test_fast_path import _autograd_losses, _head_problem
 from train_helpers import build_distiller, read_metrics, with_args
@@ -86,8 +87,6 @@ def test_memory_guard_empties_the_cache_when_free_memory_runs_low(base_argv):
 
 
 def test_a_checkpoint_written_on_cuda_resumes_to_the_same_losses(tmp_path, base_argv):
-    import train
-
     argv = with_args(base_argv, n_gpu=1, n_epoch=2, log_interval=1, checkpoint_interval=8)
     train.main(with_args(argv, dump_path=tmp_path / "full"))
     train.main(with_args(argv, dump_path=tmp_path / "cut", stop_after_iter=60))

@@ -9,6 +9,7 @@ import pytest
 from transformers import AutoModelForMaskedLM, BertTokenizerFast
 
 from conftest import ROOT
+from scripts import demo_plan
 from training.data_format import load_binarized, load_token_counts
 
 
@@ -96,8 +97,6 @@ def test_demo_runs_the_whole_recipe(tmp_path):
 def test_demo_configs_are_the_models_the_plan_times(tmp_path):
     from transformers import BertConfig, DistilBertConfig
 
-    from scripts import demo_plan
-
     demo_plan.write_configs(tmp_path, 1234)
     t = BertConfig.from_json_file(str(tmp_path / "teacher_config.json"))
     s = DistilBertConfig.from_json_file(str(tmp_path / "student_config.json"))
@@ -106,8 +105,6 @@ def test_demo_configs_are_the_models_the_plan_times(tmp_path):
 
 
 def test_the_plan_times_real_steps_and_scales_them_by_the_demo_sizes(capsys):
-    from scripts import demo_plan
-
     t = demo_plan.time_steps(n_steps=1)
     assert 0 < t["mlm_only"] < t["distilled"]  # the distilled student's step also runs the teacher's forward
     assert 0 < t["mlm_only"] < t["minilm"]
@@ -124,8 +121,6 @@ def test_the_plan_times_real_steps_and_scales_them_by_the_demo_sizes(capsys):
 
 
 def test_the_demo_sizes_live_in_one_table_and_bad_overrides_stop_it_first(tmp_path, monkeypatch):
-    from scripts import demo_plan
-
     assert demo_plan.sizes({}) == demo_plan.SIZES
     assert demo_plan.sizes({"DEMO_VALID": "100", "DEMO_GLUE_SEEDS": "1"}) == {**demo_plan.SIZES, "valid": 100,
                                                                               "glue_seeds": 1}  # fmt: skip
@@ -144,8 +139,6 @@ def test_the_demo_sizes_live_in_one_table_and_bad_overrides_stop_it_first(tmp_pa
 
 
 def test_the_demo_trains_in_bf16_only_where_it_measures_faster(tmp_path):
-    from scripts import demo_plan
-
     assert demo_plan.precision_flags({"fp32": 1.0, "bf16": 0.5})[0] == "--bf16"
     assert demo_plan.precision_flags({"fp32": 1.0, "bf16": 0.95}) == (
         "", "a distillation step took 950 ms in bf16, 1000 ms in fp32 (0.95x): fp32")

@@ -8,9 +8,10 @@ from torch import nn
 from transformers import BertTokenizer
 
 import distiller
+from distiller import Distiller
 from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
 from train_helpers import build_distiller
-from training import data_format
+from training import data_format, train_args
 from training.losses import cosine_loss, kd_loss, mse_loss
 from training.masking import Masking, load_token_probs
 
@@ -202,10 +203,6 @@ def test_teacher_free_step_is_plain_mlm(base_argv):
 def test_clm_step_equals_upstream_reference(tmp_path):
     """GPT-2 -> GPT-2 with the causal-LM loss: next-token targets from the lengths, KD and cosine on non-pad rows."""
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from distiller import Distiller
-    from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
-    from training import train_args
 
     vocab, bos, eos, unk = 64, 1, 2, 0
     g = torch.Generator().manual_seed(0)

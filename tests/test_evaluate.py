@@ -11,7 +11,11 @@ from transformers import BertTokenizer, DistilBertForMaskedLM
 
 import train
 from conftest import input_error
-from scripts import evaluate, make_synthetic_wiki
+from scripts import (
+    evaluate,
+    fill_mask,  # the same model shown: its guesses would be random
+    make_synthetic_wiki,
+)
 from train_helpers import make_headless_teacher_dir, read_metrics, tiny_run_files, tiny_student_config, write_data
 from training import data_format, evaluation
 
@@ -150,7 +154,6 @@ def test_a_model_without_mlm_head_is_refused_not_scored(files, tmp_path, tokeniz
         assert "so its predictions would be random: leave it out" in line
         assert not (tmp_path / "eval.json").exists()
     assert "model enc (" in line
-    from scripts import fill_mask  # the same model shown: its guesses would be random
 
     line = input_error(fill_mask.main, ["--model", headless, "--text", "the [MASK] river ."])
     assert "model encoder (" in line and "has no masked-LM head" in line

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, input_error, run_main
-from scripts import fetch_strong_teacher as fetch
+from scripts import fetch_strong_teacher as fetch, run_glue
 from test_glue import FAST, custom_task, teacher  # noqa: F401 (fixtures)
 
 
@@ -106,7 +106,6 @@ STRONG = Path(os.environ.get("STRONG_TEACHER", ROOT / "teachers" / "all-mpnet-ba
                            "or STRONG_TEACHER=its folder)")  # fmt: skip
 def test_the_real_mpnet_fine_tunes_saves_and_teaches_a_bert_student(tmp_path, teacher, custom_task):  # noqa: F811
     """MPNet as a model (--save_model), then as the teacher of a WordPiece BERT student: its own tokenization."""
-    from scripts import run_glue
 
     common = ["--train_file", custom_task / "train.csv", "--validation_file", custom_task / "dev.csv",
               "--max_train_samples", 32, "--max_eval_samples", 16, "--max_steps", 1, "--max_seq_length", 32, *FAST]

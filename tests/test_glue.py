@@ -18,6 +18,7 @@ import pytest
 
 import train
 from conftest import ROOT, run_main, run_script, write_bert_vocab
+from core import precision
 from scripts import glue_table, run_glue
 from tasks import glue
 from train_helpers import make_teacher_dir, sentences, tiny_run_files, with_args
@@ -195,7 +196,6 @@ def test_train_py_run_folder_and_bert_teacher_both_fine_tune(tmp_path, tokenizer
 def test_each_precision_fine_tunes_with_the_attention_measured_for_it(tmp_path, teacher, custom_task):
     """precision.ATTENTION in run_glue.py: bf16 on a CPU switches the model to eager attention, fp32 keeps SDPA;
     results.json records which ran."""
-    from core import precision
 
     for flags, used in (((), "fp32"), (("--bf16", "--use_cpu"), "bf16")):  # transformers wants both on a CPU
         out = tmp_path / used

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from benchmarks import gpu_setup
 from conftest import ROOT
 
 SHARED_SST2 = ROOT.parent / "shared" / "data" / "glue" / "SST-2"
@@ -101,8 +102,6 @@ def test_a_step_whose_input_failed_is_not_run_and_names_it(tmp_path):
 
 
 def test_the_sst2_stand_in_refuses_too_few_lines_before_writing(tmp_path):
-    from benchmarks import gpu_setup
-
     with pytest.raises(SystemExit) as e:
         gpu_setup.main(["--out", str(tmp_path / "none"), "--articles", "0", "--small"])
     assert e.value.code == 2 and not (tmp_path / "none").exists()  # nothing written

@@ -20,11 +20,13 @@ from torch.utils.data import BatchSampler
 from torch.utils.data.distributed import DistributedSampler
 from transformers import BertTokenizerFast
 
+import train
 from conftest import ROOT, run_main
 from grouped_batch_sampler import GroupedBatchSampler, create_lengths_groups, epoch_batches
 from lm_seqs_dataset import LmSeqsDataset, SequenceSpec
 from reference_dataset import InMemoryLmSeqsDataset
 from scripts import binarized_data, token_counts
+from train_helpers import read_metrics, sentences, with_args
 from training import data_format
 
 
@@ -248,8 +250,6 @@ def test_the_single_file_format_still_loads_and_gives_the_same_dataset(tmp_path,
 @pytest.mark.slow
 def test_training_on_mapped_shards_equals_training_on_the_single_file(tmp_path, base_argv, articles, tokenizer_dir):
     """The same sequences in both formats: identical losses at every step and identical weights."""
-    import train
-    from train_helpers import read_metrics, sentences, with_args
 
     text = "\n".join(sentences(articles)) + "\n"
     mapped_file, _ = binarize(tmp_path / "mapped", text, tokenizer_dir, "--shard_mb", "0.01", "--num_proc", "2")

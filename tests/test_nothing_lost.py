@@ -16,9 +16,10 @@ import train
 from conftest import input_error, write_bert_vocab
 from core import files
 from core.errors import InputError
-from scripts import binarized_data, evaluate, token_counts
+from scripts import binarized_data, evaluate, fill_mask, token_counts
 from scripts.extract import distilbert as extract_student
-from train_helpers import with_args, write_data
+from scripts.make_synthetic_wiki import generate
+from train_helpers import sentences, with_args, write_data, write_student_config
 from training import data_format, train_args
 
 TIMING = ("tokens_per_s", "rss_gib", "gpu_allocated_gib", "gpu_reserved_gib", "gpu_peak_gib")
@@ -185,8 +186,6 @@ def test_damaged_safetensors_everywhere(run_files, tmp_path, capsys):
     assert line.startswith("evaluate.py: error: cannot load the masked LM") and "damaged" in line
     assert not (tmp_path / "eval.json").exists()
 
-    from scripts import fill_mask
-
     two_models = ["--model", teacher, "--model", bad_teacher, "--text", "the [MASK] river"]
     line = input_error(fill_mask.main, two_models)
     assert line.startswith("fill_mask.py: error: cannot load the masked LM") and "damaged" in line
@@ -298,8 +297,6 @@ def test_a_place_no_one_can_write(tmp_path):
 
 @pytest.mark.slow
 def test_metrics_after_resume_read_as_if_never_interrupted(run_files, tmp_path, tokenizer_dir, articles):
-    from scripts.make_synthetic_wiki import generate
-
     _, argv = run_files
     valid, _ = write_data(tmp_path / "valid", tokenizer_dir, list(generate(20, seed=3)))
     argv = with_args(argv, n_epoch=2, log_interval=3, checkpoint_interval=8, valid_file=valid, eval_interval=10)
@@ -335,8 +332,6 @@ def test_written_files_respect_the_umask(run_files, tmp_path):
 
 def test_vocabularies_are_compared_not_folder_names(tmp_path, tokenizer_dir, caplog, capsys):
     dump_txt = tmp_path / "dump.txt"
-    from scripts.make_synthetic_wiki import generate
-    from train_helpers import sentences
 
     dump_txt.write_text("\n".join(sentences(generate(60, seed=0))) + "\n")
     assert binarized_data.main(["--file_path", str(dump_txt), "--tokenizer_name", str(tokenizer_dir),
@@ -346,7 +341,6 @@ def test_vocabularies_are_compared_not_folder_names(tmp_path, tokenizer_dir, cap
     assert token_counts.main(["--data_file", str(data), "--token_counts_dump", str(tmp_path / "counts.pickle"),
                               "--vocab_size", str(vocab)]) == 0  # fmt: skip
     config = tmp_path / "student.json"
-    from train_helpers import write_student_config
 
     vocab = (tokenizer_dir / "vocab.txt").read_text().split("\n")[:-1]
     write_student_config(config, len(vocab))

@@ -7,6 +7,7 @@ import torch
 
 from core import precision
 from core.precision import Precision
+from train_helpers import build_distiller, with_args
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
 
@@ -66,8 +67,6 @@ def test_each_precision_gets_the_attention_measured_for_it(used):
 
 
 def test_the_distiller_puts_both_models_on_the_chosen_attention(base_argv):
-    from train_helpers import build_distiller, with_args
-
     for flags, used in (({}, "fp32"), ({"bf16": True}, "bf16" if precision.cpu_bf16_is_fast() else "fp32")):
         _, d, _ = build_distiller(with_args(base_argv, **flags))
         assert d.precision.used == used

@@ -12,12 +12,21 @@ import numpy as np
 import pytest
 
 import train
+from benchmarks import bench_data_checks
 from conftest import input_error, run_main, write_bert_vocab
-from core import files
-from scripts import binarized_data, evaluate, token_counts
+from core import files, loading
+from core.errors import finite_float
+from scripts import binarized_data, evaluate, fill_mask, token_counts
+from scripts.extract import distilbert as extract_bert, student as extract_student
 from test_glue import custom_task, teacher  # noqa: F401 (fixtures)
-from test_glue_trust import custom_args
-from train_helpers import make_teacher_dir, sentences, with_args, write_student_config
+from train_helpers import (
+    make_teacher_dir,
+    sentences,
+    tiny_bert_config,
+    tiny_student_config,
+    with_args,
+    write_student_config,
+)
 from training import data_checks, data_format
 
 
@@ -189,8 +198,6 @@ def test_a_truncated_shard_is_repaired(tmp_path, corpus, tokenizer_dir, array, h
 
 
 def test_float_flags_refuse_nan_and_infinity_in_every_script(tmp_path, corpus, tokenizer_dir, teacher_dir):
-    from core.errors import finite_float
-
     assert finite_float("2.5") == 2.5 and finite_float("-1e-3") == -1e-3
     root = Path(__file__).resolve().parents[1]
     code = [p for d in ("", "scripts", "scripts/extract", "benchmarks") for p in (root / d).glob("*.py")]
@@ -301,8 +308,6 @@ def test_an_unwritable_held_out_file_is_named(tmp_path, corpus, tokenizer_dir, m
 
 
 def test_the_checks_benchmark_runs_and_compares_with_the_unchecked_load(tmp_path):
-    from benchmarks import bench_data_checks
-
     proc = run_main(bench_data_checks.main, "--sequences", 5000, "--work", tmp_path / "work", "--rounds", 1)
     assert proc.returncode == 0, proc.stderr
     assert "| load the manifest and map its arrays |" in proc.stdout and "x) |" in proc.stdout
@@ -317,8 +322,6 @@ def test_a_teacher_of_the_wrong_type_gives_no_student(tmp_path, articles, tokeni
     from safetensors.torch import load_file, save_file
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from core import loading
-    from scripts.extract import distilbert as extract_bert, student as extract_student
     from test_other_students import bpe_teacher
 
     roberta, _ = bpe_teacher(tmp_path / "roberta", "roberta", [a["text"] for a in articles[:40]])
@@ -364,9 +367,7 @@ def test_every_student_type_takes_inputs_up_to_its_limit_and_no_longer(tmp_path,
     import torch
     from transformers import AutoModelForMaskedLM, BertTokenizerFast, DistilBertForMaskedLM
 
-    from core import loading
     from test_other_students import bpe_teacher
-    from train_helpers import tiny_bert_config, tiny_student_config
 
     if kind in ("roberta", "gpt2"):
         model, tok = bpe_teacher(tmp_path / kind, kind, [a["text"] for a in articles[:40]])
@@ -388,7 +389,6 @@ def test_every_student_type_takes_inputs_up_to_its_limit_and_no_longer(tmp_path,
 def test_an_unfinished_training_run_given_as_a_model_is_named(tmp_path, corpus, tokenizer_dir):
     """evaluate.py (and fill_mask.py, run_glue.py: every model loader) on a train.py run folder that holds
     only its checkpoint says what it is, not transformers' "Unrecognized model"."""
-    from scripts import fill_mask
 
     run = tmp_path / "run"
     run.mkdir()
@@ -404,92 +404,3 @@ def test_an_unfinished_training_run_given_as_a_model_is_named(tmp_path, corpus, 
     line = input_error(evaluate.main, ["--data_file", train_file, "--token_counts", counts, "--model", run,
                                        "--tokenizer_name", tokenizer_dir])  # fmt: skip
     assert f"cannot load the masked LM {run}: no config.json there" in line
-
-
-# -- 3. two commands on one folder ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def held_lock():
-    """Another process holding a folder's lock, as a second command running there does."""
-    import subprocess
-    import sys
-
-    procs = []
-
-    def hold(lock_file):
-        code = ("import sys, time\nfrom core import files\n"
-                "with files.folder_lock(sys.argv[1], 'x'):\n"
-                "    print('locked', flush=True)\n"
-                "    time.sleep(120)\n")  # fmt: skip
-        proc = subprocess.Popen([sys.executable, "-c", code, str(lock_file)], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "locked"
-        procs.append(proc)
-        return proc
-
-    yield hold
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-
-
-def test_two_glue_commands_at_once_into_one_folder(tmp_path, teacher, custom_task, held_lock):  # noqa: F811
-    """A second run_glue.py into an output folder in use is refused in one line (plain or with
-    --overwrite_output_dir), and loses nothing there; once the first ends, it runs."""
-    from scripts import run_glue
-
-    args = custom_args(teacher, custom_task, tmp_path / "out")
-    run_main(run_glue.main, *args, check=True)
-    results = tmp_path / "out" / "custom" / "lr2e-05_seed42" / "results.json"
-    before = results.read_text()
-    # a mark only the old run has: its "finished" time can equal the new run's within one second
-    (results.parent / "old-run-mark").write_text("")
-    holder = held_lock(tmp_path / "out" / ".lock")
-    for extra in ([], ["--overwrite_output_dir"], ["--seed", 7]):
-        line = input_error(run_glue.main, [*args, *extra])
-        assert f"--output_dir {tmp_path / 'out'} is in use by another command (pid {holder.pid} on" in line
-    assert results.read_text() == before and not list((tmp_path / "out" / "custom").glob(".*"))
-    holder.kill()
-    holder.wait()
-    assert (results.parent / "old-run-mark").exists()
-    run_main(run_glue.main, *args, "--overwrite_output_dir", check=True)
-    assert results.exists() and not (results.parent / "old-run-mark").exists()
-
-
-def test_a_kill_while_the_old_run_is_removed_keeps_the_finished_new_run(tmp_path, teacher, custom_task):  # noqa: F811
-    """--overwrite_output_dir removes the old run after the new one has its results; a kill during that
-    removal leaves the new run and part of the old one: the next command keeps the new run."""
-    from scripts import run_glue
-
-    args = custom_args(teacher, custom_task, tmp_path / "out")
-    run_main(run_glue.main, *args, check=True)
-    run_dir = tmp_path / "out" / "custom" / "lr2e-05_seed42"
-    new = (run_dir / "results.json").read_text()
-    aside = run_dir.parent / f".{run_dir.name}.replaced"
-    aside.mkdir()  # what the kill left of the old run: a few files, no results
-    (aside / "settings.json").write_text("{}")
-    deleting = run_dir.parent / f".{run_dir.name}.deleting"  # and of an earlier removal, half done
-    (deleting / "checkpoint-1").mkdir(parents=True)
-    proc = run_main(run_glue.main, *args, check=True)
-    assert "had finished; the old run is removed" in proc.stdout
-    assert (run_dir / "results.json").read_text() == new and not aside.exists() and not deleting.exists()
-    # variant: the kill came before the new run had its results: the old run is put back, as before
-    old_results = new
-    run_dir.rename(aside)
-    (run_dir / "checkpoint-1").mkdir(parents=True)
-    proc = run_main(run_glue.main, *args, check=True)
-    assert "put back" in proc.stdout and (run_dir / "results.json").read_text() == old_results
-
-
-def test_two_training_commands_at_once_into_one_run_folder(tmp_path, corpus, tokenizer_dir, teacher_dir, held_lock):
-    train_file, _ = binarize(tmp_path, corpus, tokenizer_dir)
-    counts = count(train_file, tmp_path / "counts.pickle", vocab_size(tokenizer_dir))
-    argv = train_argv(tmp_path, train_file, counts, teacher_dir, tokenizer_dir)
-    holder = held_lock(tmp_path / ".run.lock")  # train.py's lock sits beside the folder: --force moves the folder
-    line = train_error(argv)
-    assert f"the run folder {tmp_path / 'run'} is in use by another command (pid {holder.pid} on" in line
-    assert not (tmp_path / "run").exists()
-    holder.kill()
-    holder.wait()  # the lock goes with its process, however it ends
-    run_main(train.main, *argv, "--stop_after_iter", 2, check=True)
-    assert (tmp_path / "run" / "parameters.json").is_file()

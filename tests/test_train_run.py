@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from conftest import ROOT
+from conftest import ROOT, run_script
 from core import precision
-from train_helpers import read_metrics, with_args
+from core.precision import bf16_pays
+from train_helpers import make_teacher_dir, read_metrics, sentences, with_args, write_student_config
 
 
 def test_short_run_learns_and_writes_a_complete_run_folder(tmp_path, base_argv):
@@ -122,8 +123,6 @@ def test_avx2_kernels_have_no_fast_bf16():
 
 
 def test_the_bf16_decision_compares_measured_times():
-    from core.precision import bf16_pays
-
     assert bf16_pays(1.0, [0.9, 0.5])  # the first fast run decides
     assert not bf16_pays(1.0, [0.9] * 5)  # never within 0.8x of fp32
 
@@ -157,8 +156,6 @@ def test_git_log_outside_a_git_clone(tmp_path):
 @pytest.mark.slow
 def test_steps_4_to_6_on_the_data_pipeline_output(tmp_path, tokenizer_dir, articles):
     """Text dump -> binarized_data.py -> token_counts.py -> extract -> train.py, as the README runs them."""
-    from conftest import run_script
-    from train_helpers import make_teacher_dir, sentences, write_student_config
 
     dump_txt = tmp_path / "dump.txt"
     dump_txt.write_text("\n".join(sentences(articles)) + "\n")

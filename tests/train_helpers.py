@@ -7,7 +7,10 @@ import numpy as np
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizer, DistilBertConfig
 
-from training import data_format
+import train
+from distiller import Distiller
+from training import data_format, train_args
+from utils import DistInfo
 
 
 def tiny_bert_config(vocab_size, layers=4, hidden=32, heads=2, ffn=64, max_pos=64):
@@ -145,10 +148,6 @@ def tiny_run_files(folder, tokenizer_dir, articles, student_layers=2):
 
 def build_distiller(argv, device="cpu"):
     """train.py's setup, in-process, without writing anything: (args, distiller, tokenizer)."""
-    import train
-    from distiller import Distiller
-    from training import train_args
-    from utils import DistInfo
 
     if "--dump_path" not in argv:
         argv = [*argv, "--dump_path", str(Path(argv[argv.index("--student_config") + 1]).parent / "not-written")]

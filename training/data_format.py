@@ -12,18 +12,12 @@ but hold a self-describing record instead of a bare list:
                           "token_ids": flat uint16|int32 array, "offsets": int64 array of n_sequences + 1}
     token counts:        {"format_version": 1, "kind": "token_counts", "meta": {...}, "counts": int64 array}
 
-Sequence g is the tokens [offsets[g], offsets[g + 1]) of the shards laid end to end. Flat arrays load at
-the speed of the disk (format 2: not at all until used), where upstream's pickled list of millions of
-small arrays costs a Python object per sequence.
-
-The format-2 manifest is JSON (it holds no array), in the file upstream's name gives; manifests pickled by
-earlier versions are still read. Unpickling can run arbitrary code, and these files get passed between
-people, so every pickle load goes through core.files' restricted unpickler, which admits only numpy arrays,
-dtypes, numpy scalars and plain containers; the .npy arrays load with allow_pickle=False. Upstream's formats
-(a list of arrays; a list of ints) are still read. Whether a file fits a tokenizer or a training set:
-training/data_checks.py.
-
-Nothing here imports torch or transformers: the data scripts stay light.
+Sequence g is the tokens [offsets[g], offsets[g + 1]) of the shards laid end to end: flat arrays, no Python
+object per sequence. The format-2 manifest is JSON (it holds no array; pickled ones of earlier versions are
+still read). Every pickle load goes through core.files' restricted unpickler (these files get passed between
+people); the .npy arrays load with allow_pickle=False. Upstream's formats (a list of arrays; a list of ints)
+are still read. Whether a file fits a tokenizer or a training set: training/data_checks.py. Nothing here
+imports torch or transformers: the data scripts stay light.
 """
 
 import hashlib
@@ -257,15 +251,8 @@ def save_manifest(path, folder, shards, order_range, meta, order_id=None):
         "order_id": order_id,
     }
     with atomic_write(path, "w") as f:  # JSON: it holds no array (earlier versions pickled it; still read)
-        json.dump(record, f, indent=1, default=_plain)
+        json.dump(record, f, indent=1, default=lambda v: v.item())  # numpy ints in the counts: JSON numbers
         f.write("\n")
-
-
-def _plain(value):
-    """numpy scalars in a manifest's counts, as JSON numbers."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _read_manifest(path):

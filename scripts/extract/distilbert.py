@@ -37,7 +37,7 @@ import transformers
 from transformers import AutoTokenizer, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
 
 from core.errors import InputError, reports_errors
-from core.files import check_writable
+from core.files import atomic_write, check_writable
 from core.loading import load_config, load_lm, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,7 +138,6 @@ def fresh_student(config):
 
 def save_pretrained(state, config, tokenizer, folder, metadata):
     """The student as a HF model folder: config, weights (loaded strictly) and the teacher's tokenizer."""
-    from core.files import atomic_write
 
     folder = Path(folder)
     model = DistilBertForMaskedLM(config)
@@ -151,8 +150,6 @@ def save_pretrained(state, config, tokenizer, folder, metadata):
 
 
 def save(state, path, metadata):
-    from core.files import atomic_write
-
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import save

@@ -1,0 +1,145 @@
+"""run_qa.py end to end on tiny models and generated questions: a teacher saved then distilled, kept runs and the
+logits cache, SQuAD v2, resume and overwrite, torchrun. The pieces are pinned in test_qa.py."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForQuestionAnswering,
+    AutoTokenizer,
+)
+
+from conftest import ROOT, input_error, run_main
+from scripts import run_qa
+from tasks import qa
+from test_glue import FAST
+from test_qa import letters, syn_qa, tiny  # noqa: F401 (fixtures)
+
+# ----------------------------------------------------------------------------------------------------------
+# End to end on tiny models
+
+
+def answers_alone(folder, dev):
+    """A saved QA model's answers to the dev questions, each window run on its own (no batch, no padding), with
+    qa_argv's window settings."""
+    model = AutoModelForQuestionAnswering.from_pretrained(str(folder)).eval()
+    cols = qa.features(AutoTokenizer.from_pretrained(str(folder)), dev.examples, 64, 16, 24, training=False)
+    with torch.no_grad():
+        outs = [model(**{k: torch.tensor([cols[k][i]]) for k in ("input_ids", "token_type_ids", "attention_mask")})
+                for i in range(len(cols["input_ids"]))]  # fmt: skip
+    answers, _, _ = qa.postprocess(dev.examples, cols, [o.start_logits[0].numpy() for o in outs],
+                                   [o.end_logits[0].numpy() for o in outs])  # fmt: skip
+    return answers
+
+
+def qa_argv(model, data, out, *extra, version="v1"):
+    split = {"v1": "v1.1", "v2": "v2.0"}[version]
+    return ["--model_name_or_path", model, "--train_file", data / version / f"train-{split}.json",
+            "--validation_file", data / version / "dev.flat.json", "--output_dir", out, "--max_seq_length", 64,
+            "--max_query_length", 24, "--doc_stride", 16, "--max_train_samples", 200, "--max_eval_samples", 60,
+            "--learning_rate", 1e-3, "--per_device_train_batch_size", 16, *FAST, *extra,
+            *(["--version_2_with_negative"] if version == "v2" else [])]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_qa_teacher_is_saved_then_distilled_into_a_student_and_runs_are_kept(tmp_path, tiny, syn_qa):  # noqa: F811
+    out_t = tmp_path / "teacher"
+    run_main(run_qa.main, *qa_argv(tiny, syn_qa, out_t, "--max_steps", 40, "--save_model"), check=True)
+    run = out_t / "squad" / "lr0.001_seed42"
+    result = json.loads((run / "results.json").read_text())
+    dev = qa.load_split(str(syn_qa / "v1" / "dev.flat.json"), "dev", False, False).head(60)
+    preds = json.loads((run / "predictions.json").read_text())
+    nbest = json.loads((run / "nbest_predictions.json").read_text())
+    assert set(preds) == set(nbest) == {e.id for e in dev.examples}
+    assert result["metrics"]["dev"] == pytest.approx(qa.squad_metrics(dev.examples, preds))
+    assert result["steps"] == 40 and result["hyper_parameters"]["eval_data"] == dev.digest
+    assert not (run / "null_odds.json").exists()
+
+    # the saved model reproduces its own predictions (transformers 5 has no question-answering pipeline)
+    assert answers_alone(run / "model", dev) == preds
+
+    # the same model, now distilled from the saved teacher; the teacher's logits kept, then read
+    cache = tmp_path / "cache"
+    kd = ("--teacher_name_or_path", run / "model", "--alpha_ce", 0.7, "--alpha_squad", 0.3, "--temperature", 3,
+          "--teacher_logits_cache", cache, "--max_steps", 10)  # fmt: skip
+    proc = run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / "student", *kd), check=True)
+    assert "took" in proc.stdout and len(list(cache.glob("*.npy"))) == 1
+    student = json.loads((tmp_path / "student" / "results.json").read_text())
+    assert student["teacher"]["alpha_ce"] == 0.7 and student["teacher"]["temperature"] == 3
+    kept = run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / "student", *kd), check=True)
+    assert "kept" in kept.stdout and "fine-tuning" not in kept.stdout
+    redo = run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / "student", *kd, "--overwrite_output_dir"),
+                    check=True)  # fmt: skip
+    assert "read from" in redo.stdout
+    hotter = [*kd[:7], 4, *kd[8:]]  # --temperature 4: another distillation, not the kept run
+    line = input_error(run_qa.main, qa_argv(tiny, syn_qa, tmp_path / "student", *hotter))
+    assert "was run with other settings" in line and "temperature" in line, line
+
+
+@pytest.mark.slow
+def test_squad_v2_writes_null_odds_and_scores_both_kinds_of_question(tmp_path, tiny, syn_qa):  # noqa: F811
+    out = tmp_path / "v2"
+    run_main(run_qa.main, *qa_argv(tiny, syn_qa, out, "--max_steps", 6, "--seeds", 2, version="v2"), check=True)
+    summary = json.loads((out / "results.json").read_text())["tasks"]["squad_v2"]
+    assert set(summary["metrics"]["dev"]) == {"exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1"}
+    for seed in (42, 43):
+        run = out / "squad_v2" / f"lr0.001_seed{seed}"
+        odds = json.loads((run / "null_odds.json").read_text())
+        preds = json.loads((run / "predictions.json").read_text())
+        assert set(odds) == set(preds) and len(preds) == 60
+        assert all((preds[q] == "") == (odds[q] > 0) for q in preds)  # threshold 0
+        assert all(math.isfinite(v) for v in odds.values())
+    assert not any(Path(out).rglob("checkpoint-*"))
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_and_a_failed_overwrite_keeps_the_old_run(tmp_path, tiny, syn_qa, monkeypatch):  # noqa: F811
+    out = tmp_path / "resume"
+    argv = qa_argv(tiny, syn_qa, out, "--max_steps", 4, "--save_strategy", "steps", "--save_steps", 2)
+    run = out / "squad" / "lr0.001_seed42"
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped after training, before the answers")
+
+    with monkeypatch.context() as m:
+        m.setattr(qa, "postprocess", stopped)
+        with pytest.raises(RuntimeError):
+            run_main(run_qa.main, *argv)
+    assert (run / "checkpoint-4").is_dir() and not (run / "results.json").exists()
+    resumed = run_main(run_qa.main, *argv, check=True)
+    assert f"resuming from {run / 'checkpoint-4'}" in resumed.stdout, resumed.stdout
+    first = (run / "results.json").read_text()
+    assert json.loads(first)["steps"] == 4 and not list(run.glob("checkpoint-*"))
+
+    with monkeypatch.context() as m:  # a replacement that fails puts the finished run back as it was
+        m.setattr(qa, "postprocess", stopped)
+        with pytest.raises(RuntimeError):
+            run_main(run_qa.main, *argv, "--overwrite_output_dir")
+    assert (run / "results.json").read_text() == first
+    assert not any(p.name.endswith(("overwrite", "aside")) for p in run.parent.iterdir()), list(run.parent.iterdir())
+
+
+@pytest.mark.slow
+def test_torchrun_distils_on_two_processes_and_answers_in_order(tmp_path, tiny, syn_qa):  # noqa: F811
+    teacher = tmp_path / "teacher"
+    run_main(run_qa.main, *qa_argv(tiny, syn_qa, teacher, "--max_steps", 6, "--save_model"), check=True)
+    teacher_model = teacher / "squad" / "lr0.001_seed42" / "model"
+    out = tmp_path / "ddp"
+    argv = qa_argv(tiny, syn_qa, out, "--num_train_epochs", 1, "--save_model", "--teacher_name_or_path",
+                   teacher_model, "--teacher_logits_cache", "off")  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "scripts" / "run_qa.py"), *map(str, argv)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = out / "squad" / "lr0.001_seed42"
+    result = json.loads((run / "results.json").read_text())
+    assert result["hyper_parameters"]["world_size"] == 2 and result["teacher"]["path"] == str(teacher_model)
+    assert proc.stdout.count("squad lr 0.001 seed 42: exact_match") == 1  # one process reports
+    # the two processes' answers, gathered, are each question's own: the saved student gives them alone
+    dev = qa.load_split(str(syn_qa / "v1" / "dev.flat.json"), "dev", False, False).head(60)
+    assert answers_alone(run / "model", dev) == json.loads((run / "predictions.json").read_text())
