@@ -3,7 +3,8 @@
 Loss, as upstream (Sanh et al., 2019): alpha_ce * KD + alpha_mlm * MLM (or alpha_clm * CLM)
 + alpha_mse * MSE(logits) + alpha_cos * cosine(last hidden states), where KD is the KL divergence between
 the teacher's and the student's distributions at temperature T, times T^2. The loss functions and the
-vocabulary head are in losses.py, the masking in masking.py, the logging in monitor.py.
+vocabulary head are in training/losses.py, the masking in training/masking.py, the logging in
+training/monitor.py.
 
 Read `step()` (one batch: both forwards, the losses) and then `train()` (the loop: prepare a batch, step,
 backward, optimizer step at the end of each accumulation cycle, log, evaluate, checkpoint). Checkpoints hold

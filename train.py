@@ -22,7 +22,7 @@ end the student in HF format (config.json + model.safetensors) with the teacher'
 `AutoModelForMaskedLM.from_pretrained(dump_path)` and `pipeline("fill-mask", model=dump_path)` work.
 
 Every upstream flag is accepted (examples/research_projects/distillation/train.py); they are defined, with
-their defaults, in train_args.py. Differences: --fp16
+their defaults, in training/train_args.py. Differences: --fp16
 uses torch.amp (no apex; --fp16_opt_level is ignored); --bf16; the defaults are the DistilBERT recipe
 (alpha_ce 5, alpha_mlm 2, alpha_cos 1, MLM for distilbert/roberta students); bad input stops with a
 one-line error and exit status 2 before anything is written; a non-finite loss stops with exit status 3.

@@ -14,7 +14,7 @@ of transformers' own run_glue.py example.
         --teacher_name_or_path O_TEACHER/sst2/lr5e-05_seed42/model --alpha_ce 1 --alpha_task 0 --temperature 2 \
         --unlabeled_samples 10000
 
-Task distillation (task_distill.py) adds to the task's own loss (label cross-entropy, or MSE for a regression,
+Task distillation (tasks/task_distill.py) adds to the task's own loss (label cross-entropy, or MSE for a regression,
 weighted by --alpha_task): --alpha_ce times T² KL(teacher || student) of the class distributions at
 --temperature (for a regression, the squared error to the teacher's prediction), and, off by default,
 --alpha_cos (last hidden states, equal widths), --alpha_att and --alpha_vv (MiniLM's relations). With the

@@ -15,7 +15,7 @@ Each question and its context become windows of --max_seq_length tokens overlapp
 model learns the gold span's start and end (a window without the answer: [CLS]); predictions take the best
 of --n_best_size starts and ends per window, at most --max_answer_length tokens long, and for v2.0 the
 empty answer when its score beats the best span's by more than --null_score_diff_threshold. Scores are
-SQuAD's official exact match and F1 (qa.py), stored as fractions like run_glue.py's metrics.
+SQuAD's official exact match and F1 (tasks/qa.py), stored as fractions like run_glue.py's metrics.
 
 In --output_dir: results.json (the median over --seeds at the best --learning_rate_grid rate) and, per run,
 squad/lr5e-05_seed42/ with results.json, predictions.json, nbest_predictions.json (and null_odds.json for
