@@ -47,16 +47,13 @@ class Replacement:
     def pending(self):
         """What recover() would do, read-only: None (nothing left over), "keep" (the new run reached its commit
         point: the old one goes) or "put back" (the new run goes, the old one comes back)."""
-        if self.leftover() is None:
-            return None
-        return "keep" if self.folder.is_dir() and self.committed(self.folder) else "put back"
+        return self._state()[1]
 
     def recover(self):
         """Settle what a killed command left here (main process, under the folder's lock). Returns a one-line
         message of what was done, or None when there was nothing to do."""
         self._remove(self.deleting)  # a deletion killed midway
-        what = self.pending()
-        old = self.leftover()
+        old, what = self._state()
         if what == "keep":
             self._remove(old)
             return f"{self.folder}: its replacement by {self.flag} had {self.point}; the old run is removed"
@@ -65,6 +62,12 @@ class Replacement:
             old.rename(self.folder)
             return f"{self.folder}: put back; its replacement by {self.flag} was stopped before it had {self.point}"
         return None
+
+    def _state(self):
+        old = self.leftover()
+        if old is None:
+            return None, None
+        return old, "keep" if self.folder.is_dir() and self.committed(self.folder) else "put back"
 
     def begin(self):
         """Move the old run aside (call recover() first); the caller makes the new run in its place."""

@@ -24,12 +24,8 @@ def load_teacher(model_class, path, needs=None):
     return model.eval(), no_head
 
 
-def hidden_size(config):
-    return getattr(config, "dim", None) or config.hidden_size  # DistilBERT's config calls it dim
-
-
 def check_width(student_config, teacher_config, why):
     """The losses that compare hidden states (`why` names them and what to do instead) need equal widths."""
-    s, t = hidden_size(student_config), hidden_size(teacher_config)
+    s, t = student_config.hidden_size, teacher_config.hidden_size  # every config maps it (DistilBERT's `dim`)
     if s != t:
         raise InputError(f"the student's hidden size {s} differs from the teacher's {t}: {why}")
