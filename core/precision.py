@@ -12,10 +12,13 @@ business: the step is skipped and counted).
 import contextlib
 import dataclasses
 import functools
+import os
 import platform
 import time
 
 import torch
+
+from core.errors import InputError
 
 # The attention implementation (transformers' attn_implementation) a precision runs with, by device type;
 # absent: the model's own (SDPA, PyTorch choosing its kernel). Measured with benchmarks/bench_attention.py
@@ -52,43 +55,83 @@ BF16_PROBE = (128, 384, 1536)  # a BERT-small FFN matmul: rows x width x FFN wid
 BF16_FAST_RATIO = 0.8  # bf16 counts as fast when it takes at most this share of fp32's time
 
 
-def _probe_runs(dtype, n=5):
-    """Seconds of each of `n` runs of the probe matmul in `dtype`, one at a time (after one untimed call)."""
+PROBE_PAIRS = 7  # fp32 and bf16 timed in turns, this many of each: a load that comes and goes hits both alike
+PROBE_ENV = "DISTIL_CPU_BF16"  # "fast" or "slow": the answer without measuring (tests, and CPUs a user knows)
+
+
+def _probe_inputs(dtype):
     rows, width, ffn = BF16_PROBE
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, width, generator=generator).to(dtype)
-    y = torch.randn(width, ffn, generator=generator).to(dtype)
+    x, y = torch.randn(rows, width, generator=generator), torch.randn(width, ffn, generator=generator)
+    x, y = x.to(dtype), y.to(dtype)
     x @ y  # the first call: oneDNN's kernel choice, page faults
+    return x, y
+
+
+def _timed(x, y):
+    start = time.perf_counter()
+    x @ y
+    return time.perf_counter() - start
+
+
+def _probe_pairs(n=PROBE_PAIRS):
+    """(fp32 seconds, bf16 seconds) of each of `n` runs of the probe matmul, the two dtypes in turns."""
+    fp32, bf16 = _probe_inputs(torch.float32), _probe_inputs(torch.bfloat16)
     for _ in range(n):
-        start = time.perf_counter()
-        x @ y
-        yield time.perf_counter() - start
+        yield _timed(*fp32), _timed(*bf16)
 
 
-def bf16_pays(fp32_seconds, bf16_runs):
-    """True at the first bf16 run within BF16_FAST_RATIO of fp32's time; False at one over 3x it (emulated
-    bf16: no need to wait for more of it), or when no run was fast."""
-    for seconds in bf16_runs:
-        if seconds <= BF16_FAST_RATIO * fp32_seconds:
-            return True
-        if seconds > 3 * fp32_seconds:
+def bf16_pays(pairs):
+    """Whether bf16 pays, from (fp32 seconds, bf16 seconds) pairs: the fastest bf16 run against the fastest fp32
+    run (a busy machine only ever slows a run down, so the minimum is the steadiest figure of each). Stops early,
+    False, once bf16's best of two or more runs is over 3x fp32's (emulated bf16, ~0.3 s a run: no need to wait
+    for more of it)."""
+    best32 = best16 = float("inf")
+    for n, (seconds32, seconds16) in enumerate(pairs, 1):
+        best32, best16 = min(best32, seconds32), min(best16, seconds16)
+        if n >= 2 and best16 > 3 * best32:  # two runs: one slow bf16 run can be a hiccup of the machine
             return False
-    return False
+    return best16 <= BF16_FAST_RATIO * best32
 
 
-@functools.cache
-def cpu_bf16_is_fast():
-    """Whether bf16 autocast pays on this CPU, measured: the probe matmul in bf16 against fp32, one thread (a
-    few ms where bf16 is native, ~0.3 s where it is emulated; once per process). Flags mislead both ways:
-    oneDNN runs bf16 on AMX even when PyTorch's own kernels are AVX2 (ATEN_CPU_CAPABILITY=avx2: 6x faster than
-    fp32 on the project's Xeon), and emulates it ~75x slower without AVX-512 (ONEDNN_MAX_CPU_ISA=AVX2; an
-    AVX2-only EPYC ran a training step 11x slower). docs/benchmarks.md has the figures."""
+def _forced():
+    """The answer PROBE_ENV gives (True, False), or None when it is not set; a bad value is an error."""
+    value = os.environ.get(PROBE_ENV, "")
+    if value not in ("", "fast", "slow"):
+        raise InputError(f"{PROBE_ENV}={value!r}: give fast or slow (or leave it unset to measure)")
+    return {"": None, "fast": True, "slow": False}[value]
+
+
+def _measure():
+    """The probe, one thread: True where bf16 pays (bf16_pays)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return bf16_pays(min(_probe_runs(torch.float32)), _probe_runs(torch.bfloat16))
+        return bf16_pays(_probe_pairs())
     finally:
         torch.set_num_threads(threads)
+
+
+@functools.cache
+def cpu_bf16():
+    """(whether bf16 autocast pays on this CPU, how that was found: "measured" or "DISTIL_CPU_BF16=fast|slow"),
+    decided once per process: every decision and every record reads this one answer.
+
+    The probe times a matmul in bf16 against fp32, one thread, in turns, and compares the fastest of each (a few
+    ms where bf16 is native, ~0.3 s where it is emulated). DISTIL_CPU_BF16=fast|slow answers without measuring.
+    Flags mislead both ways: oneDNN runs bf16 on AMX even when PyTorch's own kernels are AVX2
+    (ATEN_CPU_CAPABILITY=avx2: 6x faster than fp32 on the project's Xeon), and emulates it ~75x slower without
+    AVX-512 (ONEDNN_MAX_CPU_ISA=AVX2; an AVX2-only EPYC ran a training step 11x slower). docs/benchmarks.md has
+    the figures."""
+    forced = _forced()
+    if forced is not None:
+        return forced, f"{PROBE_ENV}={os.environ[PROBE_ENV]}"
+    return _measure(), "measured"
+
+
+def cpu_bf16_is_fast():
+    """Whether bf16 autocast pays on this CPU (cpu_bf16())."""
+    return cpu_bf16()[0]
 
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # autocast dtypes; fp32 runs without autocast
@@ -99,6 +142,7 @@ class Precision:
     requested: str  # "fp16", "bf16" or "fp32": the flags as given
     used: str  # what runs
     why: str = ""  # why `used` differs from `requested` ("" when it does not)
+    cpu_bf16: str = ""  # --bf16 on a CPU: how the CPU's answer came ("measured: fast", "DISTIL_CPU_BF16=slow")
 
     @classmethod
     def decide(cls, fp16, bf16, device):
@@ -108,10 +152,19 @@ class Precision:
         if fp16 and device.type != "cuda":
             why = "--fp16 needs a CUDA GPU: training in fp32 on the CPU (--bf16 gives mixed precision on CPU)"
             return cls(requested, "fp32", why)
-        if bf16 and device.type == "cpu" and not cpu_bf16_is_fast():
-            why = (f"--bf16: this CPU, {cpu_description()}, has no native bf16 (a bf16 matmul measured no faster "
-                   f"than fp32; without AVX-512 bf16 is emulated, ~10x slower), so training runs in fp32")  # fmt: skip
-            return cls(requested, "fp32", why)
+        if bf16 and device.type == "cpu":
+            fast, source = cpu_bf16()
+            how = f"measured: {'fast' if fast else 'slow'}" if source == "measured" else source
+            if fast:
+                return cls(requested, requested, cpu_bf16=how)
+            if source == "measured":
+                why = (
+                    f"--bf16: this CPU, {cpu_description()}, has no native bf16 (a bf16 matmul measured no "
+                    "faster than fp32; without AVX-512 bf16 is emulated, ~10x slower), so training runs in fp32"
+                )
+            else:
+                why = f"--bf16: {source} says this CPU has no fast bf16, so training runs in fp32"
+            return cls(requested, "fp32", why, how)
         return cls(requested, requested)
 
     @classmethod
@@ -148,8 +201,9 @@ class Precision:
         return torch.autocast(device_type, dtype=self.dtype)
 
     def record(self, device_type="cpu"):
-        return {"requested": self.requested, "used": self.used, "why": self.why or None,
-                "attention": attention_for(device_type, self.used) or "sdpa"}
+        out = {"requested": self.requested, "used": self.used, "why": self.why or None,
+               "attention": attention_for(device_type, self.used) or "sdpa"}  # fmt: skip
+        return out | ({"cpu_bf16": self.cpu_bf16} if self.cpu_bf16 else {})
 
 
 def trainer_precision(training):

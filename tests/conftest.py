@@ -27,6 +27,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worke
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # so two workers do not fight over 2 cores
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+from core import precision
 from scripts import make_synthetic_wiki
 from train_helpers import tiny_run_files
 
@@ -113,6 +114,48 @@ def single_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+UNDECLARED_BF16 = "undeclared (a test that reaches the bf16 probe takes the cpu_bf16, bf16_fast or bf16_slow fixture)"
+
+
+@pytest.fixture(autouse=True)
+def bf16_probe_is_declared(request, monkeypatch):
+    """No test depends on what this machine's bf16 probe says (it differs between CPUs, and under load between
+    calls): a test that reaches it must say which kind of CPU it stands for (the fixtures below), else the
+    probe's answer is an error naming them, in this process and in the scripts it starts. Only the probe's own
+    tests (marked bf16_probe) measure."""
+    precision.cpu_bf16.cache_clear()
+    if request.node.get_closest_marker("bf16_probe") is None:
+        monkeypatch.setenv(precision.PROBE_ENV, UNDECLARED_BF16)
+    yield
+    precision.cpu_bf16.cache_clear()
+
+
+def _declare_bf16(monkeypatch, answer):
+    monkeypatch.setenv(precision.PROBE_ENV, answer)
+    precision.cpu_bf16.cache_clear()
+    return answer == "fast"
+
+
+@pytest.fixture(params=["fast", "slow"])
+def cpu_bf16(request, monkeypatch):
+    """Both kinds of CPU, one after the other, on any CPU: True where bf16 pays (--bf16 runs bf16), False where
+    it does not (--bf16 runs fp32). Where bf16 is emulated the fast branch is slower, not different: the tests'
+    models are tiny."""
+    return _declare_bf16(monkeypatch, request.param)
+
+
+@pytest.fixture
+def bf16_fast(monkeypatch):
+    """A CPU where bf16 pays (the probe answers fast)."""
+    return _declare_bf16(monkeypatch, "fast")
+
+
+@pytest.fixture
+def bf16_slow(monkeypatch):
+    """A CPU where bf16 does not pay (the probe answers slow): --bf16 runs fp32."""
+    return _declare_bf16(monkeypatch, "slow")
 
 
 @pytest.fixture(scope="module")

@@ -50,10 +50,11 @@ def test_corpus_scale_refuses_bad_flags(tmp_path, flags):
 
 
 @pytest.mark.slow
-def test_attention_bench_times_every_path_and_names_the_choice():
+def test_attention_bench_times_every_path_and_names_the_choice(cpu_bf16):
     proc = bench("bench_attention.py", "--sizes", "tiny", "--rounds", "1", "--threads", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("tiny")]
+    assert [line.split()[1].rstrip(":") for line in lines] == (["fp32", "bf16"] if cpu_bf16 else ["fp32"])
     assert lines and all("eager" in line and "sdpa" in line and "math" in line for line in lines)
     for line in lines:
         used = line.split()[1].rstrip(":")

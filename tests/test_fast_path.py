@@ -113,7 +113,7 @@ def test_split_lm_head_equals_the_models_own(kind):
         torch.testing.assert_close(projection(features(hidden)), logits)
 
 
-def test_bf16_autocast_step_on_cpu_is_close_to_fp32(base_argv):
+def test_bf16_autocast_step_on_cpu_is_close_to_fp32(base_argv, bf16_fast):
     """--bf16 on CPU: the teacher is stored in bf16, the step runs under autocast, losses and gradients are
     those of fp32 to bf16's precision."""
     _, d32, _ = build_distiller(base_argv)

@@ -338,7 +338,8 @@ def test_a_precision_this_cpu_lacks_says_so_and_records_fp32(flag, message, tmp_
                                                              capsys, monkeypatch):  # fmt: skip
     """The same decision as train.py's (precision.Precision): --fp16 without CUDA, and --bf16 on a CPU whose
     bf16 is emulated (~11x slower), run fp32, say so, and record what was asked and what ran."""
-    monkeypatch.setattr(precision, "cpu_bf16_is_fast", lambda: False)
+    monkeypatch.delenv(precision.PROBE_ENV)  # measured, and the probe says slow
+    monkeypatch.setattr(precision, "_measure", lambda: False)
     cpu = ["--use_cpu"] if flag == "--bf16" else []  # the Trainer takes bf16 on a CPU only with --use_cpu
     glue_main(*custom_args(teacher, custom_task, tmp_path / "out", flag, *cpu))
     assert message in capsys.readouterr().out

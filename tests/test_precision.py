@@ -23,19 +23,53 @@ def test_the_request_runs_where_it_can():
     assert (bf16.used, bf16.teacher_dtype, bf16.scaled) == ("bf16", torch.bfloat16, False)  # no scaler for bf16
 
 
-def test_fp16_without_cuda_and_bf16_on_a_slow_cpu_fall_back_to_fp32_and_say_why(monkeypatch):
+def test_fp16_without_cuda_falls_back_to_fp32_and_says_why():
     p = Precision.decide(fp16=True, bf16=False, device=CPU)
     assert p.record() == {"requested": "fp16", "used": "fp32", "why": p.why, "attention": "sdpa"}
     assert "needs a CUDA GPU" in p.why
     assert not p.scaled  # so non-finite losses are errors, not overflow steps to skip
-    monkeypatch.setattr(precision, "cpu_bf16_is_fast", lambda: False)
+
+
+@pytest.mark.parametrize("answer", ["fast", "slow"])
+def test_bf16_on_a_cpu_runs_where_the_probe_says_it_pays_and_records_how_it_knew(monkeypatch, answer):
+    """The probe's answer, measured or forced: slow runs fp32 and says why; either way the record names the source."""
+    monkeypatch.setattr(precision, "_measure", lambda: answer == "fast")
+    monkeypatch.delenv(precision.PROBE_ENV)
+    precision.cpu_bf16.cache_clear()
     p = Precision.decide(fp16=False, bf16=True, device=CPU)
-    assert (p.requested, p.used) == ("bf16", "fp32") and "no native bf16" in p.why
-    monkeypatch.setattr(precision, "cpu_bf16_is_fast", lambda: True)
-    p = Precision.decide(fp16=False, bf16=True, device=CPU)
-    assert (p.used, p.why, p.record()["why"]) == ("bf16", "", None)
-    with p.autocast("cpu"):
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert p.record()["cpu_bf16"] == f"measured: {answer}"
+    if answer == "slow":
+        assert (p.requested, p.used) == ("bf16", "fp32") and "has no native bf16 (a bf16 matmul measured" in p.why
+    else:
+        assert (p.used, p.why, p.record()["why"]) == ("bf16", "", None)
+        with p.autocast("cpu"):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setenv(precision.PROBE_ENV, answer)
+    precision.cpu_bf16.cache_clear()
+    monkeypatch.setattr(precision, "_measure", lambda: pytest.fail("the forced answer measured"))
+    forced = Precision.decide(fp16=False, bf16=True, device=CPU)
+    assert forced.used == p.used and forced.record()["cpu_bf16"] == f"DISTIL_CPU_BF16={answer}"
+    assert forced.why == ("" if answer == "fast" else "--bf16: DISTIL_CPU_BF16=slow says this CPU has no fast "
+                          "bf16, so training runs in fp32")  # fmt: skip
+    assert Precision.decide(fp16=False, bf16=True, device=CUDA).record().get("cpu_bf16") is None  # not asked
+
+
+def test_the_probe_answers_once_per_process(monkeypatch):
+    """Every decision reads one answer: a second call does not measure again, even if the machine changed."""
+    monkeypatch.delenv(precision.PROBE_ENV)
+    answers = iter([True, False])
+    monkeypatch.setattr(precision, "_measure", lambda: next(answers))
+    precision.cpu_bf16.cache_clear()
+    assert [Precision.decide(False, True, CPU).used for _ in range(3)] == ["bf16"] * 3
+    assert precision.cpu_bf16_is_fast() and precision.cpu_bf16() == (True, "measured")
+
+
+@pytest.mark.parametrize("bad", ["yes", "FAST", "1", " slow"])
+def test_a_bad_forced_answer_is_refused_in_one_line(monkeypatch, bad):
+    monkeypatch.setenv(precision.PROBE_ENV, bad)
+    precision.cpu_bf16.cache_clear()
+    with pytest.raises(precision.InputError, match=r"DISTIL_CPU_BF16=.*: give fast or slow \(or leave it unset"):
+        Precision.decide(fp16=False, bf16=True, device=CPU)
 
 
 def tiny_bert():
@@ -66,8 +100,8 @@ def test_each_precision_gets_the_attention_measured_for_it(used):
     assert precision.attention_for("cuda", used) is None and p.record("cuda")["attention"] == "sdpa"
 
 
-def test_the_distiller_puts_both_models_on_the_chosen_attention(base_argv):
-    for flags, used in (({}, "fp32"), ({"bf16": True}, "bf16" if precision.cpu_bf16_is_fast() else "fp32")):
+def test_the_distiller_puts_both_models_on_the_chosen_attention(base_argv, cpu_bf16):
+    for flags, used in (({}, "fp32"), ({"bf16": True}, "bf16" if cpu_bf16 else "fp32")):
         _, d, _ = build_distiller(with_args(base_argv, **flags))
         assert d.precision.used == used
         expected = precision.attention_for("cpu", used) or "sdpa"
