@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
-from conftest import ROOT, run_script
+from conftest import ROOT, input_error, run_script
 from core import precision
 from core.precision import bf16_pays
 from train_helpers import make_teacher_dir, read_metrics, sentences, with_args, write_student_config
@@ -108,6 +108,13 @@ def test_bf16_on_a_cpu_trains_in_bf16_where_it_pays_and_in_fp32_where_not(tmp_pa
     assert params["precision"]["cpu_bf16"] == f"DISTIL_CPU_BF16={'fast' if cpu_bf16 else 'slow'}"
     said = "DISTIL_CPU_BF16=slow says this CPU has no fast bf16, so training runs in fp32"
     assert (said in caplog.text) != cpu_bf16
+
+
+def test_a_bad_distil_cpu_bf16_stops_train_py_in_one_line(tmp_path, base_argv, monkeypatch):
+    monkeypatch.setenv(precision.PROBE_ENV, "maybe")
+    line = input_error(train.main, with_args(base_argv, dump_path=tmp_path / "run", bf16=True, stop_after_iter=2))
+    assert line == "train.py: error: DISTIL_CPU_BF16='maybe': give fast or slow (or leave it unset to measure)"
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 @pytest.mark.bf16_probe
