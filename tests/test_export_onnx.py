@@ -1,0 +1,239 @@
+"""scripts/export_onnx.py on tiny models of every type and head the project trains: the export matches PyTorch
+(checked by the script, and again here from the written folder alone), int8 agreement is computed and
+recorded, dev scores are run_glue.py's / run_qa.py's metrics on ONNX Runtime's outputs, and a refused export
+or bad input leaves nothing behind."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers import AutoTokenizer
+
+from conftest import input_error, run_main, write_bert_vocab
+from scripts import export_onnx
+from tasks import deploy, glue, qa
+from test_glue import GLUE_DATA
+
+pytest.importorskip("onnxruntime")
+
+WORDS = sorted({w for t in export_onnx.SENTENCES + [q for q, _ in export_onnx.QUESTIONS] for w in t.lower().split()})
+BPE_SPECIALS = {"roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "gpt2": ["<|endoftext|>"]}
+HEADS = {"seq": "ForSequenceClassification", "qa": "ForQuestionAnswering", "mlm": "ForMaskedLM"}
+CLASSES = {"bert": "Bert", "distilbert": "DistilBert", "roberta": "Roberta", "mpnet": "MPNet", "gpt2": "GPT2"}
+
+
+def tokenizer_for(kind, folder):
+    if kind in ("roberta", "gpt2"):
+        from tokenizers import ByteLevelBPETokenizer
+
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(export_onnx.SENTENCES, vocab_size=400, show_progress=False,
+                                special_tokens=BPE_SPECIALS[kind])  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        bpe.save_model(str(folder))
+        tok = getattr(transformers, f"{CLASSES[kind]}TokenizerFast").from_pretrained(str(folder))
+        if kind == "gpt2":
+            tok.pad_token = tok.eos_token
+        return tok
+    write_bert_vocab(folder, WORDS)
+    if kind == "mpnet":  # MPNet's specials in front of the same WordPiece vocabulary
+        vocab = (folder / "vocab.txt").read_text().splitlines()
+        (folder / "vocab.txt").write_text("\n".join(["<s>", "<pad>", "</s>", "<unk>", "<mask>"] + vocab) + "\n")
+        return transformers.MPNetTokenizerFast.from_pretrained(str(folder))
+    return transformers.BertTokenizerFast.from_pretrained(str(folder))
+
+
+def make_model(folder, kind, head, num_labels=2):
+    """A tiny random `kind` model with `head`, saved with its tokenizer (as run_glue/run_qa --save_model and a
+    finished train.py run leave it)."""
+    tok = tokenizer_for(kind, folder)
+    size = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, num_labels=num_labels)
+    if kind == "gpt2":
+        size |= dict(n_embd=32, n_layer=2, n_head=2, n_positions=128)
+    elif kind == "distilbert":
+        size |= dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128)
+    else:
+        size |= dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=130)  # fmt: skip
+    if kind == "roberta":
+        size |= dict(type_vocab_size=1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = getattr(transformers, f"{CLASSES[kind]}Config")(**size)
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{CLASSES[kind]}{HEADS[head]}")(config).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+CASES = [("bert", "seq"), ("distilbert", "seq"), ("roberta", "seq"), ("mpnet", "seq"), ("gpt2", "seq"),
+         ("bert", "qa"), ("roberta", "qa"), ("distilbert", "mlm"), ("bert", "mlm")]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind, head", CASES)
+def test_the_export_matches_pytorch_and_loads_on_its_own(tmp_path, kind, head):
+    src = make_model(tmp_path / "model", kind, head)
+    out = tmp_path / "onnx"
+    proc = run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, "--quantize", "int8",
+                    check=True)  # fmt: skip
+    record = json.loads((out / "export.json").read_text())
+    assert record["model_type"] == kind and record["head"] == deploy.head_of(
+        transformers.AutoConfig.from_pretrained(src)).kind  # fmt: skip
+    assert 0 <= record["parity"]["largest_difference"] <= 1e-4 and f"{record['parity']['largest_difference']:.2e}" in (
+        proc.stdout)  # fmt: skip
+    assert 0 <= record["int8"]["argmax_agreement_with_fp32"] <= 1 and record["int8"]["rows"] > 0
+    assert {"model.onnx", "model.int8.onnx", "config.json", "export.json"} <= {p.name for p in out.iterdir()}
+    assert record["optimized"] == (record["fused_operators"] is not None)
+    assert [p.name for p in tmp_path.glob(".onnx*")] == [".onnx.lock"]  # no staging or aside folder left
+    # The folder alone: its tokenizer and model.onnx give PyTorch's outputs on new text.
+    tok = AutoTokenizer.from_pretrained(out)
+    model = getattr(transformers, export_onnx.MODEL_CLASSES[record["head"]]).from_pretrained(src).eval()
+    texts = [["the capital of the river city", "a film"]]
+    if head == "qa":
+        texts = [["what is the capital?", "who scored?"], ["Paris is the capital.", "He scored twice in the match."]]
+    got, masks = deploy.run_onnx(deploy.session(out / "model.onnx", threads=1), tok, texts, record["inputs"], 64)
+    ref = deploy.run_torch(model, tok, texts, record["inputs"], record["outputs"], 64)
+    assert deploy.largest_difference(got, ref, masks, head != "seq") < 1e-4
+
+
+def test_an_export_over_the_tolerance_is_refused_and_the_old_one_stays(tmp_path):
+    src = make_model(tmp_path / "model", "bert", "seq")
+    out = tmp_path / "onnx"
+    run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, check=True)
+    before = (out / "model.onnx").read_bytes()
+    proc = run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, "--overwrite_output_dir",
+                    "--tolerance", "1e-30", "--quantize", "int8")  # fmt: skip
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("export_onnx.py: error: the ONNX model's outputs differ from PyTorch's by ")
+    assert line.endswith("over --tolerance 1e-30: nothing was written")
+    assert (out / "model.onnx").read_bytes() == before and not (out / "model.int8.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".onnx.lock", "model", "onnx"]
+    fresh = tmp_path / "fresh"
+    assert run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", fresh, "--tolerance",
+                    "1e-30").returncode == 1  # fmt: skip
+    assert not fresh.exists()
+
+
+def test_overwrite_replaces_an_export(tmp_path):
+    src = make_model(tmp_path / "model", "distilbert", "seq")
+    out = tmp_path / "onnx"
+    run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, check=True)
+    assert not (out / "model.int8.onnx").exists()
+    run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, "--quantize", "int8",
+             "--overwrite_output_dir", check=True)  # fmt: skip
+    assert (out / "model.int8.onnx").is_file() and json.loads((out / "export.json").read_text())["int8"]
+
+
+@pytest.mark.skipif(not (GLUE_DATA / "SST-2" / "dev.tsv").is_file(), reason="needs the real SST-2 (../shared)")
+def test_the_dev_score_is_run_glues_metric_on_onnx_runtimes_outputs(tmp_path):
+    src = make_model(tmp_path / "model", "bert", "seq")
+    out = tmp_path / "onnx"
+    run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, "--quantize", "int8",
+             "--task_name", "sst2", "--data_dir", GLUE_DATA / "SST-2", "--max_eval_samples", 100, check=True)
+    record = json.loads((out / "export.json").read_text())
+    data = glue.load_task("sst2", GLUE_DATA / "SST-2")
+    split = data.dev["sst2"].head(100)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(src).eval()
+    tok = AutoTokenizer.from_pretrained(src)
+    ref = deploy.run_torch(model, tok, split.texts, record["inputs"], ["logits"], 128)
+    expected = glue.compute_metrics(data.task, np.stack(ref["logits"]).argmax(-1), split.labels)
+    assert record["dev"]["fp32"]["metrics"] == pytest.approx(expected) and record["dev"]["fp32"]["rows"] == 100
+    assert record["int8"]["dev_points_lost"] == pytest.approx(record["dev"]["fp32"]["score"] -
+                                                              record["dev"]["int8"]["score"])  # fmt: skip
+    assert record["parity"]["rows"] == 100  # the dev set's sentences, not the built-in ones
+
+
+def squad_file(path):
+    paragraphs = [{"context": c, "qas": [{"id": f"q{i}", "question": q, "answers": [
+        {"text": c.split()[0], "answer_start": 0}]}]} for i, (q, c) in enumerate(export_onnx.QUESTIONS)]
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    return path
+
+
+def test_a_qa_export_is_scored_with_run_qas_metric(tmp_path):
+    src = make_model(tmp_path / "model", "bert", "qa")
+    dev = squad_file(tmp_path / "dev.json")
+    out = tmp_path / "onnx"
+    run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, "--validation_file", dev,
+             check=True)  # fmt: skip
+    record = json.loads((out / "export.json").read_text())
+    data = qa.load_split(str(dev), "validation", False, training=False)
+    model = transformers.AutoModelForQuestionAnswering.from_pretrained(src).eval()
+    tok = AutoTokenizer.from_pretrained(src)
+    cols = qa.features(tok, data.examples, 384, 128, 64, training=False)  # run_qa.py's defaults, the export's too
+    with torch.no_grad():
+        logits = [model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([mask]),
+                        token_type_ids=torch.tensor([types])) for ids, mask, types in
+                  zip(cols["input_ids"], cols["attention_mask"], cols["token_type_ids"])]  # fmt: skip
+    predictions, _, _ = qa.postprocess(data.examples, cols, [o.start_logits[0].numpy() for o in logits],
+                                       [o.end_logits[0].numpy() for o in logits])  # fmt: skip
+    assert record["dev"]["fp32"]["metrics"] == pytest.approx(qa.squad_metrics(data.examples, predictions))
+    # the QA model's own bad input
+    line = input_error(export_onnx.main, ["--model_name_or_path", src, "--output_dir", tmp_path / "short",
+                                          "--validation_file", dev, "--max_seq_length", 12])  # fmt: skip
+    assert "--max_seq_length 12 leaves no room for a question of up to --max_query_length 64 tokens" in line
+    line = input_error(export_onnx.main, ["--model_name_or_path", src, "--output_dir", tmp_path / "glue",
+                                          "--task_name", "sst2"])  # fmt: skip
+    assert line.endswith("a QA model is scored on --validation_file (SQuAD JSON), not on a GLUE --task_name")
+    (tmp_path / "empty.txt").write_text("\n \n")
+    line = input_error(export_onnx.main, ["--model_name_or_path", src, "--output_dir", tmp_path / "empty",
+                                          "--sample_file", tmp_path / "empty.txt"])  # fmt: skip
+    assert line.endswith("empty.txt: no text in it")
+    assert not [p for p in tmp_path.iterdir() if p.name in ("short", "glue", "empty", ".short.partial")]
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("bert") / "model", "bert", "seq")
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--tolerance", "0"], "argument --tolerance: must be a positive number, got 0"),
+    (["--tolerance=-1e-4"], "argument --tolerance: must be a positive number, got -1e-4"),
+    (["--tolerance", "nan"], "argument --tolerance: must be a finite number, got nan"),
+    (["--tolerance", "x"], "argument --tolerance: invalid float value: 'x'"),
+    (["--quantize", "int4"], "argument --quantize: invalid choice: 'int4' (choose from 'int8')"),
+    (["--max_samples", "0"], "--max_samples 0: give at least 1"),
+    (["--max_seq_length", "0"], "--max_seq_length 0: give at least 1"),
+    (["--max_eval_samples", "0"], "--max_eval_samples 0: give at least 1"),
+    (["--doc_stride=-1"], "--doc_stride -1: give at least 0"),
+    (["--data_dir", "x"], "--data_dir needs --task_name (the GLUE task whose files are there)"),
+    (["--task_name", "sst2", "--validation_file", "x"], "give --task_name with --data_dir, or --validation_file, "
+     "not both"),
+])  # fmt: skip
+def test_bad_flags_fail_in_one_line(tmp_path, bert, extra, expected):
+    out = tmp_path / "onnx"
+    line = input_error(export_onnx.main, ["--model_name_or_path", bert, "--output_dir", out, *extra])
+    assert line == f"export_onnx.py: error: {expected}"
+    assert not out.exists()
+
+
+def test_bad_models_and_folders_fail_in_one_line(tmp_path, bert):
+    out = tmp_path / "onnx"
+    headless = tmp_path / "headless"
+    tok = tokenizer_for("bert", headless)
+    transformers.BertModel(transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=64)).save_pretrained(
+        headless)  # fmt: skip
+    cases = [
+        ([tmp_path / "nowhere"], f"the model {tmp_path / 'nowhere'} does not exist: check the path"),
+        ([tmp_path], "no config.json there"),
+        ([headless], "unsupported head (BertModel): the export takes a sequence classifier (run_glue.py)"),
+    ]
+    for src, expected in cases:
+        line = input_error(export_onnx.main, ["--model_name_or_path", *src, "--output_dir", out])
+        assert expected in line, line
+    mlm = make_model(tmp_path / "mlm", "distilbert", "mlm")
+    line = input_error(export_onnx.main, ["--model_name_or_path", mlm, "--output_dir", out, "--task_name", "sst2"])
+    assert line.endswith("a masked LM has no task to score: leave out --task_name and --validation_file")
+    (tmp_path / "bad.txt").write_text("one\ttwo\nthree\n")
+    line = input_error(export_onnx.main, ["--model_name_or_path", bert, "--output_dir", out, "--sample_file",
+                                          tmp_path / "bad.txt"])  # fmt: skip
+    assert line.endswith("give one text, or two separated by one tab, on every line")
+    assert not out.exists()
+    run_main(export_onnx.main, "--model_name_or_path", bert, "--output_dir", out, check=True)
+    line = input_error(export_onnx.main, ["--model_name_or_path", bert, "--output_dir", out])
+    assert line.endswith(f"--output_dir {out} holds another export: give --overwrite_output_dir to replace it, or "
+                         "another folder")  # fmt: skip
