@@ -24,13 +24,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from core import model_card
 from core.errors import InputError, NonFiniteLoss
 from core.files import atomic_write
 from core.precision import Precision, use_attention
 from grouped_batch_sampler import epoch_batches
 from training import checkpoint, evaluation
 from training.checkpoint import CHECKPOINT
-from training.losses import KD_CHUNK_ROWS, FusedKD, cosine_loss, kd_loss, mse_loss, relation_losses
+from training.losses import KD_CHUNK_ROWS, LOSS_NAMES, FusedKD, cosine_loss, kd_loss, mse_loss, relation_losses
 from training.masking import Masking, prepare_batch_clm
 from training.models import RowsLM, lm_head_parts, relation_layers
 from training.monitor import Meter, MetricsLog, empty_cache_if_low, log_line, memory_stats
@@ -117,6 +118,7 @@ class Distiller:
         self.valid_dataset = valid_dataset
         self.valid_batches = None  # masked once, on the first evaluation
         self.last_eval_iter = None
+        self.last_valid = None  # the last held-out evaluation's record, for the model card
         self.meter = Meter()  # the current log interval's sums (checkpointed: a resumed interval averages right)
         self.metrics_bytes = None  # on resume: metrics.jsonl's length when the checkpoint was written
         self.checkpoint_callbacks = []  # called after every checkpoint written (rank 0): train.py's --force cleanup
@@ -379,6 +381,7 @@ class Distiller:
         record.update({f"valid_{k}": r[k] for k in ("loss", "perplexity", "top1", "top5", "masked_tokens")})
         logger.info(log_line(record))
         self.metrics_log.write(record)
+        self.last_valid = record
         return time.perf_counter() - start
 
     # ----------------------------------------------------------------------------------------------------
@@ -412,12 +415,35 @@ class Distiller:
             f"resumed from {path}: epoch {self.epoch}, batch {self.batch_in_epoch}, iteration {self.n_total_iter}"
         )
 
+    def write_model_card(self):
+        """README.md beside the student: what it is, its teacher and objective, its held-out scores."""
+        p, cfg = self.params, self.student_model.config
+        teacher = None if p.teacher_name == "none" else p.teacher_name
+        weights = {k: getattr(p, f"alpha_{k}") for k in LOSS_NAMES if getattr(p, f"alpha_{k}", 0)}
+        results = []
+        if self.last_valid is not None:
+            metrics = {f"masked-token {k}": self.last_valid[f"valid_{k}"] for k in ("top1", "top5")}
+            results.append(model_card.Result("fill-mask", f"held out: {p.valid_file}", str(p.valid_file), metrics,
+                                             split="held out"))  # fmt: skip
+        task = "fill-mask" if p.mlm else "text-generation"
+        model_card.write(self.dump_path, model_card.Card(
+            title=f"{cfg.model_type} student, {cfg.num_hidden_layers} x {cfg.hidden_size}", pipeline_tag=task,
+            base_model=p.student_pretrained_weights or None, teacher=teacher, results=results,
+            summary=[f"A {cfg.num_hidden_layers}-layer, {cfg.hidden_size}-wide {cfg.model_type} "
+                     f"{'distilled from `' + teacher + '`' if teacher else 'trained without a teacher'} by `train.py` "
+                     f"on `{p.data_file}` ({self.n_optimizer_steps} optimizer steps, {self.epoch} epochs)."],
+            details={"objective": p.objective, "loss weights": ", ".join(f"{k} {v:g}" for k, v in weights.items()),
+                     "batch size": p.batch_size, "precision": self.precision.used},
+            command=model_card.this_command("train.py"),
+        ))  # fmt: skip
+
     def save_final(self, tokenizer):
         """The trained student in HF format (safetensors) with the teacher's tokenizer beside it (rank 0)."""
         if not self.dist.is_master:
             return
         self.student_model.save_pretrained(self.dump_path)
         tokenizer.save_pretrained(self.dump_path)
+        self.write_model_card()
         if self.metrics_log is not None:
             self.metrics_log.close()
         logger.info(f"final student saved in {self.dump_path} (AutoModelForMaskedLM.from_pretrained works on it)")

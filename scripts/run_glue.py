@@ -64,6 +64,7 @@ from tasks.glue_runs import (
     model_inputs,
     plan_run,
     read_summary,
+    save_model,
     settings,
     summarize,
     train_or_restore,
@@ -229,8 +230,11 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
     }
     if trainer.is_world_process_zero():
         if sweep.save_model:
-            trainer.save_model(str(run.dir / "model"))
-            tokenizer.save_pretrained(str(run.dir / "model"))
+            glue_data = task.name in glue.TASKS  # GLUE's own task (its TSV files, the hub's parquet), not a user's
+            dataset = (f"GLUE {task.title}", "nyu-mll/glue", task.name) if glue_data else (task_data.source,) * 2 + (
+                None,)  # fmt: skip
+            save_model(trainer, tokenizer, run.dir / "model", result, "text-classification", dataset,
+                       "scripts/run_glue.py")  # fmt: skip
         with atomic_write(run.dir / "results.json", "w") as f:
             json.dump(result, f, indent=2)
         for checkpoint in run.dir.glob("checkpoint-*"):  # the results are in; the optimizer state is not needed

@@ -49,6 +49,7 @@ from tasks.glue_runs import (
     model_inputs,
     plan_run,
     read_summary,
+    save_model,
     summarize,
     train_or_restore,
     training_settings,
@@ -158,8 +159,10 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
     }  # fmt: skip
     if trainer.is_world_process_zero():
         if sweep.save_model:
-            trainer.save_model(str(run.dir / "model"))
-            tokenizer.save_pretrained(str(run.dir / "model"))
+            hub = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}.get(hyper["task"])
+            dataset = (dev_split.source, hub or dev_split.source, None)
+            save_model(trainer, tokenizer, run.dir / "model", result, "question-answering", dataset,
+                       "scripts/run_qa.py")  # fmt: skip
         outputs = {"predictions.json": predictions, "nbest_predictions.json": nbest}
         if version_2:
             outputs["null_odds.json"] = null_odds

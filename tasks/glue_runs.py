@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
+from core import model_card
 from core.errors import InputError, NonFiniteLoss, first_line, say
 from core.files import atomic_write, check_writable
 from core.run_folder import Replacement
@@ -361,3 +362,25 @@ def model_inputs(dataset, model, also=()):
     """Only the inputs the model's forward takes (DistilBERT has no token_type_ids), and the columns `also`."""
     keep = teacher_pass.forward_inputs(model) | {"label", *also}
     return dataset.remove_columns([c for c in dataset.column_names if c not in keep])
+
+
+def save_model(trainer, tokenizer, folder, result, task_type, dataset, script):
+    """A run's model, tokenizer and model card (README.md) in `folder`. `dataset`: (name as read, hub id or the
+    file, hub config or None), for the card's results."""
+    trainer.save_model(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    teacher = (result.get("teacher") or {}).get("path")
+    name, kind, config = dataset
+    results = [model_card.Result(task_type, name, kind, metrics, config, split)
+               for split, metrics in result["metrics"].items()]  # fmt: skip
+    how = f"distilled from `{teacher}` while fine-tuning" if teacher else "fine-tuned directly (no teacher)"
+    model_card.write(folder, model_card.Card(
+        title=f"{Path(result['model_path']).name} on {result['title']}",
+        pipeline_tag=task_type, base_model=result["model_path"], teacher=teacher,
+        datasets=[kind] if "/" in kind and not Path(kind).exists() else [], results=results,
+        summary=[f"`{result['model_path']}` {how} on {name} by `{script}` ({result['steps']} steps; dev score "
+                 f"{result['score']:.2f})."],
+        details={"learning rate": result["learning_rate"], "seed": result["seed"], "precision": result["precision"],
+                 "max_seq_length": result["hyper_parameters"].get("max_seq_length")},
+        command=model_card.this_command(script),
+    ))  # fmt: skip

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCard
 from transformers import BertTokenizer, DistilBertForMaskedLM
 
 import train
@@ -130,6 +131,13 @@ def test_train_evaluates_on_the_held_out_file_without_changing_the_training(file
     assert final["loss"] == pytest.approx(evals[-1]["valid_loss"], rel=1e-5)
     assert final["top1"] == evals[-1]["valid_top1"] and final["masked_tokens"] == evals[-1]["valid_masked_tokens"]
     assert "eval iter 45" in (tmp_path / "eval" / "train.log").read_text()
+    # The model card beside the student holds the last evaluation, and names the teacher (the hub parses it).
+    card = ModelCard.load(tmp_path / "eval" / "README.md").data.to_dict()
+    metrics = {m["type"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"masked-token top1": evals[-1]["valid_top1"], "masked-token top5": evals[-1]["valid_top5"]}
+    assert card["pipeline_tag"] == "fill-mask" and card["teacher"] == files["argv"][files["argv"].index(
+        "--teacher_name") + 1]  # fmt: skip
+    assert "model-index" not in ModelCard.load(tmp_path / "plain" / "README.md").data.to_dict()  # nothing measured
 
 
 def test_bad_input_is_one_line_error(files, tmp_path, capsys):
