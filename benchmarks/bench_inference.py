@@ -19,7 +19,8 @@ compile (torch.compile), onnx (ONNX Runtime fp32, optimized as scripts/export_on
 Inputs, from SST-2's dev sentences (--data_dir; a few built-in sentences where it is absent): latency at batch
 1 on sequences of exactly 32 and 128 real tokens (the dev text run together and cut), median and p90; throughput
 at batch 32 (or --batch) over the dev sentences in their order, each batch padded to its longest sentence.
-Peak memory: the most the process's RSS rose above its level before the runtime's model was built.
+Peak memory: the most the process's RSS rose above its level before the runtime's model was built (on CUDA:
+the GPU memory PyTorch allocated at most).
 Each model's FLOPs per sentence give the speed-up a student can reach at most (teacher FLOPs / student FLOPs);
 the report says what share of it each student achieved, and each run's GFLOP/s beside this CPU's measured
 matmul peak.
@@ -97,15 +98,19 @@ def flops_per_sentence(config, n):
     return layers * (2 * n * (4 * h * h + 2 * h * f) + 4 * n * n * h)
 
 
-def matmul_peak(threads):
-    """This CPU's fp32 matmul GFLOP/s on `threads` threads: the best of a few 1024^3 products."""
+def matmul_peak(threads, device="cpu"):
+    """The measured matmul GFLOP/s: fp32 on `threads` CPU threads (1024^3 products), or fp16 on the GPU (8192^3),
+    the best of a few."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    n, dtype = (8192, torch.float16) if device == "cuda" else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(5))
-    return 2 * 1024**3 / best / 1e9
+    sync()
+    best = min(_timed(lambda: (a @ b, sync())) for _ in range(5))
+    return 2 * n**3 / best / 1e9
 
 
 def _timed(fn):
@@ -249,6 +254,8 @@ def measure(spec, runtime, threads, args, sentences, workdir):
         fn, size = onnx_runner(path, threads), path.stat().st_size
     else:
         reset_peak()
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         size = sum(p.numel() * p.element_size() for p in model.parameters())
         fn, why = torch_runner(runtime, model, args.device)
         if fn is None:
@@ -266,6 +273,8 @@ def measure(spec, runtime, threads, args, sentences, workdir):
     out["throughput"] = rows / best
     out["gflops"] = sum(flops_per_sentence(config, n) for n in tokens) / best / 1e9
     out["peak_mb"] = (peak() - base) / 2**20
+    if args.device == "cuda":  # the GPU's memory, not the process's
+        out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -437,7 +446,7 @@ def main(argv=None):
     device = cpu_description() if args.device == "cpu" else "CUDA"
     print(f"bench_inference.py: {device}; sentences: {source}; runtimes {', '.join(args.runtimes)}; threads "
           f"{', '.join(map(str, args.thread_counts))}", flush=True)  # fmt: skip
-    peaks = {t: matmul_peak(t) for t in args.thread_counts}
+    peaks = {t: matmul_peak(t, args.device) for t in args.thread_counts}
     results = {"cpu": device, "sentences": source, "settings": {"batch": args.batch, "lengths": LENGTHS,
                "rounds": args.rounds}, "matmul_peak_gflops": peaks, "models": {}, "rows": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,8 @@
 # distillation from that fine-tuned model (run_glue.py --teacher_name_or_path, fp16) -> question answering
 # (scripts/run_qa.py on cloze questions from the corpus, then QA distillation from the fine-tuned model) ->
 # benchmarks/bench_train.py --device cuda --fp16 (ours,
-# MiniLM's losses and upstream's step) -> the GPU, driver, torch and CUDA versions. A failing step is
+# MiniLM's losses and upstream's step) -> benchmarks/bench_inference.py (the students' inference speed
+# against their teachers, fp32/fp16/bf16, batch 1 and 128) -> the GPU, driver, torch and CUDA versions. A failing step is
 # recorded and the next one runs; a step that needs a failed step's output is not run, and names that step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -130,6 +131,17 @@ else
     step bench "$PY" benchmarks/bench_train.py --device cuda --fp16 --steps "$BENCH_STEPS" --json "$OUT/bench.json"
     sed -n '/^| step/,$p' "$OUT/bench.log" >> "$SUMMARY"
 fi
+
+# The students' inference speed against their teachers (benchmarks/bench_inference.py): batch 1 and 128 in
+# fp32, fp16 and bf16 on the GPU; the dry run times the tiny shapes on the CPU (eager and ONNX).
+if [[ $DRY == 1 ]]; then
+    INFER=(--device cpu --models tiny-teacher,tiny-student --runtimes eager,onnx --threads 1 --batch 16
+           --throughput_rows 32 --latency_runs 4 --rounds 1)
+else
+    INFER=(--device cuda --runtimes eager,fp16,bf16 --threads 1 --batch 128 --throughput_rows 2048 --rounds 3)
+fi
+step inference "$PY" benchmarks/bench_inference.py "${INFER[@]}" --output "$OUT/inference.json"
+sed -n '/^| model/,$p' "$OUT/inference.log" >> "$SUMMARY"
 
 step env "$PY" - "$OUT/env.json" <<'PYEOF'
 import json

