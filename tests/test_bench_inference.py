@@ -99,3 +99,11 @@ def test_without_sst2_the_built_in_sentences_are_used_and_said(monkeypatch, tmp_
 def test_bad_flags_fail_in_one_line(flags, expected):
     line = input_error(bench.main, ["--models", "tiny-student", *flags])
     assert line.startswith(f"bench_inference.py: error: {expected}"), line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: --device cuda is good input")
+def test_cuda_flags_without_a_gpu_fail_in_one_line():
+    line = input_error(bench.main, ["--models", "tiny-student", "--device", "cuda"])
+    assert line == "bench_inference.py: error: --device cuda: no CUDA GPU here"
+    line = input_error(bench.main, ["--models", "tiny-student", "--device", "cuda", "--runtimes", "onnx"])
+    assert line == "bench_inference.py: error: --runtimes onnx: give some of eager, fp16, bf16 on cuda"
