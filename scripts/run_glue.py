@@ -292,8 +292,9 @@ def main(argv=None):
                 distillation = task_distill.settings(dargs, teacher.identity, teacher.own_tokens) if teacher else None
                 hyper = settings(data_args, targs, task_data, identity, max_length, distillation)
                 folder = out_dir / task_data.task.name
-                runs = [plan_run(Run(lr, seed, folder / f"lr{lr:g}_seed{seed}"), hyper, overwrite, main_process)
-                        for lr in rates for seed in seeds]  # fmt: skip
+                outputs = ("model",) if sweep.save_model else ()
+                runs = [plan_run(Run(lr, seed, folder / f"lr{lr:g}_seed{seed}"), hyper, overwrite, main_process,
+                                 outputs) for lr in rates for seed in seeds]  # fmt: skip
                 plans.append((task_data, hyper, runs))
 
         for task_data, hyper, runs in plans:

@@ -253,8 +253,9 @@ def main(argv=None):
                    "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}  # fmt: skip
         seeds = [targs.seed + i for i in range(sweep.seeds)]
         with targs.main_process_first(local=False, desc="planning"):
+            outputs = ("model",) if sweep.save_model else ()
             runs = [plan_run(Run(lr, seed, out_dir / task / f"lr{lr:g}_seed{seed}"), hyper, overwrite,
-                             targs.process_index == 0) for lr in rates for seed in seeds]  # fmt: skip
+                             targs.process_index == 0, outputs) for lr in rates for seed in seeds]  # fmt: skip
         results, encoded = [], None
         for run in runs:
             title = f"{task} lr {run.lr:g} seed {run.seed}"

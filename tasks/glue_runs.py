@@ -141,6 +141,13 @@ class Run:
     resume: Path = None  # the checkpoint to resume from
     discard: list = field(default_factory=list)  # checkpoints that cannot be resumed, removed when it runs
     note: str = ""  # what was found, said when it runs
+    redo: bool = False  # finished, but without an output this command asks for: trained again, the old aside
+
+
+# The flags that only add an output to a run (not a setting compared with a kept run's): a kept run that lacks
+# the output is trained again (same settings, same seed) rather than answering for a command it cannot satisfy.
+OUTPUTS = {"model": ("--save_model", lambda run_dir: (run_dir / "model" / "config.json").is_file()
+                     and any((run_dir / "model").glob("*.safetensors")))}  # fmt: skip
 
 
 def checkpoint_problem(path):
@@ -173,8 +180,9 @@ def safetensors_complete(path):
         return False
 
 
-def plan_run(run, hyper, overwrite, main_process):
-    """What to do with one run's folder, decided before anything trains or is removed."""
+def plan_run(run, hyper, overwrite, main_process, outputs=()):
+    """What to do with one run's folder, decided before anything trains or is removed. `outputs`: the OUTPUTS
+    this command asks of every run."""
     results = run.dir / "results.json"
     if main_process:  # what a killed command left (the lock is held: no other command is at work here)
         note = replacement(run.dir).recover()
@@ -188,6 +196,11 @@ def plan_run(run, hyper, overwrite, main_process):
         if differ:
             raise InputError(f"{results} was run with other settings ({'; '.join(differ[:3])}): "
                              "give --overwrite_output_dir to redo it, or another --output_dir")  # fmt: skip
+        missing = [OUTPUTS[o][0] for o in outputs if not OUTPUTS[o][1](run.dir)]
+        if missing:
+            run.kept, run.redo = None, True
+            run.note = (f"{results} was run without {', '.join(missing)} (its output is not there): training it again "
+                        "with the same settings to make it; the finished run is kept aside until then")  # fmt: skip
         return run
     numbered = [p for p in run.dir.glob("checkpoint-*") if p.name[11:].isdigit()]  # the Trainer's names
     checkpoints = sorted(numbered, key=lambda p: int(p.name[11:]), reverse=True)  # newest first
@@ -262,7 +275,7 @@ def execute(run, targs, overwrite, hyper, train):
     replacing = replacement(run.dir)
     with targs.main_process_first(local=False, desc="run folder"):  # one process moves; the others wait
         if main_process:
-            if overwrite:
+            if overwrite or run.redo:
                 replacing.begin()
             for checkpoint in run.discard:
                 shutil.rmtree(checkpoint, ignore_errors=True)
