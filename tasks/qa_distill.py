@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 from core import teachers
 from core.errors import InputError, say
-from core.files import atomic_write
 from core.loading import load_tokenizer
 from core.precision import autocast_dtype
 from tasks import teacher_pass
@@ -207,15 +206,14 @@ def with_teacher_logits(teacher, identity, dataset, tokenizer, targs, cache_sett
     start = time.time()
     lengths = np.array([len(ids) for ids in dataset["input_ids"]])
     folder = teacher_pass.cache_folder(cache_setting)
-    path = folder / f"{teacher_pass.logits_key(identity, dataset, str(dtype), 'qa start/end')}.npy" if folder else None
-    logits = None
-    if path is not None:
-        try:
-            logits = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            logits = None
-        if logits is not None and (logits.shape != (lengths.sum(), 2) or not np.isfinite(logits).all()):
-            logits = None
+    path = logits = None
+    if folder is not None:
+        key = teacher_pass.logits_key(identity, dataset, str(dtype), "qa start/end")
+        path = teacher_pass.cache_path(folder, key)
+        logits, why = teacher_pass.read_cached_logits(path, key, (int(lengths.sum()), 2))
+        if why:
+            say(f"the cached teacher logits at {path} were not used ({why}): computing them again")
+    logits = teacher_pass.agree_on_hit(logits, targs.device)  # a hit on every process, or none
     if logits is None:
         collator = DataCollatorWithPadding(tokenizer)
         starts, ends = span_logits(teacher, dataset, collator, targs.per_device_eval_batch_size, targs.device, dtype,
@@ -224,8 +222,7 @@ def with_teacher_logits(teacher, identity, dataset, tokenizer, targs, cache_sett
         logits = np.stack([np.concatenate(starts), np.concatenate(ends)], axis=1).astype(np.float32)
         if path is not None and targs.process_index == 0:
             try:
-                with atomic_write(path) as f:
-                    np.save(f, logits)
+                teacher_pass.write_cached_logits(path, key, logits)
             except OSError as e:  # a cache that cannot be written costs the next run a pass, nothing more
                 say(f"the teacher's logits could not be kept in {folder} ({e.strerror or e})")
         say(f"the teacher's start/end logits for {len(dataset):,} training windows took {time.time() - start:.1f} s"

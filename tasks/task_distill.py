@@ -21,23 +21,24 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core import teachers
 from core.errors import InputError, say
-from core.files import atomic_write
 from core.precision import autocast_dtype
 from tasks.teacher_pass import (
     TEACHER_LOGITS,
+    agree_on_hit,
     cache_folder,
+    cache_path,
     forward_inputs,
     logits_key,
     read_cached_logits,
     teacher_dataset,
     teacher_logits,
     tokenization_differs,
+    write_cached_logits,
 )
 from training.losses import cosine_loss, kd_loss, mse_loss, relation_losses
 from training.models import attention_projections, relation_layers
@@ -367,16 +368,16 @@ class Teacher:
             say(f"the teacher reads its own tokenization of the {len(rows):,} training rows ({self.own_tokens})")
         folder = cache_folder(self.args.teacher_logits_cache)
         num_labels = self.model.config.num_labels
-        path = None
+        path = logits = None
         if folder is not None:
             key = logits_key(self.identity, rows, str(dtype), num_labels)
-            path = folder / f"{key}.npy"
-        logits = read_cached_logits(path, len(rows), num_labels) if path else None
-        if torch.distributed.is_available() and torch.distributed.is_initialized():  # a hit on every rank, or none
-            hit = torch.tensor([int(logits is not None)], device=targs.device)
-            torch.distributed.all_reduce(hit, op=torch.distributed.ReduceOp.MIN)
-            logits = logits if hit.item() else None
+            path = cache_path(folder, key)
+            logits, why = read_cached_logits(path, key, (len(rows), num_labels))
+            if why:
+                say(f"the cached teacher logits at {path} were not used ({why}): computing them again")
+        logits = agree_on_hit(logits, targs.device)
         if logits is not None:
+            logits = torch.from_numpy(logits)
             self.logits_cached = str(path)
             say(f"the teacher's logits for {len(rows):,} training rows: read from {path}")
         else:
@@ -384,8 +385,7 @@ class Teacher:
                                     targs.per_device_eval_batch_size, targs.device, dtype)  # fmt: skip
             if path and targs.process_index == 0:
                 try:
-                    with atomic_write(path) as f:
-                        np.save(f, logits.numpy().astype(np.float32))
+                    write_cached_logits(path, key, logits.numpy())
                 except OSError as e:  # a cache that cannot be written costs the next run a pass, nothing more
                     say(f"the teacher's logits could not be kept in {folder} ({e.strerror or e})")
             say(f"the teacher's logits for {len(rows):,} training rows took {time.time() - start:.1f} s"

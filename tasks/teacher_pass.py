@@ -9,10 +9,13 @@ import hashlib
 import inspect
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from core.files import atomic_write
 
 TEACHER_LOGITS = "teacher_logits"  # the data column of cached logits
 
@@ -101,15 +104,49 @@ def logits_key(identity, dataset, precision, num_labels):
     return h.hexdigest()[:32]
 
 
-def read_cached_logits(path, rows, num_labels):
-    """The cached logits at `path` (None: not there, or not whole: recomputed and written again)."""
+def cache_path(folder, key):
+    """Where the logits of `key` are kept: one .npz holding the logits, their key and their digest."""
+    return Path(folder) / f"{key}.npz"
+
+
+def write_cached_logits(path, key, logits):
+    """Keep `logits` (float32) at `path` with their key and the sha256 of their bytes, atomically."""
+    logits = np.ascontiguousarray(logits, dtype=np.float32)
+    digest = hashlib.sha256(logits.tobytes()).hexdigest()
+    with atomic_write(path) as f:
+        np.savez(f, logits=logits, key=np.array(key), sha256=np.array(digest))
+
+
+def read_cached_logits(path, key, shape):
+    """(the cached logits at `path`, None) when they are whole and what `key` names; else (None, why not): not
+    there (why None), unreadable, another key's, another shape, contents that do not match their digest (bytes
+    changed after they were written, even to other finite numbers), or non-finite values. A miss is recomputed
+    and written again; it is never used."""
+    if not Path(path).exists():
+        return None, None
     try:
-        logits = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    if logits.shape != (rows, num_labels) or logits.dtype != np.float32 or not np.isfinite(logits).all():
-        return None
-    return torch.from_numpy(logits)
+        with np.load(path, allow_pickle=False) as stored:
+            logits, stored_key, digest = stored["logits"], str(stored["key"]), str(stored["sha256"])
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        return None, f"unreadable: {type(e).__name__}"
+    if stored_key != key:
+        return None, f"it holds the logits of another key ({stored_key})"
+    if logits.dtype != np.float32 or logits.shape != tuple(shape):
+        return None, f"its logits are {logits.dtype} {logits.shape}, not float32 {tuple(shape)}"
+    if hashlib.sha256(logits.tobytes()).hexdigest() != digest:
+        return None, "its contents do not match their digest"
+    if not np.isfinite(logits).all():
+        return None, "it holds non-finite values"
+    return logits, None
+
+
+def agree_on_hit(logits, device):
+    """Under torchrun, a cache hit only if every process hit (else every process computes the logits)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        hit = torch.tensor([int(logits is not None)], device=device)
+        torch.distributed.all_reduce(hit, op=torch.distributed.ReduceOp.MIN)
+        return logits if hit.item() else None
+    return logits
 
 
 class WithTeacherLogits:

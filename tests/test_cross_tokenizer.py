@@ -132,20 +132,21 @@ def test_teacher_logits_are_kept_on_disk_and_a_change_is_a_miss(tmp_path, teache
     cache = tmp_path / "cache"
     first = distil(teacher, custom_task, bpe_teacher, tmp_path / "a", "--teacher_logits_cache", cache)
     assert first.returncode == 0, first.stderr[-2000:]
-    (kept,) = cache.glob("*.npy")
-    assert np.load(kept).shape == (50, 2) and f"kept in {kept}" in first.stdout
+    (kept,) = cache.glob("*.npz")
+    assert np.load(kept)["logits"].shape == (50, 2) and f"kept in {kept}" in first.stdout
     second = distil(teacher, custom_task, bpe_teacher, tmp_path / "b", "--teacher_logits_cache", cache, "--seed", 3)
     assert f"read from {kept}" in second.stdout
     run = json.loads(next((tmp_path / "b" / "custom").glob("lr*/results.json")).read_text())
     assert run["teacher"]["logits_read_from"] == str(kept)
     fewer = distil(teacher, custom_task, bpe_teacher, tmp_path / "c", "--teacher_logits_cache", cache,
                    "--unlabeled_samples", 9)  # other rows: another key  # fmt: skip
-    assert "read from" not in fewer.stdout and len(list(cache.glob("*.npy"))) == 2
+    assert "read from" not in fewer.stdout and len(list(cache.glob("*.npz"))) == 2
     kept.write_bytes(kept.read_bytes()[:100])  # damaged: computed again and rewritten
     third = distil(teacher, custom_task, bpe_teacher, tmp_path / "d", "--teacher_logits_cache", cache)
-    assert "read from" not in third.stdout and np.load(kept).shape == (50, 2)
+    assert "read from" not in third.stdout and np.load(kept)["logits"].shape == (50, 2)
+    assert f"the cached teacher logits at {kept} were not used (unreadable: " in third.stdout
     off = distil(teacher, custom_task, bpe_teacher, tmp_path / "e", "--teacher_logits_cache", "off")
-    assert "kept in" not in off.stdout and len(list(cache.glob("*.npy"))) == 2
+    assert "kept in" not in off.stdout and len(list(cache.glob("*.npz"))) == 2
 
 
 def test_the_logits_key_changes_with_the_teacher_the_rows_and_the_precision():
@@ -256,3 +257,30 @@ def test_a_bad_teacher_logits_cache_costs_a_pass_not_the_run(tmp_path, teacher, 
                                        "--validation_file", custom_task / "dev.csv", "--output_dir", tmp_path / "o",
                                        "--teacher_logits_cache", tmp_path / "cache", *FAST])  # fmt: skip
     assert "--teacher_logits_cache needs --teacher_name_or_path" in line and not (tmp_path / "cache").exists()
+
+
+def overwrite_logits(path, change):
+    """Rewrite the logits inside a cache file with change(logits), keeping its key and its digest: what a disk
+    error, or a copy cut and pasted by hand, leaves."""
+    with np.load(path) as stored:
+        parts = {k: stored[k] for k in stored.files}
+    change(parts["logits"])
+    with open(path, "wb") as f:
+        np.savez(f, **parts)
+
+
+def test_cached_logits_changed_in_place_are_a_miss_never_used(tmp_path, teacher, bpe_teacher, custom_task):  # noqa: F811
+    """Finite numbers where the teacher's logits were: the digest catches them, the run says so, computes the
+    logits again and trains as on a clean cache (issue 46, class 4)."""
+    cache = tmp_path / "cache"
+    clean = distil(teacher, custom_task, bpe_teacher, tmp_path / "a", "--teacher_logits_cache", cache)
+    (kept,) = cache.glob("*.npz")
+    overwrite_logits(kept, lambda a: a.__setitem__(slice(0, 10), 7.0))
+    proc = distil(teacher, custom_task, bpe_teacher, tmp_path / "b", "--teacher_logits_cache", cache)
+    assert f"the cached teacher logits at {kept} were not used (its contents do not match their digest)" in proc.stdout
+    assert "read from" not in proc.stdout
+    runs = [json.loads(next((tmp_path / d / "custom").glob("lr*/results.json")).read_text()) for d in "ab"]
+    assert runs[0]["metrics"] == runs[1]["metrics"] and clean.returncode == 0
+    assert runs[1]["teacher"]["logits_read_from"] is None
+    with np.load(kept) as again:  # written again, whole
+        assert teacher_pass.read_cached_logits(kept, str(again["key"]), (50, 2))[1] is None

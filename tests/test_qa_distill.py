@@ -13,6 +13,7 @@ from transformers import (
 )
 
 from tasks import qa, qa_distill
+from test_cross_tokenizer import overwrite_logits
 from test_qa import syn_qa  # noqa: F401 (fixtures)
 
 # ----------------------------------------------------------------------------------------------------------
@@ -57,7 +58,8 @@ def test_span_kd_is_zero_for_a_student_equal_to_its_teacher_and_grows_with_the_g
     assert 0 < near < far
 
 
-def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_path, syn_qa, tokenizer_dir):  # noqa: F811
+def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_path, syn_qa, tokenizer_dir,  # noqa: F811
+                                                                              capsys):
     import datasets
 
     tok = BertTokenizer.from_pretrained(str(tokenizer_dir))
@@ -73,7 +75,7 @@ def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_p
                             process_index=0, disable_tqdm=True)  # fmt: skip
     identity = {"model": "a tiny QA teacher", "weights": "seed 0"}
     got = qa_distill.with_teacher_logits(teacher, identity, ds, tok, targs, str(tmp_path / "cache"))
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     again = qa_distill.with_teacher_logits(None, identity, ds, tok, targs, str(tmp_path / "cache"))  # a hit: no model
     with torch.no_grad():
         for i, ids in enumerate(cols["input_ids"]):
@@ -87,5 +89,18 @@ def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_p
     other = BertForQuestionAnswering(teacher.config).eval()
     new = qa_distill.with_teacher_logits(other, {**identity, "weights": "seed 1"}, ds, tok, targs,
                                          str(tmp_path / "cache"))  # fmt: skip
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
     assert not np.allclose(new[0][qa_distill.TEACHER_START], got[0][qa_distill.TEACHER_START])
+    # Damage of other kinds (issue 46, class 4): another teacher's file under this one's name, then this file's
+    # logits changed in place to other finite numbers. Each is said, recomputed, and never used.
+    first, second = sorted((tmp_path / "cache").glob("*.npz"), key=lambda p: p.stat().st_mtime)
+    first.write_bytes(second.read_bytes())
+    capsys.readouterr()
+    fixed = qa_distill.with_teacher_logits(teacher, identity, ds, tok, targs, str(tmp_path / "cache"))
+    assert f"the cached teacher logits at {first} were not used (it holds the logits of another key" in (
+        capsys.readouterr().out)  # fmt: skip
+    assert fixed[0][qa_distill.TEACHER_START] == got[0][qa_distill.TEACHER_START]
+    overwrite_logits(first, lambda a: a.__setitem__(slice(0, 5), 1.5))
+    fixed = qa_distill.with_teacher_logits(teacher, identity, ds, tok, targs, str(tmp_path / "cache"))
+    assert "(its contents do not match their digest): computing them again" in capsys.readouterr().out
+    assert fixed[0][qa_distill.TEACHER_START] == got[0][qa_distill.TEACHER_START]

@@ -68,7 +68,7 @@ def test_a_qa_teacher_is_saved_then_distilled_into_a_student_and_runs_are_kept(t
     kd = ("--teacher_name_or_path", run / "model", "--alpha_ce", 0.7, "--alpha_squad", 0.3, "--temperature", 3,
           "--teacher_logits_cache", cache, "--max_steps", 10)  # fmt: skip
     proc = run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / "student", *kd), check=True)
-    assert "took" in proc.stdout and len(list(cache.glob("*.npy"))) == 1
+    assert "took" in proc.stdout and len(list(cache.glob("*.npz"))) == 1
     student = json.loads((tmp_path / "student" / "results.json").read_text())
     assert student["teacher"]["alpha_ce"] == 0.7 and student["teacher"]["temperature"] == 3
     kept = run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / "student", *kd), check=True)
