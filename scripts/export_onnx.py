@@ -124,8 +124,9 @@ def dev_data(args, head, tokenizer):
     if head.kind == "question-answering" and args.task_name:
         raise InputError("a QA model is scored on --validation_file (SQuAD JSON), not on a GLUE --task_name")
     if head.kind == "question-answering" and args.validation_file:
-        data = qa.load_split(args.validation_file, "validation", args.version_2_with_negative, training=False)
-        dev = ("qa", data.head(args.max_eval_samples))
+        data = qa.load_split(args.validation_file, "validation", args.version_2_with_negative, False,
+                             args.max_eval_samples)  # fmt: skip
+        dev = ("qa", data)
     elif head.kind == "sequence-classification" and (args.task_name or args.validation_file):
         files = (args.validation_file, args.validation_file) if args.validation_file else (None, None)
         data = glue.load_task(args.task_name, args.data_dir, *files)

@@ -212,18 +212,27 @@ def main(argv=None):
         raise InputError(f"the tokenizer of {margs.model_name_or_path} is not a fast tokenizer: QA needs its "
                          "character offsets (give --tokenizer_name with a tokenizer.json)")  # fmt: skip
     identity = model_identity(margs.model_name_or_path, config, tokenizer)
-    max_length = min(data.max_seq_length, model_input_limit(tokenizer, config))
+    # the windows are read by the student and, when distilling, by the teacher: the shorter limit of the two
+    configs = (config,) + ((load_pretrained(transformers.AutoConfig, dargs.teacher_name_or_path, "the teacher"),)
+                           if dargs.on else ())  # fmt: skip
+    max_length = min(data.max_seq_length, model_input_limit(tokenizer, *configs))
     if max_length < data.max_seq_length:
-        say(f"--max_seq_length {data.max_seq_length} is more than the model takes: {max_length}")
-    room = max_length - data.max_query_length - tokenizer.num_special_tokens_to_add(pair=True)
+        who = "the model or its teacher takes" if dargs.on else "the model takes"
+        say(f"--max_seq_length {data.max_seq_length} is more than {who}: {max_length}")
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    room = max_length - data.max_query_length - specials
+    if room < 1:
+        raise InputError(f"--max_query_length {data.max_query_length} leaves no room for the context in windows of "
+                         f"{max_length} tokens (--max_seq_length, with {specials} special tokens): give less than "
+                         f"{max_length - specials}")  # fmt: skip
     if data.doc_stride >= room:
         raise InputError(f"--doc_stride {data.doc_stride} leaves no new context per window: with "
                          f"--max_seq_length {max_length} and --max_query_length {data.max_query_length}, give "
                          f"less than {room}")  # fmt: skip
     version_2 = data.version_2_with_negative
-    train = qa.load_split(data.train_file or data.dataset_name, "train", version_2, True).head(data.max_train_samples)
-    dev = qa.load_split(data.validation_file or data.dataset_name, "validation", version_2, False)
-    dev = dev.head(data.max_eval_samples)
+    train = qa.load_split(data.train_file or data.dataset_name, "train", version_2, True, data.max_train_samples)
+    dev = qa.load_split(data.validation_file or data.dataset_name, "validation", version_2, False,
+                        data.max_eval_samples)  # fmt: skip
     say(f"SQuAD {'2.0' if version_2 else '1.1'}: train {len(train):,} questions ({train.source}), dev {len(dev):,} "
         f"({dev.source})")  # fmt: skip
     teacher = None

@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import string
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,7 +106,14 @@ def parse(obj, path):
                 context = need(para, "context", where, str)
                 for q, qa in enumerate(need(para, "qas", where, list)):
                     where_q = f"{where}, question {q}"
-                    answers = [] if qa.get("is_impossible") else need(qa, "answers", where_q, list)
+                    if not isinstance(qa, dict):
+                        raise InputError(f"{where_q} is a {type(qa).__name__}, not an object with id, question and "
+                                         "answers")  # fmt: skip
+                    impossible = qa.get("is_impossible", False)
+                    if not isinstance(impossible, bool):  # "false", a string, is true to Python
+                        raise InputError(f"{where_q}: 'is_impossible' is {impossible!r}: give true or false (JSON "
+                                         "booleans)")  # fmt: skip
+                    answers = [] if impossible else need(qa, "answers", where_q, list)
                     out.append(Example(str(need(qa, "id", where_q)), need(qa, "question", where_q, str), context,
                                        flat_answers(answers, where_q), str(article.get("title", ""))))  # fmt: skip
         return out
@@ -127,25 +135,36 @@ def need(obj, key, where, kind=None):
     return obj[key]
 
 
+def visible(text):
+    """`text` without whitespace, control and format characters (zero-width spaces, byte-order marks): what a
+    reader would see of it."""
+    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf"))
+
+
 def check(examples, where, version_2, training):
-    """Every question before any training: an id once, a question, a context, and answers that are where they
-    say they are. v1.1 questions all have an answer."""
+    """Every question that is used, before any training: an id once, a question, a context, and answers that
+    are where they say they are (texts that show something, integer offsets inside the context). v1.1
+    questions all have an answer; a training set needs one question with an answer."""
+    if not examples:
+        raise InputError(f"{where} holds no questions (every paragraph's 'qas' is empty?)")
     seen = set()
     for e in examples:
         name = f"{where}: question {e.id!r}"
         if e.id in seen:
             raise InputError(f"{name} appears twice: ids must be unique (predictions are keyed by them)")
         seen.add(e.id)
-        if not e.question.strip():
-            raise InputError(f"{name} is empty")
-        if not e.context.strip():
-            raise InputError(f"{name} has an empty context")
+        if not visible(e.question):
+            raise InputError(f"{name} is empty (nothing but spaces or invisible characters)")
+        if not visible(e.context):
+            raise InputError(f"{name} has an empty context (nothing but spaces or invisible characters)")
         if not e.answers and not version_2:
             raise InputError(f"{name} has no answer: SQuAD 2.0 data (unanswerable questions) needs "
                              "--version_2_with_negative")  # fmt: skip
         for text, start in e.answers:
-            if not isinstance(text, str) or not text.strip() or not isinstance(start, int) or isinstance(start, bool):
+            if not isinstance(text, str) or not visible(text) or not isinstance(start, int) or isinstance(start, bool):
                 raise InputError(f"{name}: an answer needs a non-empty 'text' and an integer 'answer_start'")
+            if start < 0:  # Python would find it counting from the end of the context
+                raise InputError(f"{name}: answer_start {start} is negative: give its offset from the context's start")
             if e.context[start : start + len(text)] != text:
                 found = e.context[max(start, 0) : max(start, 0) + len(text)]
                 raise InputError(f"{name}: the answer {text!r} is not at answer_start {start} of its context "
@@ -154,8 +173,9 @@ def check(examples, where, version_2, training):
         raise InputError(f"{where}: no question has an answer: nothing to learn the spans from")
 
 
-def load_split(source, split, version_2, training):
-    """One split's QAData from a JSON file, or a hub name (squad, squad_v2) with its split."""
+def load_split(source, split, version_2, training, limit=None):
+    """One split's QAData from a JSON file, or a hub name (squad, squad_v2) with its split: its first `limit`
+    questions (None: all), checked as they will be used (after the cut)."""
     path = Path(source)
     if path.is_file():
         examples = parse(read_records(path), path)
@@ -173,6 +193,7 @@ def load_split(source, split, version_2, training):
         examples = [Example(str(r["id"]), r["question"], r["context"], flat_answers(r["answers"], source),
                             r.get("title", "")) for r in ds]  # fmt: skip
         shown = f"{source} ({split}) from the hub"
+    examples = examples if limit is None else examples[:limit]
     check(examples, shown, version_2, training)
     return QAData(split, examples, shown)
 

@@ -13,6 +13,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from transformers import (
     BertConfig,
     BertForQuestionAnswering,
@@ -289,6 +290,21 @@ GOOD = {"id": "1", "question": "Riverburg was founded in what?", "answers": [{"t
     ("flat answers of two lengths", [{**GOOD, "context": "c", "answers": {"text": ["a"], "answer_start": []}}],
      "of one length"),
     ("no questions", {"data": []}, "holds no questions"),
+    # values of the wrong type or range (issue 46, class 3), and data that raised a traceback (class 6)
+    ("is_impossible a string", {**nested([{**GOOD, "answers": [], "is_impossible": "false"}]), "version": "v2.0"},
+     "'is_impossible' is 'false': give true or false (JSON booleans)"),
+    ("is_impossible a number", nested([{**GOOD, "is_impossible": 0}]), "'is_impossible' is 0: give true or false"),
+    ("negative answer_start", nested([{**GOOD, "answers": [{"text": "1477.", "answer_start": -5}]}]),
+     "answer_start -5 is negative"),
+    ("answer start a boolean", nested([{**GOOD, "answers": [{"text": "R", "answer_start": False}]}]),
+     "integer 'answer_start'"),
+    ("context of zero-width spaces", nested([{**GOOD, "answers": []}], context="\u200b\ufeff \u200b"),
+     "has an empty context (nothing but spaces or invisible characters)"),
+    ("question of invisible characters", nested([{**GOOD, "question": "\u200b\u200d"}]), "is empty (nothing but"),
+    ("answer text of invisible characters", nested([{**GOOD, "answers": [{"text": "\u200b", "answer_start": 0}]}],
+                                                   context="\u200bRiverburg"), "needs a non-empty 'text'"),
+    ("qas holding strings", nested(["what?", "when?"]), "question 0 is a str, not an object with id"),
+    ("qas empty everywhere", nested([]), "holds no questions (every paragraph's 'qas' is empty?)"),
 ])  # fmt: skip
 def test_bad_data_is_refused_in_one_line_before_training(tmp_path, tiny, case, obj, words):
     good = write(tmp_path / "good.json", nested([GOOD]))
@@ -307,15 +323,21 @@ def test_other_unreadable_data_is_refused(tmp_path, tiny):
     unanswered = write(tmp_path / "v2.json", nested([{**GOOD, "answers": [], "is_impossible": True}]))
     base = ["--model_name_or_path", tiny, "--output_dir", tmp_path / "out", "--max_seq_length", 64,
             "--max_query_length", 16, "--doc_stride", 16, *FAST]  # fmt: skip
+    v2 = write(tmp_path / "v2_mixed.json", nested([{**GOOD, "id": "0", "answers": [], "is_impossible": True}, GOOD]))
     for argv, words in (((tmp_path / "broken.json", good), "is not JSON"),
                         ((tmp_path / "nope.json", good), "no such file"),
-                        ((unanswered, good, "--version_2_with_negative"), "no question has an answer")):  # fmt: skip
+                        ((unanswered, good, "--version_2_with_negative"), "no question has an answer"),
+                        # the check runs on the questions used: the first one, here, has no answer (class 3)
+                        ((v2, good, "--version_2_with_negative", "--max_train_samples", 1),
+                         "no question has an answer")):  # fmt: skip
         line = input_error(run_qa.main, [*base, "--train_file", argv[0], "--validation_file", argv[1], *argv[2:]])
         assert words in line, line
 
 
 @pytest.mark.parametrize("flags, words", [
     (("--doc_stride", 45), "--doc_stride 45 leaves no new context"),  # 64 - 16 - 3 = 45 context tokens
+    (("--max_query_length", 70), "--max_query_length 70 leaves no room for the context in windows of 64 tokens "
+     "(--max_seq_length, with 3 special tokens): give less than 61"),  # named, not --doc_stride (class 6)
     (("--doc_stride", -1), "--doc_stride -1"),
     (("--n_best_size", 0), "--n_best_size 0"),
     (("--max_query_length", 0), "--max_query_length 0"),
@@ -371,3 +393,23 @@ def test_a_teacher_must_be_a_qa_model_with_the_students_tokenization(tmp_path, t
                                          "--max_query_length", 16, "--doc_stride", 16, *FAST,
                                          "--teacher_name_or_path", teacher])  # fmt: skip
         assert words in line, line
+
+
+def test_a_teacher_with_fewer_positions_limits_the_windows(tmp_path, tiny, tokenizer_dir):
+    """The windows are read by the teacher too: its 40 positions, fewer than the student's 64 and than
+    --max_seq_length, set their length, as run_glue.py does (issue 46, class 6: this was an IndexError)."""
+    good = write(tmp_path / "good.json", nested([GOOD, {**GOOD, "id": "2"}]))
+    tok = BertTokenizer.from_pretrained(str(tokenizer_dir))
+    short = tmp_path / "short_teacher"
+    torch.manual_seed(0)
+    BertForQuestionAnswering(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=64,
+                                        max_position_embeddings=40)).save_pretrained(short)  # fmt: skip
+    tok.save_pretrained(short)
+    proc = run_main(run_qa.main, "--model_name_or_path", tiny, "--train_file", good, "--validation_file", good,
+                    "--output_dir", tmp_path / "out", "--max_seq_length", 64, "--max_query_length", 16,
+                    "--doc_stride", 8, "--max_steps", 1, *FAST, "--teacher_name_or_path", short)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--max_seq_length 64 is more than the model or its teacher takes: 40" in proc.stdout
+    run = json.loads(next((tmp_path / "out" / "squad").glob("lr*/results.json")).read_text())
+    assert run["hyper_parameters"]["max_seq_length"] == 40
