@@ -91,13 +91,19 @@ def load_data(data, unlabeled=None, transfer_file=None):
                                  "after the labelled ones: give --max_train_samples below "
                                  f"{len(full):,}")  # fmt: skip
             task.unlabeled = full.rows(len(task.train), len(task.train) + unlabeled, label=unlabeled_mark(task))
+            task.unlabeled_rows["task"] = len(task.unlabeled)
+            if len(task.unlabeled) < unlabeled:  # recorded as used, not as asked
+                say(f"--unlabeled_samples {unlabeled:,}: {task.task.title} has {len(task.unlabeled):,} training "
+                    f"examples after the {len(task.train):,} labelled ones: using {len(task.unlabeled):,}")  # fmt: skip
         if transfer_file:
             extra = glue.load_transfer(transfer_file, task.task, unlabeled_mark(task))
+            task.unlabeled_rows["transfer"] = len(extra)
             task.unlabeled = extra if task.unlabeled is None else task.unlabeled.concat(extra)
         task.dev = {k: v.head(data.max_eval_samples) for k, v in task.dev.items()}
         task.check_classes()
-        skipped = task.train.skipped + sum(s.skipped for s in task.dev.values())
-        note = f", {skipped} malformed lines left out" if skipped else ""
+        splits = [task.train, *task.dev.values(), *([task.unlabeled] if task.unlabeled else [])]
+        skipped = sum(s.skipped for s in splits)  # every file kind's rows left out, counted alike
+        note = f", {skipped:,} rows left out (malformed, or without text)" if skipped else ""
         dev = ", ".join(f"{k} {len(v):,}" for k, v in task.dev.items())
         more = f" (+ {len(task.unlabeled):,} without their labels)" if task.unlabeled else ""
         say(f"{task.task.title}: train {len(task.train):,}{more}, dev {dev} ({task.source}{note})")
@@ -218,7 +224,9 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         "hyper_parameters": hyper,
         "precision": trainer_precision(targs),
         "attention": model.config._attn_implementation,
-        "teacher": teacher.record() | {"logits_seconds": teacher.logits_seconds} if teacher else None,
+        "teacher": teacher.record() | {"logits_seconds": teacher.logits_seconds, "unlabeled_rows_used": {
+            "task": task_data.unlabeled_rows.get("task", 0), "transfer_file": task_data.unlabeled_rows.get(
+                "transfer", 0)}} if teacher else None,  # fmt: skip
         "steps": trainer.state.global_step,
         "train_seconds": round(train_time, 1),
         "train_samples_per_second": train_metrics.get("train_samples_per_second"),

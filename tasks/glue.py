@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +104,8 @@ class Split:
     def concat(self, other):
         """These examples, then `other`'s."""
         texts = [a + b for a, b in zip(self.texts, other.texts)]
-        return Split(self.name, texts, self.labels + other.labels, f"{self.source} and {other.source}")
+        return Split(self.name, texts, self.labels + other.labels, f"{self.source} and {other.source}",
+                     self.skipped + other.skipped)  # fmt: skip
 
     def digest(self):
         """A digest of the texts and labels: a kept result is reused only for the same data."""
@@ -120,6 +122,7 @@ class TaskData:
     dev: dict = field(default_factory=dict)  # result name ("sst2", "mnli-m", ...) -> Split
     source: str = ""  # "GLUE TSV in ...", "parquet in ...", "the hub", "your files"
     unlabeled: Split = None  # training texts without their labels, for a teacher to label (--unlabeled_samples)
+    unlabeled_rows: dict = field(default_factory=dict)  # rows used: {"task": N of --unlabeled_samples, "transfer": M}
 
     @property
     def num_labels(self):
@@ -211,9 +214,16 @@ def custom_labels(table, column):
     return tuple(sorted(numbers, key=int)) + tuple(names)
 
 
+def visible(text):
+    """Whether `text` shows anything: not only spaces, control or format characters (zero-width spaces)."""
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text)
+
+
 def _texts(table, wanted):
-    """The text columns, as strings; a missing value (JSON null, NaN) is an error, never the text "None"."""
-    out = []
+    """(the text columns, the rows without text). A missing value (JSON null, NaN) or one that is not a string
+    (a number in JSON) is an error, never the text "None" or "5"; a row whose texts show nothing (empty,
+    spaces, zero-width characters) is returned to be left out and counted."""
+    out, blank = [], set()
     for c in wanted:
         if c not in table.columns:
             raise InputError(f"{table.source} has no column {c!r} (its columns: {table.names()})")
@@ -221,15 +231,30 @@ def _texts(table, wanted):
         missing = [i for i, v in enumerate(values) if is_missing(v)]
         if missing:
             raise InputError(f"{table.source}: no text (null) in column {c!r} at {table.where(missing)}")
-        out.append([str(v) for v in values])
-    return out
+        other = [i for i, v in enumerate(values) if not isinstance(v, str)]
+        if other:
+            kind = type(values[other[0]]).__name__
+            raise InputError(f"{table.source}: column {c!r} holds a {kind}, not a text, at {table.where(other)} "
+                             f"(write texts as strings)")  # fmt: skip
+        blank.update(i for i, v in enumerate(values) if not visible(v))
+        out.append(list(values))
+    return out, sorted(blank)
+
+
+def _without(rows, values):
+    drop = set(rows)
+    return [v for i, v in enumerate(values) if i not in drop]
 
 
 def _split_from_table(task, name, table, columns, label_column, skipped=0):
-    texts = _texts(table, columns)
+    """A Split of the table's rows that have text; rows without text are left out and counted in `skipped`,
+    with the malformed rows the reader left out."""
+    texts, blank = _texts(table, columns)
     if label_column not in table.columns:
         raise InputError(f"{table.source} has no label column {label_column!r} (its columns: {table.names()})")
-    return Split(name, texts, label_ids(task, table, label_column), table.source, skipped)
+    labels = label_ids(task, table, label_column)
+    texts, labels = [_without(blank, t) for t in texts], _without(blank, labels)
+    return Split(name, texts, labels, table.source, skipped + table.skipped + len(blank))
 
 
 def load_transfer(path, task, label):
@@ -246,17 +271,19 @@ def load_transfer(path, task, label):
             raise InputError(f"--transfer_file {path}: {task.title} reads pairs of texts ({', '.join(task.columns)}); "
                              "one text per line cannot give both: give a csv or json file with those "
                              "columns")  # fmt: skip
-        texts = [[line.strip() for line in read_text(path).splitlines() if line.strip()]]
+        lines = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+        texts, skipped = [[line for line in lines if visible(line)]], sum(not visible(line) for line in lines)
     else:
         table = read_table(path)
         missing = [c for c in task.columns if c not in table.columns]
         if missing:
             raise InputError(f"--transfer_file {path} has no column {missing[0]!r}, which {task.title} reads (its "
                              f"columns: {table.names()})")  # fmt: skip
-        texts = _texts(table, task.columns)
+        texts, blank = _texts(table, task.columns)
+        texts, skipped = [_without(blank, t) for t in texts], table.skipped + len(blank)
     if not texts[0]:
         raise InputError(f"--transfer_file {path} holds no text")
-    return Split("transfer", texts, [label] * len(texts[0]), str(path))
+    return Split("transfer", texts, [label] * len(texts[0]), str(path), skipped)
 
 
 def task_folder(data_dir, task):

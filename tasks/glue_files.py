@@ -22,6 +22,7 @@ class Table:
     columns: dict  # name -> values, in file order
     source: str
     lines: list | None = None  # each row's line number in its file; None: rows numbered from 1 (parquet, hub)
+    skipped: int = 0  # malformed rows the reader left out (a TSV line with the wrong number of fields)
 
     def where(self, rows):
         """'line 4' / 'lines 4, 9, 12 and 3 more' for row indexes (0-based), as the user finds them."""
@@ -118,7 +119,7 @@ def read_table(path):
     if not path.is_file():
         raise InputError(f"{path} does not exist")
     if suffix == ".tsv":
-        table = read_tsv(path)[0]
+        table, table.skipped = read_tsv(path)
     elif suffix == ".csv":
         table = read_csv(path)
     elif suffix in (".json", ".jsonl"):
