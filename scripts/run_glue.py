@@ -60,6 +60,7 @@ from tasks.glue_runs import (
     Run,
     callbacks,
     execute,
+    glue_average,
     model_identity,
     model_inputs,
     plan_run,
@@ -336,8 +337,7 @@ def main(argv=None):
                 say(f"{title}: {shown} ({result['train_seconds']:.0f} s of training)")
                 results.append(result)
             summary["tasks"][task.name] = summarize(task, results)
-            scores = [t["score"] for t in summary["tasks"].values()]
-            summary["average"] = sum(scores) / len(scores)
+            summary["average"], summary["average_of"] = glue_average(summary["tasks"])
             summary["complete"] = all(name in summary["tasks"] for name in glue.TASKS)
             if targs.process_index == 0:
                 with atomic_write(results_path, "w") as f:

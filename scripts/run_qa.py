@@ -42,6 +42,7 @@ from core.precision import autocast_dtype, trainer_precision, use_attention
 from tasks import qa, qa_distill
 from tasks.glue_args import DEFAULTS, check_flags, decide_precision, learning_rates, parse_args
 from tasks.glue_runs import (
+    QA_KIND,
     Run,
     callbacks,
     execute,
@@ -101,6 +102,14 @@ def check_qa_flags(data):
         raise InputError("--dataset_name squad_v2 has unanswerable questions: add --version_2_with_negative")
 
 
+def window_collator(collator_class, tokenizer, pad_to_max_length, max_length, half):
+    """The windows' collator: each batch padded to its longest window, or with --pad_to_max_length to
+    --max_seq_length (the windows' length as run); to a multiple of 8 in half precision (tensor cores)."""
+    if pad_to_max_length:
+        return collator_class(tokenizer, padding="max_length", max_length=max_length)
+    return collator_class(tokenizer, pad_to_multiple_of=8 if half else None)
+
+
 def qa_score(metrics):
     """A dev set's score in points: its F1 (the figure SQuAD's leaderboards rank by)."""
     return 100 * metrics["f1"]
@@ -128,7 +137,8 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
     transformers.set_seed(run.seed)  # the new span head's initialisation
     model = load_pretrained(AutoModelForQuestionAnswering, margs.model_name_or_path, "the model")
     use_attention(model, "cpu" if args.use_cpu or not torch.cuda.is_available() else "cuda", trainer_precision(args))
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 or args.bf16 else None)
+    collator = window_collator(DataCollatorWithPadding, tokenizer, data.pad_to_max_length, hyper["max_seq_length"],
+                               args.fp16 or args.bf16)  # fmt: skip
     extra = ("start_positions", "end_positions", qa_distill.TEACHER_START, qa_distill.TEACHER_END)
     trainer = qa_distill.qa_trainer(teacher.args if teacher else qa_distill.QADistillArguments())(
         model=model, args=args, train_dataset=model_inputs(train_set, model, extra),
@@ -293,7 +303,7 @@ def main(argv=None):
             say(f"{title}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items())
                 + f" ({result['train_seconds']:.0f} s of training)")  # fmt: skip
             results.append(result)
-        summary["tasks"][task] = summarize(SimpleTask(task), results, qa_score)
+        summary["tasks"][task] = summarize(SimpleTask(task), results, qa_score) | {"kind": QA_KIND}
         if targs.process_index == 0:
             with atomic_write(results_path, "w") as f:
                 json.dump(summary, f, indent=2)

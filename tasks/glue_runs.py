@@ -144,6 +144,17 @@ class Run:
     redo: bool = False  # finished, but without an output this command asks for: trained again, the old aside
 
 
+QA_KIND = "question-answering"  # a results.json task of run_qa.py (SQuAD F1): never averaged with GLUE's scores
+
+
+def glue_average(tasks):
+    """(the mean score of an output folder's classification tasks, their names): a question-answering task that
+    shares the folder (run_qa.py's, F1) is not averaged with accuracies and correlations."""
+    kept = {n: t for n, t in tasks.items() if t.get("kind") != QA_KIND and "exact_match" not in t["metrics"].get(
+        "dev", {}) and "exact" not in t["metrics"].get("dev", {})}  # fmt: skip
+    return (sum(t["score"] for t in kept.values()) / len(kept) if kept else None), sorted(kept)
+
+
 # The flags that only add an output to a run (not a setting compared with a kept run's): a kept run that lacks
 # the output is trained again (same settings, same seed) rather than answering for a command it cannot satisfy.
 OUTPUTS = {"model": ("--save_model", lambda run_dir: (run_dir / "model" / "config.json").is_file()

@@ -45,3 +45,39 @@ def test_a_model_folder_without_weights_is_not_a_kept_model(tmp_path):
     assert not has_model(tmp_path)  # a save cut short: the config alone
     (tmp_path / "model" / "model.safetensors").write_bytes(b"x")
     assert has_model(tmp_path)
+
+
+def test_one_output_folder_for_both_scripts_averages_only_the_classification_tasks(tmp_path, tiny, syn_qa,  # noqa: F811
+                                                                                    custom_task):  # noqa: F811
+    """An output folder's results.json never averages SQuAD F1 with an accuracy (issue 46, class 5)."""
+    out = tmp_path / "out"
+    run_main(run_qa.main, *qa_argv(tiny, syn_qa, out, "--max_steps", 2), check=True)
+    run_main(run_glue.main, "--model_name_or_path", tiny, "--train_file", custom_task / "train.csv",
+             "--validation_file", custom_task / "dev.csv", "--output_dir", out, "--max_steps", 2, *FAST,
+             check=True)  # fmt: skip
+    summary = json.loads((out / "results.json").read_text())
+    assert sorted(summary["tasks"]) == ["custom", "squad"] and summary["tasks"]["squad"]["kind"] == "question-answering"
+    assert summary["average"] == summary["tasks"]["custom"]["score"] and summary["average_of"] == ["custom"]
+    assert glue_runs.glue_average({"squad": {"score": 50.0, "metrics": {"dev": {"exact_match": 0.4, "f1": 0.5}}}}) == (
+        None, [])  # an older summary's QA task, without its kind: told by its metrics  # fmt: skip
+
+
+def test_run_qa_pad_to_max_length_pads_the_windows_it_records(tmp_path, tiny, syn_qa):  # noqa: F811
+    """--pad_to_max_length was recorded as on and did nothing (issue 46, class 5): now every batch is padded to
+    the windows' length, in training and evaluation, and the answers are those of the unpadded run."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    rows = [{"input_ids": [2, 7, 3], "attention_mask": [1, 1, 1]}, {"input_ids": [2, 3], "attention_mask": [1, 1]}]
+    padded = run_qa.window_collator(DataCollatorWithPadding, tok, True, 64, False)(rows)
+    assert padded["input_ids"].shape == (2, 64) and padded["attention_mask"][1].sum() == 2
+    assert run_qa.window_collator(DataCollatorWithPadding, tok, False, 64, False)(rows)["input_ids"].shape == (2, 3)
+    for name, extra in (("plain", ()), ("padded", ("--pad_to_max_length",))):
+        run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / name, "--max_steps", 2, *extra), check=True)
+    runs = [json.loads((tmp_path / n / "squad" / "lr0.001_seed42" / "results.json").read_text())
+            for n in ("plain", "padded")]  # fmt: skip
+    assert runs[1]["hyper_parameters"]["pad_to_max_length"] is True
+    preds = [json.loads((tmp_path / n / "squad" / "lr0.001_seed42" / "predictions.json").read_text())
+             for n in ("plain", "padded")]  # fmt: skip
+    same = sum(preds[0][k] == preds[1][k] for k in preds[0]) / len(preds[0])
+    assert preds[0].keys() == preds[1].keys() and same >= 0.9  # padding is masked out (up to float rounding)
