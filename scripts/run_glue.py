@@ -66,6 +66,7 @@ from tasks.glue_runs import (
     plan_run,
     read_summary,
     save_model,
+    seeded_sampling,
     settings,
     summarize,
     train_or_restore,
@@ -202,8 +203,8 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
                                     {teacher_pass.TEACHER_LOGITS})  # fmt: skip
         collator = teacher_pass.WithTeacherLogits(collator)
         trainer_class = task_distill.distill_trainer(teacher.args, teacher.model, task.labels is None)
-    trainer = trainer_class(model=model, args=args, train_dataset=train_inputs, data_collator=collator,
-                            callbacks=callbacks())  # fmt: skip
+    trainer = seeded_sampling(trainer_class)(model=model, args=args, train_dataset=train_inputs,
+                                             data_collator=collator, callbacks=callbacks())  # fmt: skip
     start = time.time()
     train_metrics = train_or_restore(trainer, run)
     train_time = time.time() - start

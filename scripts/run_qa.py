@@ -51,6 +51,7 @@ from tasks.glue_runs import (
     plan_run,
     read_summary,
     save_model,
+    seeded_sampling,
     summarize,
     train_or_restore,
     training_settings,
@@ -140,7 +141,7 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
     collator = window_collator(DataCollatorWithPadding, tokenizer, data.pad_to_max_length, hyper["max_seq_length"],
                                args.fp16 or args.bf16)  # fmt: skip
     extra = ("start_positions", "end_positions", qa_distill.TEACHER_START, qa_distill.TEACHER_END)
-    trainer = qa_distill.qa_trainer(teacher.args if teacher else qa_distill.QADistillArguments())(
+    trainer = seeded_sampling(qa_distill.qa_trainer(teacher.args if teacher else qa_distill.QADistillArguments()))(
         model=model, args=args, train_dataset=model_inputs(train_set, model, extra),
         data_collator=qa_distill.WithTeacherSpans(collator), callbacks=callbacks())  # fmt: skip
     start = time.time()

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 
+import torch
+
 from core import model_card
 from core.errors import InputError, NonFiniteLoss, first_line, say
 from core.files import atomic_write, check_writable
@@ -408,3 +410,35 @@ def save_model(trainer, tokenizer, folder, result, task_type, dataset, script):
                  "max_seq_length": result["hyper_parameters"].get("max_seq_length")},
         command=model_card.this_command(script),
     ))  # fmt: skip
+
+
+def seeded_sampling(trainer_class):
+    """`trainer_class` whose length-grouped order (the default --train_sampling_strategy group_by_length) is a
+    function of the seed and the epoch. transformers' LengthGroupedSampler draws it from the global RNG, whose
+    state at an epoch's start a resumed run does not reproduce: a run killed mid-epoch and resumed went on with
+    another order than the run uninterrupted (accelerate seeds the random sampler per epoch; this does the same
+    for the length-grouped one). The Trainer calls set_epoch at each epoch's start, resumed or not."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeededSampler(LengthGroupedSampler):
+        def __init__(self, batch_size, lengths, seed):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+        def __iter__(self):
+            self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            return super().__iter__()
+
+    class Seeded(trainer_class):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if type(sampler) is LengthGroupedSampler:
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                return EpochSeededSampler(sampler.batch_size, sampler.lengths, seed)
+            return sampler
+
+    Seeded.__name__ = Seeded.__qualname__ = trainer_class.__name__
+    return Seeded
