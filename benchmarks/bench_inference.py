@@ -38,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.inference_plot import plot
 from core.errors import InputError, reports_errors
 from core.precision import cpu_bf16_is_fast, cpu_description
+from tasks import deploy, glue
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "glue" / "SST-2"
@@ -79,8 +81,6 @@ def wheel_tokenizer_dir():
 
 def read_sentences(data_dir):
     """(SST-2 dev sentences, where they came from)."""
-    from tasks import glue
-
     if data_dir is None and not (SST2 / "dev.tsv").is_file():
         return FALLBACK * 64, "built-in sentences (no SST-2 at ../shared/data/glue/SST-2: give --data_dir)"
     folder = Path(data_dir) if data_dir else SST2
@@ -111,6 +111,12 @@ def matmul_peak(threads, device="cpu"):
     sync()
     best = min(_timed(lambda: (a @ b, sync())) for _ in range(5))
     return 2 * n**3 / best / 1e9
+
+
+def median_and_p90(times):
+    """The median and the 90th percentile (the value 90% of the runs do not exceed) of some times."""
+    times = sorted(times)
+    return statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
 
 
 def _timed(fn):
@@ -184,8 +190,6 @@ def inputs(tokenizer, sentences, batch, latency_runs):
 def onnx_file(runtime, model, tokenizer, config, workdir):
     """The model's ONNX file for `runtime` (optimized as scripts/export_onnx.py does; int8 quantized), made once
     per model in `workdir`."""
-    from tasks import deploy
-
     path = workdir / "model.onnx"
     if not path.exists():
         raw = workdir / "plain.onnx"
@@ -200,8 +204,6 @@ def onnx_file(runtime, model, tokenizer, config, workdir):
 
 
 def onnx_runner(path, threads):
-    from tasks import deploy
-
     sess = deploy.session(path, threads)
     names = [i.name for i in sess.get_inputs()]
 
@@ -264,9 +266,8 @@ def measure(spec, runtime, threads, args, sentences, workdir):
         fn(feed)
     out = {"bytes": size}
     for n, feeds in fixed.items():
-        times = sorted(_timed(lambda f=f: fn(f)) for f in feeds)
-        out[f"latency_{n}_ms"] = 1000 * statistics.median(times)
-        out[f"latency_{n}_p90_ms"] = 1000 * times[min(len(times) - 1, int(0.9 * len(times)))]
+        median, p90 = median_and_p90([_timed(lambda f=f: fn(f)) for f in feeds])
+        out[f"latency_{n}_ms"], out[f"latency_{n}_p90_ms"] = 1000 * median, 1000 * p90
     rows = sum(len(b["input_ids"]) for b in batches)
     tokens = [int(m.sum()) for b in batches for m in b["attention_mask"]]
     best = min(sum(_timed(lambda b=b: fn(b)) for b in batches) for _ in range(args.rounds))
@@ -398,42 +399,6 @@ def report(results, peaks, args):
             f"{r['throughput']:.1f} | {r['peak_mb']:.0f} | {r['gflops']:.1f} ({peaks[r['threads']]:.0f}) | {ratio} |"
         )
     return "\n".join(lines)
-
-
-def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in results["rows"] if "throughput" in r and r["threads"] == max(x["threads"] for x in
-                                                                                    results["rows"])]  # fmt: skip
-    scored = [r for r in rows if results["models"][r["model"]].get("score") is not None]
-    fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(13 if scored else 7, 4.5), squeeze=False)
-    ax = axes[0][0]
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
-    width = 0.8 / len(runtimes)
-    for k, runtime in enumerate(runtimes):
-        values = [next((r["throughput"] for r in rows if r["model"] == m and r["runtime"] == runtime), 0)
-                  for m in models]  # fmt: skip
-        ax.bar(np.arange(len(models)) + k * width, values, width, label=runtime)
-    ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models, rotation=20)
-    ax.set_ylabel(f"sentences/s at batch {results['settings']['batch']}")
-    ax.set_title(f"throughput, {rows[0]['threads'] if rows else ''} threads")
-    ax.legend(fontsize=8)
-    if scored:
-        ax = axes[0][1]
-        for r in scored:
-            ax.scatter(r[f"latency_{LENGTHS[-1]}_ms"], results["models"][r["model"]]["score"])
-            ax.annotate(f"{r['model']} ({r['runtime']})", (r[f"latency_{LENGTHS[-1]}_ms"],
-                                                           results["models"][r["model"]]["score"]), fontsize=7)
-        ax.set_xlabel(f"latency at batch 1, {LENGTHS[-1]} tokens (ms)")
-        ax.set_ylabel("dev score")
-        ax.set_title("score against latency")
-    fig.suptitle(results["cpu"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 @reports_errors

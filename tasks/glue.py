@@ -14,14 +14,13 @@ import hashlib
 import json
 import math
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import InputError, first_line
-from tasks.glue_files import Table, is_missing, read_parquet, read_table, read_text, read_tsv
+from tasks.glue_files import Table, is_missing, read_parquet, read_table, read_text, read_tsv, visible
 
 
 @dataclass(frozen=True)
@@ -212,11 +211,6 @@ def custom_labels(table, column):
         raise InputError(f"{table.source}: label column {column!r} holds one value only ({next(iter(keys))!r}): "
                          "a classifier needs at least two classes")  # fmt: skip
     return tuple(sorted(numbers, key=int)) + tuple(names)
-
-
-def visible(text):
-    """Whether `text` shows anything: not only spaces, control or format characters (zero-width spaces)."""
-    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text)
 
 
 def _texts(table, wanted):

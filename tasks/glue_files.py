@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,12 @@ class Table:
 
     def names(self):
         return ", ".join(map(str, self.columns))
+
+
+def visible(text):
+    """`text` without whitespace, control and format characters (zero-width spaces, byte-order marks): what a
+    reader would see of it (empty where the text shows nothing)."""
+    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
 def is_missing(v):

@@ -20,13 +20,13 @@ import hashlib
 import json
 import re
 import string
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import InputError, first_line
+from tasks.glue_files import visible
 
 
 @dataclass
@@ -133,12 +133,6 @@ def need(obj, key, where, kind=None):
     if kind is not None and not isinstance(obj[key], kind):
         raise InputError(f"{where}: {key!r} is not a {kind.__name__}")
     return obj[key]
-
-
-def visible(text):
-    """`text` without whitespace, control and format characters (zero-width spaces, byte-order marks): what a
-    reader would see of it."""
-    return "".join(ch for ch in text if not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
 def check(examples, where, version_2, training):

@@ -42,7 +42,7 @@ def test_every_model_and_runtime_gets_a_row_beside_its_teacher(tmp_path, bf16_sl
             continue
         assert all(positive(r[k]) for k in ("latency_32_ms", "latency_32_p90_ms", "latency_128_ms", "throughput",
                                             "gflops")), r  # fmt: skip
-        assert r["latency_32_p90_ms"] >= r["latency_32_ms"] and r["bytes"] > 0 and math.isfinite(r["peak_mb"])
+        assert r["bytes"] > 0 and math.isfinite(r["peak_mb"])
         if model == "tiny-student":  # the ratios are the rows' own figures
             teacher = rows[("tiny-teacher", runtime)]
             assert r["speedup"] == pytest.approx(r["throughput"] / teacher["throughput"])
@@ -107,3 +107,10 @@ def test_cuda_flags_without_a_gpu_fail_in_one_line():
     assert line == "bench_inference.py: error: --device cuda: no CUDA GPU here"
     line = input_error(bench.main, ["--models", "tiny-student", "--device", "cuda", "--runtimes", "onnx"])
     assert line == "bench_inference.py: error: --runtimes onnx: give some of eager, fp16, bf16 on cuda"
+
+
+def test_latency_is_the_median_and_the_90th_percentile_of_the_runs():
+    assert bench.median_and_p90([5.0, 1.0, 3.0]) == (3.0, 5.0)
+    times = [float(t) for t in range(20, 0, -1)]  # 1..20 in any order: 90% of the runs take at most 19
+    assert bench.median_and_p90(times) == (10.5, 19.0)
+    assert bench.median_and_p90([7.0]) == (7.0, 7.0)
