@@ -8,8 +8,9 @@ same real sentences, in each runtime, beside what their FLOPs predict.
 Models: the shapes the project makes, with random weights (speed does not depend on the weights) and a
 two-label classifier head: bert-base (12 x 768, the teacher), distilbert (6 x 768), distilbert-small (4 x 768,
 training_configs/distilbert-small-uncased.json), task-student (3 x 384, distilbert-l3-h384-uncased.json) and
-mpnet-base (12 x 768, the strong teacher's shape); and any saved model given with --model NAME=FOLDER (its
-own tokenizer; its dev score is read from the run's results.json or the folder's export.json, for the plot).
+mpnet-base (12 x 768, the strong teacher's shape); and any saved classifier or QA model given with --model
+NAME=FOLDER (its own tokenizer and head; its dev score is read from the run's results.json or the folder's
+export.json, for the plot).
 Each student is compared with its teacher: task-student with mpnet-base, the others with bert-base.
 
 Runtimes: eager (PyTorch fp32), bf16 (PyTorch autocast, only where this CPU's bf16 probe says it pays),
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import transformers
 
 from benchmarks.inference_plot import plot
 from core.errors import InputError, reports_errors
@@ -152,12 +154,13 @@ def peak():
 def build(spec):
     """(model, tokenizer, config) of a spec: a shape with random weights, or a saved folder."""
     import torch
-    import transformers
 
-    if spec.get("folder"):
+    if spec.get("folder"):  # a classifier or a QA model: its head is timed too, as a server would run it
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec["folder"])
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(spec["folder"],
-                                                                                attn_implementation="eager")
+        head = deploy.head_of(transformers.AutoConfig.from_pretrained(spec["folder"])).kind
+        auto = {"sequence-classification": transformers.AutoModelForSequenceClassification,
+                "question-answering": transformers.AutoModelForQuestionAnswering}[head]  # fmt: skip
+        model = auto.from_pretrained(spec["folder"], attn_implementation="eager")
         return model.float().eval(), tokenizer, model.config
     cls, cfg, _ = SHAPES[spec["name"]]
     config_class = getattr(transformers, cls)
@@ -230,7 +233,7 @@ def torch_runner(runtime, model, device):
 
     def run_torch(feed):
         with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-            out = fn(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()}).logits
+            out = fn(**{k: torch.from_numpy(v).to(device) for k, v in feed.items()})[0]  # logits, or QA's start
         sync()
         return out
 
@@ -304,7 +307,8 @@ def worker(argv):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench_inference.py", description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"shapes, of: {', '.join(SHAPES)}")
-    p.add_argument("--model", action="append", default=[], help="NAME=FOLDER: a saved classifier too; repeat")
+    p.add_argument("--model", action="append", default=[], help="NAME=FOLDER: a saved classifier or QA model "
+                   "too; repeat")  # fmt: skip
     p.add_argument("--runtimes", default=None, help=f"of: {', '.join(CPU_RUNTIMES)} (CUDA: {', '.join(CUDA_RUNTIMES)})")
     p.add_argument("--threads", default="1,all", help="thread counts, comma-separated; all: every core")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -339,7 +343,11 @@ def parse_args(argv):
     for item in args.model:
         name, sep, folder = item.partition("=")
         if not sep or not name or not (Path(folder) / "config.json").is_file():
-            raise InputError(f"--model {item}: give NAME=FOLDER, a folder with a saved classifier (config.json)")
+            raise InputError(f"--model {item}: give NAME=FOLDER, a folder with a saved classifier or QA model "
+                             "(config.json)")  # fmt: skip
+        head = deploy.head_of(transformers.AutoConfig.from_pretrained(folder)).kind
+        if head not in ("sequence-classification", "question-answering"):
+            raise InputError(f"--model {item}: a {head} model; give a classifier or a QA model")
         specs.append({"name": name, "folder": folder, "teacher": None, "score": dev_score(Path(folder))})
     if args.device == "cuda":
         import torch

@@ -67,7 +67,7 @@ fi
 if stage bench; then
     say "the inference benchmark: the shapes and the real models"
     models=()
-    for m in "$OUT"/onnx/sst2_*; do
+    for m in "$OUT"/onnx/sst2_* "$OUT"/onnx/qa_*; do
         [ -f "$m/export.json" ] && models+=(--model "$(basename "$m")=$($PY -c \
             "import json, sys; print(json.load(open(sys.argv[1]))['source'])" "$m/export.json")")
     done

@@ -34,7 +34,7 @@ def plot(results, path):
             ax.annotate(f"{r['model']} ({r['runtime']})", (r[f"latency_{longest}_ms"],
                                                            results["models"][r["model"]]["score"]), fontsize=7)
         ax.set_xlabel(f"latency at batch 1, {longest} tokens (ms)")
-        ax.set_ylabel("dev score")
+        ax.set_ylabel("dev score (accuracy or F1)")
         ax.set_title("score against latency")
     fig.suptitle(results["cpu"], fontsize=9)
     fig.tight_layout()

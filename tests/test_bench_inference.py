@@ -27,14 +27,17 @@ def test_every_model_and_runtime_gets_a_row_beside_its_teacher(tmp_path, bf16_sl
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     saved = make_model(tmp_path / "run" / "model", "distilbert", "seq")  # a run_glue.py --save_model folder
     (tmp_path / "run" / "results.json").write_text(json.dumps({"score": 81.5}))
+    qa = make_model(tmp_path / "qa", "bert", "qa")  # a run_qa.py model, scored by its export (export_onnx.py)
+    (qa / "export.json").write_text(json.dumps({"dev": {"fp32": {"score": 55.0}}}))
     proc = run_script("benchmarks/bench_inference.py", "--models", "tiny-teacher,tiny-student", "--runtimes",
-                      "eager,bf16,onnx,onnx-int8", *SMALL, "--model", f"mine={saved}", "--output", out, "--plot", png,
-                      check=True)  # fmt: skip
+                      "eager,bf16,onnx,onnx-int8", *SMALL, "--model", f"mine={saved}", "--model", f"qa={qa}",
+                      "--output", out, "--plot", png, check=True)  # fmt: skip
     got = json.loads(out.read_text())
     rows = {(r["model"], r["runtime"]): r for r in got["rows"]}
-    assert sorted(rows) == sorted((m, r) for m in ("tiny-teacher", "tiny-student", "mine")
+    assert sorted(rows) == sorted((m, r) for m in ("tiny-teacher", "tiny-student", "mine", "qa")
                                   for r in ("eager", "bf16", "onnx", "onnx-int8"))  # fmt: skip
     assert got["models"]["mine"]["score"] == 81.5 and got["models"]["mine"]["teacher"] is None
+    assert got["models"]["qa"]["score"] == 55.0
     assert rows[("tiny-student", "bf16")] == {"model": "tiny-student", "runtime": "bf16", "threads": 1,
                                               "skipped": "this CPU's bf16 probe says bf16 does not pay here"}
     for (model, runtime), r in rows.items():
@@ -51,9 +54,9 @@ def test_every_model_and_runtime_gets_a_row_beside_its_teacher(tmp_path, bf16_sl
             assert f"{r['speedup']:.2f}x ({r['flops_speedup']:.2f}x: " in proc.stdout
     assert rows[("tiny-teacher", "onnx-int8")]["bytes"] < rows[("tiny-teacher", "onnx")]["bytes"] / 2
     for name, about in got["models"].items():  # sizes counted on the models the shapes build
-        model, _, _ = bench.build({"name": name, "folder": saved if name == "mine" else None})
+        model, _, _ = bench.build({"name": name, "folder": {"mine": saved, "qa": qa}.get(name)})
         assert about["params"] == sum(p.numel() for p in model.parameters())
-        assert name == "mine" or about["teacher"] == bench.SHAPES[name][2]
+        assert name in ("mine", "qa") or about["teacher"] == bench.SHAPES[name][2]
     assert got["sentences"].startswith(("SST-2 dev", "built-in")) and got["cpu"] in proc.stdout
     assert png.stat().st_size > 10_000
 
@@ -99,6 +102,15 @@ def test_without_sst2_the_built_in_sentences_are_used_and_said(monkeypatch, tmp_
 def test_bad_flags_fail_in_one_line(flags, expected):
     line = input_error(bench.main, ["--models", "tiny-student", *flags])
     assert line.startswith(f"bench_inference.py: error: {expected}"), line
+
+
+def test_a_model_folder_of_another_head_fails_in_one_line(tmp_path):
+    mlm = make_model(tmp_path / "student", "distilbert", "mlm")  # train.py's student: no task head to serve
+    line = input_error(bench.main, ["--models", "tiny-student", "--model", f"mlm={mlm}"])
+    assert line == f"bench_inference.py: error: --model mlm={mlm}: a masked-lm model; give a classifier or a QA model"
+    (mlm / "config.json").write_text(json.dumps({"model_type": "distilbert"}))  # no architectures: no head named
+    line = input_error(bench.main, ["--models", "tiny-student", "--model", f"mlm={mlm}"])
+    assert line.startswith("bench_inference.py: error: unsupported head (none named in config.json)"), line
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: --device cuda is good input")
