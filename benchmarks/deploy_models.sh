@@ -71,7 +71,8 @@ if stage bench; then
         [ -f "$m/export.json" ] && models+=(--model "$(basename "$m")=$($PY -c \
             "import json, sys; print(json.load(open(sys.argv[1]))['source'])" "$m/export.json")")
     done
+    # shellcheck disable=SC2086  # BENCH_FLAGS: more bench_inference.py flags, word-split on purpose
     $PY benchmarks/bench_inference.py "${models[@]}" --output "$OUT/inference.json" --plot "$OUT/inference.png" \
-        | tee "$OUT/inference.md"
+        ${BENCH_FLAGS:-} | tee "$OUT/inference.md"
 fi
 say "done: $OUT"
