@@ -13,6 +13,7 @@ fast (rows picked by index, KD fused with the projections, no per-step host sync
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -31,11 +32,11 @@ from core.precision import Precision, use_attention
 from grouped_batch_sampler import epoch_batches
 from training import checkpoint, evaluation
 from training.checkpoint import CHECKPOINT
-from training.losses import KD_CHUNK_ROWS, LOSS_NAMES, FusedKD, cosine_loss, kd_loss, mse_loss, relation_losses
+from training.losses import KD_CHUNK_ROWS, FusedKD, cosine_loss, kd_loss, mse_loss, relation_losses
 from training.masking import Masking, prepare_batch_clm
 from training.models import RowsLM, lm_head_parts, relation_layers
 from training.monitor import Meter, MetricsLog, empty_cache_if_low, log_line, memory_stats
-from training.train_args import LossPlan
+from training.train_args import LossPlan, LossWeights
 from utils import DistInfo, check_same_on_all_ranks, logger, rng_state, weight_decay_groups
 
 MAX_CONSECUTIVE_SKIPS = 20  # fp16: this many overflow-skipped optimizer steps in a row means the loss is broken
@@ -159,30 +160,32 @@ class Distiller:
     def autocast(self):
         return self.precision.autocast(self.device.type)
 
-    def step(self, batch):
+    def compute_losses(self, batch):
         """Forward the student (and the teacher) on `batch`; return {"loss": weighted total, "ce": ..., ...}."""
         plan, w = self.plan, self.plan.weights
         m = batch.n_targets  # the LM rows are the first m of batch.rows
         # The vocabulary head runs on every non-pad row only when KD/MSE need them all, on none when no loss
         # reads the logits.
-        n_head = 0 if not plan.head_used else None if plan.kd_all_rows else m
+        head_rows = 0 if not plan.head_used else None if plan.kd_all_rows else m
         lm, w_lm = plan.lm, w.of(plan.lm)
-        fused = plan.fused_kd  # the models stop before their vocabulary projection; FusedKD applies it
+        # s_out/t_out: the vocabulary logits, or with `fused` the features before the vocabulary projection (the
+        # models stop there and FusedKD applies the projection chunk by chunk)
+        fused = plan.fused_kd
         losses = {}
         total = 0.0
         with self.autocast():
-            s_hidden, s_logits, s_qkv = self.student(batch.input_ids, batch.attention_mask, batch.rows, n_head, fused)
+            s_hidden, s_out, s_qkv = self.student(batch.input_ids, batch.attention_mask, batch.rows, head_rows, fused)
             if self.teacher is not None:
                 with torch.no_grad():
-                    t_n_head = n_head if (w.ce or w.mse) else 0
-                    t_hidden, t_logits, t_qkv = self.teacher(
-                        batch.input_ids, batch.attention_mask, batch.rows, t_n_head, fused
+                    t_head_rows = head_rows if (w.ce or w.mse) else 0
+                    t_hidden, t_out, t_qkv = self.teacher(
+                        batch.input_ids, batch.attention_mask, batch.rows, t_head_rows, fused
                     )
-            if fused:  # s_logits and t_logits hold features here: KD (and the LM loss) from one projection
+            if fused:  # KD (and the LM loss) from one projection of the features
                 s_proj, t_proj = lm_head_parts(self.student_model)[1], lm_head_parts(self.teacher.model)[1]
                 targets = batch.targets if w_lm > 0 else batch.targets[:0]
                 total, losses["ce"], lm_loss = FusedKD.apply(
-                    s_logits, s_proj.weight, s_proj.bias, t_logits, t_proj.weight, t_proj.bias,
+                    s_out, s_proj.weight, s_proj.bias, t_out, t_proj.weight, t_proj.bias,
                     targets, self.temperature, w.ce, w_lm, KD_CHUNK_ROWS,
                 )  # fmt: skip
                 if w_lm > 0:
@@ -190,11 +193,11 @@ class Distiller:
 
         in_total = set(losses)  # FusedKD's total already holds its losses
         if not fused and w.ce > 0:
-            losses["ce"] = kd_loss(s_logits, t_logits, self.temperature)
+            losses["ce"] = kd_loss(s_out, t_out, self.temperature)
         if not fused and w_lm > 0:
-            losses[lm] = F.cross_entropy(s_logits[:m].float(), batch.targets)
+            losses[lm] = F.cross_entropy(s_out[:m].float(), batch.targets)
         if w.mse > 0:
-            losses["mse"] = mse_loss(s_logits, t_logits)
+            losses["mse"] = mse_loss(s_out, t_out)
         if w.cos > 0:
             losses["cos"] = cosine_loss(s_hidden, t_hidden)
         if plan.relations:  # outside autocast: the maps and their softmaxes in float32
@@ -205,11 +208,11 @@ class Distiller:
         return losses
 
     def train_step(self, batch, cycle_len=1, end_of_cycle=True):
-        """Train on one batch: forward (step()), backward of its share of the accumulation cycle's loss, and at
-        the end of the cycle the optimizer step; then the memory guard. The loop, the benchmark and the demo's
-        estimate all train through this. Returns the losses (on the device: no host sync)."""
+        """Train on one batch: the losses (compute_losses()), the backward of its share of the accumulation cycle's
+        loss, and at the end of the cycle the optimizer step; then the memory guard. The loop, the benchmark and the
+        demo's estimate all train through this. Returns the losses (on the device: no host sync)."""
         with self.no_sync(not end_of_cycle):
-            losses = self.step(batch)
+            losses = self.compute_losses(batch)
             self.scaler.scale(losses["loss"] / cycle_len).backward()
         self.watch_finite(losses["loss"])
         self.meter.add(losses, batch.n_tokens)
@@ -419,7 +422,7 @@ class Distiller:
         """README.md beside the student: what it is, its teacher and objective, its held-out scores."""
         p, cfg = self.params, self.student_model.config
         teacher = None if p.teacher_name == "none" else p.teacher_name
-        weights = {k: getattr(p, f"alpha_{k}") for k in LOSS_NAMES if getattr(p, f"alpha_{k}", 0)}
+        weights = {k: v for k, v in dataclasses.asdict(LossWeights.from_args(p)).items() if v}
         results = []
         if self.last_valid is not None:
             metrics = {f"masked-token {k}": self.last_valid[f"valid_{k}"] for k in ("top1", "top5")}

@@ -233,7 +233,7 @@ def distillation_losses(d, s_out, t_out, t_logits, labels, attention_mask, regre
         s_qkv = tuple(p(s_out.hidden_states[s_layer]) for p in attention_projections(student, s_layer)[0])
         t_qkv = tuple(p(t_out.hidden_states[t_layer]) for p in attention_projections(teacher, t_layer)[0])
         for name, loss in relation_losses(s_qkv, t_qkv, attention_mask, d.relations, att_heads, rel_heads).items():
-            out[name] = (getattr(d, f"alpha_{name}"), loss)
+            out[name] = ({"att": d.alpha_att, "vv": d.alpha_vv}[name], loss)
     return out
 
 

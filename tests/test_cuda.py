@@ -51,7 +51,7 @@ def test_training_step_in_half_precision_is_close_to_fp32(base_argv, precision):
     for name, d in (("fp32", d32), ("half", dh)):
         d.student.eval()
         torch.manual_seed(0)
-        losses = d.step(d.prepare_batch(token_ids, lengths))
+        losses = d.compute_losses(d.prepare_batch(token_ids, lengths))
         losses["loss"].backward()
         out[name] = (losses, torch.cat([p.grad.flatten() for p in d.student_model.parameters() if p.grad is not None]))
     (l32, g32), (lh, gh) = out["fp32"], out["half"]
@@ -63,7 +63,7 @@ def test_training_step_in_half_precision_is_close_to_fp32(base_argv, precision):
 def test_grad_scaler_skips_an_overflowing_step_and_counts_it(base_argv):
     _, d, _ = build_distiller(base_argv + ["--fp16"], device="cuda")
     token_ids, lengths = d.dataset.batch_sequences([d.dataset[i] for i in range(16)])
-    d.scaler.scale(d.step(d.prepare_batch(token_ids, lengths))["loss"]).backward()
+    d.scaler.scale(d.compute_losses(d.prepare_batch(token_ids, lengths))["loss"]).backward()
     p = next(q for q in d.student_model.parameters() if q.grad is not None)
     p.grad.view(-1)[0] = float("inf")  # an overflow, as fp16 gradients produce them
     before = [q.detach().clone() for q in d.student_model.parameters()]

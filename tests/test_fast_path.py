@@ -127,7 +127,7 @@ def test_bf16_autocast_step_on_cpu_is_close_to_fp32(base_argv, bf16_fast):
     out = {}
     for name, d in (("fp32", d32), ("bf16", d16)):
         torch.manual_seed(0)
-        losses = d.step(d.prepare_batch(token_ids, lengths))
+        losses = d.compute_losses(d.prepare_batch(token_ids, lengths))
         losses["loss"].backward()
         out[name] = (losses, torch.cat([p.grad.flatten() for p in d.student_model.parameters()]))
     (l32, g32), (l16, g16) = out["fp32"], out["bf16"]

@@ -157,9 +157,9 @@ def test_the_distiller_adds_them_without_touching_the_other_losses(base_argv):
     for distiller in (plain, minilm):
         distiller.student.eval()  # no dropout: the same network twice
     torch.manual_seed(0)
-    a = plain.step(plain.prepare_batch(token_ids, lengths))
+    a = plain.compute_losses(plain.prepare_batch(token_ids, lengths))
     torch.manual_seed(0)
-    b = minilm.step(minilm.prepare_batch(token_ids, lengths))
+    b = minilm.compute_losses(minilm.prepare_batch(token_ids, lengths))
     for k in ("ce", "mlm", "cos"):
         assert b[k].item() == pytest.approx(a[k].item(), rel=1e-6)
     weights = {"att": 1.0, "qq": 0.5, "kk": 0.5, "vv": 1.0}
@@ -169,7 +169,7 @@ def test_the_distiller_adds_them_without_touching_the_other_losses(base_argv):
 
     # only the relation losses: their gradient reaches the last layer's projections, not the vocabulary head
     _, only, _ = build_distiller(base_argv + RELATIONS + ["--alpha_ce", "0", "--alpha_mlm", "0", "--alpha_cos", "0"])
-    only.step(only.prepare_batch(token_ids, lengths))["loss"].backward()
+    only.compute_losses(only.prepare_batch(token_ids, lengths))["loss"].backward()
     last = only.student_model.distilbert.transformer.layer[-1].attention
     for lin in (last.q_lin, last.k_lin, last.v_lin):
         assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0

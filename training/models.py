@@ -69,9 +69,9 @@ def lm_head_parts(model):
 class RowsLM(nn.Module):
     """Wraps a HF LM: runs the encoder on the batch and the vocabulary head only at chosen rows.
 
-    forward(input_ids, attention_mask, rows, n_head=None, features=False) -> (hidden, logits, qkv):
+    forward(input_ids, attention_mask, rows, head_rows=None, features=False) -> (hidden, logits, qkv):
       hidden: last hidden states at `rows` (flat indices into batch x length), shape (len(rows), dim);
-      logits: the LM head at the first `n_head` of those rows (all of them when n_head is None); with
+      logits: the LM head at the first `head_rows` of those rows (all of them when None); with
       features=True, the head's input to its vocabulary projection instead (see lm_head_parts; FusedKD);
       qkv: with `qkv_layer` (0-based), that layer's (query, key, value), each (batch, length, heads x d),
       from its own projections applied to its input: the relation losses' material. None otherwise.
@@ -83,11 +83,11 @@ class RowsLM(nn.Module):
         self.model = model
         self.qkv_layer = qkv_layer
 
-    def forward(self, input_ids, attention_mask, rows, n_head=None, features=False):
+    def forward(self, input_ids, attention_mask, rows, head_rows=None, features=False):
         want_qkv = self.qkv_layer is not None
         out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_qkv)
         hidden = out.last_hidden_state.flatten(0, 1).index_select(0, rows)
-        h = hidden if n_head is None else hidden[:n_head]
+        h = hidden if head_rows is None else hidden[:head_rows]
         to_features, projection = lm_head_parts(self.model)
         logits = to_features(h) if features else projection(to_features(h))
         qkv = None

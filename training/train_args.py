@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import InputError, finite_float
 from training import masking
-from training.losses import LOSS_NAMES, RELATION_LOSSES
+from training.losses import RELATION_LOSSES
 from utils import logger
 
 # The published recipes as loss weights (alpha_<name>); every weight not listed is 0, and of mlm and clm only the
@@ -146,9 +146,19 @@ def resolve_defaults(args):
         args.mlm = args.student_type != "gpt2"
     preset = OBJECTIVES[args.objective]
     other_lm = "clm" if args.mlm else "mlm"  # the LM loss this run does not have
-    for k in LOSS_NAMES:
-        if getattr(args, f"alpha_{k}") is None:
-            setattr(args, f"alpha_{k}", 0.0 if k == other_lm else preset.get(k, 0.0))
+
+    def weight(given, name):  # a flag given explicitly wins over the objective's recipe
+        return given if given is not None else 0.0 if name == other_lm else preset.get(name, 0.0)
+
+    args.alpha_ce = weight(args.alpha_ce, "ce")
+    args.alpha_mlm = weight(args.alpha_mlm, "mlm")
+    args.alpha_clm = weight(args.alpha_clm, "clm")
+    args.alpha_mse = weight(args.alpha_mse, "mse")
+    args.alpha_cos = weight(args.alpha_cos, "cos")
+    args.alpha_att = weight(args.alpha_att, "att")
+    args.alpha_qq = weight(args.alpha_qq, "qq")
+    args.alpha_kk = weight(args.alpha_kk, "kk")
+    args.alpha_vv = weight(args.alpha_vv, "vv")
     if args.relation_heads is None:
         args.relation_heads = preset.get("relation_heads")
     args.no_teacher = args.teacher_name.lower() == "none"
@@ -230,7 +240,7 @@ def sanity_checks(args):
 @dataclass(frozen=True)
 class LossWeights:
     """The loss weights, built once from the flags (from_args); each field is one --alpha_* flag's home, and
-    Distiller.step() reads them by name: `w.ce` is --alpha_ce."""
+    Distiller.compute_losses() reads them by name: `w.ce` is --alpha_ce."""
 
     ce: float = 0.0  # --alpha_ce: KD, KL(teacher || student) at --temperature x T^2 (losses.kd_loss, FusedKD)
     mlm: float = 0.0  # --alpha_mlm: masked-LM cross-entropy on the masked rows
@@ -248,7 +258,7 @@ class LossWeights:
                    att=args.alpha_att, qq=args.alpha_qq, kk=args.alpha_kk, vv=args.alpha_vv)  # fmt: skip
 
     def of(self, name):
-        """The weight of the loss called `name` (a key of the losses Distiller.step() returns)."""
+        """The weight of the loss called `name` (a key of the losses Distiller.compute_losses() returns)."""
         return getattr(self, name)
 
 
