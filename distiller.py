@@ -44,7 +44,7 @@ MAX_CONSECUTIVE_SKIPS = 20  # fp16: this many overflow-skipped optimizer steps i
 
 class Distiller:
     def __init__(self, params, dataset, token_probs, student, teacher, dist=None, valid_dataset=None, fused_kd=True,
-                 fused_adamw=True):  # fmt: skip
+                 fused_adamw=True):
         """params: train.py's argument namespace; dataset: LmSeqsDataset; token_probs: (vocab,) masking
         weights (MLM) or None; student, teacher: HF models (teacher None for a plain MLM run);
         valid_dataset: held-out LmSeqsDataset the student is evaluated on (MLM; see evaluate()).
@@ -83,7 +83,7 @@ class Distiller:
             self.teacher = RowsLM(teacher, t_layer)
 
         self.masking = (Masking.from_params(params, dataset.spec.mask_id, token_probs, self.vocab_size, self.device)
-                        if self.mlm else None)  # fmt: skip
+                        if self.mlm else None)
 
         # Data order: a pure function of (seed, epoch, rank, world size), see epoch_batches().
         self.batches_per_epoch = len(self.epoch_batches(0))
@@ -146,7 +146,7 @@ class Distiller:
         """What fixes the sequence of batches: a resumed run must agree on all of it."""
         names = ("seed", "batch_size", "group_by_size", "gradient_accumulation_steps", "n_epoch")
         return {**{k: getattr(self.params, k) for k in names}, "world_size": self.dist.world_size,
-                "n_sequences": len(self.dataset), "n_tokens": self.dataset.n_tokens}  # fmt: skip
+                "n_sequences": len(self.dataset), "n_tokens": self.dataset.n_tokens}
 
     def prepare_batch(self, token_ids, lengths):
         """Move a collated batch to the device and pick the positions to predict (MLM masking or CLM)."""
@@ -168,26 +168,22 @@ class Distiller:
         # reads the logits.
         head_rows = 0 if not plan.head_used else None if plan.kd_all_rows else m
         lm, w_lm = plan.lm, w.of(plan.lm)
-        # s_out/t_out: the vocabulary logits, or with `fused` the features before the vocabulary projection (the
-        # models stop there and FusedKD applies the projection chunk by chunk)
-        fused = plan.fused_kd
+        fused = plan.fused_kd  # s_out/t_out: logits, or (fused) the features FusedKD projects chunk by chunk
         losses = {}
         total = 0.0
+        inputs = (batch.input_ids, batch.attention_mask, batch.rows)
         with self.autocast():
-            s_hidden, s_out, s_qkv = self.student(batch.input_ids, batch.attention_mask, batch.rows, head_rows, fused)
+            s_hidden, s_out, s_qkv = self.student(*inputs, head_rows, fused)
             if self.teacher is not None:
                 with torch.no_grad():
-                    t_head_rows = head_rows if (w.ce or w.mse) else 0
-                    t_hidden, t_out, t_qkv = self.teacher(
-                        batch.input_ids, batch.attention_mask, batch.rows, t_head_rows, fused
-                    )
+                    t_hidden, t_out, t_qkv = self.teacher(*inputs, head_rows if (w.ce or w.mse) else 0, fused)
             if fused:  # KD (and the LM loss) from one projection of the features
                 s_proj, t_proj = lm_head_parts(self.student_model)[1], lm_head_parts(self.teacher.model)[1]
                 targets = batch.targets if w_lm > 0 else batch.targets[:0]
                 total, losses["ce"], lm_loss = FusedKD.apply(
                     s_out, s_proj.weight, s_proj.bias, t_out, t_proj.weight, t_proj.bias,
                     targets, self.temperature, w.ce, w_lm, KD_CHUNK_ROWS,
-                )  # fmt: skip
+                )
                 if w_lm > 0:
                     losses[lm] = lm_loss
 
@@ -235,7 +231,7 @@ class Distiller:
             # On resume, the records and events a killed run wrote after its checkpoint are cut.
             self.metrics_log = MetricsLog(self.dump_path, self.metrics_bytes, self.n_total_iter, texts={
                 "config/training": json.dumps(vars(p), indent=2, default=str),
-                "config/student": self.student_model.config.to_json_string()})  # fmt: skip
+                "config/student": self.student_model.config.to_json_string()})
         self.student.train()
         log_time = time.perf_counter()
         while self.epoch < p.n_epoch:
@@ -427,7 +423,7 @@ class Distiller:
         if self.last_valid is not None:
             metrics = {f"masked-token {k}": self.last_valid[f"valid_{k}"] for k in ("top1", "top5")}
             results.append(model_card.Result("fill-mask", f"held out: {p.valid_file}", str(p.valid_file), metrics,
-                                             split="held out"))  # fmt: skip
+                                             split="held out"))
         task = "fill-mask" if p.mlm else "text-generation"
         model_card.write(self.dump_path, model_card.Card(
             title=f"{cfg.model_type} student, {cfg.num_hidden_layers} x {cfg.hidden_size}", pipeline_tag=task,
@@ -438,7 +434,7 @@ class Distiller:
             details={"objective": p.objective, "loss weights": ", ".join(f"{k} {v:g}" for k, v in weights.items()),
                      "batch size": p.batch_size, "precision": self.precision.used},
             command=model_card.this_command("train.py"),
-        ))  # fmt: skip
+        ))
 
     def save_final(self, tokenizer):
         """The trained student in HF format (safetensors) with the teacher's tokenizer beside it (rank 0)."""

@@ -168,7 +168,7 @@ def setup(args):
     token_probs = None
     if args.mlm:
         token_probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing,
-                                               data_format.vocab_digest(tokenizer))  # fmt: skip
+                                               data_format.vocab_digest(tokenizer))
 
     student = load_student(args, len(tokenizer))
     teacher = None if args.no_teacher else load_teacher(args, student)

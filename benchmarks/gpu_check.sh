@@ -102,7 +102,7 @@ step glue --needs train_sh "$PY" scripts/run_glue.py --model_name_or_path "$OUT/
     --output_dir "$OUT/glue" --num_train_epochs 1 --learning_rate 5e-5 --report_to none --save_strategy no \
     --disable_tqdm true --save_model "${GLUE_SIZE[@]}"
 grep -E "accuracy|data|--fp16" "$OUT/glue.log" | sed 's/^/    /' | tee -a "$SUMMARY"
-# Task distillation on the GPU (issue 20): the same student distilled from its fine-tuned self, logit KD from
+# Task distillation on the GPU: the same student distilled from its fine-tuned self, logit KD from
 # the teacher's logits computed once (in fp16 where the step runs in fp16), over labelled and unlabelled rows
 GLUE_TEACHER=$(ls -d "$OUT"/glue/sst2/lr*_seed42 2>/dev/null | head -1)/model
 if [[ $DRY == 1 ]]; then KD_SIZE=(--unlabeled_samples 64); else KD_SIZE=(--unlabeled_samples 20000); fi
@@ -112,7 +112,7 @@ step task_distill --needs train_sh --needs glue "$PY" scripts/run_glue.py --mode
     --disable_tqdm true "${GLUE_SIZE[@]}" "${KD_SIZE[@]}"
 grep -E "accuracy|teacher's logits" "$OUT/task_distill.log" | sed 's/^/    /' | tee -a "$SUMMARY"
 
-# Question answering on the GPU (issue 33): cloze questions from the corpus (scripts/make_qa_data.py), the
+# Question answering on the GPU: cloze questions from the corpus (scripts/make_qa_data.py), the
 # student fine-tuned on them and saved, then distilled from that QA model (start/end logits cached, fp16)
 step qa_data --needs data "$PY" scripts/make_qa_data.py --source "$DATA/dump.txt" --output_dir "$DATA/qa"
 if [[ $DRY == 1 ]]; then QA_SIZE=(--max_seq_length 128 --doc_stride 32 --max_train_samples 120 --max_eval_samples 40 --max_steps 4)

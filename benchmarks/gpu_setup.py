@@ -44,7 +44,7 @@ def main(argv=None):
 
     out = Path(args.out)
     lines = [s.strip() for a in make_synthetic_wiki.generate(args.articles, seed=0)
-             for s in re.split(r"\n+|(?<=\.)\s+", a["text"]) if len(s.split()) >= 8]  # fmt: skip
+             for s in re.split(r"\n+|(?<=\.)\s+", a["text"]) if len(s.split()) >= 8]
     # Step 8's stand-in rows, split 5 train : 1 dev so that a corpus of any size fills both files (5,000 : 1,000
     # at the full run's size)
     rows = [f"{line}\t{int('born' in line)}" for line in lines[:6000]]

@@ -12,7 +12,7 @@ def plot(results, path):
 
     longest = results["settings"]["lengths"][-1]
     rows = [r for r in results["rows"] if "throughput" in r and r["threads"] == max(x["threads"] for x in
-                                                                                    results["rows"])]  # fmt: skip
+                                                                                    results["rows"])]
     scored = [r for r in rows if results["models"][r["model"]].get("score") is not None]
     fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(13 if scored else 7, 4.5), squeeze=False)
     ax = axes[0][0]
@@ -21,7 +21,7 @@ def plot(results, path):
     width = 0.8 / len(runtimes)
     for k, runtime in enumerate(runtimes):
         values = [next((r["throughput"] for r in rows if r["model"] == m and r["runtime"] == runtime), 0)
-                  for m in models]  # fmt: skip
+                  for m in models]
         ax.bar(np.arange(len(models)) + k * width, values, width, label=runtime)
     ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models, rotation=20)
     ax.set_ylabel(f"sentences/s at batch {results['settings']['batch']}")

@@ -154,7 +154,7 @@ def folder_lock(lock_file, what):
             f.seek(0)
             holder = f.read().strip() or "another process"
             raise InputError(f"{what} is in use by another command ({holder}): wait for it to finish, or give "
-                             "another folder") from None  # fmt: skip
+                             "another folder") from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")

@@ -136,16 +136,16 @@ def load_lm(model_class, name, what, **kwargs):
     if declared is not None and declared != expected:
         raise InputError(f"{what} {name} is a {TYPE_NAMES.get(declared, declared)} checkpoint (model_type "
                          f"{declared!r}), not {TYPE_NAMES.get(expected, expected)}: give a {expected} checkpoint, "
-                         "or the type that matches it")  # fmt: skip
+                         "or the type that matches it")
     model, info = load_pretrained(model_class, name, what, output_loading_info=True, **kwargs)
     prefix, tied = model.base_model_prefix + ".", tied_keys(model)
     missing = [k for k in info["missing_keys"] if k not in tied]
     unfilled = sorted(k for k in missing if k.startswith(prefix)) + sorted(
-        str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", []))  # fmt: skip
+        str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", []))
     if unfilled:
         raise InputError(f"{what} {name} did not fill {len(unfilled)} of {model_class.__name__}'s weights (e.g. "
                          f"{unfilled[0]}): it is not a checkpoint of this architecture, so those would be "
-                         "random")  # fmt: skip
+                         "random")
     return model, sorted(k for k in missing if not k.startswith(prefix))
 
 
@@ -199,7 +199,7 @@ def load_tokenizer(tokenizer_class, name, what="tokenizer"):
     local = Path(name).exists()
     remedy = "give a folder with vocab.txt or tokenizer.json" if local else (
         "it is not a local folder, and the model hub does not have it or cannot be reached: check the spelling "
-        "and your network, or give a local folder with vocab.txt or tokenizer.json")  # fmt: skip
+        "and your network, or give a local folder with vocab.txt or tokenizer.json")
     try:
         tokenizer = tokenizer_class.from_pretrained(name)
     except (OSError, ValueError, RuntimeError, KeyError) as e:

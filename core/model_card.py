@@ -58,14 +58,14 @@ def render(card):
                    dataset_config=r.dataset_config, dataset_split=r.split, metric_type=name, metric_value=float(v))
         for r in card.results
         for name, v in r.metrics.items()
-    ]  # fmt: skip
+    ]
     base = card.base_model if is_hub_name(card.base_model) else None
     data = ModelCardData(
         library_name="transformers", pipeline_tag=card.pipeline_tag, tags=card.tags, base_model=base,
         datasets=card.datasets or None, metrics=sorted({e.metric_type for e in evals}) or None,
         model_name=card.title if evals else None, eval_results=evals or None,
         teacher=card.teacher,
-    )  # fmt: skip
+    )
     lines = [f"# {card.title}", "", *card.summary, ""]
     if card.base_model:
         lines.append(f"- **Started from:** `{card.base_model}`")
@@ -76,7 +76,7 @@ def render(card):
     if card.results:
         lines += ["", "## Results", "", "| dataset | split | metric | value |", "|---|---|---|---|"]
         lines += [f"| {r.dataset_name} | {r.split} | {name} | {value:.4f} |" for r in card.results
-                  for name, value in r.metrics.items()]  # fmt: skip
+                  for name, value in r.metrics.items()]
     lines += ["", "## How it was made", "", "```bash", card.command or this_command(), "```", ""]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
 

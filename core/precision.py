@@ -202,7 +202,7 @@ class Precision:
 
     def record(self, device_type="cpu"):
         out = {"requested": self.requested, "used": self.used, "why": self.why or None,
-               "attention": attention_for(device_type, self.used) or "sdpa"}  # fmt: skip
+               "attention": attention_for(device_type, self.used) or "sdpa"}
         return out | ({"cpu_bf16": self.cpu_bf16} if self.cpu_bf16 else {})
 
 

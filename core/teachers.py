@@ -1,7 +1,7 @@
 """The teacher, loaded and checked one way for every script: train.py's language model, run_glue.py's
 sequence classifier and run_qa.py's span predictor.
 
-`load_teacher` gives the teacher frozen (eval mode, no gradients) after utils.load_lm's checks (a checkpoint of
+`load_teacher` gives the teacher frozen (eval mode, no gradients) after core.loading.load_lm's checks (a checkpoint of
 this architecture, every weight of the base model filled), and refuses a checkpoint without the head the
 script needs (an encoder not yet fine-tuned) in one line that says how to get one. `check_width` is the one
 check of the losses that compare hidden states.

@@ -171,7 +171,7 @@ def finished_shard(folder, k, settings):
         lengths = np.load(files["lengths.npy"], mmap_mode="r", allow_pickle=False)
         whole = (tokens.ndim == lengths.ndim == 1 and tokens.dtype == np.dtype(settings["dtype"])
                  and len(tokens) == stats["n_tokens"] and len(lengths) == stats["n_sequences"]
-                 and int(lengths.sum(dtype=np.int64)) == len(tokens))  # fmt: skip
+                 and int(lengths.sum(dtype=np.int64)) == len(tokens))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return stats if whole else None

@@ -52,12 +52,12 @@ TEACHER = dict(
     architectures=["BertForMaskedLM"], model_type="bert", hidden_size=256, num_hidden_layers=4,
     num_attention_heads=4, intermediate_size=1024, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     type_vocab_size=2,
-)  # fmt: skip
+)
 STUDENT = dict(
     architectures=["DistilBertForMaskedLM"], model_type="distilbert", dim=256, n_layers=2, n_heads=4,
     hidden_dim=1024, dropout=0.0, attention_dropout=0.0, activation="gelu", sinusoidal_pos_embds=False,
     tie_word_embeddings=True,
-)  # fmt: skip
+)
 
 
 def configs(vocab):
@@ -91,7 +91,7 @@ def time_steps(n_steps=3, bf16=False, only=None):
 
     def step_time(student, teacher, student_type, objective):
         args = train_args.defaults(student_type=student_type, teacher_type="bert", gradient_accumulation_steps=1,
-                                   objective=objective, bf16=bf16)  # fmt: skip
+                                   objective=objective, bf16=bf16)
         dataset = LmSeqsDataset(SequenceSpec(special, 128, pad_to_multiple_of=8), seqs)
         distiller = Distiller(args, dataset, probs, student, teacher, dist=DistInfo())
         token_ids, lens = dataset.batch_sequences([dataset[i] for i in range(len(dataset))])
@@ -166,7 +166,7 @@ def plan(articles, teacher_epochs, student_epochs, valid, t, teacher_eval_every=
         ("MiniLM student (attention + value relations)", f"{s_steps:,} steps",
          s_steps * t["minilm"] + (s_steps // student_eval_every + 1) * eval_s + PROCESS_START),
         ("evaluation, plot, fill-mask", f"{valid:,} held-out lines", 4 * eval_s + 3 * PROCESS_START),
-    ]  # fmt: skip
+    ]
 
 
 def estimate(articles, teacher_epochs, student_epochs, valid, t=None, bf16=False, **evals):
@@ -179,7 +179,7 @@ def estimate(articles, teacher_epochs, student_epochs, valid, t=None, bf16=False
     print(f"CPU: {cpu_description()}; measured per step: teacher {1000 * t['teacher']:.0f} ms, distilled "
           f"student {1000 * t['distilled']:.0f} ms, MLM-only student {1000 * t['mlm_only']:.0f} ms, MiniLM "
           f"student {1000 * t['minilm']:.0f} ms "
-          f"({time.perf_counter() - start:.0f} s to measure)")  # fmt: skip
+          f"({time.perf_counter() - start:.0f} s to measure)")
     width = max(len(name) for name, _, _ in stages)
     for name, work, seconds in stages:
         print(f"  {name:<{width}}  {work:>18}  ~{fmt(seconds)}")

@@ -23,7 +23,7 @@
 #   small models leave a second thread idle much of the time.
 #   5. a table of SST-2 dev accuracy (median of the seeds) with the published rows -> RUN_DIR/table.md.
 #
-# DEMO_TASK_STRONG=1 adds the strong teacher (issue 31): all-mpnet-base-v2, a 12 x 768 MPNet of another
+# DEMO_TASK_STRONG=1 adds the strong teacher: all-mpnet-base-v2, a 12 x 768 MPNet of another
 # tokenizer (fetched once by scripts/fetch_strong_teacher.py into teachers/all-mpnet-base-v2, 404 MB; or
 # DEMO_TASK_STRONG_DIR), fine-tuned on the same TEACHER_TRAIN sentences, then
 #        (e) the student from teacher layers, task-distilled from it (KD + label loss, T 2) over the labelled

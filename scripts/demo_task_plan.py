@@ -74,7 +74,7 @@ def main(argv=None):
         (f"its logits for {args.rows:,} sentences (once; kept on disk)", t_pass),
         (f"{args.seeds} student run(s) of {args.student_steps} steps ({s_step:.2f} s a step)",
          s_step * args.student_steps * args.seeds),
-    ]  # fmt: skip
+    ]
     print(f"the strong-teacher option on this machine ({torch.get_num_threads()} thread(s), timed just now):")
     for what, s in stages:
         print(f"  {what}: ~{minutes(s)}")

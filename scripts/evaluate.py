@@ -67,14 +67,14 @@ def held_out(args, tokenizer, data, model, device):
     special = data_format.special_token_ids(tokenizer)
     data_checks.check_data_fits(args.data_file, data, data.meta, tokenizer, special)
     probs = masking.load_token_probs(args.token_counts, len(tokenizer), special.values(), args.mlm_smoothing,
-                                     data_format.vocab_digest(tokenizer))  # fmt: skip
+                                     data_format.vocab_digest(tokenizer))
     check_not_training_data(args.data_file, data, args.token_counts)
     limit = loading.model_input_limit(tokenizer, model.config)
     dataset = LmSeqsDataset(SequenceSpec(special, limit), data)
     if len(dataset) == 0:
         raise InputError(f"{args.data_file} has no sequence of 12 tokens or more")
     mask = masking.Masking(probs, dataset.spec.mask_id, model.config.vocab_size, args.mlm_mask_prop,
-                           args.word_mask, args.word_keep, device)  # fmt: skip
+                           args.word_mask, args.word_keep, device)
     return mask, dataset
 
 

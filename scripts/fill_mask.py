@@ -37,7 +37,7 @@ def held_out_examples(tokenizer, data_file, counts_file, n):
             for j, tok in enumerate(pieces)
             if tok.isalpha() and len(tok) > 3 and (j + 1 == len(pieces) or not pieces[j + 1].startswith("##"))
             and j > 0 and ids[j] not in tokenizer.all_special_ids
-        ]  # fmt: skip
+        ]
         if not whole:
             continue
         j = min(whole, key=lambda k: (counts[ids[k]], k))

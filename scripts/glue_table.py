@@ -49,7 +49,7 @@ PUBLISHED = [
         mnli=(76.6, 77.2), mrpc=82.0, cola=8.7),
         source="Jiao et al. 2020, TinyBERT (arXiv 1909.10351, v5), Appendix C, Table 7: 'TinyBERT (GD)', "
                "GLUE dev, 3 tasks; average 61.1 counts MNLI-m and -mm separately."),
-]  # fmt: skip
+]
 
 
 def _cell(metrics):
@@ -92,7 +92,7 @@ def markdown_table(summaries, published=True, names=None):
 
 def _header(task):
     return {"cola": "CoLA (MCC)", "mrpc": "MRPC (F1/acc)", "stsb": "STS-B (P/S)", "qqp": "QQP (F1/acc)",
-            "mnli": "MNLI (m/mm)"}.get(task.name, task.title)  # fmt: skip
+            "mnli": "MNLI (m/mm)"}.get(task.name, task.title)
 
 
 def _published_cell(value):

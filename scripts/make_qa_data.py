@@ -47,7 +47,7 @@ def read_paragraphs(source):
                 splits.append([r.split("\t")[1] for r in rows if r.count("\t") >= 2])
             else:
                 raise InputError(f"{path} holds no {split}-*.parquet or {tsv}: give GLUE RTE's folder, an articles "
-                                 "file (.jsonl/.parquet) or a text file")  # fmt: skip
+                                 "file (.jsonl/.parquet) or a text file")
         return [list(dict.fromkeys(s)) for s in splits]  # RTE repeats premises
     if not path.is_file():
         raise InputError(f"no such file or folder: {source}")
@@ -100,7 +100,7 @@ def make_split(paragraphs, name, per_context, version_2, rng):
         if version_2:
             qas[c][-1]["is_impossible"] = False
     return [{"title": f"{name} {c}", "paragraphs": [{"context": contexts[c], "qas": qas[c]}]}
-            for c in range(len(contexts)) if qas[c]]  # fmt: skip
+            for c in range(len(contexts)) if qas[c]]
 
 
 def flat(articles):
@@ -108,7 +108,7 @@ def flat(articles):
     return [{"id": qa["id"], "title": a["title"], "context": p["context"], "question": qa["question"],
              "answers": {"text": [x["text"] for x in qa["answers"]],
                          "answer_start": [x["answer_start"] for x in qa["answers"]]}}
-            for a in articles for p in a["paragraphs"] for qa in p["qas"]]  # fmt: skip
+            for a in articles for p in a["paragraphs"] for qa in p["qas"]]
 
 
 @reports_errors

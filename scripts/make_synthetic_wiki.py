@@ -76,7 +76,7 @@ def new_person(rng, cities, names=None):
         "age": rng.randrange(12, 19), "moved": f"{rng.randrange(2, 90)}.{rng.randrange(10)}",
         "left_school": born + rng.randrange(15, 20), "joined": born + rng.randrange(22, 35),
         "us_years": rng.randrange(2, 12), "works": rng.randrange(3, 60), "died_in": rng.choice(cities)["name"],
-    }  # fmt: skip
+    }
 
 
 def city_facts(rng, city):
@@ -104,7 +104,7 @@ def person_article(p, capitals):
          f"{he} later worked for the U.S. Office of {fieldname.capitalize()} for {p['us_years']} years.",
          f"As a {job}, {he.lower()} published {p['works']} works."],
         [f"{he} died in {p['died_in']} in {p['died']}."],
-    ]  # fmt: skip
+    ]
     return name, paras
 
 
@@ -124,7 +124,7 @@ def city_article(city, facts, capitals):
         "Geography",
         [f"The city covers {facts['area']} square km at an elevation of {facts['elevation']} m.",
          f"The {city['river']} flows through {city['name']} towards the sea."],
-    ]  # fmt: skip
+    ]
     return city["name"], paras
 
 
@@ -142,7 +142,7 @@ def reshuffle(rng, paras):
         out.append(head + rest)
     # a heading whose section lost every sentence goes too
     return [p for i, p in enumerate(out) if not (isinstance(p, str) and (i + 1 == len(out) or not out[i + 1]))
-            and p != []]  # fmt: skip
+            and p != []]
 
 
 def country_article(rng, index, cities, capitals):
@@ -154,7 +154,7 @@ def country_article(rng, index, cities, capitals):
          f"{demonym} {currency}."],
         "Cities",
         [f"{t} is a city in {country}." for t in towns[:6]],
-    ]  # fmt: skip
+    ]
     return country, paras
 
 

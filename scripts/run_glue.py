@@ -91,12 +91,12 @@ def load_data(data, unlabeled=None, transfer_file=None):
             if len(full) <= len(task.train):
                 raise InputError(f"--unlabeled_samples {unlabeled}: no {task.task.title} training examples are left "
                                  "after the labelled ones: give --max_train_samples below "
-                                 f"{len(full):,}")  # fmt: skip
+                                 f"{len(full):,}")
             task.unlabeled = full.rows(len(task.train), len(task.train) + unlabeled, label=unlabeled_mark(task))
             task.unlabeled_rows["task"] = len(task.unlabeled)
             if len(task.unlabeled) < unlabeled:  # recorded as used, not as asked
                 say(f"--unlabeled_samples {unlabeled:,}: {task.task.title} has {len(task.unlabeled):,} training "
-                    f"examples after the {len(task.train):,} labelled ones: using {len(task.unlabeled):,}")  # fmt: skip
+                    f"examples after the {len(task.train):,} labelled ones: using {len(task.unlabeled):,}")
         if transfer_file:
             extra = glue.load_transfer(transfer_file, task.task, unlabeled_mark(task))
             task.unlabeled_rows["transfer"] = len(extra)
@@ -125,7 +125,7 @@ def load_teacher(dargs, student_config):
     from transformers import AutoModel, AutoTokenizer
 
     path = dargs.teacher_name_or_path
-    model = task_distill.load_teacher(path)  # an unfinished train.py run is named (utils.load_pretrained)
+    model = task_distill.load_teacher(path)  # an unfinished train.py run is named (core.loading.load_pretrained)
     tokenizer = load_tokenizer(AutoTokenizer, path, "the teacher's tokenizer")
     if dargs.per_step:
         with torch.device("meta"):
@@ -146,7 +146,7 @@ def tokenize(task_data, tokenizer, max_length, pad):
             lambda b: tokenizer(*[b[c] for c in columns], truncation=True, max_length=max_length,
                                 padding="max_length" if pad else False),
             batched=True, remove_columns=list(columns), desc=f"tokenizing {task_data.task.name} {split.name}",
-        )  # fmt: skip
+        )
 
     dev = {name: encode(split) for name, split in task_data.dev.items()}
     first = next(iter(task_data.dev.values()))
@@ -156,7 +156,7 @@ def tokenize(task_data, tokenizer, max_length, pad):
     ids = [i for row in next(iter(dev.values()))["input_ids"] for i in row if i not in special or i == unk]
     fit = {"pieces_per_word": len(ids) / max(words, 1), "unk_fraction": ids.count(unk) / max(len(ids), 1)}
     say(f"{task_data.task.title}: {fit['pieces_per_word']:.2f} word pieces per word, {fit['unk_fraction']:.1%} "
-          f"{tokenizer.unk_token} (dev; bert-base-uncased's vocabulary: 1.2-1.3, none)")  # fmt: skip
+          f"{tokenizer.unk_token} (dev; bert-base-uncased's vocabulary: 1.2-1.3, none)")
     train = encode(task_data.train)
     if task_data.unlabeled:  # after the labelled rows: the teacher's logits are their only target
         train = datasets.concatenate_datasets([train, encode(task_data.unlabeled)])
@@ -181,7 +181,7 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
     task = task_data.task
     pin = targs.dataloader_pin_memory and torch.cuda.is_available()  # pinning without a GPU only warns
     args = dataclasses.replace(targs, output_dir=str(run.dir), learning_rate=run.lr, seed=run.seed,
-                               dataloader_pin_memory=pin)  # fmt: skip
+                               dataloader_pin_memory=pin)
     transformers.set_seed(run.seed)  # the new head's initialisation
     # id2label sets the head's size in transformers 5 (num_labels=1 with id2label=None leaves it unset)
     labels = task.labels or ("score",)
@@ -190,7 +190,7 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
         problem_type="regression" if task.labels is None else "single_label_classification",
         ignore_mismatched_sizes=True,  # a model fine-tuned before has a head of another size
-    )  # fmt: skip
+    )
     # The attention implementation measured fastest for this precision and device (precision.ATTENTION).
     device_type = "cpu" if args.use_cpu or not torch.cuda.is_available() else "cuda"
     for m in (model, teacher.model) if teacher else (model,):
@@ -200,11 +200,11 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
     trainer_class = Trainer
     if teacher:
         train_inputs = model_inputs(train_set, model, teacher_pass.forward_inputs(teacher.model) |
-                                    {teacher_pass.TEACHER_LOGITS})  # fmt: skip
+                                    {teacher_pass.TEACHER_LOGITS})
         collator = teacher_pass.WithTeacherLogits(collator)
         trainer_class = task_distill.distill_trainer(teacher.args, teacher.model, task.labels is None)
     trainer = seeded_sampling(trainer_class)(model=model, args=args, train_dataset=train_inputs,
-                                             data_collator=collator, callbacks=callbacks())  # fmt: skip
+                                             data_collator=collator, callbacks=callbacks())
     start = time.time()
     train_metrics = train_or_restore(trainer, run)
     train_time = time.time() - start
@@ -228,7 +228,7 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         "attention": model.config._attn_implementation,
         "teacher": teacher.record() | {"logits_seconds": teacher.logits_seconds, "unlabeled_rows_used": {
             "task": task_data.unlabeled_rows.get("task", 0), "transfer_file": task_data.unlabeled_rows.get(
-                "transfer", 0)}} if teacher else None,  # fmt: skip
+                "transfer", 0)}} if teacher else None,
         "steps": trainer.state.global_step,
         "train_seconds": round(train_time, 1),
         "train_samples_per_second": train_metrics.get("train_samples_per_second"),
@@ -242,9 +242,9 @@ def fine_tune(margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_s
         if sweep.save_model:
             glue_data = task.name in glue.TASKS  # GLUE's own task (its TSV files, the hub's parquet), not a user's
             dataset = (f"GLUE {task.title}", "nyu-mll/glue", task.name) if glue_data else (task_data.source,) * 2 + (
-                None,)  # fmt: skip
+                None,)
             save_model(trainer, tokenizer, run.dir / "model", result, "text-classification", dataset,
-                       "scripts/run_glue.py")  # fmt: skip
+                       "scripts/run_glue.py")
         with atomic_write(run.dir / "results.json", "w") as f:
             json.dump(result, f, indent=2)
         for checkpoint in run.dir.glob("checkpoint-*"):  # the results are in; the optimizer state is not needed
@@ -286,14 +286,14 @@ def main(argv=None):
     # One command per output folder: two at once would write over each other's runs (the lock is the main
     # process's; torchrun's other processes follow it)
     lock = (files.folder_lock(out_dir / ".lock", f"--output_dir {out_dir}") if targs.process_index == 0
-            else contextlib.nullcontext())  # fmt: skip
+            else contextlib.nullcontext())
     with lock:
         # Every kept result, checkpoint and setting of every task is checked before the first run trains.
         overwrite = data_args.overwrite_output_dir
         summary = {"model": margs.model_label, "model_path": margs.model_name_or_path, "model_identity": identity,
                    "precision": {"asked": decision.requested, "ran": decision.used},
                    "teacher": teacher.record() if teacher else None,
-                   "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}  # fmt: skip
+                   "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}
         seeds = [targs.seed + i for i in range(sweep.seeds)]
         plans = []
         with targs.main_process_first(local=False, desc="planning"):  # the first process repairs; the others read after
@@ -304,7 +304,7 @@ def main(argv=None):
                 folder = out_dir / task_data.task.name
                 outputs = ("model",) if sweep.save_model else ()
                 runs = [plan_run(Run(lr, seed, folder / f"lr{lr:g}_seed{seed}"), hyper, overwrite, main_process,
-                                 outputs) for lr in rates for seed in seeds]  # fmt: skip
+                                 outputs) for lr in rates for seed in seeds]
                 plans.append((task_data, hyper, runs))
 
         for task_data, hyper, runs in plans:
@@ -317,7 +317,7 @@ def main(argv=None):
                     teacher_length = min(data_args.max_seq_length,
                                          model_input_limit(teacher.tokenizer, teacher.model.config))
                     train_set = teacher.logits(train_set, tokenizer, targs, training_texts(task_data),
-                                               teacher_length)  # fmt: skip
+                                               teacher_length)
             results = []
             for run in runs:
                 title = f"{task.title} lr {run.lr:g} seed {run.seed}"
@@ -329,12 +329,12 @@ def main(argv=None):
                 try:
                     result = execute(run, targs, overwrite, hyper, lambda run=run: fine_tune(
                         margs, sweep, targs, hyper, task_data, tokenizer, train_set, dev_sets, fit, run,
-                        teacher))  # fmt: skip
+                        teacher))
                 except NonFiniteLoss as e:
                     fail("run_glue.py", f"{title}: {e}: the run is not recorded (lower --learning_rate, or check the "
-                         "data)", NON_FINITE_EXIT)  # fmt: skip
+                         "data)", NON_FINITE_EXIT)
                 shown = ", ".join(f"{d} {m} {100 * v:.2f}"
-                                  for d, ms in result["metrics"].items() for m, v in ms.items())  # fmt: skip
+                                  for d, ms in result["metrics"].items() for m, v in ms.items())
                 say(f"{title}: {shown} ({result['train_seconds']:.0f} s of training)")
                 results.append(result)
             summary["tasks"][task.name] = summarize(task, results)

@@ -134,16 +134,16 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
 
     pin = targs.dataloader_pin_memory and torch.cuda.is_available()
     args = dataclasses.replace(targs, output_dir=str(run.dir), learning_rate=run.lr, seed=run.seed,
-                               dataloader_pin_memory=pin)  # fmt: skip
+                               dataloader_pin_memory=pin)
     transformers.set_seed(run.seed)  # the new span head's initialisation
     model = load_pretrained(AutoModelForQuestionAnswering, margs.model_name_or_path, "the model")
     use_attention(model, "cpu" if args.use_cpu or not torch.cuda.is_available() else "cuda", trainer_precision(args))
     collator = window_collator(DataCollatorWithPadding, tokenizer, data.pad_to_max_length, hyper["max_seq_length"],
-                               args.fp16 or args.bf16)  # fmt: skip
+                               args.fp16 or args.bf16)
     extra = ("start_positions", "end_positions", qa_distill.TEACHER_START, qa_distill.TEACHER_END)
     trainer = seeded_sampling(qa_distill.qa_trainer(teacher.args if teacher else qa_distill.QADistillArguments()))(
         model=model, args=args, train_dataset=model_inputs(train_set, model, extra),
-        data_collator=qa_distill.WithTeacherSpans(collator), callbacks=callbacks())  # fmt: skip
+        data_collator=qa_distill.WithTeacherSpans(collator), callbacks=callbacks())
     start = time.time()
     train_metrics = train_or_restore(trainer, run)
     train_time = time.time() - start
@@ -151,11 +151,11 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
     dtype = autocast_dtype(args)  # evaluated as it trained
     start_logits, end_logits = qa_distill.span_logits(trainer.model, model_inputs(dev_set, model), collator,
                                                       args.per_device_eval_batch_size, args.device, dtype,
-                                                      desc="dev windows", quiet=args.disable_tqdm)  # fmt: skip
+                                                      desc="dev windows", quiet=args.disable_tqdm)
     version_2 = data.version_2_with_negative
     predictions, nbest, null_odds = qa.postprocess(dev_split.examples, dev_cols, start_logits, end_logits,
                                                    data.n_best_size, data.max_answer_length, version_2,
-                                                   data.null_score_diff_threshold)  # fmt: skip
+                                                   data.null_score_diff_threshold)
     metrics = {"dev": qa.squad_metrics(dev_split.examples, predictions, version_2)}
     result = {
         "task": hyper["task"], "title": hyper["task"], "metrics": metrics, "score": qa_score(metrics["dev"]),
@@ -167,13 +167,13 @@ def fine_tune(margs, data, sweep, targs, hyper, tokenizer, train_set, dev, run, 
         "data": {"train": hyper["train_source"], "dev": dev_split.source},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }  # fmt: skip
+    }
     if trainer.is_world_process_zero():
         if sweep.save_model:
             hub = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}.get(hyper["task"])
             dataset = (dev_split.source, hub or dev_split.source, None)
             save_model(trainer, tokenizer, run.dir / "model", result, "question-answering", dataset,
-                       "scripts/run_qa.py")  # fmt: skip
+                       "scripts/run_qa.py")
         outputs = {"predictions.json": predictions, "nbest_predictions.json": nbest}
         if version_2:
             outputs["null_odds.json"] = null_odds
@@ -203,7 +203,7 @@ class QATeacher:
 def main(argv=None):
     classes = (QADataArguments, qa_distill.QADistillArguments)
     margs, data, sweep, dargs, targs, argv = parse_args(argv, __doc__.split("\n\n")[0], classes, QA_DEFAULTS,
-                                                        "run_qa.py")  # fmt: skip
+                                                        "run_qa.py")
     import transformers
     from transformers import AutoTokenizer
 
@@ -221,11 +221,11 @@ def main(argv=None):
     tokenizer = load_tokenizer(AutoTokenizer, margs.tokenizer_name or margs.model_name_or_path)
     if not tokenizer.is_fast:  # the answers' character offsets come from the Rust tokenizers
         raise InputError(f"the tokenizer of {margs.model_name_or_path} is not a fast tokenizer: QA needs its "
-                         "character offsets (give --tokenizer_name with a tokenizer.json)")  # fmt: skip
+                         "character offsets (give --tokenizer_name with a tokenizer.json)")
     identity = model_identity(margs.model_name_or_path, config, tokenizer)
     # the windows are read by the student and, when distilling, by the teacher: the shorter limit of the two
     configs = (config,) + ((load_pretrained(transformers.AutoConfig, dargs.teacher_name_or_path, "the teacher"),)
-                           if dargs.on else ())  # fmt: skip
+                           if dargs.on else ())
     max_length = min(data.max_seq_length, model_input_limit(tokenizer, *configs))
     if max_length < data.max_seq_length:
         who = "the model or its teacher takes" if dargs.on else "the model takes"
@@ -235,17 +235,17 @@ def main(argv=None):
     if room < 1:
         raise InputError(f"--max_query_length {data.max_query_length} leaves no room for the context in windows of "
                          f"{max_length} tokens (--max_seq_length, with {specials} special tokens): give less than "
-                         f"{max_length - specials}")  # fmt: skip
+                         f"{max_length - specials}")
     if data.doc_stride >= room:
         raise InputError(f"--doc_stride {data.doc_stride} leaves no new context per window: with "
                          f"--max_seq_length {max_length} and --max_query_length {data.max_query_length}, give "
-                         f"less than {room}")  # fmt: skip
+                         f"less than {room}")
     version_2 = data.version_2_with_negative
     train = qa.load_split(data.train_file or data.dataset_name, "train", version_2, True, data.max_train_samples)
     dev = qa.load_split(data.validation_file or data.dataset_name, "validation", version_2, False,
-                        data.max_eval_samples)  # fmt: skip
+                        data.max_eval_samples)
     say(f"SQuAD {'2.0' if version_2 else '1.1'}: train {len(train):,} questions ({train.source}), dev {len(dev):,} "
-        f"({dev.source})")  # fmt: skip
+        f"({dev.source})")
     teacher = None
     if dargs.on:
         texts = [t for e in train.examples[:64] for t in (e.question, e.context)]
@@ -261,21 +261,21 @@ def main(argv=None):
         "train_examples": len(train), "eval_examples": len(dev), "train_data": train.digest, "eval_data": dev.digest,
         "train_source": train.source,
         "distillation": qa_distill.settings(dargs, teacher.identity) if teacher else None,
-    }  # fmt: skip
+    }
 
     lock = (files.folder_lock(out_dir / ".lock", f"--output_dir {out_dir}") if targs.process_index == 0
-            else contextlib.nullcontext())  # fmt: skip
+            else contextlib.nullcontext())
     with lock:
         overwrite = data.overwrite_output_dir
         summary = {"model": margs.model_label, "model_path": margs.model_name_or_path, "model_identity": identity,
                    "precision": {"asked": decision.requested, "ran": decision.used},
                    "teacher": teacher.record if teacher else None,
-                   "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}  # fmt: skip
+                   "tasks": read_summary(results_path, margs.model_name_or_path, identity, overwrite)}
         seeds = [targs.seed + i for i in range(sweep.seeds)]
         with targs.main_process_first(local=False, desc="planning"):
             outputs = ("model",) if sweep.save_model else ()
             runs = [plan_run(Run(lr, seed, out_dir / task / f"lr{lr:g}_seed{seed}"), hyper, overwrite,
-                             targs.process_index == 0, outputs) for lr in rates for seed in seeds]  # fmt: skip
+                             targs.process_index == 0, outputs) for lr in rates for seed in seeds]
         results, encoded = [], None
         for run in runs:
             title = f"{task} lr {run.lr:g} seed {run.seed}"
@@ -290,19 +290,19 @@ def main(argv=None):
                 if teacher:
                     start = time.time()
                     train_set = qa_distill.with_teacher_logits(teacher.model, teacher.identity, train_set, tokenizer,
-                                                               targs, dargs.teacher_logits_cache)  # fmt: skip
+                                                               targs, dargs.teacher_logits_cache)
                     teacher.seconds = round(time.time() - start, 2)
                 encoded = train_set, (dev_set, dev_cols, dev)
             say(f"{title}: fine-tuning {margs.model_label} -> {run.dir}")
             try:
                 result = execute(run, targs, overwrite, hyper, lambda run=run: fine_tune(
-                    margs, data, sweep, targs, hyper, tokenizer, encoded[0], encoded[1], run, teacher))  # fmt: skip
+                    margs, data, sweep, targs, hyper, tokenizer, encoded[0], encoded[1], run, teacher))
             except NonFiniteLoss as e:
                 fail("run_qa.py", f"{title}: {e}: the run is not recorded (lower --learning_rate, or check the data)",
-                     NON_FINITE_EXIT)  # fmt: skip
+                     NON_FINITE_EXIT)
             m = result["metrics"]["dev"]
             say(f"{title}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in m.items())
-                + f" ({result['train_seconds']:.0f} s of training)")  # fmt: skip
+                + f" ({result['train_seconds']:.0f} s of training)")
             results.append(result)
         summary["tasks"][task] = summarize(SimpleTask(task), results, qa_score) | {"kind": QA_KIND}
         if targs.process_index == 0:

@@ -48,7 +48,7 @@ def head_of(model_or_config):
                 return Head(kind, outputs, kind != "sequence-classification")
     shown = ", ".join(names) or "none named in config.json"
     raise InputError(f"unsupported head ({shown}): the export takes a sequence classifier (run_glue.py), a "
-                     "question-answering model (run_qa.py) or a masked LM (train.py)")  # fmt: skip
+                     "question-answering model (run_qa.py) or a masked LM (train.py)")
 
 
 def input_names(model, tokenizer):
@@ -73,7 +73,7 @@ def export(model, tokenizer, path, max_length=128):
     head = head_of(model)
     names = input_names(model, tokenizer)
     sample = encode(tokenizer, [["a first sentence to trace", "and a second, longer one, with padding"]], names,
-                    max_length)  # fmt: skip
+                    max_length)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes |= {o: ({0: "batch", 1: "sequence"} if head.token_level else {0: "batch"}) for o in head.outputs}
 
@@ -92,7 +92,7 @@ def export(model, tokenizer, path, max_length=128):
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(Outputs(model).eval(), tuple(torch.from_numpy(sample[n]) for n in names), str(path),
                           input_names=names, output_names=list(head.outputs), dynamic_axes=axes, opset_version=OPSET,
-                          dynamo=False)  # fmt: skip
+                          dynamo=False)
     return names
 
 
@@ -109,7 +109,7 @@ def optimize(path, out, config):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             opt = optimizer.optimize_model(str(path), model_type=model_type, num_heads=config.num_attention_heads,
-                                           hidden_size=config.hidden_size, opt_level=1)  # fmt: skip
+                                           hidden_size=config.hidden_size, opt_level=1)
         opt.save_model_to_file(str(out))
     except Exception as e:  # the optimizer's own failure: the plain export is still a correct model
         return False, f"the optimizer failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -126,7 +126,7 @@ def quantize_int8(path, out):
     # The fused operators (Attention, SkipLayerNormalization) are outside ONNX's shape inference: their outputs'
     # type is float32, which the quantizer must be told.
     quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # fmt: skip
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def session(path, threads=None):

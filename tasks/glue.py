@@ -61,7 +61,7 @@ TASKS = {
         Task("wnli", "WNLI", ("sentence1", "sentence2"), ("not_entailment", "entailment"), ("accuracy",), "WNLI",
              ("sentence1", "sentence2"), "label"),
     )
-}  # fmt: skip
+}
 
 # The dev sets' names in results: MNLI's two are the columns MNLI-m and MNLI-mm of every GLUE table.
 DEV_NAMES = {"validation_matched": "mnli-m", "validation_mismatched": "mnli-mm"}
@@ -104,7 +104,7 @@ class Split:
         """These examples, then `other`'s."""
         texts = [a + b for a, b in zip(self.texts, other.texts)]
         return Split(self.name, texts, self.labels + other.labels, f"{self.source} and {other.source}",
-                     self.skipped + other.skipped)  # fmt: skip
+                     self.skipped + other.skipped)
 
     def digest(self):
         """A digest of the texts and labels: a kept result is reused only for the same data."""
@@ -135,7 +135,7 @@ class TaskData:
         only = self.task.labels[self.train.labels[0]]
         raise InputError(f"{self.train.source}: all {len(self.train):,} training examples have the label {only!r}: "
                          "a classifier needs at least two classes (is the file sorted by label, and cut by "
-                         "--max_train_samples?)")  # fmt: skip
+                         "--max_train_samples?)")
 
 
 def label_ids(task, table, column):
@@ -147,7 +147,7 @@ def label_ids(task, table, column):
         bad = [i for i, v in enumerate(values) if not _is_float(v) or not math.isfinite(float(v))]
         if bad:
             raise InputError(f"{source}: label {values[bad[0]]!r} at {table.where(bad)} is not a finite number "
-                             f"({task.title} is scored by a number)")  # fmt: skip
+                             f"({task.title} is scored by a number)")
         return [float(v) for v in values]
     # GLUE's files hold names (entailment) or ids (0, 1); a user's labels are names only
     index = {} if task.name == "custom" else {str(i): i for i in range(len(task.labels))}
@@ -206,10 +206,10 @@ def custom_labels(table, column):
     if numbers and names:
         raise InputError(f"{table.source}: the label column {column!r} mixes numbers ({', '.join(numbers[:4])}) and "
                          f"names ({', '.join(map(repr, names[:4]))}): each spelling would be a class of its own; "
-                         "write every label one way")  # fmt: skip
+                         "write every label one way")
     if len(keys) == 1:
         raise InputError(f"{table.source}: label column {column!r} holds one value only ({next(iter(keys))!r}): "
-                         "a classifier needs at least two classes")  # fmt: skip
+                         "a classifier needs at least two classes")
     return tuple(sorted(numbers, key=int)) + tuple(names)
 
 
@@ -229,7 +229,7 @@ def _texts(table, wanted):
         if other:
             kind = type(values[other[0]]).__name__
             raise InputError(f"{table.source}: column {c!r} holds a {kind}, not a text, at {table.where(other)} "
-                             f"(write texts as strings)")  # fmt: skip
+                             f"(write texts as strings)")
         blank.update(i for i, v in enumerate(values) if not visible(v))
         out.append(list(values))
     return out, sorted(blank)
@@ -264,7 +264,7 @@ def load_transfer(path, task, label):
         if len(task.columns) != 1:
             raise InputError(f"--transfer_file {path}: {task.title} reads pairs of texts ({', '.join(task.columns)}); "
                              "one text per line cannot give both: give a csv or json file with those "
-                             "columns")  # fmt: skip
+                             "columns")
         lines = [line.strip() for line in read_text(path).splitlines() if line.strip()]
         texts, skipped = [[line for line in lines if visible(line)]], sum(not visible(line) for line in lines)
     else:
@@ -272,7 +272,7 @@ def load_transfer(path, task, label):
         missing = [c for c in task.columns if c not in table.columns]
         if missing:
             raise InputError(f"--transfer_file {path} has no column {missing[0]!r}, which {task.title} reads (its "
-                             f"columns: {table.names()})")  # fmt: skip
+                             f"columns: {table.names()})")
         texts, blank = _texts(table, task.columns)
         texts, skipped = [_without(blank, t) for t in texts], table.skipped + len(blank)
     if not texts[0]:
@@ -348,7 +348,7 @@ def load_hub(task):
             "offline, give --data_dir with GLUE's TSV files or the hub's parquet files"
         ) from None
     splits = {s: _split_from_table(task, s, Table(data[s].to_dict(), f"nyu-mll/glue {task.name} {s}"), task.columns,
-                                   "label") for s in ("train", *task.dev)}  # fmt: skip
+                                   "label") for s in ("train", *task.dev)}
     return TaskData(task, splits["train"], {dev_name(task, s): splits[s] for s in task.dev}, "the hub (nyu-mll/glue)")
 
 
@@ -371,12 +371,12 @@ def load_files(train_file, validation_file, task=None, text_columns=None, label_
     for table in (train, valid):
         if label_column not in table.columns:
             raise InputError(f"{table.source} has no label column {label_column!r} (its columns: {table.names()}); "
-                             "name it with --label_column")  # fmt: skip
+                             "name it with --label_column")
     if text_columns:
         columns = list(text_columns)
         if label_column in columns:
             raise InputError(f"--text_columns names the label column {label_column!r}: the model would read the "
-                             "answer; give the text columns only")  # fmt: skip
+                             "answer; give the text columns only")
         if len(set(columns)) < len(columns):
             raise InputError(f"--text_columns names a column twice ({','.join(columns)})")
     elif task is not None and all(c in train.columns for c in task.columns):
@@ -388,7 +388,7 @@ def load_files(train_file, validation_file, task=None, text_columns=None, label_
     if task is None:
         task = custom_task(custom_labels(train, label_column), columns)
     splits = [_split_from_table(task, name, table, columns, label_column)
-              for name, table in (("train", train), ("validation", valid))]  # fmt: skip
+              for name, table in (("train", train), ("validation", valid))]
     return TaskData(task, splits[0], {task.name: splits[1]}, f"{train_file} and {validation_file}")
 
 
@@ -405,7 +405,7 @@ def load_task(name, data_dir=None, train_file=None, validation_file=None, text_c
         raise InputError("give --task_name (a GLUE task, or all) or --train_file and --validation_file")
     if text_columns:
         raise InputError(f"--text_columns is for your own --train_file/--validation_file: {task.title} from "
-                         "GLUE's files or the hub has its own columns")  # fmt: skip
+                         "GLUE's files or the hub has its own columns")
     return load_local(task, data_dir) if data_dir else load_hub(task)
 
 

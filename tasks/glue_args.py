@@ -45,13 +45,13 @@ class DataArguments:
         default=None,
         metadata={"help": "a GLUE task folder (GLUE's train.tsv/dev.tsv, or the hub's train-*.parquet/"
                   "validation-*.parquet), or a folder of such folders for --task_name all; default: the hub"},
-    )  # fmt: skip
+    )
     train_file: str = field(default=None, metadata={"help": "your own training data: csv, tsv, json or jsonl"})
     validation_file: str = field(default=None, metadata={"help": "your own dev data, same columns"})
     text_columns: str = field(
         default=None, metadata={"help": "one or two text columns, comma-separated (default: sentence1,sentence2, "
                                 "else the first two other columns)"}
-    )  # fmt: skip
+    )
     label_column: str = field(default="label", metadata={"help": "the label column of your own files"})
     max_seq_length: int = field(default=128, metadata={"help": "longer inputs are truncated (BERT's GLUE setting)"})
     pad_to_max_length: bool = field(
@@ -69,7 +69,7 @@ class SweepArguments:
         default=None,
         metadata={"help": "comma-separated learning rates to try, or 'bert' for BERT's 2e-5,3e-5,4e-5,5e-5; "
                   "the best median on dev is reported (default: --learning_rate only)"},
-    )  # fmt: skip
+    )
     save_model: bool = field(default=False, metadata={"help": "keep each run's fine-tuned model (TASK/RUN/model)"})
 
 
@@ -118,7 +118,7 @@ def check_flags(data, sweep, training):
                         ("--gradient_accumulation_steps", training.gradient_accumulation_steps),
                         ("--max_seq_length", data.max_seq_length), ("--seeds", sweep.seeds),
                         ("--max_train_samples", data.max_train_samples),  # a negative N would drop the last N
-                        ("--max_eval_samples", data.max_eval_samples)):  # fmt: skip
+                        ("--max_eval_samples", data.max_eval_samples)):
         at_least(value, 1, flag)
     if training.max_steps == 0 or training.max_steps < -1:
         raise InputError(f"--max_steps {training.max_steps}: give a positive number of steps (or -1: by epochs)")
@@ -131,7 +131,7 @@ def check_flags(data, sweep, training):
                                    ("--adam_epsilon", training.adam_epsilon, 0, None),
                                    ("--adam_beta1", training.adam_beta1, 0, 1),
                                    ("--adam_beta2", training.adam_beta2, 0, 1),
-                                   ("--label_smoothing_factor", training.label_smoothing_factor, 0, 1)):  # fmt: skip
+                                   ("--label_smoothing_factor", training.label_smoothing_factor, 0, 1)):
         if not math.isfinite(value) or value < low or (high is not None and value >= high):
             span = f"in [{low}, {high})" if high is not None else f"finite and at least {low}"
             raise InputError(f"{flag} {value}: give a number {span}")

@@ -64,7 +64,7 @@ def read_text(path):
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise InputError(f"{path} is not UTF-8 text: line {line} holds the byte {data[e.start]:#04x} "
-                         "(save the file as UTF-8)") from None  # fmt: skip
+                         "(save the file as UTF-8)") from None
 
 
 def read_tsv(path, header=True):

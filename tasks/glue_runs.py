@@ -55,7 +55,7 @@ NOT_RESULT = {
     "push_to_hub", "include_for_metrics", "include_num_input_tokens_seen", "batch_eval_metrics", "debug",
     "prediction_loss_only", "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
     "restore_callback_states_from_checkpoint", "torch_empty_cache_steps", "overwrite_output_dir",
-}  # fmt: skip
+}
 NOT_RESULT_PREFIXES = ("logging_", "log_", "save_", "hub_", "trackio_", "eval_")
 
 
@@ -100,7 +100,7 @@ def read_json(path, what, keys):
     missing = [k for k in keys if k not in out] if isinstance(out, dict) else list(keys)
     if missing:
         raise InputError(f"{path} is not a run_glue.py {what} (it has no {missing[0]!r}): remove it, or give "
-                         "--overwrite_output_dir")  # fmt: skip
+                         "--overwrite_output_dir")
     return out
 
 
@@ -127,7 +127,7 @@ def read_summary(path, model, identity, overwrite):
     if overwrite:  # another model's tasks: replaced, not mixed with this one's
         return {}
     raise InputError(f"{path} holds the results of another model ({summary.get('model_path')}): give another "
-                     "--output_dir, or --overwrite_output_dir to replace them")  # fmt: skip
+                     "--output_dir, or --overwrite_output_dir to replace them")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -153,14 +153,14 @@ def glue_average(tasks):
     """(the mean score of an output folder's classification tasks, their names): a question-answering task that
     shares the folder (run_qa.py's, F1) is not averaged with accuracies and correlations."""
     kept = {n: t for n, t in tasks.items() if t.get("kind") != QA_KIND and "exact_match" not in t["metrics"].get(
-        "dev", {}) and "exact" not in t["metrics"].get("dev", {})}  # fmt: skip
+        "dev", {}) and "exact" not in t["metrics"].get("dev", {})}
     return (sum(t["score"] for t in kept.values()) / len(kept) if kept else None), sorted(kept)
 
 
 # The flags that only add an output to a run (not a setting compared with a kept run's): a kept run that lacks
 # the output is trained again (same settings, same seed) rather than answering for a command it cannot satisfy.
 OUTPUTS = {"model": ("--save_model", lambda run_dir: (run_dir / "model" / "config.json").is_file()
-                     and any((run_dir / "model").glob("*.safetensors")))}  # fmt: skip
+                     and any((run_dir / "model").glob("*.safetensors")))}
 
 
 def checkpoint_problem(path):
@@ -208,12 +208,12 @@ def plan_run(run, hyper, overwrite, main_process, outputs=()):
         differ = differences(run.kept["hyper_parameters"], hyper)
         if differ:
             raise InputError(f"{results} was run with other settings ({'; '.join(differ[:3])}): "
-                             "give --overwrite_output_dir to redo it, or another --output_dir")  # fmt: skip
+                             "give --overwrite_output_dir to redo it, or another --output_dir")
         missing = [OUTPUTS[o][0] for o in outputs if not OUTPUTS[o][1](run.dir)]
         if missing:
             run.kept, run.redo = None, True
             run.note = (f"{results} was run without {', '.join(missing)} (its output is not there): training it again "
-                        "with the same settings to make it; the finished run is kept aside until then")  # fmt: skip
+                        "with the same settings to make it; the finished run is kept aside until then")
         return run
     numbered = [p for p in run.dir.glob("checkpoint-*") if p.name[11:].isdigit()]  # the Trainer's names
     checkpoints = sorted(numbered, key=lambda p: int(p.name[11:]), reverse=True)  # newest first
@@ -227,7 +227,7 @@ def plan_run(run, hyper, overwrite, main_process, outputs=()):
     differ = differences(read_json(record, "settings.json", ("model",)), hyper)
     if differ:
         raise InputError(f"{run.dir} was interrupted under other settings ({'; '.join(differ[:3])}): give "
-                         "--overwrite_output_dir to start it over, or another --output_dir")  # fmt: skip
+                         "--overwrite_output_dir to start it over, or another --output_dir")
     notes = []
     for checkpoint in checkpoints:
         problem = checkpoint_problem(checkpoint)
@@ -398,7 +398,7 @@ def save_model(trainer, tokenizer, folder, result, task_type, dataset, script):
     teacher = (result.get("teacher") or {}).get("path")
     name, kind, config = dataset
     results = [model_card.Result(task_type, name, kind, metrics, config, split)
-               for split, metrics in result["metrics"].items()]  # fmt: skip
+               for split, metrics in result["metrics"].items()]
     how = f"distilled from `{teacher}` while fine-tuning" if teacher else "fine-tuned directly (no teacher)"
     model_card.write(folder, model_card.Card(
         title=f"{Path(result['model_path']).name} on {result['title']}",
@@ -409,7 +409,7 @@ def save_model(trainer, tokenizer, folder, result, task_type, dataset, script):
         details={"learning rate": result["learning_rate"], "seed": result["seed"], "precision": result["precision"],
                  "max_seq_length": result["hyper_parameters"].get("max_seq_length")},
         command=model_card.this_command(script),
-    ))  # fmt: skip
+    ))
 
 
 def seeded_sampling(trainer_class):

@@ -97,7 +97,7 @@ def parse(obj, path):
     records = obj.get("data") if isinstance(obj, dict) else obj
     if not isinstance(records, list) or not records:
         raise InputError(f"{path} holds no questions: give SQuAD's JSON (data -> paragraphs -> qas) or records "
-                         "with id, question, context and answers")  # fmt: skip
+                         "with id, question, context and answers")
     out = []
     if isinstance(records[0], dict) and "paragraphs" in records[0]:
         for a, article in enumerate(records):
@@ -108,14 +108,14 @@ def parse(obj, path):
                     where_q = f"{where}, question {q}"
                     if not isinstance(qa, dict):
                         raise InputError(f"{where_q} is a {type(qa).__name__}, not an object with id, question and "
-                                         "answers")  # fmt: skip
+                                         "answers")
                     impossible = qa.get("is_impossible", False)
                     if not isinstance(impossible, bool):  # "false", a string, is true to Python
                         raise InputError(f"{where_q}: 'is_impossible' is {impossible!r}: give true or false (JSON "
-                                         "booleans)")  # fmt: skip
+                                         "booleans)")
                     answers = [] if impossible else need(qa, "answers", where_q, list)
                     out.append(Example(str(need(qa, "id", where_q)), need(qa, "question", where_q, str), context,
-                                       flat_answers(answers, where_q), str(article.get("title", ""))))  # fmt: skip
+                                       flat_answers(answers, where_q), str(article.get("title", ""))))
         return out
     for i, rec in enumerate(records):
         where = f"{path}: record {i}"
@@ -123,7 +123,7 @@ def parse(obj, path):
             raise InputError(f"{where} is not an object with id, question, context and answers")
         out.append(Example(str(need(rec, "id", where)), need(rec, "question", where, str),
                            need(rec, "context", where, str), flat_answers(need(rec, "answers", where), where),
-                           str(rec.get("title", ""))))  # fmt: skip
+                           str(rec.get("title", ""))))
     return out
 
 
@@ -153,7 +153,7 @@ def check(examples, where, version_2, training):
             raise InputError(f"{name} has an empty context (nothing but spaces or invisible characters)")
         if not e.answers and not version_2:
             raise InputError(f"{name} has no answer: SQuAD 2.0 data (unanswerable questions) needs "
-                             "--version_2_with_negative")  # fmt: skip
+                             "--version_2_with_negative")
         for text, start in e.answers:
             if not isinstance(text, str) or not visible(text) or not isinstance(start, int) or isinstance(start, bool):
                 raise InputError(f"{name}: an answer needs a non-empty 'text' and an integer 'answer_start'")
@@ -162,7 +162,7 @@ def check(examples, where, version_2, training):
             if e.context[start : start + len(text)] != text:
                 found = e.context[max(start, 0) : max(start, 0) + len(text)]
                 raise InputError(f"{name}: the answer {text!r} is not at answer_start {start} of its context "
-                                 f"(there: {found!r})")  # fmt: skip
+                                 f"(there: {found!r})")
     if training and not any(e.answers for e in examples):
         raise InputError(f"{where}: no question has an answer: nothing to learn the spans from")
 
@@ -183,9 +183,9 @@ def load_split(source, split, version_2, training, limit=None):
             ds = datasets.load_dataset(source, split=split)
         except Exception as e:  # offline, or no such dataset: one line that names it
             raise InputError(f"cannot load {source!r} from the hub ({first_line(e)}): give --train_file / "
-                             "--validation_file with SQuAD's JSON")  # fmt: skip
+                             "--validation_file with SQuAD's JSON")
         examples = [Example(str(r["id"]), r["question"], r["context"], flat_answers(r["answers"], source),
-                            r.get("title", "")) for r in ds]  # fmt: skip
+                            r.get("title", "")) for r in ds]
         shown = f"{source} ({split}) from the hub"
     examples = examples if limit is None else examples[:limit]
     check(examples, shown, version_2, training)
@@ -200,7 +200,7 @@ def cut_questions(tokenizer, questions, max_query_length):
     """Each question cut after its first max_query_length tokens (upstream's --max_query_length), as text."""
     enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
     return [q if len(o) <= max_query_length else q[: o[max_query_length - 1][1]]
-            for q, o in zip(questions, enc["offset_mapping"])]  # fmt: skip
+            for q, o in zip(questions, enc["offset_mapping"])]
 
 
 def features(tokenizer, examples, max_seq_length, doc_stride, max_query_length, training):
@@ -210,7 +210,7 @@ def features(tokenizer, examples, max_seq_length, doc_stride, max_query_length, 
     (None elsewhere)."""
     questions = cut_questions(tokenizer, [e.question.lstrip() for e in examples], max_query_length)
     enc = tokenizer(questions, [e.context for e in examples], truncation="only_second", max_length=max_seq_length,
-                    stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)  # fmt: skip
+                    stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
     owners = enc.pop("overflow_to_sample_mapping")
     offsets = enc.pop("offset_mapping")
     out = {k: list(v) for k, v in enc.items()}
@@ -246,7 +246,7 @@ def features(tokenizer, examples, max_seq_length, doc_stride, max_query_length, 
 
 
 def postprocess(examples, feats, start_logits, end_logits, n_best_size=20, max_answer_length=30, version_2=False,
-                null_threshold=0.0):  # fmt: skip
+                null_threshold=0.0):
     """(predictions {id: text}, nbest {id: [candidates]}, null_odds {id: float} for v2.0) from the features'
     logits (rows may be padded past a feature's length). A span starts and ends inside one window's context,
     end not before start, at most max_answer_length tokens; its score is start + end logit. For v2.0 the null
@@ -269,12 +269,12 @@ def postprocess(examples, feats, start_logits, end_logits, n_best_size=20, max_a
                     if spans[a] is None or spans[b] is None or b < a or b - a + 1 > max_answer_length:
                         continue
                     candidates.append({"text": e.context[spans[a][0] : spans[b][1]], "score": float(s[a] + t[b]),
-                                       "start_logit": float(s[a]), "end_logit": float(t[b])})  # fmt: skip
+                                       "start_logit": float(s[a]), "end_logit": float(t[b])})
         candidates = sorted(candidates, key=lambda c: -c["score"])[:n_best_size]
         best = candidates[0] if candidates else {"text": "", "score": 0.0, "start_logit": 0.0, "end_logit": 0.0}
         if version_2:
             candidates = sorted(candidates + [{"text": "", "score": null, "start_logit": None, "end_logit": None}],
-                                key=lambda c: -c["score"])[:n_best_size]  # fmt: skip
+                                key=lambda c: -c["score"])[:n_best_size]
             null_odds[e.id] = null - best["score"]
             predictions[e.id] = "" if null_odds[e.id] > null_threshold else best["text"]
         else:

@@ -33,14 +33,14 @@ class QADistillArguments:
     teacher_name_or_path: str = field(
         default=None, metadata={"help": "a QA model fine-tuned on the task with the student's tokenizer (e.g. "
                                 "run_qa.py --save_model's squad/RUN/model): turns fine-tuning into distillation"}
-    )  # fmt: skip
+    )
     alpha_ce: float = field(default=0.5, metadata={"help": "weight of the KD loss on start/end logits (upstream's)"})
     alpha_squad: float = field(default=0.5, metadata={"help": "weight of the span loss on the gold spans (upstream's)"})
     temperature: float = field(default=2.0, metadata={"help": "KD softmax temperature (upstream's default)"})
     teacher_logits_cache: str = field(
         default=None, metadata={"help": "folder of the teacher's logits kept on disk (default: $TEACHER_LOGITS_CACHE, "
                                 "else ~/.cache/distilbert_small/teacher_logits; off: none)"}
-    )  # fmt: skip
+    )
 
     @property
     def on(self):
@@ -71,7 +71,7 @@ def settings(d, identity):
     if not d.on:
         return None
     return {"teacher": identity["model"], "alpha_ce": d.alpha_ce, "alpha_squad": d.alpha_squad,
-            "temperature": d.temperature}  # fmt: skip
+            "temperature": d.temperature}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def qa_trainer(d):
                 loss = loss + d.alpha_squad * span_loss(out.start_logits, out.end_logits, starts, ends, mask)
             if t_start is not None and model.training:
                 loss = loss + d.alpha_ce * span_kd(out.start_logits, out.end_logits, t_start, t_end, mask,
-                                                   d.temperature)  # fmt: skip
+                                                   d.temperature)
             return (loss, out) if return_outputs else loss
 
     return QATrainer
@@ -167,7 +167,7 @@ def load_teacher(path, student_tokenizer, texts):
     differs = teacher_pass.tokenization_differs(student_tokenizer, tokenizer, texts)
     if differs:
         raise InputError(f"the teacher {path} has {differs}: QA distillation compares start/end logits position "
-                         "by position, so teacher and student need one tokenization")  # fmt: skip
+                         "by position, so teacher and student need one tokenization")
     return model, tokenizer
 
 
@@ -217,7 +217,7 @@ def with_teacher_logits(teacher, identity, dataset, tokenizer, targs, cache_sett
     if logits is None:
         collator = DataCollatorWithPadding(tokenizer)
         starts, ends = span_logits(teacher, dataset, collator, targs.per_device_eval_batch_size, targs.device, dtype,
-                                   quiet=targs.disable_tqdm)  # fmt: skip
+                                   quiet=targs.disable_tqdm)
         teacher.cpu()
         logits = np.stack([np.concatenate(starts), np.concatenate(ends)], axis=1).astype(np.float32)
         if path is not None and targs.process_index == 0:

@@ -51,7 +51,7 @@ class DistillArguments:
     teacher_name_or_path: str = field(
         default=None, metadata={"help": "a sequence classifier fine-tuned on the same task (e.g. run_glue.py "
                                 "--save_model's TASK/RUN/model): turns fine-tuning into distillation"}
-    )  # fmt: skip
+    )
     alpha_ce: float = field(
         default=0.5, metadata={"help": "weight of the KD loss on the teacher's logits (upstream's default)"}
     )
@@ -74,20 +74,20 @@ class DistillArguments:
     unlabeled_samples: int = field(
         default=None, metadata={"help": "N more training examples after --max_train_samples, their labels dropped: "
                                 "the teacher labels them"}
-    )  # fmt: skip
+    )
     hard_targets: bool = field(
         default=False, metadata={"help": "learn the teacher's top class (cross-entropy) instead of its distribution: "
                                  "to measure what the soft targets are worth (classification only)"}
-    )  # fmt: skip
+    )
     transfer_file: str = field(
         default=None, metadata={"help": "a transfer set that only the teacher labels: a text file (one sentence a "
                                 "line) or csv/tsv/json/jsonl with the task's text columns"}
-    )  # fmt: skip
+    )
     teacher_logits_cache: str = field(
         default=None, metadata={"help": "folder of the teacher's logits kept on disk, keyed by its weights, its "
                                 "tokenizer, the rows and the precision, so later runs skip its pass (default: "
                                 "$TEACHER_LOGITS_CACHE, else ~/.cache/distilbert_small/teacher_logits; off: none)"}
-    )  # fmt: skip
+    )
 
     @property
     def on(self):
@@ -105,7 +105,7 @@ class DistillArguments:
 
 TEACHER_ONLY = ("alpha_ce", "alpha_task", "temperature", "alpha_cos", "alpha_att", "alpha_vv", "teacher_layer",
                 "relation_heads", "unlabeled_samples", "hard_targets", "transfer_file",
-                "teacher_logits_cache")  # fmt: skip
+                "teacher_logits_cache")
 
 
 def check_flags(d, argv):
@@ -122,7 +122,7 @@ def check_flags(d, argv):
             raise InputError(f"--{name} {value}: give a finite weight of at least 0")
     if not (d.alpha_ce or d.per_step):
         raise InputError("--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv: the teacher would teach nothing "
-                         "(leave out --teacher_name_or_path to fine-tune alone)")  # fmt: skip
+                         "(leave out --teacher_name_or_path to fine-tune alone)")
     if not math.isfinite(d.temperature) or d.temperature <= 0:
         raise InputError(f"--temperature {d.temperature}: give a finite number above 0")
     for name in ("teacher_layer", "relation_heads", "unlabeled_samples"):
@@ -169,24 +169,24 @@ def check_teacher(teacher, task, num_labels, path, hard_targets=False):
     if task.labels is None:
         if teacher.config.num_labels != 1:
             raise InputError(f"{task.title} is a regression, but the teacher {path} is a classifier into "
-                             f"{', '.join(map(str, t_labels))}: give a teacher fine-tuned on {task.title}")  # fmt: skip
+                             f"{', '.join(map(str, t_labels))}: give a teacher fine-tuned on {task.title}")
         if hard_targets:
             raise InputError(f"--hard_targets: {task.title} is a regression, which has no top class to learn")
         return
     if teacher.config.num_labels == 1:
         raise InputError(f"the teacher {path} predicts one score (a regression), but {task.title} has the classes "
-                         f"{', '.join(map(str, task.labels))}: give a teacher fine-tuned on {task.title}")  # fmt: skip
+                         f"{', '.join(map(str, task.labels))}: give a teacher fine-tuned on {task.title}")
     if teacher.config.num_labels != num_labels or [str(x) for x in t_labels] != [str(x) for x in task.labels]:
         raise InputError(f"the teacher's labels ({', '.join(map(str, t_labels))}) are not {task.title}'s "
                          f"({', '.join(map(str, task.labels))}, in this order): give a teacher fine-tuned on "
-                         f"{task.title} (its id2label must list the task's labels in the same order)")  # fmt: skip
+                         f"{task.title} (its id2label must list the task's labels in the same order)")
 
 
 def check_shapes(d, student, teacher):
     """The intermediate losses need shapes that fit: cos equal widths, att equal head counts."""
     if d.alpha_cos:
         teachers.check_width(student.config, teacher.config, "--alpha_cos compares last hidden states (use "
-                             "--alpha_att/--alpha_vv, which need no equal widths)")  # fmt: skip
+                             "--alpha_att/--alpha_vv, which need no equal widths)")
     if d.relations:
         relation_layers(student, teacher, d.relations, d)
 
@@ -218,7 +218,7 @@ def logit_kd(s_logits, t_logits, regression, temperature, hard=False):
 
 
 def distillation_losses(d, s_out, t_out, t_logits, labels, attention_mask, regression, label_smoothing=0.0,
-                        layers=None):  # fmt: skip
+                        layers=None):
     """{name: (weight, loss)} of one batch. s_out/t_out: the models' outputs (hidden states when the
     intermediate losses are on; t_out None when the logits are cached); layers: relation_layers()'s answer
     and both models, for att/vv."""
@@ -279,7 +279,7 @@ def distill_trainer(d, teacher, regression):
             batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
             counts = torch.tensor([sum(len(b["labels"]) for b in batches),
                                    sum(int(labelled(b["labels"], regression).sum()) for b in batches)],
-                                  dtype=torch.float64, device=device)  # fmt: skip
+                                  dtype=torch.float64, device=device)
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(counts)
             self.step_rows = counts.tolist()
@@ -297,10 +297,10 @@ def distill_trainer(d, teacher, regression):
             if cached is None:
                 with torch.no_grad():
                     t_out = self.teacher(**{k: v for k, v in inputs.items() if k in self.teacher_keys},
-                                         output_hidden_states=hidden)  # fmt: skip
+                                         output_hidden_states=hidden)
             t_logits = cached if cached is not None else t_out.logits
             parts = distillation_losses(d, s_out, t_out, t_logits, labels, inputs["attention_mask"], regression,
-                                        self.args.label_smoothing_factor, self.layers)  # fmt: skip
+                                        self.args.label_smoothing_factor, self.layers)
             # Each loss is a mean over this micro-batch's rows (the task's: its labelled rows); weighed by the
             # micro-batch's share of the step's rows, the shares add up to the step's mean.
             rows, with_label = self.step_rows
@@ -352,7 +352,7 @@ class Teacher:
             flag = next(f"--{n}" for n in ("alpha_cos", "alpha_att", "alpha_vv") if getattr(self.args, n))
             raise InputError(f"{flag} compares the two models position by position, so it needs one tokenization, "
                              f"but the teacher {path} has {self.own_tokens}: leave it out (the logit KD of "
-                             "--alpha_ce needs no shared tokenization)")  # fmt: skip
+                             "--alpha_ce needs no shared tokenization)")
 
     def logits(self, train_set, tokenizer, targs, texts=None, max_length=None):
         """train_set with the teacher's logits as a column (computed once, in eval mode, for every run). With
@@ -382,7 +382,7 @@ class Teacher:
             say(f"the teacher's logits for {len(rows):,} training rows: read from {path}")
         else:
             logits = teacher_logits(self.model, rows, DataCollatorWithPadding(reader),
-                                    targs.per_device_eval_batch_size, targs.device, dtype)  # fmt: skip
+                                    targs.per_device_eval_batch_size, targs.device, dtype)
             if path and targs.process_index == 0:
                 try:
                     write_cached_logits(path, key, logits.numpy())
@@ -399,4 +399,4 @@ class Teacher:
                 "teacher_logits": "every step" if self.args.per_step else "computed once",
                 "logits_read_from": self.logits_cached,
                 "tokenization": f"its own: {self.own_tokens}" if self.own_tokens else "the student's",
-                "unlabeled_samples": self.args.unlabeled_samples, "transfer_file": self.args.transfer_file}  # fmt: skip
+                "unlabeled_samples": self.args.unlabeled_samples, "transfer_file": self.args.transfer_file}

@@ -41,7 +41,7 @@ def teacher_dataset(tokenizer, texts, max_length):
     columns = {f"text{i}": list(column) for i, column in enumerate(texts)}
     ds = datasets.Dataset.from_dict(columns)
     return ds.map(lambda b: tokenizer(*[b[c] for c in columns], truncation=True, max_length=max_length),
-                  batched=True, remove_columns=list(columns), desc="tokenizing for the teacher")  # fmt: skip
+                  batched=True, remove_columns=list(columns), desc="tokenizing for the teacher")
 
 
 def forward_inputs(model):
@@ -88,7 +88,7 @@ def cache_folder(setting):
     """The logits cache's folder (None: off): --teacher_logits_cache, else $TEACHER_LOGITS_CACHE, else the
     user's cache folder."""
     folder = setting or os.environ.get("TEACHER_LOGITS_CACHE") or Path.home() / ".cache" / "distilbert_small" / \
-        "teacher_logits"  # fmt: skip
+        "teacher_logits"
     return None if str(folder).lower() == "off" else Path(folder)
 
 

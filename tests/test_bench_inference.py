@@ -31,11 +31,11 @@ def test_every_model_and_runtime_gets_a_row_beside_its_teacher(tmp_path, bf16_sl
     (qa / "export.json").write_text(json.dumps({"dev": {"fp32": {"score": 55.0}}}))
     proc = run_script("benchmarks/bench_inference.py", "--models", "tiny-teacher,tiny-student", "--runtimes",
                       "eager,bf16,onnx,onnx-int8", *SMALL, "--model", f"mine={saved}", "--model", f"qa={qa}",
-                      "--output", out, "--plot", png, check=True)  # fmt: skip
+                      "--output", out, "--plot", png, check=True)
     got = json.loads(out.read_text())
     rows = {(r["model"], r["runtime"]): r for r in got["rows"]}
     assert sorted(rows) == sorted((m, r) for m in ("tiny-teacher", "tiny-student", "mine", "qa")
-                                  for r in ("eager", "bf16", "onnx", "onnx-int8"))  # fmt: skip
+                                  for r in ("eager", "bf16", "onnx", "onnx-int8"))
     assert got["models"]["mine"]["score"] == 81.5 and got["models"]["mine"]["teacher"] is None
     assert got["models"]["qa"]["score"] == 55.0
     assert rows[("tiny-student", "bf16")] == {"model": "tiny-student", "runtime": "bf16", "threads": 1,
@@ -44,13 +44,13 @@ def test_every_model_and_runtime_gets_a_row_beside_its_teacher(tmp_path, bf16_sl
         if runtime == "bf16":
             continue
         assert all(positive(r[k]) for k in ("latency_32_ms", "latency_32_p90_ms", "latency_128_ms", "throughput",
-                                            "gflops")), r  # fmt: skip
+                                            "gflops")), r
         assert r["bytes"] > 0 and math.isfinite(r["peak_mb"])
         if model == "tiny-student":  # the ratios are the rows' own figures
             teacher = rows[("tiny-teacher", runtime)]
             assert r["speedup"] == pytest.approx(r["throughput"] / teacher["throughput"])
             assert r["flops_speedup"] == pytest.approx(got["models"]["tiny-teacher"]["flops"]["32"] /
-                                                       got["models"]["tiny-student"]["flops"]["32"])  # fmt: skip
+                                                       got["models"]["tiny-student"]["flops"]["32"])
             assert f"{r['speedup']:.2f}x ({r['flops_speedup']:.2f}x: " in proc.stdout
     assert rows[("tiny-teacher", "onnx-int8")]["bytes"] < rows[("tiny-teacher", "onnx")]["bytes"] / 2
     for name, about in got["models"].items():  # sizes counted on the models the shapes build
@@ -98,7 +98,7 @@ def test_without_sst2_the_built_in_sentences_are_used_and_said(monkeypatch, tmp_
     (["--rounds", "0"], "--rounds 0: give at least 1"),
     (["--model", "nofolder"], "--model nofolder: give NAME=FOLDER, a folder with a saved classifier"),
     (["--data_dir", "/nowhere"], "--data_dir /nowhere: no such folder"),
-])  # fmt: skip
+])
 def test_bad_flags_fail_in_one_line(flags, expected):
     line = input_error(bench.main, ["--models", "tiny-student", *flags])
     assert line.startswith(f"bench_inference.py: error: {expected}"), line

@@ -19,7 +19,7 @@ except ImportError:
 
 def bench(script, *args):
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ BENCH = "benchmarks/bench_task_distill.py"
 def test_the_benchmark_times_plain_kd_and_kd_cos_epochs(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_script(BENCH, "--data_dir", GLUE_DATA / "SST-2", "--train", 64, "--max_seq_length", 32,
-                      "--rounds", 1, "--json", out, check=True)  # fmt: skip
+                      "--rounds", 1, "--json", out, check=True)
     got = json.loads(out.read_text())
     rows = {r["row"]: r for r in got["rows"]}
     assert list(rows) == ["plain", "KD", "KD + cos", "KD own tokens"] and got["train"] == 64

@@ -1,4 +1,4 @@
-"""Issue 31: task distillation from a teacher of another tokenizer (a byte-level BPE RoBERTa teaching a
+"""Task distillation from a teacher of another tokenizer (a byte-level BPE RoBERTa teaching a
 WordPiece BERT student): the teacher reads each row's raw text with its own tokenizer, special tokens and
 length limit; its cached logits equal the teacher run on that text row by row; single sentences and pairs,
 labelled and unlabelled rows; the losses that compare positions are refused."""
@@ -28,14 +28,14 @@ def bpe_teacher(tmp_path_factory, custom_task):  # noqa: F811
         rows = list(csv.DictReader(f))
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator([r["text"] for r in rows], vocab_size=400, show_progress=False,
-                            special_tokens=SPECIALS["roberta"])  # fmt: skip
+                            special_tokens=SPECIALS["roberta"])
     bpe.save_model(str(folder))
     tok = RobertaTokenizerFast.from_pretrained(str(folder))
     labels = {0: "born", 1: "other"}  # the custom task's labels, sorted
     config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=64, max_position_embeddings=40, pad_token_id=tok.pad_token_id,
                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, type_vocab_size=1,
-                           id2label=labels, label2id={v: k for k, v in labels.items()})  # fmt: skip
+                           id2label=labels, label2id={v: k for k, v in labels.items()})
     torch.manual_seed(0)
     model = RobertaForSequenceClassification(config)
     with torch.no_grad():
@@ -64,12 +64,12 @@ def distil(student, task, teacher_dir, out, *extra):
     return run_main(run_glue.main, "--model_name_or_path", student, "--train_file", task / "train.csv",
                     "--validation_file", task / "dev.csv", "--output_dir", out, "--teacher_name_or_path",
                     teacher_dir, "--max_train_samples", 40, "--unlabeled_samples", 10, "--max_steps", 3, *FAST,
-                    *extra)  # fmt: skip
+                    *extra)
 
 
 @pytest.mark.parametrize("kind", ["single", "pair"])
 def test_a_teacher_of_another_tokenizer_distils_end_to_end(tmp_path, teacher, bpe_teacher, custom_task, pair_task,  # noqa: F811
-                                                           kind):  # fmt: skip
+                                                           kind):
     task = custom_task if kind == "single" else pair_task
     proc = distil(teacher, task, bpe_teacher, tmp_path / "kd", "--seeds", 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -94,7 +94,7 @@ def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher
     margs, data, _, dargs, targs, _ = run_glue.parse_args(
         ["--model_name_or_path", str(teacher), "--train_file", str(pair_task / "train.csv"), "--validation_file",
          str(pair_task / "dev.csv"), "--output_dir", str(tmp_path / "o"), "--teacher_name_or_path", str(bpe_teacher),
-         "--max_train_samples", "20", "--unlabeled_samples", "7", "--per_device_eval_batch_size", "4"])  # fmt: skip
+         "--max_train_samples", "20", "--unlabeled_samples", "7", "--per_device_eval_batch_size", "4"])
     assert isinstance(targs, TrainingArguments)
     tokenizer = AutoTokenizer.from_pretrained(str(teacher))
     t = run_glue.load_teacher(dargs, AutoConfig.from_pretrained(margs.model_name_or_path))
@@ -120,7 +120,7 @@ def test_losses_that_compare_positions_need_one_tokenization(tmp_path, teacher, 
     line = input_error(run_glue.main, ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv",
                                        "--validation_file", custom_task / "dev.csv", "--output_dir", tmp_path / "o",
                                        "--teacher_name_or_path", bpe_teacher, flag, 1, "--max_steps", 1,
-                                       *FAST])  # fmt: skip
+                                       *FAST])
     assert f"{flag} compares the two models position by position, so it needs one tokenization" in line
     assert "another vocabulary" in line and not (tmp_path / "o").exists()
 
@@ -139,7 +139,7 @@ def test_teacher_logits_are_kept_on_disk_and_a_change_is_a_miss(tmp_path, teache
     run = json.loads(next((tmp_path / "b" / "custom").glob("lr*/results.json")).read_text())
     assert run["teacher"]["logits_read_from"] == str(kept)
     fewer = distil(teacher, custom_task, bpe_teacher, tmp_path / "c", "--teacher_logits_cache", cache,
-                   "--unlabeled_samples", 9)  # other rows: another key  # fmt: skip
+                   "--unlabeled_samples", 9)  # other rows: another key
     assert "read from" not in fewer.stdout and len(list(cache.glob("*.npz"))) == 2
     kept.write_bytes(kept.read_bytes()[:100])  # damaged: computed again and rewritten
     third = distil(teacher, custom_task, bpe_teacher, tmp_path / "d", "--teacher_logits_cache", cache)
@@ -159,7 +159,7 @@ def test_the_logits_key_changes_with_the_teacher_the_rows_and_the_precision():
     for changed in (teacher_pass.logits_key({"model": "b", "tokenizer": "t"}, rows, "None", 2),
                     teacher_pass.logits_key({"model": "a", "tokenizer": "u"}, rows, "None", 2),
                     teacher_pass.logits_key({"model": "a", "tokenizer": "t"}, rows, "torch.bfloat16", 2),
-                    teacher_pass.logits_key({"model": "a", "tokenizer": "t"}, other_rows, "None", 2)):  # fmt: skip
+                    teacher_pass.logits_key({"model": "a", "tokenizer": "t"}, other_rows, "None", 2)):
         assert changed != key
 
 
@@ -176,9 +176,9 @@ def test_a_transfer_file_adds_rows_only_the_teacher_labels(tmp_path, teacher, bp
     assert run["teacher"]["transfer_file"] == str(tmp_path / "more.txt") and run["hyper_parameters"]["unlabeled_data"]
     # a pair task from a table with its two text columns (other columns, a label too, are not read)
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"sentence1": f"the city {i}", "sentence2": "a river",
-                                                              "label": "born"}) + "\n" for i in range(6)))  # fmt: skip
+                                                              "label": "born"}) + "\n" for i in range(6)))
     proc = distil(teacher, pair_task, bpe_teacher, tmp_path / "pairs", "--transfer_file", tmp_path / "pairs.jsonl",
-                  "--unlabeled_samples", 2)  # fmt: skip
+                  "--unlabeled_samples", 2)
     assert proc.returncode == 0 and "(+ 8 without their labels)" in proc.stdout
     # another transfer file is another setting: the kept run is not reused for it
     (tmp_path / "other.txt").write_text("the north city\n")
@@ -198,11 +198,11 @@ def test_a_transfer_file_adds_rows_only_the_teacher_labels(tmp_path, teacher, bp
     ("null_text", "no text (null) in column 'sentence1'"),
     ("no_teacher", "--transfer_file needs --teacher_name_or_path"),
     ("no_kd", "--transfer_file needs --alpha_ce above 0"),
-])  # fmt: skip
+])
 def test_a_bad_transfer_file_is_refused_before_training(tmp_path, teacher, bpe_teacher, pair_task, case, words):  # noqa: F811
     path = {"missing": tmp_path / "none.txt", "folder": tmp_path, "empty": tmp_path / "empty.csv",
             "pairs_from_lines": tmp_path / "lines.txt", "no_column": tmp_path / "one.csv",
-            "null_text": tmp_path / "null.jsonl"}.get(case, tmp_path / "lines.txt")  # fmt: skip
+            "null_text": tmp_path / "null.jsonl"}.get(case, tmp_path / "lines.txt")
     (tmp_path / "empty.csv").write_text("sentence1,sentence2\n")
     (tmp_path / "lines.txt").write_text("a city\n")
     (tmp_path / "one.csv").write_text("sentence1\na city\n")
@@ -231,7 +231,7 @@ def test_hard_targets_learn_the_teachers_top_class(tmp_path, teacher, bpe_teache
     assert run["hyper_parameters"]["distillation"]["hard_targets"] is True
     line = input_error(run_glue.main, ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv",
                                        "--validation_file", custom_task / "dev.csv", "--output_dir", tmp_path / "x",
-                                       "--hard_targets", "true", *FAST])  # fmt: skip
+                                       "--hard_targets", "true", *FAST])
     assert "--hard_targets needs --teacher_name_or_path" in line
 
 
@@ -255,7 +255,7 @@ def test_a_bad_teacher_logits_cache_costs_a_pass_not_the_run(tmp_path, teacher, 
     assert (tmp_path / "a_file").read_text() == "not a folder"
     line = input_error(run_glue.main, ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv",
                                        "--validation_file", custom_task / "dev.csv", "--output_dir", tmp_path / "o",
-                                       "--teacher_logits_cache", tmp_path / "cache", *FAST])  # fmt: skip
+                                       "--teacher_logits_cache", tmp_path / "cache", *FAST])
     assert "--teacher_logits_cache needs --teacher_name_or_path" in line and not (tmp_path / "cache").exists()
 
 
@@ -271,7 +271,7 @@ def overwrite_logits(path, change):
 
 def test_cached_logits_changed_in_place_are_a_miss_never_used(tmp_path, teacher, bpe_teacher, custom_task):  # noqa: F811
     """Finite numbers where the teacher's logits were: the digest catches them, the run says so, computes the
-    logits again and trains as on a clean cache (issue 46, class 4)."""
+    logits again and trains as on a clean cache."""
     cache = tmp_path / "cache"
     clean = distil(teacher, custom_task, bpe_teacher, tmp_path / "a", "--teacher_logits_cache", cache)
     (kept,) = cache.glob("*.npz")

@@ -102,7 +102,7 @@ def test_a_checkpoint_written_on_cuda_resumes_to_the_same_losses(tmp_path, base_
 def test_nccl_two_processes_end_with_identical_parameters(tmp_path, run_files):
     _, argv = run_files
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "train.py"), *with_args(argv, n_gpu=1, dump_path=tmp_path / "ddp"), "--fp16"]  # fmt: skip
+           str(ROOT / "train.py"), *with_args(argv, n_gpu=1, dump_path=tmp_path / "ddp"), "--fp16"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=os.environ)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "backend nccl" in proc.stderr

@@ -31,9 +31,9 @@ def test_demo_runs_the_whole_recipe(tmp_path, bf16_slow):  # fp32 without timing
         os.environ, PYTHON=sys.executable, DEMO_ARTICLES="300", DEMO_VALID="100", DEMO_TEACHER_EPOCHS="1",
         DEMO_STUDENT_EPOCHS="1", DEMO_ESTIMATE="0", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
         DEMO_GLUE_DIR=str(tmp_path / "glue"), DEMO_GLUE_TRAIN="32", DEMO_GLUE_SEEDS="1",
-    )  # fmt: skip
+    )
     proc = subprocess.run(["bash", str(ROOT / "scripts/demo.sh"), str(run)], env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
 
@@ -130,16 +130,16 @@ def test_the_plan_scales_the_step_times_by_the_demo_sizes(capsys):
 def test_the_demo_sizes_live_in_one_table_and_bad_overrides_stop_it_first(tmp_path, monkeypatch):
     assert demo_plan.sizes({}) == demo_plan.SIZES
     assert demo_plan.sizes({"DEMO_VALID": "100", "DEMO_GLUE_SEEDS": "1"}) == {**demo_plan.SIZES, "valid": 100,
-                                                                              "glue_seeds": 1}  # fmt: skip
+                                                                              "glue_seeds": 1}
     # demo.sh reads them through `demo_plan.py sizes`: the names it evals, with an override applied
     env = dict(os.environ, PYTHON=sys.executable, DEMO_TEACHER_EVAL_EVERY="7")
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo_plan.py"), "sizes"], env=env,
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+                         capture_output=True, text=True, check=True).stdout
     expected = {**demo_plan.SIZES, "teacher_eval_every": 7}
     assert out.splitlines() == [f"{k.upper()}={v}" for k, v in expected.items()]
     for bad in ("0", "x", "-3", "1.5", ""):
         proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), str(tmp_path / "run")],
-                              env=dict(env, DEMO_ARTICLES=bad), capture_output=True, text=True)  # fmt: skip
+                              env=dict(env, DEMO_ARTICLES=bad), capture_output=True, text=True)
         assert proc.returncode == 2, (bad, proc.stderr)
         assert proc.stderr.strip() == f"demo_plan.py: error: DEMO_ARTICLES={bad!r}: give a positive whole number"
         assert not (tmp_path / "run").exists()
@@ -157,6 +157,6 @@ def test_the_demo_trains_in_bf16_only_where_it_measures_faster(tmp_path, cpu_bf1
         assert (choice, why) == ("", "this CPU has no fast bf16: fp32")
     env = dict(os.environ, PYTHON=sys.executable, DEMO_PRECISION="fp8")
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), str(tmp_path / "run")], env=env,
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True)
     assert proc.returncode == 2 and "DEMO_PRECISION=fp8: give auto, fp32 or bf16" in proc.stderr
     assert not (tmp_path / "run").exists()

@@ -50,12 +50,12 @@ def strong_stand_in(tmp_path_factory):
     lines = train.read_text(encoding="utf-8").splitlines()[1:3000] if train.is_file() else ["a small corpus"] * 10
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator([line.split("\t")[0] for line in lines], vocab_size=600, show_progress=False,
-                            special_tokens=SPECIALS["roberta"])  # fmt: skip
+                            special_tokens=SPECIALS["roberta"])
     bpe.save_model(str(folder))
     tok = RobertaTokenizerFast.from_pretrained(str(folder))
     config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id,
-                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, type_vocab_size=1)  # fmt: skip
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, type_vocab_size=1)
     torch.manual_seed(0)
     RobertaModel(config).save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -65,7 +65,7 @@ def strong_stand_in(tmp_path_factory):
 def run_demo(run, **env):
     env = dict(os.environ, PYTHON=sys.executable, HF_HUB_OFFLINE="1", **env)
     return subprocess.run(["bash", str(ROOT / "scripts" / "demo_task.sh"), str(run)], env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+                          capture_output=True, text=True, timeout=900)
 
 
 def summary(run, name):
@@ -81,7 +81,7 @@ def test_the_task_demo_runs_every_stage_with_the_real_teacher(tmp_path, strong_s
     run = tmp_path / "demo_task"
     strong = {"DEMO_TASK_STRONG": "1", "DEMO_TASK_STRONG_DIR": str(strong_stand_in),
               "DEMO_TASK_STRONG_TEACHER_STEPS": "6", "DEMO_TASK_STRONG_STEPS": "4",
-              "DEMO_TASK_STRONG_UNLABELED": "96"}  # fmt: skip
+              "DEMO_TASK_STRONG_UNLABELED": "96"}
     proc = run_demo(run, DEMO_GLUE_DIR=str(GLUE_DATA), **SMALL, **strong)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -92,7 +92,7 @@ def test_the_task_demo_runs_every_stage_with_the_real_teacher(tmp_path, strong_s
     assert (fine_tuned / "model.safetensors").is_file()
 
     students = {"a_direct": "student_init", "b_task_kd": "student_init",
-                "c_general_task_kd": "general/student", "d_random": "student_random"}  # fmt: skip
+                "c_general_task_kd": "general/student", "d_random": "student_random"}
     for name, start in students.items():
         s = summary(run, name)
         assert s["model_path"] == str(run / start), (name, s["model_path"])
@@ -115,7 +115,7 @@ def test_the_task_demo_runs_every_stage_with_the_real_teacher(tmp_path, strong_s
 
     table = (run / "table.md").read_text()
     for row in ("teacher (MiniLM-L6, fine-tuned)", "(a) 3L direct", "(b) 3L task KD", "(c) 3L general + task KD",
-                "(d) 3L random, direct", "DistilBERT"):  # fmt: skip
+                "(d) 3L random, direct", "DistilBERT"):
         assert row in table, (row, table)
     assert "task distillation over direct fine-tuning: (b)" in out and "keeps" in out
     assert "time per stage on this CPU" in out
@@ -150,9 +150,9 @@ def test_the_task_demo_without_sst2_fails_with_one_line(tmp_path):
     ({"DEMO_TASK_STRONG": "1", "DEMO_TASK_STRONG_STEPS": "0"}, "DEMO_TASK_STRONG_STEPS=0: give a whole number"),
     ({"DEMO_TASK_STRONG": "1", "DEMO_TASK_STRONG_UNLABELED": "-5"}, "DEMO_TASK_STRONG_UNLABELED=-5: give a whole"),
     ({"DEMO_TASK_STRONG": "1", "DEMO_TASK_STRONG_TEACHER_STEPS": "nan"}, "DEMO_TASK_STRONG_TEACHER_STEPS=nan: give"),
-])  # fmt: skip
+])
 @pytest.mark.skipif(not HAVE_TEACHER or not (GLUE_DATA / "SST-2" / "dev.tsv").is_file(),
-                    reason="the checks follow the demo's own: the wheel and the real SST-2")  # fmt: skip
+                    reason="the checks follow the demo's own: the wheel and the real SST-2")
 def test_the_strong_option_refuses_bad_settings_before_writing(tmp_path, env, words):
     proc = run_demo(tmp_path / "run", DEMO_GLUE_DIR=str(GLUE_DATA), **env)
     assert proc.returncode == 2 and words in proc.stderr.strip().splitlines()[-1], proc.stderr
@@ -166,7 +166,7 @@ def test_the_option_plan_times_both_models_and_refuses_bad_flags(tmp_path, stron
     config = DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
     DistilBertModel(config).save_pretrained(student)
     argv = ["--teacher", strong_stand_in, "--student", student, "--teacher_steps", 200, "--rows", 300,
-            "--student_steps", 50, "--seeds", 3]  # fmt: skip
+            "--student_steps", 50, "--seeds", 3]
     assert demo_task_plan.main([str(a) for a in argv]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("the strong-teacher option on this machine")

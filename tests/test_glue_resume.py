@@ -43,7 +43,7 @@ def stopped_run(out, teacher, custom_task, monkeypatch, step, *save):  # noqa: F
 def interrupted(tmp_path, teacher, custom_task, monkeypatch):  # noqa: F811
     """A run stopped after its checkpoints of steps 1 and 2 (of 4): (its args, its folder)."""
     args, run = stopped_run(tmp_path / "out", teacher, custom_task, monkeypatch, 2, "--save_steps", 1,
-                            "--save_total_limit", 2)  # fmt: skip
+                            "--save_total_limit", 2)
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     return args, run
 

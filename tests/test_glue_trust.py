@@ -65,7 +65,7 @@ def write_glue_root(root, n_train=24, n_dev=8, seed=0):
     for name in ("dev_matched.tsv", "dev_mismatched.tsv"):
         write_tsv(root / "MNLI" / name, head + [f"label{k}" for k in range(1, 6)] + ["gold_label"],
                   rows(n_dev, lambda i: [i, i, f"{i}n", "fiction", *parse, phrase(rng), phrase(rng),
-                                         *[nli[i % 3]] * 5, nli[i % 3]]))  # fmt: skip
+                                         *[nli[i % 3]] * 5, nli[i % 3]]))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def glue_main(*args):
 def test_all_nine_tasks_finish_from_glue_tsv_files(tmp_path, teacher, glue_root):  # noqa: F811
     out = tmp_path / "all"
     glue_main("--model_name_or_path", teacher, "--task_name", "all", "--data_dir", glue_root, "--output_dir", out,
-              "--max_steps", 2, "--learning_rate", 1e-3, *FAST)  # fmt: skip
+              "--max_steps", 2, "--learning_rate", 1e-3, *FAST)
     summary = json.loads((out / "results.json").read_text())
     assert list(summary["tasks"]) == list(glue.TASKS) and summary["complete"]
     for name, task in summary["tasks"].items():
@@ -105,7 +105,7 @@ def test_all_nine_tasks_finish_from_glue_tsv_files(tmp_path, teacher, glue_root)
 
 def custom_args(teacher, custom_task, out, *extra):  # noqa: F811
     return ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
-            custom_task / "dev.csv", "--output_dir", out, "--max_steps", 2, *FAST, *extra]  # fmt: skip
+            custom_task / "dev.csv", "--output_dir", out, "--max_steps", 2, *FAST, *extra]
 
 
 @pytest.fixture
@@ -241,7 +241,7 @@ def write(path, text, encoding="utf-8"):
         ("text,label\ngood,1\ncaf\u00e9,0\n", "is not UTF-8 text: line 3 holds the byte 0xe9"),
         ("text,label\ngood,1\nbad,0,extra\n", "line 3 has 3 fields, the header 2"),
     ],
-)  # fmt: skip
+)
 def test_user_files_that_would_make_a_wrong_task_are_refused(tmp_path, train, expected):
     suffix = ".jsonl" if train.startswith("{") else ".csv"
     train_file = write(tmp_path / f"train{suffix}", train, "latin-1" if "\u00e9" in train else "utf-8")
@@ -300,7 +300,7 @@ def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path, teacher, custo
         write_tsv(tmp_path / "SST-2/train.tsv", ["sentence", "label"], [["good", 1], ["bad", 0]])
         write_tsv(tmp_path / "SST-2/dev.tsv", ["sentence", "label"], [["fine", 1]])
         argv = ["--model_name_or_path", teacher, "--task_name", "sst2", "--data_dir", tmp_path, "--output_dir", out,
-                "--text_columns", "sentence"]  # fmt: skip
+                "--text_columns", "sentence"]
     elif extra == "sorted":
         lines = (custom_task / "train.csv").read_text().splitlines()
         ordered = sorted(lines[1:], key=lambda line: line.endswith(",other"))
@@ -333,9 +333,9 @@ def test_a_diverging_run_stops_with_status_3_and_records_nothing(tmp_path, teach
 @pytest.mark.parametrize("flag, message", [
     ("--fp16", "--fp16 needs a CUDA GPU: training in fp32"),
     ("--bf16", "has no native bf16 (a bf16 matmul measured no faster than fp32"),
-])  # fmt: skip
+])
 def test_a_precision_this_cpu_lacks_says_so_and_records_fp32(flag, message, tmp_path, teacher, custom_task,  # noqa: F811
-                                                             capsys, monkeypatch):  # fmt: skip
+                                                             capsys, monkeypatch):
     """The same decision as train.py's (precision.Precision): --fp16 without CUDA, and --bf16 on a CPU whose
     bf16 is emulated (~11x slower), run fp32, say so, and record what was asked and what ran."""
     monkeypatch.delenv(precision.PROBE_ENV)  # measured, and the probe says slow
@@ -387,7 +387,7 @@ def test_damaged_results_are_named_before_any_training(finished, where, content,
         ("[1, 2]", "is not a run_glue.py results.json"),
         ("{damaged", "is not a readable results.json"),
     ],
-)  # fmt: skip
+)
 def test_glue_table_refuses_results_of_the_wrong_shape(tmp_path, content, expected, capsys):
     (tmp_path / "results.json").write_text(content)
     line = input_error(glue_table.main, [tmp_path])

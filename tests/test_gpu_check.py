@@ -15,7 +15,7 @@ from conftest import ROOT
 
 SHARED_SST2 = ROOT.parent / "shared" / "data" / "glue" / "SST-2"
 STEPS = ["packages", "cuda_tests", "data", "binarize", "token_counts", "train_sh", "load", "glue", "task_distill",
-         "qa_data", "qa", "qa_distill", "inference", "env"]  # fmt: skip
+         "qa_data", "qa", "qa_distill", "inference", "env"]
 
 
 def clone(dest):
@@ -31,7 +31,7 @@ def clone(dest):
 def dry_run(repo, out, **env):
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, **env)
     return subprocess.run(["bash", str(repo / "benchmarks" / "gpu_check.sh"), "--dry-run"], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=600)
 
 
 def check_complete_dry_run(proc, out):
@@ -56,7 +56,7 @@ def check_complete_dry_run(proc, out):
     assert qa_kd["teacher"]["path"] == str(qa_teacher / "model") and qa_kd["steps"] == 4
     inference = json.loads((out / "inference.json").read_text())  # the GPU's rows, at the tiny shapes on the CPU
     assert {(r["model"], r["runtime"]) for r in inference["rows"]} == {
-        (m, r) for m in ("tiny-teacher", "tiny-student") for r in ("eager", "onnx")}  # fmt: skip
+        (m, r) for m in ("tiny-teacher", "tiny-student") for r in ("eager", "onnx")}
     assert "| tiny-student | onnx | 1 |" in summary
     run = json.loads(next((out / "glue" / "sst2").glob("lr*_seed42/results.json")).read_text())
     return summary, run["data"]
@@ -97,7 +97,7 @@ def test_a_step_whose_input_failed_is_not_run_and_names_it(tmp_path):
     # each later step names the step it waits on; task distillation names the first missing one
     waits = {"binarize": "data", "token_counts": "binarize", "train_sh": "token_counts", "load": "train_sh",
              "glue": "train_sh", "task_distill": "train_sh", "qa_data": "data", "qa": "train_sh",
-             "qa_distill": "qa"}  # fmt: skip
+             "qa_distill": "qa"}
     for name, dep in waits.items():
         assert rc[name] == 125
         assert f"- {name}: FAILED, not run: step '{dep}' failed" in summary

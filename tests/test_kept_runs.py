@@ -1,4 +1,4 @@
-"""A kept run answers a command only when it holds everything the command asks for (issue 46, class 2). The
+"""A kept run answers a command only when it holds everything the command asks for. The
 flags that only add an output to a run (tasks/glue_runs.OUTPUTS): --save_model, in run_glue.py and run_qa.py.
 A finished run without the model is trained again with the same settings to make it, and gives the same
 results; a run that has it is kept."""
@@ -29,7 +29,7 @@ def check_model_made_then_kept(main, argv, run, capsys):
 
 def test_run_glue_save_model_on_a_kept_run_makes_the_model(tmp_path, teacher, custom_task, capsys):  # noqa: F811
     argv = ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
-            custom_task / "dev.csv", "--output_dir", tmp_path / "out", "--max_steps", 2, *FAST]  # fmt: skip
+            custom_task / "dev.csv", "--output_dir", tmp_path / "out", "--max_steps", 2, *FAST]
     check_model_made_then_kept(run_glue.main, argv, tmp_path / "out" / "custom" / "lr2e-05_seed42", capsys)
 
 
@@ -49,21 +49,21 @@ def test_a_model_folder_without_weights_is_not_a_kept_model(tmp_path):
 
 def test_one_output_folder_for_both_scripts_averages_only_the_classification_tasks(tmp_path, tiny, syn_qa,  # noqa: F811
                                                                                     custom_task):  # noqa: F811
-    """An output folder's results.json never averages SQuAD F1 with an accuracy (issue 46, class 5)."""
+    """An output folder's results.json never averages SQuAD F1 with an accuracy."""
     out = tmp_path / "out"
     run_main(run_qa.main, *qa_argv(tiny, syn_qa, out, "--max_steps", 2), check=True)
     run_main(run_glue.main, "--model_name_or_path", tiny, "--train_file", custom_task / "train.csv",
              "--validation_file", custom_task / "dev.csv", "--output_dir", out, "--max_steps", 2, *FAST,
-             check=True)  # fmt: skip
+             check=True)
     summary = json.loads((out / "results.json").read_text())
     assert sorted(summary["tasks"]) == ["custom", "squad"] and summary["tasks"]["squad"]["kind"] == "question-answering"
     assert summary["average"] == summary["tasks"]["custom"]["score"] and summary["average_of"] == ["custom"]
     assert glue_runs.glue_average({"squad": {"score": 50.0, "metrics": {"dev": {"exact_match": 0.4, "f1": 0.5}}}}) == (
-        None, [])  # an older summary's QA task, without its kind: told by its metrics  # fmt: skip
+        None, [])  # an older summary's QA task, without its kind: told by its metrics
 
 
 def test_run_qa_pad_to_max_length_pads_the_windows_it_records(tmp_path, tiny, syn_qa):  # noqa: F811
-    """--pad_to_max_length was recorded as on and did nothing (issue 46, class 5): now every batch is padded to
+    """--pad_to_max_length was recorded as on and did nothing: now every batch is padded to
     the windows' length, in training and evaluation, and the answers are those of the unpadded run."""
     from transformers import AutoTokenizer, DataCollatorWithPadding
 
@@ -75,9 +75,9 @@ def test_run_qa_pad_to_max_length_pads_the_windows_it_records(tmp_path, tiny, sy
     for name, extra in (("plain", ()), ("padded", ("--pad_to_max_length",))):
         run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / name, "--max_steps", 2, *extra), check=True)
     runs = [json.loads((tmp_path / n / "squad" / "lr0.001_seed42" / "results.json").read_text())
-            for n in ("plain", "padded")]  # fmt: skip
+            for n in ("plain", "padded")]
     assert runs[1]["hyper_parameters"]["pad_to_max_length"] is True
     preds = [json.loads((tmp_path / n / "squad" / "lr0.001_seed42" / "predictions.json").read_text())
-             for n in ("plain", "padded")]  # fmt: skip
+             for n in ("plain", "padded")]
     same = sum(preds[0][k] == preds[1][k] for k in preds[0]) / len(preds[0])
     assert preds[0].keys() == preds[1].keys() and same >= 0.9  # padding is masked out (up to float rounding)

@@ -42,7 +42,7 @@ def project_imports(path):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             names = [f"{node.module}.{a.name}" if node.module in PACKAGES + ("scripts",) else node.module
-                     for a in node.names]  # fmt: skip
+                     for a in node.names]
         else:
             continue
         for name in names:
@@ -62,7 +62,7 @@ def test_library_imports_point_down_and_never_at_a_script():
 
 def test_training_never_imports_the_task_side():
     wrong = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in python_files("training")
-             for name, line, _ in project_imports(p) if name.startswith("tasks")]  # fmt: skip
+             for name, line, _ in project_imports(p) if name.startswith("tasks")]
     assert not wrong, "\n".join(wrong)
 
 
@@ -98,12 +98,12 @@ def test_no_import_cycle():
 def test_no_project_module_is_imported_inside_a_function():
     inner = [f"{p.relative_to(ROOT)}:{line} imports {name}"
              for p in library_files() + python_files("scripts", "benchmarks", "tests")
-             for name, line, top in project_imports(p) if not top]  # fmt: skip
+             for name, line, top in project_imports(p) if not top]
     assert not inner, "\n".join(inner)
 
 
 def test_no_file_is_longer_than_the_limit():
     long = [f"{p.relative_to(ROOT)}: {n} lines"
             for p in library_files() + python_files("scripts", "benchmarks", "tests")
-            if (n := len(p.read_text().splitlines())) > MAX_LINES]  # fmt: skip
+            if (n := len(p.read_text().splitlines())) > MAX_LINES]
     assert not long, "\n".join(long)

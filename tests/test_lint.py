@@ -15,7 +15,7 @@ from conftest import ROOT
 
 def test_ruff_finds_nothing():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
@@ -51,7 +51,7 @@ def timing_comparisons(source):
     for func in (n for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.Module))):
         calls = [n for n in ast.walk(func) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)]
         timed = {t.id for n in calls if TIMING.search(ast.unparse(n.value.func)) for t in n.targets
-                 if isinstance(t, ast.Name)}  # fmt: skip
+                 if isinstance(t, ast.Name)}
         says_time = re.compile("|".join([TIMING.pattern, *(rf"\b{name}\b" for name in timed)]), re.I)
         for node in (n for n in ast.walk(func) if isinstance(n, ast.Assert)):
             for cmp in (n for n in ast.walk(node.test) if isinstance(n, ast.Compare)):
@@ -70,9 +70,9 @@ def test_no_test_compares_a_timing():
     """A timing depends on the CPU and its load, so no assertion compares one with another or with a number: the
     one pattern allowed is that a measured time or rate is positive (`> 0`) and finite (docs/tests.md)."""
     found = [f"{p.name}:{line}" for p in sorted((ROOT / "tests").glob("*.py")) for line in timing_comparisons(
-        p.read_text())]  # fmt: skip
+        p.read_text())]
     assert found == []
-    # the check itself, on the comparisons it was written against (issue 43's) and on the allowed pattern
+    # the check itself, on the comparisons it was written against and on the allowed pattern
     caught = timing_comparisons("""def test_x():
     t = demo_plan.time_steps(n_steps=1)
     assert 0 < t["mlm_only"] < t["distilled"]

@@ -1,4 +1,4 @@
-"""Issue 22: sharded, multi-process, resumable binarization and the memory-mapped training data.
+"""Sharded, multi-process, resumable binarization and the memory-mapped training data.
 
 Each sharded result is pinned to a simple reference: the per-line tokenizer, the one-seed permutation,
 DistributedSampler + upstream's GroupedBatchSampler, and the in-memory dataset as it was before

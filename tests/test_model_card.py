@@ -25,7 +25,7 @@ def read_card(folder):
 def test_a_glue_model_and_its_distilled_student_say_what_they_are(tmp_path, teacher, custom_task):  # noqa: F811
     data = ["--train_file", custom_task / "train.csv", "--validation_file", custom_task / "dev.csv"]
     run_main(run_glue.main, "--model_name_or_path", teacher, *data, "--output_dir", tmp_path / "t", "--max_steps", 2,
-             "--save_model", *FAST, check=True)  # fmt: skip
+             "--save_model", *FAST, check=True)
     fine_tuned = tmp_path / "t" / "custom" / "lr2e-05_seed42"
     front, values, text = read_card(fine_tuned / "model")
     result = json.loads((fine_tuned / "results.json").read_text())
@@ -34,7 +34,7 @@ def test_a_glue_model_and_its_distilled_student_say_what_they_are(tmp_path, teac
     assert "python scripts/run_glue.py" in text
     # the fine-tuned model teaches a student: the student's card names it
     run_main(run_glue.main, "--model_name_or_path", teacher, *data, "--output_dir", tmp_path / "s", "--max_steps", 2,
-             "--teacher_name_or_path", fine_tuned / "model", "--save_model", *FAST, check=True)  # fmt: skip
+             "--teacher_name_or_path", fine_tuned / "model", "--save_model", *FAST, check=True)
     student = tmp_path / "s" / "custom" / "lr2e-05_seed42"
     front, values, text = read_card(student / "model")
     assert front["teacher"] == str(fine_tuned / "model") and f"distilled from `{fine_tuned / 'model'}`" in text
@@ -56,7 +56,7 @@ def test_hub_names_go_in_base_model_and_every_result_is_listed():
                            results=[model_card.Result("text-classification", "GLUE MNLI", "nyu-mll/glue",
                                                       {"accuracy": 0.8}, "mnli", "mnli-m"),
                                     model_card.Result("text-classification", "GLUE MNLI", "nyu-mll/glue",
-                                                      {"accuracy": 0.7}, "mnli", "mnli-mm")])  # fmt: skip
+                                                      {"accuracy": 0.7}, "mnli", "mnli-mm")])
     card_text = model_card.render(card)
     parsed = ModelCard(card_text).data.to_dict()
     assert parsed["base_model"] == "bert-base-uncased" and parsed["teacher"] == "some/teacher"

@@ -116,7 +116,7 @@ def test_a_command_after_a_stopped_force_puts_the_old_run_back(finished_run, cap
     train.main(with_args(argv, force=True, stop_after_iter=2))
     train_fails(with_args(argv, resume=True), capsys,
                 f"--resume: {dump}: put back; its replacement by --force was stopped before it had written its "
-                "first checkpoint: nothing of it to resume; start it again with --force")  # fmt: skip
+                "first checkpoint: nothing of it to resume; start it again with --force")
     assert snapshot(dump) == before and not train.replacement(dump).aside.exists()
 
 
@@ -182,7 +182,7 @@ def test_damaged_safetensors_everywhere(run_files, tmp_path, capsys):
 
     line = input_error(evaluate.main, ["--model", bad_teacher, "--data_file", arg(argv, "data_file"),
                                                "--token_counts", arg(argv, "token_counts"),
-                                               "--output", tmp_path / "eval.json", "--n_gpu", "0"])  # fmt: skip
+                                               "--output", tmp_path / "eval.json", "--n_gpu", "0"])
     assert line.startswith("evaluate.py: error: cannot load the masked LM") and "damaged" in line
     assert not (tmp_path / "eval.json").exists()
 
@@ -193,10 +193,10 @@ def test_damaged_safetensors_everywhere(run_files, tmp_path, capsys):
     # student initial weights cut short
     init = tmp_path / "good_init.safetensors"
     extract_student.main(["--model_name", teacher, "--student_config", arg(argv, "student_config"),
-                          "--dump_checkpoint", str(init)])  # fmt: skip
+                          "--dump_checkpoint", str(init)])
     truncate(init)
     train_fails(with_args(argv, dump_path=tmp_path / "run", student_pretrained_weights=init), capsys,
-                "good_init.safetensors is damaged or truncated")  # fmt: skip
+                "good_init.safetensors is damaged or truncated")
     assert not (tmp_path / "run").exists()
 
 
@@ -215,7 +215,7 @@ def test_missing_folders_are_named(run_files, tmp_path, capsys):
     _, argv = run_files
     missing = tmp_path / "no_such_teacher"
     train_fails(with_args(argv, dump_path=tmp_path / "run", teacher_name=missing), capsys,
-                f"the teacher {missing} does not exist")  # fmt: skip
+                f"the teacher {missing} does not exist")
     line = input_error(extract_student.main, ["--model_name", missing, "--dump_checkpoint",
                                                       tmp_path / "x.safetensors"])
     assert f"the teacher {missing} does not exist" in line
@@ -241,7 +241,7 @@ def test_unwritable_outputs_fail_before_any_work(run_files, tmp_path, capsys, to
     dump_txt.write_text("a line with quite a few words in it for the tokenizer to chew on\n" * 50)
     with pytest.raises(SystemExit) as e:
         binarized_data.main(["--file_path", str(dump_txt), "--tokenizer_name", str(tokenizer_dir),
-                             "--dump_file", str(where / "bin")])  # fmt: skip
+                             "--dump_file", str(where / "bin")])
     captured = capsys.readouterr()
     assert e.value.code == 2 and line in captured.err.strip().splitlines()[-1]
     assert "binarize:" not in captured.err  # refused before the tokenizing started: no progress bar
@@ -260,7 +260,7 @@ def test_unwritable_outputs_fail_before_any_work(run_files, tmp_path, capsys, to
     assert line in input_error(evaluate.main, ["--model", arg(argv, "teacher_name"), "--data_file",
                                                        arg(argv, "data_file"), "--token_counts",
                                                        arg(argv, "token_counts"), "--output", where / "eval.json",
-                                                       "--n_gpu", "0"])  # fmt: skip
+                                                       "--n_gpu", "0"])
     assert blocker.read_text() == "" and not any(p != blocker for p in tmp_path.glob("a_file*"))
 
 
@@ -335,11 +335,11 @@ def test_vocabularies_are_compared_not_folder_names(tmp_path, tokenizer_dir, cap
 
     dump_txt.write_text("\n".join(sentences(generate(60, seed=0))) + "\n")
     assert binarized_data.main(["--file_path", str(dump_txt), "--tokenizer_name", str(tokenizer_dir),
-                                "--dump_file", str(tmp_path / "bin")]) == 0  # fmt: skip
+                                "--dump_file", str(tmp_path / "bin")]) == 0
     data = tmp_path / f"bin.{tokenizer_dir.name}.pickle"
     vocab = len((tokenizer_dir / "vocab.txt").read_text().split())
     assert token_counts.main(["--data_file", str(data), "--token_counts_dump", str(tmp_path / "counts.pickle"),
-                              "--vocab_size", str(vocab)]) == 0  # fmt: skip
+                              "--vocab_size", str(vocab)]) == 0
     config = tmp_path / "student.json"
 
     vocab = (tokenizer_dir / "vocab.txt").read_text().split("\n")[:-1]
@@ -347,7 +347,7 @@ def test_vocabularies_are_compared_not_folder_names(tmp_path, tokenizer_dir, cap
     base = ["--data_file", str(data), "--token_counts", str(counts := tmp_path / "counts.pickle"),
             "--student_type", "distilbert", "--student_config", str(config), "--teacher_type", "bert",
             "--teacher_name", "none", "--alpha_ce", "0", "--alpha_cos", "0", "--alpha_mlm", "1", "--n_gpu", "0",
-            "--batch_size", "8", "--gradient_accumulation_steps", "1", "--n_epoch", "1"]  # fmt: skip
+            "--batch_size", "8", "--gradient_accumulation_steps", "1", "--n_epoch", "1"]
     assert counts.exists()
 
     same = tmp_path / "same-vocab-other-name"
@@ -362,5 +362,5 @@ def test_vocabularies_are_compared_not_folder_names(tmp_path, tokenizer_dir, cap
     other = write_bert_vocab(tmp_path / "swapped", [])
     (other / "vocab.txt").write_text("\n".join(swapped) + "\n")
     train_fails([*base, "--tokenizer_name", str(other), "--dump_path", str(tmp_path / "r2")], capsys,
-                "was binarized with another vocabulary of the same size")  # fmt: skip
+                "was binarized with another vocabulary of the same size")
     assert not (tmp_path / "r2").exists()

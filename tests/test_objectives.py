@@ -7,7 +7,7 @@ from training import train_args
 from training.losses import LOSS_NAMES
 
 REQUIRED = ["--dump_path", "d", "--data_file", "f", "--student_config", "c", "--teacher_type", "bert",
-            "--teacher_name", "t"]  # fmt: skip
+            "--teacher_name", "t"]
 
 
 def weights(*flags, student_type="distilbert"):

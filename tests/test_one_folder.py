@@ -26,7 +26,7 @@ def held_lock():
         code = ("import sys, time\nfrom core import files\n"
                 "with files.folder_lock(sys.argv[1], 'x'):\n"
                 "    print('locked', flush=True)\n"
-                "    time.sleep(120)\n")  # fmt: skip
+                "    time.sleep(120)\n")
         proc = subprocess.Popen([sys.executable, "-c", code, str(lock_file)], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "locked"
         procs.append(proc)

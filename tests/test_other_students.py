@@ -1,4 +1,4 @@
-"""DistilRoBERTa and DistilGPT2 end to end on tiny generated models (issue 24): a byte-level BPE tokenizer
+"""DistilRoBERTa and DistilGPT2 end to end on tiny generated models: a byte-level BPE tokenizer
 trained on the corpus, binarization, token counts, the student extracted from the teacher's layers, train.sh
 with STUDENT=roberta (MLM) and STUDENT=gpt2 (CLM), and the result loaded with AutoModelFor* and a pipeline.
 The extraction is also pinned to the teacher: a student given all of its layers computes its logits."""
@@ -45,12 +45,12 @@ def bpe_teacher(folder, kind, texts, layers=4):
         config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                                intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id,
                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                               type_vocab_size=1)  # fmt: skip
+                               type_vocab_size=1)
         model = RobertaForMaskedLM(config)
     else:
         tok = GPT2TokenizerFast.from_pretrained(str(folder))
         config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=layers, n_head=2, n_positions=128,
-                            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+                            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
         model = GPT2LMHeadModel(config)
     model.eval().save_pretrained(folder)
     tok.save_pretrained(folder)
@@ -70,7 +70,7 @@ def test_a_student_given_every_layer_reproduces_its_teacher(tmp_path, articles, 
     config = student_config(tmp_path / "all.json", teacher, 4)
     out = tmp_path / "all.safetensors"
     run_main(extract.main, "--model_type", kind, "--model_name", tmp_path / "teacher", "--student_config", config,
-             "--dump_checkpoint", out, check=True)  # fmt: skip
+             "--dump_checkpoint", out, check=True)
     student = type(teacher)(type(teacher.config).from_json_file(str(config)))
     loading.load_student_weights(student, out)
     tok.pad_token = tok.pad_token or tok.eos_token  # GPT-2 has no pad token; right padding, masked out
@@ -103,14 +103,14 @@ def test_bad_extractions_fail_with_one_line_before_writing(tmp_path, articles):
         (["--model_type", "roberta", "--model_name", tmp_path / "no-teacher", "--student_config",
           tmp_path / "two.json", "--dump_checkpoint", out], "does not exist"),
         (["--model_type", "xlnet", "--student_config", tmp_path / "two.json"], "invalid choice: 'xlnet'"),
-    ):  # fmt: skip
+    ):
         proc = run_main(extract.main, *args)
         assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], (args, proc.stderr)
         assert not out.exists()
     proc = run_main(extract.main, *base, "--student_config", gpt)  # a GPT-2 config is not a RoBERTa student
     assert proc.returncode == 2 and not out.exists()
     assert proc.stderr.strip().splitlines()[-1] == (f"student.py: error: {gpt} is a gpt2 config: --model_type roberta "
-                                                    "copies layers between roberta models")  # fmt: skip
+                                                    "copies layers between roberta models")
 
 
 @pytest.mark.slow
@@ -123,20 +123,20 @@ def test_the_whole_path_for_the_other_students(tmp_path, articles, kind):
     dump.write_text("\n".join(line for t in texts for line in t.split("\n") if line.strip()) + "\n")
     data = tmp_path / "data"
     run_main(binarized_data.main, "--file_path", dump, "--tokenizer_type", kind, "--tokenizer_name", teacher_dir,
-             "--dump_file", data / "binarized_text", check=True)  # fmt: skip
+             "--dump_file", data / "binarized_text", check=True)
     binarized = data / f"binarized_text.{teacher_dir.name}.pickle"
     if kind == "roberta":  # the MLM's masking weights; a causal LM needs none
         vocab = len(RobertaTokenizerFast.from_pretrained(str(teacher_dir)))
         run_main(token_counts.main, "--data_file", binarized, "--token_counts_dump",
-                 data / f"token_counts.{teacher_dir.name}.pickle", "--vocab_size", vocab, check=True)  # fmt: skip
+                 data / f"token_counts.{teacher_dir.name}.pickle", "--vocab_size", vocab, check=True)
     teacher = (RobertaForMaskedLM if kind == "roberta" else GPT2LMHeadModel).from_pretrained(teacher_dir)
     config = student_config(tmp_path / "student.json", teacher, 2)
     run = tmp_path / "run"
     env = dict(os.environ, PYTHON=sys.executable, STUDENT=kind, TEACHER=str(teacher_dir), DATA_DIR=str(data),
-               STUDENT_CONFIG=str(config), INIT=str(tmp_path / "init.safetensors"), DUMP_PATH=str(run))  # fmt: skip
+               STUDENT_CONFIG=str(config), INIT=str(tmp_path / "init.safetensors"), DUMP_PATH=str(run))
     proc = subprocess.run(["bash", str(ROOT / "train.sh"), "--n_epoch", "1", "--batch_size", "8",
                            "--gradient_accumulation_steps", "1", "--log_interval", "5"],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"copied teacher layers [0, 3] into a 2-layer {kind} student" in proc.stdout  # extraction ran first
     params = json.loads((run / "parameters.json").read_text())
@@ -167,7 +167,7 @@ def test_shipped_configs_are_the_published_students():
         assert got == (6, 768, 12, 3072, vocab, False), name
     r = RobertaConfig.from_json_file(str(configs / "distilroberta-base.json"))  # roberta-base's shapes, 6 layers
     got = (r.num_hidden_layers, r.hidden_size, r.num_attention_heads, r.intermediate_size, r.vocab_size,
-           r.max_position_embeddings, r.pad_token_id, r.type_vocab_size)  # fmt: skip
+           r.max_position_embeddings, r.pad_token_id, r.type_vocab_size)
     assert got == (6, 768, 12, 3072, 50265, 514, 1, 1)
     g = GPT2Config.from_json_file(str(configs / "distilgpt2.json"))  # gpt2's shapes, 6 blocks
     got = (g.n_layer, g.n_embd, g.n_head, g.vocab_size, g.n_positions, g.activation_function)

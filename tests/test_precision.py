@@ -15,7 +15,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object needs n
 def test_the_request_runs_where_it_can():
     fp16 = Precision.decide(fp16=True, bf16=False, device=CUDA)
     assert (fp16.used, fp16.dtype, fp16.teacher_dtype, fp16.scaled, fp16.why) == ("fp16", torch.float16,
-                                                                                 torch.float16, True, "")  # fmt: skip
+                                                                                 torch.float16, True, "")
     fp32 = Precision.decide(fp16=False, bf16=False, device=CPU)
     assert (fp32.used, fp32.dtype, fp32.teacher_dtype, fp32.scaled) == ("fp32", None, torch.float32, False)
     assert isinstance(fp32.autocast("cpu"), contextlib.nullcontext) and not fp32.scaler().is_enabled()
@@ -50,7 +50,7 @@ def test_bf16_on_a_cpu_runs_where_the_probe_says_it_pays_and_records_how_it_knew
     forced = Precision.decide(fp16=False, bf16=True, device=CPU)
     assert forced.used == p.used and forced.record()["cpu_bf16"] == f"DISTIL_CPU_BF16={answer}"
     assert forced.why == ("" if answer == "fast" else "--bf16: DISTIL_CPU_BF16=slow says this CPU has no fast "
-                          "bf16, so training runs in fp32")  # fmt: skip
+                          "bf16, so training runs in fp32")
     assert Precision.decide(fp16=False, bf16=True, device=CUDA).record().get("cpu_bf16") is None  # not asked
 
 

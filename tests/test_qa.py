@@ -1,4 +1,4 @@
-"""Issue 33: question answering with distillation (qa.py, qa_distill.py, scripts/run_qa.py, scripts/make_qa_data.py).
+"""Question answering with distillation (qa.py, qa_distill.py, scripts/run_qa.py, scripts/make_qa_data.py).
 
 Windows, labels and post-processing on hand-worked examples; SQuAD's official EM/F1 against hand computations;
 both JSON forms and the real SQuAD v1.1 sample that allennlp 0.9.0's wheel ships; every bad input and flag in
@@ -160,17 +160,17 @@ def test_exact_match_and_f1_follow_the_official_normalisation():
 
 def test_squad_v1_metrics_take_the_best_gold_answer_and_count_missing_predictions_as_wrong():
     exs = [example([("Denver Broncos", 0), ("Broncos", 7)], "q1"), example([("cat sat", 0)], "q2"),
-           example([("x", 0)], "q3")]  # fmt: skip
+           example([("x", 0)], "q3")]
     m = qa.squad_metrics(exs, {"q1": "the Broncos", "q2": "the cat sat on"})
     assert m == {"exact_match": pytest.approx(1 / 3), "f1": pytest.approx((1 + 0.8 + 0) / 3)}
 
 
 def test_squad_v2_metrics_split_answerable_and_unanswerable_questions():
     exs = [example([("cat sat", 0)], "has1"), example([("dog", 0)], "has2"), example([], "no1"),
-           example([], "no2")]  # fmt: skip
+           example([], "no2")]
     m = qa.squad_metrics(exs, {"has1": "cat sat on", "has2": "", "no1": "", "no2": "dog"}, version_2=True)
     assert m == pytest.approx({"exact": 1 / 4, "f1": (0.8 + 0 + 1 + 0) / 4, "HasAns_exact": 0.0,
-                               "HasAns_f1": 0.4, "NoAns_exact": 0.5, "NoAns_f1": 0.5})  # fmt: skip
+                               "HasAns_f1": 0.4, "NoAns_exact": 0.5, "NoAns_f1": 0.5})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def syn_qa(tmp_path_factory, articles):
     src.write_text("".join(json.dumps(a) + "\n" for a in articles), encoding="utf-8")
     for flags, out in (((), "v1"), (("--version_2",), "v2")):
         run_main(make_qa_data.main, "--source", src, "--output_dir", folder / out, "--paragraphs", 1, *flags,
-                 check=True)  # fmt: skip
+                 check=True)
     return folder
 
 
@@ -197,7 +197,7 @@ def test_the_nested_and_the_flat_forms_read_as_the_same_questions(syn_qa):
         records = json.loads((syn_qa / version / f"{split.split('-')[0]}.flat.json").read_text())["data"]
         lines = syn_qa / version / "lines.jsonl"  # JSON lines of flat records, and answers as a list of objects
         lines.write_text("".join(json.dumps({**r, "answers": [{"text": t, "answer_start": s} for t, s in zip(
-            r["answers"]["text"], r["answers"]["answer_start"])]}) + "\n" for r in records))  # fmt: skip
+            r["answers"]["text"], r["answers"]["answer_start"])]}) + "\n" for r in records))
         assert qa.load_split(str(lines), "x", version == "v2", False).examples == nested.examples
     v2 = qa.load_split(str(syn_qa / "v2" / "train-v2.0.json"), "train", True, True)
     assert 0.2 < sum(not e.answers for e in v2.examples) / len(v2) < 0.45  # about a third asked elsewhere
@@ -209,7 +209,7 @@ def test_generated_questions_are_their_context_sentence_with_the_answer_replaced
         after = e.context[start + len(text) :]
         cuts = [i for i in range(len(e.question)) if e.question.startswith("what", i)]  # which "what" is the blank
         assert any(e.context[start - i : start] == e.question[:i] and after.startswith(e.question[i + 4 : -1])
-                   for i in cuts), e  # fmt: skip
+                   for i in cuts), e
 
 
 def test_make_qa_data_refuses_bad_sources_and_flags_and_writes_nothing(tmp_path):
@@ -219,7 +219,7 @@ def test_make_qa_data_refuses_bad_sources_and_flags_and_writes_nothing(tmp_path)
                         ((tmp_path / "empty_rte",), "holds no train-"),
                         ((tmp_path / "plain.txt",), "gave no questions"),
                         ((tmp_path / "plain.txt", "--paragraphs", 0), "--paragraphs 0"),
-                        ((tmp_path / "plain.txt", "--max_train_questions", 0), "--max_train_questions 0")):  # fmt: skip
+                        ((tmp_path / "plain.txt", "--max_train_questions", 0), "--max_train_questions 0")):
         line = input_error(make_qa_data.main, ["--source", *argv, "--output_dir", tmp_path / "out"])
         assert words in line, line
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -290,7 +290,7 @@ GOOD = {"id": "1", "question": "Riverburg was founded in what?", "answers": [{"t
     ("flat answers of two lengths", [{**GOOD, "context": "c", "answers": {"text": ["a"], "answer_start": []}}],
      "of one length"),
     ("no questions", {"data": []}, "holds no questions"),
-    # values of the wrong type or range (issue 46, class 3), and data that raised a traceback (class 6)
+    # values of the wrong type or range, and data that raised a traceback
     ("is_impossible a string", {**nested([{**GOOD, "answers": [], "is_impossible": "false"}]), "version": "v2.0"},
      "'is_impossible' is 'false': give true or false (JSON booleans)"),
     ("is_impossible a number", nested([{**GOOD, "is_impossible": 0}]), "'is_impossible' is 0: give true or false"),
@@ -305,14 +305,14 @@ GOOD = {"id": "1", "question": "Riverburg was founded in what?", "answers": [{"t
                                                    context="\u200bRiverburg"), "needs a non-empty 'text'"),
     ("qas holding strings", nested(["what?", "when?"]), "question 0 is a str, not an object with id"),
     ("qas empty everywhere", nested([]), "holds no questions (every paragraph's 'qas' is empty?)"),
-])  # fmt: skip
+])
 def test_bad_data_is_refused_in_one_line_before_training(tmp_path, tiny, case, obj, words):
     good = write(tmp_path / "good.json", nested([GOOD]))
     bad = write(tmp_path / "bad.json", obj)
     for train, dev in ((bad, good), (good, bad)):
         line = input_error(run_qa.main, ["--model_name_or_path", tiny, "--train_file", train, "--validation_file",
                                          dev, "--output_dir", tmp_path / "out", "--max_seq_length", 64,
-                                         "--max_query_length", 16, "--doc_stride", 16, *FAST])  # fmt: skip
+                                         "--max_query_length", 16, "--doc_stride", 16, *FAST])
         assert words in line, (case, line)
     assert not (tmp_path / "out" / "results.json").exists() and not (tmp_path / "out" / "squad").exists()
 
@@ -322,14 +322,14 @@ def test_other_unreadable_data_is_refused(tmp_path, tiny):
     (tmp_path / "broken.json").write_text('{"data": [')
     unanswered = write(tmp_path / "v2.json", nested([{**GOOD, "answers": [], "is_impossible": True}]))
     base = ["--model_name_or_path", tiny, "--output_dir", tmp_path / "out", "--max_seq_length", 64,
-            "--max_query_length", 16, "--doc_stride", 16, *FAST]  # fmt: skip
+            "--max_query_length", 16, "--doc_stride", 16, *FAST]
     v2 = write(tmp_path / "v2_mixed.json", nested([{**GOOD, "id": "0", "answers": [], "is_impossible": True}, GOOD]))
     for argv, words in (((tmp_path / "broken.json", good), "is not JSON"),
                         ((tmp_path / "nope.json", good), "no such file"),
                         ((unanswered, good, "--version_2_with_negative"), "no question has an answer"),
-                        # the check runs on the questions used: the first one, here, has no answer (class 3)
+                        # the check runs on the questions used: the first one, here, has no answer
                         ((v2, good, "--version_2_with_negative", "--max_train_samples", 1),
-                         "no question has an answer")):  # fmt: skip
+                         "no question has an answer")):
         line = input_error(run_qa.main, [*base, "--train_file", argv[0], "--validation_file", argv[1], *argv[2:]])
         assert words in line, line
 
@@ -337,7 +337,7 @@ def test_other_unreadable_data_is_refused(tmp_path, tiny):
 @pytest.mark.parametrize("flags, words", [
     (("--doc_stride", 45), "--doc_stride 45 leaves no new context"),  # 64 - 16 - 3 = 45 context tokens
     (("--max_query_length", 70), "--max_query_length 70 leaves no room for the context in windows of 64 tokens "
-     "(--max_seq_length, with 3 special tokens): give less than 61"),  # named, not --doc_stride (class 6)
+     "(--max_seq_length, with 3 special tokens): give less than 61"),  # named, not --doc_stride
     (("--doc_stride", -1), "--doc_stride -1"),
     (("--n_best_size", 0), "--n_best_size 0"),
     (("--max_query_length", 0), "--max_query_length 0"),
@@ -351,12 +351,12 @@ def test_other_unreadable_data_is_refused(tmp_path, tiny):
     (("--teacher_name_or_path", "T", "--temperature", 0), "--temperature 0"),
     (("--teacher_name_or_path", "T", "--alpha_ce", 0), "--alpha_ce 0"),
     (("--seeds", 0), "--seeds"),
-])  # fmt: skip
+])
 def test_bad_flags_are_refused_in_one_line(tmp_path, tiny, flags, words):
     good = write(tmp_path / "good.json", nested([GOOD]))
     line = input_error(run_qa.main, ["--model_name_or_path", tiny, "--train_file", good, "--validation_file", good,
                                      "--output_dir", tmp_path / "out", "--max_seq_length", 64,
-                                     "--max_query_length", 16, "--doc_stride", 16, *FAST, *flags])  # fmt: skip
+                                     "--max_query_length", 16, "--doc_stride", 16, *FAST, *flags])
     assert words in line, line
 
 
@@ -365,7 +365,7 @@ def test_bad_flags_are_refused_in_one_line(tmp_path, tiny, flags, words):
     (("--train_file", "t.json"), "give --train_file and --validation_file"),
     (("--dataset_name", "squad", "--train_file", "t.json", "--validation_file", "v.json"), "not both"),
     (("--dataset_name", "squad_v2"), "add --version_2_with_negative"),
-])  # fmt: skip
+])
 def test_where_the_data_comes_from_is_checked_first(tmp_path, tiny, sources, words):
     line = input_error(run_qa.main, ["--model_name_or_path", tiny, "--output_dir", tmp_path / "out", *sources])
     assert words in line, line
@@ -374,7 +374,7 @@ def test_where_the_data_comes_from_is_checked_first(tmp_path, tiny, sources, wor
 def test_an_unreachable_hub_dataset_is_one_line(tmp_path, tiny):
     line = input_error(run_qa.main, ["--model_name_or_path", tiny, "--output_dir", tmp_path / "out",
                                      "--dataset_name", "no_such_squad_here", "--max_seq_length", 64,
-                                     "--max_query_length", 16, "--doc_stride", 16])  # fmt: skip
+                                     "--max_query_length", 16, "--doc_stride", 16])
     assert "cannot load 'no_such_squad_here' from the hub" in line
 
 
@@ -385,30 +385,30 @@ def test_a_teacher_must_be_a_qa_model_with_the_students_tokenization(tmp_path, t
     other = tmp_path / "other_qa"
     BertForQuestionAnswering(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
                                         num_attention_heads=2, intermediate_size=64,
-                                        max_position_embeddings=64)).save_pretrained(other)  # fmt: skip
+                                        max_position_embeddings=64)).save_pretrained(other)
     tok.save_pretrained(other)
     for teacher, words in ((tiny, "is not a question-answering model"), (other, "need one tokenization")):
         line = input_error(run_qa.main, ["--model_name_or_path", tiny, "--train_file", good, "--validation_file", good,
                                          "--output_dir", tmp_path / "out", "--max_seq_length", 64,
                                          "--max_query_length", 16, "--doc_stride", 16, *FAST,
-                                         "--teacher_name_or_path", teacher])  # fmt: skip
+                                         "--teacher_name_or_path", teacher])
         assert words in line, line
 
 
 def test_a_teacher_with_fewer_positions_limits_the_windows(tmp_path, tiny, tokenizer_dir):
     """The windows are read by the teacher too: its 40 positions, fewer than the student's 64 and than
-    --max_seq_length, set their length, as run_glue.py does (issue 46, class 6: this was an IndexError)."""
+    --max_seq_length, set their length, as run_glue.py does (this was an IndexError)."""
     good = write(tmp_path / "good.json", nested([GOOD, {**GOOD, "id": "2"}]))
     tok = BertTokenizer.from_pretrained(str(tokenizer_dir))
     short = tmp_path / "short_teacher"
     torch.manual_seed(0)
     BertForQuestionAnswering(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
                                         num_attention_heads=2, intermediate_size=64,
-                                        max_position_embeddings=40)).save_pretrained(short)  # fmt: skip
+                                        max_position_embeddings=40)).save_pretrained(short)
     tok.save_pretrained(short)
     proc = run_main(run_qa.main, "--model_name_or_path", tiny, "--train_file", good, "--validation_file", good,
                     "--output_dir", tmp_path / "out", "--max_seq_length", 64, "--max_query_length", 16,
-                    "--doc_stride", 8, "--max_steps", 1, *FAST, "--teacher_name_or_path", short)  # fmt: skip
+                    "--doc_stride", 8, "--max_steps", 1, *FAST, "--teacher_name_or_path", short)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--max_seq_length 64 is more than the model or its teacher takes: 40" in proc.stdout
     run = json.loads(next((tmp_path / "out" / "squad").glob("lr*/results.json")).read_text())

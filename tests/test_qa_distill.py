@@ -44,7 +44,7 @@ def test_span_losses_equal_a_per_window_computation_over_real_tokens_only():
     # padding does not count: other logits there change nothing
     noise = torch.where(mask, 0.0, torch.randn(3, width, generator=g) * 50)
     assert qa_distill.span_kd(s_start + noise, s_end - noise, t_start - noise, t_end + noise, mask, T).item() == \
-        pytest.approx(np.mean(kd), rel=1e-5)  # fmt: skip
+        pytest.approx(np.mean(kd), rel=1e-5)
     noisy_ce = qa_distill.span_loss(s_start + noise, s_end, starts, ends, mask).item()
     assert noisy_ce == pytest.approx(np.mean(ce), rel=1e-5)
 
@@ -66,13 +66,13 @@ def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_p
     torch.manual_seed(0)
     teacher = BertForQuestionAnswering(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
                                                   num_attention_heads=2, intermediate_size=64,
-                                                  max_position_embeddings=64)).eval()  # fmt: skip
+                                                  max_position_embeddings=64)).eval()
     exs = qa.load_split(str(syn_qa / "v1" / "dev-v1.1.json"), "dev", False, False).examples[:20]
     cols = qa.features(tok, exs, 48, 8, 16, training=True)
     ds = datasets.Dataset.from_dict({k: cols[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
     assert len({len(ids) for ids in cols["input_ids"]}) > 1  # windows of several lengths: batches are padded
     targs = SimpleNamespace(fp16=False, bf16=False, per_device_eval_batch_size=4, device=torch.device("cpu"),
-                            process_index=0, disable_tqdm=True)  # fmt: skip
+                            process_index=0, disable_tqdm=True)
     identity = {"model": "a tiny QA teacher", "weights": "seed 0"}
     got = qa_distill.with_teacher_logits(teacher, identity, ds, tok, targs, str(tmp_path / "cache"))
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
@@ -88,17 +88,17 @@ def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_p
     torch.manual_seed(1)  # another teacher (another identity): a miss, computed anew and kept beside the first
     other = BertForQuestionAnswering(teacher.config).eval()
     new = qa_distill.with_teacher_logits(other, {**identity, "weights": "seed 1"}, ds, tok, targs,
-                                         str(tmp_path / "cache"))  # fmt: skip
+                                         str(tmp_path / "cache"))
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
     assert not np.allclose(new[0][qa_distill.TEACHER_START], got[0][qa_distill.TEACHER_START])
-    # Damage of other kinds (issue 46, class 4): another teacher's file under this one's name, then this file's
+    # Damage of other kinds: another teacher's file under this one's name, then this file's
     # logits changed in place to other finite numbers. Each is said, recomputed, and never used.
     first, second = sorted((tmp_path / "cache").glob("*.npz"), key=lambda p: p.stat().st_mtime)
     first.write_bytes(second.read_bytes())
     capsys.readouterr()
     fixed = qa_distill.with_teacher_logits(teacher, identity, ds, tok, targs, str(tmp_path / "cache"))
     assert f"the cached teacher logits at {first} were not used (it holds the logits of another key" in (
-        capsys.readouterr().out)  # fmt: skip
+        capsys.readouterr().out)
     assert fixed[0][qa_distill.TEACHER_START] == got[0][qa_distill.TEACHER_START]
     overwrite_logits(first, lambda a: a.__setitem__(slice(0, 5), 1.5))
     fixed = qa_distill.with_teacher_logits(teacher, identity, ds, tok, targs, str(tmp_path / "cache"))

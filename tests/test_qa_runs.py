@@ -31,9 +31,9 @@ def answers_alone(folder, dev):
     cols = qa.features(AutoTokenizer.from_pretrained(str(folder)), dev.examples, 64, 16, 24, training=False)
     with torch.no_grad():
         outs = [model(**{k: torch.tensor([cols[k][i]]) for k in ("input_ids", "token_type_ids", "attention_mask")})
-                for i in range(len(cols["input_ids"]))]  # fmt: skip
+                for i in range(len(cols["input_ids"]))]
     answers, _, _ = qa.postprocess(dev.examples, cols, [o.start_logits[0].numpy() for o in outs],
-                                   [o.end_logits[0].numpy() for o in outs])  # fmt: skip
+                                   [o.end_logits[0].numpy() for o in outs])
     return answers
 
 
@@ -43,7 +43,7 @@ def qa_argv(model, data, out, *extra, version="v1"):
             "--validation_file", data / version / "dev.flat.json", "--output_dir", out, "--max_seq_length", 64,
             "--max_query_length", 24, "--doc_stride", 16, "--max_train_samples", 200, "--max_eval_samples", 60,
             "--learning_rate", 1e-3, "--per_device_train_batch_size", 16, *FAST, *extra,
-            *(["--version_2_with_negative"] if version == "v2" else [])]  # fmt: skip
+            *(["--version_2_with_negative"] if version == "v2" else [])]
 
 
 @pytest.mark.slow
@@ -66,7 +66,7 @@ def test_a_qa_teacher_is_saved_then_distilled_into_a_student_and_runs_are_kept(t
     # the same model, now distilled from the saved teacher; the teacher's logits kept, then read
     cache = tmp_path / "cache"
     kd = ("--teacher_name_or_path", run / "model", "--alpha_ce", 0.7, "--alpha_squad", 0.3, "--temperature", 3,
-          "--teacher_logits_cache", cache, "--max_steps", 10)  # fmt: skip
+          "--teacher_logits_cache", cache, "--max_steps", 10)
     proc = run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / "student", *kd), check=True)
     assert "took" in proc.stdout and len(list(cache.glob("*.npz"))) == 1
     student = json.loads((tmp_path / "student" / "results.json").read_text())
@@ -74,7 +74,7 @@ def test_a_qa_teacher_is_saved_then_distilled_into_a_student_and_runs_are_kept(t
     kept = run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / "student", *kd), check=True)
     assert "kept" in kept.stdout and "fine-tuning" not in kept.stdout
     redo = run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / "student", *kd, "--overwrite_output_dir"),
-                    check=True)  # fmt: skip
+                    check=True)
     assert "read from" in redo.stdout
     hotter = [*kd[:7], 4, *kd[8:]]  # --temperature 4: another distillation, not the kept run
     line = input_error(run_qa.main, qa_argv(tiny, syn_qa, tmp_path / "student", *hotter))
@@ -131,9 +131,9 @@ def test_torchrun_distils_on_two_processes_and_answers_in_order(tmp_path, tiny, 
     teacher_model = teacher / "squad" / "lr0.001_seed42" / "model"
     out = tmp_path / "ddp"
     argv = qa_argv(tiny, syn_qa, out, "--num_train_epochs", 1, "--save_model", "--teacher_name_or_path",
-                   teacher_model, "--teacher_logits_cache", "off")  # fmt: skip
+                   teacher_model, "--teacher_logits_cache", "off")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "scripts" / "run_qa.py"), *map(str, argv)]  # fmt: skip
+           str(ROOT / "scripts" / "run_qa.py"), *map(str, argv)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = out / "squad" / "lr0.001_seed42"

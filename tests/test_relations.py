@@ -22,14 +22,14 @@ VOCAB = 40
 def tiny_teacher(attn="sdpa", heads=4):
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=VOCAB, hidden_size=24, num_hidden_layers=3, num_attention_heads=heads,
-                     intermediate_size=48, initializer_range=0.3, attn_implementation=attn)  # fmt: skip
+                     intermediate_size=48, initializer_range=0.3, attn_implementation=attn)
     return BertForMaskedLM(cfg).eval()
 
 
 def tiny_student(attn="sdpa"):
     torch.manual_seed(1)
     cfg = DistilBertConfig(vocab_size=VOCAB, dim=16, n_layers=2, n_heads=4, hidden_dim=32, initializer_range=0.3,
-                           attn_implementation=attn)  # fmt: skip
+                           attn_implementation=attn)
     return DistilBertForMaskedLM(cfg).eval()
 
 
@@ -59,7 +59,7 @@ def kl_by_hand(p_t, p_s, mask):
                 if mask[b, q]:
                     keys = [k for k in range(length) if mask[b, k]]
                     total += sum(float(p_t[b, h, q, k]) * math.log(float(p_t[b, h, q, k] / p_s[b, h, q, k]))
-                                 for k in keys)  # fmt: skip
+                                 for k in keys)
                     count += 1
     return total / count
 
@@ -102,7 +102,7 @@ def test_relation_losses_equal_a_hand_computation(name, which):
         x_s = student(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[1]
         lin_t, lin_s = attention_projections(teacher, 1)[0][which], attention_projections(student, 1)[0][which]
         by_hand = kl_by_hand(relation_by_hand(x_t @ lin_t.weight.T + lin_t.bias, 2, mask),
-                             relation_by_hand(x_s @ lin_s.weight.T + lin_s.bias, 2, mask), mask)  # fmt: skip
+                             relation_by_hand(x_s @ lin_s.weight.T + lin_s.bias, 2, mask), mask)
         ours = relation_losses(qkv(student, 1, ids, mask), qkv(teacher, 1, ids, mask), mask, [name], 4, 2)[name]
     assert ours.item() == pytest.approx(by_hand, rel=1e-4)
 
@@ -115,7 +115,7 @@ def test_padding_changes_nothing():
         for width in (9, 14):
             ids, mask, _ = padded_batch(width)
             losses.append(relation_losses(qkv(student, 1, ids, mask), qkv(teacher, 2, ids, mask), mask,
-                                          RELATION_LOSSES, 4, 2))  # fmt: skip
+                                          RELATION_LOSSES, 4, 2))
     for name in RELATION_LOSSES:
         assert losses[0][name].item() == pytest.approx(losses[1][name].item(), rel=1e-5)
 
@@ -134,7 +134,7 @@ def test_layers_and_heads_are_checked():
     params = SimpleNamespace(teacher_layer=None, relation_heads=None)
     assert relation_layers(student, teacher, ["att", "vv"], params) == (1, 2, (4, 4))
     assert relation_layers(student, teacher, ["vv"], SimpleNamespace(teacher_layer=2, relation_heads=8)) == (
-        1, 1, (4, 8))  # fmt: skip
+        1, 1, (4, 8))
     with pytest.raises(InputError, match="the teacher has layers 1 to 3"):
         relation_layers(student, teacher, ["vv"], SimpleNamespace(teacher_layer=4, relation_heads=None))
     with pytest.raises(InputError, match="does not divide the student's attention width 16"):
@@ -165,7 +165,7 @@ def test_the_distiller_adds_them_without_touching_the_other_losses(base_argv):
     weights = {"att": 1.0, "qq": 0.5, "kk": 0.5, "vv": 1.0}
     assert set(weights) <= set(b) and not set(weights) & set(a)
     assert b["loss"].item() == pytest.approx(a["loss"].item() + sum(w * b[k].item() for k, w in weights.items()),
-                                             rel=1e-6)  # fmt: skip
+                                             rel=1e-6)
 
     # only the relation losses: their gradient reaches the last layer's projections, not the vocabulary head
     _, only, _ = build_distiller(base_argv + RELATIONS + ["--alpha_ce", "0", "--alpha_mlm", "0", "--alpha_cos", "0"])

@@ -1,5 +1,5 @@
 """A run killed mid-epoch and resumed ends with exactly the weights of the same run uninterrupted, whatever the
-sampler (issue 46, class 1): run_glue.py fine-tuning and distillation, and run_qa.py, with the default
+sampler: run_glue.py fine-tuning and distillation, and run_qa.py, with the default
 length-grouped batches and with random ones. Before, the length-grouped order of the resumed epoch came from
 the global RNG and differed."""
 
@@ -49,7 +49,7 @@ def resumed_equals_whole(tmp_path, monkeypatch, script, argv_for, task, run, kil
     assert f"resuming from {cut / task / run / f'checkpoint-{kill_at}'}" in proc.stdout
     a, b = weights(whole, task, run), weights(cut, task, run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(
-        a[k], b[k])][:3]  # fmt: skip
+        a[k], b[k])][:3]
 
 
 @pytest.mark.slow
@@ -59,11 +59,11 @@ def test_run_glue_resumed_mid_epoch_is_the_run_uninterrupted(tmp_path, monkeypat
                                                              custom_task, sampling, distil):  # noqa: F811
     def argv_for(out):  # 48 rows, batches of 8: 6 steps an epoch; 14 steps; killed at step 8, in epoch 1
         extra = ["--teacher_name_or_path", bpe_teacher, "--alpha_ce", 0.5, "--alpha_task", 0.5,
-                 "--unlabeled_samples", 8] if distil else []  # fmt: skip
+                 "--unlabeled_samples", 8] if distil else []
         return ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
                 custom_task / "dev.csv", "--output_dir", out, "--max_train_samples", 40, "--max_steps", 14,
                 "--per_device_train_batch_size", 8, "--train_sampling_strategy", sampling, "--save_model",
-                *FAST[:2], "--disable_tqdm", "true", "--save_strategy", "steps", "--save_steps", 8, *extra]  # fmt: skip
+                *FAST[:2], "--disable_tqdm", "true", "--save_strategy", "steps", "--save_steps", 8, *extra]
 
     resumed_equals_whole(tmp_path, monkeypatch, run_glue, argv_for, "custom", "lr2e-05_seed42", 8)
 
@@ -72,7 +72,7 @@ def test_run_glue_resumed_mid_epoch_is_the_run_uninterrupted(tmp_path, monkeypat
 def test_run_qa_resumed_mid_epoch_is_the_run_uninterrupted(tmp_path, monkeypatch, tiny, syn_qa):  # noqa: F811
     def argv_for(out):
         argv = qa_argv(tiny, syn_qa, out, "--max_steps", 16, "--save_model", "--per_device_train_batch_size", 8,
-                       "--max_train_samples", 24)  # fmt: skip  # a few steps an epoch: killed in a later epoch
+                       "--max_train_samples", 24)  # a few steps an epoch: killed in a later epoch
         i = argv.index("--save_strategy")
         return argv[:i] + ["--save_strategy", "steps", "--save_steps", 10] + argv[i + 2:]
 

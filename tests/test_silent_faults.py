@@ -1,4 +1,4 @@
-"""Issue 32: faults that gave a wrong result with exit 0, or a traceback, or a state no rerun repairs. Each
+"""Faults that gave a wrong result with exit 0, or a traceback, or a state no rerun repairs. Each
 test is named after the case a fault probe hit, and covers the other members of its class (another array
 of the same file, another script, another flag)."""
 
@@ -40,14 +40,14 @@ def corpus(tmp_path_factory, articles):
 def binarize(folder, dump, tokenizer_dir, *extra):
     folder.mkdir(parents=True, exist_ok=True)
     proc = run_main(binarized_data.main, "--file_path", dump, "--tokenizer_name", tokenizer_dir,
-                    "--dump_file", folder / "bin", "--num_proc", 1, *extra)  # fmt: skip
+                    "--dump_file", folder / "bin", "--num_proc", 1, *extra)
     assert proc.returncode == 0, proc.stderr
     return folder / f"bin.{tokenizer_dir.name}.pickle", folder / f"bin.{tokenizer_dir.name}.valid.pickle"
 
 
 def count(data_file, counts_file, vocab):
     run_main(token_counts.main, "--data_file", data_file, "--token_counts_dump", counts_file, "--vocab_size", vocab,
-             check=True)  # fmt: skip
+             check=True)
     return counts_file
 
 
@@ -65,7 +65,7 @@ def train_argv(tmp_path, data_file, counts_file, teacher_dir, tokenizer_dir):
     return ["--data_file", str(data_file), "--token_counts", str(counts_file), "--student_type", "distilbert",
             "--student_config", str(config), "--teacher_type", "bert", "--teacher_name", str(teacher_dir), "--mlm",
             "--batch_size", "8", "--gradient_accumulation_steps", "1", "--n_epoch", "1", "--n_gpu", "0",
-            "--dump_path", str(tmp_path / "run")]  # fmt: skip
+            "--dump_path", str(tmp_path / "run")]
 
 
 def train_error(argv):
@@ -100,11 +100,11 @@ def test_a_held_out_file_that_overlaps_the_training_data(tmp_path, corpus, token
     assert not (tmp_path / "run").exists()
     # the same check in scripts/evaluate.py, which finds the training file through its token counts
     line = input_error(evaluate.main, ["--data_file", overlapping, "--token_counts", counts, "--model", teacher_dir,
-                                       "--output", tmp_path / "eval.json"])  # fmt: skip
+                                       "--output", tmp_path / "eval.json"])
     assert "shares 20 of its 40 sequences with" in line and not (tmp_path / "eval.json").exists()
     # the proper held-out file passes both
     data_checks.check_held_out(train_file, data_format.load_binarized(train_file), valid_file,
-                           data_format.load_binarized(valid_file))  # fmt: skip
+                           data_format.load_binarized(valid_file))
 
 
 def damage(folder, name, change):
@@ -118,7 +118,7 @@ def damage(folder, name, change):
 DAMAGE = {  # what a probe did to an array, keeping its size -> the words of the refusal
     "offsets_moved_up": ("offsets.npy", lambda a: a.__setitem__(len(a) // 2, a[len(a) // 2] + 5000), "decreases"),
     "offsets_moved_by_one": ("offsets.npy", lambda a: a.__setitem__(len(a) // 2, a[len(a) // 2] + 1),
-                             "disagree on where sequences end"),  # fmt: skip
+                             "disagree on where sequences end"),
     "lengths_changed": ("00000.lengths.npy", lambda a: a.__setitem__(3, a[3] + 1), "disagree on where sequences end"),
     "order_repeats": ("order.npy", lambda a: a.__setitem__(1, a[0]), "order.npy repeats sequences"),
     "order_out_of_range": ("order.npy", lambda a: a.__setitem__(2, len(a) + 7), "order.npy holds sequence"),
@@ -139,7 +139,7 @@ def test_damage_that_keeps_array_sizes(tmp_path, corpus, tokenizer_dir, teacher_
         data_format.load_binarized(train_file)
     assert words in train_error(train_argv(tmp_path, train_file, counts, teacher_dir, tokenizer_dir))
     assert words in input_error(token_counts.main, ["--data_file", train_file, "--token_counts_dump",
-                                                    tmp_path / "c2.pickle", "--vocab_size", 400])  # fmt: skip
+                                                    tmp_path / "c2.pickle", "--vocab_size", 400])
     assert not (tmp_path / "run").exists() and not (tmp_path / "c2.pickle").exists()
 
 
@@ -150,7 +150,7 @@ def test_token_ids_beyond_the_vocabulary(tmp_path, corpus, tokenizer_dir, teache
     assert "holds token ids >= the vocabulary size" in train_error(
         train_argv(tmp_path, train_file, counts, teacher_dir, tokenizer_dir))
     line = input_error(token_counts.main, ["--data_file", train_file, "--token_counts_dump", tmp_path / "c2.pickle",
-                                           "--vocab_size", vocab_size(tokenizer_dir)])  # fmt: skip
+                                           "--vocab_size", vocab_size(tokenizer_dir)])
     assert "holds token id 60000, outside --vocab_size" in line
 
 
@@ -164,7 +164,7 @@ def test_token_counts_of_another_vocabulary_of_the_same_size(tmp_path, corpus, t
     argv = train_argv(tmp_path, train_file, their_counts, teacher_dir, tokenizer_dir)
     assert "counts the ids of another vocabulary of the same size" in train_error(argv)
     line = input_error(evaluate.main, ["--data_file", train_file, "--token_counts", their_counts, "--model",
-                                       teacher_dir, "--output", tmp_path / "eval.json"])  # fmt: skip
+                                       teacher_dir, "--output", tmp_path / "eval.json"])
     assert "counts the ids of another vocabulary of the same size" in line
     # counts of this vocabulary pass
     ours = count(train_file, tmp_path / "our_counts.pickle", len(vocab))
@@ -185,7 +185,7 @@ def break_header(path):
 
 
 @pytest.mark.parametrize("array,harm", [("tokens", truncate_half), ("tokens", break_header),
-                                        ("lengths", truncate_half), ("lengths", break_header)])  # fmt: skip
+                                        ("lengths", truncate_half), ("lengths", break_header)])
 def test_a_truncated_shard_is_repaired(tmp_path, corpus, tokenizer_dir, array, harm):
     train_file, _ = binarize(tmp_path, corpus, tokenizer_dir, "--shard_mb", 0.002)
     before = [s.tolist() for s in data_format.load_binarized(train_file).sequences()]
@@ -211,7 +211,7 @@ def test_float_flags_refuse_nan_and_infinity_in_every_script(tmp_path, corpus, t
             assert f"argument --{flag}: must be a finite number" in train_error([*argv, f"--{flag}={bad}"])
     for flag in ("mlm_smoothing", "word_mask"):
         line = input_error(evaluate.main, ["--data_file", train_file, "--token_counts", counts, "--model",
-                                           teacher_dir, f"--{flag}", "nan"])  # fmt: skip
+                                           teacher_dir, f"--{flag}", "nan"])
         assert f"argument --{flag}: must be a finite number" in line
     line = input_error(binarized_data.main, ["--file_path", corpus, "--shard_mb", "inf"])
     assert "--shard_mb: must be positive and finite" in line
@@ -220,7 +220,7 @@ def test_float_flags_refuse_nan_and_infinity_in_every_script(tmp_path, corpus, t
 
 def test_a_folder_given_as_the_dump_is_named_a_folder(tmp_path, tokenizer_dir):
     line = input_error(binarized_data.main, ["--file_path", tmp_path, "--tokenizer_name", tokenizer_dir,
-                                             "--dump_file", tmp_path / "out" / "bin"])  # fmt: skip
+                                             "--dump_file", tmp_path / "out" / "bin"])
     assert f"--file_path {tmp_path} is a folder" in line and not (tmp_path / "out").exists()
 
 
@@ -261,7 +261,7 @@ def test_temporary_files_of_a_living_writer_are_left_alone(tmp_path):
         mine = next(tmp_path.glob(".offsets.npy.*.tmp"))
         assert mine.name.startswith(f".offsets.npy.{files.HOST}.{os.getpid()}.") and mine.exists()
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
+                              text=True, check=True).stdout.strip()
         gone = tmp_path / f".offsets.npy.{files.HOST}.{dead}.abcd.tmp"
         gone.write_text("left by a killed run")
         other_host = tmp_path / ".offsets.npy.elsewhere.1.abcd.tmp"
@@ -274,7 +274,7 @@ def test_temporary_files_of_a_living_writer_are_left_alone(tmp_path):
     script = ("import sys\nfrom core import files\n"
               "for i in range(200):\n"
               "    with files.atomic_write(sys.argv[1]) as f:\n"
-              "        f.write(sys.argv[2].encode() * 1000)\n")  # fmt: skip
+              "        f.write(sys.argv[2].encode() * 1000)\n")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(target), tag]) for tag in "ab"]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert target.read_bytes() in (b"a" * 1000, b"b" * 1000)
@@ -296,7 +296,7 @@ def test_an_unwritable_held_out_file_is_named(tmp_path, corpus, tokenizer_dir, m
 
     monkeypatch.setattr(binarized_data, "save_manifest", refuse_valid)
     argv = ["--file_path", corpus, "--tokenizer_name", tokenizer_dir, "--dump_file", tmp_path / "bin",
-            "--valid_size", 10, "--num_proc", 1]  # fmt: skip
+            "--valid_size", 10, "--num_proc", 1]
     line = input_error(binarized_data.main, argv)
     assert f"could not write {valid_file} (Permission denied)" in line and "free space" not in line
 
@@ -327,7 +327,7 @@ def test_a_teacher_of_the_wrong_type_gives_no_student(tmp_path, articles, tokeni
     roberta, _ = bpe_teacher(tmp_path / "roberta", "roberta", [a["text"] for a in articles[:40]])
     gpt_config = tmp_path / "gpt2.json"  # GPT-2 fields that fit the RoBERTa folder's, as the probe's did
     gpt_config.write_text(GPT2Config(vocab_size=roberta.config.vocab_size, n_embd=32, n_layer=2, n_head=2,
-                                     n_positions=130).to_json_string())  # fmt: skip
+                                     n_positions=130).to_json_string())
     out = tmp_path / "init.safetensors"
     not_gpt2 = "is a RoBERTa checkpoint (model_type 'roberta'), not GPT-2"
     not_roberta = "is a BERT checkpoint (model_type 'bert'), not RoBERTa"
@@ -338,7 +338,7 @@ def test_a_teacher_of_the_wrong_type_gives_no_student(tmp_path, articles, tokeni
         (extract_student.main, ["--model_type", "roberta", "--model_name", teacher_dir, "--student_config",
                                 tmp_path / "roberta" / "config.json"], not_roberta),
         (extract_bert.main, ["--model_name", tmp_path / "roberta"], not_bert),
-    ]  # fmt: skip
+    ]
     for main, argv, words in cases:
         assert words in input_error(main, [*argv, "--dump_checkpoint", out])
         assert not out.exists()
@@ -349,14 +349,14 @@ def test_a_teacher_of_the_wrong_type_gives_no_student(tmp_path, articles, tokeni
     shutil.copytree(teacher_dir, pruned)
     weights = load_file(str(pruned / "model.safetensors"))
     save_file({k: v for k, v in weights.items() if ".layer.1." not in k}, str(pruned / "model.safetensors"),
-              metadata={"format": "pt"})  # fmt: skip
+              metadata={"format": "pt"})
     config = write_student_config(tmp_path / "student.json", vocab_size(tokenizer_dir), layers=2)
     line = input_error(extract_bert.main, ["--model_name", pruned, "--student_config", config,
-                                           "--dump_checkpoint", out])  # fmt: skip
+                                           "--dump_checkpoint", out])
     assert "did not fill" in line and "bert.encoder.layer.1." in line and not out.exists()
     # and one layer named twice
     line = input_error(extract_bert.main, ["--model_name", teacher_dir, "--student_config", config, "--layers", "0,0",
-                                           "--dump_checkpoint", out])  # fmt: skip
+                                           "--dump_checkpoint", out])
     assert "--layers 0,0 copies teacher layer 0 twice" in line and not out.exists()
 
 
@@ -397,10 +397,10 @@ def test_an_unfinished_training_run_given_as_a_model_is_named(tmp_path, corpus, 
     counts = count(train_file, tmp_path / "counts.pickle", vocab_size(tokenizer_dir))
     words = f"cannot load the masked LM {run}: it is a train.py run that has not finished"
     assert words in input_error(evaluate.main, ["--data_file", train_file, "--token_counts", counts, "--model", run,
-                                                "--tokenizer_name", tokenizer_dir])  # fmt: skip
+                                                "--tokenizer_name", tokenizer_dir])
     unfinished = f"{run}: it is a train.py run that has not finished: the model is written at its end"
     assert unfinished in input_error(fill_mask.main, ["--model", run, "--text", "the [MASK] river"])
     (run / "checkpoint.pth").unlink()
     line = input_error(evaluate.main, ["--data_file", train_file, "--token_counts", counts, "--model", run,
-                                       "--tokenizer_name", tokenizer_dir])  # fmt: skip
+                                       "--tokenizer_name", tokenizer_dir])
     assert f"cannot load the masked LM {run}: no config.json there" in line

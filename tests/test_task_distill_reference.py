@@ -1,4 +1,4 @@
-"""Task distillation pinned to a plain PyTorch loop (issue 36): run_glue.py's own path (the Trainer, the cached
+"""Task distillation pinned to a plain PyTorch loop: run_glue.py's own path (the Trainer, the cached
 teacher logits, the collator, DistillTrainer) against a loop of a few lines written from the textbook, on a
 tiny model and task, dropout off, one seed, fp32. Per step, the KD, task and total losses and, at the end,
 every weight agree to float tolerance.
@@ -66,7 +66,7 @@ def student(tmp_path_factory, teacher, task_teacher):  # noqa: F811
     tok = AutoTokenizer.from_pretrained(teacher)
     config = tiny_bert_config(len(tok), layers=2)
     config.update(dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, id2label=labels,
-                       label2id={v: k for k, v in labels.items()}))  # fmt: skip
+                       label2id={v: k for k, v in labels.items()}))
     torch.manual_seed(1)
     folder = tmp_path_factory.mktemp("student")
     BertForSequenceClassification(config).save_pretrained(folder)
@@ -84,7 +84,7 @@ def project_run(tmp_path, monkeypatch, student, teacher_dir, task):
         "--unlabeled_samples", UNLABELLED, "--per_device_train_batch_size", BATCH,
         "--gradient_accumulation_steps", ACCUMULATE, "--num_train_epochs", EPOCHS, "--learning_rate", LR,
         "--train_sampling_strategy", "sequential", "--logging_steps", 1, "--save_model", *FAST,
-    )])  # fmt: skip
+    )])
     weights = load_file(str(tmp_path / "kd" / "custom" / f"lr{LR:g}_seed42" / "model" / "model.safetensors"))
     return recorder.steps, weights
 
@@ -106,10 +106,10 @@ def reference_run(student, teacher_dir, task):
 
     no_decay = [n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)]
     decay = [p for n, p in model.named_parameters()
-             if not n.endswith("bias") and not any(n.startswith(m + ".") for m in no_decay)]  # fmt: skip
+             if not n.endswith("bias") and not any(n.startswith(m + ".") for m in no_decay)]
     rest = [p for p in model.parameters() if all(p is not q for q in decay)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
-                            lr=LR, eps=1e-8)  # fmt: skip
+                            lr=LR, eps=1e-8)
     total = EPOCHS * len(windows)
     warmup = math.ceil(0.1 * total)
     sched = torch.optim.lr_scheduler.LambdaLR(

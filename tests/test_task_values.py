@@ -1,4 +1,4 @@
-"""Task data whose values are of the wrong type or show nothing (issue 46, classes 3 and 5): a number where a
+"""Task data whose values are of the wrong type or show nothing: a number where a
 text goes is refused in one line; rows without text are left out and counted the same way in every file kind
 (the task's own files, a transfer .txt, .jsonl or .tsv); and what a run records is the rows it used."""
 
@@ -36,7 +36,7 @@ def test_a_number_where_a_text_goes_is_refused(tmp_path, teacher, bpe_teacher, c
     line = input_error(run_glue.main, ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv",
                                        "--validation_file", custom_task / "dev.csv", "--output_dir", tmp_path / "o",
                                        "--teacher_name_or_path", bpe_teacher, "--transfer_file",
-                                       tmp_path / "numbers.jsonl", *FAST])  # fmt: skip
+                                       tmp_path / "numbers.jsonl", *FAST])
     assert line.endswith("numbers.jsonl: column 'text' holds a int, not a text, at line 2 (write texts as strings)")
     # the task's own files too (another file kind: a JSON array)
     rows = [{"sentence": "a good film", "label": 1}, {"sentence": 3.5, "label": 0}]
@@ -44,7 +44,7 @@ def test_a_number_where_a_text_goes_is_refused(tmp_path, teacher, bpe_teacher, c
     (tmp_path / "dev.json").write_text(json.dumps(rows[:1]))
     line = input_error(run_glue.main, ["--model_name_or_path", teacher, "--train_file", tmp_path / "train.json",
                                        "--validation_file", tmp_path / "dev.json", "--output_dir", tmp_path / "o",
-                                       *FAST])  # fmt: skip
+                                       *FAST])
     assert "train.json: column 'sentence' holds a float, not a text, at row 2" in line
     assert not (tmp_path / "o").exists()
 
@@ -62,5 +62,5 @@ def test_unlabeled_samples_are_recorded_as_used_not_as_asked(tmp_path, teacher, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     # 200 training rows, 40 labelled: 160 left
     assert "--unlabeled_samples 5,000: custom has 160 training examples after the 40 labelled ones: using 160" in (
-        proc.stdout)  # fmt: skip
+        proc.stdout)
     assert run_of(tmp_path / "out")["teacher"]["unlabeled_rows_used"] == {"task": 160, "transfer_file": 0}

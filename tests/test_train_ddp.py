@@ -92,7 +92,7 @@ def test_train_sh_runs_the_reference_setup(run_files, tmp_path):
     # OBJECTIVE picks the losses: MiniLM's flag set, and MiniLMv2's 48 relation heads, too many for this student
     run = lambda objective, *args: subprocess.run(  # noqa: E731
         ["bash", str(ROOT / "train.sh"), "--force", *extra, *args], capture_output=True, text=True, timeout=300,
-        env=dict(env, OBJECTIVE=objective))  # fmt: skip
+        env=dict(env, OBJECTIVE=objective))
     proc = run("minilm", "--stop_after_iter", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     params = json.loads((tmp_path / "run" / "parameters.json").read_text())

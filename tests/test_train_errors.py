@@ -135,7 +135,7 @@ def test_relation_flags_without_a_relation_loss_are_warned_about(run_files, tmp_
     train.main(with_args(argv + flags, dump_path=tmp_path / "run", stop_after_iter=1))
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warned == ["--teacher_layer and --relation_heads: ignored, only the relation losses (--alpha_att/qq/kk/vv) "
-                      "use them"]  # fmt: skip
+                      "use them"]
     assert (tmp_path / "run" / "parameters.json").is_file()  # and the run went on
 
     caplog.clear()

@@ -28,10 +28,10 @@ PROGRESS = ("epoch", "batch_in_epoch", "n_total_iter", "n_optimizer_steps", "n_e
 def save(d, path, rngs):
     """Distiller `d`'s resumable state to `path`; `rngs`: every rank's RNG states, by rank."""
     progress = {**{k: getattr(d, k) for k in PROGRESS}, "metrics_bytes": metrics_size(d.dump_path),
-                "last_eval_iter": -1 if d.last_eval_iter is None else d.last_eval_iter}  # fmt: skip
+                "last_eval_iter": -1 if d.last_eval_iter is None else d.last_eval_iter}
     write(path, student=d.student_model.state_dict(), optimizer=d.optimizer.state_dict(),
           scheduler=d.scheduler.state_dict(), scaler=d.scaler.state_dict(), progress=progress,
-          meter=d.meter.state_dict(), data_order=d.data_order(), rng=rngs)  # fmt: skip
+          meter=d.meter.state_dict(), data_order=d.data_order(), rng=rngs)
 
 
 def restore(d, path):

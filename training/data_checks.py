@@ -20,7 +20,7 @@ def check_held_out(train_file, train, valid_file, valid):
     if shared:
         raise InputError(f"{valid_file} shares {shared:,} of its {b1 - b0:,} sequences with {train_file}: it is not "
                          "held out; re-run scripts/binarized_data.py with --valid_size N to write both "
-                         "again")  # fmt: skip
+                         "again")
 
 
 def check_data_fits(data_file, data, data_meta, tokenizer, special):

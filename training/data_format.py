@@ -266,7 +266,7 @@ def _read_manifest(path):
         obj = json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise InputError(f"{path} is truncated or damaged (not a whole JSON manifest: {e}): "
-                         f"{BINARIZE_REMEDY}") from None  # fmt: skip
+                         f"{BINARIZE_REMEDY}") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path} holds a JSON {type(obj).__name__}, not a manifest: {BINARIZE_REMEDY}")
     return obj
@@ -322,7 +322,7 @@ def check_stamp(path, obj, folder):
     if current != obj["order_id"]:
         raise InputError(f"{path} is stale: {folder} has been binarized again since it was written, and its "
                          f"positions now mean other sequences (perhaps training ones): delete it, or re-run "
-                         f"scripts/binarized_data.py with the --valid_size that writes it")  # fmt: skip
+                         f"scripts/binarized_data.py with the --valid_size that writes it")
 
 
 CHECK_BLOCK = 1 << 22  # items per vectorized check: a few tens of MB of temporaries whatever the corpus
@@ -380,10 +380,10 @@ def load_binarized(path):
     if Path(path).is_file() and Path(path).stat().st_size and (obj := _read_manifest(path)) is not None:
         if obj.get("kind") != BINARIZED_KIND:
             raise InputError(f"{path} holds {obj.get('kind')!r} data, but {BINARIZED_KIND!r} was expected: "
-                             f"{BINARIZE_REMEDY}")  # fmt: skip
+                             f"{BINARIZE_REMEDY}")
         if obj.get("format_version") != 2:
             raise InputError(f"{path} has format version {obj.get('format_version')!r}; this code reads 1 and 2: "
-                             f"{BINARIZE_REMEDY}")  # fmt: skip
+                             f"{BINARIZE_REMEDY}")
         return _load_manifest(path, obj)
     obj = safe_load_pickle(path, remedy=BINARIZE_REMEDY)
     if isinstance(obj, list):  # upstream: a shuffled list of per-sequence uint16/int32 arrays

@@ -63,7 +63,7 @@ def add_flags(add):
     add("--word_keep", default=WORD_KEEP, type=finite_float, help="share kept as is")
     add("--word_rand", default=WORD_RAND, type=finite_float, help="share replaced by a random token")
     add("--mlm_smoothing", default=SMOOTHING, type=finite_float,
-        help="masking weight ~ count^-smoothing: rare tokens more often (XLM)")  # fmt: skip
+        help="masking weight ~ count^-smoothing: rare tokens more often (XLM)")
 
 
 def check_flags(args):
@@ -78,7 +78,7 @@ class Masking:
     probability ~ token_probs; 80% become [MASK] (word_mask), 10% stay (word_keep), 10% a random token."""
 
     def __init__(self, token_probs, mask_id, vocab_size, mask_prop=MASK_PROP, word_mask=WORD_MASK, word_keep=WORD_KEEP,
-                 device=None):  # fmt: skip
+                 device=None):
         self.device = torch.device(device or "cpu")
         self.token_probs = token_probs.to(self.device, torch.float32)
         self.mask_id = mask_id
@@ -131,7 +131,7 @@ def prepare_batch_clm(token_ids, lengths, device):
     dev = dict(device=device, non_blocking=True)
     n_tokens = int(lengths.sum())
     return Batch(token_ids.to(**dev), attention_mask.to(**dev).long(), rows.to(**dev), targets.to(**dev),
-                 n_tokens, len(targets))  # fmt: skip
+                 n_tokens, len(targets))
 
 
 def _non_pad(token_ids, lengths):

@@ -25,7 +25,7 @@ OBJECTIVES = {
     "minilmv2": dict(qq=1.0, kk=1.0, vv=1.0, relation_heads=48,
                      about="last-layer Q-Q, K-K, V-V relations over 48 heads, Wang et al. 2021"),
     "mlm": dict(mlm=1.0, clm=1.0, about="the LM loss alone, no teacher needed (the no-distillation baseline)"),
-}  # fmt: skip
+}
 
 
 def build_parser(paths_required=True):
@@ -255,7 +255,7 @@ class LossWeights:
     @classmethod
     def from_args(cls, args):
         return cls(ce=args.alpha_ce, mlm=args.alpha_mlm, clm=args.alpha_clm, mse=args.alpha_mse, cos=args.alpha_cos,
-                   att=args.alpha_att, qq=args.alpha_qq, kk=args.alpha_kk, vv=args.alpha_vv)  # fmt: skip
+                   att=args.alpha_att, qq=args.alpha_qq, kk=args.alpha_kk, vv=args.alpha_vv)
 
     def of(self, name):
         """The weight of the loss called `name` (a key of the losses Distiller.compute_losses() returns)."""

@@ -44,7 +44,7 @@ TYPES = {
                  "pad_token_id", "type_vocab_size", "hidden_act", "layer_norm_eps")),
     "gpt2": (GPT2Config, GPT2LMHeadModel, "transformer.h.", "gpt2", "distilgpt2",
              ("n_embd", "n_head", "n_inner", "vocab_size", "n_positions", "activation_function", "layer_norm_epsilon")),
-}  # fmt: skip
+}
 
 
 def check_fits(model_type, config, teacher_config):
@@ -94,19 +94,19 @@ def main(argv=None):
     declared = json.loads(config_path.read_text()).get("model_type", args.model_type)
     if declared != args.model_type:
         raise InputError(f"{config_path} is a {declared} config: --model_type {args.model_type} copies layers between "
-                         f"{args.model_type} models")  # fmt: skip
+                         f"{args.model_type} models")
     dump = Path(args.dump_checkpoint or ROOT / "serialization_dir"
-                / f"{config_path.stem}.from-{Path(name.rstrip('/')).name}.safetensors")  # fmt: skip
+                / f"{config_path.stem}.from-{Path(name.rstrip('/')).name}.safetensors")
     check_writable(dump, "--dump_checkpoint")  # before the teacher is loaded, not after
     teacher, no_head = load_lm(model_class, name, "the teacher")
     if no_head:
         raise InputError(f"the teacher {name} has no LM head (its checkpoint lacks {', '.join(no_head[:3])}): "
-                         f"give a {model_class.__name__} checkpoint")  # fmt: skip
+                         f"give a {model_class.__name__} checkpoint")
     n_teacher, n_student = teacher.config.num_hidden_layers, config.num_hidden_layers
     layers = parse_layers(args.layers, n_student, n_teacher) if args.layers else spread_layers(n_student, n_teacher)
     state = extract(args.model_type, teacher, config, layers)
     metadata = {"teacher": name, "model_type": args.model_type, "teacher_layers": ",".join(map(str, layers)),
-                "student_config": json.dumps(config.to_diff_dict())}  # fmt: skip
+                "student_config": json.dumps(config.to_diff_dict())}
     try:
         save(state, dump, metadata)
     except OSError as e:
