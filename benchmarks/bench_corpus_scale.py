@@ -242,16 +242,23 @@ def main(argv=None):
     parser.add_argument("--stages", default="binarize,counts,train",
                         help="what to measure (binarize, counts, train); a stage left out reuses --keep's files")
     args = parser.parse_args(argv)
-    try:
-        sizes = sorted(int(s) for s in args.sizes.split(","))
-        procs = [int(p) for p in args.procs.split(",")]
-        single_sizes = {int(s) for s in args.single_file_sizes.split(",") if s}
-    except ValueError:
-        parser.error("--sizes, --procs and --single_file_sizes take comma-separated integers")
+
+    def integers(flag, text):
+        try:
+            return [int(v) for v in text.split(",") if v]
+        except ValueError:
+            parser.error(f"{flag} {text}: give comma-separated whole numbers")
+
+    sizes = sorted(integers("--sizes", args.sizes))
+    procs = integers("--procs", args.procs)
+    single_sizes = set(integers("--single_file_sizes", args.single_file_sizes))
     stages = set(args.stages.split(","))
-    if not sizes or min(sizes) < 1000 or any(p < 0 for p in procs) or not stages <= {"binarize", "counts", "train"}:
-        parser.error("--sizes must be at least 1000 lines each, --procs at least 0, --stages of binarize, counts, "
-                     "train")
+    if not sizes or min(sizes) < 1000:
+        parser.error(f"--sizes {args.sizes}: give at least 1000 lines each")
+    if any(p < 0 for p in procs):
+        parser.error(f"--procs {args.procs}: give 0 (one process on one core) or more")
+    if not stages <= {"binarize", "counts", "train"}:
+        parser.error(f"--stages {args.stages}: give some of binarize, counts, train")
     tokenizer = args.tokenizer_name or default_tokenizer()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

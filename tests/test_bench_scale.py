@@ -40,13 +40,18 @@ def test_corpus_scale_measures_every_stage_and_the_ranks_share_the_data(tmp_path
     assert "the ranks' data pages" in proc.stdout and not list(tmp_path.glob("lines_*"))  # no --keep: cleaned up
 
 
-BAD = [("--sizes", "1e6"), ("--sizes", "10"), ("--stages", "train,plot"), ("--procs", "-1")]
+BAD = [(("--sizes", "1e6"), "--sizes 1e6: give comma-separated whole numbers"),
+       (("--single_file_sizes", "2k"), "--single_file_sizes 2k: give comma-separated whole numbers"),
+       (("--sizes", "10"), "--sizes 10: give at least 1000 lines each"),
+       (("--stages", "train,plot"), "--stages train,plot: give some of binarize, counts, train"),
+       (("--procs", "-1"), "--procs -1: give 0 (one process on one core) or more")]
 
 
-@pytest.mark.parametrize("flags", BAD)
-def test_corpus_scale_refuses_bad_flags(tmp_path, flags):
+@pytest.mark.parametrize("flags, message", BAD)
+def test_corpus_scale_refuses_bad_flags(tmp_path, flags, message):
     proc = bench("bench_corpus_scale.py", "--work", tmp_path, *flags)
-    assert proc.returncode == 2 and "error:" in proc.stderr and not list(tmp_path.glob("lines_*"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"bench_corpus_scale.py: error: {message}"
+    assert not list(tmp_path.glob("lines_*"))
 
 
 @pytest.mark.slow
