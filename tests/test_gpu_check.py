@@ -46,7 +46,11 @@ def check_complete_dry_run(proc, out):
     assert "'token_str'" in (out / "load.log").read_text()  # the fill-mask pipeline answered
     assert json.loads((out / "env.json").read_text())["torch"]
     glue = json.loads((out / "glue" / "results.json").read_text())  # step 8 on the trained student
-    assert glue["tasks"]["sst2"]["metrics"]["sst2"]["accuracy"] >= 0 and glue["model_path"].endswith("run")
+    assert glue["model_path"].endswith("run")
+    run = json.loads(next((out / "glue" / "sst2").glob("lr*_seed42/results.json")).read_text())
+    n, accuracy = run["hyper_parameters"]["eval_examples"]["sst2"], run["metrics"]["sst2"]["accuracy"]
+    assert n > 0 and 0 <= accuracy <= 1 and round(accuracy * n) == pytest.approx(accuracy * n)  # a share of n rows
+    assert glue["tasks"]["sst2"]["score"] == pytest.approx(100 * accuracy)
     kd = json.loads(next((out / "task_distill" / "sst2").glob("lr*_seed42/results.json")).read_text())
     assert kd["teacher"]["path"] == str(next((out / "glue" / "sst2").glob("lr*_seed42")) / "model")
     assert kd["teacher"]["teacher_logits"] == "computed once" and kd["steps"] == 6
