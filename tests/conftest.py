@@ -34,6 +34,10 @@ from train_helpers import tiny_run_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The fixtures more than one test module takes, by subject; the helpers they share are in the *_helpers.py modules.
+# No test module imports another.
+pytest_plugins = ["fixtures_glue", "fixtures_qa", "fixtures_train"]
+
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 

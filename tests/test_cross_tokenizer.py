@@ -9,45 +9,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast
 
-from conftest import input_error, run_main
+from conftest import input_error
+from glue_helpers import FAST, distil, overwrite_logits
 from scripts import run_glue
 from tasks import task_distill, teacher_pass
-from test_glue import FAST, custom_task, teacher  # noqa: F401 (fixtures)
-from test_other_students import SPECIALS
+
+# The RoBERTa teacher of another tokenizer (`bpe_teacher`), the student (`teacher`, a tiny BERT) and `custom_task`:
+# tests/fixtures_glue.py
 
 
 @pytest.fixture(scope="module")
-def bpe_teacher(tmp_path_factory, custom_task):  # noqa: F811
-    """A tiny RoBERTa sequence classifier for the custom task's labels, with a BPE tokenizer of its own."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    folder = tmp_path_factory.mktemp("roberta_teacher")
-    with open(custom_task / "train.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([r["text"] for r in rows], vocab_size=400, show_progress=False,
-                            special_tokens=SPECIALS["roberta"])
-    bpe.save_model(str(folder))
-    tok = RobertaTokenizerFast.from_pretrained(str(folder))
-    labels = {0: "born", 1: "other"}  # the custom task's labels, sorted
-    config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=40, pad_token_id=tok.pad_token_id,
-                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, type_vocab_size=1,
-                           id2label=labels, label2id={v: k for k, v in labels.items()})
-    torch.manual_seed(0)
-    model = RobertaForSequenceClassification(config)
-    with torch.no_grad():
-        model.classifier.out_proj.weight.mul_(50)  # confident enough that its logits differ row to row
-    model.eval().save_pretrained(folder)
-    tok.model_max_length = int(1e30)  # no limit recorded: the model type's (38 positions) applies
-    tok.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def pair_task(tmp_path_factory, custom_task):  # noqa: F811
+def pair_task(tmp_path_factory, custom_task):
     """A sentence-pair task from the custom task's rows: (sentence, the next one) -> the first one's label."""
     folder = tmp_path_factory.mktemp("pairs")
     for name in ("train.csv", "dev.csv"):
@@ -60,15 +33,8 @@ def pair_task(tmp_path_factory, custom_task):  # noqa: F811
     return folder
 
 
-def distil(student, task, teacher_dir, out, *extra):
-    return run_main(run_glue.main, "--model_name_or_path", student, "--train_file", task / "train.csv",
-                    "--validation_file", task / "dev.csv", "--output_dir", out, "--teacher_name_or_path",
-                    teacher_dir, "--max_train_samples", 40, "--unlabeled_samples", 10, "--max_steps", 3, *FAST,
-                    *extra)
-
-
 @pytest.mark.parametrize("kind", ["single", "pair"])
-def test_a_teacher_of_another_tokenizer_distils_end_to_end(tmp_path, teacher, bpe_teacher, custom_task, pair_task,  # noqa: F811
+def test_a_teacher_of_another_tokenizer_distils_end_to_end(tmp_path, teacher, bpe_teacher, custom_task, pair_task,
                                                            kind):
     task = custom_task if kind == "single" else pair_task
     proc = distil(teacher, task, bpe_teacher, tmp_path / "kd", "--seeds", 2)
@@ -87,7 +53,7 @@ def test_a_teacher_of_another_tokenizer_distils_end_to_end(tmp_path, teacher, bp
     assert again.returncode == 0 and again.stdout.count(": kept ") == 2
 
 
-def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher, bpe_teacher, pair_task):  # noqa: F811
+def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher, bpe_teacher, pair_task):
     """The column every run trains on equals the teacher run on each row's text alone, in its own tokens."""
     from transformers import AutoConfig, AutoTokenizer, TrainingArguments
 
@@ -116,7 +82,7 @@ def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher
 
 
 @pytest.mark.parametrize("flag", ["--alpha_cos", "--alpha_att", "--alpha_vv"])
-def test_losses_that_compare_positions_need_one_tokenization(tmp_path, teacher, bpe_teacher, custom_task, flag):  # noqa: F811
+def test_losses_that_compare_positions_need_one_tokenization(tmp_path, teacher, bpe_teacher, custom_task, flag):
     line = input_error(run_glue.main, ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv",
                                        "--validation_file", custom_task / "dev.csv", "--output_dir", tmp_path / "o",
                                        "--teacher_name_or_path", bpe_teacher, flag, 1, "--max_steps", 1,
@@ -125,7 +91,7 @@ def test_losses_that_compare_positions_need_one_tokenization(tmp_path, teacher, 
     assert "another vocabulary" in line and not (tmp_path / "o").exists()
 
 
-def test_teacher_logits_are_kept_on_disk_and_a_change_is_a_miss(tmp_path, teacher, bpe_teacher, custom_task):  # noqa: F811
+def test_teacher_logits_are_kept_on_disk_and_a_change_is_a_miss(tmp_path, teacher, bpe_teacher, custom_task):
     """The teacher's pass is kept in a file keyed by its weights, its tokenizer, the rows and the precision:
     a later run (another seed, another output folder) reads it; other rows or another teacher compute again;
     a damaged file is recomputed, never trusted."""
@@ -166,7 +132,7 @@ def test_the_logits_key_changes_with_the_teacher_the_rows_and_the_precision():
 # -- transfer sets: text that only the teacher labels --------------------------------------------------------
 
 
-def test_a_transfer_file_adds_rows_only_the_teacher_labels(tmp_path, teacher, bpe_teacher, custom_task, pair_task):  # noqa: F811
+def test_a_transfer_file_adds_rows_only_the_teacher_labels(tmp_path, teacher, bpe_teacher, custom_task, pair_task):
     lines = ["the river runs north of the city", "", "people were born in the year of the river", "a city"]
     (tmp_path / "more.txt").write_text("\n".join(lines) + "\n")
     proc = distil(teacher, custom_task, bpe_teacher, tmp_path / "txt", "--transfer_file", tmp_path / "more.txt")
@@ -199,7 +165,7 @@ def test_a_transfer_file_adds_rows_only_the_teacher_labels(tmp_path, teacher, bp
     ("no_teacher", "--transfer_file needs --teacher_name_or_path"),
     ("no_kd", "--transfer_file needs --alpha_ce above 0"),
 ])
-def test_a_bad_transfer_file_is_refused_before_training(tmp_path, teacher, bpe_teacher, pair_task, case, words):  # noqa: F811
+def test_a_bad_transfer_file_is_refused_before_training(tmp_path, teacher, bpe_teacher, pair_task, case, words):
     path = {"missing": tmp_path / "none.txt", "folder": tmp_path, "empty": tmp_path / "empty.csv",
             "pairs_from_lines": tmp_path / "lines.txt", "no_column": tmp_path / "one.csv",
             "null_text": tmp_path / "null.jsonl"}.get(case, tmp_path / "lines.txt")
@@ -218,7 +184,7 @@ def test_a_bad_transfer_file_is_refused_before_training(tmp_path, teacher, bpe_t
     assert not (tmp_path / "out").exists()
 
 
-def test_hard_targets_learn_the_teachers_top_class(tmp_path, teacher, bpe_teacher, custom_task):  # noqa: F811
+def test_hard_targets_learn_the_teachers_top_class(tmp_path, teacher, bpe_teacher, custom_task):
     s = torch.tensor([[2.0, 0.0, -1.0], [0.1, 0.3, 0.2]])
     t = torch.tensor([[0.0, 5.0, 1.0], [3.0, 2.9, 0.0]])  # top classes 1 and 0
     log_p = s - torch.logsumexp(s, -1, keepdim=True)
@@ -245,7 +211,7 @@ def test_hard_targets_are_refused_for_a_regression():
         task_distill.check_teacher(regressor, task, 1, "t", hard_targets=True)
 
 
-def test_a_bad_teacher_logits_cache_costs_a_pass_not_the_run(tmp_path, teacher, bpe_teacher, custom_task):  # noqa: F811
+def test_a_bad_teacher_logits_cache_costs_a_pass_not_the_run(tmp_path, teacher, bpe_teacher, custom_task):
     """A cache that cannot be written (a file where its folder goes) is said and the run goes on; the flag
     without a teacher is refused."""
     (tmp_path / "a_file").write_text("not a folder")
@@ -259,17 +225,7 @@ def test_a_bad_teacher_logits_cache_costs_a_pass_not_the_run(tmp_path, teacher, 
     assert "--teacher_logits_cache needs --teacher_name_or_path" in line and not (tmp_path / "cache").exists()
 
 
-def overwrite_logits(path, change):
-    """Rewrite the logits inside a cache file with change(logits), keeping its key and its digest: what a disk
-    error, or a copy cut and pasted by hand, leaves."""
-    with np.load(path) as stored:
-        parts = {k: stored[k] for k in stored.files}
-    change(parts["logits"])
-    with open(path, "wb") as f:
-        np.savez(f, **parts)
-
-
-def test_cached_logits_changed_in_place_are_a_miss_never_used(tmp_path, teacher, bpe_teacher, custom_task):  # noqa: F811
+def test_cached_logits_changed_in_place_are_a_miss_never_used(tmp_path, teacher, bpe_teacher, custom_task):
     """Finite numbers where the teacher's logits were: the digest catches them, the run says so, computes the
     logits again and trains as on a clean cache."""
     cache = tmp_path / "cache"

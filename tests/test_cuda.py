@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 import train
 from conftest import ROOT
-from test_fast_path import _autograd_losses, _head_problem
-from train_helpers import build_distiller, read_metrics, with_args
+from train_helpers import autograd_losses, build_distiller, head_problem, read_metrics, with_args
 from training.losses import FusedKD
 
 pytestmark = [
@@ -25,9 +24,9 @@ RELATIONS = ["--alpha_att", "1", "--alpha_vv", "1"]
 
 @pytest.mark.parametrize("precision", list(HALF))
 def test_fused_kd_in_half_precision_is_close_to_fp32(precision):
-    problem = [t.detach().cuda() for t in _head_problem(3, n=40, n_lm=12)]
+    problem = [t.detach().cuda() for t in head_problem(3, n=40, n_lm=12)]
     leaves = [t.requires_grad_() for t in problem[:3]]  # student features, head weight and bias
-    ref, _, _ = _autograd_losses(*problem, 2.0, 5.0, 2.0)
+    ref, _, _ = autograd_losses(*problem, 2.0, 5.0, 2.0)
     ref_grads = torch.autograd.grad(ref, leaves)
     with torch.autocast("cuda", dtype=HALF[precision]):
         fused, _, _ = FusedKD.apply(*problem, 2.0, 5.0, 2.0, 16)

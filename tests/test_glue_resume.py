@@ -6,9 +6,8 @@ import json
 import pytest
 
 from conftest import input_error
+from glue_helpers import custom_args, glue_main
 from scripts import run_glue
-from test_glue import FAST, custom_task, teacher, write_tsv  # noqa: F401 (fixtures)
-from test_glue_trust import custom_args, glue_main  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------------------
 # Interrupted runs: resumed only under the same settings, from a complete checkpoint
@@ -27,7 +26,7 @@ def interrupt_after_save(monkeypatch, step):
     monkeypatch.setattr(run_glue, "callbacks", lambda: [*real(), Stop()])
 
 
-def stopped_run(out, teacher, custom_task, monkeypatch, step, *save):  # noqa: F811
+def stopped_run(out, teacher, custom_task, monkeypatch, step, *save):
     """A 4-step run into `out` with the checkpoint flags `save`, stopped right after saving the checkpoint of
     `step`: (its args, its folder)."""
     args = custom_args(teacher, custom_task, out, "--save_strategy", "steps", *save)
@@ -40,7 +39,7 @@ def stopped_run(out, teacher, custom_task, monkeypatch, step, *save):  # noqa: F
 
 
 @pytest.fixture
-def interrupted(tmp_path, teacher, custom_task, monkeypatch):  # noqa: F811
+def interrupted(tmp_path, teacher, custom_task, monkeypatch):
     """A run stopped after its checkpoints of steps 1 and 2 (of 4): (its args, its folder)."""
     args, run = stopped_run(tmp_path / "out", teacher, custom_task, monkeypatch, 2, "--save_steps", 1,
                             "--save_total_limit", 2)
@@ -58,8 +57,8 @@ def test_an_interrupted_run_resumes_under_its_own_settings_only(interrupted, cap
     assert not list(run.glob("checkpoint-*"))  # removed once the run has its results
 
 
-def test_a_run_stopped_after_its_last_checkpoint_trains_no_step_more(  # noqa: F811
-    tmp_path, teacher, custom_task, monkeypatch, capsys  # noqa: F811
+def test_a_run_stopped_after_its_last_checkpoint_trains_no_step_more(
+    tmp_path, teacher, custom_task, monkeypatch, capsys
 ):
     """The Trainer resumed from a checkpoint of the last step takes one step more; the run restores it instead
     and scores exactly what an unstopped run scores."""

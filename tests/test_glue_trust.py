@@ -11,9 +11,9 @@ from transformers import BertTokenizer
 
 from conftest import input_error, write_bert_vocab
 from core import precision
+from glue_helpers import FAST, custom_args, glue_main, write_tsv
 from scripts import glue_table, run_glue
 from tasks import glue
-from test_glue import FAST, custom_task, teacher, write_tsv  # noqa: F401 (fixtures)
 from train_helpers import make_teacher_dir
 
 # ----------------------------------------------------------------------------------------------------------
@@ -75,12 +75,8 @@ def glue_root(tmp_path_factory):
     return root
 
 
-def glue_main(*args):
-    return run_glue.main([str(a) for a in args])
-
-
 @pytest.mark.slow
-def test_all_nine_tasks_finish_from_glue_tsv_files(tmp_path, teacher, glue_root):  # noqa: F811
+def test_all_nine_tasks_finish_from_glue_tsv_files(tmp_path, teacher, glue_root):
     out = tmp_path / "all"
     glue_main("--model_name_or_path", teacher, "--task_name", "all", "--data_dir", glue_root, "--output_dir", out,
               "--max_steps", 2, "--learning_rate", 1e-3, *FAST)
@@ -103,13 +99,8 @@ def test_all_nine_tasks_finish_from_glue_tsv_files(tmp_path, teacher, glue_root)
 # A finished run is never lost, reused for other inputs, or mixed with another model's
 
 
-def custom_args(teacher, custom_task, out, *extra):  # noqa: F811
-    return ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
-            custom_task / "dev.csv", "--output_dir", out, "--max_steps", 2, *FAST, *extra]
-
-
 @pytest.fixture
-def finished(tmp_path, teacher, custom_task):  # noqa: F811
+def finished(tmp_path, teacher, custom_task):
     """A finished run in tmp_path/out: (its args, its results.json, the file's text)."""
     args = custom_args(teacher, custom_task, tmp_path / "out")
     glue_main(*args)
@@ -166,7 +157,7 @@ def test_a_replacement_killed_outright_puts_the_old_run_back(finished, capsys):
     assert results.read_text() == text and not aside.exists() and not (run_dir / "checkpoint-1").exists()
 
 
-def test_another_model_into_the_same_output_dir_is_refused(finished, tmp_path, tokenizer_dir, custom_task, capsys):  # noqa: F811
+def test_another_model_into_the_same_output_dir_is_refused(finished, tmp_path, tokenizer_dir, custom_task, capsys):
     args, results, _ = finished
     other, _, _ = make_teacher_dir(tmp_path / "other-bert", tokenizer_dir, seed=1)
     argv = custom_args(other, custom_task, tmp_path / "out")
@@ -178,7 +169,7 @@ def test_another_model_into_the_same_output_dir_is_refused(finished, tmp_path, t
     assert json.loads(results.read_text())["model"] == "other-bert"
 
 
-def flipped(custom_task, folder):  # noqa: F811
+def flipped(custom_task, folder):
     """The same training file with every label flipped: same size, other data."""
     folder.mkdir()
     lines = (custom_task / "train.csv").read_text().splitlines()
@@ -201,7 +192,7 @@ def flipped(custom_task, folder):  # noqa: F811
     ],
 )
 def test_a_finished_run_is_not_reused_when_a_setting_or_the_data_changed(finished, tmp_path, tokenizer_dir,
-                                                                          custom_task, change, expected, capsys):  # noqa: F811
+                                                                          custom_task, change, expected, capsys):
     args, results, text = finished
     argv = list(args)
     if change == "labels flipped":
@@ -293,7 +284,7 @@ def test_glue_labels_name_their_lines_and_a_single_class_is_refused(tmp_path):
         ("no output_dir", "--output_dir is required"),
     ],
 )
-def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path, teacher, custom_task, extra, expected, capsys):  # noqa: F811
+def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path, teacher, custom_task, extra, expected, capsys):
     out = tmp_path / "out"
     argv = custom_args(teacher, custom_task, out)
     if extra == "glue task":
@@ -318,7 +309,7 @@ def test_bad_flags_fail_with_one_line_and_write_nothing(tmp_path, teacher, custo
     assert not out.exists() and not (tmp_path / "trainer_output").exists()
 
 
-def test_a_diverging_run_stops_with_status_3_and_records_nothing(tmp_path, teacher, custom_task, capsys):  # noqa: F811
+def test_a_diverging_run_stops_with_status_3_and_records_nothing(tmp_path, teacher, custom_task, capsys):
     argv = custom_args(teacher, custom_task, tmp_path / "out", "--learning_rate", "1e30", "--logging_steps", 1)
     argv[argv.index("--max_steps") + 1] = 4  # step 1 is warmup at lr 0, steps 2 and 3 overflow the weights
     with pytest.raises(SystemExit) as e:
@@ -334,7 +325,7 @@ def test_a_diverging_run_stops_with_status_3_and_records_nothing(tmp_path, teach
     ("--fp16", "--fp16 needs a CUDA GPU: training in fp32"),
     ("--bf16", "has no native bf16 (a bf16 matmul measured no faster than fp32"),
 ])
-def test_a_precision_this_cpu_lacks_says_so_and_records_fp32(flag, message, tmp_path, teacher, custom_task,  # noqa: F811
+def test_a_precision_this_cpu_lacks_says_so_and_records_fp32(flag, message, tmp_path, teacher, custom_task,
                                                              capsys, monkeypatch):
     """The same decision as train.py's (precision.Precision): --fp16 without CUDA, and --bf16 on a CPU whose
     bf16 is emulated (~11x slower), run fp32, say so, and record what was asked and what ran."""

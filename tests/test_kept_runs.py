@@ -6,11 +6,10 @@ results; a run that has it is kept."""
 import json
 
 from conftest import run_main
+from glue_helpers import FAST
+from qa_helpers import qa_argv
 from scripts import run_glue, run_qa
 from tasks import glue_runs
-from test_glue import FAST, custom_task, teacher  # noqa: F401 (fixtures)
-from test_qa import letters, syn_qa, tiny  # noqa: F401 (fixtures)
-from test_qa_runs import qa_argv
 
 
 def check_model_made_then_kept(main, argv, run, capsys):
@@ -27,13 +26,13 @@ def check_model_made_then_kept(main, argv, run, capsys):
     assert "kept" in again.stdout and "training it again" not in again.stdout
 
 
-def test_run_glue_save_model_on_a_kept_run_makes_the_model(tmp_path, teacher, custom_task, capsys):  # noqa: F811
+def test_run_glue_save_model_on_a_kept_run_makes_the_model(tmp_path, teacher, custom_task, capsys):
     argv = ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
             custom_task / "dev.csv", "--output_dir", tmp_path / "out", "--max_steps", 2, *FAST]
     check_model_made_then_kept(run_glue.main, argv, tmp_path / "out" / "custom" / "lr2e-05_seed42", capsys)
 
 
-def test_run_qa_save_model_on_a_kept_run_makes_the_model(tmp_path, tiny, syn_qa, capsys):  # noqa: F811
+def test_run_qa_save_model_on_a_kept_run_makes_the_model(tmp_path, tiny, syn_qa, capsys):
     argv = qa_argv(tiny, syn_qa, tmp_path / "qa", "--max_steps", 3)
     check_model_made_then_kept(run_qa.main, argv, tmp_path / "qa" / "squad" / "lr0.001_seed42", capsys)
 
@@ -47,8 +46,8 @@ def test_a_model_folder_without_weights_is_not_a_kept_model(tmp_path):
     assert has_model(tmp_path)
 
 
-def test_one_output_folder_for_both_scripts_averages_only_the_classification_tasks(tmp_path, tiny, syn_qa,  # noqa: F811
-                                                                                    custom_task):  # noqa: F811
+def test_one_output_folder_for_both_scripts_averages_only_the_classification_tasks(tmp_path, tiny, syn_qa,
+                                                                                    custom_task):
     """An output folder's results.json never averages SQuAD F1 with an accuracy."""
     out = tmp_path / "out"
     run_main(run_qa.main, *qa_argv(tiny, syn_qa, out, "--max_steps", 2), check=True)
@@ -62,7 +61,7 @@ def test_one_output_folder_for_both_scripts_averages_only_the_classification_tas
         None, [])  # an older summary's QA task, without its kind: told by its metrics
 
 
-def test_run_qa_pad_to_max_length_pads_the_windows_it_records(tmp_path, tiny, syn_qa):  # noqa: F811
+def test_run_qa_pad_to_max_length_pads_the_windows_it_records(tmp_path, tiny, syn_qa):
     """--pad_to_max_length was recorded as on and did nothing: now every batch is padded to
     the windows' length, in training and evaluation, and the answers are those of the unpadded run."""
     from transformers import AutoTokenizer, DataCollatorWithPadding

@@ -8,10 +8,9 @@ from huggingface_hub import ModelCard
 
 from conftest import run_main
 from core import model_card
+from glue_helpers import FAST
+from qa_helpers import qa_argv
 from scripts import run_glue, run_qa
-from test_glue import FAST, custom_task, teacher  # noqa: F401 (fixtures)
-from test_qa import letters, syn_qa, tiny  # noqa: F401 (fixtures)
-from test_qa_runs import qa_argv
 
 
 def read_card(folder):
@@ -22,7 +21,7 @@ def read_card(folder):
     return data, values, card.text
 
 
-def test_a_glue_model_and_its_distilled_student_say_what_they_are(tmp_path, teacher, custom_task):  # noqa: F811
+def test_a_glue_model_and_its_distilled_student_say_what_they_are(tmp_path, teacher, custom_task):
     data = ["--train_file", custom_task / "train.csv", "--validation_file", custom_task / "dev.csv"]
     run_main(run_glue.main, "--model_name_or_path", teacher, *data, "--output_dir", tmp_path / "t", "--max_steps", 2,
              "--save_model", *FAST, check=True)
@@ -42,7 +41,7 @@ def test_a_glue_model_and_its_distilled_student_say_what_they_are(tmp_path, teac
     assert "base_model" not in front  # a local folder is named in the text; base_model is for hub ids
 
 
-def test_a_qa_model_card_holds_its_squad_scores(tmp_path, tiny, syn_qa):  # noqa: F811
+def test_a_qa_model_card_holds_its_squad_scores(tmp_path, tiny, syn_qa):
     run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / "qa", "--max_steps", 2, "--save_model"), check=True)
     run = tmp_path / "qa" / "squad" / "lr0.001_seed42"
     front, values, _ = read_card(run / "model")

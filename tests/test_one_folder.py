@@ -6,10 +6,9 @@ import pytest
 
 import train
 from conftest import input_error, run_main
+from glue_helpers import custom_args
+from pipeline_helpers import binarize, count, train_argv, train_error, vocab_size
 from scripts import run_glue
-from test_glue import custom_task, teacher  # noqa: F401 (fixtures)
-from test_glue_trust import custom_args
-from test_silent_faults import binarize, corpus, count, teacher_dir, train_argv, train_error, vocab_size  # noqa: F401
 
 # -- 3. two commands on one folder ----------------------------------------------------------------------------
 
@@ -38,7 +37,7 @@ def held_lock():
         proc.wait()
 
 
-def test_two_glue_commands_at_once_into_one_folder(tmp_path, teacher, custom_task, held_lock):  # noqa: F811
+def test_two_glue_commands_at_once_into_one_folder(tmp_path, teacher, custom_task, held_lock):
     """A second run_glue.py into an output folder in use is refused in one line (plain or with
     --overwrite_output_dir), and loses nothing there; once the first ends, it runs."""
 
@@ -60,7 +59,7 @@ def test_two_glue_commands_at_once_into_one_folder(tmp_path, teacher, custom_tas
     assert results.exists() and not (results.parent / "old-run-mark").exists()
 
 
-def test_a_kill_while_the_old_run_is_removed_keeps_the_finished_new_run(tmp_path, teacher, custom_task):  # noqa: F811
+def test_a_kill_while_the_old_run_is_removed_keeps_the_finished_new_run(tmp_path, teacher, custom_task):
     """--overwrite_output_dir removes the old run after the new one has its results; a kill during that
     removal leaves the new run and part of the old one: the next command keeps the new run."""
 
@@ -84,7 +83,7 @@ def test_a_kill_while_the_old_run_is_removed_keeps_the_finished_new_run(tmp_path
     assert "put back" in proc.stdout and (run_dir / "results.json").read_text() == old_results
 
 
-def test_two_training_commands_at_once_into_one_run_folder(tmp_path, corpus, tokenizer_dir, teacher_dir, held_lock):  # noqa: F811
+def test_two_training_commands_at_once_into_one_run_folder(tmp_path, corpus, tokenizer_dir, teacher_dir, held_lock):
     train_file, _ = binarize(tmp_path, corpus, tokenizer_dir)
     counts = count(train_file, tmp_path / "counts.pickle", vocab_size(tokenizer_dir))
     argv = train_argv(tmp_path, train_file, counts, teacher_dir, tokenizer_dir)

@@ -15,7 +15,6 @@ from transformers import (
     AutoModelForMaskedLM,
     GPT2Config,
     GPT2LMHeadModel,
-    GPT2TokenizerFast,
     RobertaConfig,
     RobertaForMaskedLM,
     RobertaTokenizerFast,
@@ -26,35 +25,7 @@ from conftest import ROOT, run_main
 from core import loading
 from scripts import binarized_data, token_counts
 from scripts.extract import student as extract
-
-# RoBERTa's ids for its specials (pad 1, the padding_idx its positions are offset by); GPT-2 has one token
-SPECIALS = {"roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "gpt2": ["<|endoftext|>"]}
-
-
-def bpe_teacher(folder, kind, texts, layers=4):
-    """A tiny random teacher of `kind` with a byte-level BPE tokenizer trained on `texts`, saved together."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=400, show_progress=False, special_tokens=SPECIALS[kind])
-    folder.mkdir(parents=True)
-    bpe.save_model(str(folder))
-    torch.manual_seed(0)
-    if kind == "roberta":
-        tok = RobertaTokenizerFast.from_pretrained(str(folder))
-        config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id,
-                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                               type_vocab_size=1)
-        model = RobertaForMaskedLM(config)
-    else:
-        tok = GPT2TokenizerFast.from_pretrained(str(folder))
-        config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=layers, n_head=2, n_positions=128,
-                            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-        model = GPT2LMHeadModel(config)
-    model.eval().save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return model, tok
+from train_helpers import make_bpe_teacher
 
 
 def student_config(path, teacher, layers):
@@ -66,7 +37,7 @@ def student_config(path, teacher, layers):
 @pytest.mark.parametrize("kind", ["roberta", "gpt2"])
 def test_a_student_given_every_layer_reproduces_its_teacher(tmp_path, articles, kind):
     """Tied heads and RoBERTa's position offset (padding_idx + 1) come out right, or the logits would differ."""
-    teacher, tok = bpe_teacher(tmp_path / "teacher", kind, [a["text"] for a in articles[:40]])
+    teacher, tok = make_bpe_teacher(tmp_path / "teacher", kind, [a["text"] for a in articles[:40]])
     config = student_config(tmp_path / "all.json", teacher, 4)
     out = tmp_path / "all.safetensors"
     run_main(extract.main, "--model_type", kind, "--model_name", tmp_path / "teacher", "--student_config", config,
@@ -82,7 +53,7 @@ def test_a_student_given_every_layer_reproduces_its_teacher(tmp_path, articles, 
 
 
 def test_bad_extractions_fail_with_one_line_before_writing(tmp_path, articles):
-    teacher, _ = bpe_teacher(tmp_path / "teacher", "roberta", [a["text"] for a in articles[:40]])
+    teacher, _ = make_bpe_teacher(tmp_path / "teacher", "roberta", [a["text"] for a in articles[:40]])
     out = tmp_path / "init.safetensors"
     base = ["--model_type", "roberta", "--model_name", tmp_path / "teacher", "--dump_checkpoint", out]
     wide = tmp_path / "wide.json"
@@ -118,7 +89,7 @@ def test_bad_extractions_fail_with_one_line_before_writing(tmp_path, articles):
 def test_the_whole_path_for_the_other_students(tmp_path, articles, kind):
     texts = [a["text"] for a in articles]
     teacher_dir = tmp_path / f"tiny-{kind}"  # train.sh finds the data by the teacher's folder name
-    bpe_teacher(teacher_dir, kind, texts)
+    make_bpe_teacher(teacher_dir, kind, texts)
     dump = tmp_path / "dump.txt"
     dump.write_text("\n".join(line for t in texts for line in t.split("\n") if line.strip()) + "\n")
     data = tmp_path / "data"

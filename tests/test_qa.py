@@ -21,19 +21,12 @@ from transformers import (
 )
 
 from conftest import input_error, run_main, write_bert_vocab
+from glue_helpers import FAST
 from scripts import make_qa_data, run_qa
 from tasks import qa
-from test_glue import FAST
-from train_helpers import make_teacher_dir
 
+# The fixtures `letters` (a tokenizer of single letters), `syn_qa` (generated sets) and `tiny`: tests/fixtures_qa.py
 CONTEXT = "a b c d e f g h i j"  # one token per letter; letter k starts at character 2k
-
-
-@pytest.fixture(scope="module")
-def letters(tmp_path_factory):
-    """A fast WordPiece tokenizer whose words are single letters and 'what'."""
-    folder = write_bert_vocab(tmp_path_factory.mktemp("letters") / "tok", ["what"])
-    return BertTokenizer.from_pretrained(str(folder))
 
 
 def example(answers, qid="q", question="what", context=CONTEXT):
@@ -177,18 +170,6 @@ def test_squad_v2_metrics_split_answerable_and_unanswerable_questions():
 # Data: both JSON forms, the real SQuAD sample, a generated set
 
 
-@pytest.fixture(scope="module")
-def syn_qa(tmp_path_factory, articles):
-    """make_qa_data.py's cloze sets (v1.1 and v2.0, one paragraph per context) from the synthetic articles."""
-    folder = tmp_path_factory.mktemp("qa_data")
-    src = folder / "articles.jsonl"
-    src.write_text("".join(json.dumps(a) + "\n" for a in articles), encoding="utf-8")
-    for flags, out in (((), "v1"), (("--version_2",), "v2")):
-        run_main(make_qa_data.main, "--source", src, "--output_dir", folder / out, "--paragraphs", 1, *flags,
-                 check=True)
-    return folder
-
-
 def test_the_nested_and_the_flat_forms_read_as_the_same_questions(syn_qa):
     for version, split in (("v1", "train-v1.1.json"), ("v2", "dev-v2.0.json")):
         nested = qa.load_split(str(syn_qa / version / split), "x", version == "v2", False)
@@ -256,13 +237,6 @@ def test_the_real_squad_sample_reads_and_scores_itself_perfectly(real_squad, let
 
 # ----------------------------------------------------------------------------------------------------------
 # Bad input: one line, status 2, before any training
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, tokenizer_dir):
-    """A tiny BERT (masked-LM, 64 positions) with the synthetic corpus's tokenizer."""
-    folder, _, _ = make_teacher_dir(tmp_path_factory.mktemp("qa_tiny") / "tiny-bert", tokenizer_dir)
-    return folder
 
 
 def write(path, obj):

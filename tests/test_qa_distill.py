@@ -12,9 +12,8 @@ from transformers import (
     BertTokenizer,
 )
 
+from glue_helpers import overwrite_logits
 from tasks import qa, qa_distill
-from test_cross_tokenizer import overwrite_logits
-from test_qa import syn_qa  # noqa: F401 (fixtures)
 
 # ----------------------------------------------------------------------------------------------------------
 # The distillation losses, against numpy window by window
@@ -58,7 +57,7 @@ def test_span_kd_is_zero_for_a_student_equal_to_its_teacher_and_grows_with_the_g
     assert 0 < near < far
 
 
-def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_path, syn_qa, tokenizer_dir,  # noqa: F811
+def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_path, syn_qa, tokenizer_dir,
                                                                               capsys):
     import datasets
 

@@ -15,10 +15,9 @@ from transformers import (
 )
 
 from conftest import ROOT, input_error, run_main
+from qa_helpers import qa_argv
 from scripts import run_qa
 from tasks import qa
-from test_glue import FAST
-from test_qa import letters, syn_qa, tiny  # noqa: F401 (fixtures)
 
 # ----------------------------------------------------------------------------------------------------------
 # End to end on tiny models
@@ -37,17 +36,8 @@ def answers_alone(folder, dev):
     return answers
 
 
-def qa_argv(model, data, out, *extra, version="v1"):
-    split = {"v1": "v1.1", "v2": "v2.0"}[version]
-    return ["--model_name_or_path", model, "--train_file", data / version / f"train-{split}.json",
-            "--validation_file", data / version / "dev.flat.json", "--output_dir", out, "--max_seq_length", 64,
-            "--max_query_length", 24, "--doc_stride", 16, "--max_train_samples", 200, "--max_eval_samples", 60,
-            "--learning_rate", 1e-3, "--per_device_train_batch_size", 16, *FAST, *extra,
-            *(["--version_2_with_negative"] if version == "v2" else [])]
-
-
 @pytest.mark.slow
-def test_a_qa_teacher_is_saved_then_distilled_into_a_student_and_runs_are_kept(tmp_path, tiny, syn_qa):  # noqa: F811
+def test_a_qa_teacher_is_saved_then_distilled_into_a_student_and_runs_are_kept(tmp_path, tiny, syn_qa):
     out_t = tmp_path / "teacher"
     run_main(run_qa.main, *qa_argv(tiny, syn_qa, out_t, "--max_steps", 40, "--save_model"), check=True)
     run = out_t / "squad" / "lr0.001_seed42"
@@ -82,7 +72,7 @@ def test_a_qa_teacher_is_saved_then_distilled_into_a_student_and_runs_are_kept(t
 
 
 @pytest.mark.slow
-def test_squad_v2_writes_null_odds_and_scores_both_kinds_of_question(tmp_path, tiny, syn_qa):  # noqa: F811
+def test_squad_v2_writes_null_odds_and_scores_both_kinds_of_question(tmp_path, tiny, syn_qa):
     out = tmp_path / "v2"
     run_main(run_qa.main, *qa_argv(tiny, syn_qa, out, "--max_steps", 6, "--seeds", 2, version="v2"), check=True)
     summary = json.loads((out / "results.json").read_text())["tasks"]["squad_v2"]
@@ -98,7 +88,7 @@ def test_squad_v2_writes_null_odds_and_scores_both_kinds_of_question(tmp_path, t
 
 
 @pytest.mark.slow
-def test_a_stopped_run_resumes_and_a_failed_overwrite_keeps_the_old_run(tmp_path, tiny, syn_qa, monkeypatch):  # noqa: F811
+def test_a_stopped_run_resumes_and_a_failed_overwrite_keeps_the_old_run(tmp_path, tiny, syn_qa, monkeypatch):
     out = tmp_path / "resume"
     argv = qa_argv(tiny, syn_qa, out, "--max_steps", 4, "--save_strategy", "steps", "--save_steps", 2)
     run = out / "squad" / "lr0.001_seed42"
@@ -125,7 +115,7 @@ def test_a_stopped_run_resumes_and_a_failed_overwrite_keeps_the_old_run(tmp_path
 
 
 @pytest.mark.slow
-def test_torchrun_distils_on_two_processes_and_answers_in_order(tmp_path, tiny, syn_qa):  # noqa: F811
+def test_torchrun_distils_on_two_processes_and_answers_in_order(tmp_path, tiny, syn_qa):
     teacher = tmp_path / "teacher"
     run_main(run_qa.main, *qa_argv(tiny, syn_qa, teacher, "--max_steps", 6, "--save_model"), check=True)
     teacher_model = teacher / "squad" / "lr0.001_seed42" / "model"

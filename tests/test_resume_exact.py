@@ -10,11 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_main
+from glue_helpers import FAST
+from qa_helpers import qa_argv
 from scripts import run_glue, run_qa
-from test_cross_tokenizer import bpe_teacher  # noqa: F401 (fixtures)
-from test_glue import FAST, custom_task, teacher  # noqa: F401 (fixtures)
-from test_qa import letters, syn_qa, tiny  # noqa: F401 (fixtures)
-from test_qa_runs import qa_argv
 
 
 def killed_at(monkeypatch, script, step):
@@ -55,8 +53,8 @@ def resumed_equals_whole(tmp_path, monkeypatch, script, argv_for, task, run, kil
 @pytest.mark.slow
 @pytest.mark.parametrize("sampling", ["group_by_length", "random"])
 @pytest.mark.parametrize("distil", [False, True])
-def test_run_glue_resumed_mid_epoch_is_the_run_uninterrupted(tmp_path, monkeypatch, teacher, bpe_teacher,  # noqa: F811
-                                                             custom_task, sampling, distil):  # noqa: F811
+def test_run_glue_resumed_mid_epoch_is_the_run_uninterrupted(tmp_path, monkeypatch, teacher, bpe_teacher,
+                                                             custom_task, sampling, distil):
     def argv_for(out):  # 48 rows, batches of 8: 6 steps an epoch; 14 steps; killed at step 8, in epoch 1
         extra = ["--teacher_name_or_path", bpe_teacher, "--alpha_ce", 0.5, "--alpha_task", 0.5,
                  "--unlabeled_samples", 8] if distil else []
@@ -69,7 +67,7 @@ def test_run_glue_resumed_mid_epoch_is_the_run_uninterrupted(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_run_qa_resumed_mid_epoch_is_the_run_uninterrupted(tmp_path, monkeypatch, tiny, syn_qa):  # noqa: F811
+def test_run_qa_resumed_mid_epoch_is_the_run_uninterrupted(tmp_path, monkeypatch, tiny, syn_qa):
     def argv_for(out):
         argv = qa_argv(tiny, syn_qa, out, "--max_steps", 16, "--save_model", "--per_device_train_batch_size", 8,
                        "--max_train_samples", 24)  # a few steps an epoch: killed in a later epoch

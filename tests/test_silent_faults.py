@@ -11,17 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import train
 from benchmarks import bench_data_checks
 from conftest import input_error, run_main, write_bert_vocab
 from core import files, loading
 from core.errors import finite_float
+from pipeline_helpers import binarize, count, train_argv, train_error, vocab_size
 from scripts import binarized_data, evaluate, fill_mask, token_counts
 from scripts.extract import distilbert as extract_bert, student as extract_student
-from test_glue import custom_task, teacher  # noqa: F401 (fixtures)
 from train_helpers import (
-    make_teacher_dir,
-    sentences,
+    make_bpe_teacher,
     tiny_bert_config,
     tiny_student_config,
     with_args,
@@ -29,48 +27,7 @@ from train_helpers import (
 )
 from training import data_checks, data_format
 
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, articles):
-    folder = tmp_path_factory.mktemp("corpus")
-    (folder / "dump.txt").write_text("\n".join(sentences(articles[:60])) + "\n")
-    return folder / "dump.txt"
-
-
-def binarize(folder, dump, tokenizer_dir, *extra):
-    folder.mkdir(parents=True, exist_ok=True)
-    proc = run_main(binarized_data.main, "--file_path", dump, "--tokenizer_name", tokenizer_dir,
-                    "--dump_file", folder / "bin", "--num_proc", 1, *extra)
-    assert proc.returncode == 0, proc.stderr
-    return folder / f"bin.{tokenizer_dir.name}.pickle", folder / f"bin.{tokenizer_dir.name}.valid.pickle"
-
-
-def count(data_file, counts_file, vocab):
-    run_main(token_counts.main, "--data_file", data_file, "--token_counts_dump", counts_file, "--vocab_size", vocab,
-             check=True)
-    return counts_file
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, tokenizer_dir):
-    return make_teacher_dir(tmp_path_factory.mktemp("teacher") / "tiny-bert", tokenizer_dir)[0]
-
-
-def vocab_size(tokenizer_dir):
-    return len((tokenizer_dir / "vocab.txt").read_text().split("\n")[:-1])
-
-
-def train_argv(tmp_path, data_file, counts_file, teacher_dir, tokenizer_dir):
-    config = write_student_config(tmp_path / "student.json", vocab_size(tokenizer_dir))
-    return ["--data_file", str(data_file), "--token_counts", str(counts_file), "--student_type", "distilbert",
-            "--student_config", str(config), "--teacher_type", "bert", "--teacher_name", str(teacher_dir), "--mlm",
-            "--batch_size", "8", "--gradient_accumulation_steps", "1", "--n_epoch", "1", "--n_gpu", "0",
-            "--dump_path", str(tmp_path / "run")]
-
-
-def train_error(argv):
-    line = input_error(train.main, argv)
-    return line
+# The fixtures `corpus` (a text file) and `teacher_dir` (a tiny BERT): tests/fixtures_train.py
 
 
 # -- 1. silently wrong results -------------------------------------------------------------------------------
@@ -322,9 +279,7 @@ def test_a_teacher_of_the_wrong_type_gives_no_student(tmp_path, articles, tokeni
     from safetensors.torch import load_file, save_file
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from test_other_students import bpe_teacher
-
-    roberta, _ = bpe_teacher(tmp_path / "roberta", "roberta", [a["text"] for a in articles[:40]])
+    roberta, _ = make_bpe_teacher(tmp_path / "roberta", "roberta", [a["text"] for a in articles[:40]])
     gpt_config = tmp_path / "gpt2.json"  # GPT-2 fields that fit the RoBERTa folder's, as the probe's did
     gpt_config.write_text(GPT2Config(vocab_size=roberta.config.vocab_size, n_embd=32, n_layer=2, n_head=2,
                                      n_positions=130).to_json_string())
@@ -367,10 +322,8 @@ def test_every_student_type_takes_inputs_up_to_its_limit_and_no_longer(tmp_path,
     import torch
     from transformers import AutoModelForMaskedLM, BertTokenizerFast, DistilBertForMaskedLM
 
-    from test_other_students import bpe_teacher
-
     if kind in ("roberta", "gpt2"):
-        model, tok = bpe_teacher(tmp_path / kind, kind, [a["text"] for a in articles[:40]])
+        model, tok = make_bpe_teacher(tmp_path / kind, kind, [a["text"] for a in articles[:40]])
     else:
         tok = BertTokenizerFast.from_pretrained(str(tokenizer_dir))
         config = tiny_bert_config(len(tok)) if kind == "bert" else tiny_student_config(len(tok))

@@ -19,18 +19,11 @@ from transformers import (
     DataCollatorWithPadding,
 )
 
-import test_glue
 from conftest import input_error, write_bert_vocab
+from glue_helpers import FAST, glue_main, write_tsv
 from scripts import run_glue
 from tasks import task_distill, teacher_pass
-from test_glue import FAST, write_tsv
 from train_helpers import make_headless_teacher_dir, tiny_bert_config
-
-teacher, custom_task = test_glue.teacher, test_glue.custom_task  # fixtures: a tiny BERT, a sentence task
-
-
-def glue_main(*args):
-    return run_glue.main([str(a) for a in args])
 
 
 def classifier_config(vocab_size, num_labels, **kw):
@@ -111,28 +104,8 @@ def test_cached_teacher_logits_equal_the_logits_computed_on_the_fly(tokenizer_di
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Fine-tuned teachers (tiny, with the tokenizer beside them), and the checks before any training
-
-
-@pytest.fixture(scope="module")
-def task_teacher(tmp_path_factory, teacher, custom_task):
-    """The tiny BERT fine-tuned on the custom task, saved by run_glue.py --save_model."""
-    out = tmp_path_factory.mktemp("task_teacher")
-    glue_main(
-        "--model_name_or_path",
-        teacher,
-        "--train_file",
-        custom_task / "train.csv",
-        "--validation_file",
-        custom_task / "dev.csv",
-        "--output_dir",
-        out,
-        "--max_steps",
-        3,
-        "--save_model",
-        *FAST,
-    )
-    return out / "custom" / "lr2e-05_seed42" / "model"
+# Fine-tuned teachers (tiny, with the tokenizer beside them), and the checks before any training; the tiny BERT
+# `teacher`, the sentence task `custom_task` and `task_teacher`, the BERT fine-tuned on it: tests/fixtures_glue.py
 
 
 def distil(model, task, out, *extra):

@@ -26,10 +26,9 @@ from transformers import (
     TrainerCallback,
 )
 
+from glue_helpers import FAST
 from scripts import run_glue
 from tasks import glue_runs
-from test_glue import FAST
-from test_task_distill import custom_task, task_teacher, teacher  # noqa: F401 (fixtures)
 from train_helpers import tiny_bert_config
 
 ALPHA_CE, ALPHA_TASK, T = 0.5, 0.5, 2.0
@@ -47,7 +46,7 @@ class Recorder(TrainerCallback):
 
 
 @pytest.fixture(scope="module")
-def confident_teacher(tmp_path_factory, task_teacher):  # noqa: F811
+def confident_teacher(tmp_path_factory, task_teacher):
     """The tiny fine-tuned teacher with its head's weights scaled up: sure of its classes, so KD weighs."""
     model = AutoModelForSequenceClassification.from_pretrained(task_teacher)
     with torch.no_grad():
@@ -59,7 +58,7 @@ def confident_teacher(tmp_path_factory, task_teacher):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory, teacher, task_teacher):  # noqa: F811
+def student(tmp_path_factory, teacher, task_teacher):
     """A tiny BERT of other weights than the teacher's (so that KD has something to teach), dropout off, its
     classification head already in place (nothing random at load)."""
     labels = AutoModelForSequenceClassification.from_pretrained(task_teacher).config.id2label
@@ -142,7 +141,7 @@ def reference_run(student, teacher_dir, task):
 
 
 def test_task_distillation_equals_a_plain_loop_step_by_step(tmp_path, monkeypatch, student, confident_teacher,
-                                                           custom_task):  # noqa: F811
+                                                           custom_task):
     ours, our_weights = project_run(tmp_path, monkeypatch, student, confident_teacher, custom_task)
     ref, ref_weights = reference_run(student, confident_teacher, custom_task)
     assert len(ours) == len(ref) == EPOCHS * 3  # 5 micro-batches: steps of 2, 2 and 1

@@ -13,10 +13,9 @@ from transformers import (
 )
 
 from conftest import ROOT, input_error
+from glue_helpers import FAST, glue_main
 from scripts import run_glue
 from scripts.extract import distilbert as extract
-from test_glue import FAST
-from test_task_distill import custom_task, distil, glue_main, task_teacher, teacher  # noqa: F401 (fixtures)
 from train_helpers import make_headless_teacher_dir, write_student_config
 
 # ----------------------------------------------------------------------------------------------------------
@@ -25,7 +24,7 @@ from train_helpers import make_headless_teacher_dir, write_student_config
 
 @pytest.mark.slow
 def test_distillation_under_torchrun_matches_its_cached_logits_and_writes_once(
-    tmp_path, teacher, task_teacher, custom_task  # noqa: F811
+    tmp_path, teacher, task_teacher, custom_task
 ):
     out = tmp_path / "ddp"
     cmd = [
@@ -66,7 +65,7 @@ def test_distillation_under_torchrun_matches_its_cached_logits_and_writes_once(
 
 
 def test_a_distillation_interrupted_resumes_from_its_checkpoint(
-    tmp_path, teacher, task_teacher, custom_task, monkeypatch  # noqa: F811
+    tmp_path, teacher, task_teacher, custom_task, monkeypatch
 ):
     from transformers import TrainerCallback
 

@@ -5,18 +5,17 @@ text goes is refused in one line; rows without text are left out and counted the
 import json
 
 from conftest import input_error
+from glue_helpers import FAST, distil
 from scripts import run_glue
 from tasks import glue
-from test_cross_tokenizer import bpe_teacher, distil  # noqa: F401 (fixtures)
-from test_glue import FAST, custom_task, teacher  # noqa: F401 (fixtures)
 
 
 def run_of(out):
     return json.loads(next((out / "custom").glob("lr*/results.json")).read_text())
 
 
-def test_transfer_rows_without_text_are_left_out_and_counted_in_every_file_kind(tmp_path, teacher, bpe_teacher,  # noqa: F811
-                                                                                  custom_task):  # noqa: F811
+def test_transfer_rows_without_text_are_left_out_and_counted_in_every_file_kind(tmp_path, teacher, bpe_teacher,
+                                                                                  custom_task):
     good = ["the river runs north of the city", "people were born in the year of the river"]
     blank = ["", "   ", "\u200b", "\ufeff\u200b "]
     (tmp_path / "more.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in good + blank))
@@ -31,7 +30,7 @@ def test_transfer_rows_without_text_are_left_out_and_counted_in_every_file_kind(
         assert run_of(out)["teacher"]["unlabeled_rows_used"] == {"task": 10, "transfer_file": 2}
 
 
-def test_a_number_where_a_text_goes_is_refused(tmp_path, teacher, bpe_teacher, custom_task):  # noqa: F811
+def test_a_number_where_a_text_goes_is_refused(tmp_path, teacher, bpe_teacher, custom_task):
     (tmp_path / "numbers.jsonl").write_text(json.dumps({"text": "a city"}) + "\n" + json.dumps({"text": 5}) + "\n")
     line = input_error(run_glue.main, ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv",
                                        "--validation_file", custom_task / "dev.csv", "--output_dir", tmp_path / "o",
@@ -57,7 +56,7 @@ def test_the_task_files_rows_without_text_are_left_out_and_counted(tmp_path):
     assert data.train.skipped == 2
 
 
-def test_unlabeled_samples_are_recorded_as_used_not_as_asked(tmp_path, teacher, bpe_teacher, custom_task):  # noqa: F811
+def test_unlabeled_samples_are_recorded_as_used_not_as_asked(tmp_path, teacher, bpe_teacher, custom_task):
     proc = distil(teacher, custom_task, bpe_teacher, tmp_path / "out", "--unlabeled_samples", 5000)
     assert proc.returncode == 0, proc.stderr[-2000:]
     # 200 training rows, 40 labelled: 160 left

@@ -5,12 +5,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizer, DistilBertConfig
+import torch.nn.functional as F
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    BertTokenizer,
+    DistilBertConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2TokenizerFast,
+    RobertaConfig,
+    RobertaForMaskedLM,
+    RobertaTokenizerFast,
+)
 
 import train
 from distiller import Distiller
 from training import data_format, train_args
+from training.losses import kd_loss
 from utils import DistInfo
+
+# RoBERTa's ids for its specials (pad 1, the padding_idx its positions are offset by); GPT-2 has one token
+BPE_SPECIALS = {"roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "gpt2": ["<|endoftext|>"]}
 
 
 def tiny_bert_config(vocab_size, layers=4, hidden=32, heads=2, ffn=64, max_pos=64):
@@ -63,6 +80,32 @@ def make_headless_teacher_dir(folder, tokenizer_dir, seed=0, **kw):
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder, model, tok
+
+
+def make_bpe_teacher(folder, kind, texts, layers=4):
+    """A tiny random teacher of `kind` with a byte-level BPE tokenizer trained on `texts`, saved together."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=400, show_progress=False, special_tokens=BPE_SPECIALS[kind])
+    folder.mkdir(parents=True)
+    bpe.save_model(str(folder))
+    torch.manual_seed(0)
+    if kind == "roberta":
+        tok = RobertaTokenizerFast.from_pretrained(str(folder))
+        config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=130, pad_token_id=tok.pad_token_id,
+                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                               type_vocab_size=1)
+        model = RobertaForMaskedLM(config)
+    else:
+        tok = GPT2TokenizerFast.from_pretrained(str(folder))
+        config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=layers, n_head=2, n_positions=128,
+                            bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+        model = GPT2LMHeadModel(config)
+    model.eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok
 
 
 def sentences(articles):
@@ -179,3 +222,24 @@ def with_args(argv, **kw):
         else:
             argv += [flag, str(value)]
     return argv
+
+
+def head_problem(seed, n=37, d=16, vocab=300, n_lm=10, bias=True):
+    """Random student features / head (trainable) and teacher features / head, plus LM targets for the first
+    n_lm rows."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, requires_grad=True)
+    w = torch.randn(vocab, d, generator=g).mul_(0.3).requires_grad_()
+    b = torch.randn(vocab, generator=g).requires_grad_() if bias else None
+    tx, tb = torch.randn(n, d, generator=g), torch.randn(vocab, generator=g)
+    tw = torch.randn(vocab, d, generator=g) * 0.3
+    targets = torch.randint(vocab, (n_lm,), generator=g)
+    return x, w, b, tx, tw, tb, targets
+
+
+def autograd_losses(x, w, b, tx, tw, tb, targets, temperature, alpha_kd, alpha_lm):
+    """The fused KD's losses in plain autograd, on a head_problem: (alpha_kd * kd + alpha_lm * lm, kd, lm)."""
+    s = F.linear(x, w, b)
+    kd = kd_loss(s, F.linear(tx, tw, tb), temperature)
+    lm = F.cross_entropy(s[: len(targets)], targets) if len(targets) else torch.zeros(())
+    return alpha_kd * kd + alpha_lm * lm, kd, lm
