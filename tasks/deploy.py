@@ -118,14 +118,16 @@ def optimize(path, out, config):
     return True, {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
 
 
-def quantize_int8(path, out):
-    """ONNX Runtime's dynamic quantization: int8 weights, activations quantized per batch at run time."""
+def quantize_int8(path, out, per_channel=False):
+    """ONNX Runtime's dynamic quantization: int8 weights, activations quantized per batch at run time. Per
+    channel: a scale for each output column of a weight instead of one per matrix (more accurate, slower:
+    docs/deploy.md)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # The fused operators (Attention, SkipLayerNormalization) are outside ONNX's shape inference: their outputs'
     # type is float32, which the quantizer must be told.
-    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8,
+    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 

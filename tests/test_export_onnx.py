@@ -6,6 +6,7 @@ or bad input leaves nothing behind."""
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import transformers
@@ -97,6 +98,20 @@ def test_the_dev_score_is_run_glues_metric_on_onnx_runtimes_outputs(tmp_path):
     assert record["parity"]["rows"] == 100  # the dev set's sentences, not the built-in ones
 
 
+def test_per_channel_int8_has_a_scale_per_weight_column(tmp_path):
+    src = make_model(tmp_path / "model", "bert", "seq")
+    scales = {}
+    for per_channel in (False, True):
+        out = tmp_path / f"onnx_{per_channel}"
+        run_main(export_onnx.main, "--model_name_or_path", src, "--output_dir", out, "--quantize", "int8",
+                 *(["--per_channel"] if per_channel else []), check=True)
+        assert json.loads((out / "export.json").read_text())["int8"]["per_channel"] is per_channel
+        weights = onnx.load(str(out / "model.int8.onnx")).graph.initializer
+        scales[per_channel] = [w.dims for w in weights if w.name.endswith("_scale") and w.data_type == 1]
+    assert scales[False] and all(list(d) in ([], [1]) for d in scales[False])  # one scale per matrix
+    assert any(list(d) == [64] for d in scales[True])  # the FFN's first matrix: one per its 64 columns
+
+
 def squad_file(path):
     paragraphs = [{"context": c, "qas": [{"id": f"q{i}", "question": q, "answers": [
         {"text": c.split()[0], "answer_start": 0}]}]} for i, (q, c) in enumerate(export_onnx.QUESTIONS)]
@@ -151,6 +166,7 @@ def bert(tmp_path_factory):
     (["--max_seq_length", "0"], "--max_seq_length 0: give at least 1"),
     (["--max_eval_samples", "0"], "--max_eval_samples 0: give at least 1"),
     (["--doc_stride=-1"], "--doc_stride -1: give at least 0"),
+    (["--per_channel"], "--per_channel is a way to --quantize int8: give both"),
     (["--data_dir", "x"], "--data_dir needs --task_name (the GLUE task whose files are there)"),
     (["--task_name", "sst2", "--validation_file", "x"], "give --task_name with --data_dir, or --validation_file, "
      "not both"),
