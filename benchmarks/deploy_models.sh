@@ -6,6 +6,8 @@
 #
 #   bash benchmarks/deploy_models.sh [OUT]        # ~1.5 h on 2 cores; a finished step is kept and skipped
 #   STAGES=sst2 bash benchmarks/deploy_models.sh  # only the SST-2 pair (sst2, qa, bench: any of them)
+#   BENCH_FLAGS="--threads all --runtimes eager,bf16,onnx,onnx-int8" STAGES=bench bash benchmarks/deploy_models.sh
+#                                                 # the benchmark as docs/deploy.md ran it (~15 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-deploy_run}
@@ -74,5 +76,6 @@ if stage bench; then
     # shellcheck disable=SC2086  # BENCH_FLAGS: more bench_inference.py flags, word-split on purpose
     $PY benchmarks/bench_inference.py "${models[@]}" --output "$OUT/inference.json" --plot "$OUT/inference.png" \
         ${BENCH_FLAGS:-} | tee "$OUT/inference.md"
+    $PY benchmarks/deploy_table.py "$OUT" | tee "$OUT/table.md"  # docs/deploy.md's tables
 fi
 say "done: $OUT"
