@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification, RobertaTokenizerFast
 
-from glue_helpers import FAST, glue_main
+from glue_helpers import FAST, glue_main, task_argv
 from train_helpers import BPE_SPECIALS, make_teacher_dir, sentences
 
 
@@ -36,20 +36,7 @@ def custom_task(tmp_path_factory, articles):
 def task_teacher(tmp_path_factory, teacher, custom_task):
     """The tiny BERT fine-tuned on the custom task, saved by run_glue.py --save_model."""
     out = tmp_path_factory.mktemp("task_teacher")
-    glue_main(
-        "--model_name_or_path",
-        teacher,
-        "--train_file",
-        custom_task / "train.csv",
-        "--validation_file",
-        custom_task / "dev.csv",
-        "--output_dir",
-        out,
-        "--max_steps",
-        3,
-        "--save_model",
-        *FAST,
-    )
+    glue_main(*task_argv(teacher, custom_task, out, "--max_steps", 3, "--save_model", *FAST))
     return out / "custom" / "lr2e-05_seed42" / "model"
 
 

@@ -21,9 +21,14 @@ def glue_main(*args):
     return run_glue.main([str(a) for a in args])
 
 
+def task_argv(model, task, out, *extra):
+    """run_glue.py's flags for `model` on a custom task folder (train.csv, dev.csv) into `out`, then `extra`."""
+    return ["--model_name_or_path", model, "--train_file", task / "train.csv", "--validation_file", task / "dev.csv",
+            "--output_dir", out, *extra]
+
+
 def custom_args(teacher, custom_task, out, *extra):
-    return ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
-            custom_task / "dev.csv", "--output_dir", out, "--max_steps", 2, *FAST, *extra]
+    return task_argv(teacher, custom_task, out, "--max_steps", 2, *FAST, *extra)
 
 
 def distil(student, task, teacher_dir, out, *extra):

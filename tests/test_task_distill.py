@@ -20,7 +20,7 @@ from transformers import (
 )
 
 from conftest import input_error, write_bert_vocab
-from glue_helpers import FAST, glue_main, write_tsv
+from glue_helpers import FAST, glue_main, task_argv, write_tsv
 from scripts import run_glue
 from tasks import task_distill, teacher_pass
 from train_helpers import make_headless_teacher_dir, tiny_bert_config
@@ -298,22 +298,8 @@ def test_a_teacher_that_does_not_fit_is_refused_before_training(
 ):
     monkeypatch.setattr(run_glue, "fine_tune", lambda *a, **k: pytest.fail("trained before the check"))
     out = tmp_path / "out"
-    line = input_error(run_glue.main,
-        [
-            "--model_name_or_path",
-            teacher,
-            "--train_file",
-            custom_task / "train.csv",
-            "--validation_file",
-            custom_task / "dev.csv",
-            "--output_dir",
-            out,
-            "--teacher_name_or_path",
-            wrong_teachers[case],
-            *flags,
-            *FAST,
-        ],
-    )
+    line = input_error(run_glue.main, task_argv(teacher, custom_task, out, "--teacher_name_or_path",
+                                                wrong_teachers[case], *flags, *FAST))
     assert expected in line, line
     assert not out.exists()
 

@@ -13,7 +13,7 @@ from transformers import (
 )
 
 from conftest import ROOT, input_error
-from glue_helpers import FAST, glue_main
+from glue_helpers import FAST, glue_main, task_argv
 from scripts import run_glue
 from scripts.extract import distilbert as extract
 from train_helpers import make_headless_teacher_dir, write_student_config
@@ -73,30 +73,9 @@ def test_a_distillation_interrupted_resumes_from_its_checkpoint(
         def on_save(self, args, state, control, **kwargs):
             raise KeyboardInterrupt
 
-    args = [
-        "--model_name_or_path",
-        teacher,
-        "--train_file",
-        custom_task / "train.csv",
-        "--validation_file",
-        custom_task / "dev.csv",
-        "--output_dir",
-        tmp_path / "out",
-        "--max_steps",
-        4,
-        "--save_strategy",
-        "steps",
-        "--save_steps",
-        2,
-        "--report_to",
-        "none",
-        "--disable_tqdm",
-        "true",
-        "--teacher_name_or_path",
-        task_teacher,
-        "--alpha_cos",
-        0.5,
-    ]
+    args = task_argv(teacher, custom_task, tmp_path / "out", "--max_steps", 4, "--save_strategy", "steps",
+                     "--save_steps", 2, "--report_to", "none", "--disable_tqdm", "true", "--teacher_name_or_path",
+                     task_teacher, "--alpha_cos", 0.5)
     real = run_glue.callbacks
     monkeypatch.setattr(run_glue, "callbacks", lambda: [*real(), StopAfterFirstCheckpoint()])
     with pytest.raises(KeyboardInterrupt):
