@@ -59,6 +59,8 @@ SHAPES = {
                                         intermediate_size=128), None),
     "tiny-student": ("DistilBertConfig", dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128), "tiny-teacher"),
 }
+SERVED = {"sequence-classification": "AutoModelForSequenceClassification",  # the heads --model times
+          "question-answering": "AutoModelForQuestionAnswering"}
 DEFAULT_MODELS = ["bert-base", "distilbert", "distilbert-small", "mpnet-base", "task-student"]
 CPU_RUNTIMES = ["eager", "bf16", "compile", "onnx", "onnx-int8"]
 CUDA_RUNTIMES = ["eager", "fp16", "bf16"]
@@ -158,9 +160,7 @@ def build(spec):
     if spec.get("folder"):  # a classifier or a QA model: its head is timed too, as a server would run it
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec["folder"])
         head = deploy.head_of(transformers.AutoConfig.from_pretrained(spec["folder"])).kind
-        auto = {"sequence-classification": transformers.AutoModelForSequenceClassification,
-                "question-answering": transformers.AutoModelForQuestionAnswering}[head]
-        model = auto.from_pretrained(spec["folder"], attn_implementation="eager")
+        model = getattr(transformers, SERVED[head]).from_pretrained(spec["folder"], attn_implementation="eager")
         return model.float().eval(), tokenizer, model.config
     cls, cfg, _ = SHAPES[spec["name"]]
     config_class = getattr(transformers, cls)
@@ -346,7 +346,7 @@ def parse_args(argv):
             raise InputError(f"--model {item}: give NAME=FOLDER, a folder with a saved classifier or QA model "
                              "(config.json)")
         head = deploy.head_of(transformers.AutoConfig.from_pretrained(folder)).kind
-        if head not in ("sequence-classification", "question-answering"):
+        if head not in SERVED:
             raise InputError(f"--model {item}: a {head} model; give a classifier or a QA model")
         specs.append({"name": name, "folder": folder, "teacher": None, "score": dev_score(Path(folder))})
     if args.device == "cuda":
