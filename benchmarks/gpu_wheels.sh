@@ -5,8 +5,8 @@
 # requirement files.
 set -euo pipefail
 cd "$(dirname "$0")"
-# Already on the GPU machine (with torch 2.11 + CUDA):
-PRESENT="torch transformers tokenizers safetensors tensorboard tqdm psutil pytest scikit-learn scipy numpy"
+# Already on the GPU machine (with torch 2.11 + CUDA; huggingface-hub comes with transformers):
+PRESENT="torch transformers huggingface-hub tokenizers safetensors tensorboard tqdm psutil pytest scikit-learn scipy numpy"
 # To download (their own dependencies come along; accelerate's torch is PRESENT, so it comes without its own):
 EXTRA=(setuptools wheel pytest-xdist gitpython datasets pyarrow sentencex matplotlib ruff nbclient nbformat ipykernel onnx
        onnxruntime)
