@@ -14,7 +14,7 @@ from its layers 0, 3, 5. The rows:
   all-mpnet-base-v2's is bert-base-uncased's shifted by 4), so run_glue.py gives it its own tokenization of
   the text: the cross-tokenizer path.
 Then the teacher's pass alone over the training rows, two ways, in sentences/s: a plain batched pass (the
-rows in their order, torch.no_grad) against teacher_pass.teacher_logits (batches of similar lengths,
+rows in their order, torch.no_grad) against teacher_pass.model_logits (batches of similar lengths,
 inference_mode); their logits are checked equal. The teacher-logits cache is off in every run here, so
 each pass is paid. The issue's bound: a KD epoch costs at most 1.25x a plain one. Printed with this CPU's
 name.
@@ -95,6 +95,7 @@ def time_teacher_pass(teacher_dir, data_dir, train, max_seq_length, batch_size=1
     import time
 
     import datasets
+    import numpy as np
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
@@ -111,7 +112,8 @@ def time_teacher_pass(teacher_dir, data_dir, train, max_seq_length, batch_size=1
                            for i in range(0, len(rows), batch_size)])
     plain_s = time.perf_counter() - start
     start = time.perf_counter()
-    ours = teacher_pass.teacher_logits(model, rows, collate, batch_size, torch.device("cpu"))
+    ours = torch.from_numpy(np.stack(teacher_pass.model_logits(model, rows, collate, batch_size,
+                                                               torch.device("cpu"))))
     ours_s = time.perf_counter() - start
     torch.testing.assert_close(ours, plain, rtol=1e-4, atol=1e-4)  # padding changes the last bits only
     return plain_s, ours_s

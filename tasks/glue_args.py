@@ -89,8 +89,8 @@ def parse_args(argv=None, description=None, classes=None, defaults=None, prog="r
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
 
-        if not torch.cuda.is_available():  # torchrun on CPUs: without gloo the Trainer runs N separate copies
-            versioned["ddp_backend"] = "gloo"
+        if not torch.cuda.is_available():  # torchrun on CPUs: accelerate wraps the model in DDP (MULTI_CPU, gloo)
+            versioned.update(ddp_backend="gloo", use_cpu=True)  # only when told so: else N unsynced copies train
     parser.set_defaults(**{k: v for k, v in (defaults or DEFAULTS).items() if k in fields}, **versioned)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

@@ -65,7 +65,7 @@ def training_settings(targs):
     return json.loads(json.dumps({"world_size": targs.world_size, **args}, default=str))
 
 
-def settings(data_args, targs, task_data, identity, max_length, distillation=None):
+def run_key(data_args, targs, task_data, identity, max_length, distillation=None):
     """Everything a run's result depends on besides its seed and learning rate: a kept run must match it."""
     args = training_settings(targs)
     out = {

@@ -12,20 +12,12 @@ seed and learning rate reuses, kept on disk as run_glue.py keeps a classifier's 
 """
 
 import math
-import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core import teachers
-from core.errors import InputError, say
-from core.loading import load_tokenizer
-from core.precision import autocast_dtype
-from tasks import teacher_pass
-
-TEACHER_START, TEACHER_END = "teacher_start", "teacher_end"  # the data columns of cached logits
+from core.errors import InputError
 
 
 @dataclass
@@ -42,9 +34,24 @@ class QADistillArguments:
                                 "else ~/.cache/distilbert_small/teacher_logits; off: none)"}
     )
 
+    per_step = False  # the start/end logits alone: the teacher runs once, its logits a column
+    relations = ()
+
     @property
     def on(self):
         return self.teacher_name_or_path is not None
+
+    def settings(self, teacher_identity, own_tokens=None):
+        """What a distilled run's result depends on, for the kept-run and resume checks."""
+        return {"teacher": teacher_identity["model"], "alpha_ce": self.alpha_ce, "alpha_squad": self.alpha_squad,
+                "temperature": self.temperature}
+
+    def data_record(self):
+        return {}
+
+    def one_tokenization(self):
+        """Why the teacher must read the student's ids: its logits are compared token by token."""
+        return "QA distillation compares start/end logits", "give a teacher with the student's tokenizer"
 
 
 def check_flags(d, argv):
@@ -64,14 +71,6 @@ def check_flags(d, argv):
         raise InputError("--alpha_squad 0 without a teacher: nothing to learn from")
     if not math.isfinite(d.temperature) or d.temperature <= 0:
         raise InputError(f"--temperature {d.temperature}: give a finite number above 0")
-
-
-def settings(d, identity):
-    """What a distilled run's result depends on (None: no teacher)."""
-    if not d.on:
-        return None
-    return {"teacher": identity["model"], "alpha_ce": d.alpha_ce, "alpha_squad": d.alpha_squad,
-            "temperature": d.temperature}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -102,133 +101,28 @@ def span_kd(s_start, s_end, t_start, t_end, mask, temperature):
     return (kl(s_start, t_start) + kl(s_end, t_end)) / 2
 
 
-def qa_trainer(d):
-    """A transformers Trainer class whose training loss is alpha_squad * span_loss + alpha_ce * span_kd (the
-    latter with a teacher); evaluation and prediction are the student's alone. Each micro-batch's loss is its
-    mean over windows (the Trainer divides by --gradient_accumulation_steps)."""
-    from transformers import Trainer
+class Spans:
+    """The task family of run_qa.py for distillation (tasks/distill.py): a span head, its gold answers the
+    start and end positions (every training window has them: [CLS] when the answer is not in it), its teacher
+    logits the start and end logits of every token."""
 
-    class QATrainer(Trainer):
-        def _set_signature_columns_if_needed(self):  # keep the cached logits beside the model's inputs
-            if self._signature_columns is None:
-                keep = teacher_pass.forward_inputs(self.model) | {TEACHER_START, TEACHER_END}
-                self._signature_columns = sorted(keep)
+    model_class = "AutoModelForQuestionAnswering"
+    teacher_needs = ("a question-answering model", "fine-tune it on the task first (run_qa.py --save_model: its "
+                     "squad/RUN/model)")
+    targets = ("start_positions", "end_positions")
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            starts, ends = inputs.pop("start_positions", None), inputs.pop("end_positions", None)
-            t_start, t_end = inputs.pop(TEACHER_START, None), inputs.pop(TEACHER_END, None)
-            out = model(**inputs)
-            mask = inputs["attention_mask"].bool()
-            loss = out.start_logits.sum() * 0.0
-            if d.alpha_squad and starts is not None:
-                loss = loss + d.alpha_squad * span_loss(out.start_logits, out.end_logits, starts, ends, mask)
-            if t_start is not None and model.training:
-                loss = loss + d.alpha_ce * span_kd(out.start_logits, out.end_logits, t_start, t_end, mask,
-                                                   d.temperature)
-            return (loss, out) if return_outputs else loss
+    def labelled(self, batch):
+        return torch.ones_like(batch["start_positions"], dtype=torch.bool)
 
-    return QATrainer
+    def task_loss(self, s_out, targets, attention_mask):
+        return span_loss(s_out.start_logits, s_out.end_logits, targets["start_positions"], targets["end_positions"],
+                         attention_mask.bool())
 
-
-class WithTeacherSpans:
-    """A collator that pads as `base` does and pads the cached start/end logits to the batch's length."""
-
-    def __init__(self, base):
-        self.base = base
-
-    def __call__(self, features):
-        features = [dict(f) for f in features]
-        cached = None
-        if TEACHER_START in features[0]:
-            cached = [(f.pop(TEACHER_START), f.pop(TEACHER_END)) for f in features]
-        batch = self.base(features)
-        if cached is not None:
-            width = batch["input_ids"].shape[1]
-            for k, name in enumerate((TEACHER_START, TEACHER_END)):
-                out = torch.zeros(len(cached), width)  # padding: masked out of both softmaxes
-                for row, pair in enumerate(cached):
-                    out[row, : len(pair[k])] = torch.tensor(pair[k], dtype=torch.float32)
-                batch[name] = out
-        return batch
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The teacher: loaded, checked, and run once over the training features
-
-
-def load_teacher(path, student_tokenizer, texts):
-    """The teacher QA model in eval mode and its tokenizer; refused when it has no span head (not fine-tuned
-    for QA) or splits the task's text otherwise than the student (positions must line up)."""
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
-
-    model, _ = teachers.load_teacher(AutoModelForQuestionAnswering, path, (
-        "a question-answering model", "fine-tune it on the task first (run_qa.py --save_model: its squad/RUN/model)"))
-    tokenizer = load_tokenizer(AutoTokenizer, path, "the teacher's tokenizer")
-    differs = teacher_pass.tokenization_differs(student_tokenizer, tokenizer, texts)
-    if differs:
-        raise InputError(f"the teacher {path} has {differs}: QA distillation compares start/end logits position "
-                         "by position, so teacher and student need one tokenization")
-    return model, tokenizer
-
-
-@torch.inference_mode()
-def span_logits(model, dataset, collator, batch_size, device, dtype=None, desc="teacher logits", quiet=False):
-    """(starts, ends): a QA model's float32 start/end logits per window, each as long as the window, in the
-    dataset's order; batches of similar lengths pad less. The teacher's pass, and every evaluation: each
-    process reads every window, so the answers never depend on how a sampler dealt or gathered batches (the
-    Trainer's evaluation returns them length-grouped, that is shuffled, and under torchrun one rank's share)."""
-    from tqdm.auto import tqdm
-
-    keep = teacher_pass.forward_inputs(model)
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    order = sorted(range(len(dataset)), key=lengths.__getitem__)
-    starts, ends = [None] * len(dataset), [None] * len(dataset)
-    was_training = model.training
-    model.to(device).eval()
-    for at in tqdm(range(0, len(order), batch_size), desc=desc, disable=quiet):
-        picked = order[at : at + batch_size]
-        batch = collator([{k: v for k, v in dataset[i].items() if k in keep} for i in picked])
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model(**{k: v.to(device) for k, v in batch.items()})
-        for row, i in enumerate(picked):
-            starts[i] = out.start_logits[row, : lengths[i]].float().cpu().numpy()
-            ends[i] = out.end_logits[row, : lengths[i]].float().cpu().numpy()
-    model.train(was_training)
-    return starts, ends
-
-
-def with_teacher_logits(teacher, identity, dataset, tokenizer, targs, cache_setting):
-    """The training features with the teacher's start/end logits as two columns: read from the cache when the
-    same teacher, precision and features were seen before, else computed (and kept)."""
-    from transformers import DataCollatorWithPadding
-
-    dtype = autocast_dtype(targs)
-    start = time.time()
-    lengths = np.array([len(ids) for ids in dataset["input_ids"]])
-    folder = teacher_pass.cache_folder(cache_setting)
-    path = logits = None
-    if folder is not None:
-        key = teacher_pass.logits_key(identity, dataset, str(dtype), "qa start/end")
-        path = teacher_pass.cache_path(folder, key)
-        logits, why = teacher_pass.read_cached_logits(path, key, (int(lengths.sum()), 2))
-        if why:
-            say(f"the cached teacher logits at {path} were not used ({why}): computing them again")
-    logits = teacher_pass.agree_on_hit(logits, targs.device)  # a hit on every process, or none
-    if logits is None:
-        collator = DataCollatorWithPadding(tokenizer)
-        starts, ends = span_logits(teacher, dataset, collator, targs.per_device_eval_batch_size, targs.device, dtype,
-                                   quiet=targs.disable_tqdm)
-        teacher.cpu()
-        logits = np.stack([np.concatenate(starts), np.concatenate(ends)], axis=1).astype(np.float32)
-        if path is not None and targs.process_index == 0:
-            try:
-                teacher_pass.write_cached_logits(path, key, logits)
-            except OSError as e:  # a cache that cannot be written costs the next run a pass, nothing more
-                say(f"the teacher's logits could not be kept in {folder} ({e.strerror or e})")
-        say(f"the teacher's start/end logits for {len(dataset):,} training windows took {time.time() - start:.1f} s"
-            f" (once, for all runs{f'; kept in {path}' if path is not None else ''})")
-    else:
-        say(f"the teacher's start/end logits for {len(dataset):,} training windows: read from {path}")
-    cuts = np.cumsum(lengths)[:-1]
-    dataset = dataset.add_column(TEACHER_START, [a.tolist() for a in np.split(logits[:, 0], cuts)])
-    return dataset.add_column(TEACHER_END, [a.tolist() for a in np.split(logits[:, 1], cuts)])
+    def losses(self, d, s_out, t_out, t_logits, targets, attention_mask, layers):
+        out = {}
+        if d.alpha_squad and targets:
+            out["task"] = (d.alpha_squad, self.task_loss(s_out, targets, attention_mask))
+        if t_logits is not None:
+            out["ce"] = (d.alpha_ce, span_kd(s_out.start_logits, s_out.end_logits, t_logits[..., 0], t_logits[..., 1],
+                                             attention_mask.bool(), d.temperature))
+        return out

@@ -2,7 +2,7 @@
 mode, batches sorted by length, in the run's precision) and kept on disk, keyed by the teacher's weights and
 tokenizer, the rows and the precision, so that every later run, seed and learning rate reuses them; and
 whether the teacher reads the student's ids or its own tokenization of the text. run_glue.py (classes) and
-run_qa.py (start/end logits, tasks/qa_distill.py) share it."""
+run_qa.py (start/end logits per token) share every piece."""
 
 
 import hashlib
@@ -53,32 +53,48 @@ def forward_inputs(model):
 # Teacher logits, computed once for the training set
 
 
-@torch.inference_mode()  # no autograd state at all: the logits only become a data column
-def teacher_logits(teacher, dataset, collator, batch_size, device, autocast_dtype=None):
-    """(len(dataset), num_labels) float32 logits of the teacher in eval mode, in the dataset's order. Under
-    torchrun each process computes its share (every world_size-th row) and the shares are exchanged."""
+def head_logits(out):
+    """A model output's logits as one tensor: (rows, classes) for a classifier; (rows, length, 2) for a span head,
+    its start and end logits side by side."""
+    if getattr(out, "start_logits", None) is not None:
+        return torch.stack([out.start_logits, out.end_logits], dim=-1)
+    return out.logits
+
+
+@torch.inference_mode()  # no autograd state at all: the logits only become a data column or predictions
+def model_logits(model, dataset, collator, batch_size, device, autocast_dtype=None, desc="teacher logits",
+                 quiet=False):
+    """A model's float32 logits per row of `dataset`, in eval mode, in the dataset's order, as numpy arrays: one
+    (classes,) per row for a classifier, one (row length, 2) for a span head. Batches of similar lengths pad
+    less. Under torchrun each process computes every world_size-th row and the shares are exchanged: every
+    process holds every row, whatever order a sampler would have dealt them in. The teacher's pass, and run_qa.py's
+    evaluation."""
     import torch.distributed as dist
     from tqdm.auto import tqdm
 
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    keep = forward_inputs(teacher)
+    keep = forward_inputs(model)
     mine = list(range(rank, len(dataset), world))
-    lengths = [len(dataset[i]["input_ids"]) for i in mine]
-    order = sorted(range(len(mine)), key=lambda k: lengths[k])  # batches of similar lengths pad less
-    out = torch.empty(len(mine), teacher.config.num_labels)
-    teacher.to(device).eval()
-    for start in tqdm(range(0, len(order), batch_size), desc="teacher logits", disable=rank != 0):
+    ids = dataset["input_ids"]
+    lengths = [len(ids[i]) for i in mine]
+    order = sorted(range(len(mine)), key=lengths.__getitem__)
+    out = [None] * len(mine)
+    was_training = model.training
+    model.to(device).eval()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=quiet or rank != 0):
         picked = order[start : start + batch_size]
-        rows = [{k: v for k, v in dataset[mine[k]].items() if k in keep} for k in picked]
-        batch = {k: v.to(device) for k, v in collator(rows).items()}
+        batch = collator([{k: v for k, v in dataset[mine[k]].items() if k in keep} for k in picked])
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            out[picked] = teacher(**batch).logits.float().cpu()
+            logits = head_logits(model(**{k: v.to(device) for k, v in batch.items()})).float().cpu().numpy()
+        for row, k in enumerate(picked):
+            out[k] = logits[row, : lengths[k]] if logits.ndim == 3 else logits[row]
+    model.train(was_training)
     if not distributed:
         return out
     shares = [None] * world
     dist.all_gather_object(shares, out)
-    full = torch.empty(len(dataset), teacher.config.num_labels)
+    full = [None] * len(dataset)
     for r, share in enumerate(shares):
         full[r::world] = share
     return full
@@ -150,7 +166,8 @@ def agree_on_hit(logits, device):
 
 
 class WithTeacherLogits:
-    """A collator that pads as `base` does and stacks the cached teacher logits beside the batch."""
+    """A collator that pads as `base` does and puts the cached teacher logits beside the batch: stacked for a
+    classifier's rows, padded with zeros to the batch's length for a span head's (the losses leave padding out)."""
 
     def __init__(self, base):
         self.base = base
@@ -160,5 +177,12 @@ class WithTeacherLogits:
         cached = [f.pop(TEACHER_LOGITS) for f in features] if TEACHER_LOGITS in features[0] else None
         batch = self.base(features)
         if cached is not None:
-            batch[TEACHER_LOGITS] = torch.tensor(cached, dtype=torch.float32)
+            rows = [torch.tensor(c, dtype=torch.float32) for c in cached]
+            if rows[0].dim() == 1:
+                batch[TEACHER_LOGITS] = torch.stack(rows)
+            else:
+                padded = torch.zeros(len(rows), batch["input_ids"].shape[1], rows[0].shape[1])
+                for i, r in enumerate(rows):
+                    padded[i, : len(r)] = r
+                batch[TEACHER_LOGITS] = padded
         return batch

@@ -13,7 +13,7 @@ import torch
 from conftest import input_error
 from glue_helpers import FAST, distil, overwrite_logits
 from scripts import run_glue
-from tasks import task_distill, teacher_pass
+from tasks import distill, glue_family, task_distill, teacher_pass
 
 # The RoBERTa teacher of another tokenizer (`bpe_teacher`), the student (`teacher`, a tiny BERT) and `custom_task`:
 # tests/fixtures_glue.py
@@ -63,13 +63,13 @@ def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher
          "--max_train_samples", "20", "--unlabeled_samples", "7", "--per_device_eval_batch_size", "4"])
     assert isinstance(targs, TrainingArguments)
     tokenizer = AutoTokenizer.from_pretrained(str(teacher))
-    t = run_glue.load_teacher(dargs, AutoConfig.from_pretrained(margs.model_name_or_path))
-    (task_data,) = run_glue.load_data(data, dargs.unlabeled_samples)
-    t.check(task_data, tokenizer)
+    t = distill.load_teacher(glue_family.GlueFamily, dargs, AutoConfig.from_pretrained(margs.model_name_or_path))
+    (task_data,) = glue_family.load_data(data, dargs.unlabeled_samples)
+    t.check_tokens(tokenizer, [text for column in task_data.train.texts for text in column])
     assert t.own_tokens.startswith("another vocabulary")
-    train_set, _, _ = run_glue.tokenize(task_data, tokenizer, 64, False)
-    texts = run_glue.training_texts(task_data)
-    cached = t.logits(train_set, tokenizer, targs, texts, 38)[teacher_pass.TEACHER_LOGITS]
+    train_set, _, _ = glue_family.tokenize(task_data, tokenizer, 64, False)
+    texts = glue_family.training_texts(task_data)
+    cached = t.with_logits(train_set, tokenizer, targs, False, texts, 38)[teacher_pass.TEACHER_LOGITS]
     assert len(cached) == 27
     t_tok = AutoTokenizer.from_pretrained(str(bpe_teacher))
     with torch.no_grad():

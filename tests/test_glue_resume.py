@@ -8,6 +8,7 @@ import pytest
 from conftest import input_error
 from glue_helpers import custom_args, glue_main
 from scripts import run_glue
+from tasks import runner
 
 # ----------------------------------------------------------------------------------------------------------
 # Interrupted runs: resumed only under the same settings, from a complete checkpoint
@@ -22,8 +23,8 @@ def interrupt_after_save(monkeypatch, step):
             if state.global_step == step:
                 raise KeyboardInterrupt
 
-    real = run_glue.callbacks
-    monkeypatch.setattr(run_glue, "callbacks", lambda: [*real(), Stop()])
+    real = runner.callbacks
+    monkeypatch.setattr(runner, "callbacks", lambda: [*real(), Stop()])
 
 
 def stopped_run(out, teacher, custom_task, monkeypatch, step, *save):

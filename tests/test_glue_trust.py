@@ -13,7 +13,7 @@ from conftest import input_error, write_bert_vocab
 from core import precision
 from glue_helpers import FAST, custom_args, glue_main, write_tsv
 from scripts import glue_table, run_glue
-from tasks import glue
+from tasks import glue, runner
 from train_helpers import make_teacher_dir
 
 # ----------------------------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def test_overwrite_keeps_the_old_run_aside_until_the_new_one_has_results(finishe
     args, results, text = finished
     run_dir = results.parent
     aside = run_dir.parent / f".{run_dir.name}.replaced"
-    real = run_glue.fine_tune
+    real = runner.fine_tune
     seen = {}
 
     def interrupted(*a, **k):
@@ -128,7 +128,7 @@ def test_overwrite_keeps_the_old_run_aside_until_the_new_one_has_results(finishe
         (run_dir / "partial").mkdir(parents=True)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_glue, "fine_tune", interrupted)
+    monkeypatch.setattr(runner, "fine_tune", interrupted)
     with pytest.raises(KeyboardInterrupt):
         glue_main(*args, "--overwrite_output_dir")
     assert seen["aside"] == text  # moved aside while the new run trained
@@ -138,7 +138,7 @@ def test_overwrite_keeps_the_old_run_aside_until_the_new_one_has_results(finishe
         seen["during"] = aside.is_dir()
         return real(*a, **k)
 
-    monkeypatch.setattr(run_glue, "fine_tune", finishes)
+    monkeypatch.setattr(runner, "fine_tune", finishes)
     glue_main(*args, "--overwrite_output_dir", "--weight_decay", 0.1)
     assert seen["during"] and not aside.exists()
     new = json.loads(results.read_text())
@@ -364,7 +364,7 @@ def test_damaged_results_are_named_before_any_training(finished, where, content,
         path.mkdir()
     else:
         path.write_text(content)
-    monkeypatch.setattr(run_glue, "fine_tune", lambda *a, **k: pytest.fail("trained before the check"))
+    monkeypatch.setattr(runner, "fine_tune", lambda *a, **k: pytest.fail("trained before the check"))
     line = input_error(run_glue.main, args)
     assert expected in line, line
 

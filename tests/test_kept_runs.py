@@ -9,7 +9,7 @@ from conftest import run_main
 from glue_helpers import FAST
 from qa_helpers import qa_argv
 from scripts import run_glue, run_qa
-from tasks import glue_runs
+from tasks import glue_runs, qa_family
 
 
 def check_model_made_then_kept(main, argv, run, capsys):
@@ -68,9 +68,9 @@ def test_run_qa_pad_to_max_length_pads_the_windows_it_records(tmp_path, tiny, sy
 
     tok = AutoTokenizer.from_pretrained(str(tiny))
     rows = [{"input_ids": [2, 7, 3], "attention_mask": [1, 1, 1]}, {"input_ids": [2, 3], "attention_mask": [1, 1]}]
-    padded = run_qa.window_collator(DataCollatorWithPadding, tok, True, 64, False)(rows)
+    padded = qa_family.window_collator(DataCollatorWithPadding, tok, True, 64, False)(rows)
     assert padded["input_ids"].shape == (2, 64) and padded["attention_mask"][1].sum() == 2
-    assert run_qa.window_collator(DataCollatorWithPadding, tok, False, 64, False)(rows)["input_ids"].shape == (2, 3)
+    assert qa_family.window_collator(DataCollatorWithPadding, tok, False, 64, False)(rows)["input_ids"].shape == (2, 3)
     for name, extra in (("plain", ()), ("padded", ("--pad_to_max_length",))):
         run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / name, "--max_steps", 2, *extra), check=True)
     runs = [json.loads((tmp_path / n / "squad" / "lr0.001_seed42" / "results.json").read_text())

@@ -361,7 +361,7 @@ def test_a_teacher_must_be_a_qa_model_with_the_students_tokenization(tmp_path, t
                                         num_attention_heads=2, intermediate_size=64,
                                         max_position_embeddings=64)).save_pretrained(other)
     tok.save_pretrained(other)
-    for teacher, words in ((tiny, "is not a question-answering model"), (other, "need one tokenization")):
+    for teacher, words in ((tiny, "is not a question-answering model"), (other, "needs one tokenization")):
         line = input_error(run_qa.main, ["--model_name_or_path", tiny, "--train_file", good, "--validation_file", good,
                                          "--output_dir", tmp_path / "out", "--max_seq_length", 64,
                                          "--max_query_length", 16, "--doc_stride", 16, *FAST,

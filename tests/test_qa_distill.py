@@ -13,7 +13,8 @@ from transformers import (
 )
 
 from glue_helpers import overwrite_logits
-from tasks import qa, qa_distill
+from tasks import distill, qa, qa_distill
+from tasks.teacher_pass import TEACHER_LOGITS
 
 # ----------------------------------------------------------------------------------------------------------
 # The distillation losses, against numpy window by window
@@ -73,33 +74,41 @@ def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_p
     targs = SimpleNamespace(fp16=False, bf16=False, per_device_eval_batch_size=4, device=torch.device("cpu"),
                             process_index=0, disable_tqdm=True)
     identity = {"model": "a tiny QA teacher", "weights": "seed 0"}
-    got = qa_distill.with_teacher_logits(teacher, identity, ds, tok, targs, str(tmp_path / "cache"))
+    flags = qa_distill.QADistillArguments(teacher_name_or_path="t", teacher_logits_cache=str(tmp_path / "cache"))
+
+    def with_logits(model, identity):  # the training windows with the teacher's logits, as run_qa.py adds them
+        return distill.Teacher(flags, model, tok, identity).with_logits(ds, tok, targs, per_token=True)
+
+    def start_end(row):
+        pairs = np.array(row[TEACHER_LOGITS])
+        return pairs[:, 0], pairs[:, 1]
+
+    got = with_logits(teacher, identity)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
-    again = qa_distill.with_teacher_logits(None, identity, ds, tok, targs, str(tmp_path / "cache"))  # a hit: no model
+    again = with_logits(None, identity)  # a hit: no model
     with torch.no_grad():
         for i, ids in enumerate(cols["input_ids"]):
             out = teacher(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([cols["token_type_ids"][i]]))
-            pairs = ((qa_distill.TEACHER_START, out.start_logits[0]), (qa_distill.TEACHER_END, out.end_logits[0]))
-            for name, mine in pairs:
-                assert len(got[i][name]) == len(ids)
-                np.testing.assert_allclose(got[i][name], mine.numpy(), atol=1e-5)
-                assert again[i][name] == got[i][name]
+            for mine, theirs, cached in zip(start_end(got[i]), (out.start_logits[0], out.end_logits[0]),
+                                            start_end(again[i])):
+                assert len(mine) == len(ids)
+                np.testing.assert_allclose(mine, theirs.numpy(), atol=1e-5)
+                assert (cached == mine).all()
     torch.manual_seed(1)  # another teacher (another identity): a miss, computed anew and kept beside the first
     other = BertForQuestionAnswering(teacher.config).eval()
-    new = qa_distill.with_teacher_logits(other, {**identity, "weights": "seed 1"}, ds, tok, targs,
-                                         str(tmp_path / "cache"))
+    new = with_logits(other, {**identity, "weights": "seed 1"})
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
-    assert not np.allclose(new[0][qa_distill.TEACHER_START], got[0][qa_distill.TEACHER_START])
+    assert not np.allclose(start_end(new[0])[0], start_end(got[0])[0])
     # Damage of other kinds: another teacher's file under this one's name, then this file's
     # logits changed in place to other finite numbers. Each is said, recomputed, and never used.
     first, second = sorted((tmp_path / "cache").glob("*.npz"), key=lambda p: p.stat().st_mtime)
     first.write_bytes(second.read_bytes())
     capsys.readouterr()
-    fixed = qa_distill.with_teacher_logits(teacher, identity, ds, tok, targs, str(tmp_path / "cache"))
+    fixed = with_logits(teacher, identity)
     assert f"the cached teacher logits at {first} were not used (it holds the logits of another key" in (
         capsys.readouterr().out)
-    assert fixed[0][qa_distill.TEACHER_START] == got[0][qa_distill.TEACHER_START]
+    assert fixed[0][TEACHER_LOGITS] == got[0][TEACHER_LOGITS]
     overwrite_logits(first, lambda a: a.__setitem__(slice(0, 5), 1.5))
-    fixed = qa_distill.with_teacher_logits(teacher, identity, ds, tok, targs, str(tmp_path / "cache"))
+    fixed = with_logits(teacher, identity)
     assert "(its contents do not match their digest): computing them again" in capsys.readouterr().out
-    assert fixed[0][qa_distill.TEACHER_START] == got[0][qa_distill.TEACHER_START]
+    assert fixed[0][TEACHER_LOGITS] == got[0][TEACHER_LOGITS]

@@ -13,10 +13,12 @@ from conftest import run_main
 from glue_helpers import FAST
 from qa_helpers import qa_argv
 from scripts import run_glue, run_qa
+from tasks import runner
 
 
-def killed_at(monkeypatch, script, step):
-    """The next run of `script` stops (KeyboardInterrupt) right after saving the checkpoint of `step`."""
+def killed_at(monkeypatch, step):
+    """The next run (run_glue.py or run_qa.py) stops (KeyboardInterrupt) right after saving the checkpoint of
+    `step`."""
     from transformers import TrainerCallback
 
     class Stop(TrainerCallback):
@@ -24,8 +26,8 @@ def killed_at(monkeypatch, script, step):
             if state.global_step == step:
                 raise KeyboardInterrupt
 
-    real = script.callbacks
-    monkeypatch.setattr(script, "callbacks", lambda: [*real(), Stop()])
+    real = runner.callbacks  # both scripts' runs take theirs from the one task runner
+    monkeypatch.setattr(runner, "callbacks", lambda: [*real(), Stop()])
 
 
 def weights(out, task, run):
@@ -36,7 +38,7 @@ def resumed_equals_whole(tmp_path, monkeypatch, script, argv_for, task, run, kil
     whole = tmp_path / "whole"
     run_main(script.main, *argv_for(whole), check=True)
     cut = tmp_path / "cut"
-    killed_at(monkeypatch, script, kill_at)
+    killed_at(monkeypatch, kill_at)
     with pytest.raises(KeyboardInterrupt):
         script.main([str(a) for a in argv_for(cut)])
     monkeypatch.undo()

@@ -22,7 +22,7 @@ from transformers import (
 from conftest import input_error, write_bert_vocab
 from glue_helpers import FAST, glue_main, task_argv, write_tsv
 from scripts import run_glue
-from tasks import task_distill, teacher_pass
+from tasks import runner, task_distill, teacher_pass
 from train_helpers import make_headless_teacher_dir, tiny_bert_config
 
 
@@ -91,7 +91,8 @@ def test_cached_teacher_logits_equal_the_logits_computed_on_the_fly(tokenizer_di
     texts = [" ".join(words[(i * 7 + k) % len(words)] for k in range(1 + i % 9)) for i in range(23)]
     ds = datasets.Dataset.from_dict({"text": texts}).map(lambda b: tok(b["text"]), batched=True)
     ds = ds.remove_columns("text")
-    cached = teacher_pass.teacher_logits(model, ds, DataCollatorWithPadding(tok), 4, torch.device("cpu"))
+    rows = teacher_pass.model_logits(model, ds, DataCollatorWithPadding(tok), 4, torch.device("cpu"))
+    cached = torch.from_numpy(np.stack(rows))
     assert cached.shape == (23, 3) and cached.dtype == torch.float32
     collate = DataCollatorWithPadding(tok)
     with torch.no_grad():
@@ -296,7 +297,7 @@ def wrong_teachers(tmp_path_factory, tokenizer_dir, teacher, task_teacher):
 def test_a_teacher_that_does_not_fit_is_refused_before_training(
     tmp_path, teacher, custom_task, wrong_teachers, case, flags, expected, capsys, monkeypatch
 ):
-    monkeypatch.setattr(run_glue, "fine_tune", lambda *a, **k: pytest.fail("trained before the check"))
+    monkeypatch.setattr(runner, "fine_tune", lambda *a, **k: pytest.fail("trained before the check"))
     out = tmp_path / "out"
     line = input_error(run_glue.main, task_argv(teacher, custom_task, out, "--teacher_name_or_path",
                                                 wrong_teachers[case], *flags, *FAST))

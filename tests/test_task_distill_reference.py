@@ -1,7 +1,8 @@
-"""Task distillation pinned to a plain PyTorch loop: run_glue.py's own path (the Trainer, the cached
-teacher logits, the collator, DistillTrainer) against a loop of a few lines written from the textbook, on a
-tiny model and task, dropout off, one seed, fp32. Per step, the KD, task and total losses and, at the end,
-every weight agree to float tolerance.
+"""Task distillation pinned to a plain PyTorch loop: run_glue.py's and run_qa.py's one path (the task runner,
+the cached teacher logits, the collator, tasks/distill.py's Trainer) against a loop of a few lines written from
+the textbook, on tiny models and tasks, dropout off, one seed, fp32. Per step, the KD, task and total losses
+and, at the end, every weight agree to float tolerance. For QA the loop takes its windows from qa.features
+(pinned in test_qa.py) and writes everything after them itself: each window's softmaxes over its real tokens.
 
 What is pinned, as the loop below spells it out:
 - KD: KL(teacher || student) at T, times T^2, averaged over every row of the optimizer step, labelled or not;
@@ -19,16 +20,20 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import (
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    BertForQuestionAnswering,
     BertForSequenceClassification,
+    BertTokenizer,
     DataCollatorWithPadding,
     TrainerCallback,
 )
 
 from glue_helpers import FAST
-from scripts import run_glue
-from tasks import glue_runs
+from qa_helpers import qa_argv
+from scripts import run_glue, run_qa
+from tasks import glue_runs, qa, runner
 from train_helpers import tiny_bert_config
 
 ALPHA_CE, ALPHA_TASK, T = 0.5, 0.5, 2.0
@@ -42,7 +47,7 @@ class Recorder(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            self.steps.append((logs["loss_ce"], logs["loss_task"], logs["loss"]))
+            self.steps.append((logs["loss_ce"], logs.get("loss_task", 0.0), logs["loss"]))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +80,7 @@ def student(tmp_path_factory, teacher, task_teacher):
 
 def project_run(tmp_path, monkeypatch, student, teacher_dir, task):
     recorder = Recorder()
-    monkeypatch.setattr(run_glue, "callbacks", lambda: [glue_runs.finite_check(), recorder])
+    monkeypatch.setattr(runner, "callbacks", lambda: [glue_runs.finite_check(), recorder])
     run_glue.main([str(a) for a in (
         "--model_name_or_path", student, "--train_file", task / "train.csv", "--validation_file", task / "dev.csv",
         "--output_dir", tmp_path / "kd", "--teacher_name_or_path", teacher_dir, "--alpha_ce", ALPHA_CE,
@@ -86,6 +91,22 @@ def project_run(tmp_path, monkeypatch, student, teacher_dir, task):
     )])
     weights = load_file(str(tmp_path / "kd" / "custom" / f"lr{LR:g}_seed42" / "model" / "model.safetensors"))
     return recorder.steps, weights
+
+
+def optimizer_and_schedule(model, total):
+    """run_glue.py's and run_qa.py's defaults, written out: AdamW (weight decay 0.01 off biases and LayerNorm),
+    linear warmup over 10% of the steps, then linear decay."""
+    no_decay = [n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)]
+    decay = [p for n, p in model.named_parameters()
+             if not n.endswith("bias") and not any(n.startswith(m + ".") for m in no_decay)]
+    rest = [p for p in model.parameters() if all(p is not q for q in decay)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+                            lr=LR, eps=1e-8)
+    warmup = math.ceil(0.1 * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: s / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
+    )
+    return opt, sched
 
 
 def reference_run(student, teacher_dir, task):
@@ -103,17 +124,7 @@ def reference_run(student, teacher_dir, task):
     micro = [list(range(i, min(i + BATCH, len(rows)))) for i in range(0, len(rows), BATCH)]
     windows = [micro[i : i + ACCUMULATE] for i in range(0, len(micro), ACCUMULATE)]
 
-    no_decay = [n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)]
-    decay = [p for n, p in model.named_parameters()
-             if not n.endswith("bias") and not any(n.startswith(m + ".") for m in no_decay)]
-    rest = [p for p in model.parameters() if all(p is not q for q in decay)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
-                            lr=LR, eps=1e-8)
-    total = EPOCHS * len(windows)
-    warmup = math.ceil(0.1 * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: s / warmup if s < warmup else max(0.0, (total - s) / (total - warmup))
-    )
+    opt, sched = optimizer_and_schedule(model, EPOCHS * len(windows))
     steps = []
     for _ in range(EPOCHS):
         for window in windows:
@@ -152,5 +163,100 @@ def test_task_distillation_equals_a_plain_loop_step_by_step(tmp_path, monkeypatc
     start = AutoModelForSequenceClassification.from_pretrained(student).state_dict()
     for name, want in ref_weights.items():
         torch.testing.assert_close(our_weights[name], want, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
-    moved = max((ref_weights[n] - start[n]).abs().max().item() for n in start)
+    moved = max((ref_weights[n] - start[n]).abs().max().item() for n in ref_weights)
+    assert moved > 1e-3  # training moved the weights far beyond the tolerance: the agreement is not trivial
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Question answering: the span losses over each window's real tokens, KD on the start and end distributions
+
+QUESTIONS = 9  # their windows make micro-batches of 4 whose steps of 2 end short (checked below)
+
+
+def qa_models(tmp_path, tokenizer_dir):
+    """(student, confident teacher): two tiny span models of other weights, dropout off, saved with the tokenizer."""
+    tok = BertTokenizer.from_pretrained(str(tokenizer_dir))
+    folders = []
+    for name, seed, scale in (("student", 1, 1.0), ("teacher", 2, 30.0)):
+        config = tiny_bert_config(len(tok), layers=2)
+        config.update(dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+        torch.manual_seed(seed)
+        model = BertForQuestionAnswering(config)
+        with torch.no_grad():
+            model.qa_outputs.weight.mul_(scale)  # the teacher sure of its spans, so that KD weighs
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        folders.append(tmp_path / name)
+    return folders
+
+
+def qa_reference_run(student, teacher_dir, train_file):
+    tok = AutoTokenizer.from_pretrained(student)
+    model = AutoModelForQuestionAnswering.from_pretrained(student).train()
+    t_model = AutoModelForQuestionAnswering.from_pretrained(teacher_dir).eval()
+    examples = qa.load_split(str(train_file), "train", False, True, QUESTIONS).examples
+    cols = qa.features(tok, examples, 64, 16, 24, training=True)
+    n = len(cols["input_ids"])
+    encoded = [{k: cols[k][i] for k in ("input_ids", "token_type_ids", "attention_mask")} for i in range(n)]
+    collate = DataCollatorWithPadding(tok)
+    micro = [list(range(i, min(i + BATCH, n))) for i in range(0, n, BATCH)]
+    windows = [micro[i : i + ACCUMULATE] for i in range(0, len(micro), ACCUMULATE)]
+    assert len(micro[-1]) < BATCH or len(windows[-1]) < ACCUMULATE  # a short last step: the weighing shows
+
+    opt, sched = optimizer_and_schedule(model, EPOCHS * len(windows))
+    steps = []
+    for _ in range(EPOCHS):
+        for window in windows:
+            n_rows = sum(len(mb) for mb in window)
+            kd = span = 0.0
+            for mb in window:
+                batch = collate([encoded[i] for i in mb])
+                with torch.no_grad():
+                    t = t_model(**batch)
+                s = model(**batch)
+                for row, i in enumerate(mb):
+                    length = len(encoded[i]["input_ids"])
+                    for s_x, t_x, gold in ((s.start_logits, t.start_logits, cols["start_positions"][i]),
+                                           (s.end_logits, t.end_logits, cols["end_positions"][i])):
+                        span = span - F.log_softmax(s_x[row, :length], -1)[gold] / 2 / n_rows  # real tokens only
+                        log_ps = F.log_softmax(s_x[row, :length] / T, -1)
+                        log_pt = F.log_softmax(t_x[row, :length] / T, -1)
+                        kd = kd + (log_pt.exp() * (log_pt - log_ps)).sum() * T**2 / 2 / n_rows
+            loss = ALPHA_CE * kd + ALPHA_TASK * span
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            steps.append((float(kd.detach()), float(span.detach()), loss.item()))
+    return steps, model.state_dict()
+
+
+def test_qa_distillation_equals_a_plain_loop_step_by_step(tmp_path, monkeypatch, tokenizer_dir, syn_qa):
+    student, teacher_dir = qa_models(tmp_path, tokenizer_dir)
+    recorder = Recorder()
+    monkeypatch.setattr(runner, "callbacks", lambda: [glue_runs.finite_check(), recorder])
+    out = tmp_path / "kd"
+    argv = qa_argv(student, syn_qa, out, "--teacher_name_or_path", teacher_dir, "--alpha_ce", ALPHA_CE,
+                   "--alpha_squad", ALPHA_TASK, "--temperature", T, "--max_train_samples", QUESTIONS,
+                   "--per_device_train_batch_size", BATCH, "--gradient_accumulation_steps", ACCUMULATE,
+                   "--num_train_epochs", EPOCHS, "--learning_rate", LR, "--train_sampling_strategy", "sequential",
+                   "--logging_steps", 1, "--save_model", "--teacher_logits_cache", "off")
+    run_qa.main([str(a) for a in argv])
+    ours = recorder.steps
+    our_weights = load_file(str(out / "squad" / f"lr{LR:g}_seed42" / "model" / "model.safetensors"))
+    ref, ref_weights = qa_reference_run(student, teacher_dir, syn_qa / "v1" / "train-v1.1.json")
+    assert len(ours) == len(ref) > 2
+    assert min(ce for ce, _, _ in ref) > 0.05  # the teacher has something to teach
+    for step, (got, want) in enumerate(zip(ours, ref)):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), f"step {step + 1}: (ce, span, total) {got} != {want}"
+    start = AutoModelForQuestionAnswering.from_pretrained(student).state_dict()
+    # The span head's bias shifts every token's score alike, which no softmax sees: its gradient is 0 up to float
+    # noise, which Adam's normalised steps turn into moves of up to the learning rate. It is left out.
+    del ref_weights["qa_outputs.bias"]
+    for name, want in ref_weights.items():
+        # the teacher's logits were computed in batches padded otherwise (sorted by length): float noise, which
+        # Adam's normalised steps carry into weights whose gradient is near 0, well under the 1e-3 they moved
+        torch.testing.assert_close(our_weights[name], want, rtol=1e-4, atol=5e-5, msg=lambda m, n=name: f"{n}: {m}")
+    moved = max((ref_weights[n] - start[n]).abs().max().item() for n in ref_weights)
     assert moved > 1e-3  # training moved the weights far beyond the tolerance: the agreement is not trivial

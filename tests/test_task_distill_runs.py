@@ -14,8 +14,8 @@ from transformers import (
 
 from conftest import ROOT, input_error
 from glue_helpers import FAST, glue_main, task_argv
-from scripts import run_glue
 from scripts.extract import distilbert as extract
+from tasks import runner
 from train_helpers import make_headless_teacher_dir, write_student_config
 
 # ----------------------------------------------------------------------------------------------------------
@@ -76,13 +76,13 @@ def test_a_distillation_interrupted_resumes_from_its_checkpoint(
     args = task_argv(teacher, custom_task, tmp_path / "out", "--max_steps", 4, "--save_strategy", "steps",
                      "--save_steps", 2, "--report_to", "none", "--disable_tqdm", "true", "--teacher_name_or_path",
                      task_teacher, "--alpha_cos", 0.5)
-    real = run_glue.callbacks
-    monkeypatch.setattr(run_glue, "callbacks", lambda: [*real(), StopAfterFirstCheckpoint()])
+    real = runner.callbacks
+    monkeypatch.setattr(runner, "callbacks", lambda: [*real(), StopAfterFirstCheckpoint()])
     with pytest.raises(KeyboardInterrupt):
         glue_main(*args)
     run_dir = tmp_path / "out" / "custom" / "lr2e-05_seed42"
     assert (run_dir / "checkpoint-2").is_dir() and not (run_dir / "results.json").exists()
-    monkeypatch.setattr(run_glue, "callbacks", real)
+    monkeypatch.setattr(runner, "callbacks", real)
     with pytest.raises(SystemExit):  # another teacher weight: not resumed
         glue_main(*args[:-1], 0.7)
     glue_main(*args)

@@ -1,0 +1,113 @@
+"""run_qa.py's task family for tasks/runner.py: extractive question answering (SQuAD v1.1 / v2.0, tasks/qa.py
+reads the questions and cuts their contexts into windows), scored with SQuAD's exact match and F1, and
+distilled with tasks/qa_distill.py's span losses."""
+
+from core.errors import say
+from core.precision import autocast_dtype
+from tasks import qa
+from tasks.glue_runs import QA_KIND, model_inputs, summarize
+from tasks.qa_distill import Spans
+from tasks.teacher_pass import model_logits
+
+HUB = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}
+
+
+def window_collator(collator_class, tokenizer, pad_to_max_length, max_length, half):
+    """The windows' collator: each batch padded to its longest window, or with --pad_to_max_length to
+    --max_seq_length (the windows' length as run); to a multiple of 8 in half precision (tensor cores)."""
+    if pad_to_max_length:
+        return collator_class(tokenizer, padding="max_length", max_length=max_length)
+    return collator_class(tokenizer, pad_to_multiple_of=8 if half else None)
+
+
+def qa_score(metrics):
+    """A dev set's score in points: its F1 (the figure SQuAD's leaderboards rank by)."""
+    return 100 * metrics["f1"]
+
+
+def encode(tokenizer, split, data, max_length, training):
+    """A split's windows: (datasets.Dataset of the model's columns, all columns as lists for post-processing)."""
+    import datasets
+
+    cols = qa.features(tokenizer, split.examples, max_length, data.doc_stride, data.max_query_length, training)
+    keep = {"input_ids", "token_type_ids", "attention_mask", "start_positions", "end_positions"}
+    return datasets.Dataset.from_dict({k: v for k, v in cols.items() if k in keep}), cols
+
+
+class QAFamily:
+    """Extractive QA: a span head that scores every token as the answer's start and end; each question and
+    its context become windows of --max_seq_length tokens; the gold answers are the windows' start and end
+    positions. job.task is (the train split, the dev split)."""
+
+    script = "run_qa.py"
+    pipeline_tag = "question-answering"
+    model_class = "AutoModelForQuestionAnswering"
+    teacher_needs = ("a question-answering model", "fine-tune it on the task first (run_qa.py --save_model: its "
+                     "squad/RUN/model)")
+    targets = Spans.targets
+
+    def __init__(self, data_args, max_length):
+        self.data_args, self.max_length = data_args, max_length
+
+    def model_kwargs(self, job):
+        return {}
+
+    def collator(self, tokenizer, args):
+        from transformers import DataCollatorWithPadding
+
+        return window_collator(DataCollatorWithPadding, tokenizer, self.data_args.pad_to_max_length, self.max_length,
+                               args.fp16 or args.bf16)
+
+    def losses(self, job, args, teacher):
+        """The span loss over each window's real tokens (and KD with a teacher), with or without a teacher."""
+        return Spans()
+
+    def prepare(self, job, cmd):
+        """The windows of both splits, once for every run; with a teacher, its start/end logits per token."""
+        train, dev = job.task
+        job.train_set, _ = encode(cmd.tokenizer, train, self.data_args, self.max_length, True)
+        dev_set, dev_cols = encode(cmd.tokenizer, dev, self.data_args, self.max_length, False)
+        say(f"{len(job.train_set):,} training windows, {len(dev_set):,} dev windows")
+        job.dev = dev_set, dev_cols
+        if cmd.teacher:
+            job.train_set = cmd.teacher.with_logits(job.train_set, cmd.tokenizer, cmd.training_args, True)
+
+    def evaluate(self, trainer, job, args, collator):
+        """({"dev": SQuAD's metrics}, the prediction files): every dev window through the model (each process
+        reads all of them), the best answer per question."""
+        dev_set, dev_cols = job.dev
+        d = self.data_args
+        logits = model_logits(trainer.model, model_inputs(dev_set, trainer.model), collator,
+                              args.per_device_eval_batch_size, args.device, autocast_dtype(args), desc="dev windows",
+                              quiet=args.disable_tqdm)  # in the precision it trained in
+        examples = job.task[1].examples
+        predictions, nbest, null_odds = qa.postprocess(examples, dev_cols, [a[:, 0] for a in logits],
+                                                       [a[:, 1] for a in logits], d.n_best_size, d.max_answer_length,
+                                                       d.version_2_with_negative, d.null_score_diff_threshold)
+        outputs = {"predictions.json": predictions, "nbest_predictions.json": nbest}
+        if d.version_2_with_negative:
+            outputs["null_odds.json"] = null_odds
+        return {"dev": qa.squad_metrics(examples, predictions, d.version_2_with_negative)}, outputs
+
+    def score(self, metrics):
+        return qa_score(metrics["dev"])
+
+    def shown(self, metrics):
+        return ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics["dev"].items())
+
+    def teacher_rows(self, job):
+        return {}
+
+    def data_source(self, job):
+        train, dev = job.task
+        return {"train": train.source, "dev": dev.source}
+
+    def card_dataset(self, job):
+        dev = job.task[1]
+        return dev.source, HUB.get(job.name) or dev.source, None
+
+    def summarize(self, job, results):
+        return summarize(job, results, qa_score) | {"kind": QA_KIND}
+
+    def sum_up(self, summary):
+        pass

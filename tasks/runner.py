@@ -1,0 +1,183 @@
+"""One fine-tuning and distillation path under scripts/run_glue.py and scripts/run_qa.py.
+
+A task family (tasks/glue_family.GlueFamily, tasks/qa_family.QAFamily) says only what differs between tasks:
+how its rows become the model's inputs (prepare), how predictions become metrics (evaluate), its model class
+and the losses of one batch (the loss adapter that tasks/distill.py's Trainer takes). Everything else is one
+path for both scripts: the run plan (seeds, the learning-rate grid, kept, resumed and overwritten runs,
+tasks/glue_runs.py), one fine_tune, one teacher (tasks/distill.py) and the summary in --output_dir.
+"""
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core import files
+from core.errors import NON_FINITE_EXIT, NonFiniteLoss, fail, say
+from core.files import atomic_write
+from core.loading import load_pretrained
+from core.precision import trainer_precision, use_attention
+from tasks.distill import distill_trainer
+from tasks.glue_runs import (
+    Run,
+    callbacks,
+    execute,
+    model_inputs,
+    plan_run,
+    read_summary,
+    save_model,
+    seeded_sampling,
+    train_or_restore,
+)
+from tasks.teacher_pass import TEACHER_LOGITS, WithTeacherLogits, forward_inputs
+
+
+@dataclass
+class Job:
+    """One task of a command and its runs; its data is prepared once (tokenized, the teacher's logits added)
+    for every run that trains."""
+
+    name: str  # its folder in --output_dir and its key in results.json
+    title: str
+    task: object  # the family's description of the task: its rows, labels and dev sets
+    run_key: dict  # everything a run's result depends on besides its seed and learning rate
+    runs: list = field(default_factory=list)
+    train_set: object = None
+    dev: object = None
+    fit: dict = None  # how well the tokenizer fits the task's text (GLUE)
+
+
+@dataclass
+class Command:
+    """What every run of one run_glue.py or run_qa.py command shares."""
+
+    family: object
+    model_args: object  # ModelArguments
+    sweep: object  # SweepArguments
+    distill_args: object  # the script's distillation flags
+    training_args: object  # transformers' TrainingArguments
+    tokenizer: object
+    identity: dict  # digests of the model's weights and tokenizer
+    precision: object  # core.precision.Precision: asked and ran
+    teacher: object = None  # tasks.distill.Teacher
+    overwrite: bool = False
+
+
+def fine_tune(cmd, job, run):
+    """One run: fine-tune from the pretrained weights (distil, with a teacher), evaluate every dev set, write
+    the run's results; the results dict."""
+    import torch
+    import transformers
+    from transformers import Trainer
+
+    family, teacher, targs = cmd.family, cmd.teacher, cmd.training_args
+    pin = targs.dataloader_pin_memory and torch.cuda.is_available()  # pinning without a GPU only warns
+    args = dataclasses.replace(targs, output_dir=str(run.dir), learning_rate=run.lr, seed=run.seed,
+                               dataloader_pin_memory=pin)
+    transformers.set_seed(run.seed)  # the new head's initialisation
+    model = load_pretrained(getattr(transformers, family.model_class), cmd.model_args.model_name_or_path,
+                            "the model", **family.model_kwargs(job))
+    # The attention implementation measured fastest for this precision and device (precision.ATTENTION).
+    device_type = "cpu" if args.use_cpu or not torch.cuda.is_available() else "cuda"
+    for m in (model, teacher.model) if teacher else (model,):
+        use_attention(m, device_type, trainer_precision(args))
+    losses = family.losses(job, args, teacher)  # None: the model's own loss, transformers' Trainer as it is
+    trainer_class = Trainer if losses is None else distill_trainer(losses, cmd.distill_args,
+                                                                   teacher.model if teacher else None)
+    also = {*family.targets, TEACHER_LOGITS, *(forward_inputs(teacher.model) if teacher else ())}
+    collator = family.collator(cmd.tokenizer, args)
+    trainer = seeded_sampling(trainer_class)(
+        model=model, args=args, train_dataset=model_inputs(job.train_set, model, also),
+        data_collator=WithTeacherLogits(collator), callbacks=callbacks())
+    start = time.time()
+    train_metrics = train_or_restore(trainer, run)
+    train_time = time.time() - start
+    metrics, outputs = family.evaluate(trainer, job, args, collator)
+    result = {
+        "task": job.name,
+        "title": job.title,
+        "metrics": metrics,
+        "score": family.score(metrics),
+        "model": cmd.model_args.model_label,
+        "model_path": cmd.model_args.model_name_or_path,
+        "seed": run.seed,
+        "learning_rate": run.lr,
+        "hyper_parameters": job.run_key,
+        "precision": trainer_precision(targs),
+        "attention": model.config._attn_implementation,
+        "teacher": teacher.record() | {"logits_seconds": teacher.logits_seconds, **family.teacher_rows(job)}
+        if teacher else None,
+        "steps": trainer.state.global_step,
+        "train_seconds": round(train_time, 1),
+        "train_samples_per_second": train_metrics.get("train_samples_per_second"),
+        "device": str(args.device),
+        "data": family.data_source(job),
+        "tokenizer_fit": job.fit,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if trainer.is_world_process_zero():
+        if cmd.sweep.save_model:
+            save_model(trainer, cmd.tokenizer, run.dir / "model", result, family.pipeline_tag,
+                       family.card_dataset(job), f"scripts/{family.script}")
+        for name, obj in outputs.items():  # the predictions, where the family keeps them
+            with atomic_write(run.dir / name, "w") as f:
+                json.dump(obj, f, indent=2)
+        with atomic_write(run.dir / "results.json", "w") as f:  # last: the run's commit point
+            json.dump(result, f, indent=2)
+        for checkpoint in run.dir.glob("checkpoint-*"):  # the results are in; the optimizer state is not needed
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return result
+
+
+def run_jobs(cmd, jobs, rates):
+    """Every run of every job: planned (kept, resumed or started over, each checked before the first trains),
+    then trained in turn, each job's data prepared once; results.json in --output_dir after each job, and its
+    contents returned (the summary)."""
+    family, targs, teacher = cmd.family, cmd.training_args, cmd.teacher
+    out_dir = Path(targs.output_dir)
+    results_path = out_dir / "results.json"
+    main_process = targs.process_index == 0
+    # One command per output folder: two at once would write over each other's runs (the lock is the main
+    # process's; torchrun's other processes follow it)
+    lock = files.folder_lock(out_dir / ".lock", f"--output_dir {out_dir}") if main_process else \
+        contextlib.nullcontext()
+    with lock:
+        label, path = cmd.model_args.model_label, cmd.model_args.model_name_or_path
+        summary = {"model": label, "model_path": path, "model_identity": cmd.identity,
+                   "precision": {"asked": cmd.precision.requested, "ran": cmd.precision.used},
+                   "teacher": teacher.record() if teacher else None,
+                   "tasks": read_summary(results_path, path, cmd.identity, cmd.overwrite)}
+        seeds = [targs.seed + i for i in range(cmd.sweep.seeds)]
+        outputs = ("model",) if cmd.sweep.save_model else ()
+        with targs.main_process_first(local=False, desc="planning"):  # the first process repairs; the others read
+            for job in jobs:
+                job.runs = [plan_run(Run(lr, seed, out_dir / job.name / f"lr{lr:g}_seed{seed}"), job.run_key,
+                                     cmd.overwrite, main_process, outputs) for lr in rates for seed in seeds]
+        for job in jobs:
+            if not all(run.kept for run in job.runs):
+                family.prepare(job, cmd)
+            results = []
+            for run in job.runs:
+                title = f"{job.title} lr {run.lr:g} seed {run.seed}"
+                if run.kept:
+                    results.append(run.kept)
+                    say(f"{title}: kept {run.dir / 'results.json'} ({run.kept['score']:.2f})")
+                    continue
+                say(f"{title}: fine-tuning {label} -> {run.dir}")
+                try:
+                    result = execute(run, targs, cmd.overwrite, job.run_key, lambda run=run: fine_tune(cmd, job, run))
+                except NonFiniteLoss as e:
+                    fail(family.script, f"{title}: {e}: the run is not recorded (lower --learning_rate, or check the "
+                         "data)", NON_FINITE_EXIT)
+                say(f"{title}: {family.shown(result['metrics'])} ({result['train_seconds']:.0f} s of training)")
+                results.append(result)
+            summary["tasks"][job.name] = family.summarize(job, results)
+            family.sum_up(summary)
+            if main_process:
+                with atomic_write(results_path, "w") as f:
+                    json.dump(summary, f, indent=2)
+    return summary
