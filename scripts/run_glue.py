@@ -30,7 +30,7 @@ is new. Every task's data is loaded and its labels checked before the first step
 In --output_dir:
   results.json                      the model's score per task (median over --seeds, at the best learning
                                     rate of --learning_rate_grid); scripts/glue_table.py makes tables of these
-  TASK/lr2e-05_seed42/results.json  one run: metrics, hyper-parameters, time; while it runs, settings.json,
+  TASK/lr2e-05_seed42/results.json  one run: metrics, run_key-parameters, time; while it runs, settings.json,
                                     the Trainer's checkpoints (removed once it has its results) and
                                     tensorboard events
 A rerun keeps the runs that have results and resumes an interrupted run from its newest complete checkpoint,

@@ -68,20 +68,21 @@ class QADataArguments:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "redo runs that already have results"})
 
 
-def check_qa_flags(data):
+def check_qa_flags(data_args):
     """The QA flags that the shared checks do not cover, refused before anything is read."""
-    if not (data.dataset_name or (data.train_file and data.validation_file)):
+    if not (data_args.dataset_name or (data_args.train_file and data_args.validation_file)):
         raise InputError("give --train_file and --validation_file (SQuAD JSON), or --dataset_name (squad, squad_v2)")
-    if data.dataset_name and (data.train_file or data.validation_file):
+    if data_args.dataset_name and (data_args.train_file or data_args.validation_file):
         raise InputError("give --dataset_name or --train_file/--validation_file, not both")
     for flag in ("max_query_length", "n_best_size", "max_answer_length"):
-        if getattr(data, flag) < 1:
-            raise InputError(f"--{flag} {getattr(data, flag)}: give at least 1")
-    if data.doc_stride < 0:
-        raise InputError(f"--doc_stride {data.doc_stride}: give at least 0")
-    if not math.isfinite(data.null_score_diff_threshold):
-        raise InputError(f"--null_score_diff_threshold {data.null_score_diff_threshold}: give a finite number")
-    if data.dataset_name and data.dataset_name.rstrip("/").endswith("squad_v2") and not data.version_2_with_negative:
+        if getattr(data_args, flag) < 1:
+            raise InputError(f"--{flag} {getattr(data_args, flag)}: give at least 1")
+    if data_args.doc_stride < 0:
+        raise InputError(f"--doc_stride {data_args.doc_stride}: give at least 0")
+    if not math.isfinite(data_args.null_score_diff_threshold):
+        raise InputError(f"--null_score_diff_threshold {data_args.null_score_diff_threshold}: give a finite number")
+    v2_hub = data_args.dataset_name and data_args.dataset_name.rstrip("/").endswith("squad_v2")
+    if v2_hub and not data_args.version_2_with_negative:
         raise InputError("--dataset_name squad_v2 has unanswerable questions: add --version_2_with_negative")
 
 

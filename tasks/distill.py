@@ -57,14 +57,14 @@ class Teacher:
             raise InputError(f"{what} position by position, so it needs one tokenization, but the teacher "
                              f"{self.args.teacher_name_or_path} has {self.own_tokens}: {instead}")
 
-    def with_logits(self, train_set, tokenizer, targs, per_token, texts=None, max_length=None):
+    def with_logits(self, train_set, tokenizer, training_args, per_token, texts=None, max_length=None):
         """train_set with the teacher's logits as a column (computed once, in eval mode, for every run; read
         from the cache when the same teacher, precision and rows were seen before). per_token: a span head's
         start/end logits per token, else a classifier's per row. With its own tokenizer, the teacher reads
         `texts` (train_set's rows, in order) cut at `max_length`."""
         from transformers import DataCollatorWithPadding
 
-        dtype = autocast_dtype(targs)  # as the steps run
+        dtype = autocast_dtype(training_args)  # as the steps run
         start = time.time()
         rows, reader = train_set, tokenizer
         unit = "windows" if per_token else "rows"
@@ -81,15 +81,16 @@ class Teacher:
             logits, why = read_cached_logits(path, key, (sum(lengths) if per_token else len(rows), width))
             if why:
                 say(f"the cached teacher logits at {path} were not used ({why}): computing them again")
-        logits = agree_on_hit(logits, targs.device)  # a hit on every process, or none
+        logits = agree_on_hit(logits, training_args.device)  # a hit on every process, or none
         if logits is not None:
             self.logits_cached = str(path)
             say(f"the teacher's logits for {len(rows):,} training {unit}: read from {path}")
         else:
-            per_row = model_logits(self.model, rows, DataCollatorWithPadding(reader), targs.per_device_eval_batch_size,
-                                   targs.device, dtype, quiet=targs.disable_tqdm)
+            per_row = model_logits(self.model, rows, DataCollatorWithPadding(reader),
+                                   training_args.per_device_eval_batch_size,
+                                   training_args.device, dtype, quiet=training_args.disable_tqdm)
             logits = (np.concatenate if per_token else np.stack)(per_row).astype(np.float32)
-            if path is not None and targs.process_index == 0:
+            if path is not None and training_args.process_index == 0:
                 try:
                     write_cached_logits(path, key, logits)
                 except OSError as e:  # a cache that cannot be written costs the next run a pass, nothing more
@@ -110,25 +111,25 @@ class Teacher:
                 **self.args.data_record()}
 
 
-def load_teacher(family, d, student_config):
+def load_teacher(family, distill_args, student_config):
     """The teacher of --teacher_name_or_path as `family`'s model, frozen, with its tokenizer and identity; a
     checkpoint without the family's head (an encoder not yet fine-tuned on the task) is refused. For the losses
     that compare hidden states, its shapes are checked against the student's (modules built without weights:
     only their shapes are read)."""
     import transformers
 
-    path = d.teacher_name_or_path
+    path = distill_args.teacher_name_or_path
     model_class = getattr(transformers, family.model_class)
     model, _ = teachers.load_teacher(model_class, path, family.teacher_needs)
     tokenizer = load_tokenizer(transformers.AutoTokenizer, path, "the teacher's tokenizer")
-    if d.per_step:
+    if distill_args.per_step:
         with torch.device("meta"):
             student = transformers.AutoModel.from_config(student_config)
-        d.check_shapes(student, model)
-    return Teacher(d, model, tokenizer, model_identity(path, model.config, tokenizer))
+        distill_args.check_shapes(student, model)
+    return Teacher(distill_args, model, tokenizer, model_identity(path, model.config, tokenizer))
 
 
-def distill_trainer(family, d, teacher=None):
+def distill_trainer(family, distill_args, teacher=None):
     """A transformers Trainer class whose training loss is `family`'s losses of each batch with the flags `d`,
     against `teacher` (a model; None: the family's own loss alone); evaluation is the student's own loss.
 
@@ -145,13 +146,14 @@ def distill_trainer(family, d, teacher=None):
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            per_step = teacher is not None and d.per_step  # else the teacher's logits are a cached column
+            per_step = teacher is not None and distill_args.per_step  # else the teacher's logits are a cached column
             self.teacher = teacher.to(self.args.device).eval() if per_step else None
             self.student_keys = forward_inputs(self.model)
             self.teacher_keys = forward_inputs(teacher) if teacher is not None else set()
             self.layers = None
-            if per_step and d.relations:
-                self.layers = (relation_layers(self.model, teacher, d.relations, d), self.model, teacher)
+            if per_step and distill_args.relations:
+                layers = relation_layers(self.model, teacher, distill_args.relations, distill_args)
+                self.layers = (layers, self.model, teacher)
             self.step_rows = None  # (rows, labelled rows) of the optimizer step under way, over every process
             self.parts = {}  # loss name -> its sum over the optimizer steps since the last log
             self.parts_from = 0  # the global step of the last log
@@ -186,7 +188,7 @@ def distill_trainer(family, d, teacher=None):
                     t_out = self.teacher(**{k: v for k, v in inputs.items() if k in self.teacher_keys},
                                          output_hidden_states=hidden)
             t_logits = cached if cached is not None else None if t_out is None else head_logits(t_out)
-            parts = family.losses(d, s_out, t_out, t_logits, targets, inputs["attention_mask"], self.layers)
+            parts = family.losses(distill_args, s_out, t_out, t_logits, targets, inputs["attention_mask"], self.layers)
             # Each loss is a mean over this micro-batch's rows (the task's: its labelled rows); weighed by the
             # micro-batch's share of the step's rows, the shares add up to the step's mean.
             rows, with_label = self.step_rows

@@ -94,18 +94,18 @@ def parse_args(argv=None, description=None, classes=None, defaults=None, prog="r
     parser.set_defaults(**{k: v for k, v in (defaults or DEFAULTS).items() if k in fields}, **versioned)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        model, data, sweep, distill, training = parser.parse_args_into_dataclasses(args=argv)
+        model_args, data_args, sweep, distill_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as e:  # unknown flags, or TrainingArguments refusing a combination
         parser.error(first_line(e))
-    if not model.model_name_or_path:
+    if not model_args.model_name_or_path:
         parser.error("--model_name_or_path is required")
     # transformers 5 puts a run without --output_dir in ./trainer_output: results must not land unasked
     if not any(a.split("=")[0] in ("--output_dir", "--output-dir") for a in argv):
         parser.error("--output_dir is required")
-    return model, data, sweep, distill, training, argv
+    return model_args, data_args, sweep, distill_args, training_args, argv
 
 
-def check_flags(data, sweep, training):
+def check_flags(data_args, sweep, training_args):
     """Every flag that would fail late, or train to a result that means nothing, is refused here: before
     anything is read, moved or written."""
 
@@ -113,46 +113,46 @@ def check_flags(data, sweep, training):
         if value is not None and value < low:
             raise InputError(f"{flag} {value}: give at least {low}")
 
-    for flag, value in (("--per_device_train_batch_size", training.per_device_train_batch_size),
-                        ("--per_device_eval_batch_size", training.per_device_eval_batch_size),
-                        ("--gradient_accumulation_steps", training.gradient_accumulation_steps),
-                        ("--max_seq_length", data.max_seq_length), ("--seeds", sweep.seeds),
-                        ("--max_train_samples", data.max_train_samples),  # a negative N would drop the last N
-                        ("--max_eval_samples", data.max_eval_samples)):
+    for flag, value in (("--per_device_train_batch_size", training_args.per_device_train_batch_size),
+                        ("--per_device_eval_batch_size", training_args.per_device_eval_batch_size),
+                        ("--gradient_accumulation_steps", training_args.gradient_accumulation_steps),
+                        ("--max_seq_length", data_args.max_seq_length), ("--seeds", sweep.seeds),
+                        ("--max_train_samples", data_args.max_train_samples),  # a negative N would drop the last N
+                        ("--max_eval_samples", data_args.max_eval_samples)):
         at_least(value, 1, flag)
-    if training.max_steps == 0 or training.max_steps < -1:
-        raise InputError(f"--max_steps {training.max_steps}: give a positive number of steps (or -1: by epochs)")
-    warmup = getattr(training, "warmup_ratio", None) or training.warmup_steps
-    for flag, value, low, high in (("--learning_rate", training.learning_rate, 0, None),
-                                   ("--num_train_epochs", training.num_train_epochs, 0, None),
-                                   ("--weight_decay", training.weight_decay, 0, None),
+    if training_args.max_steps == 0 or training_args.max_steps < -1:
+        raise InputError(f"--max_steps {training_args.max_steps}: give a positive number of steps (or -1: by epochs)")
+    warmup = getattr(training_args, "warmup_ratio", None) or training_args.warmup_steps
+    for flag, value, low, high in (("--learning_rate", training_args.learning_rate, 0, None),
+                                   ("--num_train_epochs", training_args.num_train_epochs, 0, None),
+                                   ("--weight_decay", training_args.weight_decay, 0, None),
                                    ("--warmup_steps", warmup, 0, None),
-                                   ("--max_grad_norm", training.max_grad_norm, 0, None),
-                                   ("--adam_epsilon", training.adam_epsilon, 0, None),
-                                   ("--adam_beta1", training.adam_beta1, 0, 1),
-                                   ("--adam_beta2", training.adam_beta2, 0, 1),
-                                   ("--label_smoothing_factor", training.label_smoothing_factor, 0, 1)):
+                                   ("--max_grad_norm", training_args.max_grad_norm, 0, None),
+                                   ("--adam_epsilon", training_args.adam_epsilon, 0, None),
+                                   ("--adam_beta1", training_args.adam_beta1, 0, 1),
+                                   ("--adam_beta2", training_args.adam_beta2, 0, 1),
+                                   ("--label_smoothing_factor", training_args.label_smoothing_factor, 0, 1)):
         if not math.isfinite(value) or value < low or (high is not None and value >= high):
             span = f"in [{low}, {high})" if high is not None else f"finite and at least {low}"
             raise InputError(f"{flag} {value}: give a number {span}")
-    if training.learning_rate == 0 or (training.num_train_epochs == 0 and training.max_steps < 0):
-        which = "--learning_rate 0" if training.learning_rate == 0 else "--num_train_epochs 0"
+    if training_args.learning_rate == 0 or (training_args.num_train_epochs == 0 and training_args.max_steps < 0):
+        which = "--learning_rate 0" if training_args.learning_rate == 0 else "--num_train_epochs 0"
         raise InputError(f"{which} would not train at all")
 
 
-def decide_precision(training):
+def decide_precision(training_args):
     """(the Precision, the TrainingArguments to run with): precision.Precision's one decision, announced (--fp16
     without CUDA, or --bf16 on a CPU without fast bf16, runs fp32 and is recorded so)."""
-    decision, training = Precision.for_trainer(training)
+    decision, training_args = Precision.for_trainer(training_args)
     if decision.why:
         say(decision.why)
-    return decision, training
+    return decision, training_args
 
 
-def learning_rates(sweep, training):
+def learning_rates(sweep, training_args):
     """The learning rates to try, each its own run folder (lr2e-05_seed42, ...)."""
     if not sweep.learning_rate_grid:
-        return [training.learning_rate]
+        return [training_args.learning_rate]
     if sweep.learning_rate_grid.strip().lower() == "bert":
         return list(BERT_GRID)
     try:

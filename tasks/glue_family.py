@@ -7,24 +7,26 @@ import numpy as np
 from core.errors import InputError, say
 from core.loading import model_input_limit
 from tasks import glue
-from tasks.glue_runs import glue_average, model_inputs, summarize
+from tasks.glue_runs import glue_average, model_inputs
+from tasks.runner import TaskFamily
 from tasks.task_distill import UNLABELED, Classification
 
 
-def load_data(data, unlabeled=None, transfer_file=None):
+def load_data(data_args, unlabeled=None, transfer_file=None):
     """Every task's TaskData, checked, before any training; with `unlabeled` (--unlabeled_samples), that many
     more training examples, their labels dropped, and the texts of `transfer_file`, for a teacher to label."""
-    if data.task_name == "all":
-        if data.train_file or data.validation_file:
+    if data_args.task_name == "all":
+        if data_args.train_file or data_args.validation_file:
             raise InputError("--task_name all reads GLUE's tasks: leave out --train_file/--validation_file")
         names = list(glue.TASKS)
     else:
-        names = [data.task_name]
-    columns = [c.strip() for c in data.text_columns.split(",")] if data.text_columns else None
+        names = [data_args.task_name]
+    columns = [c.strip() for c in data_args.text_columns.split(",")] if data_args.text_columns else None
     out = []
     for name in names:
-        task = glue.load_task(name, data.data_dir, data.train_file, data.validation_file, columns, data.label_column)
-        full, task.train = task.train, task.train.head(data.max_train_samples)
+        task = glue.load_task(name, data_args.data_dir, data_args.train_file, data_args.validation_file, columns,
+                              data_args.label_column)
+        full, task.train = task.train, task.train.head(data_args.max_train_samples)
         if unlabeled:
             if len(full) <= len(task.train):
                 raise InputError(f"--unlabeled_samples {unlabeled}: no {task.task.title} training examples are left "
@@ -39,7 +41,7 @@ def load_data(data, unlabeled=None, transfer_file=None):
             extra = glue.load_transfer(transfer_file, task.task, unlabeled_mark(task))
             task.unlabeled_rows["transfer"] = len(extra)
             task.unlabeled = extra if task.unlabeled is None else task.unlabeled.concat(extra)
-        task.dev = {k: v.head(data.max_eval_samples) for k, v in task.dev.items()}
+        task.dev = {k: v.head(data_args.max_eval_samples) for k, v in task.dev.items()}
         task.check_classes()
         splits = [task.train, *task.dev.values(), *([task.unlabeled] if task.unlabeled else [])]
         skipped = sum(s.skipped for s in splits)  # every file kind's rows left out, counted alike
@@ -92,7 +94,7 @@ def training_texts(task_data):
     return [a + b for a, b in zip(task_data.train.texts, extra)]
 
 
-class GlueFamily:
+class GlueFamily(TaskFamily):
     """Sequence classification and regression: a head over the first token, one label (or score) per row,
     the rows of one or two text columns."""
 
@@ -101,7 +103,6 @@ class GlueFamily:
     model_class = "AutoModelForSequenceClassification"
     teacher_needs = ("a sequence classifier", "fine-tune it on the task first (run_glue.py --save_model: its "
                      "TASK/RUN/model)")
-    targets = ("labels",)
 
     def __init__(self, data_args, max_length):
         self.data_args, self.max_length = data_args, max_length
@@ -147,11 +148,8 @@ class GlueFamily:
             metrics[name] = glue.compute_metrics(task, preds, out.label_ids)
         return metrics, {}
 
-    def score(self, metrics):
-        return float(np.mean([glue.task_score(m) for m in metrics.values()]))
-
-    def shown(self, metrics):
-        return ", ".join(f"{d} {m} {100 * v:.2f}" for d, ms in metrics.items() for m, v in ms.items())
+    def dev_score(self, metrics):
+        return glue.task_score(metrics)
 
     def teacher_rows(self, job):
         rows = job.task.unlabeled_rows
@@ -166,9 +164,6 @@ class GlueFamily:
         if task.name in glue.TASKS:  # GLUE's own task (its TSV files, the hub's parquet), not a user's
             return f"GLUE {task.title}", "nyu-mll/glue", task.name
         return job.task.source, job.task.source, None
-
-    def summarize(self, job, results):
-        return summarize(job.task.task, results)
 
     def sum_up(self, summary):
         """The GLUE average over the folder's classification tasks, and whether it holds all nine."""

@@ -59,15 +59,16 @@ NOT_RESULT = {
 NOT_RESULT_PREFIXES = ("logging_", "log_", "save_", "hub_", "trackio_", "eval_")
 
 
-def training_settings(targs):
+def training_settings(training_args):
     """The TrainingArguments that change a run's result (NOT_RESULT's complement), as JSON reads them back."""
-    args = {k: v for k, v in targs.to_dict().items() if k not in NOT_RESULT and not k.startswith(NOT_RESULT_PREFIXES)}
-    return json.loads(json.dumps({"world_size": targs.world_size, **args}, default=str))
+    args = {k: v for k, v in training_args.to_dict().items()
+            if k not in NOT_RESULT and not k.startswith(NOT_RESULT_PREFIXES)}
+    return json.loads(json.dumps({"world_size": training_args.world_size, **args}, default=str))
 
 
-def run_key(data_args, targs, task_data, identity, max_length, distillation=None):
+def run_key(data_args, training_args, task_data, identity, max_length, distillation=None):
     """Everything a run's result depends on besides its seed and learning rate: a kept run must match it."""
-    args = training_settings(targs)
+    args = training_settings(training_args)
     out = {
         **identity,
         "world_size": args.pop("world_size"),
@@ -193,7 +194,7 @@ def safetensors_complete(path):
         return False
 
 
-def plan_run(run, hyper, overwrite, main_process, outputs=()):
+def plan_run(run, run_key, overwrite, main_process, outputs=()):
     """What to do with one run's folder, decided before anything trains or is removed. `outputs`: the OUTPUTS
     this command asks of every run."""
     results = run.dir / "results.json"
@@ -205,7 +206,7 @@ def plan_run(run, hyper, overwrite, main_process, outputs=()):
         return run
     if results.exists():
         run.kept = read_run(results)
-        differ = differences(run.kept["hyper_parameters"], hyper)
+        differ = differences(run.kept["hyper_parameters"], run_key)
         if differ:
             raise InputError(f"{results} was run with other settings ({'; '.join(differ[:3])}): "
                              "give --overwrite_output_dir to redo it, or another --output_dir")
@@ -224,7 +225,7 @@ def plan_run(run, hyper, overwrite, main_process, outputs=()):
         run.discard = checkpoints
         run.note = f"{run.dir} holds checkpoints but no record of their settings: starting over"
         return run
-    differ = differences(read_json(record, "settings.json", ("model",)), hyper)
+    differ = differences(read_json(record, "settings.json", ("model",)), run_key)
     if differ:
         raise InputError(f"{run.dir} was interrupted under other settings ({'; '.join(differ[:3])}): give "
                          "--overwrite_output_dir to start it over, or another --output_dir")
@@ -281,19 +282,19 @@ def train_or_restore(trainer, run):
     return trainer.train(resume_from_checkpoint=str(run.resume) if run.resume else None).metrics
 
 
-def execute(run, targs, overwrite, hyper, train):
+def execute(run, training_args, overwrite, run_key, train):
     """Train one planned run. --overwrite_output_dir moves the old folder aside and removes it only once the
     new run has its results; a run that fails or is stopped puts it back. A diverged run leaves nothing."""
-    main_process = targs.process_index == 0
+    main_process = training_args.process_index == 0
     replacing = replacement(run.dir)
-    with targs.main_process_first(local=False, desc="run folder"):  # one process moves; the others wait
+    with training_args.main_process_first(local=False, desc="run folder"):  # one process moves; the others wait
         if main_process:
             if overwrite or run.redo:
                 replacing.begin()
             for checkpoint in run.discard:
                 shutil.rmtree(checkpoint, ignore_errors=True)
             with atomic_write(run.dir / "settings.json", "w") as f:  # what a resume is checked against
-                json.dump(hyper, f, indent=2)
+                json.dump(run_key, f, indent=2)
     if run.note:
         say(f"  {run.note}")
     try:

@@ -54,23 +54,23 @@ class QADistillArguments:
         return "QA distillation compares start/end logits", "give a teacher with the student's tokenizer"
 
 
-def check_flags(d, argv):
+def check_flags(distill_args, argv):
     """The distillation flags, refused before anything is read or written."""
     given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
-    if not d.on:
+    if not distill_args.on:
         stray = [f for f in ("alpha_ce", "temperature", "teacher_logits_cache") if f in given]
         if stray:
             raise InputError(f"--{stray[0]} needs --teacher_name_or_path (a QA model fine-tuned on the task)")
     for name in ("alpha_ce", "alpha_squad"):
-        value = getattr(d, name)
+        value = getattr(distill_args, name)
         if not math.isfinite(value) or value < 0:
             raise InputError(f"--{name} {value}: give a finite weight of at least 0")
-    if d.on and not d.alpha_ce:
+    if distill_args.on and not distill_args.alpha_ce:
         raise InputError("--alpha_ce 0: the teacher would teach nothing (leave out --teacher_name_or_path)")
-    if not d.on and not d.alpha_squad:
+    if not distill_args.on and not distill_args.alpha_squad:
         raise InputError("--alpha_squad 0 without a teacher: nothing to learn from")
-    if not math.isfinite(d.temperature) or d.temperature <= 0:
-        raise InputError(f"--temperature {d.temperature}: give a finite number above 0")
+    if not math.isfinite(distill_args.temperature) or distill_args.temperature <= 0:
+        raise InputError(f"--temperature {distill_args.temperature}: give a finite number above 0")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -118,11 +118,12 @@ class Spans:
         return span_loss(s_out.start_logits, s_out.end_logits, targets["start_positions"], targets["end_positions"],
                          attention_mask.bool())
 
-    def losses(self, d, s_out, t_out, t_logits, targets, attention_mask, layers):
+    def losses(self, distill_args, s_out, t_out, t_logits, targets, attention_mask, layers):
         out = {}
-        if d.alpha_squad and targets:
-            out["task"] = (d.alpha_squad, self.task_loss(s_out, targets, attention_mask))
+        if distill_args.alpha_squad and targets:
+            out["task"] = (distill_args.alpha_squad, self.task_loss(s_out, targets, attention_mask))
         if t_logits is not None:
-            out["ce"] = (d.alpha_ce, span_kd(s_out.start_logits, s_out.end_logits, t_logits[..., 0], t_logits[..., 1],
-                                             attention_mask.bool(), d.temperature))
+            kd = span_kd(s_out.start_logits, s_out.end_logits, t_logits[..., 0], t_logits[..., 1],
+                         attention_mask.bool(), distill_args.temperature)
+            out["ce"] = (distill_args.alpha_ce, kd)
         return out

@@ -5,8 +5,9 @@ distilled with tasks/qa_distill.py's span losses."""
 from core.errors import say
 from core.precision import autocast_dtype
 from tasks import qa
-from tasks.glue_runs import QA_KIND, model_inputs, summarize
+from tasks.glue_runs import QA_KIND, model_inputs
 from tasks.qa_distill import Spans
+from tasks.runner import TaskFamily
 from tasks.teacher_pass import model_logits
 
 HUB = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}
@@ -34,7 +35,7 @@ def encode(tokenizer, split, data, max_length, training):
     return datasets.Dataset.from_dict({k: v for k, v in cols.items() if k in keep}), cols
 
 
-class QAFamily:
+class QAFamily(TaskFamily):
     """Extractive QA: a span head that scores every token as the answer's start and end; each question and
     its context become windows of --max_seq_length tokens; the gold answers are the windows' start and end
     positions. job.task is (the train split, the dev split)."""
@@ -48,9 +49,6 @@ class QAFamily:
 
     def __init__(self, data_args, max_length):
         self.data_args, self.max_length = data_args, max_length
-
-    def model_kwargs(self, job):
-        return {}
 
     def collator(self, tokenizer, args):
         from transformers import DataCollatorWithPadding
@@ -89,14 +87,11 @@ class QAFamily:
             outputs["null_odds.json"] = null_odds
         return {"dev": qa.squad_metrics(examples, predictions, d.version_2_with_negative)}, outputs
 
-    def score(self, metrics):
-        return qa_score(metrics["dev"])
+    def dev_score(self, metrics):
+        return qa_score(metrics)
 
-    def shown(self, metrics):
+    def shown(self, metrics):  # one dev set
         return ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics["dev"].items())
-
-    def teacher_rows(self, job):
-        return {}
 
     def data_source(self, job):
         train, dev = job.task
@@ -107,7 +102,4 @@ class QAFamily:
         return dev.source, HUB.get(job.name) or dev.source, None
 
     def summarize(self, job, results):
-        return summarize(job, results, qa_score) | {"kind": QA_KIND}
-
-    def sum_up(self, summary):
-        pass
+        return super().summarize(job, results) | {"kind": QA_KIND}

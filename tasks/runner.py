@@ -1,10 +1,11 @@
 """One fine-tuning and distillation path under scripts/run_glue.py and scripts/run_qa.py.
 
-A task family (tasks/glue_family.GlueFamily, tasks/qa_family.QAFamily) says only what differs between tasks:
-how its rows become the model's inputs (prepare), how predictions become metrics (evaluate), its model class
-and the losses of one batch (the loss adapter that tasks/distill.py's Trainer takes). Everything else is one
-path for both scripts: the run plan (seeds, the learning-rate grid, kept, resumed and overwritten runs,
-tasks/glue_runs.py), one fine_tune, one teacher (tasks/distill.py) and the summary in --output_dir.
+A task family (a TaskFamily: tasks/glue_family.GlueFamily, tasks/qa_family.QAFamily) says only what differs
+between tasks: how its rows become the model's inputs (prepare), how predictions become metrics (evaluate),
+its model class and, to distil, the losses of one batch (the loss adapter tasks/distill.py's Trainer takes).
+Everything else is one path for every family: the run plan (seeds, the learning-rate grid, kept, resumed and
+overwritten runs, tasks/glue_runs.py), one fine_tune, one teacher (tasks/distill.py) and the summary in
+--output_dir. docs/glue.md#a-third-task-family shows a family of a few lines (tests/test_runner.py runs it).
 """
 
 import contextlib
@@ -30,9 +31,52 @@ from tasks.glue_runs import (
     read_summary,
     save_model,
     seeded_sampling,
+    summarize,
     train_or_restore,
 )
 from tasks.teacher_pass import TEACHER_LOGITS, WithTeacherLogits, forward_inputs
+
+
+class TaskFamily:
+    """What a task family says. A family sets script, pipeline_tag (the model card's), model_class (a
+    transformers Auto class's name), teacher_needs ((what a teacher must be, how to get one)) and defines
+    prepare(job, cmd) (job.train_set, job.dev from job.task), collator(tokenizer, args), evaluate(trainer, job,
+    args, collator) -> ({dev set: metrics}, {file name: JSON object written beside the results}) and
+    dev_score(metrics) (points); the rest has defaults that suit most tasks."""
+
+    targets = ("labels",)  # the batch keys of the gold answers (the losses' inputs; kept beside the model's)
+
+    def model_kwargs(self, job):
+        return {}
+
+    def losses(self, job, args, teacher):
+        """The loss adapter of tasks/distill.py's Trainer; None: the model's own loss (transformers' Trainer)."""
+        return None
+
+    def score(self, metrics):
+        """A run's score: the mean of its dev sets' scores, in points."""
+        return sum(self.dev_score(m) for m in metrics.values()) / len(metrics)
+
+    def shown(self, metrics):
+        return ", ".join(f"{dev} {name} {100 * v:.2f}" for dev, ms in metrics.items() for name, v in ms.items())
+
+    def teacher_rows(self, job):
+        """What a run records of the rows only its teacher labels."""
+        return {}
+
+    def data_source(self, job):
+        return job.title
+
+    def card_dataset(self, job):
+        """(the dataset's name, its hub id or file, the hub config) for the model card."""
+        return job.title, job.title, None
+
+    def summarize(self, job, results):
+        """The task's figures over its runs (the median per learning rate, the best rate)."""
+        return summarize(job, results, self.dev_score)
+
+    def sum_up(self, summary):
+        """Figures over the folder's tasks, added to its results.json (GLUE: the average)."""
 
 
 @dataclass
@@ -73,9 +117,9 @@ def fine_tune(cmd, job, run):
     import transformers
     from transformers import Trainer
 
-    family, teacher, targs = cmd.family, cmd.teacher, cmd.training_args
-    pin = targs.dataloader_pin_memory and torch.cuda.is_available()  # pinning without a GPU only warns
-    args = dataclasses.replace(targs, output_dir=str(run.dir), learning_rate=run.lr, seed=run.seed,
+    family, teacher, training_args = cmd.family, cmd.teacher, cmd.training_args
+    pin = training_args.dataloader_pin_memory and torch.cuda.is_available()  # pinning without a GPU only warns
+    args = dataclasses.replace(training_args, output_dir=str(run.dir), learning_rate=run.lr, seed=run.seed,
                                dataloader_pin_memory=pin)
     transformers.set_seed(run.seed)  # the new head's initialisation
     model = load_pretrained(getattr(transformers, family.model_class), cmd.model_args.model_name_or_path,
@@ -106,7 +150,7 @@ def fine_tune(cmd, job, run):
         "seed": run.seed,
         "learning_rate": run.lr,
         "hyper_parameters": job.run_key,
-        "precision": trainer_precision(targs),
+        "precision": trainer_precision(training_args),
         "attention": model.config._attn_implementation,
         "teacher": teacher.record() | {"logits_seconds": teacher.logits_seconds, **family.teacher_rows(job)}
         if teacher else None,
@@ -137,10 +181,10 @@ def run_jobs(cmd, jobs, rates):
     """Every run of every job: planned (kept, resumed or started over, each checked before the first trains),
     then trained in turn, each job's data prepared once; results.json in --output_dir after each job, and its
     contents returned (the summary)."""
-    family, targs, teacher = cmd.family, cmd.training_args, cmd.teacher
-    out_dir = Path(targs.output_dir)
+    family, training_args, teacher = cmd.family, cmd.training_args, cmd.teacher
+    out_dir = Path(training_args.output_dir)
     results_path = out_dir / "results.json"
-    main_process = targs.process_index == 0
+    main_process = training_args.process_index == 0
     # One command per output folder: two at once would write over each other's runs (the lock is the main
     # process's; torchrun's other processes follow it)
     lock = files.folder_lock(out_dir / ".lock", f"--output_dir {out_dir}") if main_process else \
@@ -151,9 +195,9 @@ def run_jobs(cmd, jobs, rates):
                    "precision": {"asked": cmd.precision.requested, "ran": cmd.precision.used},
                    "teacher": teacher.record() if teacher else None,
                    "tasks": read_summary(results_path, path, cmd.identity, cmd.overwrite)}
-        seeds = [targs.seed + i for i in range(cmd.sweep.seeds)]
+        seeds = [training_args.seed + i for i in range(cmd.sweep.seeds)]
         outputs = ("model",) if cmd.sweep.save_model else ()
-        with targs.main_process_first(local=False, desc="planning"):  # the first process repairs; the others read
+        with training_args.main_process_first(local=False, desc="planning"):  # the first repairs; the others read
             for job in jobs:
                 job.runs = [plan_run(Run(lr, seed, out_dir / job.name / f"lr{lr:g}_seed{seed}"), job.run_key,
                                      cmd.overwrite, main_process, outputs) for lr in rates for seed in seeds]
@@ -169,7 +213,8 @@ def run_jobs(cmd, jobs, rates):
                     continue
                 say(f"{title}: fine-tuning {label} -> {run.dir}")
                 try:
-                    result = execute(run, targs, cmd.overwrite, job.run_key, lambda run=run: fine_tune(cmd, job, run))
+                    result = execute(run, training_args, cmd.overwrite, job.run_key,
+                                     lambda run=run: fine_tune(cmd, job, run))
                 except NonFiniteLoss as e:
                     fail(family.script, f"{title}: {e}: the run is not recorded (lower --learning_rate, or check the "
                          "data)", NON_FINITE_EXIT)

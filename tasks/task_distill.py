@@ -127,29 +127,29 @@ TEACHER_ONLY = ("alpha_ce", "alpha_task", "temperature", "alpha_cos", "alpha_att
                 "teacher_logits_cache")
 
 
-def check_flags(d, argv):
+def check_flags(distill_args, argv):
     """The distillation flags, refused before anything is read or written."""
     given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
-    if not d.on:
+    if not distill_args.on:
         stray = [f for f in TEACHER_ONLY if f in given]
         if stray:
             raise InputError(f"--{stray[0]} needs --teacher_name_or_path (a teacher fine-tuned on the task)")
         return
     for name in ("alpha_ce", "alpha_task", "alpha_cos", "alpha_att", "alpha_vv"):
-        value = getattr(d, name)
+        value = getattr(distill_args, name)
         if not math.isfinite(value) or value < 0:
             raise InputError(f"--{name} {value}: give a finite weight of at least 0")
-    if not (d.alpha_ce or d.per_step):
+    if not (distill_args.alpha_ce or distill_args.per_step):
         raise InputError("--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv: the teacher would teach nothing "
                          "(leave out --teacher_name_or_path to fine-tune alone)")
-    if not math.isfinite(d.temperature) or d.temperature <= 0:
-        raise InputError(f"--temperature {d.temperature}: give a finite number above 0")
+    if not math.isfinite(distill_args.temperature) or distill_args.temperature <= 0:
+        raise InputError(f"--temperature {distill_args.temperature}: give a finite number above 0")
     for name in ("teacher_layer", "relation_heads", "unlabeled_samples"):
-        value = getattr(d, name)
+        value = getattr(distill_args, name)
         if value is not None and value < 1:
             raise InputError(f"--{name} {value}: give at least 1")
     for flag in ("unlabeled_samples", "transfer_file"):
-        if getattr(d, flag) and not d.alpha_ce:
+        if getattr(distill_args, flag) and not distill_args.alpha_ce:
             raise InputError(f"--{flag} needs --alpha_ce above 0: the teacher's logits are its rows' only target")
 
 
@@ -202,23 +202,25 @@ def logit_kd(s_logits, t_logits, regression, temperature, hard=False):
     return kd_loss(s_logits, t_logits, temperature)
 
 
-def distillation_losses(d, s_out, t_out, t_logits, labels, attention_mask, regression, label_smoothing=0.0,
+def distillation_losses(distill_args, s_out, t_out, t_logits, labels, attention_mask, regression, label_smoothing=0.0,
                         layers=None):
     """{name: (weight, loss)} of one batch. s_out/t_out: the models' outputs (hidden states when the
     intermediate losses are on; t_out None when the logits are cached); layers: relation_layers()'s answer
     and both models, for att/vv."""
-    out = {"ce": (d.alpha_ce, logit_kd(s_out.logits, t_logits, regression, d.temperature, d.hard_targets))}
-    if d.alpha_task:
-        out["task"] = (d.alpha_task, task_loss(s_out.logits, labels, regression, label_smoothing))
-    if d.alpha_cos:
+    kd = logit_kd(s_out.logits, t_logits, regression, distill_args.temperature, distill_args.hard_targets)
+    out = {"ce": (distill_args.alpha_ce, kd)}
+    if distill_args.alpha_task:
+        out["task"] = (distill_args.alpha_task, task_loss(s_out.logits, labels, regression, label_smoothing))
+    if distill_args.alpha_cos:
         mask = attention_mask.bool()
-        out["cos"] = (d.alpha_cos, cosine_loss(s_out.hidden_states[-1][mask], t_out.hidden_states[-1][mask]))
-    if d.relations:
+        out["cos"] = (distill_args.alpha_cos, cosine_loss(s_out.hidden_states[-1][mask], t_out.hidden_states[-1][mask]))
+    if distill_args.relations:
         (s_layer, t_layer, (att_heads, rel_heads)), student, teacher = layers
         s_qkv = tuple(p(s_out.hidden_states[s_layer]) for p in attention_projections(student, s_layer)[0])
         t_qkv = tuple(p(t_out.hidden_states[t_layer]) for p in attention_projections(teacher, t_layer)[0])
-        for name, loss in relation_losses(s_qkv, t_qkv, attention_mask, d.relations, att_heads, rel_heads).items():
-            out[name] = ({"att": d.alpha_att, "vv": d.alpha_vv}[name], loss)
+        relations = relation_losses(s_qkv, t_qkv, attention_mask, distill_args.relations, att_heads, rel_heads)
+        for name, loss in relations.items():
+            out[name] = ({"att": distill_args.alpha_att, "vv": distill_args.alpha_vv}[name], loss)
     return out
 
 
@@ -245,6 +247,6 @@ class Classification:
     def task_loss(self, s_out, targets, attention_mask):
         return task_loss(s_out.logits, targets["labels"], self.regression)
 
-    def losses(self, d, s_out, t_out, t_logits, targets, attention_mask, layers):
-        return distillation_losses(d, s_out, t_out, t_logits, targets["labels"], attention_mask, self.regression,
-                                   self.label_smoothing, layers)
+    def losses(self, distill_args, s_out, t_out, t_logits, targets, attention_mask, layers):
+        return distillation_losses(distill_args, s_out, t_out, t_logits, targets["labels"], attention_mask,
+                                   self.regression, self.label_smoothing, layers)

@@ -57,19 +57,20 @@ def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher
     """The column every run trains on equals the teacher run on each row's text alone, in its own tokens."""
     from transformers import AutoConfig, AutoTokenizer, TrainingArguments
 
-    margs, data, _, dargs, targs, _ = run_glue.parse_args(
+    model_args, data, _, distill_args, training_args, _ = run_glue.parse_args(
         ["--model_name_or_path", str(teacher), "--train_file", str(pair_task / "train.csv"), "--validation_file",
          str(pair_task / "dev.csv"), "--output_dir", str(tmp_path / "o"), "--teacher_name_or_path", str(bpe_teacher),
          "--max_train_samples", "20", "--unlabeled_samples", "7", "--per_device_eval_batch_size", "4"])
-    assert isinstance(targs, TrainingArguments)
+    assert isinstance(training_args, TrainingArguments)
     tokenizer = AutoTokenizer.from_pretrained(str(teacher))
-    t = distill.load_teacher(glue_family.GlueFamily, dargs, AutoConfig.from_pretrained(margs.model_name_or_path))
-    (task_data,) = glue_family.load_data(data, dargs.unlabeled_samples)
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    t = distill.load_teacher(glue_family.GlueFamily, distill_args, config)
+    (task_data,) = glue_family.load_data(data, distill_args.unlabeled_samples)
     t.check_tokens(tokenizer, [text for column in task_data.train.texts for text in column])
     assert t.own_tokens.startswith("another vocabulary")
     train_set, _, _ = glue_family.tokenize(task_data, tokenizer, 64, False)
     texts = glue_family.training_texts(task_data)
-    cached = t.with_logits(train_set, tokenizer, targs, False, texts, 38)[teacher_pass.TEACHER_LOGITS]
+    cached = t.with_logits(train_set, tokenizer, training_args, False, texts, 38)[teacher_pass.TEACHER_LOGITS]
     assert len(cached) == 27
     t_tok = AutoTokenizer.from_pretrained(str(bpe_teacher))
     with torch.no_grad():

@@ -71,13 +71,13 @@ def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_p
     cols = qa.features(tok, exs, 48, 8, 16, training=True)
     ds = datasets.Dataset.from_dict({k: cols[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
     assert len({len(ids) for ids in cols["input_ids"]}) > 1  # windows of several lengths: batches are padded
-    targs = SimpleNamespace(fp16=False, bf16=False, per_device_eval_batch_size=4, device=torch.device("cpu"),
+    training_args = SimpleNamespace(fp16=False, bf16=False, per_device_eval_batch_size=4, device=torch.device("cpu"),
                             process_index=0, disable_tqdm=True)
     identity = {"model": "a tiny QA teacher", "weights": "seed 0"}
     flags = qa_distill.QADistillArguments(teacher_name_or_path="t", teacher_logits_cache=str(tmp_path / "cache"))
 
     def with_logits(model, identity):  # the training windows with the teacher's logits, as run_qa.py adds them
-        return distill.Teacher(flags, model, tok, identity).with_logits(ds, tok, targs, per_token=True)
+        return distill.Teacher(flags, model, tok, identity).with_logits(ds, tok, training_args, per_token=True)
 
     def start_end(row):
         pairs = np.array(row[TEACHER_LOGITS])
