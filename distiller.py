@@ -43,13 +43,10 @@ MAX_CONSECUTIVE_SKIPS = 20  # fp16: this many overflow-skipped optimizer steps i
 
 
 class Distiller:
-    def __init__(self, params, dataset, token_probs, student, teacher, dist=None, valid_dataset=None, fused_kd=True,
-                 fused_adamw=True):
+    def __init__(self, params, dataset, token_probs, student, teacher, dist=None, valid_dataset=None):
         """params: train.py's argument namespace; dataset: LmSeqsDataset; token_probs: (vocab,) masking
         weights (MLM) or None; student, teacher: HF models (teacher None for a plain MLM run);
-        valid_dataset: held-out LmSeqsDataset the student is evaluated on (MLM; see evaluate()).
-        fused_kd=False, fused_adamw=False: the slower paths, for benchmarks/bench_train.py's ablations (KD through
-        autograd on materialised logits; torch's AdamW looping over the tensors)."""
+        valid_dataset: held-out LmSeqsDataset the student is evaluated on (MLM; see evaluate())."""
         self.params = params
         self.dist = dist or DistInfo()
         self.device = self.dist.device
@@ -58,7 +55,7 @@ class Distiller:
         self.mlm = params.mlm
         self.vocab_size = student.config.vocab_size
         self.temperature = params.temperature
-        self.plan = plan = LossPlan.from_args(params, fused_kd)  # the losses that are on, what they need
+        self.plan = plan = LossPlan.from_args(params)  # the losses that are on, what they need
         if plan.needs_teacher and teacher is None:
             raise InputError("alpha_ce, alpha_mse, alpha_cos and the relation losses need a teacher (--teacher_name)")
         s_layer = t_layer = None
@@ -94,7 +91,7 @@ class Distiller:
         groups = weight_decay_groups(self.student_model, params.weight_decay)
         # fused: one pass over all parameters, not a Python loop over them
         self.optimizer = torch.optim.AdamW(groups, lr=params.learning_rate, eps=params.adam_epsilon, betas=(0.9, 0.98),
-                                           fused=fused_adamw)
+                                           fused=True)
         self.warmup_steps = math.ceil(self.total_steps * params.warmup_prop)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         n_train = sum(p.numel() for g in groups for p in g["params"])
@@ -177,7 +174,7 @@ class Distiller:
             if self.teacher is not None:
                 with torch.no_grad():
                     t_hidden, t_out, t_qkv = self.teacher(*inputs, head_rows if (w.ce or w.mse) else 0, fused)
-            if fused:  # KD (and the LM loss) from one projection of the features
+            if fused:  # KD and the LM loss from one chunked projection of the features: no logits materialised
                 s_proj, t_proj = lm_head_parts(self.student_model)[1], lm_head_parts(self.teacher.model)[1]
                 targets = batch.targets if w_lm > 0 else batch.targets[:0]
                 total, losses["ce"], lm_loss = FusedKD.apply(
@@ -186,12 +183,13 @@ class Distiller:
                 )
                 if w_lm > 0:
                     losses[lm] = lm_loss
+            else:  # the logits themselves (MSE reads them), each loss in float32
+                if w.ce > 0:
+                    losses["ce"] = kd_loss(s_out, t_out, self.temperature)
+                if w_lm > 0:
+                    losses[lm] = F.cross_entropy(s_out[:m].float(), batch.targets)
 
-        in_total = set(losses)  # FusedKD's total already holds its losses
-        if not fused and w.ce > 0:
-            losses["ce"] = kd_loss(s_out, t_out, self.temperature)
-        if not fused and w_lm > 0:
-            losses[lm] = F.cross_entropy(s_out[:m].float(), batch.targets)
+        in_total = set(losses) if fused else set()  # FusedKD's total already holds its losses
         if w.mse > 0:
             losses["mse"] = mse_loss(s_out, t_out)
         if w.cos > 0:
@@ -218,6 +216,51 @@ class Distiller:
             self.meter.add_grad_norm(self.optimizer_step())
         self.memory_guard()
         return losses
+
+    def no_sync(self, skip_sync):
+        """DDP: no gradient all-reduce on the batches before the end of an accumulation cycle."""
+        if skip_sync and isinstance(self.student, nn.parallel.DistributedDataParallel):
+            return self.student.no_sync()
+        return contextlib.nullcontext()
+
+    def optimizer_step(self):
+        """Clip, step (the scaler skips fp16 overflow steps), zero the gradients, advance the schedule."""
+        params = [p for p in self.student_model.parameters() if p.requires_grad]
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(params, self.params.max_grad_norm)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() < scale:  # the scaler found inf/nan gradients and skipped the step
+                self.n_skipped_steps += 1
+                self.consecutive_skips += 1
+                if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                    raise NonFiniteLoss(
+                        f"fp16: {self.consecutive_skips} optimizer steps in a row overflowed (up to iteration "
+                        f"{self.n_total_iter}); try --bf16 or a lower --learning_rate"
+                    )
+            else:
+                self.consecutive_skips = 0
+        else:
+            grad_norm = nn.utils.clip_grad_norm_(params, self.params.max_grad_norm)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.n_optimizer_steps += 1
+        return grad_norm
+
+    def watch_finite(self, loss):
+        """Remember the first iteration with a non-finite loss, on the device (checked at log/checkpoint)."""
+        if self.precision.scaled:  # fp16 overflows are the scaler's business (skipped and counted)
+            return
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_iter < 0)
+        self.first_bad_iter = torch.where(bad, self.n_total_iter + 1, self.first_bad_iter)
+
+    def memory_guard(self):
+        """The reference run's GPU memory crept up until it ran out: release the allocator's cache when less
+        than --empty_cache_threshold_gb is free, and count the calls."""
+        self.n_empty_cache += empty_cache_if_low(self.device, self.params.empty_cache_threshold_gb)
 
     # ----------------------------------------------------------------------------------------------------
     # The loop
@@ -283,51 +326,6 @@ class Distiller:
         if self.dist.world_size > 1:
             check_same_on_all_ranks(self.student_model, self.dist)
         return True
-
-    def no_sync(self, skip_sync):
-        """DDP: no gradient all-reduce on the batches before the end of an accumulation cycle."""
-        if skip_sync and isinstance(self.student, nn.parallel.DistributedDataParallel):
-            return self.student.no_sync()
-        return contextlib.nullcontext()
-
-    def optimizer_step(self):
-        """Clip, step (the scaler skips fp16 overflow steps), zero the gradients, advance the schedule."""
-        params = [p for p in self.student_model.parameters() if p.requires_grad]
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = nn.utils.clip_grad_norm_(params, self.params.max_grad_norm)
-            scale = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.scaler.get_scale() < scale:  # the scaler found inf/nan gradients and skipped the step
-                self.n_skipped_steps += 1
-                self.consecutive_skips += 1
-                if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                    raise NonFiniteLoss(
-                        f"fp16: {self.consecutive_skips} optimizer steps in a row overflowed (up to iteration "
-                        f"{self.n_total_iter}); try --bf16 or a lower --learning_rate"
-                    )
-            else:
-                self.consecutive_skips = 0
-        else:
-            grad_norm = nn.utils.clip_grad_norm_(params, self.params.max_grad_norm)
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.n_optimizer_steps += 1
-        return grad_norm
-
-    def memory_guard(self):
-        """The reference run's GPU memory crept up until it ran out: release the allocator's cache when less
-        than --empty_cache_threshold_gb is free, and count the calls."""
-        self.n_empty_cache += empty_cache_if_low(self.device, self.params.empty_cache_threshold_gb)
-
-    def watch_finite(self, loss):
-        """Remember the first iteration with a non-finite loss, on the device (checked at log/checkpoint)."""
-        if self.precision.scaled:  # fp16 overflows are the scaler's business (skipped and counted)
-            return
-        bad = ~torch.isfinite(loss.detach()) & (self.first_bad_iter < 0)
-        self.first_bad_iter = torch.where(bad, self.n_total_iter + 1, self.first_bad_iter)
 
     def check_finite(self):
         first_bad = int(self.first_bad_iter)

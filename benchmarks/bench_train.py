@@ -61,9 +61,12 @@ from utils import DistInfo
 
 # ----------------------------------------------------------------------------------------------------------
 # Our step
-def make_distiller(student, teacher, flags=None, device="cpu", **ablations):
-    """A Distiller with train.py's defaults and `flags` ({"bf16": True, ...}) around the given models;
-    `ablations`: the Distiller's fused_kd / fused_adamw switches."""
+def make_distiller(student, teacher, flags=None, device="cpu", fused_kd=True, fused_adamw=True):
+    """A Distiller with train.py's defaults and `flags` ({"bf16": True, ...}) around the given models. The
+    ablations turn a fast path off: fused_kd=False, KD through autograd on materialised logits (the path MSE
+    takes); fused_adamw=False, torch's AdamW looping over the tensors."""
+    import dataclasses
+
     import torch
 
     args = train_args.defaults(student_type="distilbert", teacher_type="bert", gradient_accumulation_steps=1,
@@ -72,7 +75,16 @@ def make_distiller(student, teacher, flags=None, device="cpu", **ablations):
     dataset = LmSeqsDataset(SequenceSpec(SPECIAL, 512, pad_to_multiple_of=args.pad_to_multiple_of), one_line)
 
     dist = DistInfo(device=torch.device(device))
-    return Distiller(args, dataset, token_probs(), student, teacher, dist=dist, **ablations), dataset
+    distiller = Distiller(args, dataset, token_probs(), student, teacher, dist=dist)
+    if not fused_kd:
+        distiller.plan = dataclasses.replace(distiller.plan, fused_kd=False)
+    if not fused_adamw:  # the same groups and hyper-parameters, stepped tensor by tensor
+        opt = distiller.optimizer
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+        distiller.optimizer = torch.optim.AdamW(groups, fused=False, **{k: opt.defaults[k] for k in ("lr", "eps",
+                                                                                                    "betas")})
+        distiller.scheduler = torch.optim.lr_scheduler.LambdaLR(distiller.optimizer, distiller.lr_factor)
+    return distiller, dataset
 
 
 class Ours:

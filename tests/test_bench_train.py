@@ -73,3 +73,23 @@ def test_benchmark_runs_from_the_command_line_and_prints_the_ratios(tmp_path):
     ratio = float(rows[1].split("|")[6].strip().rstrip("x"))
     ref = next(r for r in results if r["impl"] == "ref")
     assert ratio == pytest.approx(ours["tokens_per_s"] / ref["tokens_per_s"], abs=0.006)
+
+
+def test_the_ablations_turn_off_only_their_fast_path_and_train_the_same():
+    """bench_train.py's ablations live in the benchmark, not on the Distiller: each turns off its fast path (and
+    nothing else), and a step through it gives the losses and weights of the fast one."""
+    results = {}
+    for name, ablation in (("fast", {}), ("unfused", {"fused_kd": False}), ("adamw-loop", {"fused_adamw": False})):
+        student, teacher = bench_train.build_models("tiny")
+        student.eval()  # no dropout: the three steps see one network
+        torch.manual_seed(0)
+        d, dataset = bench_train.make_distiller(student, teacher, **ablation)
+        assert d.plan.fused_kd == (name != "unfused") and d.optimizer.defaults["fused"] == (name != "adamw-loop")
+        seqs = bench_train.make_batches("tiny", 1, seed=1)[0]
+        torch.manual_seed(1)
+        losses = d.train_step(d.prepare_batch(*dataset.batch_sequences([(s, len(s)) for s in seqs])))
+        results[name] = losses["loss"].item(), [p.detach().clone() for p in d.student_model.parameters()]
+    for name in ("unfused", "adamw-loop"):
+        assert results[name][0] == pytest.approx(results["fast"][0], rel=1e-5)
+        for got, want in zip(results[name][1], results["fast"][1]):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -275,7 +275,7 @@ class LossPlan:
     fused_kd: bool  # KD straight from both models' features (losses.FusedKD); MSE needs the logits themselves
 
     @classmethod
-    def from_args(cls, args, fused_kd=True):
+    def from_args(cls, args):
         w = LossWeights.from_args(args)
         relations = tuple(k for k in RELATION_LOSSES if w.of(k) > 0)
         return cls(
@@ -285,7 +285,7 @@ class LossPlan:
             needs_teacher=w.ce > 0 or w.mse > 0 or w.cos > 0 or bool(relations),
             head_used=w.ce > 0 or w.mlm > 0 or w.clm > 0 or w.mse > 0,
             kd_all_rows=(w.ce > 0 or w.mse > 0) and not args.restrict_ce_to_mask,
-            fused_kd=fused_kd and w.ce > 0 and w.mse == 0,
+            fused_kd=w.ce > 0 and w.mse == 0,
         )
 
 
