@@ -40,69 +40,46 @@ its replacement has results. Every other TrainingArguments flag works as in tran
 --gradient_accumulation_steps, --report_to, ...), and so does torchrun. A non-finite loss exits with status 3.
 """
 
-import sys
 from pathlib import Path
 
-from core.errors import InputError, fail, first_line, reports_errors, say
-from core.files import check_writable
-from core.loading import load_pretrained, load_tokenizer, model_input_limit
+from core.errors import InputError, reports_errors, say
 from scripts.glue_table import markdown_table
 from tasks import glue, task_distill
-from tasks.distill import load_teacher
-from tasks.glue_args import check_flags, decide_precision, learning_rates, parse_args
+from tasks.glue_args import check_flags, parse_args
 from tasks.glue_family import GlueFamily, load_data
-from tasks.glue_runs import model_identity, run_key
-from tasks.runner import Command, Job, run_jobs
+from tasks.glue_runs import run_key
+from tasks.runner import Job, open_command, run_jobs, run_script
 
 
 @reports_errors
 def main(argv=None):
     model_args, data_args, sweep, distill_args, training_args, argv = parse_args(argv, __doc__.split("\n\n")[0])
     import transformers
-    from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected
     check_flags(data_args, sweep, training_args)
     task_distill.check_flags(distill_args, argv)
-    rates = learning_rates(sweep, training_args)
-    decision, training_args = decide_precision(training_args)
-    results_path = Path(training_args.output_dir) / "results.json"
-    check_writable(results_path.parent, "--output_dir", folder=True)
-    check_writable(results_path, "results")
-    config = load_pretrained(transformers.AutoConfig, model_args.model_name_or_path, "the model")
-    tokenizer = load_tokenizer(AutoTokenizer, model_args.tokenizer_name or model_args.model_name_or_path)
-    identity = model_identity(model_args.model_name_or_path, config, tokenizer)
-    teacher = load_teacher(GlueFamily, distill_args, config) if distill_args.on else None
-    configs = (config, teacher.model.config) if teacher else (config,)
-    max_length = min(data_args.max_seq_length, model_input_limit(tokenizer, *configs))
-    if max_length < data_args.max_seq_length:
-        say(f"--max_seq_length {data_args.max_seq_length} is more than the model takes: {max_length}")
-    room = tokenizer.num_special_tokens_to_add(pair=True) + 2
+    family = GlueFamily(data_args)
+    cmd, rates, max_length = open_command(family, model_args, data_args, sweep, distill_args, training_args)
+    room = cmd.tokenizer.num_special_tokens_to_add(pair=True) + 2
     if max_length < room:
         raise InputError(f"--max_seq_length {max_length} leaves no room for text: give at least {room}")
     tasks = load_data(data_args, distill_args.unlabeled_samples, distill_args.transfer_file)
+    teacher = cmd.teacher
     for task_data in tasks if teacher else ():  # the task's classifier, reading the student's ids or its own
         task_distill.check_teacher(teacher.model, task_data.task, task_data.num_labels,
                                    distill_args.teacher_name_or_path, distill_args.hard_targets)
-        teacher.check_tokens(tokenizer, [t for column in task_data.train.texts for t in column[:64]])
-    model_args.model_label = model_args.model_label or Path(model_args.model_name_or_path.rstrip("/")).name
+        teacher.check_tokens(cmd.tokenizer, [t for column in task_data.train.texts for t in column[:64]])
     distillation = distill_args.settings(teacher.identity, teacher.own_tokens) if teacher else None
-    jobs = [Job(t.task.name, t.task.title, t, run_key(data_args, training_args, t, identity, max_length, distillation))
-            for t in tasks]
-    cmd = Command(GlueFamily(data_args, max_length), model_args, sweep, distill_args, training_args, tokenizer,
-                  identity, decision, teacher, data_args.overwrite_output_dir)
+    jobs = [Job(t.task.name, t.task.title, t, run_key(data_args, cmd.training_args, t, cmd.identity, max_length,
+                                                       distillation)) for t in tasks]
     summary = run_jobs(cmd, jobs, rates)
-    if training_args.process_index == 0 and any(n in glue.TASKS for n in summary["tasks"]):
+    if cmd.training_args.process_index == 0 and any(n in glue.TASKS for n in summary["tasks"]):
         say()
         say(markdown_table([summary], published=False))
-    say(f"results: {results_path}")
+    say(f"results: {Path(cmd.training_args.output_dir) / 'results.json'}")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit("run_glue.py: interrupted; rerun the same command to resume")
-    except OSError as e:  # a full disk while writing a checkpoint, ...
-        fail("run_glue.py", first_line(e))
+    run_script("run_glue.py", main)

@@ -25,19 +25,15 @@ and the other TrainingArguments flags work as in run_glue.py.
 """
 
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import InputError, fail, first_line, reports_errors, say
-from core.files import check_writable
-from core.loading import load_pretrained, load_tokenizer, model_input_limit
+from core.errors import InputError, reports_errors, say
 from tasks import qa, qa_distill
-from tasks.distill import load_teacher
-from tasks.glue_args import DEFAULTS, check_flags, decide_precision, learning_rates, parse_args
-from tasks.glue_runs import model_identity, training_settings
+from tasks.glue_args import DEFAULTS, check_flags, parse_args
+from tasks.glue_runs import training_settings
 from tasks.qa_family import QAFamily
-from tasks.runner import Command, Job, run_jobs
+from tasks.runner import Job, open_command, run_jobs, run_script
 
 QA_DEFAULTS = {
     **DEFAULTS,
@@ -92,31 +88,17 @@ def main(argv=None):
     model_args, data_args, sweep, distill_args, training_args, argv = parse_args(
         argv, __doc__.split("\n\n")[0], classes, QA_DEFAULTS, "run_qa.py")
     import transformers
-    from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()  # the new span head's "newly initialized" warning is expected
     check_flags(data_args, sweep, training_args)
     check_qa_flags(data_args)
     qa_distill.check_flags(distill_args, argv)
-    rates = learning_rates(sweep, training_args)
-    decision, training_args = decide_precision(training_args)
-    results_path = Path(training_args.output_dir) / "results.json"
-    check_writable(results_path.parent, "--output_dir", folder=True)
-    check_writable(results_path, "results")
-    config = load_pretrained(transformers.AutoConfig, model_args.model_name_or_path, "the model")
-    tokenizer = load_tokenizer(AutoTokenizer, model_args.tokenizer_name or model_args.model_name_or_path)
-    if not tokenizer.is_fast:  # the answers' character offsets come from the Rust tokenizers
+    family = QAFamily(data_args)
+    cmd, rates, max_length = open_command(family, model_args, data_args, sweep, distill_args, training_args)
+    if not cmd.tokenizer.is_fast:  # the answers' character offsets come from the Rust tokenizers
         raise InputError(f"the tokenizer of {model_args.model_name_or_path} is not a fast tokenizer: QA needs its "
                          "character offsets (give --tokenizer_name with a tokenizer.json)")
-    identity = model_identity(model_args.model_name_or_path, config, tokenizer)
-    teacher = load_teacher(QAFamily, distill_args, config) if distill_args.on else None
-    # the windows are read by the student and, when distilling, by the teacher: the shorter limit of the two
-    configs = (config, teacher.model.config) if teacher else (config,)
-    max_length = min(data_args.max_seq_length, model_input_limit(tokenizer, *configs))
-    if max_length < data_args.max_seq_length:
-        who = "the model or its teacher takes" if teacher else "the model takes"
-        say(f"--max_seq_length {data_args.max_seq_length} is more than {who}: {max_length}")
-    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    specials = cmd.tokenizer.num_special_tokens_to_add(pair=True)
     room = max_length - data_args.max_query_length - specials
     if room < 1:
         raise InputError(f"--max_query_length {data_args.max_query_length} leaves no room for the context in windows "
@@ -133,32 +115,24 @@ def main(argv=None):
                         data_args.max_eval_samples)
     say(f"SQuAD {'2.0' if version_2 else '1.1'}: train {len(train):,} questions ({train.source}), dev {len(dev):,} "
         f"({dev.source})")
-    if teacher:  # its start/end logits are compared token by token: it must read the student's ids
-        teacher.check_tokens(tokenizer, [t for e in train.examples[:64] for t in (e.question, e.context)])
-    model_args.model_label = model_args.model_label or Path(model_args.model_name_or_path.rstrip("/")).name
+    if cmd.teacher:  # its start/end logits are compared token by token: it must read the student's ids
+        cmd.teacher.check_tokens(cmd.tokenizer, [t for e in train.examples[:64] for t in (e.question, e.context)])
     task = "squad_v2" if version_2 else "squad"
     run_key = {
-        **identity, **training_settings(training_args), "task": task, "max_seq_length": max_length,
+        **cmd.identity, **training_settings(cmd.training_args), "task": task, "max_seq_length": max_length,
         "doc_stride": data_args.doc_stride, "max_query_length": data_args.max_query_length,
         "pad_to_max_length": data_args.pad_to_max_length, "n_best_size": data_args.n_best_size,
         "max_answer_length": data_args.max_answer_length,
         "null_score_diff_threshold": data_args.null_score_diff_threshold, "train_examples": len(train),
         "eval_examples": len(dev), "train_data": train.digest, "eval_data": dev.digest, "train_source": train.source,
-        "distillation": distill_args.settings(teacher.identity) if teacher else None,
+        "distillation": distill_args.settings(cmd.teacher.identity) if cmd.teacher else None,
     }
-    cmd = Command(QAFamily(data_args, max_length), model_args, sweep, distill_args, training_args, tokenizer,
-                  identity, decision, teacher, data_args.overwrite_output_dir)
     summary = run_jobs(cmd, [Job(task, task, (train, dev), run_key)], rates)
     shown = ", ".join(f"{k} {100 * v:.2f}" for k, v in summary["tasks"][task]["metrics"]["dev"].items())
     say(f"{task} (median of {sweep.seeds} seed{'s' if sweep.seeds > 1 else ''}): {shown}")
-    say(f"results: {results_path}")
+    say(f"results: {Path(cmd.training_args.output_dir) / 'results.json'}")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit("run_qa.py: interrupted; rerun the same command to resume")
-    except OSError as e:
-        fail("run_qa.py", first_line(e))
+    run_script("run_qa.py", main)

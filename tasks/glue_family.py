@@ -104,8 +104,8 @@ class GlueFamily(TaskFamily):
     teacher_needs = ("a sequence classifier", "fine-tune it on the task first (run_glue.py --save_model: its "
                      "TASK/RUN/model)")
 
-    def __init__(self, data_args, max_length):
-        self.data_args, self.max_length = data_args, max_length
+    def __init__(self, data_args):
+        self.data_args = data_args
 
     def model_kwargs(self, job):
         """A head of the task's size (id2label sets it in transformers 5: num_labels=1 with id2label=None leaves

@@ -47,8 +47,8 @@ class QAFamily(TaskFamily):
                      "squad/RUN/model)")
     targets = Spans.targets
 
-    def __init__(self, data_args, max_length):
-        self.data_args, self.max_length = data_args, max_length
+    def __init__(self, data_args):
+        self.data_args = data_args
 
     def collator(self, tokenizer, args):
         from transformers import DataCollatorWithPadding

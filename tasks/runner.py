@@ -12,20 +12,23 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import files
-from core.errors import NON_FINITE_EXIT, NonFiniteLoss, fail, say
-from core.files import atomic_write
-from core.loading import load_pretrained
+from core.errors import NON_FINITE_EXIT, NonFiniteLoss, fail, first_line, say
+from core.files import atomic_write, check_writable
+from core.loading import load_pretrained, load_tokenizer, model_input_limit
 from core.precision import trainer_precision, use_attention
-from tasks.distill import distill_trainer
+from tasks.distill import distill_trainer, load_teacher
+from tasks.glue_args import decide_precision, learning_rates
 from tasks.glue_runs import (
     Run,
     callbacks,
     execute,
+    model_identity,
     model_inputs,
     plan_run,
     read_summary,
@@ -45,6 +48,7 @@ class TaskFamily:
     dev_score(metrics) (points); the rest has defaults that suit most tasks."""
 
     targets = ("labels",)  # the batch keys of the gold answers (the losses' inputs; kept beside the model's)
+    max_length = None  # the longest input the model (and its teacher) take, within --max_seq_length: open_command's
 
     def model_kwargs(self, job):
         return {}
@@ -108,6 +112,44 @@ class Command:
     precision: object  # core.precision.Precision: asked and ran
     teacher: object = None  # tasks.distill.Teacher
     overwrite: bool = False
+
+
+def open_command(family, model_args, data_args, sweep, distill_args, training_args):
+    """(the Command, the learning rates, the input length) of a run_glue.py or run_qa.py call whose flags are
+    checked: the precision decided, --output_dir writable, the model's config, tokenizer and identity read, the
+    teacher loaded and checked against the student's shapes, and the longest input both models take (also
+    family.max_length)."""
+    import transformers
+
+    rates = learning_rates(sweep, training_args)
+    decision, training_args = decide_precision(training_args)
+    results_path = Path(training_args.output_dir) / "results.json"
+    check_writable(results_path.parent, "--output_dir", folder=True)
+    check_writable(results_path, "results")
+    path = model_args.model_name_or_path
+    config = load_pretrained(transformers.AutoConfig, path, "the model")
+    tokenizer = load_tokenizer(transformers.AutoTokenizer, model_args.tokenizer_name or path)
+    teacher = load_teacher(family, distill_args, config) if distill_args.on else None
+    max_length = min(data_args.max_seq_length, model_input_limit(tokenizer, config, *(
+        (teacher.model.config,) if teacher else ())))
+    if max_length < data_args.max_seq_length:
+        who = "the model or its teacher" if teacher else "the model"
+        say(f"--max_seq_length {data_args.max_seq_length} is more than {who} takes: {max_length}")
+    model_args.model_label = model_args.model_label or Path(path.rstrip("/")).name
+    family.max_length = max_length
+    cmd = Command(family, model_args, sweep, distill_args, training_args, tokenizer,
+                  model_identity(path, config, tokenizer), decision, teacher, data_args.overwrite_output_dir)
+    return cmd, rates, max_length
+
+
+def run_script(script, main):
+    """A task script's exit: its status, or one line for an interrupt (a rerun resumes) or a failed write."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(f"{script}: interrupted; rerun the same command to resume")
+    except OSError as e:  # a full disk while writing a checkpoint, ...
+        fail(script, first_line(e))
 
 
 def fine_tune(cmd, job, run):
