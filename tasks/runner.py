@@ -183,25 +183,15 @@ def fine_tune(cmd, job, run):
     train_time = time.time() - start
     metrics, outputs = family.evaluate(trainer, job, args, collator)
     result = {
-        "task": job.name,
-        "title": job.title,
-        "metrics": metrics,
-        "score": family.score(metrics),
-        "model": cmd.model_args.model_label,
-        "model_path": cmd.model_args.model_name_or_path,
-        "seed": run.seed,
-        "learning_rate": run.lr,
-        "hyper_parameters": job.run_key,
-        "precision": trainer_precision(training_args),
+        "task": job.name, "title": job.title, "metrics": metrics, "score": family.score(metrics),
+        "model": cmd.model_args.model_label, "model_path": cmd.model_args.model_name_or_path, "seed": run.seed,
+        "learning_rate": run.lr, "hyper_parameters": job.run_key, "precision": trainer_precision(training_args),
         "attention": model.config._attn_implementation,
         "teacher": teacher.record() | {"logits_seconds": teacher.logits_seconds, **family.teacher_rows(job)}
         if teacher else None,
-        "steps": trainer.state.global_step,
-        "train_seconds": round(train_time, 1),
-        "train_samples_per_second": train_metrics.get("train_samples_per_second"),
-        "device": str(args.device),
-        "data": family.data_source(job),
-        "tokenizer_fit": job.fit,
+        "steps": trainer.state.global_step, "train_seconds": round(train_time, 1),
+        "train_samples_per_second": train_metrics.get("train_samples_per_second"), "device": str(args.device),
+        "data": family.data_source(job), "tokenizer_fit": job.fit,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
