@@ -10,8 +10,9 @@ it (upstream's run_squad_w_distillation.py, for GLUE and your own tasks; TinyBER
 Here: the flags, the teacher's label checks, the losses (losses.py's) and `Classification`, the loss adapter
 of tasks/distill.py's Trainer (which run_qa.py shares). With only the logits in use (no alpha_cos/att/vv), the
 teacher runs once over the training set, in eval mode, and its logits are a column of the data that every
-epoch, seed and learning rate reuses; otherwise it runs beside the student at every step. --unlabeled_samples adds task text without
-its labels: the teacher's logits are its only target (the semi-supervised setting: few labels, more text).
+epoch, seed and learning rate reuses; otherwise it runs beside the student at every step. --unlabeled_samples
+adds task text without its labels: the teacher's logits are its only target (the semi-supervised setting: few
+labels, more text).
 
 The teacher may have another tokenizer than the student (all-mpnet-base-v2's ids are bert-base-uncased's
 shifted by 4): it then reads each row's raw text with its own tokenizer, special tokens and length limit,
