@@ -188,3 +188,53 @@ def test_bf16_autocast_stays_close_to_fp32():
         bf16 = relation_losses(s, t, mask, RELATION_LOSSES, 4, 2)
     for name in RELATION_LOSSES:
         assert bf16[name].item() == pytest.approx(fp32[name].item(), rel=0.05)
+
+
+def tiny_of_each_type():
+    """A tiny model of every type the project trains or teaches with, 2 layers, 4 heads, width 16."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        MPNetConfig,
+        MPNetForMaskedLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+    )
+
+    common = dict(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32)
+    torch.manual_seed(0)
+    return {
+        "bert": BertForMaskedLM(BertConfig(**common)),
+        "roberta": RobertaForMaskedLM(RobertaConfig(**common, pad_token_id=0, max_position_embeddings=40)),
+        "distilbert": DistilBertForMaskedLM(DistilBertConfig(vocab_size=VOCAB, dim=16, n_layers=2, n_heads=4,
+                                                             hidden_dim=32)),
+        "mpnet": MPNetForMaskedLM(MPNetConfig(**common, pad_token_id=0, max_position_embeddings=40)),
+        "gpt2": GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=4, n_positions=40)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "mpnet", "gpt2"])
+def test_attention_projections_give_each_types_own_q_k_v(kind):
+    """For every model type: the projections applied to the hidden states entering a layer give exactly the Q, K
+    and V that layer computes in its own forward (caught by hooks on the modules that compute them)."""
+    model = tiny_of_each_type()[kind].eval()
+    ids, mask, _ = padded_batch()
+    ids = ids.clamp(min=2)  # no pad id inside the real tokens (RoBERTa and MPNet count positions from it)
+    base = model.base_model
+    seen = []
+    if kind == "gpt2":  # the fused projection: its output is Q, K and V side by side
+        module = base.h[1].attn.c_attn
+    else:
+        module = attention_projections(model, 1)[0]
+    targets = module if isinstance(module, tuple) else (module,)
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o)) for m in targets]
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[1]
+        ours = [p(hidden) for p in attention_projections(model, 1)[0]]
+    for h in hooks:
+        h.remove()
+    own = list(seen[0].split(16, dim=-1)) if kind == "gpt2" else seen[:3]
+    assert len(own) == 3
+    for mine, theirs in zip(ours, own):
+        torch.testing.assert_close(mine, theirs)
+    assert attention_projections(model, 1)[1] == 4

@@ -215,6 +215,26 @@ def test_intermediate_losses_run_the_teacher_at_every_step(tmp_path, teacher, ta
     assert run["teacher"]["alpha_att"] == 1 and run["teacher"]["teacher_layer"] is None
 
 
+def test_an_mpnet_teacher_teaches_its_attention_relations(tmp_path, teacher, custom_task):
+    """MPNet's attention sits elsewhere than BERT's (attention.attn.q/k/v): with the student's tokenization, its
+    relations teach at every step (before, --alpha_att ended in an AttributeError)."""
+    from transformers import AutoTokenizer, MPNetConfig, MPNetForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(str(teacher))
+    labels = {0: "born", 1: "other"}  # the custom task's, sorted
+    torch.manual_seed(0)
+    mpnet = MPNetForSequenceClassification(MPNetConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=140, pad_token_id=tok.pad_token_id, id2label=labels,
+        label2id={v: k for k, v in labels.items()}))
+    mpnet.save_pretrained(tmp_path / "mpnet")
+    tok.save_pretrained(tmp_path / "mpnet")
+    run = distil(teacher, custom_task, tmp_path / "kd", "--teacher_name_or_path", tmp_path / "mpnet", "--alpha_att",
+                 1, "--alpha_vv", 1)
+    assert run["teacher"]["teacher_logits"] == "every step" and run["teacher"]["tokenization"] == "the student's"
+    assert math.isfinite(run["score"])
+
+
 @pytest.fixture(scope="module")
 def wrong_teachers(tmp_path_factory, tokenizer_dir, teacher, task_teacher):
     """Teachers that must be refused: an encoder with no classification head, one with its labels in another

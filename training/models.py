@@ -97,15 +97,33 @@ class RowsLM(nn.Module):
         return hidden, logits, qkv
 
 
+class FusedPart(nn.Module):
+    """Query, key or value of GPT-2's layer `block`: its LayerNorm (GPT-2 normalises before attention) and the
+    third `part` of its fused c_attn projection."""
+
+    def __init__(self, block, part):
+        super().__init__()
+        self.block, self.part, self.out_features = block, part, block.attn.embed_dim
+
+    def forward(self, hidden):
+        qkv = self.block.attn.c_attn(self.block.ln_1(hidden))
+        return qkv[..., self.part * self.out_features : (self.part + 1) * self.out_features]
+
+
 def attention_projections(model, layer):
-    """(query, key, value) nn.Linear layers and the head count of encoder layer `layer` (0-based) of a HF
-    BERT, RoBERTa or DistilBERT model."""
+    """((query, key, value) modules that map the hidden states entering layer `layer` (0-based) to its Q, K, V;
+    the head count) of a HF BERT, RoBERTa, DistilBERT, MPNet or GPT-2 model."""
     base = model.base_model
     if hasattr(base, "transformer"):  # DistilBERT
         att = base.transformer.layer[layer].attention
         return (att.q_lin, att.k_lin, att.v_lin), att.n_heads
-    att = base.encoder.layer[layer].attention.self  # BERT, RoBERTa
-    return (att.query, att.key, att.value), att.num_attention_heads
+    if hasattr(base, "h"):  # GPT-2: one fused projection after a LayerNorm
+        block = base.h[layer]
+        return tuple(FusedPart(block, i) for i in range(3)), block.attn.num_heads
+    att = base.encoder.layer[layer].attention
+    if hasattr(att, "attn"):  # MPNet (its relative position bias is not a projection: not in the relations)
+        return (att.attn.q, att.attn.k, att.attn.v), att.attn.num_attention_heads
+    return (att.self.query, att.self.key, att.self.value), att.self.num_attention_heads  # BERT, RoBERTa
 
 
 def relation_layers(student, teacher, names, params):
