@@ -116,7 +116,7 @@ def main(argv=None):
     say(f"SQuAD {'2.0' if version_2 else '1.1'}: train {len(train):,} questions ({train.source}), dev {len(dev):,} "
         f"({dev.source})")
     if cmd.teacher:  # its start/end logits are compared token by token: it must read the student's ids
-        cmd.teacher.check_tokens(cmd.tokenizer, [t for e in train.examples[:64] for t in (e.question, e.context)])
+        cmd.teacher.check_tokens(cmd.tokenizer, [(e.question, e.context) for e in train.examples[:64]])
     task = "squad_v2" if version_2 else "squad"
     run_key = {
         **cmd.identity, **training_settings(cmd.training_args), "task": task, "max_seq_length": max_length,

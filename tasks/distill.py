@@ -27,6 +27,7 @@ from tasks.teacher_pass import (
     head_logits,
     logits_key,
     model_logits,
+    piece_map,
     read_cached_logits,
     teacher_dataset,
     tokenization_differs,
@@ -46,16 +47,32 @@ class Teacher:
     logits_seconds: float | None = None  # the one pass over the training set (benchmarks read it)
     own_tokens: str | None = None  # why it reads its own tokenization of the text (None: the student's ids)
     logits_cached: str | None = None  # the cache file its logits were read from (None: computed here)
+    id_map: object = None  # student id -> its id of the same piece, when only the ids differ (teacher_pass.piece_map)
+    mapped: str | None = None  # why the ids are mapped (the vocabularies' difference)
 
     def check_tokens(self, tokenizer, texts):
-        """Whether the teacher reads the student's input ids, or the rows' text with its own tokenizer; the
-        latter refused when a loss in use compares the two models position by position."""
-        self.own_tokens = self.own_tokens or tokenization_differs(tokenizer, self.tokenizer, texts)
+        """How the teacher reads the rows (`texts`: a sample, each a text or a tuple of a pair's texts): the
+        student's input ids; the same pieces under its own ids (mapped: every loss still compares position by
+        position); or its own tokenization of the text, refused when a loss in use compares positions."""
+        differs = tokenization_differs(tokenizer, self.tokenizer, texts)
+        why = None
+        if differs:
+            self.id_map, why = piece_map(tokenizer, self.tokenizer, texts)
+            self.own_tokens, self.mapped = (None, differs) if self.id_map is not None else (differs, None)
         needs_one = self.args.one_tokenization()  # (what compares positions, what to do instead), or None
         if self.own_tokens and needs_one:
             what, instead = needs_one
             raise InputError(f"{what} position by position, so it needs one tokenization, but the teacher "
-                             f"{self.args.teacher_name_or_path} has {self.own_tokens}: {instead}")
+                             f"{self.args.teacher_name_or_path} has {self.own_tokens} and its pieces differ ({why}): "
+                             f"{instead}")
+
+    def reads(self, rows):
+        """The student's rows as the teacher reads them: its ids for the same pieces when they are mapped."""
+        if self.id_map is None:
+            return rows
+        table = self.id_map
+        return rows.map(lambda b: {"input_ids": [table[ids].tolist() for ids in b["input_ids"]]}, batched=True,
+                        desc="the teacher's ids")
 
     def with_logits(self, train_set, tokenizer, training_args, per_token, texts=None, max_length=None):
         """train_set with the teacher's logits as a column (computed once, in eval mode, for every run; read
@@ -68,6 +85,8 @@ class Teacher:
         start = time.time()
         rows, reader = train_set, tokenizer
         unit = "windows" if per_token else "rows"
+        if self.id_map is not None:  # its own ids, padded with its own pad id
+            rows, reader = self.reads(train_set), self.tokenizer
         if self.own_tokens:
             rows, reader = teacher_dataset(self.tokenizer, texts, max_length), self.tokenizer
             say(f"the teacher reads its own tokenization of the {len(rows):,} training {unit} ({self.own_tokens})")
@@ -104,10 +123,12 @@ class Teacher:
 
     def record(self):
         """What a run's results say of its teacher."""
-        return {"path": self.args.teacher_name_or_path, **self.args.settings(self.identity, self.own_tokens),
+        return {"path": self.args.teacher_name_or_path, **self.args.settings(self.identity, self.own_tokens or
+                                                                              self.mapped),
                 "teacher_logits": "every step" if self.args.per_step else "computed once",
                 "logits_read_from": self.logits_cached,
-                "tokenization": f"its own: {self.own_tokens}" if self.own_tokens else "the student's",
+                "tokenization": f"its own: {self.own_tokens}" if self.own_tokens else
+                f"the student's pieces under its own ids: {self.mapped}" if self.mapped else "the student's",
                 **self.args.data_record()}
 
 
@@ -129,9 +150,10 @@ def load_teacher(family, distill_args, student_config):
     return Teacher(distill_args, model, tokenizer, model_identity(path, model.config, tokenizer))
 
 
-def distill_trainer(family, distill_args, teacher=None):
+def distill_trainer(family, distill_args, teacher=None, id_map=None):
     """A transformers Trainer class whose training loss is `family`'s losses of each batch with the flags `d`,
-    against `teacher` (a model; None: the family's own loss alone); evaluation is the student's own loss.
+    against `teacher` (a model; None: the family's own loss alone; id_map: Teacher.id_map, the teacher's ids of the
+    student's pieces); evaluation is the student's own loss.
 
     An optimizer step weighs its rows as one batch, however many micro-batches (--gradient_accumulation_steps)
     and processes (torchrun) it is cut into: KD (and the other teacher losses) is the mean over all of the
@@ -184,9 +206,11 @@ def distill_trainer(family, distill_args, teacher=None):
                 return (loss, s_out) if return_outputs else loss
             t_out = None
             if self.teacher is not None:
+                t_inputs = {k: v for k, v in inputs.items() if k in self.teacher_keys}
+                if id_map is not None:  # the same pieces at the same positions, under the teacher's ids
+                    t_inputs["input_ids"] = id_map.to(t_inputs["input_ids"].device)[t_inputs["input_ids"]]
                 with torch.no_grad():
-                    t_out = self.teacher(**{k: v for k, v in inputs.items() if k in self.teacher_keys},
-                                         output_hidden_states=hidden)
+                    t_out = self.teacher(**t_inputs, output_hidden_states=hidden)
             t_logits = cached if cached is not None else None if t_out is None else head_logits(t_out)
             parts = family.losses(distill_args, s_out, t_out, t_logits, targets, inputs["attention_mask"], self.layers)
             # Each loss is a mean over this micro-batch's rows (the task's: its labelled rows); weighed by the
