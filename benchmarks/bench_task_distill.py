@@ -10,9 +10,9 @@ from its layers 0, 3, 5. The rows:
 - KD: logit KD (alpha_ce 0.5, alpha_task 0.5), reading the teacher's logits that run_glue.py computed once
   before training; that one pass is timed on its own (and is paid once for all seeds and learning rates);
 - KD + cos: with --alpha_cos, which runs the teacher at every step: what the cache saves;
-- KD own tokens: logit KD from the same teacher reading a vocabulary with four more ids in front (as
-  all-mpnet-base-v2's is bert-base-uncased's shifted by 4), so run_glue.py gives it its own tokenization of
-  the text: the cross-tokenizer path.
+- KD mapped ids: logit KD from the same teacher reading a vocabulary with four more ids in front (as
+  all-mpnet-base-v2's is bert-base-uncased's shifted by 4): run_glue.py maps the student's ids to the
+  teacher's (teacher_pass.piece_map), the path all-mpnet-base-v2 takes.
 Then the teacher's pass alone over the training rows, two ways, in sentences/s: a plain batched pass (the
 rows in their order, torch.no_grad) against teacher_pass.model_logits (batches of similar lengths,
 inference_mode); their logits are checked equal. The teacher-logits cache is off in every run here, so
@@ -37,7 +37,7 @@ ROWS = {  # name -> run_glue.py flags added to the plain run's
     "plain": [],
     "KD": ["--alpha_ce", "0.5", "--alpha_task", "0.5"],
     "KD + cos": ["--alpha_ce", "0.5", "--alpha_task", "0.5", "--alpha_cos", "1"],
-    "KD own tokens": ["--alpha_ce", "0.5", "--alpha_task", "0.5"],  # the shifted-vocabulary teacher
+    "KD mapped ids": ["--alpha_ce", "0.5", "--alpha_task", "0.5"],  # the shifted-vocabulary teacher
 }
 SHIFT = ["<s>", "<pad>", "</s>", "<unk>"]  # all-mpnet-base-v2's four ids in front of bert-base-uncased's
 
@@ -156,8 +156,8 @@ def main(argv=None):
         work = Path(tmp)
         teacher, student = build_models(work, real_teacher())
         teachers = {r: teacher for r in rows}
-        if "KD own tokens" in rows:
-            teachers["KD own tokens"] = shifted_teacher(work, teacher)
+        if "KD mapped ids" in rows:
+            teachers["KD mapped ids"] = shifted_teacher(work, teacher)
         best = {r: None for r in rows}
         passes = []
         for _ in range(args.rounds):
@@ -178,7 +178,7 @@ def main(argv=None):
         b["ratio"] = b["epoch_seconds"] / plain
         pass_s = "-" if b["logits_seconds"] is None else f"{b['logits_seconds']:.1f}"
         print(f"| {r} | {b['epoch_seconds']:.1f} | {b['steps']} | {b['ratio']:.2f}x | {pass_s} |")
-    for r in ("KD", "KD own tokens"):
+    for r in ("KD", "KD mapped ids"):
         if r in best:
             verdict = "within" if best[r]["ratio"] <= 1.25 else "OVER"
             print(f"\nthe {r} epoch is {best[r]['ratio']:.2f}x the plain one: {verdict} the 1.25x bound")

@@ -13,8 +13,8 @@ of its own, not in requirements.txt: 404 MB that only task distillation with thi
 
 The folder loads with transformers' Auto classes (MPNetModel, MPNetTokenizerFast); fine-tune it with
 scripts/run_glue.py --save_model, then distil from it (--teacher_name_or_path): its tokenizer is
-bert-base-uncased's WordPiece with four special ids in front, so run_glue.py gives it its own tokenization
-of the task's text (docs/task_distillation.md).
+bert-base-uncased's WordPiece with four special ids in front, so run_glue.py maps the student's ids to its
+ids, and every distillation loss is open to it (docs/task_distillation.md).
 """
 
 import argparse

@@ -59,6 +59,8 @@ class Teacher:
         if differs:
             self.id_map, why = piece_map(tokenizer, self.tokenizer, texts)
             self.own_tokens, self.mapped = (None, differs) if self.id_map is not None else (differs, None)
+            if self.mapped:
+                say(f"the teacher reads the student's pieces under its own ids ({differs})")
         needs_one = self.args.one_tokenization()  # (what compares positions, what to do instead), or None
         if self.own_tokens and needs_one:
             what, instead = needs_one

@@ -30,11 +30,11 @@ def test_the_benchmark_times_plain_kd_and_kd_cos_epochs(tmp_path):
                       "--rounds", 1, "--json", out, check=True)
     got = json.loads(out.read_text())
     rows = {r["row"]: r for r in got["rows"]}
-    assert list(rows) == ["plain", "KD", "KD + cos", "KD own tokens"] and got["train"] == 64
+    assert list(rows) == ["plain", "KD", "KD + cos", "KD mapped ids"] and got["train"] == 64
     assert {r["steps"] for r in rows.values()} == {2}  # 64 sentences, batch 32, one epoch
     assert rows["plain"]["logits_seconds"] is None and rows["KD + cos"]["logits_seconds"] is None  # per step
     assert positive(rows["KD"]["logits_seconds"])  # the one cached pass, timed apart from the epoch
-    assert positive(rows["KD own tokens"]["logits_seconds"])  # the teacher's own tokenization, also computed once
+    assert positive(rows["KD mapped ids"]["logits_seconds"])  # the teacher on its own ids, also computed once
     assert positive(got["teacher_pass"]["plain_batched"]) and positive(got["teacher_pass"]["sorted_inference"])
     assert all(positive(r["epoch_seconds"]) for r in rows.values())
     assert "the teacher's pass over 64 rows: plain batches" in proc.stdout
@@ -47,9 +47,9 @@ def test_the_benchmark_times_plain_kd_and_kd_cos_epochs(tmp_path):
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--rows", "KD"], "--rows 'KD': give 'plain' and others of: plain, KD, KD + cos, KD own tokens"),
-        (["--rows", "plain,fast"], "--rows 'plain,fast': give 'plain' and others of: plain, KD, KD + cos, KD own "
-         "tokens"),
+        (["--rows", "KD"], "--rows 'KD': give 'plain' and others of: plain, KD, KD + cos, KD mapped ids"),
+        (["--rows", "plain,fast"], "--rows 'plain,fast': give 'plain' and others of: plain, KD, KD + cos, KD "
+         "mapped ids"),
         (["--train", 0], "--train and --rounds: give at least 1"),
         (["--rounds", 0], "--train and --rounds: give at least 1"),
         (["--data_dir", "/nowhere"], "--data_dir /nowhere: no SST-2 train.tsv there"),

@@ -74,6 +74,7 @@ def test_a_mapped_teacher_teaches_every_loss_and_its_logits_are_its_own(tmp_path
     proc = distil(teacher, custom_task, mpnet_teacher, tmp_path / "kd", "--alpha_att", 1, "--alpha_vv", 1,
                   "--alpha_cos", 0, "--logging_steps", 1)
     assert proc.returncode == 0, proc.stderr
+    assert "the teacher reads the student's pieces under its own ids (another vocabulary" in proc.stdout
     run = json.loads(next((tmp_path / "kd" / "custom").glob("lr*")).joinpath("results.json").read_text())
     record = run["teacher"]
     assert record["teacher_logits"] == "every step"
