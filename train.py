@@ -69,9 +69,10 @@ def load_tokenizer(args, data_meta):
     return load_tokenizer_or_fail(tokenizer_class, name, what)
 
 
-def load_teacher(args, student):
+def build_teacher(args, student):
+    """train.py's teacher, frozen: refused where a loss in use would read a vocabulary head it lacks."""
     _, model_class, _ = model_classes(args.teacher_type)
-    teacher, no_head = teachers.load_teacher(model_class, args.teacher_name)
+    teacher, no_head = teachers.load_frozen(model_class, args.teacher_name)
     if no_head:  # an encoder-only checkpoint: from_pretrained filled the vocabulary head with random weights
         head = "masked-LM" if args.mlm else "LM"
         if args.alpha_ce > 0 or args.alpha_mse > 0:
@@ -171,7 +172,7 @@ def setup(args):
                                                data_format.vocab_digest(tokenizer))
 
     student = load_student(args, len(tokenizer))
-    teacher = None if args.no_teacher else load_teacher(args, student)
+    teacher = None if args.no_teacher else build_teacher(args, student)
     # The sequences' spec, frozen: the dataset and the masking read it, not the flags.
     spec = SequenceSpec(special, max_input_size(args, tokenizer, student, teacher), args.mlm, args.pad_to_multiple_of)
     dataset = LmSeqsDataset(spec, data)

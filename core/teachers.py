@@ -1,7 +1,7 @@
 """The teacher, loaded and checked one way for every script: train.py's language model, run_glue.py's
 sequence classifier and run_qa.py's span predictor.
 
-`load_teacher` gives the teacher frozen (eval mode, no gradients) after core.loading.load_lm's checks (a checkpoint of
+`load_frozen` gives the teacher frozen (eval mode, no gradients) after core.loading.load_lm's checks (a checkpoint of
 this architecture, every weight of the base model filled), and refuses a checkpoint without the head the
 script needs (an encoder not yet fine-tuned) in one line that says how to get one. `check_width` is the one
 check of the losses that compare hidden states.
@@ -11,7 +11,7 @@ from core.errors import InputError
 from core.loading import load_lm
 
 
-def load_teacher(model_class, path, needs=None):
+def load_frozen(model_class, path, needs=None):
     """(the frozen teacher, the names of the head weights its checkpoint lacks). `needs`: (what the teacher must
     be, how to get one), for scripts that cannot work without the head `model_class` adds; without it the
     caller decides (train.py runs its head-free losses)."""

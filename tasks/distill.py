@@ -143,7 +143,7 @@ def load_teacher(family, distill_args, student_config):
 
     path = distill_args.teacher_name_or_path
     model_class = getattr(transformers, family.model_class)
-    model, _ = teachers.load_teacher(model_class, path, family.teacher_needs)
+    model, _ = teachers.load_frozen(model_class, path, family.teacher_needs)
     tokenizer = load_tokenizer(transformers.AutoTokenizer, path, "the teacher's tokenizer")
     if distill_args.per_step:
         with torch.device("meta"):
