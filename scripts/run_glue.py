@@ -70,7 +70,7 @@ def main(argv=None):
         task_distill.check_teacher(teacher.model, task_data.task, task_data.num_labels,
                                    distill_args.teacher_name_or_path, distill_args.hard_targets)
         teacher.check_tokens(cmd.tokenizer, list(zip(*[column[:64] for column in task_data.train.texts])))
-    distillation = distill_args.settings(teacher.identity, teacher.own_tokens or teacher.mapped) if teacher else None
+    distillation = teacher.settings() if teacher else None
     jobs = [Job(t.task.name, t.task.title, t, run_key(data_args, cmd.training_args, t, cmd.identity, max_length,
                                                        distillation)) for t in tasks]
     summary = run_jobs(cmd, jobs, rates)

@@ -125,7 +125,7 @@ def main(argv=None):
         "max_answer_length": data_args.max_answer_length,
         "null_score_diff_threshold": data_args.null_score_diff_threshold, "train_examples": len(train),
         "eval_examples": len(dev), "train_data": train.digest, "eval_data": dev.digest, "train_source": train.source,
-        "distillation": distill_args.settings(cmd.teacher.identity) if cmd.teacher else None,
+        "distillation": cmd.teacher.settings() if cmd.teacher else None,
     }
     summary = run_jobs(cmd, [Job(task, task, (train, dev), run_key)], rates)
     shown = ", ".join(f"{k} {100 * v:.2f}" for k, v in summary["tasks"][task]["metrics"]["dev"].items())

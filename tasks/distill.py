@@ -123,10 +123,14 @@ class Teacher:
         column = np.split(logits, np.cumsum(lengths)[:-1]) if per_token else logits
         return train_set.add_column(TEACHER_LOGITS, [a.tolist() for a in column])
 
+    def settings(self):
+        """What a distilled run's result depends on (its run key's "distillation"); a teacher that reads another
+        tokenizer's ids adds that tokenizer's digest."""
+        return self.args.settings(self.identity, self.own_tokens or self.mapped)
+
     def record(self):
         """What a run's results say of its teacher."""
-        return {"path": self.args.teacher_name_or_path, **self.args.settings(self.identity, self.own_tokens or
-                                                                              self.mapped),
+        return {"path": self.args.teacher_name_or_path, **self.settings(),
                 "teacher_logits": "every step" if self.args.per_step else "computed once",
                 "logits_read_from": self.logits_cached,
                 "tokenization": f"its own: {self.own_tokens}" if self.own_tokens else
@@ -152,10 +156,10 @@ def load_teacher(family, distill_args, student_config):
     return Teacher(distill_args, model, tokenizer, model_identity(path, model.config, tokenizer))
 
 
-def distill_trainer(family, distill_args, teacher=None, id_map=None):
-    """A transformers Trainer class whose training loss is `family`'s losses of each batch with the flags `d`,
-    against `teacher` (a model; None: the family's own loss alone; id_map: Teacher.id_map, the teacher's ids of the
-    student's pieces); evaluation is the student's own loss.
+def distill_trainer(family, distill_args, teacher=None):
+    """A transformers Trainer class whose training loss is `family`'s losses of each batch with `distill_args`'
+    weights, against `teacher` (a Teacher; None: the family's own loss alone); evaluation is the student's own
+    loss.
 
     An optimizer step weighs its rows as one batch, however many micro-batches (--gradient_accumulation_steps)
     and processes (torchrun) it is cut into: KD (and the other teacher losses) is the mean over all of the
@@ -170,14 +174,17 @@ def distill_trainer(family, distill_args, teacher=None, id_map=None):
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            per_step = teacher is not None and distill_args.per_step  # else the teacher's logits are a cached column
-            self.teacher = teacher.to(self.args.device).eval() if per_step else None
+            model = teacher.model if teacher is not None else None
+            per_step = model is not None and distill_args.per_step  # else the teacher's logits are a cached column
+            self.teacher = model.to(self.args.device).eval() if per_step else None
+            # the teacher's ids of the student's pieces, where only the ids differ (moved to the device once)
+            self.id_map = teacher.id_map.to(self.args.device) if per_step and teacher.id_map is not None else None
             self.student_keys = forward_inputs(self.model)
-            self.teacher_keys = forward_inputs(teacher) if teacher is not None else set()
+            self.teacher_keys = forward_inputs(model) if model is not None else set()
             self.layers = None
             if per_step and distill_args.relations:
-                layers = relation_layers(self.model, teacher, distill_args.relations, distill_args)
-                self.layers = (layers, self.model, teacher)
+                layers = relation_layers(self.model, model, distill_args.relations, distill_args)
+                self.layers = (layers, self.model, model)
             self.step_rows = None  # (rows, labelled rows) of the optimizer step under way, over every process
             self.parts = {}  # loss name -> its sum over the optimizer steps since the last log
             self.parts_from = 0  # the global step of the last log
@@ -209,8 +216,8 @@ def distill_trainer(family, distill_args, teacher=None, id_map=None):
             t_out = None
             if self.teacher is not None:
                 t_inputs = {k: v for k, v in inputs.items() if k in self.teacher_keys}
-                if id_map is not None:  # the same pieces at the same positions, under the teacher's ids
-                    t_inputs["input_ids"] = id_map.to(t_inputs["input_ids"].device)[t_inputs["input_ids"]]
+                if self.id_map is not None:  # the same pieces at the same positions, under the teacher's ids
+                    t_inputs["input_ids"] = self.id_map[t_inputs["input_ids"]]
                 with torch.no_grad():
                     t_out = self.teacher(**t_inputs, output_hidden_states=hidden)
             t_logits = cached if cached is not None else None if t_out is None else head_logits(t_out)

@@ -171,8 +171,7 @@ def fine_tune(cmd, job, run):
     for m in (model, teacher.model) if teacher else (model,):
         use_attention(m, device_type, trainer_precision(args))
     losses = family.losses(job, args, teacher)  # None: the model's own loss, transformers' Trainer as it is
-    trainer_class = Trainer if losses is None else distill_trainer(
-        losses, cmd.distill_args, teacher.model if teacher else None, teacher.id_map if teacher else None)
+    trainer_class = Trainer if losses is None else distill_trainer(losses, cmd.distill_args, teacher)
     also = {*family.targets, TEACHER_LOGITS, *(forward_inputs(teacher.model) if teacher else ())}
     collator = family.collator(cmd.tokenizer, args)
     trainer = seeded_sampling(trainer_class)(

@@ -109,6 +109,15 @@ def optimizer_and_schedule(model, total):
     return opt, sched
 
 
+def optimizer_step(model, opt, sched, loss):
+    """Backward, gradients clipped to norm 1, AdamW's step, the schedule's step."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+
+
 def reference_run(student, teacher_dir, task):
     """The textbook loop: no Trainer, no cached logits, nothing of the project's."""
     tok = AutoTokenizer.from_pretrained(student)
@@ -142,11 +151,7 @@ def reference_run(student, teacher_dir, task):
                 if n_labelled:
                     task_loss = task_loss + F.cross_entropy(s, y, ignore_index=-100, reduction="sum") / n_labelled
             loss = ALPHA_CE * kd + ALPHA_TASK * task_loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
+            optimizer_step(model, opt, sched, loss)
             steps.append((float(kd.detach()), float(task_loss.detach()) if n_labelled else 0.0, loss.item()))
     return steps, model.state_dict()
 
@@ -223,11 +228,7 @@ def qa_reference_run(student, teacher_dir, train_file):
                         log_pt = F.log_softmax(t_x[row, :length] / T, -1)
                         kd = kd + (log_pt.exp() * (log_pt - log_ps)).sum() * T**2 / 2 / n_rows
             loss = ALPHA_CE * kd + ALPHA_TASK * span
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
+            optimizer_step(model, opt, sched, loss)
             steps.append((float(kd.detach()), float(span.detach()), loss.item()))
     return steps, model.state_dict()
 
