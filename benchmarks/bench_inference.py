@@ -41,9 +41,10 @@ import numpy as np
 import transformers
 
 from benchmarks.inference_plot import plot
+from core import deploy
 from core.errors import InputError, reports_errors
 from core.precision import cpu_bf16_is_fast, cpu_description
-from tasks import deploy, glue
+from tasks import glue
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "glue" / "SST-2"

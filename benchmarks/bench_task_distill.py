@@ -12,7 +12,7 @@ from its layers 0, 3, 5. The rows:
 - KD + cos: with --alpha_cos, which runs the teacher at every step: what the cache saves;
 - KD mapped ids: logit KD from the same teacher reading a vocabulary with four more ids in front (as
   all-mpnet-base-v2's is bert-base-uncased's shifted by 4): run_glue.py maps the student's ids to the
-  teacher's (teacher_pass.piece_map), the path all-mpnet-base-v2 takes.
+  teacher's (teachers.piece_map), the path all-mpnet-base-v2 takes.
 Then the teacher's pass alone over the training rows, two ways, in sentences/s: a plain batched pass (the
 rows in their order, torch.no_grad) against teacher_pass.model_logits (batches of similar lengths,
 inference_mode); their logits are checked equal. The teacher-logits cache is off in every run here, so

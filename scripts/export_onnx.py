@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from core import deploy
 from core.errors import InputError, fail, finite_float, reports_errors
 from core.files import folder_lock
 from core.loading import check_model_folder, load_pretrained, load_tokenizer
 from core.run_folder import Replacement
-from tasks import deploy, glue, qa
+from tasks import glue, qa
 
 # A few real English sentences to compare the runtimes on when no data is given (parity needs text, not labels).
 SENTENCES = [

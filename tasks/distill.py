@@ -17,6 +17,7 @@ from core import teachers
 from core.errors import InputError, say
 from core.loading import load_tokenizer
 from core.precision import autocast_dtype
+from core.teachers import piece_map, tokenization_differs
 from tasks.glue_runs import model_identity
 from tasks.teacher_pass import (
     TEACHER_LOGITS,
@@ -27,10 +28,8 @@ from tasks.teacher_pass import (
     head_logits,
     logits_key,
     model_logits,
-    piece_map,
     read_cached_logits,
     teacher_dataset,
-    tokenization_differs,
     write_cached_logits,
 )
 from training.models import relation_layers
@@ -47,7 +46,7 @@ class Teacher:
     logits_seconds: float | None = None  # the one pass over the training set (benchmarks read it)
     own_tokens: str | None = None  # why it reads its own tokenization of the text (None: the student's ids)
     logits_cached: str | None = None  # the cache file its logits were read from (None: computed here)
-    id_map: object = None  # student id -> its id of the same piece, when only the ids differ (teacher_pass.piece_map)
+    id_map: object = None  # student id -> its id of the same piece, when only the ids differ (core.teachers.piece_map)
     mapped: str | None = None  # why the ids are mapped (the vocabularies' difference)
 
     def check_tokens(self, tokenizer, texts):

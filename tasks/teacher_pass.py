@@ -1,9 +1,7 @@
 """The teacher's pass of task distillation: its logits over the training rows, computed once (in inference
 mode, batches sorted by length, in the run's precision) and kept on disk, keyed by the teacher's weights and
-tokenizer, the rows and the precision, so that every later run, seed and learning rate reuses them; and
-whether the teacher reads the student's ids or its own tokenization of the text. run_glue.py (classes) and
-run_qa.py (start/end logits per token) share every piece."""
-
+tokenizer, the rows and the precision, so that every later run, seed and learning rate reuses them. run_glue.py
+(classes) and run_qa.py (start/end logits per token) share every piece."""
 
 import hashlib
 import inspect
@@ -18,57 +16,6 @@ import torch
 from core.files import atomic_write
 
 TEACHER_LOGITS = "teacher_logits"  # the data column of cached logits
-
-
-def token_ids(tokenizer, text):
-    """The ids of one row: a text, or a (text,) or (text, text) tuple (a sentence pair)."""
-    return tokenizer(*text)["input_ids"] if isinstance(text, tuple) else tokenizer(text)["input_ids"]
-
-
-def tokenization_differs(student_tokenizer, teacher_tokenizer, texts):
-    """Why the teacher cannot read the student's input ids (None: it can): another vocabulary, or the same
-    vocabulary splitting the task's own text otherwise (lower-casing, accents, special tokens)."""
-    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
-    if s_vocab != t_vocab:
-        differ = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=str)
-        return f"another vocabulary ({len(t_vocab):,} ids against {len(s_vocab):,}; e.g. {differ[0][0]!r})"
-    for text in texts:
-        if token_ids(student_tokenizer, text) != token_ids(teacher_tokenizer, text):
-            return f"the same vocabulary, splitting {str(text)[:40]!r} otherwise"
-    return None
-
-
-SPECIAL_ROLES = ("cls_token", "sep_token", "pad_token", "unk_token", "mask_token")
-
-
-def piece_map(student_tokenizer, teacher_tokenizer, texts):
-    """(a LongTensor taking each student id to the teacher's id of the same word piece, None), when the two
-    tokenizers split every row of `texts` into the same pieces at the same positions under other ids (all-mpnet-
-    base-v2's vocabulary is bert-base-uncased's after four special ids; special tokens map by their role: [CLS]
-    to <s>, [SEP] to </s>, ...); else (None, why not: the first row that splits otherwise, or a piece one of
-    them lacks). Every student piece must be the teacher's, and the teacher may have no piece more that its
-    tokenizer can produce (a longer piece would split some words otherwise than the rows checked show)."""
-    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
-    roles = {getattr(student_tokenizer, r): getattr(teacher_tokenizer, r) for r in SPECIAL_ROLES
-             if getattr(student_tokenizer, r, None) and getattr(teacher_tokenizer, r, None)}
-    table = torch.full((max(s_vocab.values()) + 1,), teacher_tokenizer.unk_token_id, dtype=torch.long)
-    for piece, i in s_vocab.items():
-        table[i] = t_vocab.get(roles.get(piece, piece), teacher_tokenizer.unk_token_id)
-    for n, text in enumerate(texts):
-        s_ids, t_ids = token_ids(student_tokenizer, text), token_ids(teacher_tokenizer, text)
-        if len(s_ids) != len(t_ids) or table[s_ids].tolist() != t_ids:
-            pair = " (a sentence pair: the teacher separates its two texts otherwise)" if len(s_ids) != len(
-                t_ids) and isinstance(text, tuple) and len(text) == 2 else ""
-            return None, f"row {n + 1} ({str(text)[:60]!r}) splits into other pieces or positions{pair}"
-    missing = sorted(p for p in s_vocab if roles.get(p, p) not in t_vocab)
-    if missing:
-        return None, f"the teacher has no piece {missing[0]!r} ({len(missing):,} of the student's pieces are not its)"
-    specials = set(teacher_tokenizer.all_special_tokens) | set(roles.values())
-    more = sorted(p for p in t_vocab if p not in s_vocab and p not in specials and
-                  teacher_tokenizer(p, add_special_tokens=False)["input_ids"] == [t_vocab[p]])
-    if more:
-        return None, f"the teacher has a piece the student lacks, {more[0]!r}: it splits some words otherwise"
-    return table, None
 
 
 def teacher_dataset(tokenizer, texts, max_length):

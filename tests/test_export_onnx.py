@@ -13,10 +13,11 @@ import transformers
 from transformers import AutoTokenizer
 
 from conftest import input_error, run_main
+from core import deploy
 from export_helpers import make_model, tokenizer_for
 from glue_helpers import GLUE_DATA
 from scripts import export_onnx
-from tasks import deploy, glue, qa
+from tasks import glue, qa
 
 pytest.importorskip("onnxruntime")
 

@@ -13,9 +13,9 @@ import torch
 from transformers import AutoTokenizer, BertTokenizer, MPNetConfig, MPNetForSequenceClassification, MPNetTokenizerFast
 
 from conftest import input_error
+from core import teachers
 from glue_helpers import FAST, distil
 from scripts import run_glue
-from tasks import teacher_pass
 
 
 def shifted_tokenizer(folder, student_folder, rename=None, extra=()):
@@ -33,7 +33,7 @@ def shifted_tokenizer(folder, student_folder, rename=None, extra=()):
 def test_the_same_pieces_under_other_ids_are_mapped_and_one_renamed_piece_is_named(tmp_path, teacher):
     student = BertTokenizer.from_pretrained(str(teacher))
     rows = ["the city was born", "people in the river north", "a year"]
-    table, why = teacher_pass.piece_map(student, shifted_tokenizer(tmp_path / "mpnet", teacher), rows)
+    table, why = teachers.piece_map(student, shifted_tokenizer(tmp_path / "mpnet", teacher), rows)
     assert why is None
     mpnet = MPNetTokenizerFast.from_pretrained(str(tmp_path / "mpnet"))
     for text in rows:  # the map gives the teacher's own ids, specials included ([CLS] -> <s>, [SEP] -> </s>)
@@ -41,17 +41,17 @@ def test_the_same_pieces_under_other_ids_are_mapped_and_one_renamed_piece_is_nam
     assert table[student.pad_token_id] == mpnet.pad_token_id and table[student.mask_token_id] == mpnet.mask_token_id
     # one piece named otherwise: the first row that holds it is named, and nothing is mapped
     renamed = shifted_tokenizer(tmp_path / "renamed", teacher, rename={"river": "stream"})
-    table, why = teacher_pass.piece_map(student, renamed, rows)
+    table, why = teachers.piece_map(student, renamed, rows)
     assert table is None and why.startswith("row 2 ('people in the river north') splits into other pieces")
     # a piece the rows do not use, missing or added: named, and nothing is mapped
     rows_without = ["the city was born"]
-    assert teacher_pass.piece_map(student, renamed, rows_without) == (None, "the teacher has no piece 'river' (1 of "
+    assert teachers.piece_map(student, renamed, rows_without) == (None, "the teacher has no piece 'river' (1 of "
                                                                       "the student's pieces are not its)")
     longer = shifted_tokenizer(tmp_path / "longer", teacher, extra=["riverside"])
-    _, why = teacher_pass.piece_map(student, longer, rows_without)
+    _, why = teachers.piece_map(student, longer, rows_without)
     assert why == "the teacher has a piece the student lacks, 'riverside': it splits some words otherwise"
     # pairs: MPNet separates them with two separators, BERT with one
-    table, why = teacher_pass.piece_map(student, mpnet, [("the city", "was born")])
+    table, why = teachers.piece_map(student, mpnet, [("the city", "was born")])
     assert table is None and "a sentence pair: the teacher separates its two texts otherwise" in why
 
 
