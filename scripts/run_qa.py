@@ -25,10 +25,11 @@ and the other TrainingArguments flags work as in run_glue.py.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import InputError, reports_errors, say
+from core.flags import option
 from tasks import qa, qa_distill
 from tasks.glue_args import DEFAULTS, check_flags, parse_args
 from tasks.glue_runs import training_settings
@@ -44,24 +45,21 @@ QA_DEFAULTS = {
 
 @dataclass
 class QADataArguments:
-    dataset_name: str = field(default=None, metadata={"help": "a hub dataset (squad, squad_v2), when there is network"})
-    train_file: str = field(default=None, metadata={"help": "SQuAD JSON: nested (data/paragraphs/qas) or flat records"})
-    validation_file: str = field(default=None, metadata={"help": "the dev questions, same forms"})
-    version_2_with_negative: bool = field(
-        default=False, metadata={"help": "SQuAD 2.0: some questions have no answer in their context"}
-    )
-    max_seq_length: int = field(default=384, metadata={"help": "tokens per window (BERT's SQuAD setting)"})
-    doc_stride: int = field(default=128, metadata={"help": "tokens two windows of one context share (run_qa.py)"})
-    max_query_length: int = field(default=64, metadata={"help": "question tokens kept (upstream's default)"})
-    n_best_size: int = field(default=20, metadata={"help": "starts and ends considered per window, and answers kept"})
-    max_answer_length: int = field(default=30, metadata={"help": "the longest answer, in tokens"})
-    null_score_diff_threshold: float = field(
-        default=0.0, metadata={"help": "v2.0: answer nothing when the null score beats the best span's by more"}
-    )
-    pad_to_max_length: bool = field(default=False, metadata={"help": "pad every batch to --max_seq_length"})
-    max_train_samples: int = field(default=None, metadata={"help": "train on the first N questions only"})
-    max_eval_samples: int = field(default=None, metadata={"help": "evaluate on the first N dev questions only"})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "redo runs that already have results"})
+    dataset_name: str = option(None, "a hub dataset (squad, squad_v2), when there is network")
+    train_file: str = option(None, "SQuAD JSON: nested (data/paragraphs/qas) or flat records")
+    validation_file: str = option(None, "the dev questions, same forms")
+    version_2_with_negative: bool = option(False, "SQuAD 2.0: some questions have no answer in their context")
+    max_seq_length: int = option(384, "tokens per window (BERT's SQuAD setting)")
+    doc_stride: int = option(128, "tokens two windows of one context share (run_qa.py)")
+    max_query_length: int = option(64, "question tokens kept (upstream's default)")
+    n_best_size: int = option(20, "starts and ends considered per window, and answers kept")
+    max_answer_length: int = option(30, "the longest answer, in tokens")
+    null_score_diff_threshold: float = option(0.0, "v2.0: answer nothing when the null score beats the best span's by "
+                                                   "more")
+    pad_to_max_length: bool = option(False, "pad every batch to --max_seq_length")
+    max_train_samples: int = option(None, "train on the first N questions only")
+    max_eval_samples: int = option(None, "evaluate on the first N dev questions only")
+    overwrite_output_dir: bool = option(False, "redo runs that already have results")
 
 
 def check_qa_flags(data_args):

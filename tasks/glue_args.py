@@ -6,9 +6,10 @@ import dataclasses
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from core.errors import InputError, first_line, say
+from core.flags import option
 from core.precision import Precision
 from tasks import glue, task_distill
 
@@ -31,46 +32,37 @@ BERT_GRID = (2e-5, 3e-5, 4e-5, 5e-5)  # BERT paper, A.3
 
 @dataclass
 class ModelArguments:
-    model_name_or_path: str = field(
-        default=None, metadata={"help": "a train.py run folder, a model folder, or a hub name (required)"}
-    )
-    tokenizer_name: str = field(default=None, metadata={"help": "default: the model's own tokenizer"})
-    model_label: str = field(default=None, metadata={"help": "the model's name in results (default: its folder)"})
+    model_name_or_path: str = option(None, "a train.py run folder, a model folder, or a hub name (required)")
+    tokenizer_name: str = option(None, "default: the model's own tokenizer")
+    model_label: str = option(None, "the model's name in results (default: its folder)")
 
 
 @dataclass
 class DataArguments:
-    task_name: str = field(default=None, metadata={"help": f"one of {', '.join(glue.TASKS)}, or all"})
-    data_dir: str = field(
-        default=None,
-        metadata={"help": "a GLUE task folder (GLUE's train.tsv/dev.tsv, or the hub's train-*.parquet/"
-                  "validation-*.parquet), or a folder of such folders for --task_name all; default: the hub"},
-    )
-    train_file: str = field(default=None, metadata={"help": "your own training data: csv, tsv, json or jsonl"})
-    validation_file: str = field(default=None, metadata={"help": "your own dev data, same columns"})
-    text_columns: str = field(
-        default=None, metadata={"help": "one or two text columns, comma-separated (default: sentence1,sentence2, "
-                                "else the first two other columns)"}
-    )
-    label_column: str = field(default="label", metadata={"help": "the label column of your own files"})
-    max_seq_length: int = field(default=128, metadata={"help": "longer inputs are truncated (BERT's GLUE setting)"})
-    pad_to_max_length: bool = field(
-        default=False, metadata={"help": "pad every batch to --max_seq_length (default: to its longest input, faster)"}
-    )
-    max_train_samples: int = field(default=None, metadata={"help": "train on the first N examples only"})
-    max_eval_samples: int = field(default=None, metadata={"help": "evaluate on the first N dev examples only"})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "redo runs that already have results"})
+    task_name: str = option(None, f"one of {', '.join(glue.TASKS)}, or all")
+    data_dir: str = option(None, "a GLUE task folder (GLUE's train.tsv/dev.tsv, or the hub's "
+                                 "train-*.parquet/validation-*.parquet), or a folder of such folders for --task_name "
+                                 "all; default: the hub")
+    train_file: str = option(None, "your own training data: csv, tsv, json or jsonl")
+    validation_file: str = option(None, "your own dev data, same columns")
+    text_columns: str = option(None, "one or two text columns, comma-separated (default: sentence1,sentence2, else "
+                                     "the first two other columns)")
+    label_column: str = option("label", "the label column of your own files")
+    max_seq_length: int = option(128, "longer inputs are truncated (BERT's GLUE setting)")
+    pad_to_max_length: bool = option(False, "pad every batch to --max_seq_length (default: to its longest input, "
+                                            "faster)")
+    max_train_samples: int = option(None, "train on the first N examples only")
+    max_eval_samples: int = option(None, "evaluate on the first N dev examples only")
+    overwrite_output_dir: bool = option(False, "redo runs that already have results")
 
 
 @dataclass
 class SweepArguments:
-    seeds: int = field(default=1, metadata={"help": "runs per task (seeds --seed, --seed+1, ...), median reported"})
-    learning_rate_grid: str = field(
-        default=None,
-        metadata={"help": "comma-separated learning rates to try, or 'bert' for BERT's 2e-5,3e-5,4e-5,5e-5; "
-                  "the best median on dev is reported (default: --learning_rate only)"},
-    )
-    save_model: bool = field(default=False, metadata={"help": "keep each run's fine-tuned model (TASK/RUN/model)"})
+    seeds: int = option(1, "runs per task (seeds --seed, --seed+1, ...), median reported")
+    learning_rate_grid: str = option(None, "comma-separated learning rates to try, or 'bert' for BERT's "
+                                           "2e-5,3e-5,4e-5,5e-5; the best median on dev is reported (default: "
+                                           "--learning_rate only)")
+    save_model: bool = option(False, "keep each run's fine-tuned model (TASK/RUN/model)")
 
 
 def parse_args(argv=None, description=None, classes=None, defaults=None, prog="run_glue.py"):

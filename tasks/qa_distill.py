@@ -12,27 +12,26 @@ seed and learning rate reuses, kept on disk as run_glue.py keeps a classifier's 
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from core.errors import InputError
+from core.flags import option
 
 
 @dataclass
 class QADistillArguments:
-    teacher_name_or_path: str = field(
-        default=None, metadata={"help": "a QA model fine-tuned on the task with the student's tokenizer (e.g. "
-                                "run_qa.py --save_model's squad/RUN/model): turns fine-tuning into distillation"}
-    )
-    alpha_ce: float = field(default=0.5, metadata={"help": "weight of the KD loss on start/end logits (upstream's)"})
-    alpha_squad: float = field(default=0.5, metadata={"help": "weight of the span loss on the gold spans (upstream's)"})
-    temperature: float = field(default=2.0, metadata={"help": "KD softmax temperature (upstream's default)"})
-    teacher_logits_cache: str = field(
-        default=None, metadata={"help": "folder of the teacher's logits kept on disk (default: $TEACHER_LOGITS_CACHE, "
-                                "else ~/.cache/distilbert_small/teacher_logits; off: none)"}
-    )
+    teacher_name_or_path: str = option(None, "a QA model fine-tuned on the task with the student's tokenizer (e.g. "
+                                             "run_qa.py --save_model's squad/RUN/model): turns fine-tuning into "
+                                             "distillation")
+    alpha_ce: float = option(0.5, "weight of the KD loss on start/end logits (upstream's)")
+    alpha_squad: float = option(0.5, "weight of the span loss on the gold spans (upstream's)")
+    temperature: float = option(2.0, "KD softmax temperature (upstream's default)")
+    teacher_logits_cache: str = option(None, "folder of the teacher's logits kept on disk (default: "
+                                             "$TEACHER_LOGITS_CACHE, else ~/.cache/distilbert_small/teacher_logits; "
+                                             "off: none)")
 
     per_step = False  # the start/end logits alone: the teacher runs once, its logits a column
     relations = ()

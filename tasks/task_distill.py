@@ -20,13 +20,14 @@ and only the logit losses, which compare one distribution per row, are allowed.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from core import teachers
 from core.errors import InputError
+from core.flags import option
 from training.losses import cosine_loss, kd_loss, mse_loss, relation_losses
 from training.models import attention_projections, relation_layers
 
@@ -35,46 +36,27 @@ UNLABELED = -100  # the label of a row the teacher alone labels (regressions: Na
 
 @dataclass
 class DistillArguments:
-    teacher_name_or_path: str = field(
-        default=None, metadata={"help": "a sequence classifier fine-tuned on the same task (e.g. run_glue.py "
-                                "--save_model's TASK/RUN/model): turns fine-tuning into distillation"}
-    )
-    alpha_ce: float = field(
-        default=0.5, metadata={"help": "weight of the KD loss on the teacher's logits (upstream's default)"}
-    )
-    alpha_task: float = field(
-        default=0.5,
-        metadata={"help": "weight of the task's own loss on the labels (upstream's --alpha_squad; 0: KD alone)"},
-    )
-    temperature: float = field(default=2.0, metadata={"help": "KD softmax temperature (upstream's default)"})
-    alpha_cos: float = field(
-        default=0.0, metadata={"help": "weight of the cosine loss on last hidden states (equal widths)"}
-    )
-    alpha_att: float = field(
-        default=0.0, metadata={"help": "weight of MiniLM's attention-distribution KL (equal head counts)"}
-    )
-    alpha_vv: float = field(default=0.0, metadata={"help": "weight of MiniLM's value-relation KL (any widths)"})
-    teacher_layer: int = field(
-        default=None, metadata={"help": "the teacher layer (1-based) for att/vv (default: its last)"}
-    )
-    relation_heads: int = field(default=None, metadata={"help": "relation heads of vv (default: the student's heads)"})
-    unlabeled_samples: int = field(
-        default=None, metadata={"help": "N more training examples after --max_train_samples, their labels dropped: "
-                                "the teacher labels them"}
-    )
-    hard_targets: bool = field(
-        default=False, metadata={"help": "learn the teacher's top class (cross-entropy) instead of its distribution: "
-                                 "to measure what the soft targets are worth (classification only)"}
-    )
-    transfer_file: str = field(
-        default=None, metadata={"help": "a transfer set that only the teacher labels: a text file (one sentence a "
-                                "line) or csv/tsv/json/jsonl with the task's text columns"}
-    )
-    teacher_logits_cache: str = field(
-        default=None, metadata={"help": "folder of the teacher's logits kept on disk, keyed by its weights, its "
-                                "tokenizer, the rows and the precision, so later runs skip its pass (default: "
-                                "$TEACHER_LOGITS_CACHE, else ~/.cache/distilbert_small/teacher_logits; off: none)"}
-    )
+    teacher_name_or_path: str = option(None, "a sequence classifier fine-tuned on the same task (e.g. run_glue.py "
+                                             "--save_model's TASK/RUN/model): turns fine-tuning into distillation")
+    alpha_ce: float = option(0.5, "weight of the KD loss on the teacher's logits (upstream's default)")
+    alpha_task: float = option(0.5, "weight of the task's own loss on the labels (upstream's --alpha_squad; 0: KD "
+                                    "alone)")
+    temperature: float = option(2.0, "KD softmax temperature (upstream's default)")
+    alpha_cos: float = option(0.0, "weight of the cosine loss on last hidden states (equal widths)")
+    alpha_att: float = option(0.0, "weight of MiniLM's attention-distribution KL (equal head counts)")
+    alpha_vv: float = option(0.0, "weight of MiniLM's value-relation KL (any widths)")
+    teacher_layer: int = option(None, "the teacher layer (1-based) for att/vv (default: its last)")
+    relation_heads: int = option(None, "relation heads of vv (default: the student's heads)")
+    unlabeled_samples: int = option(None, "N more training examples after --max_train_samples, their labels dropped: "
+                                          "the teacher labels them")
+    hard_targets: bool = option(False, "learn the teacher's top class (cross-entropy) instead of its distribution: to "
+                                       "measure what the soft targets are worth (classification only)")
+    transfer_file: str = option(None, "a transfer set that only the teacher labels: a text file (one sentence a line) "
+                                      "or csv/tsv/json/jsonl with the task's text columns")
+    teacher_logits_cache: str = option(None, "folder of the teacher's logits kept on disk, keyed by its weights, its "
+                                             "tokenizer, the rows and the precision, so later runs skip its pass "
+                                             "(default: $TEACHER_LOGITS_CACHE, else "
+                                             "~/.cache/distilbert_small/teacher_logits; off: none)")
 
     @property
     def on(self):
