@@ -137,6 +137,17 @@ class Teacher:
                 **self.args.data_record()}
 
 
+PROJECTION = "hidden_projection"  # the student's submodule holding TinyBERT's W_h while it is distilled
+
+
+@dataclass
+class Intermediate:
+    """What the intermediate losses need beside the two models' outputs."""
+
+    relations: tuple = None  # (relation_layers()'s answer, the student, the teacher), for att/vv
+    projection: object = None  # the student's hidden states to the teacher's width (--alpha_hidden, widths differ)
+
+
 def load_teacher(family, distill_args, student_config):
     """The teacher of --teacher_name_or_path as `family`'s model, frozen, with its tokenizer and identity; a
     checkpoint without the family's head (an encoder not yet fine-tuned on the task) is refused. For the losses
@@ -180,10 +191,16 @@ def distill_trainer(family, distill_args, teacher=None):
             self.id_map = teacher.id_map.to(self.args.device) if per_step and teacher.id_map is not None else None
             self.student_keys = forward_inputs(self.model)
             self.teacher_keys = forward_inputs(model) if model is not None else set()
-            self.layers = None
+            self.inner = Intermediate()
             if per_step and distill_args.relations:
                 layers = relation_layers(self.model, model, distill_args.relations, distill_args)
-                self.layers = (layers, self.model, model)
+                self.inner.relations = (layers, self.model, model)
+            s_width, t_width = (m.config.hidden_size for m in (self.model, model)) if per_step else (0, 0)
+            if per_step and distill_args.alpha_hidden and s_width != t_width:
+                # TinyBERT's W_h, trained with the student: a submodule, so that the optimizer, DDP and the
+                # checkpoints (an exact resume) hold it; the model saved at the end leaves it out (save_model)
+                self.model.add_module(PROJECTION, torch.nn.Linear(s_width, t_width).to(self.args.device))
+                self.inner.projection = getattr(self.model, PROJECTION)
             self.step_rows = None  # (rows, labelled rows) of the optimizer step under way, over every process
             self.parts = {}  # loss name -> its sum over the optimizer steps since the last log
             self.parts_from = 0  # the global step of the last log
@@ -220,7 +237,7 @@ def distill_trainer(family, distill_args, teacher=None):
                 with torch.no_grad():
                     t_out = self.teacher(**t_inputs, output_hidden_states=hidden)
             t_logits = cached if cached is not None else None if t_out is None else head_logits(t_out)
-            parts = family.losses(distill_args, s_out, t_out, t_logits, targets, inputs["attention_mask"], self.layers)
+            parts = family.losses(distill_args, s_out, t_out, t_logits, targets, inputs["attention_mask"], self.inner)
             # Each loss is a mean over this micro-batch's rows (the task's: its labelled rows); weighed by the
             # micro-batch's share of the step's rows, the shares add up to the step's mean.
             rows, with_label = self.step_rows
@@ -233,6 +250,17 @@ def distill_trainer(family, distill_args, teacher=None):
                 self.parts[name] = self.parts.get(name, 0.0) + share[name] * value.detach()
             # DDP averages the processes' gradients; the shares are of every process's rows, so sum instead
             return (loss * self.args.world_size, s_out) if return_outputs else loss * self.args.world_size
+
+        def save_model(self, output_dir=None, _internal_call=False):
+            """The student as it is used after training: without the hidden states' projection (a checkpoint,
+            _internal_call, keeps it)."""
+            if _internal_call or self.inner.projection is None:
+                return super().save_model(output_dir, _internal_call)
+            projection = self.model._modules.pop(PROJECTION)
+            try:
+                return super().save_model(output_dir, _internal_call)
+            finally:
+                self.model.add_module(PROJECTION, projection)
 
         def log(self, logs, *args, **kwargs):
             if "loss" in logs and self.parts:  # each loss's mean per step since the last log, beside the total

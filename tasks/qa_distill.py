@@ -117,7 +117,7 @@ class Spans:
         return span_loss(s_out.start_logits, s_out.end_logits, targets["start_positions"], targets["end_positions"],
                          attention_mask.bool())
 
-    def losses(self, distill_args, s_out, t_out, t_logits, targets, attention_mask, layers):
+    def losses(self, distill_args, s_out, t_out, t_logits, targets, attention_mask, inner):
         out = {}
         if distill_args.alpha_squad and targets:
             out["task"] = (distill_args.alpha_squad, self.task_loss(s_out, targets, attention_mask))

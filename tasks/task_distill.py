@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from core import teachers
 from core.errors import InputError
 from core.flags import option
-from training.losses import cosine_loss, kd_loss, mse_loss, relation_losses
-from training.models import attention_projections, relation_layers
+from training.losses import cosine_loss, hidden_mse, kd_loss, mse_loss, relation_losses
+from training.models import attention_projections, hidden_layer_map, relation_layers
 
 UNLABELED = -100  # the label of a row the teacher alone labels (regressions: NaN), as cross_entropy's ignore_index
 
@@ -45,6 +45,9 @@ class DistillArguments:
     alpha_cos: float = option(0.0, "weight of the cosine loss on last hidden states (equal widths)")
     alpha_att: float = option(0.0, "weight of MiniLM's attention-distribution KL (equal head counts)")
     alpha_vv: float = option(0.0, "weight of MiniLM's value-relation KL (any widths)")
+    alpha_hidden: float = option(0.0, "weight of TinyBERT's hidden-state MSE: the embeddings and every student layer "
+                                      "against the teacher layer at the same relative depth, through a learned "
+                                      "projection where the widths differ")
     teacher_layer: int = option(None, "the teacher layer (1-based) for att/vv (default: its last)")
     relation_heads: int = option(None, "relation heads of vv (default: the student's heads)")
     unlabeled_samples: int = option(None, "N more training examples after --max_train_samples, their labels dropped: "
@@ -65,7 +68,7 @@ class DistillArguments:
     @property
     def per_step(self):
         """The teacher must run at every step (its hidden states are used), not once for its logits."""
-        return bool(self.alpha_cos or self.alpha_att or self.alpha_vv)
+        return bool(self.alpha_cos or self.alpha_att or self.alpha_vv or self.alpha_hidden)
 
     @property
     def relations(self):
@@ -78,6 +81,8 @@ class DistillArguments:
         out = {"teacher": teacher_identity["model"], **{k: getattr(self, k) for k in weights}}
         if self.hard_targets:
             out["hard_targets"] = True
+        if self.alpha_hidden:  # only when on: runs kept before the flag existed keep their key
+            out["alpha_hidden"] = self.alpha_hidden
         if own_tokens:
             out["teacher_tokenizer"] = teacher_identity["tokenizer"]
         if self.relations:
@@ -91,7 +96,7 @@ class DistillArguments:
     def one_tokenization(self):
         """(the loss that compares the models position by position, what to do instead), or None: the logit KD
         of --alpha_ce compares one distribution per row and needs no shared tokenization."""
-        flag = next((f"--{n}" for n in ("alpha_cos", "alpha_att", "alpha_vv") if getattr(self, n)), None)
+        flag = next((f"--{n}" for n in INTERMEDIATE if getattr(self, n)), None)
         if flag is None:
             return None
         return f"{flag} compares the two models", ("leave it out (the logit KD of --alpha_ce needs no shared "
@@ -106,9 +111,9 @@ class DistillArguments:
             relation_layers(student, teacher, self.relations, self)
 
 
-TEACHER_ONLY = ("alpha_ce", "alpha_task", "temperature", "alpha_cos", "alpha_att", "alpha_vv", "teacher_layer",
-                "relation_heads", "unlabeled_samples", "hard_targets", "transfer_file",
-                "teacher_logits_cache")
+INTERMEDIATE = ("alpha_cos", "alpha_att", "alpha_vv", "alpha_hidden")  # the losses that run the teacher every step
+TEACHER_ONLY = ("alpha_ce", "alpha_task", "temperature", *INTERMEDIATE, "teacher_layer", "relation_heads",
+                "unlabeled_samples", "hard_targets", "transfer_file", "teacher_logits_cache")
 
 
 def check_flags(distill_args, argv):
@@ -119,13 +124,13 @@ def check_flags(distill_args, argv):
         if stray:
             raise InputError(f"--{stray[0]} needs --teacher_name_or_path (a teacher fine-tuned on the task)")
         return
-    for name in ("alpha_ce", "alpha_task", "alpha_cos", "alpha_att", "alpha_vv"):
+    for name in ("alpha_ce", "alpha_task", *INTERMEDIATE):
         value = getattr(distill_args, name)
         if not math.isfinite(value) or value < 0:
             raise InputError(f"--{name} {value}: give a finite weight of at least 0")
     if not (distill_args.alpha_ce or distill_args.per_step):
-        raise InputError("--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv: the teacher would teach nothing "
-                         "(leave out --teacher_name_or_path to fine-tune alone)")
+        raise InputError("--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv/--alpha_hidden: the teacher would "
+                         "teach nothing (leave out --teacher_name_or_path to fine-tune alone)")
     if not math.isfinite(distill_args.temperature) or distill_args.temperature <= 0:
         raise InputError(f"--temperature {distill_args.temperature}: give a finite number above 0")
     for name in ("teacher_layer", "relation_heads", "unlabeled_samples"):
@@ -187,10 +192,11 @@ def logit_kd(s_logits, t_logits, regression, temperature, hard=False):
 
 
 def distillation_losses(distill_args, s_out, t_out, t_logits, labels, attention_mask, regression, label_smoothing=0.0,
-                        layers=None):
+                        inner=None):
     """{name: (weight, loss)} of one batch. s_out/t_out: the models' outputs (hidden states when the
-    intermediate losses are on; t_out None when the logits are cached); layers: relation_layers()'s answer
-    and both models, for att/vv."""
+    intermediate losses are on; t_out None when the logits are cached); inner: what the intermediate losses
+    need beside the outputs (tasks/distill.Intermediate: the relation layers and both models, the hidden
+    states' projection)."""
     kd = logit_kd(s_out.logits, t_logits, regression, distill_args.temperature, distill_args.hard_targets)
     out = {"ce": (distill_args.alpha_ce, kd)}
     if distill_args.alpha_task:
@@ -198,8 +204,13 @@ def distillation_losses(distill_args, s_out, t_out, t_logits, labels, attention_
     if distill_args.alpha_cos:
         mask = attention_mask.bool()
         out["cos"] = (distill_args.alpha_cos, cosine_loss(s_out.hidden_states[-1][mask], t_out.hidden_states[-1][mask]))
+    if distill_args.alpha_hidden:
+        pairs = hidden_layer_map(len(s_out.hidden_states) - 1, len(t_out.hidden_states) - 1)
+        out["hidden"] = (distill_args.alpha_hidden, hidden_mse([s_out.hidden_states[s] for s, _ in pairs],
+                                                               [t_out.hidden_states[t] for _, t in pairs],
+                                                               attention_mask, inner.projection))
     if distill_args.relations:
-        (s_layer, t_layer, (att_heads, rel_heads)), student, teacher = layers
+        (s_layer, t_layer, (att_heads, rel_heads)), student, teacher = inner.relations
         s_qkv = tuple(p(s_out.hidden_states[s_layer]) for p in attention_projections(student, s_layer)[0])
         t_qkv = tuple(p(t_out.hidden_states[t_layer]) for p in attention_projections(teacher, t_layer)[0])
         relations = relation_losses(s_qkv, t_qkv, attention_mask, distill_args.relations, att_heads, rel_heads)
@@ -231,6 +242,6 @@ class Classification:
     def task_loss(self, s_out, targets, attention_mask):
         return task_loss(s_out.logits, targets["labels"], self.regression)
 
-    def losses(self, distill_args, s_out, t_out, t_logits, targets, attention_mask, layers):
+    def losses(self, distill_args, s_out, t_out, t_logits, targets, attention_mask, inner):
         return distillation_losses(distill_args, s_out, t_out, t_logits, targets["labels"], attention_mask,
-                                   self.regression, self.label_smoothing, layers)
+                                   self.regression, self.label_smoothing, inner)

@@ -82,7 +82,7 @@ def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher
     assert not torch.allclose(torch.tensor(cached[0]), torch.tensor(cached[1]))
 
 
-@pytest.mark.parametrize("flag", ["--alpha_cos", "--alpha_att", "--alpha_vv"])
+@pytest.mark.parametrize("flag", ["--alpha_cos", "--alpha_att", "--alpha_vv", "--alpha_hidden"])
 def test_losses_that_compare_positions_need_one_tokenization(tmp_path, teacher, bpe_teacher, custom_task, flag):
     line = input_error(run_glue.main, ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv",
                                        "--validation_file", custom_task / "dev.csv", "--output_dir", tmp_path / "o",

@@ -57,13 +57,14 @@ def test_the_same_pieces_under_other_ids_are_mapped_and_one_renamed_piece_is_nam
 
 @pytest.fixture(scope="module")
 def mpnet_teacher(tmp_path_factory, teacher):
-    """A tiny MPNet classifier of the custom task's labels, its tokenizer the student's pieces under MPNet's ids."""
+    """A tiny MPNet classifier of the custom task's labels, its tokenizer the student's pieces under MPNet's ids,
+    wider than the student (48 against 32), as all-mpnet-base-v2 is than the 3x384 student."""
     folder = tmp_path_factory.mktemp("mpnet_teacher")
     tok = shifted_tokenizer(folder, teacher)
     labels = {0: "born", 1: "other"}
     torch.manual_seed(0)
     MPNetForSequenceClassification(MPNetConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        vocab_size=len(tok), hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=140, pad_token_id=tok.pad_token_id, id2label=labels,
         label2id={v: k for k, v in labels.items()})).save_pretrained(folder)
     return folder
@@ -72,7 +73,7 @@ def mpnet_teacher(tmp_path_factory, teacher):
 def test_a_mapped_teacher_teaches_every_loss_and_its_logits_are_its_own(tmp_path, teacher, mpnet_teacher,
                                                                        custom_task):
     proc = distil(teacher, custom_task, mpnet_teacher, tmp_path / "kd", "--alpha_att", 1, "--alpha_vv", 1,
-                  "--alpha_cos", 0, "--logging_steps", 1)
+                  "--alpha_hidden", 1, "--alpha_cos", 0, "--logging_steps", 1)
     assert proc.returncode == 0, proc.stderr
     assert "the teacher reads the student's pieces under its own ids (another vocabulary" in proc.stdout
     run = json.loads(next((tmp_path / "kd" / "custom").glob("lr*")).joinpath("results.json").read_text())
@@ -80,6 +81,7 @@ def test_a_mapped_teacher_teaches_every_loss_and_its_logits_are_its_own(tmp_path
     assert record["teacher_logits"] == "every step"
     assert record["tokenization"].startswith("the student's pieces under its own ids: another vocabulary")
     assert run["hyper_parameters"]["distillation"]["teacher_tokenizer"] == record["teacher_tokenizer"]
+    assert record["alpha_hidden"] == 1.0  # the hidden states through the projection, 32 to 48 wide
     # logit KD alone: the cached logits are the teacher's on its own tokenization of each row, exactly
     proc = distil(teacher, custom_task, mpnet_teacher, tmp_path / "logits", "--teacher_logits_cache",
                   tmp_path / "cache")

@@ -69,6 +69,31 @@ def test_run_glue_resumed_mid_epoch_is_the_run_uninterrupted(tmp_path, monkeypat
 
 
 @pytest.mark.slow
+def test_a_run_with_a_hidden_state_projection_resumes_exactly(tmp_path, monkeypatch, teacher, custom_task):
+    """--alpha_hidden from a wider teacher: the projection trained with the student is in the checkpoint, so
+    the resumed run goes on with it (a new random one would change every later step)."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from train_helpers import tiny_bert_config
+
+    tok = AutoTokenizer.from_pretrained(str(teacher))
+    config = tiny_bert_config(len(tok), layers=4, hidden=48)
+    config.update(dict(id2label={0: "born", 1: "other"}, label2id={"born": 0, "other": 1}))
+    torch.manual_seed(4)
+    wide = tmp_path / "wide"
+    BertForSequenceClassification(config).save_pretrained(wide)
+    tok.save_pretrained(wide)
+
+    def argv_for(out):  # 40 rows, batches of 8: 5 steps an epoch; 8 steps; killed at step 4
+        return ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
+                custom_task / "dev.csv", "--output_dir", out, "--max_train_samples", 40, "--max_steps", 8,
+                "--per_device_train_batch_size", 8, "--save_model", *FAST[:2], "--disable_tqdm", "true",
+                "--save_strategy", "steps", "--save_steps", 4, "--teacher_name_or_path", wide, "--alpha_hidden", 1]
+
+    resumed_equals_whole(tmp_path, monkeypatch, run_glue, argv_for, "custom", "lr2e-05_seed42", 4)
+
+
+@pytest.mark.slow
 def test_run_qa_resumed_mid_epoch_is_the_run_uninterrupted(tmp_path, monkeypatch, tiny, syn_qa):
     def argv_for(out):
         argv = qa_argv(tiny, syn_qa, out, "--max_steps", 16, "--save_model", "--per_device_train_batch_size", 8,

@@ -353,7 +353,10 @@ def test_a_classifier_teacher_is_refused_for_a_regression(tmp_path, teacher, tas
         (["--alpha_ce", -1], "--alpha_ce -1.0: give a finite weight of at least 0"),
         (["--alpha_task", "nan"], "--alpha_task nan: give a finite weight of at least 0"),
         (["--alpha_att", "inf"], "--alpha_att inf: give a finite weight"),
-        (["--alpha_ce", 0], "--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv: the teacher would teach nothing"),
+        (["--alpha_hidden", -0.5], "--alpha_hidden -0.5: give a finite weight of at least 0"),
+        (["--alpha_hidden", "nan"], "--alpha_hidden nan: give a finite weight of at least 0"),
+        (["--alpha_ce", 0], "--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv/--alpha_hidden: the teacher would "
+                            "teach nothing"),
         (["--temperature", 0], "--temperature 0.0: give a finite number above 0"),
         (["--temperature", "nan"], "--temperature nan"),
         (["--teacher_layer", 0], "--teacher_layer 0: give at least 1"),
@@ -388,7 +391,7 @@ def test_bad_distillation_flags_fail_with_one_line(
     assert not out.exists()
 
 
-@pytest.mark.parametrize("flag", ["--alpha_ce", "--temperature", "--unlabeled_samples", "--alpha_vv"])
+@pytest.mark.parametrize("flag", ["--alpha_ce", "--temperature", "--unlabeled_samples", "--alpha_vv", "--alpha_hidden"])
 def test_a_distillation_flag_without_a_teacher_is_refused(tmp_path, teacher, custom_task, flag, capsys):
     line = input_error(run_glue.main,
         [

@@ -78,8 +78,8 @@ def student(tmp_path_factory, teacher, task_teacher):
     return folder
 
 
-def project_run(tmp_path, monkeypatch, student, teacher_dir, task):
-    recorder = Recorder()
+def project_run(tmp_path, monkeypatch, student, teacher_dir, task, *more, recorder=None):
+    recorder = recorder or Recorder()
     monkeypatch.setattr(runner, "callbacks", lambda: [glue_runs.finite_check(), recorder])
     run_glue.main([str(a) for a in (
         "--model_name_or_path", student, "--train_file", task / "train.csv", "--validation_file", task / "dev.csv",
@@ -87,7 +87,7 @@ def project_run(tmp_path, monkeypatch, student, teacher_dir, task):
         "--alpha_task", ALPHA_TASK, "--temperature", T, "--max_train_samples", LABELLED,
         "--unlabeled_samples", UNLABELLED, "--per_device_train_batch_size", BATCH,
         "--gradient_accumulation_steps", ACCUMULATE, "--num_train_epochs", EPOCHS, "--learning_rate", LR,
-        "--train_sampling_strategy", "sequential", "--logging_steps", 1, "--save_model", *FAST,
+        "--train_sampling_strategy", "sequential", "--logging_steps", 1, "--save_model", *FAST, *more,
     )])
     weights = load_file(str(tmp_path / "kd" / "custom" / f"lr{LR:g}_seed42" / "model" / "model.safetensors"))
     return recorder.steps, weights
@@ -118,11 +118,14 @@ def optimizer_step(model, opt, sched, loss):
     opt.zero_grad()
 
 
-def reference_run(student, teacher_dir, task):
-    """The textbook loop: no Trainer, no cached logits, nothing of the project's."""
+def reference_run(student, teacher_dir, task, projection=None, alpha_hidden=0.0):
+    """The textbook loop: no Trainer, no cached logits, nothing of the project's. With alpha_hidden, TinyBERT's
+    hidden-state MSE through `projection` (its initial weights), trained with the student."""
     tok = AutoTokenizer.from_pretrained(student)
     model = AutoModelForSequenceClassification.from_pretrained(student).train()
     t_model = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
+    if projection is not None:
+        model.add_module("hidden_projection", projection)  # trained beside the student, in the same groups
     with open(task / "train.csv", newline="") as f:
         rows = list(csv.DictReader(f))[: LABELLED + UNLABELLED]
     label2id = model.config.label2id
@@ -139,20 +142,29 @@ def reference_run(student, teacher_dir, task):
         for window in windows:
             n_rows = sum(len(mb) for mb in window)
             n_labelled = sum(labels[i] != -100 for mb in window for i in mb)
-            kd = task_loss = 0.0
+            kd = task_loss = hidden = 0.0
             for mb in window:
                 batch = collate([encoded[i] for i in mb])
                 y = torch.tensor([labels[i] for i in mb])
                 with torch.no_grad():
-                    t = t_model(**batch).logits
-                s = model(**batch).logits
+                    t_out = t_model(**batch, output_hidden_states=True)
+                s_out = model(**batch, output_hidden_states=True)
+                s, t = s_out.logits, t_out.logits
                 log_ps, log_pt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
                 kd = kd + (log_pt.exp() * (log_pt - log_ps)).sum() * T**2 / n_rows
                 if n_labelled:
                     task_loss = task_loss + F.cross_entropy(s, y, ignore_index=-100, reduction="sum") / n_labelled
-            loss = ALPHA_CE * kd + ALPHA_TASK * task_loss
+                if alpha_hidden:  # TinyBERT: embeddings to embeddings, student layer m to teacher layer m * N / M
+                    real = batch["attention_mask"].bool()
+                    m, n = model.config.num_hidden_layers, t_model.config.num_hidden_layers
+                    for layer in range(m + 1):
+                        h_s = projection(s_out.hidden_states[layer][real])
+                        h_t = t_out.hidden_states[layer * n // m][real]
+                        hidden = hidden + ((h_s - h_t) ** 2).mean() * len(mb) / n_rows
+            loss = ALPHA_CE * kd + ALPHA_TASK * task_loss + alpha_hidden * hidden
             optimizer_step(model, opt, sched, loss)
-            steps.append((float(kd.detach()), float(task_loss.detach()) if n_labelled else 0.0, loss.item()))
+            step = (float(kd.detach()), float(task_loss.detach()) if n_labelled else 0.0, loss.item())
+            steps.append(step + ((float(hidden.detach()),) if alpha_hidden else ()))
     return steps, model.state_dict()
 
 
@@ -170,6 +182,52 @@ def test_task_distillation_equals_a_plain_loop_step_by_step(tmp_path, monkeypatc
         torch.testing.assert_close(our_weights[name], want, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
     moved = max((ref_weights[n] - start[n]).abs().max().item() for n in ref_weights)
     assert moved > 1e-3  # training moved the weights far beyond the tolerance: the agreement is not trivial
+
+
+class HiddenRecorder(Recorder):
+    """Also each step's hidden-state loss, and the projection's weights before and after training."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.projection_start = {k: v.clone() for k, v in model.hidden_projection.state_dict().items()}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.projection_end = {k: v.clone() for k, v in model.hidden_projection.state_dict().items()}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.steps.append((logs["loss_ce"], logs.get("loss_task", 0.0), logs["loss"], logs["loss_hidden"]))
+
+
+def test_hidden_state_mse_through_a_projection_equals_a_plain_loop(tmp_path, monkeypatch, student, confident_teacher,
+                                                                   custom_task):
+    """--alpha_hidden with a teacher twice as deep and 1.5 times as wide: TinyBERT's W_h is trained with the
+    student (the same steps, losses and weights as the loop), and the saved model leaves it out."""
+    labels = AutoModelForSequenceClassification.from_pretrained(student).config.id2label
+    tok = AutoTokenizer.from_pretrained(confident_teacher)
+    config = tiny_bert_config(len(tok), layers=4, hidden=48)
+    config.update(dict(id2label=labels, label2id={v: k for k, v in labels.items()}))
+    torch.manual_seed(3)
+    wide = tmp_path / "wide_teacher"
+    BertForSequenceClassification(config).save_pretrained(wide)
+    tok.save_pretrained(wide)
+    alpha = 0.3
+    recorder = HiddenRecorder()
+    ours, our_weights = project_run(tmp_path, monkeypatch, student, wide, custom_task, "--alpha_hidden", alpha,
+                                    recorder=recorder)
+    assert not any(k.startswith("hidden_projection") for k in our_weights)  # the saved student is the student
+    projection = torch.nn.Linear(32, 48)
+    projection.load_state_dict(recorder.projection_start)
+    ref, ref_weights = reference_run(student, wide, custom_task, projection, alpha)
+    assert len(ours) == len(ref) == EPOCHS * 3
+    assert min(h for *_, h in ref) > 0.05  # the hidden states differ: the loss has something to teach
+    for step, (got, want) in enumerate(zip(ours, ref)):
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), f"step {step + 1}: (ce, task, total, hidden) {got}"
+    for name, want in ref_weights.items():
+        got = recorder.projection_end[name.split(".", 1)[1]] if name.startswith("hidden_projection.") else \
+            our_weights[name]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    moved = (recorder.projection_end["weight"] - recorder.projection_start["weight"]).abs().max().item()
+    assert moved > 1e-3  # the projection was trained, not only applied
 
 
 # ----------------------------------------------------------------------------------------------------------

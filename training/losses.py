@@ -40,6 +40,18 @@ def mse_loss(s_logits, t_logits):
     return F.mse_loss(s_logits.float(), t_logits.float(), reduction="sum") / s_logits.size(0)
 
 
+def hidden_mse(s_states, t_states, attention_mask, projection=None):
+    """TinyBERT's hidden-state loss: per pair of (student, teacher) states, the mean squared error over the real
+    tokens' features, the student's taken to the teacher's width by `projection` (None: equal widths); summed
+    over the pairs, as TinyBERT sums its layers."""
+    mask = attention_mask.bool()
+    total = 0.0
+    for s, t in zip(s_states, t_states, strict=True):
+        s = s[mask] if projection is None else projection(s[mask])
+        total = total + F.mse_loss(s.float(), t[mask].float())
+    return total
+
+
 # Rows per FusedKD chunk (each chunk holds four (rows x vocab) float32 tensors): fewer rows make thin, slow
 # matmuls; more rows cost memory for little speed (docs/benchmarks.md).
 KD_CHUNK_ROWS = 512

@@ -126,6 +126,12 @@ def attention_projections(model, layer):
     return (att.self.query, att.self.key, att.self.value), att.self.num_attention_heads  # BERT, RoBERTa
 
 
+def hidden_layer_map(n_student, n_teacher):
+    """TinyBERT's uniform layer map, as indices into hidden_states: the embeddings to the embeddings, student
+    layer m to teacher layer m * N // M (3 of 12: 4, 8, 12)."""
+    return [(m, m * n_teacher // n_student) for m in range(n_student + 1)]
+
+
 def relation_layers(student, teacher, names, params):
     """(student layer, teacher layer, (attention heads, relation heads)) for the relation losses in `names`:
     the student's last layer and the teacher's --teacher_layer (1-based; default its last), as 0-based
