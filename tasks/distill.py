@@ -34,6 +34,8 @@ from tasks.teacher_pass import (
 )
 from training.models import relation_layers
 
+STAGE_ONE = ("cos", "att", "vv", "hidden")  # the losses of --intermediate_epochs' first stage; the rest: its second
+
 
 @dataclass
 class Teacher:
@@ -201,6 +203,8 @@ def distill_trainer(family, distill_args, teacher=None):
                 # checkpoints (an exact resume) hold it; the model saved at the end leaves it out (save_model)
                 self.model.add_module(PROJECTION, torch.nn.Linear(s_width, t_width).to(self.args.device))
                 self.inner.projection = getattr(self.model, PROJECTION)
+            self.first_stage = None  # --intermediate_epochs' optimizer steps (create_scheduler sets it)
+            self.restarted = False  # the optimizer state cleared at the second stage's first step
             self.step_rows = None  # (rows, labelled rows) of the optimizer step under way, over every process
             self.parts = {}  # loss name -> its sum over the optimizer steps since the last log
             self.parts_from = 0  # the global step of the last log
@@ -209,6 +213,23 @@ def distill_trainer(family, distill_args, teacher=None):
             if self._signature_columns is None:
                 extra = {TEACHER_LOGITS, "label", "label_ids", *family.targets}
                 self._signature_columns = sorted(self.student_keys | self.teacher_keys | extra)
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            """With --intermediate_epochs, TinyBERT's two stages: the linear schedule (warmup, then decay to 0)
+            runs once over each stage's steps."""
+            if not distill_args.intermediate_epochs or self.lr_scheduler is not None:
+                return super().create_scheduler(num_training_steps, optimizer)
+            first = self.first_stage = round(num_training_steps * distill_args.intermediate_epochs /
+                                             self.args.num_train_epochs)
+
+            def rate(step):  # transformers' linear schedule, within the stage
+                t, n = (step, first) if step < first else (step - first, num_training_steps - first)
+                warmup = self.args.get_warmup_steps(n)
+                return t / max(1, warmup) if t < warmup else max(0.0, (n - t) / max(1, n - warmup))
+
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, rate)
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
 
         def get_batch_samples(self, epoch_iterator, num_batches, device):
             """The micro-batches of one optimizer step; counts their rows and labelled rows first."""
@@ -238,6 +259,12 @@ def distill_trainer(family, distill_args, teacher=None):
                     t_out = self.teacher(**t_inputs, output_hidden_states=hidden)
             t_logits = cached if cached is not None else None if t_out is None else head_logits(t_out)
             parts = family.losses(distill_args, s_out, t_out, t_logits, targets, inputs["attention_mask"], self.inner)
+            if self.first_stage is not None:  # two stages: the intermediate losses, then the logits' alone
+                first = self.state.global_step < self.first_stage
+                parts = {name: part for name, part in parts.items() if (name in STAGE_ONE) == first}
+                if self.state.global_step == self.first_stage and not self.restarted:  # a fresh optimizer state
+                    self.optimizer.state.clear()
+                    self.restarted = True
             # Each loss is a mean over this micro-batch's rows (the task's: its labelled rows); weighed by the
             # micro-batch's share of the step's rows, the shares add up to the step's mean.
             rows, with_label = self.step_rows

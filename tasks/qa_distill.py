@@ -34,6 +34,7 @@ class QADistillArguments:
                                              "off: none)")
 
     per_step = False  # the start/end logits alone: the teacher runs once, its logits a column
+    intermediate_epochs = 0  # one stage
     relations = ()
 
     @property

@@ -161,8 +161,9 @@ def fine_tune(cmd, job, run):
 
     family, teacher, training_args = cmd.family, cmd.teacher, cmd.training_args
     pin = training_args.dataloader_pin_memory and torch.cuda.is_available()  # pinning without a GPU only warns
+    stage_one = cmd.distill_args.intermediate_epochs if teacher else 0  # epochs before --num_train_epochs
     args = dataclasses.replace(training_args, output_dir=str(run.dir), learning_rate=run.lr, seed=run.seed,
-                               dataloader_pin_memory=pin)
+                               dataloader_pin_memory=pin, num_train_epochs=training_args.num_train_epochs + stage_one)
     transformers.set_seed(run.seed)  # the new head's initialisation
     model = load_pretrained(getattr(transformers, family.model_class), cmd.model_args.model_name_or_path,
                             "the model", **family.model_kwargs(job))

@@ -48,6 +48,11 @@ class DistillArguments:
     alpha_hidden: float = option(0.0, "weight of TinyBERT's hidden-state MSE: the embeddings and every student layer "
                                       "against the teacher layer at the same relative depth, through a learned "
                                       "projection where the widths differ")
+    intermediate_epochs: float = option(0.0, "TinyBERT's two stages: this many epochs of the intermediate losses "
+                                             "alone (--alpha_hidden, --alpha_att, --alpha_vv, --alpha_cos) before "
+                                             "--num_train_epochs of the logit losses alone (--alpha_ce, --alpha_task), "
+                                             "each stage with its own warmup and decay and a fresh optimizer state "
+                                             "(0: one stage, every loss at once)")
     teacher_layer: int = option(None, "the teacher layer (1-based) for att/vv (default: its last)")
     relation_heads: int = option(None, "relation heads of vv (default: the student's heads)")
     unlabeled_samples: int = option(None, "N more training examples after --max_train_samples, their labels dropped: "
@@ -81,8 +86,9 @@ class DistillArguments:
         out = {"teacher": teacher_identity["model"], **{k: getattr(self, k) for k in weights}}
         if self.hard_targets:
             out["hard_targets"] = True
-        if self.alpha_hidden:  # only when on: runs kept before the flag existed keep their key
-            out["alpha_hidden"] = self.alpha_hidden
+        for name in ("alpha_hidden", "intermediate_epochs"):  # only when on: older kept runs keep their key
+            if getattr(self, name):
+                out[name] = getattr(self, name)
         if own_tokens:
             out["teacher_tokenizer"] = teacher_identity["tokenizer"]
         if self.relations:
@@ -112,11 +118,12 @@ class DistillArguments:
 
 
 INTERMEDIATE = ("alpha_cos", "alpha_att", "alpha_vv", "alpha_hidden")  # the losses that run the teacher every step
-TEACHER_ONLY = ("alpha_ce", "alpha_task", "temperature", *INTERMEDIATE, "teacher_layer", "relation_heads",
+TEACHER_ONLY = ("alpha_ce", "alpha_task", "temperature", *INTERMEDIATE, "intermediate_epochs", "teacher_layer",
+                "relation_heads",
                 "unlabeled_samples", "hard_targets", "transfer_file", "teacher_logits_cache")
 
 
-def check_flags(distill_args, argv):
+def check_flags(distill_args, argv, training_args):
     """The distillation flags, refused before anything is read or written."""
     given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
     if not distill_args.on:
@@ -140,6 +147,21 @@ def check_flags(distill_args, argv):
     for flag in ("unlabeled_samples", "transfer_file"):
         if getattr(distill_args, flag) and not distill_args.alpha_ce:
             raise InputError(f"--{flag} needs --alpha_ce above 0: the teacher's logits are its rows' only target")
+    stages = distill_args.intermediate_epochs
+    if not math.isfinite(stages) or stages < 0:
+        raise InputError(f"--intermediate_epochs {stages}: give a finite number of epochs of at least 0")
+    if stages:
+        if not distill_args.per_step:
+            raise InputError("--intermediate_epochs needs an intermediate loss for its first stage (--alpha_hidden, "
+                             "--alpha_att, --alpha_vv or --alpha_cos)")
+        if not (distill_args.alpha_ce or distill_args.alpha_task):
+            raise InputError("--intermediate_epochs: the second stage trains --alpha_ce and --alpha_task, both 0")
+        if training_args.max_steps > 0:
+            raise InputError("--intermediate_epochs counts epochs: give --num_train_epochs, not --max_steps")
+        schedule = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+        if schedule != "linear":
+            raise InputError(f"--intermediate_epochs restarts the linear schedule at its second stage: leave out "
+                             f"--lr_scheduler_type {schedule}")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def weights(out, task, run):
     return load_file(str(out / task / run / "model" / "model.safetensors"))
 
 
-def resumed_equals_whole(tmp_path, monkeypatch, script, argv_for, task, run, kill_at):
+def resumed_equals_whole(tmp_path, monkeypatch, script, argv_for, task, run, kill_at, steps=None):
     whole = tmp_path / "whole"
     run_main(script.main, *argv_for(whole), check=True)
     cut = tmp_path / "cut"
@@ -45,7 +45,7 @@ def resumed_equals_whole(tmp_path, monkeypatch, script, argv_for, task, run, kil
     assert (cut / task / run / f"checkpoint-{kill_at}").is_dir() and not (cut / task / run / "results.json").exists()
     proc = run_main(script.main, *argv_for(cut), check=True)
     state = json.loads((cut / task / run / "results.json").read_text())
-    assert state["steps"] == int(argv_for(cut)[argv_for(cut).index("--max_steps") + 1])
+    assert state["steps"] == (steps or int(argv_for(cut)[argv_for(cut).index("--max_steps") + 1]))
     assert f"resuming from {cut / task / run / f'checkpoint-{kill_at}'}" in proc.stdout
     a, b = weights(whole, task, run), weights(cut, task, run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(
@@ -69,9 +69,12 @@ def test_run_glue_resumed_mid_epoch_is_the_run_uninterrupted(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_a_run_with_a_hidden_state_projection_resumes_exactly(tmp_path, monkeypatch, teacher, custom_task):
+@pytest.mark.parametrize("two_stages", [False, True])
+def test_a_run_with_a_hidden_state_projection_resumes_exactly(tmp_path, monkeypatch, teacher, custom_task,
+                                                              two_stages):
     """--alpha_hidden from a wider teacher: the projection trained with the student is in the checkpoint, so
-    the resumed run goes on with it (a new random one would change every later step)."""
+    the resumed run goes on with it (a new random one would change every later step). With two stages, killed
+    in the second: it goes on with its own optimizer state and schedule, as it would have."""
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     from train_helpers import tiny_bert_config
@@ -84,13 +87,19 @@ def test_a_run_with_a_hidden_state_projection_resumes_exactly(tmp_path, monkeypa
     BertForSequenceClassification(config).save_pretrained(wide)
     tok.save_pretrained(wide)
 
-    def argv_for(out):  # 40 rows, batches of 8: 5 steps an epoch; 8 steps; killed at step 4
-        return ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
-                custom_task / "dev.csv", "--output_dir", out, "--max_train_samples", 40, "--max_steps", 8,
-                "--per_device_train_batch_size", 8, "--save_model", *FAST[:2], "--disable_tqdm", "true",
-                "--save_strategy", "steps", "--save_steps", 4, "--teacher_name_or_path", wide, "--alpha_hidden", 1]
+    # 40 rows, batches of 8: 5 steps an epoch. One stage: 8 steps, killed at step 4; two: 5 + 5, killed in the second
+    length = ["--intermediate_epochs", 1, "--num_train_epochs", 1] if two_stages else ["--max_steps", 8]
+    kill_at = 7 if two_stages else 4
 
-    resumed_equals_whole(tmp_path, monkeypatch, run_glue, argv_for, "custom", "lr2e-05_seed42", 4)
+    def argv_for(out):
+        return ["--model_name_or_path", teacher, "--train_file", custom_task / "train.csv", "--validation_file",
+                custom_task / "dev.csv", "--output_dir", out, "--max_train_samples", 40, *length,
+                "--per_device_train_batch_size", 8, "--save_model", *FAST[:2], "--disable_tqdm", "true",
+                "--save_strategy", "steps", "--save_steps", kill_at, "--teacher_name_or_path", wide,
+                "--alpha_hidden", 1, "--learning_rate", 1e-3]
+
+    resumed_equals_whole(tmp_path, monkeypatch, run_glue, argv_for, "custom", "lr0.001_seed42", kill_at,
+                         10 if two_stages else 8)
 
 
 @pytest.mark.slow

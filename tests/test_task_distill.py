@@ -358,6 +358,14 @@ def test_a_classifier_teacher_is_refused_for_a_regression(tmp_path, teacher, tas
         (["--alpha_ce", 0], "--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv/--alpha_hidden: the teacher would "
                             "teach nothing"),
         (["--temperature", 0], "--temperature 0.0: give a finite number above 0"),
+        (["--intermediate_epochs", -1], "--intermediate_epochs -1.0: give a finite number of epochs of at least 0"),
+        (["--intermediate_epochs", 1], "--intermediate_epochs needs an intermediate loss for its first stage"),
+        (["--intermediate_epochs", 1, "--alpha_hidden", 1, "--alpha_ce", 0, "--alpha_task", 0],
+         "--intermediate_epochs: the second stage trains --alpha_ce and --alpha_task, both 0"),
+        (["--intermediate_epochs", 1, "--alpha_hidden", 1, "--max_steps", 3],
+         "--intermediate_epochs counts epochs: give --num_train_epochs, not --max_steps"),
+        (["--intermediate_epochs", 1, "--alpha_hidden", 1, "--lr_scheduler_type", "cosine"],
+         "--intermediate_epochs restarts the linear schedule at its second stage: leave out --lr_scheduler_type "),
         (["--temperature", "nan"], "--temperature nan"),
         (["--teacher_layer", 0], "--teacher_layer 0: give at least 1"),
         (["--relation_heads", 0], "--relation_heads 0: give at least 1"),
@@ -391,7 +399,8 @@ def test_bad_distillation_flags_fail_with_one_line(
     assert not out.exists()
 
 
-@pytest.mark.parametrize("flag", ["--alpha_ce", "--temperature", "--unlabeled_samples", "--alpha_vv", "--alpha_hidden"])
+@pytest.mark.parametrize("flag", ["--alpha_ce", "--temperature", "--unlabeled_samples", "--alpha_vv", "--alpha_hidden",
+                                  "--intermediate_epochs"])
 def test_a_distillation_flag_without_a_teacher_is_refused(tmp_path, teacher, custom_task, flag, capsys):
     line = input_error(run_glue.main,
         [

@@ -118,9 +118,12 @@ def optimizer_step(model, opt, sched, loss):
     opt.zero_grad()
 
 
-def reference_run(student, teacher_dir, task, projection=None, alpha_hidden=0.0):
-    """The textbook loop: no Trainer, no cached logits, nothing of the project's. With alpha_hidden, TinyBERT's
-    hidden-state MSE through `projection` (its initial weights), trained with the student."""
+def reference_run(student, teacher_dir, task, projection=None, stages=None):
+    """The textbook loop: no Trainer, no cached logits, nothing of the project's. `stages`: [(epochs, {loss:
+    weight})], each stage with a fresh optimizer and schedule (default: one of EPOCHS, KD and the task loss);
+    "hidden" is TinyBERT's hidden-state MSE through `projection` (its initial weights), trained with the
+    student. Each step's (ce, task, total[, hidden]), a loss outside its stage 0."""
+    stages = stages or [(EPOCHS, {"ce": ALPHA_CE, "task": ALPHA_TASK})]
     tok = AutoTokenizer.from_pretrained(student)
     model = AutoModelForSequenceClassification.from_pretrained(student).train()
     t_model = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
@@ -136,35 +139,38 @@ def reference_run(student, teacher_dir, task, projection=None, alpha_hidden=0.0)
     micro = [list(range(i, min(i + BATCH, len(rows)))) for i in range(0, len(rows), BATCH)]
     windows = [micro[i : i + ACCUMULATE] for i in range(0, len(micro), ACCUMULATE)]
 
-    opt, sched = optimizer_and_schedule(model, EPOCHS * len(windows))
     steps = []
-    for _ in range(EPOCHS):
-        for window in windows:
-            n_rows = sum(len(mb) for mb in window)
-            n_labelled = sum(labels[i] != -100 for mb in window for i in mb)
-            kd = task_loss = hidden = 0.0
-            for mb in window:
-                batch = collate([encoded[i] for i in mb])
-                y = torch.tensor([labels[i] for i in mb])
-                with torch.no_grad():
-                    t_out = t_model(**batch, output_hidden_states=True)
-                s_out = model(**batch, output_hidden_states=True)
-                s, t = s_out.logits, t_out.logits
-                log_ps, log_pt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
-                kd = kd + (log_pt.exp() * (log_pt - log_ps)).sum() * T**2 / n_rows
-                if n_labelled:
-                    task_loss = task_loss + F.cross_entropy(s, y, ignore_index=-100, reduction="sum") / n_labelled
-                if alpha_hidden:  # TinyBERT: embeddings to embeddings, student layer m to teacher layer m * N / M
-                    real = batch["attention_mask"].bool()
-                    m, n = model.config.num_hidden_layers, t_model.config.num_hidden_layers
-                    for layer in range(m + 1):
-                        h_s = projection(s_out.hidden_states[layer][real])
-                        h_t = t_out.hidden_states[layer * n // m][real]
-                        hidden = hidden + ((h_s - h_t) ** 2).mean() * len(mb) / n_rows
-            loss = ALPHA_CE * kd + ALPHA_TASK * task_loss + alpha_hidden * hidden
-            optimizer_step(model, opt, sched, loss)
-            step = (float(kd.detach()), float(task_loss.detach()) if n_labelled else 0.0, loss.item())
-            steps.append(step + ((float(hidden.detach()),) if alpha_hidden else ()))
+    for epochs, weights in stages:
+        opt, sched = optimizer_and_schedule(model, epochs * len(windows))
+        for _ in range(epochs):
+            for window in windows:
+                n_rows = sum(len(mb) for mb in window)
+                n_labelled = sum(labels[i] != -100 for mb in window for i in mb)
+                parts = {"ce": 0.0, "task": 0.0, "hidden": 0.0}
+                for mb in window:
+                    batch = collate([encoded[i] for i in mb])
+                    y = torch.tensor([labels[i] for i in mb])
+                    with torch.no_grad():
+                        t_out = t_model(**batch, output_hidden_states=True)
+                    s_out = model(**batch, output_hidden_states=True)
+                    s, t = s_out.logits, t_out.logits
+                    log_ps, log_pt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
+                    parts["ce"] = parts["ce"] + (log_pt.exp() * (log_pt - log_ps)).sum() * T**2 / n_rows
+                    if n_labelled:
+                        parts["task"] = parts["task"] + F.cross_entropy(s, y, ignore_index=-100,
+                                                                        reduction="sum") / n_labelled
+                    if "hidden" in weights:  # TinyBERT: embeddings to embeddings, student layer m to m * N / M
+                        real = batch["attention_mask"].bool()
+                        m, n = model.config.num_hidden_layers, t_model.config.num_hidden_layers
+                        for layer in range(m + 1):
+                            h_s = projection(s_out.hidden_states[layer][real])
+                            h_t = t_out.hidden_states[layer * n // m][real]
+                            parts["hidden"] = parts["hidden"] + ((h_s - h_t) ** 2).mean() * len(mb) / n_rows
+                loss = sum(w * parts[name] for name, w in weights.items())  # a loss outside the stage: no gradient
+                optimizer_step(model, opt, sched, loss)
+                shown = {k: float(torch.as_tensor(v).detach()) if k in weights else 0.0 for k, v in parts.items()}
+                step = (shown["ce"], shown["task"], loss.item())
+                steps.append(step + ((shown["hidden"],) if projection is not None else ()))
     return steps, model.state_dict()
 
 
@@ -195,13 +201,17 @@ class HiddenRecorder(Recorder):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            self.steps.append((logs["loss_ce"], logs.get("loss_task", 0.0), logs["loss"], logs["loss_hidden"]))
+            self.steps.append((logs.get("loss_ce", 0.0), logs.get("loss_task", 0.0), logs["loss"],
+                               logs.get("loss_hidden", 0.0)))
 
 
+@pytest.mark.parametrize("two_stages", [False, True])
 def test_hidden_state_mse_through_a_projection_equals_a_plain_loop(tmp_path, monkeypatch, student, confident_teacher,
-                                                                   custom_task):
+                                                                   custom_task, two_stages):
     """--alpha_hidden with a teacher twice as deep and 1.5 times as wide: TinyBERT's W_h is trained with the
-    student (the same steps, losses and weights as the loop), and the saved model leaves it out."""
+    student (the same steps, losses and weights as the loop), and the saved model leaves it out. With
+    --intermediate_epochs 1, TinyBERT's two stages: an epoch of the hidden-state loss alone, then EPOCHS of KD
+    and the task loss, each stage with its own optimizer and schedule, as two loops one after the other."""
     labels = AutoModelForSequenceClassification.from_pretrained(student).config.id2label
     tok = AutoTokenizer.from_pretrained(confident_teacher)
     config = tiny_bert_config(len(tok), layers=4, hidden=48)
@@ -210,16 +220,19 @@ def test_hidden_state_mse_through_a_projection_equals_a_plain_loop(tmp_path, mon
     wide = tmp_path / "wide_teacher"
     BertForSequenceClassification(config).save_pretrained(wide)
     tok.save_pretrained(wide)
-    alpha = 0.3
+    alpha, logits = 0.3, {"ce": ALPHA_CE, "task": ALPHA_TASK}
+    stages = [(1, {"hidden": alpha}), (EPOCHS, logits)] if two_stages else [(EPOCHS, {**logits, "hidden": alpha})]
     recorder = HiddenRecorder()
     ours, our_weights = project_run(tmp_path, monkeypatch, student, wide, custom_task, "--alpha_hidden", alpha,
-                                    recorder=recorder)
+                                    *(["--intermediate_epochs", 1] if two_stages else []), recorder=recorder)
     assert not any(k.startswith("hidden_projection") for k in our_weights)  # the saved student is the student
     projection = torch.nn.Linear(32, 48)
     projection.load_state_dict(recorder.projection_start)
-    ref, ref_weights = reference_run(student, wide, custom_task, projection, alpha)
-    assert len(ours) == len(ref) == EPOCHS * 3
-    assert min(h for *_, h in ref) > 0.05  # the hidden states differ: the loss has something to teach
+    ref, ref_weights = reference_run(student, wide, custom_task, projection, stages)
+    assert len(ours) == len(ref) == sum(epochs for epochs, _ in stages) * 3
+    assert min(h for *_, h in ref[:3]) > 0.05  # the hidden states differ: the loss has something to teach
+    if two_stages:  # the first epoch's steps train the hidden states alone, the rest the logits alone
+        assert all(ce == 0 and h > 0 for ce, _, _, h in ref[:3]) and all(ce > 0 and h == 0 for ce, _, _, h in ref[3:])
     for step, (got, want) in enumerate(zip(ours, ref)):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-6), f"step {step + 1}: (ce, task, total, hidden) {got}"
     for name, want in ref_weights.items():
