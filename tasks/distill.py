@@ -132,7 +132,8 @@ class Teacher:
     def record(self):
         """What a run's results say of its teacher."""
         return {"path": self.args.teacher_name_or_path, **self.settings(),
-                "teacher_logits": "every step" if self.args.per_step else "computed once",
+                "teacher_logits": "computed once" if not self.args.per_step else "every step" if not
+                self.args.intermediate_epochs else "every step of the first stage, computed once for the second",
                 "logits_read_from": self.logits_cached,
                 "tokenization": f"its own: {self.own_tokens}" if self.own_tokens else
                 f"the student's pieces under its own ids: {self.mapped}" if self.mapped else "the student's",
@@ -245,22 +246,25 @@ def distill_trainer(family, distill_args, teacher=None):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             targets = {k: inputs.pop(k) for k in family.targets if k in inputs}
             cached = inputs.pop(TEACHER_LOGITS, None)
-            hidden = self.teacher is not None and model.training
+            # --intermediate_epochs: the first stage's steps run the teacher; the second's read its cached logits
+            first = self.first_stage is None or self.state.global_step < self.first_stage
+            run_teacher = self.teacher is not None and first
+            hidden = run_teacher and model.training
             s_out = model(**{k: v for k, v in inputs.items() if k in self.student_keys}, output_hidden_states=hidden)
             if not model.training:  # evaluation: the student's own loss
                 loss = family.task_loss(s_out, targets, inputs["attention_mask"])
                 return (loss, s_out) if return_outputs else loss
             t_out = None
-            if self.teacher is not None:
+            if run_teacher:
                 t_inputs = {k: v for k, v in inputs.items() if k in self.teacher_keys}
                 if self.id_map is not None:  # the same pieces at the same positions, under the teacher's ids
                     t_inputs["input_ids"] = self.id_map[t_inputs["input_ids"]]
                 with torch.no_grad():
                     t_out = self.teacher(**t_inputs, output_hidden_states=hidden)
             t_logits = cached if cached is not None else None if t_out is None else head_logits(t_out)
-            parts = family.losses(distill_args, s_out, t_out, t_logits, targets, inputs["attention_mask"], self.inner)
+            weights = distill_args if first else distill_args.logits_stage()
+            parts = family.losses(weights, s_out, t_out, t_logits, targets, inputs["attention_mask"], self.inner)
             if self.first_stage is not None:  # two stages: the intermediate losses, then the logits' alone
-                first = self.state.global_step < self.first_stage
                 parts = {name: part for name, part in parts.items() if (name in STAGE_ONE) == first}
                 if self.state.global_step == self.first_stage and not self.restarted:  # a fresh optimizer state
                     self.optimizer.state.clear()

@@ -132,7 +132,7 @@ class GlueFamily(TaskFamily):
         teacher = cmd.teacher
         job.train_set, job.dev, job.fit = tokenize(job.task, cmd.tokenizer, self.max_length,
                                                    self.data_args.pad_to_max_length)
-        if teacher and not teacher.args.per_step:  # the teacher's logits, once for every run of the task
+        if teacher and (not teacher.args.per_step or teacher.args.intermediate_epochs):  # its logits, once
             teacher_length = min(self.data_args.max_seq_length,
                                  model_input_limit(teacher.tokenizer, teacher.model.config))
             job.train_set = teacher.with_logits(job.train_set, cmd.tokenizer, cmd.training_args, False,

@@ -19,6 +19,7 @@ shifted by 4): it then reads each row's raw text with its own tokenizer, special
 and only the logit losses, which compare one distribution per row, are allowed.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -94,6 +95,10 @@ class DistillArguments:
         if self.relations:
             out.update(teacher_layer=self.teacher_layer, relation_heads=self.relation_heads)
         return out
+
+    def logits_stage(self):
+        """These flags with the intermediate losses off: --intermediate_epochs' second stage."""
+        return dataclasses.replace(self, **{name: 0.0 for name in INTERMEDIATE})
 
     def data_record(self):
         """The rows only the teacher labels, as asked (results.json's teacher record)."""

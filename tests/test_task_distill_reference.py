@@ -13,6 +13,7 @@ What is pinned, as the loop below spells it out:
   the steps then linear decay (run_glue.py's defaults, BERT's recipe)."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -233,6 +234,8 @@ def test_hidden_state_mse_through_a_projection_equals_a_plain_loop(tmp_path, mon
     assert min(h for *_, h in ref[:3]) > 0.05  # the hidden states differ: the loss has something to teach
     if two_stages:  # the first epoch's steps train the hidden states alone, the rest the logits alone
         assert all(ce == 0 and h > 0 for ce, _, _, h in ref[:3]) and all(ce > 0 and h == 0 for ce, _, _, h in ref[3:])
+        record = json.loads((tmp_path / "kd" / "custom" / f"lr{LR:g}_seed42" / "results.json").read_text())["teacher"]
+        assert record["teacher_logits"] == "every step of the first stage, computed once for the second"
     for step, (got, want) in enumerate(zip(ours, ref)):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-6), f"step {step + 1}: (ce, task, total, hidden) {got}"
     for name, want in ref_weights.items():
