@@ -43,10 +43,11 @@ MAX_CONSECUTIVE_SKIPS = 20  # fp16: this many overflow-skipped optimizer steps i
 
 
 class Distiller:
-    def __init__(self, params, dataset, token_probs, student, teacher, dist=None, valid_dataset=None):
+    def __init__(self, params, dataset, token_probs, student, teacher, dist=None, valid_dataset=None, teacher_ids=None):
         """params: train.py's argument namespace; dataset: LmSeqsDataset; token_probs: (vocab,) masking
         weights (MLM) or None; student, teacher: HF models (teacher None for a plain MLM run);
-        valid_dataset: held-out LmSeqsDataset the student is evaluated on (MLM; see evaluate())."""
+        valid_dataset: held-out LmSeqsDataset the student is evaluated on (MLM; see evaluate());
+        teacher_ids: the teacher's id of each student id, where it has the same pieces under other ids."""
         self.params = params
         self.dist = dist or DistInfo()
         self.device = self.dist.device
@@ -78,6 +79,7 @@ class Distiller:
             use_attention(teacher, self.device.type, self.precision.used)
             teacher.requires_grad_(False)
             self.teacher = RowsLM(teacher, t_layer)
+        self.teacher_ids = None if teacher_ids is None else teacher_ids.to(self.device)  # moved once
 
         self.masking = (Masking.from_params(params, dataset.spec.mask_id, token_probs, self.vocab_size, self.device)
                         if self.mlm else None)
@@ -173,7 +175,8 @@ class Distiller:
             s_hidden, s_out, s_qkv = self.student(*inputs, head_rows, fused)
             if self.teacher is not None:
                 with torch.no_grad():
-                    t_hidden, t_out, t_qkv = self.teacher(*inputs, head_rows if (w.ce or w.mse) else 0, fused)
+                    t_inputs = inputs if self.teacher_ids is None else (self.teacher_ids[batch.input_ids], *inputs[1:])
+                    t_hidden, t_out, t_qkv = self.teacher(*t_inputs, head_rows if (w.ce or w.mse) else 0, fused)
             if fused:  # KD and the LM loss from one chunked projection of the features: no logits materialised
                 s_proj, t_proj = lm_head_parts(self.student_model)[1], lm_head_parts(self.teacher.model)[1]
                 targets = batch.targets if w_lm > 0 else batch.targets[:0]

@@ -64,13 +64,16 @@ def load_tokenizer(args, data_meta):
     name = args.tokenizer_name or (None if args.no_teacher else args.teacher_name) or data_meta.get("tokenizer_name")
     if name is None:
         raise InputError("--teacher_name none: give --tokenizer_name (the data file does not name its tokenizer)")
-    _, _, tokenizer_class = model_classes(args.teacher_type)
+    # the data's tokenizer: the teacher's, except for a teacher that reads the same pieces under its own ids
+    _, _, tokenizer_class = model_classes(args.student_type if args.teacher_type == "mpnet" else args.teacher_type)
     what = "the tokenizer" if args.tokenizer_name or args.no_teacher else "the teacher"
     return load_tokenizer_or_fail(tokenizer_class, name, what)
 
 
-def build_teacher(args, student):
-    """train.py's teacher, frozen: refused where a loss in use would read a vocabulary head it lacks."""
+def build_teacher(args, student, tokenizer, texts):
+    """(train.py's teacher, frozen; its ids of the student's pieces or None): refused where a loss in use would
+    read a vocabulary head it lacks, or where its tokenizer splits `texts` (rows of the data) otherwise than the
+    student's. A vocabulary of the same pieces under other ids (all-mpnet-base-v2's) is mapped."""
     _, model_class, _ = model_classes(args.teacher_type)
     teacher, no_head = teachers.load_frozen(model_class, args.teacher_name)
     if no_head:  # an encoder-only checkpoint: from_pretrained filled the vocabulary head with random weights
@@ -84,11 +87,25 @@ def build_teacher(args, student):
             )
         logger.info(f"the teacher has no {head} head: only its hidden states and attention are used")
     s, t = student.config, teacher.config
-    if s.vocab_size != t.vocab_size:
-        raise InputError(f"student vocab_size {s.vocab_size} differs from the teacher's {t.vocab_size}")
+    id_map = None
+    if args.teacher_type == "mpnet" or s.vocab_size != t.vocab_size:
+        t_tokenizer = load_tokenizer_or_fail(model_classes(args.teacher_type)[2], args.teacher_name,
+                                             "the teacher's tokenizer")
+        differs = teachers.tokenization_differs(tokenizer, t_tokenizer, texts)
+        if differs:
+            id_map, why = teachers.piece_map(tokenizer, t_tokenizer, texts)
+            if id_map is None:
+                raise InputError(f"the teacher {args.teacher_name} has {differs} and its pieces differ ({why}): "
+                                 "train.py compares the two models position by position, so it needs one "
+                                 "tokenization")
+            if args.alpha_ce > 0 or args.alpha_mse > 0:
+                raise InputError(f"the teacher {args.teacher_name} orders its vocabulary otherwise ({differs}): "
+                                 "--alpha_ce and --alpha_mse compare vocabulary distributions; set them to 0 and "
+                                 "use --alpha_cos or the relation losses --alpha_att/qq/kk/vv")
+            logger.info(f"the teacher reads the student's pieces under its own ids ({differs})")
     if args.alpha_cos > 0 or args.alpha_mse > 0:
         teachers.check_width(s, t, "the cosine loss compares hidden states (set --alpha_cos 0, or match the sizes)")
-    return teacher
+    return teacher, id_map
 
 
 def max_input_size(args, tokenizer, student, teacher):
@@ -172,13 +189,14 @@ def setup(args):
                                                data_format.vocab_digest(tokenizer))
 
     student = load_student(args, len(tokenizer))
-    teacher = None if args.no_teacher else build_teacher(args, student)
+    texts = [tokenizer.decode(data[i].tolist(), skip_special_tokens=True) for i in range(min(64, len(data)))]
+    teacher, teacher_ids = (None, None) if args.no_teacher else build_teacher(args, student, tokenizer, texts)
     # The sequences' spec, frozen: the dataset and the masking read it, not the flags.
     spec = SequenceSpec(special, max_input_size(args, tokenizer, student, teacher), args.mlm, args.pad_to_multiple_of)
     dataset = LmSeqsDataset(spec, data)
     if len(dataset) == 0:
         raise InputError(f"{args.data_file} has no sequence of {MIN_LEN} tokens or more left to train on")
-    return tokenizer, dataset, token_probs, student, teacher
+    return tokenizer, dataset, token_probs, student, teacher, teacher_ids
 
 
 def load_valid(args, tokenizer, train):
@@ -207,14 +225,17 @@ def main(argv=None):
         args.world_size, args.device = dist.world_size, str(dist.device)
         recover(args, dist)
         check_dump_path(args)
-        tokenizer, dataset, token_probs, student, teacher = setup(args)
+        tokenizer, dataset, token_probs, student, teacher, teacher_ids = setup(args)
         valid = load_valid(args, tokenizer, dataset) if args.valid_file else None
-        distiller = Distiller(args, dataset, token_probs, student, teacher, dist=dist, valid_dataset=valid)
+        distiller = Distiller(args, dataset, token_probs, student, teacher, dist=dist, valid_dataset=valid,
+                              teacher_ids=teacher_ids)
         if args.resume:
             distiller.load_checkpoint()
         # Only now is anything written. parameters.json: the flags as given, the precision that runs and the
         # sequences' spec.
         decided = {"precision": distiller.precision.record(distiller.device.type),
+                   "teacher_reads": "the student's ids" if teacher_ids is None else "the student's pieces under its "
+                   "own ids (core/teachers.piece_map)",
                    "special_tok_ids": dataset.spec.special_ids, "max_model_input_size": dataset.spec.max_len}
         if dist.is_master:  # one command per run folder; what it found there may have changed while it loaded
             held.enter_context(files.folder_lock(lock_path(args.dump_path), f"the run folder {args.dump_path}"))

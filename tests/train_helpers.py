@@ -196,9 +196,9 @@ def build_distiller(argv, device="cpu"):
         argv = [*argv, "--dump_path", str(Path(argv[argv.index("--student_config") + 1]).parent / "not-written")]
     args = train_args.parse_args(argv)
     train_args.sanity_checks(args)
-    tokenizer, dataset, token_probs, student, teacher = train.setup(args)
+    tokenizer, dataset, token_probs, student, teacher, teacher_ids = train.setup(args)
     dist = DistInfo(device=torch.device(device))
-    return args, Distiller(args, dataset, token_probs, student, teacher, dist=dist), tokenizer
+    return args, Distiller(args, dataset, token_probs, student, teacher, dist=dist, teacher_ids=teacher_ids), tokenizer
 
 
 def read_metrics(dump_path):

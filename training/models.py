@@ -21,6 +21,7 @@ def model_classes(kind):
         "roberta": (T.RobertaConfig, T.RobertaForMaskedLM, T.RobertaTokenizer),
         "bert": (T.BertConfig, T.BertForMaskedLM, T.BertTokenizer),
         "gpt2": (T.GPT2Config, T.GPT2LMHeadModel, T.GPT2Tokenizer),
+        "mpnet": (T.MPNetConfig, T.MPNetForMaskedLM, T.MPNetTokenizer),  # a teacher only
     }[kind]
 
 

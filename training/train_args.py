@@ -54,10 +54,12 @@ def build_parser(paths_required=True):
         help="student init from scripts/extract/distilbert.py (.safetensors or .pth), or an HF model folder",
     )
     # Teacher
-    a("--teacher_type", required=paths_required, choices=["bert", "roberta", "gpt2"])
+    # mpnet: all-mpnet-base-v2 (headless), its ids the student's pieces under its own (core/teachers.piece_map)
+    a("--teacher_type", required=paths_required, choices=["bert", "roberta", "gpt2", "mpnet"])
     a("--teacher_name", required=paths_required,
       help="teacher: hub name or folder; 'none' trains a plain MLM without one")
-    a("--tokenizer_name", default=None, help="tokenizer (default: the teacher's; needed with --teacher_name none)")
+    a("--tokenizer_name", default=None, help="the student's tokenizer, the data's (default: the teacher's; needed with "
+      "--teacher_name none, or a teacher of its own ids such as mpnet)")
     # Loss: --objective picks the weights (OBJECTIVES below); an --alpha_* flag given explicitly wins
     a("--objective", default="distilbert", choices=list(OBJECTIVES),
       help="the loss weights of a published recipe (default: DistilBERT's, the reference run's); "
@@ -197,14 +199,17 @@ def sanity_checks(args):
     if args.mlm:
         if args.token_counts is None:
             raise InputError("--mlm needs --token_counts (from scripts/token_counts.py)")
-        if args.student_type not in ("distilbert", "roberta", "bert") or args.teacher_type not in ("bert", "roberta"):
-            raise InputError("MLM needs a distilbert/roberta student (or bert) and a bert/roberta teacher")
+        if args.student_type not in ("distilbert", "roberta", "bert") or args.teacher_type == "gpt2":
+            raise InputError("MLM needs a distilbert/roberta student (or bert) and a bert/roberta/mpnet teacher")
     elif args.student_type != "gpt2" or args.teacher_type != "gpt2":
         raise InputError("CLM (no --mlm) needs --student_type gpt2 and --teacher_type gpt2")
     if args.teacher_type != args.student_type and not (
-        args.student_type == "distilbert" and args.teacher_type == "bert"
+        args.student_type in ("distilbert", "bert") and args.teacher_type in ("bert", "mpnet")
     ):
         raise InputError(f"a {args.student_type} student cannot learn from a {args.teacher_type} teacher")
+    if args.teacher_type == "mpnet" and not args.tokenizer_name:
+        raise InputError("--teacher_type mpnet reads the student's word pieces under its own ids: give "
+                         "--tokenizer_name, the student's tokenizer (the one the data was binarized with)")
     if args.no_teacher and (args.alpha_ce > 0 or args.alpha_cos > 0 or args.alpha_mse > 0 or relations):
         raise InputError("--teacher_name none trains without a teacher: set --alpha_ce 0 --alpha_cos 0 --alpha_mse 0 "
                          "(and no relation loss)")
