@@ -17,8 +17,10 @@ of transformers' own run_glue.py example.
 Task distillation (tasks/task_distill.py) adds to the task's own loss (label cross-entropy, or MSE for a regression,
 weighted by --alpha_task): --alpha_ce times T² KL(teacher || student) of the class distributions at
 --temperature (for a regression, the squared error to the teacher's prediction), and, off by default,
---alpha_cos (last hidden states, equal widths), --alpha_att and --alpha_vv (MiniLM's relations). With the
-logit KD alone, the teacher's logits are computed once before training and reused every epoch and run; the
+--alpha_cos (last hidden states, equal widths), --alpha_att and --alpha_vv (MiniLM's relations) and
+--alpha_hidden (TinyBERT's hidden states, through a learned projection where widths differ);
+--intermediate_epochs E trains those alone for E epochs first (TinyBERT's two stages). With the logit KD
+alone, the teacher's logits are computed once before training and reused every epoch and run; the
 intermediate losses run the teacher at every step. --unlabeled_samples N adds N more of the task's training
 rows without their labels: only the teacher labels them. The teacher must be the task's sequence classifier,
 with the task's labels in the same order and the student's vocabulary; each is checked before any training.
