@@ -78,7 +78,10 @@ def piece_map(student_tokenizer, teacher_tokenizer, texts):
     missing = sorted(p for p in s_vocab if roles.get(p, p) not in t_vocab)
     if missing:
         return None, f"the teacher has no piece {missing[0]!r} ({len(missing):,} of the student's pieces are not its)"
-    specials = set(teacher_tokenizer.all_special_tokens) | set(roles.values())
+    # its special and added tokens are matched as wholes, never a word piece (all-mpnet-base-v2 keeps "<unk>"
+    # beside BERT's "[UNK]", its unk_token)
+    added = {t.content for t in getattr(teacher_tokenizer, "added_tokens_decoder", {}).values()}
+    specials = set(teacher_tokenizer.all_special_tokens) | set(roles.values()) | added
     more = sorted(p for p in t_vocab if p not in s_vocab and p not in specials and
                   teacher_tokenizer(p, add_special_tokens=False)["input_ids"] == [t_vocab[p]])
     if more:

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tokenizers import AddedToken
 from transformers import (
     AutoTokenizer,
     BertTokenizer,
@@ -50,6 +51,11 @@ def test_the_same_pieces_under_other_ids_are_mapped_and_one_renamed_piece_is_nam
     for text in rows:  # the map gives the teacher's own ids, specials included ([CLS] -> <s>, [SEP] -> </s>)
         assert table[student(text)["input_ids"]].tolist() == mpnet(text)["input_ids"]
     assert table[student.pad_token_id] == mpnet.pad_token_id and table[student.mask_token_id] == mpnet.mask_token_id
+    # all-mpnet-base-v2's tokenizer.json also holds "<unk>" as an added token beside its unk_token "[UNK]": matched
+    # as a whole, never a word piece, so it is no piece the student lacks
+    mpnet.add_tokens([AddedToken("<unk>", special=True)])
+    assert mpnet("<unk>", add_special_tokens=False)["input_ids"] == [mpnet.convert_tokens_to_ids("<unk>")]
+    assert teachers.piece_map(student, mpnet, rows)[1] is None
     # one piece named otherwise: the first row that holds it is named, and nothing is mapped
     renamed = shifted_tokenizer(tmp_path / "renamed", teacher, rename={"river": "stream"})
     table, why = teachers.piece_map(student, renamed, rows)
