@@ -9,6 +9,8 @@ longest window does not change a shorter one's distributions. The teacher is a Q
 on the task that reads the student's tokenization (its start/end logits are compared position by position);
 it runs once over the training features, in eval mode, and its logits are a data column that every epoch,
 seed and learning rate reuses, kept on disk as run_glue.py keeps a classifier's (--teacher_logits_cache).
+The intermediate losses and TinyBERT's two stages are run_glue.py's (tasks/task_distill.IntermediateArguments,
+intermediate_losses): with them the teacher runs at every step (of the first stage).
 """
 
 import math
@@ -19,10 +21,11 @@ import torch.nn.functional as F
 
 from core.errors import InputError
 from core.flags import option
+from tasks.task_distill import INTERMEDIATE, IntermediateArguments, check_intermediate, intermediate_losses
 
 
 @dataclass
-class QADistillArguments:
+class QADistillArguments(IntermediateArguments):
     teacher_name_or_path: str = option(None, "a QA model fine-tuned on the task with the student's tokenizer (e.g. "
                                              "run_qa.py --save_model's squad/RUN/model): turns fine-tuning into "
                                              "distillation")
@@ -33,18 +36,20 @@ class QADistillArguments:
                                              "$TEACHER_LOGITS_CACHE, else ~/.cache/distilbert_small/teacher_logits; "
                                              "off: none)")
 
-    per_step = False  # the start/end logits alone: the teacher runs once, its logits a column
-    intermediate_epochs = 0  # one stage
-    relations = ()
-
     @property
     def on(self):
         return self.teacher_name_or_path is not None
 
     def settings(self, teacher_identity, own_tokens=None):
         """What a distilled run's result depends on, for the kept-run and resume checks."""
-        return {"teacher": teacher_identity["model"], "alpha_ce": self.alpha_ce, "alpha_squad": self.alpha_squad,
-                "temperature": self.temperature}
+        out = {"teacher": teacher_identity["model"], "alpha_ce": self.alpha_ce, "alpha_squad": self.alpha_squad,
+               "temperature": self.temperature}
+        for name in (*INTERMEDIATE, "intermediate_epochs"):  # only when on: older kept runs keep their key
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        if self.relations:
+            out.update(teacher_layer=self.teacher_layer, relation_heads=self.relation_heads)
+        return out
 
     def data_record(self):
         return {}
@@ -54,19 +59,23 @@ class QADistillArguments:
         return "QA distillation compares start/end logits", "give a teacher with the student's tokenizer"
 
 
-def check_flags(distill_args, argv):
+def check_flags(distill_args, argv, training_args):
     """The distillation flags, refused before anything is read or written."""
     given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
     if not distill_args.on:
-        stray = [f for f in ("alpha_ce", "temperature", "teacher_logits_cache") if f in given]
+        stray = [f for f in ("alpha_ce", "temperature", "teacher_logits_cache", *INTERMEDIATE, "intermediate_epochs",
+                             "teacher_layer", "relation_heads") if f in given]
         if stray:
             raise InputError(f"--{stray[0]} needs --teacher_name_or_path (a QA model fine-tuned on the task)")
     for name in ("alpha_ce", "alpha_squad"):
         value = getattr(distill_args, name)
         if not math.isfinite(value) or value < 0:
             raise InputError(f"--{name} {value}: give a finite weight of at least 0")
-    if distill_args.on and not distill_args.alpha_ce:
-        raise InputError("--alpha_ce 0: the teacher would teach nothing (leave out --teacher_name_or_path)")
+    if distill_args.on:
+        check_intermediate(distill_args, training_args, ("alpha_ce", "alpha_squad"))
+    if distill_args.on and not (distill_args.alpha_ce or distill_args.per_step):
+        raise InputError("--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv/--alpha_hidden: the teacher would "
+                         "teach nothing (leave out --teacher_name_or_path)")
     if not distill_args.on and not distill_args.alpha_squad:
         raise InputError("--alpha_squad 0 without a teacher: nothing to learn from")
     if not math.isfinite(distill_args.temperature) or distill_args.temperature <= 0:
@@ -119,7 +128,7 @@ class Spans:
                          attention_mask.bool())
 
     def losses(self, distill_args, s_out, t_out, t_logits, targets, attention_mask, inner):
-        out = {}
+        out = intermediate_losses(distill_args, s_out, t_out, attention_mask, inner)
         if distill_args.alpha_squad and targets:
             out["task"] = (distill_args.alpha_squad, self.task_loss(s_out, targets, attention_mask))
         if t_logits is not None:

@@ -67,8 +67,9 @@ class QAFamily(TaskFamily):
         dev_set, dev_cols = encode(cmd.tokenizer, dev, self.data_args, self.max_length, False)
         say(f"{len(job.train_set):,} training windows, {len(dev_set):,} dev windows")
         job.dev = dev_set, dev_cols
-        if cmd.teacher:
-            job.train_set = cmd.teacher.with_logits(job.train_set, cmd.tokenizer, cmd.training_args, True)
+        teacher = cmd.teacher
+        if teacher and (not teacher.args.per_step or teacher.args.intermediate_epochs):  # its logits, once
+            job.train_set = teacher.with_logits(job.train_set, cmd.tokenizer, cmd.training_args, True)
 
     def evaluate(self, trainer, job, args, collator):
         """({"dev": SQuAD's metrics}, the prediction files): every dev window through the model (each process

@@ -36,13 +36,10 @@ UNLABELED = -100  # the label of a row the teacher alone labels (regressions: Na
 
 
 @dataclass
-class DistillArguments:
-    teacher_name_or_path: str = option(None, "a sequence classifier fine-tuned on the same task (e.g. run_glue.py "
-                                             "--save_model's TASK/RUN/model): turns fine-tuning into distillation")
-    alpha_ce: float = option(0.5, "weight of the KD loss on the teacher's logits (upstream's default)")
-    alpha_task: float = option(0.5, "weight of the task's own loss on the labels (upstream's --alpha_squad; 0: KD "
-                                    "alone)")
-    temperature: float = option(2.0, "KD softmax temperature (upstream's default)")
+class IntermediateArguments:
+    """The losses that compare the two models inside (the teacher runs at every step) and TinyBERT's two stages:
+    run_glue.py's and run_qa.py's flags alike."""
+
     alpha_cos: float = option(0.0, "weight of the cosine loss on last hidden states (equal widths)")
     alpha_att: float = option(0.0, "weight of MiniLM's attention-distribution KL (equal head counts)")
     alpha_vv: float = option(0.0, "weight of MiniLM's value-relation KL (any widths)")
@@ -56,6 +53,37 @@ class DistillArguments:
                                              "(0: one stage, every loss at once)")
     teacher_layer: int = option(None, "the teacher layer (1-based) for att/vv (default: its last)")
     relation_heads: int = option(None, "relation heads of vv (default: the student's heads)")
+
+    @property
+    def per_step(self):
+        """The teacher must run at every step (its hidden states are used), not once for its logits."""
+        return any(getattr(self, name) for name in INTERMEDIATE)
+
+    @property
+    def relations(self):
+        return tuple(n for n, a in (("att", self.alpha_att), ("vv", self.alpha_vv)) if a)
+
+    def logits_stage(self):
+        """These flags with the intermediate losses off: --intermediate_epochs' second stage."""
+        return dataclasses.replace(self, **{name: 0.0 for name in INTERMEDIATE})
+
+    def check_shapes(self, student, teacher):
+        """The intermediate losses need shapes that fit: cos equal widths, att equal head counts."""
+        if self.alpha_cos:
+            teachers.check_width(student.config, teacher.config, "--alpha_cos compares last hidden states (use "
+                                 "--alpha_att/--alpha_vv/--alpha_hidden, which need no equal widths)")
+        if self.relations:
+            relation_layers(student, teacher, self.relations, self)
+
+
+@dataclass
+class DistillArguments(IntermediateArguments):
+    teacher_name_or_path: str = option(None, "a sequence classifier fine-tuned on the same task (e.g. run_glue.py "
+                                             "--save_model's TASK/RUN/model): turns fine-tuning into distillation")
+    alpha_ce: float = option(0.5, "weight of the KD loss on the teacher's logits (upstream's default)")
+    alpha_task: float = option(0.5, "weight of the task's own loss on the labels (upstream's --alpha_squad; 0: KD "
+                                    "alone)")
+    temperature: float = option(2.0, "KD softmax temperature (upstream's default)")
     unlabeled_samples: int = option(None, "N more training examples after --max_train_samples, their labels dropped: "
                                           "the teacher labels them")
     hard_targets: bool = option(False, "learn the teacher's top class (cross-entropy) instead of its distribution: to "
@@ -70,15 +98,6 @@ class DistillArguments:
     @property
     def on(self):
         return self.teacher_name_or_path is not None
-
-    @property
-    def per_step(self):
-        """The teacher must run at every step (its hidden states are used), not once for its logits."""
-        return bool(self.alpha_cos or self.alpha_att or self.alpha_vv or self.alpha_hidden)
-
-    @property
-    def relations(self):
-        return tuple(n for n, a in (("att", self.alpha_att), ("vv", self.alpha_vv)) if a)
 
     def settings(self, teacher_identity, own_tokens=None):
         """What a distilled run's result depends on, for the kept-run and resume checks. A teacher that reads its
@@ -96,10 +115,6 @@ class DistillArguments:
             out.update(teacher_layer=self.teacher_layer, relation_heads=self.relation_heads)
         return out
 
-    def logits_stage(self):
-        """These flags with the intermediate losses off: --intermediate_epochs' second stage."""
-        return dataclasses.replace(self, **{name: 0.0 for name in INTERMEDIATE})
-
     def data_record(self):
         """The rows only the teacher labels, as asked (results.json's teacher record)."""
         return {"unlabeled_samples": self.unlabeled_samples, "transfer_file": self.transfer_file}
@@ -112,14 +127,6 @@ class DistillArguments:
             return None
         return f"{flag} compares the two models", ("leave it out (the logit KD of --alpha_ce needs no shared "
                                                   "tokenization)")
-
-    def check_shapes(self, student, teacher):
-        """The intermediate losses need shapes that fit: cos equal widths, att equal head counts."""
-        if self.alpha_cos:
-            teachers.check_width(student.config, teacher.config, "--alpha_cos compares last hidden states (use "
-                                 "--alpha_att/--alpha_vv, which need no equal widths)")
-        if self.relations:
-            relation_layers(student, teacher, self.relations, self)
 
 
 INTERMEDIATE = ("alpha_cos", "alpha_att", "alpha_vv", "alpha_hidden")  # the losses that run the teacher every step
@@ -136,22 +143,33 @@ def check_flags(distill_args, argv, training_args):
         if stray:
             raise InputError(f"--{stray[0]} needs --teacher_name_or_path (a teacher fine-tuned on the task)")
         return
-    for name in ("alpha_ce", "alpha_task", *INTERMEDIATE):
+    for name in ("alpha_ce", "alpha_task"):
         value = getattr(distill_args, name)
         if not math.isfinite(value) or value < 0:
             raise InputError(f"--{name} {value}: give a finite weight of at least 0")
+    check_intermediate(distill_args, training_args, ("alpha_ce", "alpha_task"))
     if not (distill_args.alpha_ce or distill_args.per_step):
         raise InputError("--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv/--alpha_hidden: the teacher would "
                          "teach nothing (leave out --teacher_name_or_path to fine-tune alone)")
     if not math.isfinite(distill_args.temperature) or distill_args.temperature <= 0:
         raise InputError(f"--temperature {distill_args.temperature}: give a finite number above 0")
-    for name in ("teacher_layer", "relation_heads", "unlabeled_samples"):
-        value = getattr(distill_args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name} {value}: give at least 1")
+    if distill_args.unlabeled_samples is not None and distill_args.unlabeled_samples < 1:
+        raise InputError(f"--unlabeled_samples {distill_args.unlabeled_samples}: give at least 1")
     for flag in ("unlabeled_samples", "transfer_file"):
         if getattr(distill_args, flag) and not distill_args.alpha_ce:
             raise InputError(f"--{flag} needs --alpha_ce above 0: the teacher's logits are its rows' only target")
+
+
+def check_intermediate(distill_args, training_args, logit_weights):
+    """The intermediate losses' flags and --intermediate_epochs (whose second stage trains `logit_weights`)."""
+    for name in INTERMEDIATE:
+        value = getattr(distill_args, name)
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"--{name} {value}: give a finite weight of at least 0")
+    for name in ("teacher_layer", "relation_heads"):
+        value = getattr(distill_args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name} {value}: give at least 1")
     stages = distill_args.intermediate_epochs
     if not math.isfinite(stages) or stages < 0:
         raise InputError(f"--intermediate_epochs {stages}: give a finite number of epochs of at least 0")
@@ -159,8 +177,9 @@ def check_flags(distill_args, argv, training_args):
         if not distill_args.per_step:
             raise InputError("--intermediate_epochs needs an intermediate loss for its first stage (--alpha_hidden, "
                              "--alpha_att, --alpha_vv or --alpha_cos)")
-        if not (distill_args.alpha_ce or distill_args.alpha_task):
-            raise InputError("--intermediate_epochs: the second stage trains --alpha_ce and --alpha_task, both 0")
+        if not any(getattr(distill_args, name) for name in logit_weights):
+            raise InputError(f"--intermediate_epochs: the second stage trains --{logit_weights[0]} and "
+                             f"--{logit_weights[1]}, both 0")
         if training_args.max_steps > 0:
             raise InputError("--intermediate_epochs counts epochs: give --num_train_epochs, not --max_steps")
         schedule = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
@@ -228,6 +247,12 @@ def distillation_losses(distill_args, s_out, t_out, t_logits, labels, attention_
     out = {"ce": (distill_args.alpha_ce, kd)}
     if distill_args.alpha_task:
         out["task"] = (distill_args.alpha_task, task_loss(s_out.logits, labels, regression, label_smoothing))
+    return out | intermediate_losses(distill_args, s_out, t_out, attention_mask, inner)
+
+
+def intermediate_losses(distill_args, s_out, t_out, attention_mask, inner):
+    """{name: (weight, loss)} of the losses that compare the models inside, for both task families."""
+    out = {}
     if distill_args.alpha_cos:
         mask = attention_mask.bool()
         out["cos"] = (distill_args.alpha_cos, cosine_loss(s_out.hidden_states[-1][mask], t_out.hidden_states[-1][mask]))

@@ -133,3 +133,66 @@ def test_torchrun_distils_on_two_processes_and_answers_in_order(tmp_path, tiny, 
     # the two processes' answers, gathered, are each question's own: the saved student gives them alone
     dev = qa.load_split(str(syn_qa / "v1" / "dev.flat.json"), "dev", False, False).head(60)
     assert answers_alone(run / "model", dev) == json.loads((run / "predictions.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The intermediate losses and TinyBERT's two stages, through the one task runner
+
+
+@pytest.mark.slow
+def test_qa_distils_hidden_states_and_relations_in_two_stages(tmp_path, tiny, syn_qa, monkeypatch):
+    """A QA teacher 1.5 times as wide: --alpha_hidden (through the projection) and --alpha_att train alone for an
+    epoch, then the span KD and the span loss for another, the second stage on the teacher's cached logits."""
+    from transformers import BertConfig, BertForQuestionAnswering, TrainerCallback
+
+    from tasks import glue_runs, runner
+
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    torch.manual_seed(5)
+    wide = tmp_path / "wide"
+    BertForQuestionAnswering(BertConfig(vocab_size=len(tok), hidden_size=48, num_hidden_layers=4,
+                                        num_attention_heads=2, intermediate_size=64,
+                                        max_position_embeddings=64)).save_pretrained(wide)
+    tok.save_pretrained(wide)
+
+    class Logs(TrainerCallback):
+        steps = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.steps.append(sorted(k for k in logs if k.startswith("loss_")))
+
+    monkeypatch.setattr(runner, "callbacks", lambda: [glue_runs.finite_check(), Logs()])
+    out = tmp_path / "kd"
+    proc = run_main(run_qa.main, *qa_argv(tiny, syn_qa, out, "--teacher_name_or_path", wide, "--alpha_hidden", 1,
+                                          "--alpha_att", 1, "--intermediate_epochs", 1, "--num_train_epochs", 1,
+                                          "--max_train_samples", 40, "--logging_steps", 1,
+                                          "--teacher_logits_cache", tmp_path / "cache"), check=True)
+    run = json.loads((out / "squad" / "lr0.001_seed42" / "results.json").read_text())
+    half = round(run["steps"] / 2)  # the first stage's steps, as the Trainer counts them
+    assert run["steps"] == len(Logs.steps) and half > 0
+    assert all(s == ["loss_att", "loss_hidden"] for s in Logs.steps[:half]), Logs.steps
+    assert all(s == ["loss_ce", "loss_task"] for s in Logs.steps[half:]), Logs.steps
+    record = run["teacher"]
+    assert record["alpha_hidden"] == 1 and record["alpha_att"] == 1 and record["intermediate_epochs"] == 1
+    assert record["teacher_logits"] == "every step of the first stage, computed once for the second"
+    assert "took" in proc.stdout and len(list((tmp_path / "cache").glob("*.npz"))) == 1
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--alpha_hidden", -1], "--alpha_hidden -1.0: give a finite weight of at least 0"),
+    (["--intermediate_epochs", 1], "--intermediate_epochs needs an intermediate loss for its first stage"),
+    (["--alpha_att", 1, "--intermediate_epochs", 1, "--alpha_ce", 0, "--alpha_squad", 0],
+     "--intermediate_epochs: the second stage trains --alpha_ce and --alpha_squad, both 0"),
+    (["--alpha_ce", 0], "--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv/--alpha_hidden: the teacher would "
+                        "teach nothing"),
+])
+def test_bad_qa_intermediate_flags_are_refused_in_one_line(tmp_path, tiny, syn_qa, flags, expected):
+    line = input_error(run_qa.main, qa_argv(tiny, syn_qa, tmp_path / "o", "--teacher_name_or_path", tiny, *flags))
+    assert expected in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_qa_intermediate_flag_without_a_teacher_is_refused(tmp_path, tiny, syn_qa):
+    line = input_error(run_qa.main, qa_argv(tiny, syn_qa, tmp_path / "o", "--alpha_hidden", 1))
+    assert "--alpha_hidden needs --teacher_name_or_path" in line, line
