@@ -17,7 +17,7 @@ from transformers import (
 from conftest import ROOT, input_error, run_main
 from qa_helpers import qa_argv
 from scripts import run_qa
-from tasks import qa
+from tasks import glue_runs, qa, runner
 
 # ----------------------------------------------------------------------------------------------------------
 # End to end on tiny models
@@ -144,8 +144,6 @@ def test_qa_distils_hidden_states_and_relations_in_two_stages(tmp_path, tiny, sy
     """A QA teacher 1.5 times as wide: --alpha_hidden (through the projection) and --alpha_att train alone for an
     epoch, then the span KD and the span loss for another, the second stage on the teacher's cached logits."""
     from transformers import BertConfig, BertForQuestionAnswering, TrainerCallback
-
-    from tasks import glue_runs, runner
 
     tok = AutoTokenizer.from_pretrained(str(tiny))
     torch.manual_seed(5)
