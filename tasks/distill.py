@@ -205,6 +205,7 @@ def distill_trainer(family, distill_args, teacher=None):
                 self.model.add_module(PROJECTION, torch.nn.Linear(s_width, t_width).to(self.args.device))
                 self.inner.projection = getattr(self.model, PROJECTION)
             self.first_stage = None  # --intermediate_epochs' optimizer steps (create_scheduler sets it)
+            self.logits_stage = distill_args.logits_stage() if distill_args.intermediate_epochs else None  # once
             self.restarted = False  # the optimizer state cleared at the second stage's first step
             self.step_rows = None  # (rows, labelled rows) of the optimizer step under way, over every process
             self.parts = {}  # loss name -> its sum over the optimizer steps since the last log
@@ -262,7 +263,7 @@ def distill_trainer(family, distill_args, teacher=None):
                 with torch.no_grad():
                     t_out = self.teacher(**t_inputs, output_hidden_states=hidden)
             t_logits = cached if cached is not None else None if t_out is None else head_logits(t_out)
-            weights = distill_args if first else distill_args.logits_stage()
+            weights = distill_args if first else self.logits_stage
             parts = family.losses(weights, s_out, t_out, t_logits, targets, inputs["attention_mask"], self.inner)
             if self.first_stage is not None:  # two stages: the intermediate losses, then the logits' alone
                 parts = {name: part for name, part in parts.items() if (name in STAGE_ONE) == first}
