@@ -60,7 +60,7 @@ def main(argv=None):
 
     transformers.logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected
     check_flags(data_args, sweep, training_args)
-    task_distill.check_flags(distill_args, argv, training_args)
+    distill_args.check(argv, training_args)
     family = GlueFamily(data_args)
     cmd, rates, max_length = open_command(family, model_args, data_args, sweep, distill_args, training_args)
     room = cmd.tokenizer.num_special_tokens_to_add(pair=True) + 2

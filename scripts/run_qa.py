@@ -90,7 +90,7 @@ def main(argv=None):
     transformers.logging.set_verbosity_error()  # the new span head's "newly initialized" warning is expected
     check_flags(data_args, sweep, training_args)
     check_qa_flags(data_args)
-    qa_distill.check_flags(distill_args, argv, training_args)
+    distill_args.check(argv, training_args)
     family = QAFamily(data_args)
     cmd, rates, max_length = open_command(family, model_args, data_args, sweep, distill_args, training_args)
     if not cmd.tokenizer.is_fast:  # the answers' character offsets come from the Rust tokenizers

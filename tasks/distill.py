@@ -1,144 +1,175 @@
-"""Task distillation's shared path, for run_glue.py and run_qa.py alike: the teacher (loaded and checked once,
-its logits computed once and kept on disk) and the Trainer whose loss is the task family's losses.
+"""Task distillation's shared path, for run_glue.py and run_qa.py alike: the teacher's flags, the losses that
+compare the two models inside, and the Trainer whose loss is the task family's losses.
 
 A task family (tasks/task_distill.Classification, tasks/qa_distill.Spans) says only what differs: the model
 class, the batch keys of the gold answers, which rows carry one, and the losses of one batch. Everything
-here is one rule for both: how a step weighs its rows over micro-batches and processes, the teacher's pass
-under torchrun, the cache and what a run records of its teacher.
+here is one rule for both: the flags and their checks, how a step weighs its rows over micro-batches and
+processes, and TinyBERT's two stages. The teacher itself (loaded, checked, its pass) is tasks/teacher_pass.py's.
 """
 
-import time
+import dataclasses
+import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from core import teachers
-from core.errors import InputError, say
-from core.loading import load_tokenizer
-from core.precision import autocast_dtype
-from core.teachers import piece_map, tokenization_differs
-from tasks.glue_runs import model_identity
-from tasks.teacher_pass import (
-    TEACHER_LOGITS,
-    agree_on_hit,
-    cache_folder,
-    cache_path,
-    forward_inputs,
-    head_logits,
-    logits_key,
-    model_logits,
-    read_cached_logits,
-    teacher_dataset,
-    write_cached_logits,
-)
-from training.models import relation_layers
+from core.errors import InputError
+from core.flags import option
+from tasks.glue_runs import forward_inputs
+from tasks.teacher_pass import TEACHER_LOGITS, head_logits
+from training.losses import cosine_loss, hidden_mse, relation_losses
+from training.models import attention_projections, hidden_layer_map, relation_layers
 
-STAGE_ONE = ("cos", "att", "vv", "hidden")  # the losses of --intermediate_epochs' first stage; the rest: its second
+INTERMEDIATE = ("alpha_cos", "alpha_att", "alpha_vv", "alpha_hidden")  # the losses that run the teacher every step
+STAGE_ONE = tuple(n.removeprefix("alpha_") for n in INTERMEDIATE)  # --intermediate_epochs' first stage's losses
+
+
+def weight_at_least_0(distill_args, name):
+    value = getattr(distill_args, name)
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"--{name} {value}: give a finite weight of at least 0")
 
 
 @dataclass
-class Teacher:
-    """The teacher of --teacher_name_or_path, loaded and checked once for every run of a command."""
+class TeacherArguments:
+    """The teacher's flags of run_glue.py and run_qa.py alike: the logit KD, the losses that compare the two
+    models inside (the teacher then runs at every step) and TinyBERT's two stages. A family's subclass adds
+    --teacher_name_or_path, its task loss's weight (TASK_WEIGHT) and its own flags (TEACHER_ONLY)."""
 
-    args: object  # the script's distillation flags (DistillArguments, QADistillArguments)
-    model: object
-    tokenizer: object
-    identity: dict  # digests of its weights and tokenizer
-    logits_seconds: float | None = None  # the one pass over the training set (benchmarks read it)
-    own_tokens: str | None = None  # why it reads its own tokenization of the text (None: the student's ids)
-    logits_cached: str | None = None  # the cache file its logits were read from (None: computed here)
-    id_map: object = None  # student id -> its id of the same piece, when only the ids differ (core.teachers.piece_map)
-    mapped: str | None = None  # why the ids are mapped (the vocabularies' difference)
+    alpha_ce: float = option(0.5, "weight of the KD loss on the teacher's logits (upstream's default)")
+    temperature: float = option(2.0, "KD softmax temperature (upstream's default)")
+    alpha_cos: float = option(0.0, "weight of the cosine loss on last hidden states (equal widths)")
+    alpha_att: float = option(0.0, "weight of MiniLM's attention-distribution KL (equal head counts)")
+    alpha_vv: float = option(0.0, "weight of MiniLM's value-relation KL (any widths)")
+    alpha_hidden: float = option(0.0, "weight of TinyBERT's hidden-state MSE: the embeddings and every student layer "
+                                      "against the teacher layer at the same relative depth, through a learned "
+                                      "projection where the widths differ")
+    intermediate_epochs: float = option(0.0, "TinyBERT's two stages: this many epochs of the intermediate losses "
+                                             "alone (--alpha_hidden, --alpha_att, --alpha_vv, --alpha_cos) before "
+                                             "--num_train_epochs of the logit losses alone (--alpha_ce and the task's "
+                                             "loss), each stage with its own warmup and decay and a fresh optimizer "
+                                             "state (0: one stage, every loss at once)")
+    teacher_layer: int = option(None, "the teacher layer (1-based) for att/vv (default: its last)")
+    relation_heads: int = option(None, "relation heads of vv (default: the student's heads)")
+    teacher_logits_cache: str = option(None, "folder of the teacher's logits kept on disk, keyed by its weights, its "
+                                             "tokenizer, the rows and the precision, so later runs skip its pass "
+                                             "(default: $TEACHER_LOGITS_CACHE, else "
+                                             "~/.cache/distilbert_small/teacher_logits; off: none)")
 
-    def check_tokens(self, tokenizer, texts):
-        """How the teacher reads the rows (`texts`: a sample, each a text or a tuple of a pair's texts): the
-        student's input ids; the same pieces under its own ids (mapped: every loss still compares position by
-        position); or its own tokenization of the text, refused when a loss in use compares positions."""
-        differs = tokenization_differs(tokenizer, self.tokenizer, texts)
-        why = None
-        if differs:
-            self.id_map, why = piece_map(tokenizer, self.tokenizer, texts)
-            self.own_tokens, self.mapped = (None, differs) if self.id_map is not None else (differs, None)
-            if self.mapped:
-                say(f"the teacher reads the student's pieces under its own ids ({differs})")
-        needs_one = self.args.one_tokenization()  # (what compares positions, what to do instead), or None
-        if self.own_tokens and needs_one:
-            what, instead = needs_one
-            raise InputError(f"{what} position by position, so it needs one tokenization, but the teacher "
-                             f"{self.args.teacher_name_or_path} has {self.own_tokens} and its pieces differ ({why}): "
-                             f"{instead}")
+    TASK_WEIGHT = "alpha_task"  # the flag weighing the task's own loss
+    KEYED = ()  # weights in every distilled run key (older kept runs have them); the others only when on
+    TEACHER_ONLY = ()  # the family's flags that need a teacher, besides these
 
-    def reads(self, rows):
-        """The student's rows as the teacher reads them: its ids for the same pieces when they are mapped."""
-        if self.id_map is None:
-            return rows
-        table = self.id_map
-        return rows.map(lambda b: {"input_ids": [table[ids].tolist() for ids in b["input_ids"]]}, batched=True,
-                        desc="the teacher's ids")
+    @property
+    def on(self):
+        return self.teacher_name_or_path is not None
 
-    def with_logits(self, train_set, tokenizer, training_args, per_token, texts=None, max_length=None):
-        """train_set with the teacher's logits as a column (computed once, in eval mode, for every run; read
-        from the cache when the same teacher, precision and rows were seen before). per_token: a span head's
-        start/end logits per token, else a classifier's per row. With its own tokenizer, the teacher reads
-        `texts` (train_set's rows, in order) cut at `max_length`."""
-        from transformers import DataCollatorWithPadding
+    @property
+    def per_step(self):
+        """The teacher must run at every step (its hidden states are used), not once for its logits."""
+        return any(getattr(self, name) for name in INTERMEDIATE)
 
-        dtype = autocast_dtype(training_args)  # as the steps run
-        start = time.time()
-        rows, reader = train_set, tokenizer
-        unit = "windows" if per_token else "rows"
-        if self.id_map is not None:  # its own ids, padded with its own pad id
-            rows, reader = self.reads(train_set), self.tokenizer
-        if self.own_tokens:
-            rows, reader = teacher_dataset(self.tokenizer, texts, max_length), self.tokenizer
-            say(f"the teacher reads its own tokenization of the {len(rows):,} training {unit} ({self.own_tokens})")
-        lengths = [len(ids) for ids in rows["input_ids"]]
-        width = 2 if per_token else self.model.config.num_labels
-        folder = cache_folder(self.args.teacher_logits_cache)
-        path = logits = None
-        if folder is not None:
-            key = logits_key(self.identity, rows, str(dtype), "qa start/end" if per_token else width)
-            path = cache_path(folder, key)
-            logits, why = read_cached_logits(path, key, (sum(lengths) if per_token else len(rows), width))
-            if why:
-                say(f"the cached teacher logits at {path} were not used ({why}): computing them again")
-        logits = agree_on_hit(logits, training_args.device)  # a hit on every process, or none
-        if logits is not None:
-            self.logits_cached = str(path)
-            say(f"the teacher's logits for {len(rows):,} training {unit}: read from {path}")
-        else:
-            per_row = model_logits(self.model, rows, DataCollatorWithPadding(reader),
-                                   training_args.per_device_eval_batch_size,
-                                   training_args.device, dtype, quiet=training_args.disable_tqdm)
-            logits = (np.concatenate if per_token else np.stack)(per_row).astype(np.float32)
-            if path is not None and training_args.process_index == 0:
-                try:
-                    write_cached_logits(path, key, logits)
-                except OSError as e:  # a cache that cannot be written costs the next run a pass, nothing more
-                    say(f"the teacher's logits could not be kept in {folder} ({e.strerror or e})")
-            say(f"the teacher's logits for {len(rows):,} training {unit} took {time.time() - start:.1f} s"
-                f" (once, for all runs{f'; kept in {path}' if path is not None else ''})")
-            self.model.cpu()  # the steps need only the column
-        self.logits_seconds = round(time.time() - start, 2)
-        column = np.split(logits, np.cumsum(lengths)[:-1]) if per_token else logits
-        return train_set.add_column(TEACHER_LOGITS, [a.tolist() for a in column])
+    @property
+    def relations(self):
+        return tuple(n for n, a in (("att", self.alpha_att), ("vv", self.alpha_vv)) if a)
 
-    def settings(self):
-        """What a distilled run's result depends on (its run key's "distillation"); a teacher that reads another
-        tokenizer's ids adds that tokenizer's digest."""
-        return self.args.settings(self.identity, self.own_tokens or self.mapped)
+    def logits_stage(self):
+        """These flags with the intermediate losses off: --intermediate_epochs' second stage."""
+        return dataclasses.replace(self, **{name: 0.0 for name in INTERMEDIATE})
 
-    def record(self):
-        """What a run's results say of its teacher."""
-        return {"path": self.args.teacher_name_or_path, **self.settings(),
-                "teacher_logits": "computed once" if not self.args.per_step else "every step" if not
-                self.args.intermediate_epochs else "every step of the first stage, computed once for the second",
-                "logits_read_from": self.logits_cached,
-                "tokenization": f"its own: {self.own_tokens}" if self.own_tokens else
-                f"the student's pieces under its own ids: {self.mapped}" if self.mapped else "the student's",
-                **self.args.data_record()}
+    def check_shapes(self, student, teacher):
+        """The intermediate losses need shapes that fit: cos equal widths, att equal head counts."""
+        if self.alpha_cos:
+            teachers.check_width(student.config, teacher.config, "--alpha_cos compares last hidden states (use "
+                                 "--alpha_att/--alpha_vv/--alpha_hidden, which need no equal widths)")
+        if self.relations:
+            relation_layers(student, teacher, self.relations, self)
 
+    def settings(self, teacher_identity, own_tokens=None):
+        """What a distilled run's result depends on, for the kept-run and resume checks. A teacher that reads
+        another tokenizer's ids adds that tokenizer's digest."""
+        out = {"teacher": teacher_identity["model"], **{k: getattr(self, k) for k in (
+            "alpha_ce", self.TASK_WEIGHT, "temperature", *self.KEYED)}}
+        for name in (*INTERMEDIATE, "intermediate_epochs", "hard_targets"):  # only when on: kept runs keep their key
+            if getattr(self, name, None) and name not in out:
+                out[name] = getattr(self, name)
+        if own_tokens:
+            out["teacher_tokenizer"] = teacher_identity["tokenizer"]
+        if self.relations:
+            out.update(teacher_layer=self.teacher_layer, relation_heads=self.relation_heads)
+        return out
+
+    def data_record(self):
+        """The rows only the teacher labels, as asked (results.json's teacher record)."""
+        return {}
+
+    def one_tokenization(self):
+        """(the loss that compares the models position by position, what to do instead), or None: the logit KD
+        of --alpha_ce compares one distribution per row and needs no shared tokenization."""
+        flag = next((f"--{n}" for n in INTERMEDIATE if getattr(self, n)), None)
+        return None if flag is None else (f"{flag} compares the two models", "leave it out (the logit KD of "
+                                          "--alpha_ce needs no shared tokenization)")
+
+    def check(self, argv, training_args):
+        """The flags, refused before anything is read or written."""
+        given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
+        if not self.on:
+            own = ("alpha_ce", "temperature", *INTERMEDIATE, "intermediate_epochs", "teacher_layer", "relation_heads",
+                   "teacher_logits_cache")
+            stray = next((f for f in (*own, *self.TEACHER_ONLY) if f in given), None)
+            if stray:
+                raise InputError(f"--{stray} needs --teacher_name_or_path (a teacher fine-tuned on the task)")
+            return
+        for name in ("alpha_ce", self.TASK_WEIGHT, *INTERMEDIATE):
+            weight_at_least_0(self, name)
+        if not (self.alpha_ce or self.per_step):
+            raise InputError("--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv/--alpha_hidden: the teacher would "
+                             "teach nothing (leave out --teacher_name_or_path to fine-tune alone)")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise InputError(f"--temperature {self.temperature}: give a finite number above 0")
+        for name in ("teacher_layer", "relation_heads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"--{name} {value}: give at least 1")
+        stages = self.intermediate_epochs
+        if not math.isfinite(stages) or stages < 0:
+            raise InputError(f"--intermediate_epochs {stages}: give a finite number of epochs of at least 0")
+        if not stages:
+            return
+        if not self.per_step:
+            raise InputError("--intermediate_epochs needs an intermediate loss for its first stage (--alpha_hidden, "
+                             "--alpha_att, --alpha_vv or --alpha_cos)")
+        if not (self.alpha_ce or getattr(self, self.TASK_WEIGHT)):
+            raise InputError(f"--intermediate_epochs: the second stage trains --alpha_ce and --{self.TASK_WEIGHT}, "
+                             "both 0")
+        if training_args.max_steps > 0:
+            raise InputError("--intermediate_epochs counts epochs: give --num_train_epochs, not --max_steps")
+        schedule = getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)
+        if schedule != "linear":
+            raise InputError(f"--intermediate_epochs restarts the linear schedule at its second stage: leave out "
+                             f"--lr_scheduler_type {schedule}")
+
+
+def intermediate_losses(distill_args, s_out, t_out, attention_mask, inner):
+    """{name: (weight, loss)} of the losses that compare the models inside, for both task families."""
+    out = {}
+    if distill_args.alpha_cos:
+        mask = attention_mask.bool()
+        out["cos"] = (distill_args.alpha_cos, cosine_loss(s_out.hidden_states[-1][mask], t_out.hidden_states[-1][mask]))
+    if distill_args.alpha_hidden:
+        pairs = hidden_layer_map(len(s_out.hidden_states) - 1, len(t_out.hidden_states) - 1)
+        out["hidden"] = (distill_args.alpha_hidden, hidden_mse([s_out.hidden_states[s] for s, _ in pairs],
+                                                               [t_out.hidden_states[t] for _, t in pairs],
+                                                               attention_mask, inner.projection))
+    if distill_args.relations:
+        (s_layer, t_layer, (att_heads, rel_heads)), student, teacher = inner.relations
+        s_qkv = tuple(p(s_out.hidden_states[s_layer]) for p in attention_projections(student, s_layer)[0])
+        t_qkv = tuple(p(t_out.hidden_states[t_layer]) for p in attention_projections(teacher, t_layer)[0])
+        relations = relation_losses(s_qkv, t_qkv, attention_mask, distill_args.relations, att_heads, rel_heads)
+        for name, loss in relations.items():
+            out[name] = ({"att": distill_args.alpha_att, "vv": distill_args.alpha_vv}[name], loss)
+    return out
 
 PROJECTION = "hidden_projection"  # the student's submodule holding TinyBERT's W_h while it is distilled
 
@@ -149,24 +180,6 @@ class Intermediate:
 
     relations: tuple = None  # (relation_layers()'s answer, the student, the teacher), for att/vv
     projection: object = None  # the student's hidden states to the teacher's width (--alpha_hidden, widths differ)
-
-
-def load_teacher(family, distill_args, student_config):
-    """The teacher of --teacher_name_or_path as `family`'s model, frozen, with its tokenizer and identity; a
-    checkpoint without the family's head (an encoder not yet fine-tuned on the task) is refused. For the losses
-    that compare hidden states, its shapes are checked against the student's (modules built without weights:
-    only their shapes are read)."""
-    import transformers
-
-    path = distill_args.teacher_name_or_path
-    model_class = getattr(transformers, family.model_class)
-    model, _ = teachers.load_frozen(model_class, path, family.teacher_needs)
-    tokenizer = load_tokenizer(transformers.AutoTokenizer, path, "the teacher's tokenizer")
-    if distill_args.per_step:
-        with torch.device("meta"):
-            student = transformers.AutoModel.from_config(student_config)
-        distill_args.check_shapes(student, model)
-    return Teacher(distill_args, model, tokenizer, model_identity(path, model.config, tokenizer))
 
 
 def distill_trainer(family, distill_args, teacher=None):

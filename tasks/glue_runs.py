@@ -9,6 +9,7 @@ task's median per learning rate and the best rate.
 """
 
 import hashlib
+import inspect
 import json
 import math
 import shutil
@@ -23,7 +24,7 @@ from core import model_card
 from core.errors import InputError, NonFiniteLoss, first_line, say
 from core.files import atomic_write, check_writable
 from core.run_folder import Replacement
-from tasks import glue, teacher_pass
+from tasks import glue
 
 
 def model_identity(name, config, tokenizer):
@@ -148,14 +149,6 @@ class Run:
 
 
 QA_KIND = "question-answering"  # a results.json task of run_qa.py (SQuAD F1): never averaged with GLUE's scores
-
-
-def glue_average(tasks):
-    """(the mean score of an output folder's classification tasks, their names): a question-answering task that
-    shares the folder (run_qa.py's, F1) is not averaged with accuracies and correlations."""
-    kept = {n: t for n, t in tasks.items() if t.get("kind") != QA_KIND and "exact_match" not in t["metrics"].get(
-        "dev", {}) and "exact" not in t["metrics"].get("dev", {})}
-    return (sum(t["score"] for t in kept.values()) / len(kept) if kept else None), sorted(kept)
 
 
 # The flags that only add an output to a run (not a setting compared with a kept run's): a kept run that lacks
@@ -385,9 +378,14 @@ def callbacks():
     return [finite_check()]
 
 
+def forward_inputs(model):
+    """The input names a model's forward takes (DistilBERT has no token_type_ids)."""
+    return set(inspect.signature(model.forward).parameters)
+
+
 def model_inputs(dataset, model, also=()):
     """Only the inputs the model's forward takes (DistilBERT has no token_type_ids), and the columns `also`."""
-    keep = teacher_pass.forward_inputs(model) | {"label", *also}
+    keep = forward_inputs(model) | {"label", *also}
     return dataset.remove_columns([c for c in dataset.column_names if c not in keep])
 
 

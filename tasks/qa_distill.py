@@ -9,11 +9,10 @@ longest window does not change a shorter one's distributions. The teacher is a Q
 on the task that reads the student's tokenization (its start/end logits are compared position by position);
 it runs once over the training features, in eval mode, and its logits are a data column that every epoch,
 seed and learning rate reuses, kept on disk as run_glue.py keeps a classifier's (--teacher_logits_cache).
-The intermediate losses and TinyBERT's two stages are run_glue.py's (tasks/task_distill.IntermediateArguments,
+The intermediate losses and TinyBERT's two stages are run_glue.py's (tasks/distill.TeacherArguments,
 intermediate_losses): with them the teacher runs at every step (of the first stage).
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -21,65 +20,27 @@ import torch.nn.functional as F
 
 from core.errors import InputError
 from core.flags import option
-from tasks.task_distill import INTERMEDIATE, IntermediateArguments, check_intermediate, intermediate_losses
+from tasks.distill import TeacherArguments, intermediate_losses, weight_at_least_0
 
 
 @dataclass
-class QADistillArguments(IntermediateArguments):
+class QADistillArguments(TeacherArguments):
     teacher_name_or_path: str = option(None, "a QA model fine-tuned on the task with the student's tokenizer (e.g. "
                                              "run_qa.py --save_model's squad/RUN/model): turns fine-tuning into "
                                              "distillation")
-    alpha_ce: float = option(0.5, "weight of the KD loss on start/end logits (upstream's)")
     alpha_squad: float = option(0.5, "weight of the span loss on the gold spans (upstream's)")
-    temperature: float = option(2.0, "KD softmax temperature (upstream's default)")
-    teacher_logits_cache: str = option(None, "folder of the teacher's logits kept on disk (default: "
-                                             "$TEACHER_LOGITS_CACHE, else ~/.cache/distilbert_small/teacher_logits; "
-                                             "off: none)")
 
-    @property
-    def on(self):
-        return self.teacher_name_or_path is not None
-
-    def settings(self, teacher_identity, own_tokens=None):
-        """What a distilled run's result depends on, for the kept-run and resume checks."""
-        out = {"teacher": teacher_identity["model"], "alpha_ce": self.alpha_ce, "alpha_squad": self.alpha_squad,
-               "temperature": self.temperature}
-        for name in (*INTERMEDIATE, "intermediate_epochs"):  # only when on: older kept runs keep their key
-            if getattr(self, name):
-                out[name] = getattr(self, name)
-        if self.relations:
-            out.update(teacher_layer=self.teacher_layer, relation_heads=self.relation_heads)
-        return out
-
-    def data_record(self):
-        return {}
+    TASK_WEIGHT = "alpha_squad"
 
     def one_tokenization(self):
         """Why the teacher must read the student's ids: its logits are compared token by token."""
         return "QA distillation compares start/end logits", "give a teacher with the student's tokenizer"
 
-
-def check_flags(distill_args, argv, training_args):
-    """The distillation flags, refused before anything is read or written."""
-    given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
-    if not distill_args.on:
-        stray = [f for f in ("alpha_ce", "temperature", "teacher_logits_cache", *INTERMEDIATE, "intermediate_epochs",
-                             "teacher_layer", "relation_heads") if f in given]
-        if stray:
-            raise InputError(f"--{stray[0]} needs --teacher_name_or_path (a QA model fine-tuned on the task)")
-    for name in ("alpha_ce", "alpha_squad"):
-        value = getattr(distill_args, name)
-        if not math.isfinite(value) or value < 0:
-            raise InputError(f"--{name} {value}: give a finite weight of at least 0")
-    if distill_args.on:
-        check_intermediate(distill_args, training_args, ("alpha_ce", "alpha_squad"))
-    if distill_args.on and not (distill_args.alpha_ce or distill_args.per_step):
-        raise InputError("--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv/--alpha_hidden: the teacher would "
-                         "teach nothing (leave out --teacher_name_or_path)")
-    if not distill_args.on and not distill_args.alpha_squad:
-        raise InputError("--alpha_squad 0 without a teacher: nothing to learn from")
-    if not math.isfinite(distill_args.temperature) or distill_args.temperature <= 0:
-        raise InputError(f"--temperature {distill_args.temperature}: give a finite number above 0")
+    def check(self, argv, training_args):
+        weight_at_least_0(self, "alpha_squad")
+        if not self.on and not self.alpha_squad:
+            raise InputError("--alpha_squad 0 without a teacher: nothing to learn from")
+        super().check(argv, training_args)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -22,12 +22,13 @@ from core.errors import NON_FINITE_EXIT, NonFiniteLoss, fail, first_line, say
 from core.files import atomic_write, check_writable
 from core.loading import load_pretrained, load_tokenizer, model_input_limit
 from core.precision import trainer_precision, use_attention
-from tasks.distill import distill_trainer, load_teacher
+from tasks.distill import distill_trainer
 from tasks.glue_args import decide_precision, learning_rates
 from tasks.glue_runs import (
     Run,
     callbacks,
     execute,
+    forward_inputs,
     model_identity,
     model_inputs,
     plan_run,
@@ -37,7 +38,7 @@ from tasks.glue_runs import (
     summarize,
     train_or_restore,
 )
-from tasks.teacher_pass import TEACHER_LOGITS, WithTeacherLogits, forward_inputs
+from tasks.teacher_pass import TEACHER_LOGITS, WithTeacherLogits, load_teacher
 
 
 class TaskFamily:
@@ -110,7 +111,7 @@ class Command:
     tokenizer: object
     identity: dict  # digests of the model's weights and tokenizer
     precision: object  # core.precision.Precision: asked and ran
-    teacher: object = None  # tasks.distill.Teacher
+    teacher: object = None  # tasks.teacher_pass.Teacher
     overwrite: bool = False
 
 

@@ -1,19 +1,27 @@
-"""The teacher's pass of task distillation: its logits over the training rows, computed once (in inference
-mode, batches sorted by length, in the run's precision) and kept on disk, keyed by the teacher's weights and
-tokenizer, the rows and the precision, so that every later run, seed and learning rate reuses them. run_glue.py
-(classes) and run_qa.py (start/end logits per token) share every piece."""
+"""The teacher of task distillation, run_glue.py's and run_qa.py's alike: loaded, frozen and checked once per
+command (`load_teacher`), how it reads the student's rows (its ids, the same pieces under its own ids, or its
+own tokenization), and its pass: its logits over the training rows, computed once (inference mode, batches
+sorted by length, the run's precision, sharded under torchrun) and kept on disk, keyed by its weights and
+tokenizer, the rows and the precision, so that every later run, seed and learning rate reuses them."""
 
 import hashlib
-import inspect
 import json
 import os
+import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from core import teachers
+from core.errors import InputError, say
 from core.files import atomic_write
+from core.loading import load_tokenizer
+from core.precision import autocast_dtype
+from core.teachers import piece_map, tokenization_differs
+from tasks.glue_runs import forward_inputs, model_identity
 
 TEACHER_LOGITS = "teacher_logits"  # the data column of cached logits
 
@@ -27,11 +35,6 @@ def teacher_dataset(tokenizer, texts, max_length):
     ds = datasets.Dataset.from_dict(columns)
     return ds.map(lambda b: tokenizer(*[b[c] for c in columns], truncation=True, max_length=max_length),
                   batched=True, remove_columns=list(columns), desc="tokenizing for the teacher")
-
-
-def forward_inputs(model):
-    """The input names a model's forward takes (DistilBERT has no token_type_ids)."""
-    return set(inspect.signature(model.forward).parameters)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -171,3 +174,127 @@ class WithTeacherLogits:
                     padded[i, : len(r)] = r
                 batch[TEACHER_LOGITS] = padded
         return batch
+
+
+
+
+
+@dataclass
+class Teacher:
+    """The teacher of --teacher_name_or_path, loaded and checked once for every run of a command."""
+
+    args: object  # the script's distillation flags (DistillArguments, QADistillArguments)
+    model: object
+    tokenizer: object
+    identity: dict  # digests of its weights and tokenizer
+    logits_seconds: float | None = None  # the one pass over the training set (benchmarks read it)
+    own_tokens: str | None = None  # why it reads its own tokenization of the text (None: the student's ids)
+    logits_cached: str | None = None  # the cache file its logits were read from (None: computed here)
+    id_map: object = None  # student id -> its id of the same piece, when only the ids differ (core.teachers.piece_map)
+    mapped: str | None = None  # why the ids are mapped (the vocabularies' difference)
+
+    def check_tokens(self, tokenizer, texts):
+        """How the teacher reads the rows (`texts`: a sample, each a text or a tuple of a pair's texts): the
+        student's input ids; the same pieces under its own ids (mapped: every loss still compares position by
+        position); or its own tokenization of the text, refused when a loss in use compares positions."""
+        differs = tokenization_differs(tokenizer, self.tokenizer, texts)
+        why = None
+        if differs:
+            self.id_map, why = piece_map(tokenizer, self.tokenizer, texts)
+            self.own_tokens, self.mapped = (None, differs) if self.id_map is not None else (differs, None)
+            if self.mapped:
+                say(f"the teacher reads the student's pieces under its own ids ({differs})")
+        needs_one = self.args.one_tokenization()  # (what compares positions, what to do instead), or None
+        if self.own_tokens and needs_one:
+            what, instead = needs_one
+            raise InputError(f"{what} position by position, so it needs one tokenization, but the teacher "
+                             f"{self.args.teacher_name_or_path} has {self.own_tokens} and its pieces differ ({why}): "
+                             f"{instead}")
+
+    def reads(self, rows):
+        """The student's rows as the teacher reads them: its ids for the same pieces when they are mapped."""
+        if self.id_map is None:
+            return rows
+        table = self.id_map
+        return rows.map(lambda b: {"input_ids": [table[ids].tolist() for ids in b["input_ids"]]}, batched=True,
+                        desc="the teacher's ids")
+
+    def with_logits(self, train_set, tokenizer, training_args, per_token, texts=None, max_length=None):
+        """train_set with the teacher's logits as a column (computed once, in eval mode, for every run; read
+        from the cache when the same teacher, precision and rows were seen before). per_token: a span head's
+        start/end logits per token, else a classifier's per row. With its own tokenizer, the teacher reads
+        `texts` (train_set's rows, in order) cut at `max_length`."""
+        from transformers import DataCollatorWithPadding
+
+        dtype = autocast_dtype(training_args)  # as the steps run
+        start = time.time()
+        rows, reader = train_set, tokenizer
+        unit = "windows" if per_token else "rows"
+        if self.id_map is not None:  # its own ids, padded with its own pad id
+            rows, reader = self.reads(train_set), self.tokenizer
+        if self.own_tokens:
+            rows, reader = teacher_dataset(self.tokenizer, texts, max_length), self.tokenizer
+            say(f"the teacher reads its own tokenization of the {len(rows):,} training {unit} ({self.own_tokens})")
+        lengths = [len(ids) for ids in rows["input_ids"]]
+        width = 2 if per_token else self.model.config.num_labels
+        folder = cache_folder(self.args.teacher_logits_cache)
+        path = logits = None
+        if folder is not None:
+            key = logits_key(self.identity, rows, str(dtype), "qa start/end" if per_token else width)
+            path = cache_path(folder, key)
+            logits, why = read_cached_logits(path, key, (sum(lengths) if per_token else len(rows), width))
+            if why:
+                say(f"the cached teacher logits at {path} were not used ({why}): computing them again")
+        logits = agree_on_hit(logits, training_args.device)  # a hit on every process, or none
+        if logits is not None:
+            self.logits_cached = str(path)
+            say(f"the teacher's logits for {len(rows):,} training {unit}: read from {path}")
+        else:
+            per_row = model_logits(self.model, rows, DataCollatorWithPadding(reader),
+                                   training_args.per_device_eval_batch_size,
+                                   training_args.device, dtype, quiet=training_args.disable_tqdm)
+            logits = (np.concatenate if per_token else np.stack)(per_row).astype(np.float32)
+            if path is not None and training_args.process_index == 0:
+                try:
+                    write_cached_logits(path, key, logits)
+                except OSError as e:  # a cache that cannot be written costs the next run a pass, nothing more
+                    say(f"the teacher's logits could not be kept in {folder} ({e.strerror or e})")
+            say(f"the teacher's logits for {len(rows):,} training {unit} took {time.time() - start:.1f} s"
+                f" (once, for all runs{f'; kept in {path}' if path is not None else ''})")
+            self.model.cpu()  # the steps need only the column
+        self.logits_seconds = round(time.time() - start, 2)
+        column = np.split(logits, np.cumsum(lengths)[:-1]) if per_token else logits
+        return train_set.add_column(TEACHER_LOGITS, [a.tolist() for a in column])
+
+    def settings(self):
+        """What a distilled run's result depends on (its run key's "distillation"); a teacher that reads another
+        tokenizer's ids adds that tokenizer's digest."""
+        return self.args.settings(self.identity, self.own_tokens or self.mapped)
+
+    def record(self):
+        """What a run's results say of its teacher."""
+        return {"path": self.args.teacher_name_or_path, **self.settings(),
+                "teacher_logits": "computed once" if not self.args.per_step else "every step" if not
+                self.args.intermediate_epochs else "every step of the first stage, computed once for the second",
+                "logits_read_from": self.logits_cached,
+                "tokenization": f"its own: {self.own_tokens}" if self.own_tokens else
+                f"the student's pieces under its own ids: {self.mapped}" if self.mapped else "the student's",
+                **self.args.data_record()}
+
+
+def load_teacher(family, distill_args, student_config):
+    """The teacher of --teacher_name_or_path as `family`'s model, frozen, with its tokenizer and identity; a
+    checkpoint without the family's head (an encoder not yet fine-tuned on the task) is refused. For the losses
+    that compare hidden states, its shapes are checked against the student's (modules built without weights:
+    only their shapes are read)."""
+    import transformers
+
+    path = distill_args.teacher_name_or_path
+    model_class = getattr(transformers, family.model_class)
+    model, _ = teachers.load_frozen(model_class, path, family.teacher_needs)
+    tokenizer = load_tokenizer(transformers.AutoTokenizer, path, "the teacher's tokenizer")
+    if distill_args.per_step:
+        with torch.device("meta"):
+            student = transformers.AutoModel.from_config(student_config)
+        distill_args.check_shapes(student, model)
+    return Teacher(distill_args, model, tokenizer, model_identity(path, model.config, tokenizer))

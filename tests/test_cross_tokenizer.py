@@ -13,7 +13,7 @@ import torch
 from conftest import input_error
 from glue_helpers import FAST, distil, overwrite_logits
 from scripts import run_glue
-from tasks import distill, glue_family, task_distill, teacher_pass
+from tasks import glue_family, task_distill, teacher_pass
 
 # The RoBERTa teacher of another tokenizer (`bpe_teacher`), the student (`teacher`, a tiny BERT) and `custom_task`:
 # tests/fixtures_glue.py
@@ -64,7 +64,7 @@ def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher
     assert isinstance(training_args, TrainingArguments)
     tokenizer = AutoTokenizer.from_pretrained(str(teacher))
     config = AutoConfig.from_pretrained(model_args.model_name_or_path)
-    t = distill.load_teacher(glue_family.GlueFamily, distill_args, config)
+    t = teacher_pass.load_teacher(glue_family.GlueFamily, distill_args, config)
     (task_data,) = glue_family.load_data(data, distill_args.unlabeled_samples)
     t.check_tokens(tokenizer, [text for column in task_data.train.texts for text in column])
     assert t.own_tokens.startswith("another vocabulary")

@@ -9,7 +9,7 @@ from conftest import run_main
 from glue_helpers import FAST
 from qa_helpers import qa_argv
 from scripts import run_glue, run_qa
-from tasks import glue_runs, qa_family
+from tasks import glue_family, glue_runs, qa_family
 
 
 def check_model_made_then_kept(main, argv, run, capsys):
@@ -57,8 +57,8 @@ def test_one_output_folder_for_both_scripts_averages_only_the_classification_tas
     summary = json.loads((out / "results.json").read_text())
     assert sorted(summary["tasks"]) == ["custom", "squad"] and summary["tasks"]["squad"]["kind"] == "question-answering"
     assert summary["average"] == summary["tasks"]["custom"]["score"] and summary["average_of"] == ["custom"]
-    assert glue_runs.glue_average({"squad": {"score": 50.0, "metrics": {"dev": {"exact_match": 0.4, "f1": 0.5}}}}) == (
-        None, [])  # an older summary's QA task, without its kind: told by its metrics
+    older = {"squad": {"score": 50.0, "metrics": {"dev": {"exact_match": 0.4, "f1": 0.5}}}}  # QA, no kind
+    assert glue_family.glue_average(older) == (None, [])  # told by its metrics
 
 
 def test_run_qa_pad_to_max_length_pads_the_windows_it_records(tmp_path, tiny, syn_qa):

@@ -13,7 +13,7 @@ from transformers import (
 )
 
 from glue_helpers import overwrite_logits
-from tasks import distill, qa, qa_distill
+from tasks import qa, qa_distill, teacher_pass
 from tasks.teacher_pass import TEACHER_LOGITS
 
 # ----------------------------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def test_the_teachers_cached_logits_equal_the_teacher_run_window_by_window(tmp_p
     flags = qa_distill.QADistillArguments(teacher_name_or_path="t", teacher_logits_cache=str(tmp_path / "cache"))
 
     def with_logits(model, identity):  # the training windows with the teacher's logits, as run_qa.py adds them
-        return distill.Teacher(flags, model, tok, identity).with_logits(ds, tok, training_args, per_token=True)
+        return teacher_pass.Teacher(flags, model, tok, identity).with_logits(ds, tok, training_args, per_token=True)
 
     def start_end(row):
         pairs = np.array(row[TEACHER_LOGITS])
