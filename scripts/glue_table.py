@@ -19,7 +19,7 @@ from core.errors import InputError, first_line, reports_errors
 from core.files import atomic_write, check_writable
 from core.loading import split_name
 from tasks import glue
-from tasks.glue_runs import check_summary
+from tasks.runs import check_summary
 
 # Published rows beside ours, as their papers print them: one number per task in points (MNLI: matched and
 # mismatched where the paper gives both), the split, and the paper's own average over its columns. The

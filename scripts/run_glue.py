@@ -42,20 +42,43 @@ its replacement has results. Every other TrainingArguments flag works as in tran
 --gradient_accumulation_steps, --report_to, ...), and so does torchrun. A non-finite loss exits with status 3.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import InputError, reports_errors, say
+from core.flags import option
 from scripts.glue_table import markdown_table
 from tasks import glue, task_distill
-from tasks.glue_args import check_flags, parse_args
+from tasks.arguments import DEFAULTS, check_flags, parse_args
 from tasks.glue_family import GlueFamily, load_data
-from tasks.glue_runs import run_key
 from tasks.runner import Job, open_command, run_jobs, run_script
+from tasks.runs import run_key
+
+
+@dataclass
+class DataArguments:
+    task_name: str = option(None, f"one of {', '.join(glue.TASKS)}, or all")
+    data_dir: str = option(None, "a GLUE task folder (GLUE's train.tsv/dev.tsv, or the hub's "
+                                 "train-*.parquet/validation-*.parquet), or a folder of such folders for --task_name "
+                                 "all; default: the hub")
+    train_file: str = option(None, "your own training data: csv, tsv, json or jsonl")
+    validation_file: str = option(None, "your own dev data, same columns")
+    text_columns: str = option(None, "one or two text columns, comma-separated (default: sentence1,sentence2, else "
+                                     "the first two other columns)")
+    label_column: str = option("label", "the label column of your own files")
+    max_seq_length: int = option(128, "longer inputs are truncated (BERT's GLUE setting)")
+    pad_to_max_length: bool = option(False, "pad every batch to --max_seq_length (default: to its longest input, "
+                                            "faster)")
+    max_train_samples: int = option(None, "train on the first N examples only")
+    max_eval_samples: int = option(None, "evaluate on the first N dev examples only")
+    overwrite_output_dir: bool = option(False, "redo runs that already have results")
+
 
 
 @reports_errors
 def main(argv=None):
-    model_args, data_args, sweep, distill_args, training_args, argv = parse_args(argv, __doc__.split("\n\n")[0])
+    model_args, data_args, sweep, distill_args, training_args, argv = parse_args(
+        argv, __doc__.split("\n\n")[0], (DataArguments, task_distill.DistillArguments), DEFAULTS, "run_glue.py")
     import transformers
 
     transformers.logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected

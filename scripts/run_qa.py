@@ -31,10 +31,10 @@ from pathlib import Path
 from core.errors import InputError, reports_errors, say
 from core.flags import option
 from tasks import qa, qa_distill
-from tasks.glue_args import DEFAULTS, check_flags, parse_args
-from tasks.glue_runs import training_settings
+from tasks.arguments import DEFAULTS, check_flags, parse_args
 from tasks.qa_family import QAFamily
 from tasks.runner import Job, open_command, run_jobs, run_script
+from tasks.runs import training_settings
 
 QA_DEFAULTS = {
     **DEFAULTS,

@@ -16,7 +16,7 @@ import torch
 from core import teachers
 from core.errors import InputError
 from core.flags import option
-from tasks.glue_runs import forward_inputs
+from tasks.runs import forward_inputs
 from tasks.teacher_pass import TEACHER_LOGITS, head_logits
 from training.losses import cosine_loss, hidden_mse, relation_losses
 from training.models import attention_projections, hidden_layer_map, relation_layers

@@ -7,8 +7,8 @@ import numpy as np
 from core.errors import InputError, say
 from core.loading import model_input_limit
 from tasks import glue
-from tasks.glue_runs import QA_KIND, model_inputs
 from tasks.runner import TaskFamily
+from tasks.runs import QA_KIND, model_inputs
 from tasks.task_distill import UNLABELED, Classification
 
 

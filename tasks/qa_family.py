@@ -5,9 +5,9 @@ distilled with tasks/qa_distill.py's span losses."""
 from core.errors import say
 from core.precision import autocast_dtype
 from tasks import qa
-from tasks.glue_runs import QA_KIND, model_inputs
 from tasks.qa_distill import Spans
 from tasks.runner import TaskFamily
+from tasks.runs import QA_KIND, model_inputs
 from tasks.teacher_pass import model_logits
 
 HUB = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}

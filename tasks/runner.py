@@ -4,7 +4,7 @@ A task family (a TaskFamily: tasks/glue_family.GlueFamily, tasks/qa_family.QAFam
 between tasks: how its rows become the model's inputs (prepare), how predictions become metrics (evaluate),
 its model class and, to distil, the losses of one batch (the loss adapter tasks/distill.py's Trainer takes).
 Everything else is one path for every family: the run plan (seeds, the learning-rate grid, kept, resumed and
-overwritten runs, tasks/glue_runs.py), one fine_tune, one teacher (tasks/distill.py) and the summary in
+overwritten runs, tasks/runs.py), one fine_tune, one teacher (tasks/distill.py) and the summary in
 --output_dir. docs/glue.md#a-third-task-family shows a family of a few lines (tests/test_runner.py runs it).
 """
 
@@ -22,9 +22,9 @@ from core.errors import NON_FINITE_EXIT, NonFiniteLoss, fail, first_line, say
 from core.files import atomic_write, check_writable
 from core.loading import load_pretrained, load_tokenizer, model_input_limit
 from core.precision import trainer_precision, use_attention
+from tasks.arguments import decide_precision, learning_rates
 from tasks.distill import distill_trainer
-from tasks.glue_args import decide_precision, learning_rates
-from tasks.glue_runs import (
+from tasks.runs import (
     Run,
     callbacks,
     execute,

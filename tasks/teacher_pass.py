@@ -21,7 +21,7 @@ from core.files import atomic_write
 from core.loading import load_tokenizer
 from core.precision import autocast_dtype
 from core.teachers import piece_map, tokenization_differs
-from tasks.glue_runs import forward_inputs, model_identity
+from tasks.runs import forward_inputs, model_identity
 
 TEACHER_LOGITS = "teacher_logits"  # the data column of cached logits
 

@@ -1,5 +1,5 @@
 """A kept run answers a command only when it holds everything the command asks for. The
-flags that only add an output to a run (tasks/glue_runs.OUTPUTS): --save_model, in run_glue.py and run_qa.py.
+flags that only add an output to a run (tasks/OUTPUTS): --save_model, in run_glue.py and run_qa.py.
 A finished run without the model is trained again with the same settings to make it, and gives the same
 results; a run that has it is kept."""
 
@@ -9,7 +9,8 @@ from conftest import run_main
 from glue_helpers import FAST
 from qa_helpers import qa_argv
 from scripts import run_glue, run_qa
-from tasks import glue_family, glue_runs, qa_family
+from tasks import glue_family, qa_family
+from tasks.runs import OUTPUTS
 
 
 def check_model_made_then_kept(main, argv, run, capsys):
@@ -38,7 +39,7 @@ def test_run_qa_save_model_on_a_kept_run_makes_the_model(tmp_path, tiny, syn_qa,
 
 
 def test_a_model_folder_without_weights_is_not_a_kept_model(tmp_path):
-    has_model = glue_runs.OUTPUTS["model"][1]
+    has_model = OUTPUTS["model"][1]
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     assert not has_model(tmp_path)  # a save cut short: the config alone

@@ -17,7 +17,8 @@ from transformers import (
 from conftest import ROOT, input_error, run_main
 from qa_helpers import qa_argv
 from scripts import run_qa
-from tasks import glue_runs, qa, runner
+from tasks import qa, runner
+from tasks.runs import finite_check
 
 # ----------------------------------------------------------------------------------------------------------
 # End to end on tiny models
@@ -160,7 +161,7 @@ def test_qa_distils_hidden_states_and_relations_in_two_stages(tmp_path, tiny, sy
             if logs and "loss" in logs:
                 self.steps.append(sorted(k for k in logs if k.startswith("loss_")))
 
-    monkeypatch.setattr(runner, "callbacks", lambda: [glue_runs.finite_check(), Logs()])
+    monkeypatch.setattr(runner, "callbacks", lambda: [finite_check(), Logs()])
     out = tmp_path / "kd"
     proc = run_main(run_qa.main, *qa_argv(tiny, syn_qa, out, "--teacher_name_or_path", wide, "--alpha_hidden", 1,
                                           "--alpha_att", 1, "--intermediate_epochs", 1, "--num_train_epochs", 1,

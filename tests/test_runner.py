@@ -13,7 +13,7 @@ from transformers import BertTokenizer, DataCollatorForTokenClassification, Trai
 
 from core.errors import InputError
 from tasks import runner
-from tasks.glue_runs import model_identity, training_settings
+from tasks.runs import model_identity, training_settings
 
 
 class WordTags(runner.TaskFamily):

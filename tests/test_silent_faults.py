@@ -158,7 +158,7 @@ def test_float_flags_refuse_nan_and_infinity_in_every_script(tmp_path, corpus, t
     assert finite_float("2.5") == 2.5 and finite_float("-1e-3") == -1e-3
     root = Path(__file__).resolve().parents[1]
     code = [p for d in ("", "scripts", "scripts/extract", "benchmarks") for p in (root / d).glob("*.py")]
-    # every float flag goes through finite_float (HfArgumentParser's are checked by glue_args / task_distill)
+    # every float flag goes through finite_float (HfArgumentParser's are checked by tasks/arguments.py / task_distill)
     assert [p.name for p in code if re.search(r"type=float\b", p.read_text())] == []
     train_file, _ = binarize(tmp_path, corpus, tokenizer_dir)
     counts = count(train_file, tmp_path / "counts.pickle", vocab_size(tokenizer_dir))

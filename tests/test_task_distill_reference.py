@@ -34,7 +34,8 @@ from transformers import (
 from glue_helpers import FAST
 from qa_helpers import qa_argv
 from scripts import run_glue, run_qa
-from tasks import glue_runs, qa, runner
+from tasks import qa, runner
+from tasks.runs import finite_check
 from train_helpers import tiny_bert_config
 
 ALPHA_CE, ALPHA_TASK, T = 0.5, 0.5, 2.0
@@ -81,7 +82,7 @@ def student(tmp_path_factory, teacher, task_teacher):
 
 def project_run(tmp_path, monkeypatch, student, teacher_dir, task, *more, recorder=None):
     recorder = recorder or Recorder()
-    monkeypatch.setattr(runner, "callbacks", lambda: [glue_runs.finite_check(), recorder])
+    monkeypatch.setattr(runner, "callbacks", lambda: [finite_check(), recorder])
     run_glue.main([str(a) for a in (
         "--model_name_or_path", student, "--train_file", task / "train.csv", "--validation_file", task / "dev.csv",
         "--output_dir", tmp_path / "kd", "--teacher_name_or_path", teacher_dir, "--alpha_ce", ALPHA_CE,
@@ -310,7 +311,7 @@ def qa_reference_run(student, teacher_dir, train_file):
 def test_qa_distillation_equals_a_plain_loop_step_by_step(tmp_path, monkeypatch, tokenizer_dir, syn_qa):
     student, teacher_dir = qa_models(tmp_path, tokenizer_dir)
     recorder = Recorder()
-    monkeypatch.setattr(runner, "callbacks", lambda: [glue_runs.finite_check(), recorder])
+    monkeypatch.setattr(runner, "callbacks", lambda: [finite_check(), recorder])
     out = tmp_path / "kd"
     argv = qa_argv(student, syn_qa, out, "--teacher_name_or_path", teacher_dir, "--alpha_ce", ALPHA_CE,
                    "--alpha_squad", ALPHA_TASK, "--temperature", T, "--max_train_samples", QUESTIONS,

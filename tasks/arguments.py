@@ -1,6 +1,7 @@
-"""run_glue.py's flags: transformers' TrainingArguments with the published fine-tuning setup as defaults
-(each with its source), the script's own flags, and the checks that refuse a bad value before anything is
-read, moved or written (as train_args.py is to train.py)."""
+"""The flags run_glue.py and run_qa.py share: transformers' TrainingArguments with the published fine-tuning
+setup as defaults (each with its source), the model and sweep flags, and the checks that refuse a bad value
+before anything is read, moved or written (as train_args.py is to train.py). Each script adds its data and
+distillation flags."""
 
 import dataclasses
 import math
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 from core.errors import InputError, first_line, say
 from core.flags import option
 from core.precision import Precision
-from tasks import glue, task_distill
 
 # The published fine-tuning setup of BERT and DistilBERT, where transformers' defaults differ.
 DEFAULTS = dict(
@@ -38,25 +38,6 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    task_name: str = option(None, f"one of {', '.join(glue.TASKS)}, or all")
-    data_dir: str = option(None, "a GLUE task folder (GLUE's train.tsv/dev.tsv, or the hub's "
-                                 "train-*.parquet/validation-*.parquet), or a folder of such folders for --task_name "
-                                 "all; default: the hub")
-    train_file: str = option(None, "your own training data: csv, tsv, json or jsonl")
-    validation_file: str = option(None, "your own dev data, same columns")
-    text_columns: str = option(None, "one or two text columns, comma-separated (default: sentence1,sentence2, else "
-                                     "the first two other columns)")
-    label_column: str = option("label", "the label column of your own files")
-    max_seq_length: int = option(128, "longer inputs are truncated (BERT's GLUE setting)")
-    pad_to_max_length: bool = option(False, "pad every batch to --max_seq_length (default: to its longest input, "
-                                            "faster)")
-    max_train_samples: int = option(None, "train on the first N examples only")
-    max_eval_samples: int = option(None, "evaluate on the first N dev examples only")
-    overwrite_output_dir: bool = option(False, "redo runs that already have results")
-
-
-@dataclass
 class SweepArguments:
     seeds: int = option(1, "runs per task (seeds --seed, --seed+1, ...), median reported")
     learning_rate_grid: str = option(None, "comma-separated learning rates to try, or 'bert' for BERT's "
@@ -65,12 +46,11 @@ class SweepArguments:
     save_model: bool = option(False, "keep each run's fine-tuned model (TASK/RUN/model)")
 
 
-def parse_args(argv=None, description=None, classes=None, defaults=None, prog="run_glue.py"):
+def parse_args(argv, description, classes, defaults, prog):
     """(ModelArguments, the script's data flags, SweepArguments, its distillation flags, TrainingArguments,
-    argv): run_glue.py's by default; run_qa.py gives its own data and distillation `classes` and `defaults`."""
+    argv); `classes`: the script's data and distillation flags."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    classes = classes or (DataArguments, task_distill.DistillArguments)
     parser = HfArgumentParser((ModelArguments, classes[0], SweepArguments, classes[1], TrainingArguments))
     parser.description = description
     parser.prog = prog  # usage errors read like every other error, also when main() is called in-process
@@ -83,7 +63,7 @@ def parse_args(argv=None, description=None, classes=None, defaults=None, prog="r
 
         if not torch.cuda.is_available():  # torchrun on CPUs: accelerate wraps the model in DDP (MULTI_CPU, gloo)
             versioned.update(ddp_backend="gloo", use_cpu=True)  # only when told so: else N unsynced copies train
-    parser.set_defaults(**{k: v for k, v in (defaults or DEFAULTS).items() if k in fields}, **versioned)
+    parser.set_defaults(**{k: v for k, v in defaults.items() if k in fields}, **versioned)
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         model_args, data_args, sweep, distill_args, training_args = parser.parse_args_into_dataclasses(args=argv)

@@ -1,5 +1,5 @@
-"""The records of run_glue.py's runs: what a result depends on, which earlier runs are kept or resumed, and
-how a run replaces an old one without losing it.
+"""The records of run_glue.py's and run_qa.py's runs: what a result depends on, which earlier runs are kept or
+resumed, and how a run replaces an old one without losing it.
 
 A run is one (task, learning rate, seed) in `--output_dir/TASK/lr<lr>_seed<seed>/`. Before anything trains,
 plan_run() decides for each run: keep its results (same settings), resume its newest complete checkpoint
