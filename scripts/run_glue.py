@@ -95,9 +95,12 @@ def main(argv=None):
         task_distill.check_teacher(teacher.model, task_data.task, task_data.num_labels,
                                    distill_args.teacher_name_or_path, distill_args.hard_targets)
         teacher.check_tokens(cmd.tokenizer, list(zip(*[column[:64] for column in task_data.train.texts])))
-    distillation = teacher.settings() if teacher else None
-    jobs = [Job(t.task.name, t.task.title, t, run_key(data_args, cmd.training_args, t, cmd.identity, max_length,
-                                                       distillation)) for t in tasks]
+    jobs = [Job(t.task.name, t.task.title, t, run_key(
+        cmd, max_length, pad_to_max_length=data_args.pad_to_max_length, labels=list(t.task.labels or ()),
+        text_columns=list(t.task.columns), train_examples=len(t.train),
+        eval_examples={k: len(v) for k, v in t.dev.items()}, train_data=t.train.digest(),
+        eval_data={k: v.digest() for k, v in t.dev.items()},
+        unlabeled_data=t.unlabeled.digest() if t.unlabeled else None)) for t in tasks]
     summary = run_jobs(cmd, jobs, rates)
     if cmd.training_args.process_index == 0 and any(n in glue.TASKS for n in summary["tasks"]):
         say()

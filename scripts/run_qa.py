@@ -30,11 +30,10 @@ from pathlib import Path
 
 from core.errors import InputError, reports_errors, say
 from core.flags import option
-from tasks import qa, qa_distill
+from tasks import qa, qa_distill, runs
 from tasks.arguments import DEFAULTS, check_flags, parse_args
 from tasks.qa_family import QAFamily
 from tasks.runner import Job, open_command, run_jobs, run_script
-from tasks.runs import training_settings
 
 QA_DEFAULTS = {
     **DEFAULTS,
@@ -116,15 +115,12 @@ def main(argv=None):
     if cmd.teacher:  # its start/end logits are compared token by token: it must read the student's ids
         cmd.teacher.check_tokens(cmd.tokenizer, [(e.question, e.context) for e in train.examples[:64]])
     task = "squad_v2" if version_2 else "squad"
-    run_key = {
-        **cmd.identity, **training_settings(cmd.training_args), "task": task, "max_seq_length": max_length,
-        "doc_stride": data_args.doc_stride, "max_query_length": data_args.max_query_length,
-        "pad_to_max_length": data_args.pad_to_max_length, "n_best_size": data_args.n_best_size,
-        "max_answer_length": data_args.max_answer_length,
-        "null_score_diff_threshold": data_args.null_score_diff_threshold, "train_examples": len(train),
-        "eval_examples": len(dev), "train_data": train.digest, "eval_data": dev.digest, "train_source": train.source,
-        "distillation": cmd.teacher.settings() if cmd.teacher else None,
-    }
+    run_key = runs.run_key(
+        cmd, max_length, task=task, doc_stride=data_args.doc_stride, max_query_length=data_args.max_query_length,
+        pad_to_max_length=data_args.pad_to_max_length, n_best_size=data_args.n_best_size,
+        max_answer_length=data_args.max_answer_length, null_score_diff_threshold=data_args.null_score_diff_threshold,
+        train_examples=len(train), eval_examples=len(dev), train_data=train.digest, eval_data=dev.digest,
+        train_source=train.source)
     summary = run_jobs(cmd, [Job(task, task, (train, dev), run_key)], rates)
     shown = ", ".join(f"{k} {100 * v:.2f}" for k, v in summary["tasks"][task]["metrics"]["dev"].items())
     say(f"{task} (median of {sweep.seeds} seed{'s' if sweep.seeds > 1 else ''}): {shown}")

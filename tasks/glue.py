@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import InputError, first_line
-from tasks.glue_files import Table, is_missing, read_parquet, read_table, read_text, read_tsv, visible
+from core.tables import Table, is_missing, read_parquet, read_table, read_text, read_tsv, visible
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import InputError, first_line
-from tasks.glue_files import visible
+from core.tables import visible
 
 
 @dataclass

@@ -67,24 +67,12 @@ def training_settings(training_args):
     return json.loads(json.dumps({"world_size": training_args.world_size, **args}, default=str))
 
 
-def run_key(data_args, training_args, task_data, identity, max_length, distillation=None):
-    """Everything a run's result depends on besides its seed and learning rate: a kept run must match it."""
-    args = training_settings(training_args)
-    out = {
-        **identity,
-        "world_size": args.pop("world_size"),
-        "max_seq_length": max_length,
-        "pad_to_max_length": data_args.pad_to_max_length,
-        "labels": list(task_data.task.labels or ()),
-        "text_columns": list(task_data.task.columns),
-        "train_examples": len(task_data.train),
-        "eval_examples": {k: len(v) for k, v in task_data.dev.items()},
-        "train_data": task_data.train.digest(),
-        "eval_data": {k: v.digest() for k, v in task_data.dev.items()},
-        "distillation": distillation,  # the teacher's weights digest and the loss weights; None: no teacher
-        "unlabeled_data": task_data.unlabeled.digest() if task_data.unlabeled else None,
-        **args,
-    }
+def run_key(cmd, max_length, **task):
+    """Everything a run's result depends on besides its seed and learning rate (a kept run must match it): the
+    model, the TrainingArguments that change a result, the input length, the teacher, and the task's own
+    settings and data digests (`task`)."""
+    out = {**cmd.identity, **training_settings(cmd.training_args), "max_seq_length": max_length, **task,
+           "distillation": cmd.teacher.settings() if cmd.teacher else None}  # the teacher's digest and weights
     return json.loads(json.dumps(out, default=str))  # as it reads back from results.json
 
 

@@ -1,4 +1,5 @@
-"""The files a GLUE task is read from, as Tables: GLUE's TSV (no quoting), csv, json / jsonl and parquet.
+"""Data files as Tables of columns: GLUE's TSV (no quoting), csv, json / jsonl and parquet (run_glue.py's
+tasks, run_qa.py's texts); what a text shows, and what a missing value is.
 
 Every reader keeps each row's line number, so that a message about a bad row names the line the user sees in
 the file; a file that is not UTF-8 names the line of its first bad byte.
@@ -46,10 +47,6 @@ def visible(text):
 def is_missing(v):
     """A JSON null, a pandas/pyarrow None or NaN: no value, never the text "None" or a class of its own."""
     return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Labels
 
 
 # ----------------------------------------------------------------------------------------------------------
