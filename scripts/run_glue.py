@@ -10,20 +10,16 @@ of transformers' own run_glue.py example.
     # your own task: csv, tsv, json or jsonl with a `label` column
     python scripts/run_glue.py --model_name_or_path M --train_file train.csv --validation_file dev.csv --output_dir O
     # task distillation: the teacher is a classifier already fine-tuned on this task (e.g. a run's --save_model)
-    python scripts/run_glue.py --model_name_or_path STUDENT --task_name sst2 --data_dir D --output_dir O \
-        --teacher_name_or_path O_TEACHER/sst2/lr5e-05_seed42/model --alpha_ce 1 --alpha_task 0 --temperature 2 \
+    python scripts/run_glue.py --model_name_or_path STUDENT --task_name sst2 --data_dir D --output_dir O \\
+        --teacher_name_or_path O_TEACHER/sst2/lr5e-05_seed42/model --alpha_ce 1 --alpha_task 0 --temperature 2 \\
         --unlabeled_samples 10000
 
-Task distillation (tasks/task_distill.py) adds to the task's own loss (label cross-entropy, or MSE for a regression,
-weighted by --alpha_task): --alpha_ce times T² KL(teacher || student) of the class distributions at
---temperature (for a regression, the squared error to the teacher's prediction), and, off by default,
---alpha_cos (last hidden states, equal widths), --alpha_att and --alpha_vv (MiniLM's relations) and
---alpha_hidden (TinyBERT's hidden states, through a learned projection where widths differ);
---intermediate_epochs E trains those alone for E epochs first (TinyBERT's two stages). With the logit KD
-alone, the teacher's logits are computed once before training and reused every epoch and run; the
-intermediate losses run the teacher at every step. --unlabeled_samples N adds N more of the task's training
-rows without their labels: only the teacher labels them. The teacher must be the task's sequence classifier,
-with the task's labels in the same order and the student's vocabulary; each is checked before any training.
+With --teacher_name_or_path the student is distilled while it fine-tunes (tasks/task_distill.py,
+docs/task_distillation.md): --alpha_ce times the KD loss on the teacher's logits (computed once, cached on
+disk) beside --alpha_task times the task's own loss, --unlabeled_samples / --transfer_file rows only the
+teacher labels, and the intermediate losses (--alpha_cos, --alpha_att, --alpha_vv, --alpha_hidden; TinyBERT's
+two stages with --intermediate_epochs). The teacher is checked against the task's labels and the student's
+vocabulary before any training.
 
 The model is a train.py run folder (a DistilBERT student: it has no token types, and none are given to it),
 the teacher, or any hub name or folder AutoModelForSequenceClassification loads; the classification head
@@ -32,7 +28,7 @@ is new. Every task's data is loaded and its labels checked before the first step
 In --output_dir:
   results.json                      the model's score per task (median over --seeds, at the best learning
                                     rate of --learning_rate_grid); scripts/glue_table.py makes tables of these
-  TASK/lr2e-05_seed42/results.json  one run: metrics, run_key-parameters, time; while it runs, settings.json,
+  TASK/lr2e-05_seed42/results.json  one run: metrics, its run key, time; while it runs, settings.json,
                                     the Trainer's checkpoints (removed once it has its results) and
                                     tensorboard events
 A rerun keeps the runs that have results and resumes an interrupted run from its newest complete checkpoint,
@@ -75,10 +71,16 @@ class DataArguments:
 
 
 
+def flags(argv=None):
+    """run_glue.py's flags: (ModelArguments, DataArguments, SweepArguments, DistillArguments, TrainingArguments,
+    argv)."""
+    classes = (DataArguments, task_distill.DistillArguments)
+    return parse_args(argv, __doc__.split("\n\n")[0], classes, DEFAULTS, "run_glue.py")
+
+
 @reports_errors
 def main(argv=None):
-    model_args, data_args, sweep, distill_args, training_args, argv = parse_args(
-        argv, __doc__.split("\n\n")[0], (DataArguments, task_distill.DistillArguments), DEFAULTS, "run_glue.py")
+    model_args, data_args, sweep, distill_args, training_args, argv = flags(argv)
     import transformers
 
     transformers.logging.set_verbosity_error()  # the new head's "newly initialized" warning is expected

@@ -15,6 +15,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -313,11 +314,10 @@ def load_local(task, data_dir):
     """A GLUE task from a folder in either of its two real forms (GLUE's TSV, or the hub's parquet)."""
     folder = task_folder(data_dir, task)
     if any(folder.glob("train-*.parquet")):
-        splits = {}
-        for split in ("train", *task.dev):
-            splits[split] = _split_from_table(task, split, _parquet(folder, split, task), task.columns, "label")
-        dev = {dev_name(task, s): splits[s] for s in task.dev}
-        return TaskData(task, splits["train"], dev, f"parquet files in {folder}")
+        splits = {s: _split_from_table(task, s, _parquet(folder, s, task), task.columns, "label")
+                  for s in ("train", *task.dev)}
+        return TaskData(task, splits["train"], {dev_name(task, s): splits[s] for s in task.dev},
+                        f"parquet files in {folder}")
     header = not isinstance(task.tsv_label, int)
     splits = {}
     for split, filename in (("train", "train.tsv"), *zip(task.dev, task.dev_tsv)):
@@ -414,24 +414,15 @@ def load_task(name, data_dir=None, train_file=None, validation_file=None, text_c
 
 
 def compute_metrics(task, predictions, labels):
-    """The task's metrics on the dev set: class ids (or scores for STS-B) against the gold labels."""
+    """The task's metrics on the dev set: class ids (or scores for STS-B) against the gold labels. F1 is the
+    positive class's (1: equivalent / duplicate), as GLUE scores MRPC and QQP."""
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     predictions, labels = np.asarray(predictions), np.asarray(labels)
-    out = {}
-    for metric in task.metrics:
-        if metric == "accuracy":
-            out[metric] = float(accuracy_score(labels, predictions))
-        elif metric == "f1":  # of the positive class (1: equivalent / duplicate), as GLUE scores MRPC and QQP
-            out[metric] = float(f1_score(labels, predictions))
-        elif metric == "matthews_correlation":
-            out[metric] = float(matthews_corrcoef(labels, predictions))
-        elif metric == "pearson":
-            out[metric] = _correlation(pearsonr, predictions, labels)
-        elif metric == "spearmanr":
-            out[metric] = _correlation(spearmanr, predictions, labels)
-    return out
+    score = {"accuracy": accuracy_score, "f1": f1_score, "matthews_correlation": matthews_corrcoef,
+             "pearson": partial(_correlation, pearsonr), "spearmanr": partial(_correlation, spearmanr)}
+    return {metric: float(score[metric](labels, predictions)) for metric in task.metrics}
 
 
 def _correlation(fn, x, y):

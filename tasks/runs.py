@@ -298,21 +298,15 @@ def summarize(task, runs, score=glue.task_score):
     grid = {lr: median(r["score"] for r in rs) for lr, rs in by_lr.items()}
     best = max(grid, key=grid.get)
     chosen = by_lr[best]
-    metrics = {
-        dev: {m: median(r["metrics"][dev][m] for r in chosen) for m in chosen[0]["metrics"][dev]}
-        for dev in chosen[0]["metrics"]
-    }
+    metrics = {dev: {m: median(r["metrics"][dev][m] for r in chosen) for m in chosen[0]["metrics"][dev]}
+               for dev in chosen[0]["metrics"]}  # median over seeds, each metric on its own
     return {
-        "task": task.name,
-        "title": task.title,
-        "metrics": metrics,  # median over seeds, each metric on its own
-        "score": float(sum(score(m) for m in metrics.values()) / len(metrics)),
-        "learning_rate": best,
+        "task": task.name, "title": task.title, "metrics": metrics,
+        "score": float(sum(score(m) for m in metrics.values()) / len(metrics)), "learning_rate": best,
         "seeds": sorted(r["seed"] for r in chosen),
         "runs": [{"learning_rate": r["learning_rate"], "seed": r["seed"], "score": r["score"]} for r in runs],
-        "grid": {str(lr): s for lr, s in grid.items()} if len(grid) > 1 else None,
-        "train_seconds": round(sum(r["train_seconds"] for r in runs), 1),
-        "tokenizer_fit": runs[-1].get("tokenizer_fit"),
+        "grid": {str(lr): s for lr, s in grid.items()} if len(grid) > 1 else None, "tokenizer_fit": runs[-1].get(
+            "tokenizer_fit"), "train_seconds": round(sum(r["train_seconds"] for r in runs), 1),
     }
 
 
@@ -342,7 +336,6 @@ def check_summary(results, path):
 def finite_check():
     """A Trainer callback that stops a run whose loss or weights are no longer finite (train.py does the same,
     with the same exit status): a diverged run must not be recorded as a score."""
-    import torch
     from transformers import TrainerCallback
 
     class FiniteCheck(TrainerCallback):

@@ -108,11 +108,6 @@ def logits_key(identity, dataset, precision, num_labels):
     return h.hexdigest()[:32]
 
 
-def cache_path(folder, key):
-    """Where the logits of `key` are kept: one .npz holding the logits, their key and their digest."""
-    return Path(folder) / f"{key}.npz"
-
-
 def write_cached_logits(path, key, logits):
     """Keep `logits` (float32) at `path` with their key and the sha256 of their bytes, atomically."""
     logits = np.ascontiguousarray(logits, dtype=np.float32)
@@ -176,9 +171,6 @@ class WithTeacherLogits:
         return batch
 
 
-
-
-
 @dataclass
 class Teacher:
     """The teacher of --teacher_name_or_path, loaded and checked once for every run of a command."""
@@ -211,14 +203,6 @@ class Teacher:
                              f"{self.args.teacher_name_or_path} has {self.own_tokens} and its pieces differ ({why}): "
                              f"{instead}")
 
-    def reads(self, rows):
-        """The student's rows as the teacher reads them: its ids for the same pieces when they are mapped."""
-        if self.id_map is None:
-            return rows
-        table = self.id_map
-        return rows.map(lambda b: {"input_ids": [table[ids].tolist() for ids in b["input_ids"]]}, batched=True,
-                        desc="the teacher's ids")
-
     def with_logits(self, train_set, tokenizer, training_args, per_token, texts=None, max_length=None):
         """train_set with the teacher's logits as a column (computed once, in eval mode, for every run; read
         from the cache when the same teacher, precision and rows were seen before). per_token: a span head's
@@ -230,8 +214,10 @@ class Teacher:
         start = time.time()
         rows, reader = train_set, tokenizer
         unit = "windows" if per_token else "rows"
-        if self.id_map is not None:  # its own ids, padded with its own pad id
-            rows, reader = self.reads(train_set), self.tokenizer
+        if self.id_map is not None:  # the same pieces under its own ids, padded with its own pad id
+            table, reader = self.id_map, self.tokenizer
+            rows = rows.map(lambda b: {"input_ids": [table[ids].tolist() for ids in b["input_ids"]]}, batched=True,
+                            desc="the teacher's ids")
         if self.own_tokens:
             rows, reader = teacher_dataset(self.tokenizer, texts, max_length), self.tokenizer
             say(f"the teacher reads its own tokenization of the {len(rows):,} training {unit} ({self.own_tokens})")
@@ -241,7 +227,7 @@ class Teacher:
         path = logits = None
         if folder is not None:
             key = logits_key(self.identity, rows, str(dtype), "qa start/end" if per_token else width)
-            path = cache_path(folder, key)
+            path = folder / f"{key}.npz"  # the logits, their key and their digest
             logits, why = read_cached_logits(path, key, (sum(lengths) if per_token else len(rows), width))
             if why:
                 say(f"the cached teacher logits at {path} were not used ({why}): computing them again")

@@ -57,7 +57,7 @@ def test_cached_logits_are_the_teacher_on_its_own_tokenization(tmp_path, teacher
     """The column every run trains on equals the teacher run on each row's text alone, in its own tokens."""
     from transformers import AutoConfig, AutoTokenizer, TrainingArguments
 
-    model_args, data, _, distill_args, training_args, _ = run_glue.parse_args(
+    model_args, data, _, distill_args, training_args, _ = run_glue.flags(
         ["--model_name_or_path", str(teacher), "--train_file", str(pair_task / "train.csv"), "--validation_file",
          str(pair_task / "dev.csv"), "--output_dir", str(tmp_path / "o"), "--teacher_name_or_path", str(bpe_teacher),
          "--max_train_samples", "20", "--unlabeled_samples", "7", "--per_device_eval_batch_size", "4"])
