@@ -1,8 +1,8 @@
 """Task distillation's shared path, for run_glue.py and run_qa.py alike: the teacher's flags, the losses that
 compare the two models inside, and the Trainer whose loss is the task family's losses.
 
-A task family (tasks/task_distill.Classification, tasks/qa_distill.Spans) says only what differs: the model
-class, the batch keys of the gold answers, which rows carry one, and the losses of one batch. Everything
+A loss adapter (tasks/task_distill.Classification, tasks/qa_distill.Spans) says only what differs: the batch
+keys of the gold answers, which rows carry one, and the losses of one batch. Everything
 here is one rule for both: the flags and their checks, how a step weighs its rows over micro-batches and
 processes, and TinyBERT's two stages. The teacher itself (loaded, checked, its pass) is tasks/teacher_pass.py's.
 """
@@ -69,6 +69,11 @@ class TeacherArguments:
     def per_step(self):
         """The teacher must run at every step (its hidden states are used), not once for its logits."""
         return any(getattr(self, name) for name in INTERMEDIATE)
+
+    @property
+    def logits_once(self):
+        """The teacher's logits are computed once, a data column: the logit losses alone, or the second stage."""
+        return not self.per_step or bool(self.intermediate_epochs)
 
     @property
     def relations(self):

@@ -112,9 +112,6 @@ class GlueFamily(TaskFamily):
     teacher_needs = ("a sequence classifier", "fine-tune it on the task first (run_glue.py --save_model: its "
                      "TASK/RUN/model)")
 
-    def __init__(self, data_args):
-        self.data_args = data_args
-
     def model_kwargs(self, job):
         """A head of the task's size (id2label sets it in transformers 5: num_labels=1 with id2label=None leaves
         it unset); a model fine-tuned before has a head of another size."""
@@ -123,11 +120,6 @@ class GlueFamily(TaskFamily):
         return dict(num_labels=task_data.num_labels, id2label=dict(enumerate(labels)),
                     label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True,
                     problem_type="regression" if task_data.task.labels is None else "single_label_classification")
-
-    def collator(self, tokenizer, args):
-        from transformers import DataCollatorWithPadding
-
-        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 or args.bf16 else None)
 
     def losses(self, job, args, teacher):
         """Without a teacher, the model's own loss (transformers' Trainer as it is); with one, KD and the rest."""
@@ -140,7 +132,7 @@ class GlueFamily(TaskFamily):
         teacher = cmd.teacher
         job.train_set, job.dev, job.fit = tokenize(job.task, cmd.tokenizer, self.max_length,
                                                    self.data_args.pad_to_max_length)
-        if teacher and (not teacher.args.per_step or teacher.args.intermediate_epochs):  # its logits, once
+        if teacher and teacher.args.logits_once:
             teacher_length = min(self.data_args.max_seq_length,
                                  model_input_limit(teacher.tokenizer, teacher.model.config))
             job.train_set = teacher.with_logits(job.train_set, cmd.tokenizer, cmd.training_args, False,

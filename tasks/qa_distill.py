@@ -72,13 +72,10 @@ def span_kd(s_start, s_end, t_start, t_end, mask, temperature):
 
 
 class Spans:
-    """The task family of run_qa.py for distillation (tasks/distill.py): a span head, its gold answers the
+    """run_qa.py's loss adapter for tasks/distill.py's Trainer: a span head, its gold answers the
     start and end positions (every training window has them: [CLS] when the answer is not in it), its teacher
     logits the start and end logits of every token."""
 
-    model_class = "AutoModelForQuestionAnswering"
-    teacher_needs = ("a question-answering model", "fine-tune it on the task first (run_qa.py --save_model: its "
-                     "squad/RUN/model)")
     targets = ("start_positions", "end_positions")
 
     def labelled(self, batch):

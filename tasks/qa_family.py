@@ -13,14 +13,6 @@ from tasks.teacher_pass import model_logits
 HUB = {"squad": "rajpurkar/squad", "squad_v2": "rajpurkar/squad_v2"}
 
 
-def window_collator(collator_class, tokenizer, pad_to_max_length, max_length, half):
-    """The windows' collator: each batch padded to its longest window, or with --pad_to_max_length to
-    --max_seq_length (the windows' length as run); to a multiple of 8 in half precision (tensor cores)."""
-    if pad_to_max_length:
-        return collator_class(tokenizer, padding="max_length", max_length=max_length)
-    return collator_class(tokenizer, pad_to_multiple_of=8 if half else None)
-
-
 def qa_score(metrics):
     """A dev set's score in points: its F1 (the figure SQuAD's leaderboards rank by)."""
     return 100 * metrics["f1"]
@@ -47,15 +39,6 @@ class QAFamily(TaskFamily):
                      "squad/RUN/model)")
     targets = Spans.targets
 
-    def __init__(self, data_args):
-        self.data_args = data_args
-
-    def collator(self, tokenizer, args):
-        from transformers import DataCollatorWithPadding
-
-        return window_collator(DataCollatorWithPadding, tokenizer, self.data_args.pad_to_max_length, self.max_length,
-                               args.fp16 or args.bf16)
-
     def losses(self, job, args, teacher):
         """The span loss over each window's real tokens (and KD with a teacher), with or without a teacher."""
         return Spans()
@@ -68,7 +51,7 @@ class QAFamily(TaskFamily):
         say(f"{len(job.train_set):,} training windows, {len(dev_set):,} dev windows")
         job.dev = dev_set, dev_cols
         teacher = cmd.teacher
-        if teacher and (not teacher.args.per_step or teacher.args.intermediate_epochs):  # its logits, once
+        if teacher and teacher.args.logits_once:
             job.train_set = teacher.with_logits(job.train_set, cmd.tokenizer, cmd.training_args, True)
 
     def evaluate(self, trainer, job, args, collator):

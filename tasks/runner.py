@@ -44,12 +44,24 @@ from tasks.teacher_pass import TEACHER_LOGITS, WithTeacherLogits, load_teacher
 class TaskFamily:
     """What a task family says. A family sets script, pipeline_tag (the model card's), model_class (a
     transformers Auto class's name), teacher_needs ((what a teacher must be, how to get one)) and defines
-    prepare(job, cmd) (job.train_set, job.dev from job.task), collator(tokenizer, args), evaluate(trainer, job,
-    args, collator) -> ({dev set: metrics}, {file name: JSON object written beside the results}) and
-    dev_score(metrics) (points); the rest has defaults that suit most tasks."""
+    prepare(job, cmd) (job.train_set, job.dev from job.task), evaluate(trainer, job, args, collator) -> ({dev
+    set: metrics}, {file name: JSON object written beside the results}) and dev_score(metrics) (points); the
+    rest has defaults that suit most tasks."""
 
     targets = ("labels",)  # the batch keys of the gold answers (the losses' inputs; kept beside the model's)
     max_length = None  # the longest input the model (and its teacher) take, within --max_seq_length: open_command's
+
+    def __init__(self, data_args=None):
+        self.data_args = data_args  # the script's data flags
+
+    def collator(self, tokenizer, args):
+        """Each batch padded to its longest row, or with --pad_to_max_length to the input length as run; to a
+        multiple of 8 in half precision (tensor cores)."""
+        from transformers import DataCollatorWithPadding
+
+        if getattr(self.data_args, "pad_to_max_length", False):
+            return DataCollatorWithPadding(tokenizer, padding="max_length", max_length=self.max_length)
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.fp16 or args.bf16 else None)
 
     def model_kwargs(self, job):
         return {}

@@ -120,12 +120,9 @@ def labelled(labels, regression):
 
 
 class Classification:
-    """The task family of run_glue.py for distillation (tasks/distill.py): a sequence classifier or regressor,
-    its gold answers the `labels` (UNLABELED, or NaN for a regression, where only the teacher labels a row)."""
+    """run_glue.py's loss adapter for tasks/distill.py's Trainer: a sequence classifier or regressor, its gold
+    answers the `labels` (UNLABELED, or NaN for a regression, where only the teacher labels a row)."""
 
-    model_class = "AutoModelForSequenceClassification"
-    teacher_needs = ("a sequence classifier", "fine-tune it on the task first (run_glue.py --save_model: its "
-                     "TASK/RUN/model)")
     targets = ("labels",)
 
     def __init__(self, regression, label_smoothing=0.0):

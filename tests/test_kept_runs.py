@@ -4,6 +4,7 @@ A finished run without the model is trained again with the same settings to make
 results; a run that has it is kept."""
 
 import json
+from types import SimpleNamespace
 
 from conftest import run_main
 from glue_helpers import FAST
@@ -65,13 +66,20 @@ def test_one_output_folder_for_both_scripts_averages_only_the_classification_tas
 def test_run_qa_pad_to_max_length_pads_the_windows_it_records(tmp_path, tiny, syn_qa):
     """--pad_to_max_length was recorded as on and did nothing: now every batch is padded to
     the windows' length, in training and evaluation, and the answers are those of the unpadded run."""
-    from transformers import AutoTokenizer, DataCollatorWithPadding
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny))
     rows = [{"input_ids": [2, 7, 3], "attention_mask": [1, 1, 1]}, {"input_ids": [2, 3], "attention_mask": [1, 1]}]
-    padded = qa_family.window_collator(DataCollatorWithPadding, tok, True, 64, False)(rows)
+    half = SimpleNamespace(fp16=False, bf16=False)
+
+    def collator(pad):
+        family = qa_family.QAFamily(SimpleNamespace(pad_to_max_length=pad))
+        family.max_length = 64
+        return family.collator(tok, half)
+
+    padded = collator(True)(rows)
     assert padded["input_ids"].shape == (2, 64) and padded["attention_mask"][1].sum() == 2
-    assert qa_family.window_collator(DataCollatorWithPadding, tok, False, 64, False)(rows)["input_ids"].shape == (2, 3)
+    assert collator(False)(rows)["input_ids"].shape == (2, 3)
     for name, extra in (("plain", ()), ("padded", ("--pad_to_max_length",))):
         run_main(run_qa.main, *qa_argv(tiny, syn_qa, tmp_path / name, "--max_steps", 2, *extra), check=True)
     runs = [json.loads((tmp_path / n / "squad" / "lr0.001_seed42" / "results.json").read_text())
