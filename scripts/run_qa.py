@@ -24,6 +24,7 @@ question-answering pipeline; transformers 5 has none). Kept runs, resume, --over
 and the other TrainingArguments flags work as in run_glue.py.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +111,13 @@ def main(argv=None):
                           data_args.max_train_samples)
     dev = qa.load_split(data_args.validation_file or data_args.dataset_name, "validation", version_2, False,
                         data_args.max_eval_samples)
-    say(f"SQuAD {'2.0' if version_2 else '1.1'}: train {len(train):,} questions ({train.source}), dev {len(dev):,} "
-        f"({dev.source})")
+    transfer = None
+    if distill_args.transfer_file:  # questions only the teacher answers: their answers, if any, are dropped
+        transfer = qa.load_split(distill_args.transfer_file, "transfer", True, False)
+        transfer.examples = [dataclasses.replace(e, answers=[]) for e in transfer.examples]
+    more = f" (+ {len(transfer):,} only the teacher answers, {transfer.source})" if transfer else ""
+    say(f"SQuAD {'2.0' if version_2 else '1.1'}: train {len(train):,} questions ({train.source}){more}, dev "
+        f"{len(dev):,} ({dev.source})")
     if cmd.teacher:  # its start/end logits are compared token by token: it must read the student's ids
         cmd.teacher.check_tokens(cmd.tokenizer, [(e.question, e.context) for e in train.examples[:64]])
     task = "squad_v2" if version_2 else "squad"
@@ -120,8 +126,8 @@ def main(argv=None):
         pad_to_max_length=data_args.pad_to_max_length, n_best_size=data_args.n_best_size,
         max_answer_length=data_args.max_answer_length, null_score_diff_threshold=data_args.null_score_diff_threshold,
         train_examples=len(train), eval_examples=len(dev), train_data=train.digest, eval_data=dev.digest,
-        train_source=train.source)
-    summary = run_jobs(cmd, [Job(task, task, (train, dev), run_key)], rates)
+        train_source=train.source, **({"transfer_data": transfer.digest} if transfer else {}))
+    summary = run_jobs(cmd, [Job(task, task, (train, dev, transfer), run_key)], rates)
     shown = ", ".join(f"{k} {100 * v:.2f}" for k, v in summary["tasks"][task]["metrics"]["dev"].items())
     say(f"{task} (median of {sweep.seeds} seed{'s' if sweep.seeds > 1 else ''}): {shown}")
     say(f"results: {Path(cmd.training_args.output_dir) / 'results.json'}")

@@ -15,12 +15,13 @@ intermediate_losses): with them the teacher runs at every step (of the first sta
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
 from core.errors import InputError
 from core.flags import option
 from tasks.distill import TeacherArguments, intermediate_losses, weight_at_least_0
+
+UNANSWERED = -100  # the start and end of a window only the teacher answers, as nll_loss's ignore_index
 
 
 @dataclass
@@ -29,8 +30,14 @@ class QADistillArguments(TeacherArguments):
                                              "run_qa.py --save_model's squad/RUN/model): turns fine-tuning into "
                                              "distillation")
     alpha_squad: float = option(0.5, "weight of the span loss on the gold spans (upstream's)")
+    transfer_file: str = option(None, "SQuAD JSON (either form) of more questions that only the teacher answers: "
+                                      "KD alone on their windows (any answers in it are not read)")
 
     TASK_WEIGHT = "alpha_squad"
+    TEACHER_ONLY = ("transfer_file",)
+
+    def data_record(self):
+        return {"transfer_file": self.transfer_file}
 
     def one_tokenization(self):
         """Why the teacher must read the student's ids: its logits are compared token by token."""
@@ -41,6 +48,9 @@ class QADistillArguments(TeacherArguments):
         if not self.on and not self.alpha_squad:
             raise InputError("--alpha_squad 0 without a teacher: nothing to learn from")
         super().check(argv, training_args)
+        if self.transfer_file and not self.alpha_ce:
+            raise InputError("--transfer_file needs --alpha_ce above 0: the teacher's logits are its questions' only "
+                             "target")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -53,7 +63,10 @@ def masked_log_softmax(logits, mask, temperature=1.0):
 
 
 def span_loss(start_logits, end_logits, start_positions, end_positions, mask):
-    """Cross-entropy of the gold start and end positions over each window's real tokens, the two averaged."""
+    """Cross-entropy of the gold start and end positions over each window's real tokens, the two averaged,
+    over the windows that have them (a transfer question's are UNANSWERED); 0 if none does."""
+    if not (start_positions != UNANSWERED).any():
+        return start_logits.sum() * 0.0
     start = F.nll_loss(masked_log_softmax(start_logits, mask), start_positions)
     end = F.nll_loss(masked_log_softmax(end_logits, mask), end_positions)
     return (start + end) / 2
@@ -73,13 +86,13 @@ def span_kd(s_start, s_end, t_start, t_end, mask, temperature):
 
 class Spans:
     """run_qa.py's loss adapter for tasks/distill.py's Trainer: a span head, its gold answers the
-    start and end positions (every training window has them: [CLS] when the answer is not in it), its teacher
-    logits the start and end logits of every token."""
+    start and end positions (a training window has them, [CLS] when the answer is not in it; a transfer
+    question's windows have UNANSWERED), its teacher logits the start and end logits of every token."""
 
     targets = ("start_positions", "end_positions")
 
     def labelled(self, batch):
-        return torch.ones_like(batch["start_positions"], dtype=torch.bool)
+        return batch["start_positions"] != UNANSWERED
 
     def task_loss(self, s_out, targets, attention_mask):
         return span_loss(s_out.start_logits, s_out.end_logits, targets["start_positions"], targets["end_positions"],

@@ -5,7 +5,7 @@ distilled with tasks/qa_distill.py's span losses."""
 from core.errors import say
 from core.precision import autocast_dtype
 from tasks import qa
-from tasks.qa_distill import Spans
+from tasks.qa_distill import UNANSWERED, Spans
 from tasks.runner import TaskFamily
 from tasks.runs import QA_KIND, model_inputs
 from tasks.teacher_pass import model_logits
@@ -30,7 +30,7 @@ def encode(tokenizer, split, data, max_length, training):
 class QAFamily(TaskFamily):
     """Extractive QA: a span head that scores every token as the answer's start and end; each question and
     its context become windows of --max_seq_length tokens; the gold answers are the windows' start and end
-    positions. job.task is (the train split, the dev split)."""
+    positions. job.task is (the train split, the dev split, the transfer questions or None)."""
 
     script = "run_qa.py"
     pipeline_tag = "question-answering"
@@ -45,10 +45,18 @@ class QAFamily(TaskFamily):
 
     def prepare(self, job, cmd):
         """The windows of both splits, once for every run; with a teacher, its start/end logits per token."""
-        train, dev = job.task
+        import datasets
+
+        train, dev, transfer = job.task
         job.train_set, _ = encode(cmd.tokenizer, train, self.data_args, self.max_length, True)
         dev_set, dev_cols = encode(cmd.tokenizer, dev, self.data_args, self.max_length, False)
-        say(f"{len(job.train_set):,} training windows, {len(dev_set):,} dev windows")
+        more = ""
+        if transfer:  # after the gold windows; only the teacher's logits are their target
+            extra, _ = encode(cmd.tokenizer, transfer, self.data_args, self.max_length, True)
+            extra = extra.map(lambda b: {k: [UNANSWERED] * len(b[k]) for k in self.targets}, batched=True)
+            job.train_set, more = datasets.concatenate_datasets([job.train_set, extra]), f" (+ {len(extra):,} of " \
+                f"{len(transfer):,} transfer questions only the teacher answers)"
+        say(f"{len(job.train_set):,} training windows{more}, {len(dev_set):,} dev windows")
         job.dev = dev_set, dev_cols
         teacher = cmd.teacher
         if teacher and teacher.args.logits_once:
@@ -78,12 +86,16 @@ class QAFamily(TaskFamily):
         return ", ".join(f"{k} {100 * v:.2f}" for k, v in metrics["dev"].items())
 
     def data_source(self, job):
-        train, dev = job.task
-        return {"train": train.source, "dev": dev.source}
+        train, dev, transfer = job.task
+        return {"train": train.source, "dev": dev.source, **({"transfer": transfer.source} if transfer else {})}
 
     def card_dataset(self, job):
         dev = job.task[1]
         return dev.source, HUB.get(job.name) or dev.source, None
+
+    def teacher_rows(self, job):
+        transfer = job.task[2]
+        return {"transfer_questions_used": len(transfer) if transfer else 0}
 
     def summarize(self, job, results):
         return super().summarize(job, results) | {"kind": QA_KIND}

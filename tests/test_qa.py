@@ -322,6 +322,7 @@ def test_other_unreadable_data_is_refused(tmp_path, tiny):
     (("--alpha_squad", 0), "nothing to learn from"),
     (("--alpha_ce", 1), "--alpha_ce needs --teacher_name_or_path"),
     (("--temperature", 3), "--temperature needs --teacher_name_or_path"),
+    (("--transfer_file", "t.json"), "--transfer_file needs --teacher_name_or_path"),
     (("--teacher_name_or_path", "T", "--temperature", 0), "--temperature 0"),
     (("--teacher_name_or_path", "T", "--alpha_ce", 0), "--alpha_ce 0"),
     (("--seeds", 0), "--seeds"),

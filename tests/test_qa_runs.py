@@ -71,6 +71,15 @@ def test_a_qa_teacher_is_saved_then_distilled_into_a_student_and_runs_are_kept(t
     line = input_error(run_qa.main, qa_argv(tiny, syn_qa, tmp_path / "student", *hotter))
     assert "was run with other settings" in line and "temperature" in line, line
 
+    # a transfer set is data the run depends on: not the kept run; a damaged one is refused before anything runs
+    transfer = ("--transfer_file", syn_qa / "v1" / "dev.flat.json")
+    line = input_error(run_qa.main, qa_argv(tiny, syn_qa, tmp_path / "student", *kd, *transfer))
+    assert "was run with other settings" in line and "transfer_data" in line, line
+    (tmp_path / "broken.json").write_text("{not json")
+    broken = ("--transfer_file", tmp_path / "broken.json")
+    line = input_error(run_qa.main, qa_argv(tiny, syn_qa, tmp_path / "t2", *kd, *broken))
+    assert "broken.json is not JSON" in line and not (tmp_path / "t2").exists(), line
+
 
 @pytest.mark.slow
 def test_squad_v2_writes_null_odds_and_scores_both_kinds_of_question(tmp_path, tiny, syn_qa):
@@ -185,6 +194,7 @@ def test_qa_distils_hidden_states_and_relations_in_two_stages(tmp_path, tiny, sy
      "--intermediate_epochs: the second stage trains --alpha_ce and --alpha_squad, both 0"),
     (["--alpha_ce", 0], "--alpha_ce 0 and no --alpha_cos/--alpha_att/--alpha_vv/--alpha_hidden: the teacher would "
                         "teach nothing"),
+    (["--alpha_ce", 0, "--alpha_att", 1, "--transfer_file", "t.json"], "--transfer_file needs --alpha_ce above 0"),
 ])
 def test_bad_qa_intermediate_flags_are_refused_in_one_line(tmp_path, tiny, syn_qa, flags, expected):
     line = input_error(run_qa.main, qa_argv(tiny, syn_qa, tmp_path / "o", "--teacher_name_or_path", tiny, *flags))

@@ -15,6 +15,7 @@ What is pinned, as the loop below spells it out:
 import csv
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -270,12 +271,18 @@ def qa_models(tmp_path, tokenizer_dir):
     return folders
 
 
-def qa_reference_run(student, teacher_dir, train_file):
+def qa_reference_run(student, teacher_dir, train_file, transfer=()):
+    """`transfer`: questions only the teacher answers, their windows after the gold ones: KD alone."""
     tok = AutoTokenizer.from_pretrained(student)
     model = AutoModelForQuestionAnswering.from_pretrained(student).train()
     t_model = AutoModelForQuestionAnswering.from_pretrained(teacher_dir).eval()
     examples = qa.load_split(str(train_file), "train", False, True, QUESTIONS).examples
     cols = qa.features(tok, examples, 64, 16, 24, training=True)
+    gold = len(cols["input_ids"])
+    if transfer:
+        more = qa.features(tok, transfer, 64, 16, 24, training=True)
+        cols = {k: cols[k] + more[k] for k in ("input_ids", "token_type_ids", "attention_mask", "start_positions",
+                                                 "end_positions")}
     n = len(cols["input_ids"])
     encoded = [{k: cols[k][i] for k in ("input_ids", "token_type_ids", "attention_mask")} for i in range(n)]
     collate = DataCollatorWithPadding(tok)
@@ -288,6 +295,7 @@ def qa_reference_run(student, teacher_dir, train_file):
     for _ in range(EPOCHS):
         for window in windows:
             n_rows = sum(len(mb) for mb in window)
+            n_gold = sum(i < gold for mb in window for i in mb)  # the span loss: a mean over the gold windows
             kd = span = 0.0
             for mb in window:
                 batch = collate([encoded[i] for i in mb])
@@ -296,32 +304,48 @@ def qa_reference_run(student, teacher_dir, train_file):
                 s = model(**batch)
                 for row, i in enumerate(mb):
                     length = len(encoded[i]["input_ids"])
-                    for s_x, t_x, gold in ((s.start_logits, t.start_logits, cols["start_positions"][i]),
-                                           (s.end_logits, t.end_logits, cols["end_positions"][i])):
-                        span = span - F.log_softmax(s_x[row, :length], -1)[gold] / 2 / n_rows  # real tokens only
+                    for s_x, t_x, answer in ((s.start_logits, t.start_logits, cols["start_positions"][i]),
+                                             (s.end_logits, t.end_logits, cols["end_positions"][i])):
+                        if i < gold:  # real tokens only
+                            span = span - F.log_softmax(s_x[row, :length], -1)[answer] / 2 / n_gold
                         log_ps = F.log_softmax(s_x[row, :length] / T, -1)
                         log_pt = F.log_softmax(t_x[row, :length] / T, -1)
                         kd = kd + (log_pt.exp() * (log_pt - log_ps)).sum() * T**2 / 2 / n_rows
             loss = ALPHA_CE * kd + ALPHA_TASK * span
             optimizer_step(model, opt, sched, loss)
-            steps.append((float(kd.detach()), float(span.detach()), loss.item()))
+            steps.append(tuple(float(torch.as_tensor(x).detach()) for x in (kd, span, loss)))
     return steps, model.state_dict()
 
 
-def test_qa_distillation_equals_a_plain_loop_step_by_step(tmp_path, monkeypatch, tokenizer_dir, syn_qa):
+@pytest.mark.parametrize("transfer", [False, True])
+def test_qa_distillation_equals_a_plain_loop_step_by_step(tmp_path, monkeypatch, tokenizer_dir, syn_qa, transfer):
+    """KD and the span loss; with --transfer_file, questions only the teacher answers: their windows weigh in
+    KD's mean over every window of a step, never in the span loss's mean over the gold ones."""
     student, teacher_dir = qa_models(tmp_path, tokenizer_dir)
     recorder = Recorder()
     monkeypatch.setattr(runner, "callbacks", lambda: [finite_check(), recorder])
     out = tmp_path / "kd"
+    train_file = syn_qa / "v1" / "train-v1.1.json"
+    more, extra = [], ()
+    if transfer:  # other questions of the same file, their answers in it (the run must not read them)
+        more = qa.load_split(str(train_file), "train", False, True).examples[QUESTIONS : QUESTIONS + 4]
+        records = [{"id": f"t{e.id}", "question": e.question, "context": e.context,
+                    "answers": {"text": [t for t, _ in e.answers], "answer_start": [a for _, a in e.answers]}}
+                   for e in more]
+        (tmp_path / "transfer.json").write_text(json.dumps(records))
+        extra = ("--transfer_file", tmp_path / "transfer.json")
     argv = qa_argv(student, syn_qa, out, "--teacher_name_or_path", teacher_dir, "--alpha_ce", ALPHA_CE,
                    "--alpha_squad", ALPHA_TASK, "--temperature", T, "--max_train_samples", QUESTIONS,
                    "--per_device_train_batch_size", BATCH, "--gradient_accumulation_steps", ACCUMULATE,
                    "--num_train_epochs", EPOCHS, "--learning_rate", LR, "--train_sampling_strategy", "sequential",
-                   "--logging_steps", 1, "--save_model", "--teacher_logits_cache", "off")
+                   "--logging_steps", 1, "--save_model", "--teacher_logits_cache", "off", *extra)
     run_qa.main([str(a) for a in argv])
     ours = recorder.steps
     our_weights = load_file(str(out / "squad" / f"lr{LR:g}_seed42" / "model" / "model.safetensors"))
-    ref, ref_weights = qa_reference_run(student, teacher_dir, syn_qa / "v1" / "train-v1.1.json")
+    ref, ref_weights = qa_reference_run(student, teacher_dir, train_file, [replace(e, answers=[]) for e in more])
+    if transfer:
+        teacher = json.loads((out / "squad" / f"lr{LR:g}_seed42" / "results.json").read_text())["teacher"]
+        assert teacher["transfer_questions_used"] == 4 and teacher["transfer_file"].endswith("transfer.json")
     assert len(ours) == len(ref) > 2
     assert min(ce for ce, _, _ in ref) > 0.05  # the teacher has something to teach
     for step, (got, want) in enumerate(zip(ours, ref)):
