@@ -2,9 +2,9 @@
 compare the two models inside, and the Trainer whose loss is the task family's losses.
 
 A loss adapter (tasks/task_distill.Classification, tasks/qa_distill.Spans) says only what differs: the batch
-keys of the gold answers, which rows carry one, and the losses of one batch. Everything
-here is one rule for both: the flags and their checks, how a step weighs its rows over micro-batches and
-processes, and TinyBERT's two stages. The teacher itself (loaded, checked, its pass) is tasks/teacher_pass.py's.
+keys of the gold answers, which rows carry one, and the losses of one batch. Everything here is one rule for
+both: the flags and their checks, how a step weighs its rows over micro-batches and processes, and TinyBERT's
+two stages. The teacher itself (loaded, checked, its pass) is tasks/teacher_pass.py's.
 """
 
 import dataclasses

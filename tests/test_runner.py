@@ -36,7 +36,7 @@ class WordTags(runner.TaskFamily):
 
         job.train_set, job.dev = encode(job.task[0]), encode(job.task[1])
 
-    def collator(self, tokenizer, args):
+    def collator(self, tokenizer, args):  # the default pads input ids and masks; labels need their own padding
         return DataCollatorForTokenClassification(tokenizer)
 
     def evaluate(self, trainer, job, args, collator):
