@@ -120,8 +120,7 @@ class TeacherArguments:
         """The flags, refused before anything is read or written."""
         given = {a.split("=")[0].lstrip("-") for a in argv if a.startswith("--")}
         if not self.on:
-            own = ("alpha_ce", "temperature", *INTERMEDIATE, "intermediate_epochs", "teacher_layer", "relation_heads",
-                   "teacher_logits_cache")
+            own = [f.name for f in dataclasses.fields(TeacherArguments)]  # every flag of this class needs a teacher
             stray = next((f for f in (*own, *self.TEACHER_ONLY) if f in given), None)
             if stray:
                 raise InputError(f"--{stray} needs --teacher_name_or_path (a teacher fine-tuned on the task)")
