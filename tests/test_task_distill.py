@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
@@ -75,6 +76,17 @@ def test_the_task_loss_uses_the_labelled_rows_only_and_the_weights_add_up():
     score = torch.tensor([[1.0], [9.0], [3.0]])
     gold = torch.tensor([2.0, float("nan"), 1.0])
     assert task_distill.task_loss(score, gold, regression=True).item() == pytest.approx((1 + 4) / 2)
+    # the unlabelled rows get no gradient, and their NaN does not reach the others'
+    score.requires_grad_(True)
+    task_distill.task_loss(score, gold, regression=True).backward()
+    assert score.grad.squeeze(-1).tolist() == pytest.approx([-1.0, 0.0, 2.0])
+    # label smoothing: the same mean over the labelled rows as torch's own
+    smoothed = task_distill.task_loss(s, labels, regression=False, label_smoothing=0.1)
+    assert smoothed.item() == pytest.approx(F.cross_entropy(s[[0, 2]], labels[[0, 2]], label_smoothing=0.1).item())
+    # no labels: 0, with a gradient of 0 (not NaN) for every row
+    s.requires_grad_(True)
+    task_distill.task_loss(s, none, regression=False).backward()
+    assert torch.equal(s.grad, torch.zeros_like(s))
 
 
 # ----------------------------------------------------------------------------------------------------------
