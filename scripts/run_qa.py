@@ -126,7 +126,8 @@ def main(argv=None):
         pad_to_max_length=data_args.pad_to_max_length, n_best_size=data_args.n_best_size,
         max_answer_length=data_args.max_answer_length, null_score_diff_threshold=data_args.null_score_diff_threshold,
         train_examples=len(train), eval_examples=len(dev), train_data=train.digest, eval_data=dev.digest,
-        train_source=train.source, **({"transfer_data": transfer.digest} if transfer else {}))
+        train_source=train.source, **({"transfer_data": transfer.digest} if transfer else {}),
+        **({} if cmd.teacher else {"span_loss_weight": 1.0}))  # before 2026-12-08 it was --alpha_squad's 0.5
     summary = run_jobs(cmd, [Job(task, task, (train, dev, transfer), run_key)], rates)
     shown = ", ".join(f"{k} {100 * v:.2f}" for k, v in summary["tasks"][task]["metrics"]["dev"].items())
     say(f"{task} (median of {sweep.seeds} seed{'s' if sweep.seeds > 1 else ''}): {shown}")

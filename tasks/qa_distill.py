@@ -3,6 +3,7 @@
     loss = alpha_squad * the span loss: cross-entropy of the start and of the end position, averaged
          + alpha_ce    * KL(teacher || student) of the start and of the end distributions at --temperature,
                          times T^2, averaged
+    (without a teacher: the span loss alone, weight 1, as upstream's)
 
 Unlike upstream, both softmaxes run over the window's real tokens only: padding is left out, so a batch's
 longest window does not change a shorter one's distributions. The teacher is a QA model already fine-tuned
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from core.errors import InputError
 from core.flags import option
-from tasks.distill import TeacherArguments, intermediate_losses, weight_at_least_0
+from tasks.distill import TeacherArguments, intermediate_losses
 
 UNANSWERED = -100  # the start and end of a window only the teacher answers, as nll_loss's ignore_index
 
@@ -34,7 +35,7 @@ class QADistillArguments(TeacherArguments):
                                       "KD alone on their windows (any answers in it are not read)")
 
     TASK_WEIGHT = "alpha_squad"
-    TEACHER_ONLY = ("transfer_file",)
+    TEACHER_ONLY = ("alpha_squad", "transfer_file")  # alone, the span loss is the whole loss (weight 1)
 
     def data_record(self):
         return {"transfer_file": self.transfer_file}
@@ -44,9 +45,6 @@ class QADistillArguments(TeacherArguments):
         return "QA distillation compares start/end logits", "give a teacher with the student's tokenizer"
 
     def check(self, argv, training_args):
-        weight_at_least_0(self, "alpha_squad")
-        if not self.on and not self.alpha_squad:
-            raise InputError("--alpha_squad 0 without a teacher: nothing to learn from")
         super().check(argv, training_args)
         if self.transfer_file and not self.alpha_ce:
             raise InputError("--transfer_file needs --alpha_ce above 0: the teacher's logits are its questions' only "
@@ -100,8 +98,9 @@ class Spans:
 
     def losses(self, distill_args, s_out, t_out, t_logits, targets, attention_mask, inner):
         out = intermediate_losses(distill_args, s_out, t_out, attention_mask, inner)
-        if distill_args.alpha_squad and targets:
-            out["task"] = (distill_args.alpha_squad, self.task_loss(s_out, targets, attention_mask))
+        weight = distill_args.alpha_squad if distill_args.on else 1.0  # without a teacher: the whole loss, as upstream
+        if weight and targets:
+            out["task"] = (weight, self.task_loss(s_out, targets, attention_mask))
         if t_logits is not None:
             kd = span_kd(s_out.start_logits, s_out.end_logits, t_logits[..., 0], t_logits[..., 1],
                          attention_mask.bool(), distill_args.temperature)

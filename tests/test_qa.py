@@ -317,9 +317,9 @@ def test_other_unreadable_data_is_refused(tmp_path, tiny):
     (("--max_query_length", 0), "--max_query_length 0"),
     (("--max_answer_length", 0), "--max_answer_length 0"),
     (("--null_score_diff_threshold", "nan"), "--null_score_diff_threshold nan"),
-    (("--alpha_squad", -1), "--alpha_squad -1"),
-    (("--alpha_squad", "inf"), "--alpha_squad inf"),
-    (("--alpha_squad", 0), "nothing to learn from"),
+    (("--teacher_name_or_path", "T", "--alpha_squad", -1), "--alpha_squad -1"),
+    (("--teacher_name_or_path", "T", "--alpha_squad", "inf"), "--alpha_squad inf"),
+    (("--alpha_squad", 0.5), "--alpha_squad needs --teacher_name_or_path"),  # alone, the span loss weighs 1
     (("--alpha_ce", 1), "--alpha_ce needs --teacher_name_or_path"),
     (("--temperature", 3), "--temperature needs --teacher_name_or_path"),
     (("--transfer_file", "t.json"), "--transfer_file needs --teacher_name_or_path"),

@@ -50,7 +50,7 @@ class Recorder(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            self.steps.append((logs["loss_ce"], logs.get("loss_task", 0.0), logs["loss"]))
+            self.steps.append((logs.get("loss_ce", 0.0), logs.get("loss_task", 0.0), logs["loss"]))
 
 
 @pytest.fixture(scope="module")
@@ -271,8 +271,9 @@ def qa_models(tmp_path, tokenizer_dir):
     return folders
 
 
-def qa_reference_run(student, teacher_dir, train_file, transfer=()):
-    """`transfer`: questions only the teacher answers, their windows after the gold ones: KD alone."""
+def qa_reference_run(student, teacher_dir, train_file, transfer=(), alpha_ce=ALPHA_CE, alpha_task=ALPHA_TASK):
+    """`transfer`: questions only the teacher answers, their windows after the gold ones: KD alone. alpha_ce 0:
+    no teacher (its KD is not counted)."""
     tok = AutoTokenizer.from_pretrained(student)
     model = AutoModelForQuestionAnswering.from_pretrained(student).train()
     t_model = AutoModelForQuestionAnswering.from_pretrained(teacher_dir).eval()
@@ -311,22 +312,24 @@ def qa_reference_run(student, teacher_dir, train_file, transfer=()):
                         log_ps = F.log_softmax(s_x[row, :length] / T, -1)
                         log_pt = F.log_softmax(t_x[row, :length] / T, -1)
                         kd = kd + (log_pt.exp() * (log_pt - log_ps)).sum() * T**2 / 2 / n_rows
-            loss = ALPHA_CE * kd + ALPHA_TASK * span
+            kd = kd if alpha_ce else 0.0
+            loss = alpha_ce * kd + alpha_task * span
             optimizer_step(model, opt, sched, loss)
             steps.append(tuple(float(torch.as_tensor(x).detach()) for x in (kd, span, loss)))
     return steps, model.state_dict()
 
 
-@pytest.mark.parametrize("transfer", [False, True])
-def test_qa_distillation_equals_a_plain_loop_step_by_step(tmp_path, monkeypatch, tokenizer_dir, syn_qa, transfer):
+@pytest.mark.parametrize("mode", ["kd", "transfer", "alone"])
+def test_qa_distillation_equals_a_plain_loop_step_by_step(tmp_path, monkeypatch, tokenizer_dir, syn_qa, mode):
     """KD and the span loss; with --transfer_file, questions only the teacher answers: their windows weigh in
-    KD's mean over every window of a step, never in the span loss's mean over the gold ones."""
+    KD's mean over every window of a step, never in the span loss's mean over the gold ones. Alone (no
+    teacher), the span loss is the whole loss, at weight 1."""
     student, teacher_dir = qa_models(tmp_path, tokenizer_dir)
     recorder = Recorder()
     monkeypatch.setattr(runner, "callbacks", lambda: [finite_check(), recorder])
     out = tmp_path / "kd"
     train_file = syn_qa / "v1" / "train-v1.1.json"
-    more, extra = [], ()
+    more, extra, transfer = [], (), mode == "transfer"
     if transfer:  # other questions of the same file, their answers in it (the run must not read them)
         more = qa.load_split(str(train_file), "train", False, True).examples[QUESTIONS : QUESTIONS + 4]
         records = [{"id": f"t{e.id}", "question": e.question, "context": e.context,
@@ -334,20 +337,23 @@ def test_qa_distillation_equals_a_plain_loop_step_by_step(tmp_path, monkeypatch,
                    for e in more]
         (tmp_path / "transfer.json").write_text(json.dumps(records))
         extra = ("--transfer_file", tmp_path / "transfer.json")
-    argv = qa_argv(student, syn_qa, out, "--teacher_name_or_path", teacher_dir, "--alpha_ce", ALPHA_CE,
-                   "--alpha_squad", ALPHA_TASK, "--temperature", T, "--max_train_samples", QUESTIONS,
+    alone = mode == "alone"
+    teach = () if alone else ("--teacher_name_or_path", teacher_dir, "--alpha_ce", ALPHA_CE, "--alpha_squad",
+                              ALPHA_TASK, "--temperature", T, "--teacher_logits_cache", "off")
+    argv = qa_argv(student, syn_qa, out, *teach, "--max_train_samples", QUESTIONS,
                    "--per_device_train_batch_size", BATCH, "--gradient_accumulation_steps", ACCUMULATE,
                    "--num_train_epochs", EPOCHS, "--learning_rate", LR, "--train_sampling_strategy", "sequential",
-                   "--logging_steps", 1, "--save_model", "--teacher_logits_cache", "off", *extra)
+                   "--logging_steps", 1, "--save_model", *extra)
     run_qa.main([str(a) for a in argv])
     ours = recorder.steps
     our_weights = load_file(str(out / "squad" / f"lr{LR:g}_seed42" / "model" / "model.safetensors"))
-    ref, ref_weights = qa_reference_run(student, teacher_dir, train_file, [replace(e, answers=[]) for e in more])
+    ref, ref_weights = qa_reference_run(student, teacher_dir, train_file, [replace(e, answers=[]) for e in more],
+                                        *((0.0, 1.0) if alone else ()))
     if transfer:
         teacher = json.loads((out / "squad" / f"lr{LR:g}_seed42" / "results.json").read_text())["teacher"]
         assert teacher["transfer_questions_used"] == 4 and teacher["transfer_file"].endswith("transfer.json")
     assert len(ours) == len(ref) > 2
-    assert min(ce for ce, _, _ in ref) > 0.05  # the teacher has something to teach
+    assert alone or min(ce for ce, _, _ in ref) > 0.05  # the teacher has something to teach
     for step, (got, want) in enumerate(zip(ours, ref)):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-6), f"step {step + 1}: (ce, span, total) {got} != {want}"
     start = AutoModelForQuestionAnswering.from_pretrained(student).state_dict()
